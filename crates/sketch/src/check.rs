@@ -1,0 +1,89 @@
+//! Input validation shared by every public entry point of the sketch crates.
+
+use faer::MatRef;
+
+use crate::{Result, Scalar, SketchError};
+
+/// Upper bound on the memory a sketch's random parameters may take (4 GiB).
+///
+/// Constructors estimate the size of what they would draw before allocating and return
+/// [`SketchError::TooLarge`] beyond this, instead of aborting on allocation failure.
+pub const MAX_PARAMETER_BYTES: u128 = 4 << 30;
+
+/// Checks that `m` has exactly `expected` = `(rows, cols)`.
+///
+/// # Errors
+/// [`SketchError::ShapeMismatch`] naming `op` otherwise.
+pub fn check_shape<T>(op: &'static str, m: MatRef<'_, T>, expected: (usize, usize)) -> Result<()> {
+    let got = (m.nrows(), m.ncols());
+    if got != expected {
+        return Err(SketchError::ShapeMismatch { op, expected, got });
+    }
+    Ok(())
+}
+
+/// Checks that `m` has `cols` columns (any number of rows).
+///
+/// # Errors
+/// [`SketchError::ShapeMismatch`] naming `op` otherwise.
+pub fn check_cols<T>(op: &'static str, m: MatRef<'_, T>, cols: usize) -> Result<()> {
+    check_shape(op, m, (m.nrows(), cols))
+}
+
+/// Checks that `m` has at least one row.
+///
+/// # Errors
+/// [`SketchError::EmptyInput`] naming `op` and `input` otherwise.
+pub fn check_nonempty<T>(op: &'static str, input: &'static str, m: MatRef<'_, T>) -> Result<()> {
+    if m.nrows() == 0 {
+        return Err(SketchError::EmptyInput { op, input });
+    }
+    Ok(())
+}
+
+/// Checks that every entry of `m` is finite.
+///
+/// # Errors
+/// [`SketchError::NonFinite`] with the position of the first NaN or infinity (in column-major
+/// order).
+pub fn check_finite<T: Scalar>(op: &'static str, input: &'static str, m: MatRef<'_, T>) -> Result<()> {
+    for col in 0..m.ncols() {
+        let column = m.col(col);
+        // Fast path: x * 0 is 0 for finite x and NaN for NaN or infinity, so the sum stays 0
+        // exactly when the column is finite; only a bad column is scanned for the position.
+        let mut acc = T::zero();
+        for &x in column.iter() {
+            acc = acc + x * T::zero();
+        }
+        if acc.is_finite() {
+            continue;
+        }
+        for (row, &x) in column.iter().enumerate() {
+            if !x.is_finite() {
+                return Err(SketchError::NonFinite { op, input, row, col });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Checks that `count` parameters of `elem_bytes` bytes each stay under
+/// [`MAX_PARAMETER_BYTES`].
+///
+/// # Errors
+/// [`SketchError::TooLarge`] otherwise.
+pub fn check_param_bytes(sketch: &'static str, count: u128, elem_bytes: usize) -> Result<()> {
+    let bytes = count.saturating_mul(elem_bytes as u128);
+    if bytes > MAX_PARAMETER_BYTES {
+        return Err(SketchError::TooLarge { sketch, bytes, limit: MAX_PARAMETER_BYTES });
+    }
+    Ok(())
+}
+
+/// Checks a dimension is nonzero.
+pub(crate) fn nonzero(sketch: &'static str, what: &'static str, value: usize) -> Result<()> {
+    if value == 0 {
+        return Err(SketchError::ZeroDimension { sketch, what });
+    }
+    Ok(())
+}

@@ -1,0 +1,46 @@
+//! The floating-point types the sketches work in.
+
+use core::fmt::Debug;
+
+/// A real floating-point type the sketches can work in: `f32` (for speed) or `f64` (for
+/// references).
+///
+/// Random parameters are always drawn in `f64` and rounded to `Self`, so an `f32` sketch and an
+/// `f64` sketch built from the same seed are the same sketch up to rounding.
+pub trait Scalar:
+    faer::traits::RealField
+    + num_traits::Float
+    + rustfft::FftNum
+    + Default
+    + Debug
+    + Send
+    + Sync
+    + 'static
+{
+    /// Rounds an `f64` to this type (`T::of(0.5)`).
+    fn of(x: f64) -> Self;
+    /// Widens this value to `f64`.
+    fn as_f64(self) -> f64;
+}
+
+impl Scalar for f32 {
+    #[inline(always)]
+    fn of(x: f64) -> Self {
+        x as f32
+    }
+    #[inline(always)]
+    fn as_f64(self) -> f64 {
+        self as f64
+    }
+}
+
+impl Scalar for f64 {
+    #[inline(always)]
+    fn of(x: f64) -> Self {
+        x
+    }
+    #[inline(always)]
+    fn as_f64(self) -> f64 {
+        self
+    }
+}

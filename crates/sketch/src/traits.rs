@@ -1,0 +1,150 @@
+//! The trait every polynomial sketch implements.
+
+use faer::{Mat, MatMut, MatRef, Par};
+
+use crate::{
+    Result, Scalar, check_cols, check_finite, check_nonempty, check_shape, for_each_row_chunk,
+};
+
+/// A degree-`p` oblivious sketch \\(S \in \mathbb{R}^{h^p \times r}\\), applied to tensor powers
+/// of rows without forming them.
+///
+/// Implementors provide the two sequential row kernels [`apply_rows`](Self::apply_rows) and
+/// [`vjp_rows`](Self::vjp_rows); the checked, parallel entry points [`apply`](Self::apply),
+/// [`apply_into`](Self::apply_into), [`vjp`](Self::vjp) and [`gram`](Self::gram) are provided on
+/// top of them.
+///
+/// # Shapes
+/// - input `a`: `[n, h]`, `h = input_dim()`
+/// - output `a^{⊗p} S`: `[n, r]`, `r = sketch_dim()`
+pub trait PolySketch<T: Scalar>: Send + Sync {
+    /// Short name used in error messages, e.g. `"TreeSketch"`.
+    fn name(&self) -> &'static str;
+
+    /// The degree \\(p\\): the sketch acts on \\(x^{\otimes p}\\).
+    fn degree(&self) -> usize;
+
+    /// The input dimension \\(h\\) of the rows \\(x\\).
+    fn input_dim(&self) -> usize;
+
+    /// The sketch size \\(r\\): the number of columns of the output.
+    fn sketch_dim(&self) -> usize;
+
+    /// Unchecked sequential kernel: writes \\(S^\top a_i^{\otimes p}\\) into row `i` of `out`
+    /// for every row `a_i` of `a`.
+    ///
+    /// Meant for callers that have validated their inputs and parallelise themselves (the
+    /// lowtri and attention crates call it per block).
+    ///
+    /// # Panics
+    /// If `a` is not `[n, h]` or `out` is not `[n, r]`.
+    fn apply_rows(&self, a: MatRef<'_, T>, out: MatMut<'_, T>);
+
+    /// Unchecked sequential kernel of the vector-Jacobian product: given `grad` \\(= \partial L
+    /// / \partial (A^{\otimes p}S)\\), writes \\(\partial L / \partial A\\) into `out`
+    /// (overwriting it).
+    ///
+    /// # Panics
+    /// If `a` is not `[n, h]`, `grad` is not `[n, r]` or `out` is not `[n, h]`.
+    fn vjp_rows(&self, a: MatRef<'_, T>, grad: MatRef<'_, T>, out: MatMut<'_, T>);
+
+    /// \\(A^{\otimes p} S\\): the sketch of every row of `a`, rows in parallel under `par`.
+    ///
+    /// # Shapes
+    /// `a: [n, h]` → `[n, r]`.
+    ///
+    /// # Errors
+    /// [`ShapeMismatch`](crate::SketchError::ShapeMismatch) if `a` does not have `h` columns,
+    /// [`EmptyInput`](crate::SketchError::EmptyInput) if it has no rows,
+    /// [`NonFinite`](crate::SketchError::NonFinite) if it holds a NaN or an infinity.
+    fn apply(&self, a: MatRef<'_, T>, par: Par) -> Result<Mat<T>> {
+        let mut out = Mat::zeros(a.nrows(), self.sketch_dim());
+        self.apply_into(a, out.as_mut(), par)?;
+        Ok(out)
+    }
+
+    /// Like [`apply`](Self::apply), writing into `out` (`[n, r]`, any strides).
+    ///
+    /// # Errors
+    /// As [`apply`](Self::apply), and a shape mismatch if `out` is not `[n, r]`.
+    fn apply_into(&self, a: MatRef<'_, T>, out: MatMut<'_, T>, par: Par) -> Result<()> {
+        const OP: &str = "PolySketch::apply";
+        check_cols(OP, a, self.input_dim())?;
+        check_nonempty(OP, "a", a)?;
+        check_shape(OP, out.as_ref(), (a.nrows(), self.sketch_dim()))?;
+        check_finite(OP, "a", a)?;
+        for_each_row_chunk(out, par, |start, chunk| {
+            self.apply_rows(a.subrows(start, chunk.nrows()), chunk);
+        });
+        Ok(())
+    }
+
+    /// Vector-Jacobian product: \\(\partial L/\partial A\\) given \\(\partial L/\partial
+    /// (A^{\otimes p}S)\\) = `grad`.
+    ///
+    /// Row \\(i\\) of the result is \\(J_i^\top g_i\\) with \\(J_i\\) the Jacobian of
+    /// \\(x \mapsto S^\top x^{\otimes p}\\) at \\(a_i\\).
+    ///
+    /// # Shapes
+    /// `a: [n, h]`, `grad: [n, r]` → `[n, h]`.
+    ///
+    /// # Errors
+    /// As [`apply`](Self::apply) for `a`, and the same checks for `grad`.
+    fn vjp(&self, a: MatRef<'_, T>, grad: MatRef<'_, T>, par: Par) -> Result<Mat<T>> {
+        const OP: &str = "PolySketch::vjp";
+        check_cols(OP, a, self.input_dim())?;
+        check_nonempty(OP, "a", a)?;
+        check_shape(OP, grad, (a.nrows(), self.sketch_dim()))?;
+        check_finite(OP, "a", a)?;
+        check_finite(OP, "grad", grad)?;
+        let mut out = Mat::zeros(a.nrows(), self.input_dim());
+        for_each_row_chunk(out.as_mut(), par, |start, chunk| {
+            let rows = chunk.nrows();
+            self.vjp_rows(a.subrows(start, rows), grad.subrows(start, rows), chunk);
+        });
+        Ok(out)
+    }
+
+    /// The sketched Gram matrix \\((A^{\otimes p}S)(B^{\otimes p}S)^\top\\), the estimate of
+    /// \\((AB^\top)^{\circ p}\\).
+    ///
+    /// The default forms both sketches; a sketch with a cheaper identity (the self-tensored one:
+    /// \\((LR^\top)^{\circ 2}\\)) overrides it.
+    ///
+    /// # Shapes
+    /// `a: [n, h]`, `b: [m, h]` → `[n, m]`.
+    ///
+    /// # Errors
+    /// As [`apply`](Self::apply), for both inputs.
+    fn gram(&self, a: MatRef<'_, T>, b: MatRef<'_, T>, par: Par) -> Result<Mat<T>> {
+        let sa = self.apply(a, par)?;
+        let sb = self.apply(b, par)?;
+        let mut g = Mat::zeros(sa.nrows(), sb.nrows());
+        crate::linalg::gemm(g.as_mut(), sa.as_ref(), sb.transpose(), T::one(), false, par);
+        Ok(g)
+    }
+}
+
+impl<T: Scalar, S: PolySketch<T> + ?Sized> PolySketch<T> for Box<S> {
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+    fn degree(&self) -> usize {
+        (**self).degree()
+    }
+    fn input_dim(&self) -> usize {
+        (**self).input_dim()
+    }
+    fn sketch_dim(&self) -> usize {
+        (**self).sketch_dim()
+    }
+    fn apply_rows(&self, a: MatRef<'_, T>, out: MatMut<'_, T>) {
+        (**self).apply_rows(a, out)
+    }
+    fn vjp_rows(&self, a: MatRef<'_, T>, grad: MatRef<'_, T>, out: MatMut<'_, T>) {
+        (**self).vjp_rows(a, grad, out)
+    }
+    fn gram(&self, a: MatRef<'_, T>, b: MatRef<'_, T>, par: Par) -> Result<Mat<T>> {
+        (**self).gram(a, b, par)
+    }
+}
