@@ -1,19 +1,57 @@
 //! polysketch: sketching polynomial kernels, and linear-time causal attention built on them.
 //!
-//! This facade re-exports the workspace crates under short names:
+//! This facade re-exports the workspace crates under short names and holds what the examples
+//! and the command-line program share:
 //!
 //! - [`sketch`]: oblivious polynomial sketches (Gaussian JL, CountSketch, TensorSketch, Ahle et
 //!   al. trees) and the JL-moment / AMM utilities that check them against the theory.
+//! - [`tensoring`]: the nonnegative self-tensoring sketch \\(\phi'(x) = (S^\top
+//!   x^{\otimes p/2})^{\otimes 2}\\) of PolySketchFormer.
+//! - [`amm`]: the empirical check of Theorem 2.4 run by `examples/amm_bound.rs`.
+//! - [`io`]: crash-safe file output.
 //!
 //! # Example
 //! ```
 //! use faer::{Mat, Par};
 //! use polysketch::sketch::{PolySketch, TreeSketch};
+//! use polysketch::tensoring::{Layout, SelfTensored};
 //!
-//! let s = TreeSketch::<f64>::gaussian(8, 16, 2, 3)?;
+//! // phi' for p = 4: a degree-2 Gaussian tree of size r = 16, self-tensored.
+//! let phi = SelfTensored::new(TreeSketch::<f64>::gaussian(8, 16, 2, 3)?, Layout::Symmetric);
 //! let q = Mat::from_fn(4, 8, |i, j| ((i + j) as f64).sin());
-//! assert_eq!(s.apply(q.as_ref(), Par::Seq)?.ncols(), 16);
+//! let f = phi.apply(q.as_ref(), Par::Seq)?; // 4 x 136, and <phi'(x), phi'(y)> >= 0
+//! assert_eq!(f.ncols(), 16 * 17 / 2);
 //! # Ok::<(), polysketch::sketch::SketchError>(())
 //! ```
 
 pub use polysketch_sketch as sketch;
+pub use polysketch_tensoring as tensoring;
+
+pub mod amm;
+pub mod io;
+
+/// The README's code runs as a doctest, so it cannot rot.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
+/// Errors of the facade's experiment drivers and file output.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A sketch refused its input.
+    #[error(transparent)]
+    Sketch(#[from] sketch::SketchError),
+    /// Reading or writing a file failed.
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    /// Drawing a plot failed.
+    #[error("plot: {0}")]
+    Plot(String),
+    /// An experiment's configuration is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// Result alias of the facade.
+pub type Result<T, E = Error> = core::result::Result<T, E>;

@@ -62,13 +62,13 @@ mod traits;
 mod tree;
 
 pub use check::{
-    check_cols, check_finite, check_nonempty, check_param_bytes, check_shape, MAX_PARAMETER_BYTES,
+    MAX_PARAMETER_BYTES, check_cols, check_finite, check_nonempty, check_param_bytes, check_shape,
 };
 pub use countsketch::CountSketch;
 pub use error::{Result, SketchError};
 pub use gaussian::GaussianJl;
-pub use parallel::{for_each_row_chunk, CHUNK_ROWS};
-pub use rng::{seeded_rng, split_seed, SketchRng};
+pub use parallel::{CHUNK_ROWS, for_each_row_chunk};
+pub use rng::{SketchRng, seeded_rng, split_seed};
 pub use scalar::Scalar;
 pub use tensorsketch::TensorSketch;
 pub use traits::PolySketch;

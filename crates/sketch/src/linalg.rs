@@ -20,7 +20,11 @@ pub fn gemm<T: Scalar>(
     accumulate: bool,
     par: Par,
 ) {
-    let beta = if accumulate { Accum::Add } else { Accum::Replace };
+    let beta = if accumulate {
+        Accum::Add
+    } else {
+        Accum::Replace
+    };
     faer::linalg::matmul::matmul(dst, beta, lhs, rhs, alpha, par);
 }
 
@@ -39,7 +43,7 @@ pub fn hadamard<T: Scalar>(dst: MatMut<'_, T>, x: MatRef<'_, T>, y: MatRef<'_, T
 /// If the shapes differ.
 #[inline]
 pub fn axpy<T: Scalar>(dst: MatMut<'_, T>, x: MatRef<'_, T>, scale: T) {
-    zip!(dst, x).for_each(|unzip!(d, x)| *d = *d + scale * *x);
+    zip!(dst, x).for_each(|unzip!(d, x)| *d += scale * *x);
 }
 
 /// `dst = scale * x` (entrywise).

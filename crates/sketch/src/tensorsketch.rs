@@ -76,7 +76,12 @@ impl<T: Scalar> TensorSketch<T> {
             .map(|_| CountSketch::from_rng(h, r, &mut rng))
             .collect::<Result<Vec<_>>>()?;
         let mut planner = FftPlanner::new();
-        Ok(Self { r, hashes, fft: planner.plan_fft_forward(r), ifft: planner.plan_fft_inverse(r) })
+        Ok(Self {
+            r,
+            hashes,
+            fft: planner.plan_fft_forward(r),
+            ifft: planner.plan_fft_inverse(r),
+        })
     }
 
     /// The `k`-th CountSketch \\(C_{k+1}\\).
@@ -97,12 +102,21 @@ impl<T: Scalar> TensorSketch<T> {
     }
 
     fn scratch(&self) -> Vec<Complex<T>> {
-        let len = self.fft.get_inplace_scratch_len().max(self.ifft.get_inplace_scratch_len());
+        let len = self
+            .fft
+            .get_inplace_scratch_len()
+            .max(self.ifft.get_inplace_scratch_len());
         vec![Complex::default(); len]
     }
 
     /// Loads row `i` of `m` into `buf` and transforms it.
-    fn load_fft(&self, m: MatRef<'_, T>, i: usize, buf: &mut [Complex<T>], scratch: &mut [Complex<T>]) {
+    fn load_fft(
+        &self,
+        m: MatRef<'_, T>,
+        i: usize,
+        buf: &mut [Complex<T>],
+        scratch: &mut [Complex<T>],
+    ) {
         for (c, z) in buf.iter_mut().enumerate() {
             *z = Complex::new(m[(i, c)], T::zero());
         }
@@ -125,7 +139,10 @@ impl<T: Scalar> PolySketch<T> for TensorSketch<T> {
     }
 
     fn apply_rows(&self, a: MatRef<'_, T>, mut out: MatMut<'_, T>) {
-        assert_eq!((a.ncols(), out.ncols(), a.nrows()), (self.input_dim(), self.r, out.nrows()));
+        assert_eq!(
+            (a.ncols(), out.ncols(), a.nrows()),
+            (self.input_dim(), self.r, out.nrows())
+        );
         if self.hashes.len() == 1 {
             self.hashes[0].forward(a, out);
             return;
@@ -141,7 +158,7 @@ impl<T: Scalar> PolySketch<T> for TensorSketch<T> {
             for m in &cs[1..] {
                 self.load_fft(m.as_ref(), i, &mut buf, &mut scratch);
                 for (x, y) in acc.iter_mut().zip(&buf) {
-                    *x = *x * *y;
+                    *x *= *y;
                 }
             }
             // rustfft's inverse is unnormalised: F⁻¹F = r·I
@@ -153,7 +170,10 @@ impl<T: Scalar> PolySketch<T> for TensorSketch<T> {
     }
 
     fn vjp_rows(&self, a: MatRef<'_, T>, grad: MatRef<'_, T>, mut out: MatMut<'_, T>) {
-        assert_eq!((grad.ncols(), grad.nrows(), out.ncols()), (self.r, a.nrows(), self.input_dim()));
+        assert_eq!(
+            (grad.ncols(), grad.nrows(), out.ncols()),
+            (self.r, a.nrows(), self.input_dim())
+        );
         let p = self.hashes.len();
         if p == 1 {
             self.hashes[0].transpose(grad, out, false);
@@ -195,7 +215,7 @@ impl<T: Scalar> PolySketch<T> for TensorSketch<T> {
                     dcs[k][(i, c)] = z.re * inv_r;
                 }
                 for (pz, fz) in prefix.iter_mut().zip(&f[k]) {
-                    *pz = *pz * *fz;
+                    *pz *= *fz;
                 }
             }
         }

@@ -120,31 +120,46 @@ pub trait PolySketch<T: Scalar>: Send + Sync {
         let sa = self.apply(a, par)?;
         let sb = self.apply(b, par)?;
         let mut g = Mat::zeros(sa.nrows(), sb.nrows());
-        crate::linalg::gemm(g.as_mut(), sa.as_ref(), sb.transpose(), T::one(), false, par);
+        crate::linalg::gemm(
+            g.as_mut(),
+            sa.as_ref(),
+            sb.transpose(),
+            T::one(),
+            false,
+            par,
+        );
         Ok(g)
     }
 }
 
-impl<T: Scalar, S: PolySketch<T> + ?Sized> PolySketch<T> for Box<S> {
-    fn name(&self) -> &'static str {
-        (**self).name()
-    }
-    fn degree(&self) -> usize {
-        (**self).degree()
-    }
-    fn input_dim(&self) -> usize {
-        (**self).input_dim()
-    }
-    fn sketch_dim(&self) -> usize {
-        (**self).sketch_dim()
-    }
-    fn apply_rows(&self, a: MatRef<'_, T>, out: MatMut<'_, T>) {
-        (**self).apply_rows(a, out)
-    }
-    fn vjp_rows(&self, a: MatRef<'_, T>, grad: MatRef<'_, T>, out: MatMut<'_, T>) {
-        (**self).vjp_rows(a, grad, out)
-    }
-    fn gram(&self, a: MatRef<'_, T>, b: MatRef<'_, T>, par: Par) -> Result<Mat<T>> {
-        (**self).gram(a, b, par)
-    }
+/// Forwards every method to the sketch behind a pointer, so `&S`, `Box<S>` and
+/// `Box<dyn PolySketch<T>>` are sketches too.
+macro_rules! forward_poly_sketch {
+    ($($ptr:ty),*) => {$(
+        impl<T: Scalar, S: PolySketch<T> + ?Sized> PolySketch<T> for $ptr {
+            fn name(&self) -> &'static str {
+                (**self).name()
+            }
+            fn degree(&self) -> usize {
+                (**self).degree()
+            }
+            fn input_dim(&self) -> usize {
+                (**self).input_dim()
+            }
+            fn sketch_dim(&self) -> usize {
+                (**self).sketch_dim()
+            }
+            fn apply_rows(&self, a: MatRef<'_, T>, out: MatMut<'_, T>) {
+                (**self).apply_rows(a, out)
+            }
+            fn vjp_rows(&self, a: MatRef<'_, T>, grad: MatRef<'_, T>, out: MatMut<'_, T>) {
+                (**self).vjp_rows(a, grad, out)
+            }
+            fn gram(&self, a: MatRef<'_, T>, b: MatRef<'_, T>, par: Par) -> Result<Mat<T>> {
+                (**self).gram(a, b, par)
+            }
+        }
+    )*};
 }
+
+forward_poly_sketch!(Box<S>, &S);

@@ -4,7 +4,9 @@ mod common;
 
 use common::{gaussian, to_f64};
 use faer::{Mat, Par};
-use polysketch_sketch::{CHUNK_ROWS, CountSketch, GaussianJl, PolySketch, TensorSketch, TreeSketch};
+use polysketch_sketch::{
+    CHUNK_ROWS, CountSketch, GaussianJl, PolySketch, TensorSketch, TreeSketch,
+};
 use proptest::prelude::*;
 
 fn all_sketches(h: usize, r: usize, seed: u64) -> Vec<Box<dyn PolySketch<f32>>> {
@@ -18,7 +20,11 @@ fn all_sketches(h: usize, r: usize, seed: u64) -> Vec<Box<dyn PolySketch<f32>>> 
 }
 
 fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
-    rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(f)
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+        .install(f)
 }
 
 /// apply and vjp give bitwise the same result with 1, 2 or 3 threads and sequentially.
@@ -32,7 +38,10 @@ fn results_do_not_depend_on_thread_count() {
         let seq_vjp = s.vjp(a.as_ref(), g.as_ref(), Par::Seq).unwrap();
         for threads in [1, 2, 3] {
             let (y, d) = in_pool(threads, || {
-                (s.apply(a.as_ref(), Par::rayon(0)).unwrap(), s.vjp(a.as_ref(), g.as_ref(), Par::rayon(0)).unwrap())
+                (
+                    s.apply(a.as_ref(), Par::rayon(0)).unwrap(),
+                    s.vjp(a.as_ref(), g.as_ref(), Par::rayon(0)).unwrap(),
+                )
             });
             assert_eq!(y, seq, "{} apply with {threads} threads", s.name());
             assert_eq!(d, seq_vjp, "{} vjp with {threads} threads", s.name());
@@ -72,9 +81,16 @@ proptest! {
 fn f32_and_f64_sketches_from_one_seed_agree() {
     let a64 = gaussian::<f64>(50, 8, 3);
     let a32 = Mat::from_fn(50, 8, |i, j| a64[(i, j)] as f32);
-    let pairs: Vec<(Box<dyn PolySketch<f32>>, Box<dyn PolySketch<f64>>)> = vec![
-        (Box::new(TreeSketch::gaussian(8, 16, 4, 7).unwrap()), Box::new(TreeSketch::gaussian(8, 16, 4, 7).unwrap())),
-        (Box::new(TensorSketch::new(8, 16, 4, 7).unwrap()), Box::new(TensorSketch::new(8, 16, 4, 7).unwrap())),
+    type Pair = (Box<dyn PolySketch<f32>>, Box<dyn PolySketch<f64>>);
+    let pairs: Vec<Pair> = vec![
+        (
+            Box::new(TreeSketch::gaussian(8, 16, 4, 7).unwrap()),
+            Box::new(TreeSketch::gaussian(8, 16, 4, 7).unwrap()),
+        ),
+        (
+            Box::new(TensorSketch::new(8, 16, 4, 7).unwrap()),
+            Box::new(TensorSketch::new(8, 16, 4, 7).unwrap()),
+        ),
     ];
     for (s32, s64) in pairs {
         let y32 = to_f64(s32.apply(a32.as_ref(), Par::Seq).unwrap().as_ref());

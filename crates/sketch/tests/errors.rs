@@ -8,20 +8,44 @@ use polysketch_sketch::{
 #[test]
 fn bad_degrees_are_refused() {
     for p in [0, 1, 3, 6, 128] {
-        assert!(matches!(TreeSketch::<f32>::gaussian(4, 4, p, 0), Err(SketchError::InvalidDegree { degree, .. }) if degree == p), "tree p={p}");
+        assert!(
+            matches!(TreeSketch::<f32>::gaussian(4, 4, p, 0), Err(SketchError::InvalidDegree { degree, .. }) if degree == p),
+            "tree p={p}"
+        );
     }
     for p in [0, 65] {
-        assert!(matches!(TensorSketch::<f32>::new(4, 4, p, 0), Err(SketchError::InvalidDegree { .. })), "tensorsketch p={p}");
+        assert!(
+            matches!(
+                TensorSketch::<f32>::new(4, 4, p, 0),
+                Err(SketchError::InvalidDegree { .. })
+            ),
+            "tensorsketch p={p}"
+        );
     }
 }
 
 #[test]
 fn zero_dimensions_are_refused() {
-    assert!(matches!(GaussianJl::<f32>::new(0, 4, 0), Err(SketchError::ZeroDimension { .. })));
-    assert!(matches!(GaussianJl::<f32>::new(4, 0, 0), Err(SketchError::ZeroDimension { .. })));
-    assert!(matches!(CountSketch::<f32>::new(4, 0, 0), Err(SketchError::ZeroDimension { .. })));
-    assert!(matches!(TensorSketch::<f32>::new(0, 4, 2, 0), Err(SketchError::ZeroDimension { .. })));
-    assert!(matches!(TreeSketch::<f32>::srht(4, 0, 2, 0), Err(SketchError::ZeroDimension { .. })));
+    assert!(matches!(
+        GaussianJl::<f32>::new(0, 4, 0),
+        Err(SketchError::ZeroDimension { .. })
+    ));
+    assert!(matches!(
+        GaussianJl::<f32>::new(4, 0, 0),
+        Err(SketchError::ZeroDimension { .. })
+    ));
+    assert!(matches!(
+        CountSketch::<f32>::new(4, 0, 0),
+        Err(SketchError::ZeroDimension { .. })
+    ));
+    assert!(matches!(
+        TensorSketch::<f32>::new(0, 4, 2, 0),
+        Err(SketchError::ZeroDimension { .. })
+    ));
+    assert!(matches!(
+        TreeSketch::<f32>::srht(4, 0, 2, 0),
+        Err(SketchError::ZeroDimension { .. })
+    ));
 }
 
 #[test]
@@ -29,7 +53,10 @@ fn oversized_parameters_are_refused_before_allocating() {
     // r x r Gaussian nodes for r = 2^20 would take 8 TiB.
     let err = TreeSketch::<f32>::gaussian(4, 1 << 20, 4, 0).unwrap_err();
     assert!(matches!(err, SketchError::TooLarge { .. }), "{err}");
-    assert!(matches!(GaussianJl::<f64>::new(1 << 20, 1 << 20, 0), Err(SketchError::TooLarge { .. })));
+    assert!(matches!(
+        GaussianJl::<f64>::new(1 << 20, 1 << 20, 0),
+        Err(SketchError::TooLarge { .. })
+    ));
 }
 
 #[test]
@@ -37,19 +64,38 @@ fn shape_mismatches_are_refused() {
     let s = TreeSketch::<f64>::gaussian(4, 8, 2, 0).unwrap();
     let a = Mat::<f64>::zeros(3, 5);
     let err = s.apply(a.as_ref(), Par::Seq).unwrap_err();
-    assert_eq!(err, SketchError::ShapeMismatch { op: "PolySketch::apply", expected: (3, 4), got: (3, 5) });
+    assert_eq!(
+        err,
+        SketchError::ShapeMismatch {
+            op: "PolySketch::apply",
+            expected: (3, 4),
+            got: (3, 5)
+        }
+    );
     let a = Mat::<f64>::zeros(3, 4);
     let mut out = Mat::<f64>::zeros(3, 7);
-    assert!(matches!(s.apply_into(a.as_ref(), out.as_mut(), Par::Seq), Err(SketchError::ShapeMismatch { .. })));
+    assert!(matches!(
+        s.apply_into(a.as_ref(), out.as_mut(), Par::Seq),
+        Err(SketchError::ShapeMismatch { .. })
+    ));
     let g = Mat::<f64>::zeros(2, 8);
-    assert!(matches!(s.vjp(a.as_ref(), g.as_ref(), Par::Seq), Err(SketchError::ShapeMismatch { .. })));
-    assert!(matches!(s.gram(a.as_ref(), Mat::<f64>::zeros(2, 3).as_ref(), Par::Seq), Err(SketchError::ShapeMismatch { .. })));
+    assert!(matches!(
+        s.vjp(a.as_ref(), g.as_ref(), Par::Seq),
+        Err(SketchError::ShapeMismatch { .. })
+    ));
+    assert!(matches!(
+        s.gram(a.as_ref(), Mat::<f64>::zeros(2, 3).as_ref(), Par::Seq),
+        Err(SketchError::ShapeMismatch { .. })
+    ));
 }
 
 #[test]
 fn empty_input_is_refused() {
     let s = CountSketch::<f32>::new(4, 8, 0).unwrap();
-    assert!(matches!(s.apply(Mat::<f32>::zeros(0, 4).as_ref(), Par::Seq), Err(SketchError::EmptyInput { .. })));
+    assert!(matches!(
+        s.apply(Mat::<f32>::zeros(0, 4).as_ref(), Par::Seq),
+        Err(SketchError::EmptyInput { .. })
+    ));
 }
 
 #[test]
@@ -60,31 +106,80 @@ fn non_finite_input_is_refused_with_its_position() {
         a[(3, 2)] = bad;
         assert_eq!(
             s.apply(a.as_ref(), Par::Seq).unwrap_err(),
-            SketchError::NonFinite { op: "PolySketch::apply", input: "a", row: 3, col: 2 }
+            SketchError::NonFinite {
+                op: "PolySketch::apply",
+                input: "a",
+                row: 3,
+                col: 2
+            }
         );
         let good = Mat::<f32>::zeros(5, 4);
         let mut g = Mat::<f32>::zeros(5, 8);
         g[(1, 1)] = bad;
-        assert!(matches!(s.vjp(good.as_ref(), g.as_ref(), Par::Seq), Err(SketchError::NonFinite { input: "grad", .. })));
+        assert!(matches!(
+            s.vjp(good.as_ref(), g.as_ref(), Par::Seq),
+            Err(SketchError::NonFinite { input: "grad", .. })
+        ));
     }
 }
 
 #[test]
 fn statistics_utilities_refuse_bad_arguments() {
-    assert!(matches!(jl::mean_interval(&[1.0], 0.95), Err(SketchError::InvalidArgument { .. })));
-    assert!(matches!(jl::mean_interval(&[1.0, 2.0], 1.5), Err(SketchError::InvalidArgument { .. })));
-    assert!(matches!(jl::mean_interval(&[1.0, f64::NAN], 0.9), Err(SketchError::InvalidArgument { .. })));
-    assert!(matches!(jl::lt_norm(&[1.0, 2.0], 0.5, 0.9), Err(SketchError::InvalidArgument { .. })));
-    assert!(matches!(jl::log_log_slope(&[1.0], &[1.0]), Err(SketchError::InvalidArgument { .. })));
+    assert!(matches!(
+        jl::mean_interval(&[1.0], 0.95),
+        Err(SketchError::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        jl::mean_interval(&[1.0, 2.0], 1.5),
+        Err(SketchError::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        jl::mean_interval(&[1.0, f64::NAN], 0.9),
+        Err(SketchError::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        jl::lt_norm(&[1.0, 2.0], 0.5, 0.9),
+        Err(SketchError::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        jl::log_log_slope(&[1.0], &[1.0]),
+        Err(SketchError::InvalidArgument { .. })
+    ));
     let zero = Mat::<f64>::zeros(2, 3);
     let s = GaussianJl::<f64>::new(3, 4, 0).unwrap();
-    assert!(matches!(jl::amm_error(&s, zero.as_ref(), zero.as_ref(), Par::Seq), Err(SketchError::InvalidArgument { .. })));
-    assert!(matches!(jl::jl_deviations(|seed| GaussianJl::<f64>::new(3, 4, seed), zero.as_ref(), 3, 0, Par::Seq), Err(SketchError::InvalidArgument { .. })));
-    assert!(matches!(jl::jl_deviations(|seed| GaussianJl::<f64>::new(3, 4, seed), Mat::<f64>::ones(2, 3).as_ref(), 0, 0, Par::Seq), Err(SketchError::InvalidArgument { .. })));
+    assert!(matches!(
+        jl::amm_error(&s, zero.as_ref(), zero.as_ref(), Par::Seq),
+        Err(SketchError::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        jl::jl_deviations(
+            |seed| GaussianJl::<f64>::new(3, 4, seed),
+            zero.as_ref(),
+            3,
+            0,
+            Par::Seq
+        ),
+        Err(SketchError::InvalidArgument { .. })
+    ));
+    assert!(matches!(
+        jl::jl_deviations(
+            |seed| GaussianJl::<f64>::new(3, 4, seed),
+            Mat::<f64>::ones(2, 3).as_ref(),
+            0,
+            0,
+            Par::Seq
+        ),
+        Err(SketchError::InvalidArgument { .. })
+    ));
 }
 
 #[test]
 fn errors_say_what_went_wrong() {
-    let msg = TreeSketch::<f32>::gaussian(4, 4, 3, 0).unwrap_err().to_string();
-    assert!(msg.contains("TreeSketch") && msg.contains("p = 3") && msg.contains("power of two"), "{msg}");
+    let msg = TreeSketch::<f32>::gaussian(4, 4, 3, 0)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("TreeSketch") && msg.contains("p = 3") && msg.contains("power of two"),
+        "{msg}"
+    );
 }

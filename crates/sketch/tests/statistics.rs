@@ -15,7 +15,11 @@ use polysketch_sketch::{
 const LEVEL: f64 = 0.999;
 
 /// Samples of <S^T x^{⊗p}, S^T y^{⊗p}> for rows x = a_0, y = a_1 over `draws` sketches.
-fn inner_products<S: PolySketch<f64>>(make: impl Fn(u64) -> Result<S>, a: MatRef<'_, f64>, draws: usize) -> Vec<f64> {
+fn inner_products<S: PolySketch<f64>>(
+    make: impl Fn(u64) -> Result<S>,
+    a: MatRef<'_, f64>,
+    draws: usize,
+) -> Vec<f64> {
     (0..draws)
         .map(|d| {
             let s = make(split_seed(2024, d as u64)).unwrap();
@@ -30,13 +34,23 @@ fn check_unbiased<S: PolySketch<f64>>(name: &str, p: usize, make: impl Fn(u64) -
     let y = [0.8, -0.1, 0.6, -0.2, -0.4, 0.3];
     let a = Mat::from_fn(2, 6, |i, j| if i == 0 { x[j] } else { y[j] });
     let dot: f64 = x.iter().zip(&y).map(|(u, v)| u * v).sum();
-    let norms = (x.iter().map(|u| u * u).sum::<f64>() * y.iter().map(|u| u * u).sum::<f64>()).sqrt();
+    let norms =
+        (x.iter().map(|u| u * u).sum::<f64>() * y.iter().map(|u| u * u).sum::<f64>()).sqrt();
     let truth = dot.powi(p as i32);
     let ci = jl::mean_interval(&inner_products(make, a.as_ref(), 4000), LEVEL).unwrap();
-    assert!(ci.contains(truth), "{name} p={p}: E<Sx,Sy> = {truth}, interval [{}, {}]", ci.lower, ci.upper);
+    assert!(
+        ci.contains(truth),
+        "{name} p={p}: E<Sx,Sy> = {truth}, interval [{}, {}]",
+        ci.lower,
+        ci.upper
+    );
     // The interval must be narrow enough to matter: a bias of 10 % of |<x,y>|^p is visible.
     let half = (ci.upper - ci.lower) / 2.0;
-    assert!(half < 0.1 * truth.abs(), "{name} p={p}: interval half-width {half} too wide for {truth} (scale {})", norms.powi(p as i32));
+    assert!(
+        half < 0.1 * truth.abs(),
+        "{name} p={p}: interval half-width {half} too wide for {truth} (scale {})",
+        norms.powi(p as i32)
+    );
 }
 
 #[test]
@@ -83,14 +97,25 @@ fn slope_of_error<S: PolySketch<f64>>(name: &str, make: impl Fn(usize, u64) -> R
         .iter()
         .map(|&r| {
             let errs: Vec<f64> = (0..40)
-                .map(|d| jl::amm_error(&make(r, split_seed(r as u64, d)).unwrap(), a.as_ref(), a.as_ref(), Par::Seq).unwrap())
+                .map(|d| {
+                    jl::amm_error(
+                        &make(r, split_seed(r as u64, d)).unwrap(),
+                        a.as_ref(),
+                        a.as_ref(),
+                        Par::Seq,
+                    )
+                    .unwrap()
+                })
                 .collect();
             errs.iter().sum::<f64>() / errs.len() as f64
         })
         .collect();
     let rsf: Vec<f64> = rs.iter().map(|&r| r as f64).collect();
     let slope = jl::log_log_slope(&rsf, &means).unwrap();
-    assert!((-0.62..=-0.38).contains(&slope), "{name}: slope {slope}, mean errors {means:?}");
+    assert!(
+        (-0.62..=-0.38).contains(&slope),
+        "{name}: slope {slope}, mean errors {means:?}"
+    );
     slope
 }
 
@@ -99,8 +124,12 @@ fn amm_error_falls_as_inverse_square_root_of_r() {
     slope_of_error("GaussianJl", |r, s| GaussianJl::new(64, r, s));
     slope_of_error("CountSketch", |r, s| CountSketch::new(64, r, s));
     slope_of_error("TensorSketch p=2", |r, s| TensorSketch::new(64, r, 2, s));
-    slope_of_error("Tree(Gaussian) p=2", |r, s| TreeSketch::gaussian(64, r, 2, s));
-    slope_of_error("Tree(Gaussian) p=4", |r, s| TreeSketch::gaussian(64, r, 4, s));
+    slope_of_error("Tree(Gaussian) p=2", |r, s| {
+        TreeSketch::gaussian(64, r, 2, s)
+    });
+    slope_of_error("Tree(Gaussian) p=4", |r, s| {
+        TreeSketch::gaussian(64, r, 4, s)
+    });
     slope_of_error("Tree(SRHT) p=4", |r, s| TreeSketch::srht(64, r, 4, s));
 }
 
@@ -111,20 +140,46 @@ fn amm_error_falls_as_inverse_square_root_of_r() {
 fn jl_moments_match_closed_forms() {
     let x = gaussian::<f64>(3, 10, 11);
     let r = 32.0f64;
-    let dev = jl::jl_deviations(|s| GaussianJl::<f64>::new(10, 32, s), x.as_ref(), 6000, 5, Par::rayon(2)).unwrap();
+    let dev = jl::jl_deviations(
+        |s| GaussianJl::<f64>::new(10, 32, s),
+        x.as_ref(),
+        6000,
+        5,
+        Par::rayon(2),
+    )
+    .unwrap();
     for i in 0..3 {
         let samples: Vec<f64> = dev.col(i).iter().copied().collect();
         let m2 = jl::lt_norm(&samples, 2.0, LEVEL).unwrap();
         let m4 = jl::lt_norm(&samples, 4.0, LEVEL).unwrap();
-        let (e2, e4) = ((2.0 / r).sqrt(), (12.0 / (r * r) + 48.0 / (r * r * r)).powf(0.25));
-        assert!(m2.lower <= e2 && e2 <= m2.upper, "GaussianJl L2: {m2:?} vs {e2}");
-        assert!(m4.lower <= e4 && e4 <= m4.upper, "GaussianJl L4: {m4:?} vs {e4}");
+        let (e2, e4) = (
+            (2.0 / r).sqrt(),
+            (12.0 / (r * r) + 48.0 / (r * r * r)).powf(0.25),
+        );
+        assert!(
+            m2.lower <= e2 && e2 <= m2.upper,
+            "GaussianJl L2: {m2:?} vs {e2}"
+        );
+        assert!(
+            m4.lower <= e4 && e4 <= m4.upper,
+            "GaussianJl L4: {m4:?} vs {e4}"
+        );
     }
-    let dev = jl::jl_deviations(|s| TreeSketch::<f64>::gaussian(10, 32, 2, s), x.as_ref(), 6000, 6, Par::rayon(2)).unwrap();
+    let dev = jl::jl_deviations(
+        |s| TreeSketch::<f64>::gaussian(10, 32, 2, s),
+        x.as_ref(),
+        6000,
+        6,
+        Par::rayon(2),
+    )
+    .unwrap();
     let samples: Vec<f64> = dev.col(0).iter().copied().collect();
     let m2 = jl::lt_norm(&samples, 2.0, LEVEL).unwrap();
     let e2 = (8.0 / r).sqrt();
-    assert!(m2.lower <= e2 && e2 <= m2.upper, "Tree p=2 L2: {m2:?} vs {e2}");
+    assert!(
+        m2.lower <= e2 && e2 <= m2.upper,
+        "Tree p=2 L2: {m2:?} vs {e2}"
+    );
 }
 
 #[test]

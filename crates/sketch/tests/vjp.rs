@@ -8,7 +8,9 @@ mod common;
 
 use common::{assert_close, fd_gradient, gaussian};
 use faer::Par;
-use polysketch_sketch::{CHUNK_ROWS, CountSketch, GaussianJl, PolySketch, TensorSketch, TreeSketch};
+use polysketch_sketch::{
+    CHUNK_ROWS, CountSketch, GaussianJl, PolySketch, TensorSketch, TreeSketch,
+};
 
 fn check<S: PolySketch<f64>>(s: &S, n: usize, seed: u64) {
     let a = gaussian::<f64>(n, s.input_dim(), seed);
@@ -32,7 +34,11 @@ fn countsketch_vjp() {
 fn tensorsketch_vjp() {
     for p in 1..=4 {
         for r in [1, 6, 16] {
-            check(&TensorSketch::<f64>::new(5, r, p, 3 + p as u64).unwrap(), 3, 30);
+            check(
+                &TensorSketch::<f64>::new(5, r, p, 3 + p as u64).unwrap(),
+                3,
+                30,
+            );
         }
     }
 }

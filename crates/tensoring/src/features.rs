@@ -1,0 +1,162 @@
+//! The tensor-square feature map \\(l \mapsto l \otimes l\\) in two layouts, its VJP, and the
+//! Gram identity.
+
+use faer::prelude::ReborrowMut;
+use faer::{MatMut, MatRef, Par, unzip, zip};
+use polysketch_sketch::{Scalar, linalg::gemm};
+
+/// How the features of \\(l \otimes l\\) are laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Layout {
+    /// All \\(r^2\\) entries \\(l_a l_b\\); feature \\(a r + b\\) is \\(l_a l_b\\).
+    Full,
+    /// The \\(r(r+1)/2\\) distinct entries, off-diagonal ones scaled by \\(\sqrt 2\\), laid out
+    /// by shift so every block is a full-width entrywise product:
+    /// block \\(s = 0\\) is \\(l \circ l\\); block \\(s = 1, \dots, \lceil r/2\rceil - 1\\) is
+    /// \\(\sqrt 2\,(l \circ \operatorname{rot}_s l)\\) with \\((\operatorname{rot}_s l)_c =
+    /// l_{(c+s) \bmod r}\\); for even \\(r\\), block \\(s = r/2\\) keeps only its first \\(r/2\\)
+    /// entries (each pair once). Feature \\(s r + c\\) is \\(w_s\, l_c\, l_{(c+s) \bmod r}\\).
+    /// Inner products equal the full layout's exactly:
+    /// \\(\sum_{a,b} l_a l_b l'_a l'_b = \sum_a (l_a l'_a)^2 + 2\sum_{a<b} l_a l_b l'_a l'_b\\).
+    #[default]
+    Symmetric,
+}
+
+/// Number of features of \\(l \otimes l\\) for \\(l \in \mathbb{R}^r\\): \\(r^2\\) (full) or
+/// \\(r(r+1)/2\\) (symmetric).
+pub fn feature_dim(r: usize, layout: Layout) -> usize {
+    match layout {
+        Layout::Full => r * r,
+        Layout::Symmetric => r * (r + 1) / 2,
+    }
+}
+
+/// The blocks of the symmetric layout: `(shift s, entries in the block, weight w_s)`.
+fn symmetric_blocks(r: usize) -> impl Iterator<Item = (usize, usize, f64)> {
+    let shifts = r / 2 + 1; // s = 0..=r/2 for even r, 0..=(r-1)/2 for odd r
+    (0..shifts).map(move |s| {
+        let len = if r.is_multiple_of(2) && s == r / 2 {
+            r / 2
+        } else {
+            r
+        };
+        (
+            s,
+            len,
+            if s == 0 {
+                1.0
+            } else {
+                core::f64::consts::SQRT_2
+            },
+        )
+    })
+}
+
+/// \\(\phi'\\) of given sketches: row \\(i\\) of `out` is the tensor square of row \\(i\\) of
+/// `l` in `layout`.
+///
+/// # Shapes
+/// `l: [n, r]`, `out: [n, feature_dim(r, layout)]`.
+///
+/// # Panics
+/// If the shapes do not match (an unchecked kernel: callers validate).
+pub fn tensor_square<T: Scalar>(l: MatRef<'_, T>, layout: Layout, mut out: MatMut<'_, T>) {
+    let r = l.ncols();
+    assert_eq!(
+        (out.nrows(), out.ncols()),
+        (l.nrows(), feature_dim(r, layout)),
+        "tensor_square: output shape"
+    );
+    match layout {
+        Layout::Full => {
+            for a in 0..r {
+                for b in 0..r {
+                    zip!(out.rb_mut().col_mut(a * r + b), l.col(a), l.col(b))
+                        .for_each(|unzip!(o, x, y)| *o = *x * *y);
+                }
+            }
+        }
+        Layout::Symmetric => {
+            let mut col = 0;
+            for (s, len, w) in symmetric_blocks(r) {
+                let w = T::of(w);
+                for c in 0..len {
+                    zip!(out.rb_mut().col_mut(col), l.col(c), l.col((c + s) % r))
+                        .for_each(|unzip!(o, x, y)| *o = w * *x * *y);
+                    col += 1;
+                }
+            }
+        }
+    }
+}
+
+/// Vector-Jacobian product of [`tensor_square`]: given `dphi` \\(= \partial L/\partial
+/// \phi'\\), writes \\(\partial L/\partial l\\) into `dl` (overwriting it).
+///
+/// For a feature \\(w\, l_a l_b\\): \\(\partial/\partial l_a \mathrel{+}= w\, d\phi\, l_b\\) and
+/// \\(\partial/\partial l_b \mathrel{+}= w\, d\phi\, l_a\\) (both for \\(a = b\\), giving the
+/// factor 2 of \\(l_a^2\\)).
+///
+/// # Shapes
+/// `l: [n, r]`, `dphi: [n, feature_dim(r, layout)]`, `dl: [n, r]`.
+///
+/// # Panics
+/// If the shapes do not match.
+pub fn tensor_square_vjp<T: Scalar>(
+    l: MatRef<'_, T>,
+    dphi: MatRef<'_, T>,
+    layout: Layout,
+    mut dl: MatMut<'_, T>,
+) {
+    let r = l.ncols();
+    assert_eq!(
+        (dphi.nrows(), dphi.ncols()),
+        (l.nrows(), feature_dim(r, layout)),
+        "tensor_square_vjp: dphi shape"
+    );
+    assert_eq!(
+        (dl.nrows(), dl.ncols()),
+        (l.nrows(), r),
+        "tensor_square_vjp: dl shape"
+    );
+    dl.fill(T::zero());
+    let pair = |dl: &mut MatMut<'_, T>, col: usize, a: usize, b: usize, w: T| {
+        zip!(dl.rb_mut().col_mut(a), dphi.col(col), l.col(b))
+            .for_each(|unzip!(d, g, y)| *d += w * *g * *y);
+        zip!(dl.rb_mut().col_mut(b), dphi.col(col), l.col(a))
+            .for_each(|unzip!(d, g, x)| *d += w * *g * *x);
+    };
+    match layout {
+        Layout::Full => {
+            for a in 0..r {
+                for b in 0..r {
+                    pair(&mut dl, a * r + b, a, b, T::one());
+                }
+            }
+        }
+        Layout::Symmetric => {
+            let mut col = 0;
+            for (s, len, w) in symmetric_blocks(r) {
+                for c in 0..len {
+                    pair(&mut dl, col, c, (c + s) % r, T::of(w));
+                    col += 1;
+                }
+            }
+        }
+    }
+}
+
+/// The Gram identity \\(\phi'(Q)\phi'(K)^\top = (LR^\top)^{\circ 2}\\) for `l` = \\(L\\) and
+/// `r` = \\(R\\), the degree-\\(p/2\\) sketches of the rows of \\(Q\\) and \\(K\\): one
+/// \\(b_1 \times b_2\\) product of inner dimension \\(r\\) and an entrywise square,
+/// \\(O(b_1 b_2 r)\\) instead of \\(O(b_1 b_2 r^2)\\) through features.
+///
+/// # Shapes
+/// `l: [b1, r]`, `r: [b2, r]`, `out: [b1, b2]`.
+///
+/// # Panics
+/// If the shapes do not match.
+pub fn gram_block<T: Scalar>(l: MatRef<'_, T>, r: MatRef<'_, T>, mut out: MatMut<'_, T>, par: Par) {
+    gemm(out.rb_mut(), l, r.transpose(), T::one(), false, par);
+    zip!(out).for_each(|unzip!(x)| *x = *x * *x);
+}
