@@ -537,8 +537,9 @@ mod tests {
     fn tiny() -> Config {
         Config {
             degrees: vec![2, 4],
-            sizes: vec![16, 64, 256],
-            draws: 12,
+            sizes: vec![16, 64, 256, 1024],
+            max_tree_size: vec![(2, 1024), (4, 1024)],
+            draws: 40,
             rows: 8,
             dim: 8,
             ..Config::quick()
@@ -555,7 +556,7 @@ mod tests {
             .collect();
         for p in [2, 4] {
             let s = slope(&results, p, Family::NearlyParallel).unwrap();
-            assert!((-0.8..=-0.3).contains(&s), "p={p}: slope {s}");
+            assert!((-0.75..=-0.35).contains(&s), "p={p}: slope {s}");
         }
         for c in &results {
             let ratio = c.ratio().unwrap();
