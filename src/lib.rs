@@ -7,8 +7,10 @@
 //!   al. trees) and the JL-moment / AMM utilities that check them against the theory.
 //! - [`tensoring`]: the nonnegative self-tensoring sketch \\(\phi'(x) = (S^\top
 //!   x^{\otimes p/2})^{\otimes 2}\\) of PolySketchFormer.
+//! - [`lowtri`]: block lower-triangular products \\(\\mathrm{lt}(AB^\\top)C\\) in time linear in
+//!   \\(n\\), forward and backward.
 //! - [`amm`]: the empirical check of Theorem 2.4 run by `examples/amm_bound.rs`.
-//! - [`io`]: crash-safe file output.
+//! - [`io`]: crash-safe file output; [`scaling`]: timing series, their plots, faer's FLOP rate.
 //!
 //! # Example
 //! ```
@@ -24,11 +26,13 @@
 //! # Ok::<(), polysketch::sketch::SketchError>(())
 //! ```
 
+pub use polysketch_lowtri as lowtri;
 pub use polysketch_sketch as sketch;
 pub use polysketch_tensoring as tensoring;
 
 pub mod amm;
 pub mod io;
+pub mod scaling;
 
 /// The README's code runs as a doctest, so it cannot rot.
 #[doc = include_str!("../README.md")]

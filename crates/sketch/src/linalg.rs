@@ -54,3 +54,81 @@ pub fn axpy<T: Scalar>(dst: MatMut<'_, T>, x: MatRef<'_, T>, scale: T) {
 pub fn scaled_copy<T: Scalar>(dst: MatMut<'_, T>, x: MatRef<'_, T>, scale: T) {
     zip!(dst, x).for_each(|unzip!(d, x)| *d = scale * *x);
 }
+
+/// \\(x^e\\) by repeated squaring, inlined: `powi` on `f32` calls a library routine per element,
+/// which dominated the diagonal blocks of the lowtri crate.
+#[inline(always)]
+pub fn ipow<T: Scalar>(x: T, e: u32) -> T {
+    match e {
+        0 => T::one(),
+        1 => x,
+        2 => x * x,
+        3 => x * x * x,
+        4 => {
+            let y = x * x;
+            y * y
+        }
+        _ => {
+            let (mut base, mut e, mut acc) = (x, e, T::one());
+            while e > 0 {
+                if e & 1 == 1 {
+                    acc *= base;
+                }
+                base *= base;
+                e >>= 1;
+            }
+            acc
+        }
+    }
+}
+
+/// \\(\langle x, y\rangle\\) over slices with 16 independent partial sums, so the compiler can
+/// vectorise it (a single running sum is one long dependency chain). The summation order is
+/// fixed, so the result is deterministic.
+///
+/// # Panics
+/// If the lengths differ.
+#[inline]
+pub fn dot<T: Scalar>(x: &[T], y: &[T]) -> T {
+    assert_eq!(x.len(), y.len(), "dot: lengths differ");
+    const LANES: usize = 16;
+    let mut acc = [T::zero(); LANES];
+    let (xc, yc) = (x.chunks_exact(LANES), y.chunks_exact(LANES));
+    let tail: T = xc
+        .remainder()
+        .iter()
+        .zip(yc.remainder())
+        .fold(T::zero(), |s, (&a, &b)| s + a * b);
+    for (xs, ys) in xc.zip(yc) {
+        for ((a, &u), &v) in acc.iter_mut().zip(xs).zip(ys) {
+            *a += u * v;
+        }
+    }
+    acc.iter().fold(T::zero(), |s, &a| s + a) + tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ipow;
+
+    #[test]
+    fn dot_matches_the_plain_sum() {
+        let x: Vec<f64> = (0..37).map(|i| (i as f64 * 0.3).sin()).collect();
+        let y: Vec<f64> = (0..37).map(|i| (i as f64 * 0.7).cos()).collect();
+        let plain: f64 = x.iter().zip(&y).map(|(a, b)| a * b).sum();
+        assert!((super::dot(&x, &y) - plain).abs() < 1e-13);
+    }
+
+    #[test]
+    fn ipow_matches_powi() {
+        for e in 0..12u32 {
+            for x in [-1.7f64, -0.3, 0.0, 0.9, 2.5] {
+                let (a, b) = (ipow(x, e), x.powi(e as i32));
+                assert!(
+                    (a - b).abs() <= 1e-14 * b.abs().max(1.0),
+                    "{x}^{e}: {a} vs {b}"
+                );
+            }
+        }
+    }
+}

@@ -52,9 +52,10 @@ fn results_do_not_depend_on_thread_count() {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
-    /// Two sketches built from one seed are identical; another seed gives another sketch.
+    /// Two sketches built from one seed are identical; another seed gives another sketch. (The
+    /// hash-based sketches repeat with probability (2r)^-h: the shapes keep that below 1e-7.)
     #[test]
-    fn seed_determines_the_sketch(seed in any::<u64>(), h in 2usize..10, r in 2usize..20) {
+    fn seed_determines_the_sketch(seed in any::<u64>(), h in 6usize..10, r in 8usize..20) {
         let a = gaussian::<f32>(3, h, 5);
         for (s1, (s2, s3)) in all_sketches(h, r, seed).iter().zip(all_sketches(h, r, seed).iter().zip(all_sketches(h, r, seed ^ 1))) {
             let y1 = s1.apply(a.as_ref(), Par::Seq).unwrap();

@@ -67,26 +67,11 @@ pub fn tensor_square<T: Scalar>(l: MatRef<'_, T>, layout: Layout, mut out: MatMu
         (l.nrows(), feature_dim(r, layout)),
         "tensor_square: output shape"
     );
-    match layout {
-        Layout::Full => {
-            for a in 0..r {
-                for b in 0..r {
-                    zip!(out.rb_mut().col_mut(a * r + b), l.col(a), l.col(b))
-                        .for_each(|unzip!(o, x, y)| *o = *x * *y);
-                }
-            }
-        }
-        Layout::Symmetric => {
-            let mut col = 0;
-            for (s, len, w) in symmetric_blocks(r) {
-                let w = T::of(w);
-                for c in 0..len {
-                    zip!(out.rb_mut().col_mut(col), l.col(c), l.col((c + s) % r))
-                        .for_each(|unzip!(o, x, y)| *o = w * *x * *y);
-                    col += 1;
-                }
-            }
-        }
+    for (f, a, b, w) in features(r, layout) {
+        let w = T::of(w);
+        column_op(out.rb_mut().col_mut(f), l.col(a), l.col(b), |o, x, y| {
+            *o = w * x * y
+        });
     }
 }
 
@@ -120,30 +105,55 @@ pub fn tensor_square_vjp<T: Scalar>(
         "tensor_square_vjp: dl shape"
     );
     dl.fill(T::zero());
-    let pair = |dl: &mut MatMut<'_, T>, col: usize, a: usize, b: usize, w: T| {
-        zip!(dl.rb_mut().col_mut(a), dphi.col(col), l.col(b))
-            .for_each(|unzip!(d, g, y)| *d += w * *g * *y);
-        zip!(dl.rb_mut().col_mut(b), dphi.col(col), l.col(a))
-            .for_each(|unzip!(d, g, x)| *d += w * *g * *x);
-    };
-    match layout {
-        Layout::Full => {
-            for a in 0..r {
-                for b in 0..r {
-                    pair(&mut dl, a * r + b, a, b, T::one());
-                }
-            }
-        }
-        Layout::Symmetric => {
-            let mut col = 0;
-            for (s, len, w) in symmetric_blocks(r) {
-                for c in 0..len {
-                    pair(&mut dl, col, c, (c + s) % r, T::of(w));
-                    col += 1;
-                }
-            }
-        }
+    for (f, a, b, w) in features(r, layout) {
+        let w = T::of(w);
+        column_op(dl.rb_mut().col_mut(a), dphi.col(f), l.col(b), |d, g, y| {
+            *d += w * g * y
+        });
+        column_op(dl.rb_mut().col_mut(b), dphi.col(f), l.col(a), |d, g, x| {
+            *d += w * g * x
+        });
     }
+}
+
+/// Every feature of a layout as `(feature column, a, b, weight)`: feature = weight · l_a · l_b.
+fn features(r: usize, layout: Layout) -> Box<dyn Iterator<Item = (usize, usize, usize, f64)>> {
+    match layout {
+        Layout::Full => Box::new((0..r * r).map(move |f| (f, f / r, f % r, 1.0))),
+        Layout::Symmetric => Box::new(
+            symmetric_blocks(r)
+                .flat_map(|(s, len, w)| (0..len).map(move |c| (s, c, w)))
+                .enumerate()
+                .map(move |(f, (s, c, w))| (f, c, (c + s) % r, w)),
+        ),
+    }
+}
+
+/// `op(out_i, x_i, y_i)` down three columns: through contiguous slices when all three are
+/// contiguous (faer's column-major default) so the loop vectorises, else element by element.
+#[inline]
+fn column_op<T: Scalar>(
+    out: faer::ColMut<'_, T>,
+    x: faer::ColRef<'_, T>,
+    y: faer::ColRef<'_, T>,
+    op: impl Fn(&mut T, T, T),
+) {
+    if let (Some(xs), Some(ys)) = (x.try_as_col_major(), y.try_as_col_major())
+        && (out.row_stride() == 1 || out.nrows() <= 1)
+    {
+        if let Some(o) = out.try_as_col_major_mut() {
+            for ((o, &x), &y) in o
+                .as_slice_mut()
+                .iter_mut()
+                .zip(xs.as_slice())
+                .zip(ys.as_slice())
+            {
+                op(o, x, y);
+            }
+        }
+        return;
+    }
+    zip!(out, x, y).for_each(|unzip!(o, x, y)| op(o, *x, *y));
 }
 
 /// The Gram identity \\(\phi'(Q)\phi'(K)^\top = (LR^\top)^{\circ 2}\\) for `l` = \\(L\\) and

@@ -52,6 +52,11 @@ proptest! {
         prop_assert_eq!(sym.ncols(), r * (r + 1) / 2);
         tensor_square(l.as_ref(), Layout::Symmetric, sym.as_mut());
         assert_close((&sym * sym.transpose()).as_ref(), (&full * full.transpose()).as_ref(), 1e-13, "symmetric Gram");
+        // row-major input and output views take the strided path and give the same features
+        let l_rows = l.transpose().to_owned();
+        let mut sym_t = Mat::zeros(sym.ncols(), n);
+        tensor_square(l_rows.transpose(), Layout::Symmetric, sym_t.as_mut().transpose_mut());
+        assert_close(sym_t.transpose(), sym.as_ref(), 0.0, "strided views");
     }
 
     /// ⟨φ'(x), φ'(y)⟩ ≥ 0 for every pair, through features and through the Gram identity.

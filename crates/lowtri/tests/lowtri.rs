@@ -1,0 +1,499 @@
+//! The block engine against the f64 references, finite differences, thread counts and f32.
+//!
+//! Tolerances: f64 block vs f64 reference sum the same terms in different orders, so they agree
+//! to ~1e-12 of the largest entry; the f32 bound (1e-5 relative Frobenius) is the crate's
+//! accuracy promise.
+
+use faer::{Mat, MatRef, Par};
+use polysketch_lowtri::{Features, Grads, LowTri, Problem, SketchError, baseline, reference};
+use polysketch_sketch::{Scalar, seeded_rng};
+use proptest::prelude::*;
+use rand_distr::{Distribution, StandardNormal};
+
+fn gaussian<T: Scalar>(n: usize, w: usize, scale: f64, seed: u64) -> Mat<T> {
+    let mut rng = seeded_rng(seed);
+    Mat::from_fn(n, w, |_, _| {
+        let z: f64 = StandardNormal.sample(&mut rng);
+        T::of(scale * z)
+    })
+}
+
+fn max_abs(m: MatRef<'_, f64>) -> f64 {
+    let mut x = 0.0f64;
+    for j in 0..m.ncols() {
+        for i in 0..m.nrows() {
+            x = x.max(m[(i, j)].abs());
+        }
+    }
+    x
+}
+
+fn assert_close(got: MatRef<'_, f64>, expected: MatRef<'_, f64>, rtol: f64, what: &str) {
+    assert_eq!(
+        (got.nrows(), got.ncols()),
+        (expected.nrows(), expected.ncols()),
+        "{what}: shape"
+    );
+    let diff = max_abs((got.to_owned() - expected.to_owned()).as_ref());
+    let scale = max_abs(expected).max(1e-300);
+    assert!(
+        diff <= rtol * scale,
+        "{what}: max difference {diff:e} > {rtol:e} x {scale:e}"
+    );
+}
+
+fn rel_frobenius(got: MatRef<'_, f64>, expected: MatRef<'_, f64>) -> f64 {
+    (got.to_owned() - expected.to_owned()).norm_l2() / expected.norm_l2()
+}
+
+fn widen<T: Scalar>(m: MatRef<'_, T>) -> Mat<f64> {
+    Mat::from_fn(m.nrows(), m.ncols(), |i, j| m[(i, j)].as_f64())
+}
+
+fn compare_grads(got: &Grads<f64>, exp: &Grads<f64>, rtol: f64, what: &str) {
+    assert_close(
+        got.d_a.as_ref(),
+        exp.d_a.as_ref(),
+        rtol,
+        &format!("{what} d_a"),
+    );
+    assert_close(
+        got.d_b.as_ref(),
+        exp.d_b.as_ref(),
+        rtol,
+        &format!("{what} d_b"),
+    );
+    assert_close(
+        got.d_c.as_ref(),
+        exp.d_c.as_ref(),
+        rtol,
+        &format!("{what} d_c"),
+    );
+    assert_eq!(got.d_q.is_some(), exp.d_q.is_some(), "{what}: d_q presence");
+    if let (Some(g), Some(e)) = (&got.d_q, &exp.d_q) {
+        assert_close(g.as_ref(), e.as_ref(), rtol, &format!("{what} d_q"));
+    }
+    if let (Some(g), Some(e)) = (&got.d_k, &exp.d_k) {
+        assert_close(g.as_ref(), e.as_ref(), rtol, &format!("{what} d_k"));
+    }
+}
+
+/// The four forms on one set of inputs: general, self-tensored, local exact over explicit
+/// features, local exact over self-tensored features.
+struct Inputs {
+    a: Mat<f64>,
+    b: Mat<f64>,
+    l: Mat<f64>,
+    r: Mat<f64>,
+    q: Mat<f64>,
+    k: Mat<f64>,
+    c: Mat<f64>,
+    p: usize,
+}
+
+impl Inputs {
+    fn new(n: usize, m: usize, r: usize, h: usize, k: usize, p: usize, seed: u64) -> Self {
+        Self {
+            a: gaussian(n, m, 0.5, seed),
+            b: gaussian(n, m, 0.5, seed + 1),
+            l: gaussian(n, r, 0.5, seed + 2),
+            r: gaussian(n, r, 0.5, seed + 3),
+            q: gaussian(n, h, 0.6, seed + 4),
+            k: gaussian(n, h, 0.6, seed + 5),
+            c: gaussian(n, k, 1.0, seed + 6),
+            p,
+        }
+    }
+
+    fn problems(&self) -> Vec<(&'static str, Problem<'_, f64>)> {
+        let explicit = Features::Explicit {
+            a: self.a.as_ref(),
+            b: self.b.as_ref(),
+        };
+        let tensored = Features::SelfTensored {
+            l: self.l.as_ref(),
+            r: self.r.as_ref(),
+        };
+        vec![
+            (
+                "general",
+                Problem::general(self.a.as_ref(), self.b.as_ref(), self.c.as_ref()),
+            ),
+            (
+                "self_tensored",
+                Problem::self_tensored(self.l.as_ref(), self.r.as_ref(), self.c.as_ref()),
+            ),
+            (
+                "local_explicit",
+                Problem::local_exact(
+                    explicit,
+                    self.q.as_ref(),
+                    self.k.as_ref(),
+                    self.p,
+                    self.c.as_ref(),
+                ),
+            ),
+            (
+                "local_tensored",
+                Problem::local_exact(
+                    tensored,
+                    self.q.as_ref(),
+                    self.k.as_ref(),
+                    self.p,
+                    self.c.as_ref(),
+                ),
+            ),
+        ]
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 40, ..ProptestConfig::default() })]
+
+    /// Every form, forward and backward, against the f64 references; ragged last blocks and
+    /// n < b included.
+    #[test]
+    fn every_form_matches_the_reference(
+        n in 1usize..160, b in 1usize..48, m in 1usize..9, r in 1usize..6, h in 1usize..5,
+        k in 1usize..5, p in 1usize..5, seed in any::<u64>(),
+    ) {
+        let inputs = Inputs::new(n, m, r, h, k, p, seed);
+        let engine = LowTri::new(b).unwrap();
+        let g = gaussian::<f64>(n, k, 1.0, seed ^ 99);
+        for (name, problem) in inputs.problems() {
+            let (out, saved) = engine.forward(&problem, Par::Seq).unwrap();
+            assert_close(out.as_ref(), reference::forward_reference(&problem, b).as_ref(), 1e-11, name);
+            let grads = engine.backward(&problem, &saved, g.as_ref(), Par::rayon(2)).unwrap();
+            compare_grads(&grads, &reference::backward_reference(&problem, b, g.as_ref()), 1e-11, name);
+        }
+    }
+}
+
+fn with_first<'a>(f: Features<'a, f64>, x: MatRef<'a, f64>) -> Features<'a, f64> {
+    match f {
+        Features::Explicit { b, .. } => Features::Explicit { a: x, b },
+        Features::SelfTensored { r, .. } => Features::SelfTensored { l: x, r },
+    }
+}
+
+fn with_second<'a>(f: Features<'a, f64>, y: MatRef<'a, f64>) -> Features<'a, f64> {
+    match f {
+        Features::Explicit { a, .. } => Features::Explicit { a, b: y },
+        Features::SelfTensored { l, .. } => Features::SelfTensored { l, r: y },
+    }
+}
+
+/// The reference gradients themselves against central finite differences of <G, out>.
+#[test]
+fn reference_gradients_match_finite_differences() {
+    let (n, b) = (7, 3);
+    let inputs = Inputs::new(n, 3, 2, 2, 2, 3, 5);
+    let g = gaussian::<f64>(n, 2, 1.0, 6);
+    let loss = |p: &Problem<'_, f64>| -> f64 {
+        let out = reference::forward_reference(p, b);
+        (0..n)
+            .map(|i| (0..2).map(|c| out[(i, c)] * g[(i, c)]).sum::<f64>())
+            .sum()
+    };
+    let eps = 1e-6;
+    for (name, problem) in inputs.problems() {
+        let grads = reference::backward_reference(&problem, b, g.as_ref());
+        // perturb each input matrix through a copy
+        let check = |which: &str,
+                     base: MatRef<'_, f64>,
+                     expected: MatRef<'_, f64>,
+                     rebuild: &dyn Fn(MatRef<'_, f64>) -> f64| {
+            let mut work = base.to_owned();
+            for i in 0..base.nrows() {
+                for j in 0..base.ncols() {
+                    let x = work[(i, j)];
+                    work[(i, j)] = x + eps;
+                    let up = rebuild(work.as_ref());
+                    work[(i, j)] = x - eps;
+                    let down = rebuild(work.as_ref());
+                    work[(i, j)] = x;
+                    let fd = (up - down) / (2.0 * eps);
+                    assert!(
+                        (fd - expected[(i, j)]).abs() <= 1e-6 * (1.0 + fd.abs()),
+                        "{name} {which}[{i},{j}]: fd {fd} vs {}",
+                        expected[(i, j)]
+                    );
+                }
+            }
+        };
+        check("c", inputs.c.as_ref(), grads.d_c.as_ref(), &|c| {
+            loss(&Problem { c, ..problem })
+        });
+        let (fa, fb) = match problem.features {
+            Features::Explicit { a, b } => (a, b),
+            Features::SelfTensored { l, r } => (l, r),
+        };
+        check("a", fa, grads.d_a.as_ref(), &|x| {
+            loss(&Problem {
+                features: with_first(problem.features, x),
+                ..problem
+            })
+        });
+        check("b", fb, grads.d_b.as_ref(), &|y| {
+            loss(&Problem {
+                features: with_second(problem.features, y),
+                ..problem
+            })
+        });
+        if let polysketch_lowtri::Diagonal::ExactPower { q, k, p } = problem.diagonal {
+            check("q", q, grads.d_q.as_ref().unwrap().as_ref(), &|x| {
+                loss(&Problem {
+                    diagonal: polysketch_lowtri::Diagonal::ExactPower { q: x, k, p },
+                    ..problem
+                })
+            });
+            check("k", k, grads.d_k.as_ref().unwrap().as_ref(), &|y| {
+                loss(&Problem {
+                    diagonal: polysketch_lowtri::Diagonal::ExactPower { q, k: y, p },
+                    ..problem
+                })
+            });
+        }
+    }
+}
+
+fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+        .install(f)
+}
+
+/// Bitwise the same outputs and gradients whatever the number of threads.
+#[test]
+fn results_do_not_depend_on_thread_count() {
+    let (n, b) = (3000, 128);
+    let l = gaussian::<f32>(n, 8, 0.5, 1);
+    let r = gaussian::<f32>(n, 8, 0.5, 2);
+    let c = gaussian::<f32>(n, 16, 1.0, 3);
+    let g = gaussian::<f32>(n, 16, 1.0, 4);
+    let problem = Problem::self_tensored(l.as_ref(), r.as_ref(), c.as_ref());
+    let engine = LowTri::new(b).unwrap();
+    let (out, saved) = engine.forward(&problem, Par::Seq).unwrap();
+    let grads = engine
+        .backward(&problem, &saved, g.as_ref(), Par::Seq)
+        .unwrap();
+    for threads in [1, 2, 3] {
+        let (o, gr) = in_pool(threads, || {
+            let (o, s) = engine.forward(&problem, Par::rayon(0)).unwrap();
+            (
+                o,
+                engine
+                    .backward(&problem, &s, g.as_ref(), Par::rayon(0))
+                    .unwrap(),
+            )
+        });
+        assert_eq!(o, out, "forward with {threads} threads");
+        assert_eq!(gr, grads, "backward with {threads} threads");
+    }
+}
+
+/// f32 against f64 at n = 2^16 on well-scaled inputs (rows of norm about 1): relative
+/// Frobenius error at most 1e-5, forward and backward.
+#[test]
+fn f32_is_accurate_at_long_lengths() {
+    let (n, b) = (1 << 16, 256);
+    let l64 = gaussian::<f64>(n, 16, 0.25, 10);
+    let r64 = gaussian::<f64>(n, 16, 0.25, 11);
+    let c64 = gaussian::<f64>(n, 32, 1.0, 12);
+    let g64 = gaussian::<f64>(n, 32, 1.0, 13);
+    let narrow = |m: &Mat<f64>| Mat::from_fn(m.nrows(), m.ncols(), |i, j| m[(i, j)] as f32);
+    let (l32, r32, c32, g32) = (narrow(&l64), narrow(&r64), narrow(&c64), narrow(&g64));
+    let engine = LowTri::new(b).unwrap();
+    let p64 = Problem::self_tensored(l64.as_ref(), r64.as_ref(), c64.as_ref());
+    let p32 = Problem::self_tensored(l32.as_ref(), r32.as_ref(), c32.as_ref());
+    let (o64, s64) = engine.forward(&p64, Par::rayon(0)).unwrap();
+    let (o32, s32) = engine.forward(&p32, Par::rayon(0)).unwrap();
+    let err = rel_frobenius(widen(o32.as_ref()).as_ref(), o64.as_ref());
+    assert!(err <= 1e-5, "forward relative error {err:e}");
+    let g64r = engine
+        .backward(&p64, &s64, g64.as_ref(), Par::rayon(0))
+        .unwrap();
+    let g32r = engine
+        .backward(&p32, &s32, g32.as_ref(), Par::rayon(0))
+        .unwrap();
+    for (name, a, e) in [
+        ("d_l", &g32r.d_a, &g64r.d_a),
+        ("d_r", &g32r.d_b, &g64r.d_b),
+        ("d_c", &g32r.d_c, &g64r.d_c),
+    ] {
+        let err = rel_frobenius(widen(a.as_ref()).as_ref(), e.as_ref());
+        assert!(err <= 1e-5, "{name} relative error {err:e}");
+    }
+}
+
+/// The f64 block form against the naive O(n²) product at a few thousand rows.
+#[test]
+fn block_form_matches_naive_at_a_few_thousand_rows() {
+    let (n, b) = (3000, 256);
+    let a = gaussian::<f64>(n, 40, 0.3, 20);
+    let bb = gaussian::<f64>(n, 40, 0.3, 21);
+    let c = gaussian::<f64>(n, 8, 1.0, 22);
+    let problem = Problem::general(a.as_ref(), bb.as_ref(), c.as_ref());
+    let (out, _) = LowTri::new(b)
+        .unwrap()
+        .forward(&problem, Par::rayon(0))
+        .unwrap();
+    let naive =
+        baseline::naive_forward(a.as_ref(), bb.as_ref(), c.as_ref(), Par::rayon(0)).unwrap();
+    assert!(rel_frobenius(out.as_ref(), naive.as_ref()) < 1e-13);
+    let cumsum =
+        baseline::cumsum_forward(a.as_ref(), bb.as_ref(), c.as_ref(), Par::rayon(0)).unwrap();
+    assert!(rel_frobenius(cumsum.as_ref(), naive.as_ref()) < 1e-13);
+}
+
+/// The baselines against the reference on small shapes, f32 and f64.
+#[test]
+fn baselines_match_the_reference() {
+    for (n, m, k) in [(1, 1, 1), (17, 3, 9), (100, 7, 20)] {
+        let a = gaussian::<f64>(n, m, 0.5, 30);
+        let b = gaussian::<f64>(n, m, 0.5, 31);
+        let c = gaussian::<f64>(n, k, 1.0, 32);
+        let expected =
+            reference::forward_reference(&Problem::general(a.as_ref(), b.as_ref(), c.as_ref()), 1);
+        let naive = baseline::naive_forward(a.as_ref(), b.as_ref(), c.as_ref(), Par::Seq).unwrap();
+        assert_close(naive.as_ref(), expected.as_ref(), 1e-12, "naive");
+        let cumsum =
+            baseline::cumsum_forward(a.as_ref(), b.as_ref(), c.as_ref(), Par::rayon(2)).unwrap();
+        assert_close(cumsum.as_ref(), expected.as_ref(), 1e-12, "cumsum");
+    }
+}
+
+/// A batch gives the same results as each problem alone, written into views of one buffer.
+#[test]
+fn batches_match_single_problems() {
+    let inputs: Vec<Inputs> = (0..3)
+        .map(|s| Inputs::new(50 + 13 * s as usize, 4, 3, 2, 3, 2, 40 + s))
+        .collect();
+    let problems: Vec<Problem<'_, f64>> = inputs
+        .iter()
+        .flat_map(|i| i.problems().into_iter().map(|(_, p)| p))
+        .collect();
+    let engine = LowTri::new(16).unwrap();
+    let rows: usize = problems.iter().map(|p| p.n()).sum();
+    let mut buffer = Mat::<f64>::zeros(rows, 3);
+    let mut views = Vec::new();
+    let mut rest = buffer.as_mut();
+    for p in &problems {
+        let (head, tail) = rest.split_at_row_mut(p.n());
+        views.push(head);
+        rest = tail;
+    }
+    let saved = engine
+        .forward_batch(&problems, views, Par::rayon(2))
+        .unwrap();
+    let d_outs: Vec<Mat<f64>> = problems
+        .iter()
+        .map(|p| gaussian(p.n(), 3, 1.0, p.n() as u64))
+        .collect();
+    let d_refs: Vec<MatRef<'_, f64>> = d_outs.iter().map(|d| d.as_ref()).collect();
+    let grads = engine
+        .backward_batch(&problems, &saved, &d_refs, Par::rayon(2))
+        .unwrap();
+    let mut start = 0;
+    for (i, p) in problems.iter().enumerate() {
+        let (single, s) = engine.forward(p, Par::Seq).unwrap();
+        assert_eq!(buffer.as_ref().subrows(start, p.n()).to_owned(), single);
+        assert_eq!(
+            grads[i],
+            engine.backward(p, &s, d_refs[i], Par::Seq).unwrap()
+        );
+        start += p.n();
+    }
+}
+
+#[test]
+fn bad_input_gets_typed_errors() {
+    assert!(matches!(
+        LowTri::new(0),
+        Err(SketchError::ZeroDimension { .. })
+    ));
+    let engine = LowTri::new(4).unwrap();
+    let a = Mat::<f64>::zeros(10, 3);
+    let short = Mat::<f64>::zeros(9, 3);
+    let c = Mat::<f64>::zeros(10, 2);
+    assert!(matches!(
+        engine.forward(
+            &Problem::general(a.as_ref(), short.as_ref(), c.as_ref()),
+            Par::Seq
+        ),
+        Err(SketchError::ShapeMismatch { .. })
+    ));
+    let narrow = Mat::<f64>::zeros(10, 2);
+    assert!(matches!(
+        engine.forward(
+            &Problem::general(a.as_ref(), narrow.as_ref(), c.as_ref()),
+            Par::Seq
+        ),
+        Err(SketchError::ShapeMismatch { .. })
+    ));
+    let mut nan = a.clone();
+    nan[(4, 1)] = f64::NAN;
+    assert!(matches!(
+        engine.forward(
+            &Problem::general(nan.as_ref(), a.as_ref(), c.as_ref()),
+            Par::Seq
+        ),
+        Err(SketchError::NonFinite {
+            input: "a",
+            row: 4,
+            col: 1,
+            ..
+        })
+    ));
+    let empty = Mat::<f64>::zeros(0, 3);
+    let empty_c = Mat::<f64>::zeros(0, 2);
+    assert!(matches!(
+        engine.forward(
+            &Problem::general(empty.as_ref(), empty.as_ref(), empty_c.as_ref()),
+            Par::Seq
+        ),
+        Err(SketchError::EmptyInput { .. })
+    ));
+    let tensored = Features::SelfTensored {
+        l: a.as_ref(),
+        r: a.as_ref(),
+    };
+    assert!(matches!(
+        engine.forward(
+            &Problem::local_exact(tensored, a.as_ref(), a.as_ref(), 0, c.as_ref()),
+            Par::Seq
+        ),
+        Err(SketchError::InvalidDegree { .. })
+    ));
+    // backward: wrong d_out, non-finite d_out, saved from another block size
+    let problem = Problem::general(a.as_ref(), a.as_ref(), c.as_ref());
+    let (_, saved) = engine.forward(&problem, Par::Seq).unwrap();
+    assert!(matches!(
+        engine.backward(
+            &problem,
+            &saved,
+            Mat::<f64>::zeros(10, 3).as_ref(),
+            Par::Seq
+        ),
+        Err(SketchError::ShapeMismatch { .. })
+    ));
+    let mut bad = Mat::<f64>::zeros(10, 2);
+    bad[(0, 0)] = f64::INFINITY;
+    assert!(matches!(
+        engine.backward(&problem, &saved, bad.as_ref(), Par::Seq),
+        Err(SketchError::NonFinite { input: "d_out", .. })
+    ));
+    let other = LowTri::new(3).unwrap();
+    assert!(
+        other
+            .backward(
+                &problem,
+                &saved,
+                Mat::<f64>::zeros(10, 2).as_ref(),
+                Par::Seq
+            )
+            .is_err()
+    );
+}

@@ -1,0 +1,283 @@
+//! Time of lt(A Bᵀ) C against n: block algorithm, cumulative sums, naive; forward and backward.
+//!
+//! ```sh
+//! cargo run --release --example lowtri_scaling
+//! cargo run --release --example lowtri_scaling -- --quick   # n up to 8k, fewer repetitions
+//! ```
+//!
+//! A, B are the m = 528 symmetric self-tensored features of L, R ∈ R^{n×32} (r = 32), C has
+//! k = 64 columns, b = 256, f32, all cores. Four ways to compute the same product:
+//! - block, self-tensored: the engine on L, R (features built per block in scratch);
+//! - block, general: the engine on the explicit n × 528 features;
+//! - cumulative sums (Performer-style) and the naive masked product, on the explicit features.
+//!
+//! Prints a row per n, a block-size sweep at n = 16k, the FLOP rate of faer's own 2048³ product
+//! measured in the same run, writes `lowtri_scaling.csv` and `lowtri_scaling.svg` into `--out`,
+//! and prints last `ratio64k <t(64k)/t(32k)>` for the block forward (2 means linear time).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Parser;
+use faer::{Mat, Par};
+use indicatif::{ProgressBar, ProgressStyle};
+use polysketch::lowtri::{LowTri, Problem, baseline};
+use polysketch::scaling::{self, Series};
+use polysketch::sketch::seeded_rng;
+use polysketch::tensoring::{Layout, tensor_square};
+use rand_distr::{Distribution, StandardNormal};
+
+/// Scaling of the block lower-triangular product lt(A Bᵀ) C.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// n up to 8k and fewer repetitions.
+    #[arg(long)]
+    quick: bool,
+    /// Folder for lowtri_scaling.csv and lowtri_scaling.svg.
+    #[arg(long, default_value = "runs/lowtri_scaling")]
+    out: PathBuf,
+}
+
+const R: usize = 32;
+const M: usize = R * (R + 1) / 2;
+const K: usize = 64;
+const B: usize = 256;
+/// The naive product is run while n is at most this (its time grows as n²: 16k takes seconds).
+const NAIVE_MAX: usize = 16_384;
+
+fn random(n: usize, w: usize, scale: f64, seed: u64) -> Mat<f32> {
+    let mut rng = seeded_rng(seed);
+    Mat::from_fn(n, w, |_, _| {
+        let z: f64 = StandardNormal.sample(&mut rng);
+        (scale * z) as f32
+    })
+}
+
+/// Median wall time of `reps` runs of `f`, in seconds, after one warm-up run.
+fn median_time(reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut t: Vec<f64> = (0..reps)
+        .map(|_| {
+            let s = Instant::now();
+            f();
+            s.elapsed().as_secs_f64()
+        })
+        .collect();
+    t.sort_by(f64::total_cmp);
+    t[t.len() / 2]
+}
+
+/// FLOPs of the self-tensored block forward, per row: 4mk (H_l = B_lᵀC_l and A_l Z_l) plus the
+/// lower halves of the diagonal block's L_l R_lᵀ (b·r) and lt(S) C_l (b·k).
+fn forward_flops(n: usize, b: usize) -> f64 {
+    n as f64 * (4.0 * (M * K) as f64 + (b * (R + K)) as f64)
+}
+
+/// FLOPs of the self-tensored block backward, per row: 8mk (four m x k products) plus 3·b·r (L_l R_lᵀ
+/// again, dL and dR of the diagonal block) and 2·b·k (dS and lt(S)ᵀ dout).
+fn backward_flops(n: usize, b: usize) -> f64 {
+    n as f64 * (8.0 * (M * K) as f64 + (b * (3 * R + 2 * K)) as f64)
+}
+
+/// FLOPs of the general form's forward on explicit features: 4mk + b·m + b·k per row.
+fn general_flops(n: usize, b: usize) -> f64 {
+    n as f64 * (4.0 * (M * K) as f64 + (b * (M + K)) as f64)
+}
+
+fn main() {
+    if let Err(e) = run(Args::parse()) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// One measured configuration.
+struct Row {
+    forward: f64,
+    forward_backward: f64,
+    general: Option<f64>,
+    cumsum: Option<f64>,
+    naive: Option<f64>,
+    /// Largest relative difference between the methods' outputs.
+    disagreement: f64,
+}
+
+fn rel_diff(a: &Mat<f32>, b: &Mat<f32>) -> f64 {
+    let diff = (a - b).norm_l2() as f64;
+    diff / (b.norm_l2() as f64).max(f64::MIN_POSITIVE)
+}
+
+fn measure(n: usize, b: usize, reps: usize, baselines: bool, par: Par) -> polysketch::Result<Row> {
+    let (l, r, c, g) = (
+        random(n, R, 0.25, 1),
+        random(n, R, 0.25, 2),
+        random(n, K, 1.0, 3),
+        random(n, K, 1.0, 4),
+    );
+    let problem = Problem::self_tensored(l.as_ref(), r.as_ref(), c.as_ref());
+    let engine = LowTri::new(b)?;
+    // validate once (the timed closures then cannot fail) and keep the result to compare
+    let (reference, saved) = engine.forward(&problem, par)?;
+    engine.backward(&problem, &saved, g.as_ref(), par)?;
+    let mut out = Mat::<f32>::zeros(n, K);
+    let forward = median_time(reps, || {
+        engine
+            .forward_batch(std::slice::from_ref(&problem), vec![out.as_mut()], par)
+            .ok();
+    });
+    let forward_backward = median_time(reps, || {
+        if let Ok((_, s)) = engine.forward(&problem, par) {
+            engine.backward(&problem, &s, g.as_ref(), par).ok();
+        }
+    });
+    let mut row = Row {
+        forward,
+        forward_backward,
+        general: None,
+        cumsum: None,
+        naive: None,
+        disagreement: 0.0,
+    };
+    if baselines {
+        // the explicit n x 528 features, formed once outside the timings
+        let (mut fl, mut fr) = (Mat::<f32>::zeros(n, M), Mat::<f32>::zeros(n, M));
+        tensor_square(l.as_ref(), Layout::Symmetric, fl.as_mut());
+        tensor_square(r.as_ref(), Layout::Symmetric, fr.as_mut());
+        let general = Problem::general(fl.as_ref(), fr.as_ref(), c.as_ref());
+        let (out_general, _) = engine.forward(&general, par)?;
+        row.disagreement = rel_diff(&out_general, &reference);
+        row.general = Some(median_time(reps, || {
+            engine
+                .forward_batch(std::slice::from_ref(&general), vec![out.as_mut()], par)
+                .ok();
+        }));
+        let cs = baseline::cumsum_forward(fl.as_ref(), fr.as_ref(), c.as_ref(), par)?;
+        row.disagreement = row.disagreement.max(rel_diff(&cs, &reference));
+        row.cumsum = Some(median_time(reps.min(3), || {
+            baseline::cumsum_forward(fl.as_ref(), fr.as_ref(), c.as_ref(), par).ok();
+        }));
+        if n <= NAIVE_MAX && baseline::naive_fits::<f32>(n) {
+            let nv = baseline::naive_forward(fl.as_ref(), fr.as_ref(), c.as_ref(), par)?;
+            row.disagreement = row.disagreement.max(rel_diff(&nv, &reference));
+            row.naive = Some(median_time(reps.min(3), || {
+                baseline::naive_forward(fl.as_ref(), fr.as_ref(), c.as_ref(), par).ok();
+            }));
+        }
+    }
+    Ok(row)
+}
+
+fn ms(t: Option<f64>) -> String {
+    t.map_or("-".into(), |t| format!("{:.2} ms", t * 1e3))
+}
+
+fn run(args: Args) -> polysketch::Result<()> {
+    let par = Par::rayon(0);
+    let threads = rayon::current_num_threads();
+    let ns: Vec<usize> = (10..=if args.quick { 13 } else { 16 })
+        .map(|e| 1usize << e)
+        .collect();
+    let reps = if args.quick { 3 } else { 5 };
+    let sweep_n = if args.quick { 8192 } else { 16_384 };
+    let sweep = [64usize, 128, 512, 1024];
+    let ceiling = scaling::faer_gflops(2048, reps, par);
+    println!(
+        "lt(A Bᵀ) C with A = L^(x)2, B = R^(x)2 (r = {R}, m = {M} symmetric features), k = {K}, f32, {threads} threads"
+    );
+    println!("faer's 2048³ f32 product in this run: {ceiling:.1} GFLOP/s");
+    println!(
+        "{:>6} {:>5} {:>10} {:>10} {:>7} {:>7} {:>11} {:>7} {:>11} {:>11} {:>9}",
+        "n",
+        "b",
+        "block_fwd",
+        "block_f+b",
+        "fwd_GF",
+        "f+b_GF",
+        "general_fwd",
+        "gen_GF",
+        "cumsum_fwd",
+        "naive_fwd",
+        "max_diff"
+    );
+    let bar = ProgressBar::new((ns.len() + sweep.len()) as u64).with_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} {elapsed_precise} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut series = [
+        Series::new("block forward (self-tensored)"),
+        Series::new("block forward+backward (self-tensored)"),
+        Series::new("block forward (general, explicit features)"),
+        Series::new("cumulative-sum forward"),
+        Series::new("naive forward"),
+    ];
+    let print_row = |n: usize, b: usize, r: &Row| {
+        let gf = forward_flops(n, b) / r.forward / 1e9;
+        let gfb = (forward_flops(n, b) + backward_flops(n, b)) / r.forward_backward / 1e9;
+        let ggf = r.general.map_or("-".into(), |t| {
+            format!("{:.1}", general_flops(n, b) / t / 1e9)
+        });
+        bar.suspend(|| {
+            println!(
+                "{n:>6} {b:>5} {:>7.2} ms {:>7.2} ms {gf:>7.1} {gfb:>7.1} {:>11} {ggf:>7} {:>11} {:>11} {:>9}",
+                r.forward * 1e3,
+                r.forward_backward * 1e3,
+                ms(r.general),
+                ms(r.cumsum),
+                ms(r.naive),
+                if r.general.is_some() { format!("{:.1e}", r.disagreement) } else { "-".into() },
+            )
+        });
+        bar.inc(1);
+        gf
+    };
+    let mut rates = Vec::new();
+    for &n in &ns {
+        bar.set_message(format!("n = {n}"));
+        let r = measure(n, B, reps, true, par)?;
+        rates.push((n, print_row(n, B, &r)));
+        for (s, t) in series.iter_mut().zip([
+            Some(r.forward),
+            Some(r.forward_backward),
+            r.general,
+            r.cumsum,
+            r.naive,
+        ]) {
+            if let Some(t) = t {
+                s.push(n, t);
+            }
+        }
+    }
+    bar.suspend(|| println!("block-size sweep at n = {sweep_n}:"));
+    for b in sweep {
+        bar.set_message(format!("n = {sweep_n}, b = {b}"));
+        let r = measure(sweep_n, b, reps, false, par)?;
+        print_row(sweep_n, b, &r);
+    }
+    bar.finish_and_clear();
+    let from_4k: Vec<f64> = rates
+        .iter()
+        .filter(|(n, _)| *n >= 4096)
+        .map(|(_, g)| *g)
+        .collect();
+    let mean = from_4k.iter().sum::<f64>() / from_4k.len().max(1) as f64;
+    println!(
+        "block forward (self-tensored, b = {B}) from n = 4096 on: {mean:.1} GFLOP/s on average = {:.0} % of faer's product rate in this run",
+        100.0 * mean / ceiling
+    );
+    std::fs::create_dir_all(&args.out)?;
+    let csv = args.out.join("lowtri_scaling.csv");
+    let svg = args.out.join("lowtri_scaling.svg");
+    polysketch::io::write_atomic(&csv, scaling::to_csv(&series).as_bytes())?;
+    scaling::plot_svg(
+        &series,
+        "lt(A Bᵀ) C against n (m = 528, k = 64, b = 256, f32)",
+        &svg,
+    )?;
+    println!("wrote {} and {}", csv.display(), svg.display());
+    let fwd = &series[0].points;
+    let (n1, t1) = fwd[fwd.len() - 1];
+    let (_, t0) = fwd[fwd.len() - 2];
+    println!("ratio{}k {:.3}", n1 / 1024, t1 / t0);
+    Ok(())
+}
