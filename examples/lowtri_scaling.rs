@@ -21,7 +21,7 @@ use std::time::Instant;
 use clap::Parser;
 use faer::{Mat, Par};
 use indicatif::{ProgressBar, ProgressStyle};
-use polysketch::lowtri::{LowTri, Problem, baseline};
+use polysketch::lowtri::{Grads, LowTri, Problem, Saved, baseline};
 use polysketch::scaling::{self, Series};
 use polysketch::sketch::seeded_rng;
 use polysketch::tensoring::{Layout, tensor_square};
@@ -118,18 +118,24 @@ fn measure(n: usize, b: usize, reps: usize, baselines: bool, par: Par) -> polysk
     let problem = Problem::self_tensored(l.as_ref(), r.as_ref(), c.as_ref());
     let engine = LowTri::new(b)?;
     // validate once (the timed closures then cannot fail) and keep the result to compare
-    let (reference, saved) = engine.forward(&problem, par)?;
-    engine.backward(&problem, &saved, g.as_ref(), par)?;
+    let (reference, mut saved) = engine.forward(&problem, par)?;
+    engine.backward(&problem, &mut saved, g.as_ref(), par)?;
+    // timed as a training loop runs it: output, saved state and gradients reused across calls
+    let problems = std::slice::from_ref(&problem);
     let mut out = Mat::<f32>::zeros(n, K);
+    let (mut saved, mut grads) = (vec![Saved::new()], vec![Grads::new()]);
     let forward = median_time(reps, || {
         engine
-            .forward_batch(std::slice::from_ref(&problem), vec![out.as_mut()], par)
+            .forward_batch_into(problems, vec![out.as_mut()], &mut saved, par)
             .ok();
     });
     let forward_backward = median_time(reps, || {
-        if let Ok((_, s)) = engine.forward(&problem, par) {
-            engine.backward(&problem, &s, g.as_ref(), par).ok();
-        }
+        engine
+            .forward_batch_into(problems, vec![out.as_mut()], &mut saved, par)
+            .ok();
+        engine
+            .backward_batch_into(problems, &mut saved, &[g.as_ref()], &mut grads, par)
+            .ok();
     });
     let mut row = Row {
         forward,
@@ -149,7 +155,12 @@ fn measure(n: usize, b: usize, reps: usize, baselines: bool, par: Par) -> polysk
         row.disagreement = rel_diff(&out_general, &reference);
         row.general = Some(median_time(reps, || {
             engine
-                .forward_batch(std::slice::from_ref(&general), vec![out.as_mut()], par)
+                .forward_batch_into(
+                    std::slice::from_ref(&general),
+                    vec![out.as_mut()],
+                    &mut saved,
+                    par,
+                )
                 .ok();
         }));
         let cs = baseline::cumsum_forward(fl.as_ref(), fr.as_ref(), c.as_ref(), par)?;

@@ -3,6 +3,7 @@
 use faer::linalg::matmul::triangular::{BlockStructure, matmul as tri_matmul};
 use faer::prelude::ReborrowMut;
 use faer::{Accum, Mat, MatMut, MatRef, Par};
+use polysketch_sketch::linalg::exclusive_scan_step;
 use polysketch_sketch::{
     Result, Scalar, SketchError, check_finite, check_param_bytes, check_shape, linalg::gemm,
 };
@@ -33,12 +34,56 @@ pub struct LowTri {
 }
 
 /// What the backward needs from the forward: the exclusive block prefixes \\(Z_l\\).
+///
+/// Reusable: [`LowTri::forward_batch_into`] fills it (reallocating only when the shape
+/// changes) and [`LowTri::backward_batch_into`] uses its memory for the reverse prefixes,
+/// leaving it *consumed* — a second backward on it is refused until a forward refills it. A
+/// training loop that keeps one `Saved` per problem allocates nothing after its first step.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Saved<T> {
     /// `[m, t·k]`: block `l` (columns `l·k .. (l+1)·k`, contiguous in memory) is \\(Z_l\\).
-    pub prefixes: Mat<T>,
-    /// The block size of the forward that made it.
-    pub block: usize,
+    prefixes: Mat<T>,
+    block: usize,
+    ready: bool,
+}
+
+impl<T: Scalar> Saved<T> {
+    /// An empty state, to be filled by a forward.
+    pub fn new() -> Self {
+        Self {
+            prefixes: Mat::new(),
+            block: 0,
+            ready: false,
+        }
+    }
+
+    /// The prefixes \\(Z_l\\), `[m, t·k]` (block `l` is columns `l·k .. (l+1)·k`).
+    pub fn prefixes(&self) -> MatRef<'_, T> {
+        self.prefixes.as_ref()
+    }
+
+    /// The block size of the forward that filled it.
+    pub fn block(&self) -> usize {
+        self.block
+    }
+
+    /// Whether it holds a forward's prefixes that no backward has used yet.
+    pub fn is_ready(&self) -> bool {
+        self.ready
+    }
+
+    /// Makes the buffer `[m, cols]`, reusing its memory when the shape is unchanged.
+    fn shape_for(&mut self, m: usize, cols: usize) {
+        if (self.prefixes.nrows(), self.prefixes.ncols()) != (m, cols) {
+            self.prefixes = Mat::zeros(m, cols);
+        }
+    }
+}
+
+impl<T: Scalar> Default for Saved<T> {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Gradients of \\(\langle \partial\mathrm{out}, \mathrm{out}\rangle\\) with respect to every input.
@@ -55,6 +100,48 @@ pub struct Grads<T> {
     pub d_q: Option<Mat<T>>,
     /// \\(\partial/\partial K\\), `[n, h]`, for an exact diagonal.
     pub d_k: Option<Mat<T>>,
+}
+
+impl<T: Scalar> Grads<T> {
+    /// Empty gradients, to be filled by [`LowTri::backward_batch_into`].
+    pub fn new() -> Self {
+        Self {
+            d_a: Mat::new(),
+            d_b: Mat::new(),
+            d_c: Mat::new(),
+            d_q: None,
+            d_k: None,
+        }
+    }
+
+    /// Zeroed gradients for `problem`, reusing `self`'s memory where the shapes match.
+    fn reset_for(&mut self, problem: &Problem<'_, T>) {
+        let (n, w, k) = (problem.n(), problem.feature_input_width(), problem.k());
+        let zeroed = |m: &mut Mat<T>, rows: usize, cols: usize| {
+            if (m.nrows(), m.ncols()) == (rows, cols) {
+                m.fill(T::zero());
+            } else {
+                *m = Mat::zeros(rows, cols);
+            }
+        };
+        zeroed(&mut self.d_a, n, w);
+        zeroed(&mut self.d_b, n, w);
+        zeroed(&mut self.d_c, n, k);
+        if problem.has_exact_diagonal() {
+            let h = problem.diagonal_width();
+            zeroed(self.d_q.get_or_insert_with(Mat::new), n, h);
+            zeroed(self.d_k.get_or_insert_with(Mat::new), n, h);
+        } else {
+            self.d_q = None;
+            self.d_k = None;
+        }
+    }
+}
+
+impl<T: Scalar> Default for Grads<T> {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Per-worker scratch, allocated once per rayon split, never per block.
@@ -132,33 +219,43 @@ fn run<T: Scalar, J: Send>(
             let mut s = scratch();
             tasks.into_iter().for_each(|t| f(&mut s, t));
         }
-        Par::Rayon(_) => tasks
-            .into_par_iter()
-            .with_max_len(1)
-            .for_each_init(&scratch, |s, t| f(s, t)),
+        Par::Rayon(_) => {
+            // Two groups of consecutive tasks per thread: scratch is made once per group (it
+            // is large, and zeroing it per task costs more than the work). Which thread runs
+            // which group never changes what a task computes, so results stay the same.
+            let groups = 2 * rayon::current_num_threads();
+            let size = tasks.len().div_ceil(groups).max(1);
+            let mut chunks: Vec<Vec<J>> = Vec::with_capacity(groups);
+            let mut it = tasks.into_iter().peekable();
+            while it.peek().is_some() {
+                chunks.push(it.by_ref().take(size).collect());
+            }
+            chunks.into_par_iter().for_each(|chunk| {
+                let mut s = scratch();
+                chunk.into_iter().for_each(|t| f(&mut s, t));
+            });
+        }
     }
 }
 
 /// In place, over the `t` blocks of `k` columns of `h` (`[m, t·k]`): block `l` becomes
 /// \\(\\sum_{j<l} H_j\\) (or \\(\\sum_{j>l} H_j\\) when `reverse`), summed in `f64` in a fixed
 /// order, in parallel over the `k` column positions.
-fn exclusive_block_prefix<T: Scalar>(h: MatMut<'_, T>, k: usize, reverse: bool, par: Par) {
+fn exclusive_block_prefix<T: Scalar>(h: &mut Mat<T>, k: usize, reverse: bool, par: Par) {
     let m = h.nrows();
-    // group j holds column j of every block, in block order
-    let mut groups: Vec<Vec<faer::ColMut<'_, T>>> = (0..k).map(|_| Vec::new()).collect();
-    for (c, col) in h.col_iter_mut().enumerate() {
-        groups[c % k].push(col);
+    // group j holds column j of every block, in block order (columns of an owned matrix are
+    // contiguous slices)
+    let mut groups: Vec<Vec<&mut [T]>> = (0..k).map(|_| Vec::new()).collect();
+    for (c, col) in h.as_mut().col_iter_mut().enumerate() {
+        if let Some(col) = col.try_as_col_major_mut() {
+            groups[c % k].push(col.as_slice_mut());
+        }
     }
-    let prefix = |group: &mut Vec<faer::ColMut<'_, T>>| {
+    let prefix = |group: &mut Vec<&mut [T]>| {
         let mut acc = vec![0.0f64; m];
         let t = group.len();
         for i in 0..t {
-            let col = &mut group[if reverse { t - 1 - i } else { i }];
-            for (e, a) in acc.iter_mut().enumerate() {
-                let x = col[e];
-                col[e] = T::of(*a);
-                *a += x.as_f64();
-            }
+            exclusive_scan_step(group[if reverse { t - 1 - i } else { i }], &mut acc);
         }
     };
     match par {
@@ -235,37 +332,57 @@ impl LowTri {
         par: Par,
     ) -> Result<(Mat<T>, Saved<T>)> {
         let mut out = Mat::zeros(problem.n(), problem.k());
-        let saved = self.forward_batch(core::slice::from_ref(problem), vec![out.as_mut()], par)?;
-        Ok((
-            out,
-            saved
-                .into_iter()
-                .next()
-                .expect("one problem, one saved state"),
-        ))
+        let mut saved = Saved::new();
+        self.forward_batch_into(
+            core::slice::from_ref(problem),
+            vec![out.as_mut()],
+            core::slice::from_mut(&mut saved),
+            par,
+        )?;
+        Ok((out, saved))
     }
 
-    /// Forward of many independent problems (e.g. batch × heads) at once, parallel over all
-    /// their blocks; each result is written into the matching `outs[i]` (`[n_i, k_i]`, any
-    /// strides, so they can be views into one caller-owned buffer). Inputs are views: nothing is
-    /// copied.
+    /// Forward of many independent problems (e.g. batch × heads) at once, into new
+    /// [`Saved`] states; see [`forward_batch_into`](Self::forward_batch_into).
     ///
     /// # Errors
-    /// As [`forward`](Self::forward) for each problem; a shape mismatch if `outs` does not match.
+    /// As [`forward_batch_into`](Self::forward_batch_into).
     pub fn forward_batch<T: Scalar>(
         &self,
         problems: &[Problem<'_, T>],
-        mut outs: Vec<MatMut<'_, T>>,
+        outs: Vec<MatMut<'_, T>>,
         par: Par,
     ) -> Result<Vec<Saved<T>>> {
+        let mut saved: Vec<Saved<T>> = problems.iter().map(|_| Saved::new()).collect();
+        self.forward_batch_into(problems, outs, &mut saved, par)?;
+        Ok(saved)
+    }
+
+    /// Forward of many independent problems at once, parallel over all their blocks. Result
+    /// `i` is written into `outs[i]` (`[n_i, k_i]`, any strides, so they can be views into one
+    /// caller-owned buffer) and its prefixes into `saved[i]`, whose memory is reused when the
+    /// shape is unchanged. Inputs are views: nothing is copied.
+    ///
+    /// # Errors
+    /// As [`forward`](Self::forward) for each problem; a shape mismatch if `outs` or `saved`
+    /// does not have one entry per problem, or an output has the wrong shape.
+    pub fn forward_batch_into<T: Scalar>(
+        &self,
+        problems: &[Problem<'_, T>],
+        mut outs: Vec<MatMut<'_, T>>,
+        saved: &mut [Saved<T>],
+        par: Par,
+    ) -> Result<()> {
         const OP: &str = "lowtri::forward";
-        if outs.len() != problems.len() {
+        if outs.len() != problems.len() || saved.len() != problems.len() {
+            let got = outs.len().min(saved.len());
             return Err(SketchError::ShapeMismatch {
                 op: OP,
                 expected: (problems.len(), 1),
-                got: (outs.len(), 1),
+                got: (got, 1),
             });
         }
+        let b = self.block;
         for (p, out) in problems.iter().zip(&outs) {
             p.validate(OP)?;
             check_shape(OP, out.as_ref(), (p.n(), p.k()))?;
@@ -275,21 +392,21 @@ impl LowTri {
                 size_of::<T>(),
             )?;
         }
-        let b = self.block;
         let (m_max, r_max) = self.widths(problems);
-        let mut hs: Vec<Mat<T>> = problems
-            .iter()
-            .map(|p| Mat::zeros(p.m(), p.n().div_ceil(b) * p.k()))
-            .collect();
+        for (p, s) in problems.iter().zip(saved.iter_mut()) {
+            s.shape_for(p.m(), p.n().div_ceil(b) * p.k());
+            s.block = b;
+            s.ready = false;
+        }
 
         // Phase 1: H_l = B_lᵀ C_l and out_l = lt(S_ll) C_l, per block.
         let mut tasks = Vec::new();
-        for (pi, (out, h)) in outs.iter_mut().zip(hs.iter_mut()).enumerate() {
-            for (l, (o, hb)) in row_blocks(out.rb_mut(), b)
+        for (pi, (out, s)) in outs.iter_mut().zip(saved.iter_mut()).enumerate() {
+            let k = problems[pi].k();
+            let blocks = row_blocks(out.rb_mut(), b)
                 .into_iter()
-                .zip(col_blocks(h.as_mut(), problems[pi].k()))
-                .enumerate()
-            {
+                .zip(col_blocks(s.prefixes.as_mut(), k));
+            for (l, (o, hb)) in blocks.enumerate() {
                 tasks.push(ForwardTask {
                     problem: pi,
                     block: l,
@@ -325,8 +442,8 @@ impl LowTri {
         );
 
         // Phase 2: Z_l = Σ_{j<l} H_j.
-        for (p, h) in problems.iter().zip(hs.iter_mut()) {
-            exclusive_block_prefix(h.as_mut(), p.k(), false, par);
+        for (p, s) in problems.iter().zip(saved.iter_mut()) {
+            exclusive_block_prefix(&mut s.prefixes, p.k(), false, par);
         }
 
         // Phase 3: out_l += A_l Z_l (Z_0 = 0: skip the first block).
@@ -336,6 +453,7 @@ impl LowTri {
                 tasks.push((pi, l, o));
             }
         }
+        let filled: &[Saved<T>] = saved;
         run(
             tasks,
             par,
@@ -346,45 +464,67 @@ impl LowTri {
                 gemm(
                     o,
                     al,
-                    hs[pi].as_ref().subcols(l * p.k(), p.k()),
+                    filled[pi].prefixes.as_ref().subcols(l * p.k(), p.k()),
                     T::one(),
                     true,
                     Par::Seq,
                 );
             },
         );
-        Ok(hs
-            .into_iter()
-            .map(|prefixes| Saved { prefixes, block: b })
-            .collect())
+        for s in saved.iter_mut() {
+            s.ready = true;
+        }
+        Ok(())
     }
 
     /// Gradients of one problem given \\(\partial L/\partial\mathrm{out}\\) = `d_out` and the
-    /// forward's [`Saved`] state.
+    /// forward's [`Saved`] state, which is consumed (its memory holds the reverse prefixes
+    /// afterwards).
     ///
     /// # Shapes
     /// `d_out: [n, k]`.
     ///
     /// # Errors
-    /// Those of [`Problem::validate`]; shape mismatch or non-finite `d_out`; a `saved` from
-    /// another shape or block size.
+    /// Those of [`Problem::validate`]; shape mismatch or non-finite `d_out`; a `saved` that is
+    /// empty, already consumed, or from another shape or block size.
     pub fn backward<T: Scalar>(
         &self,
         problem: &Problem<'_, T>,
-        saved: &Saved<T>,
+        saved: &mut Saved<T>,
         d_out: MatRef<'_, T>,
         par: Par,
     ) -> Result<Grads<T>> {
-        let g = self.backward_batch(
+        let mut grads = Grads::new();
+        let one = core::slice::from_mut(&mut grads);
+        self.backward_batch_into(
             core::slice::from_ref(problem),
-            core::slice::from_ref(saved),
+            core::slice::from_mut(saved),
             &[d_out],
+            one,
             par,
         )?;
-        Ok(g.into_iter().next().expect("one problem, one gradient"))
+        Ok(grads)
     }
 
-    /// Backward of many independent problems at once (see [`forward_batch`](Self::forward_batch)).
+    /// Backward of many independent problems at once, into new gradients; see
+    /// [`backward_batch_into`](Self::backward_batch_into).
+    ///
+    /// # Errors
+    /// As [`backward_batch_into`](Self::backward_batch_into).
+    pub fn backward_batch<T: Scalar>(
+        &self,
+        problems: &[Problem<'_, T>],
+        saved: &mut [Saved<T>],
+        d_outs: &[MatRef<'_, T>],
+        par: Par,
+    ) -> Result<Vec<Grads<T>>> {
+        let mut grads: Vec<Grads<T>> = problems.iter().map(|_| Grads::new()).collect();
+        self.backward_batch_into(problems, saved, d_outs, &mut grads, par)?;
+        Ok(grads)
+    }
+
+    /// Backward of many independent problems at once, writing into `grads` (memory reused when
+    /// the shapes match).
     ///
     /// The reverse pass mirrors the forward: with \\(W_l = \sum_{j>l} A_j^\top
     /// \partial\mathrm{out}_j\\) (the same block prefix run from the last block back),
@@ -393,29 +533,40 @@ impl LowTri {
     ///    \partial C_l = B_l W_l + \mathrm{lt}(S_{ll})^\top\partial\mathrm{out}_l , \\]
     /// where "diag" is the diagonal block's own chain rule (through \\((XY^\top)^{\circ e}\\)),
     /// and feature gradients are chained through the tensor square for self-tensored inputs.
+    /// Each block's \\(A_l^\top\partial\mathrm{out}_l\\) overwrites its \\(Z_l\\) in `saved`
+    /// once \\(\partial A_l\\) has used it, and the reverse prefix runs in place.
     ///
     /// # Errors
     /// As [`backward`](Self::backward).
-    pub fn backward_batch<T: Scalar>(
+    pub fn backward_batch_into<T: Scalar>(
         &self,
         problems: &[Problem<'_, T>],
-        saved: &[Saved<T>],
+        saved: &mut [Saved<T>],
         d_outs: &[MatRef<'_, T>],
+        grads: &mut [Grads<T>],
         par: Par,
-    ) -> Result<Vec<Grads<T>>> {
+    ) -> Result<()> {
         const OP: &str = "lowtri::backward";
-        if saved.len() != problems.len() || d_outs.len() != problems.len() {
+        let count = problems.len();
+        if saved.len() != count || d_outs.len() != count || grads.len() != count {
+            let got = saved.len().min(d_outs.len()).min(grads.len());
             return Err(SketchError::ShapeMismatch {
                 op: OP,
-                expected: (problems.len(), 1),
-                got: (saved.len().min(d_outs.len()), 1),
+                expected: (count, 1),
+                got: (got, 1),
             });
         }
         let b = self.block;
-        for ((p, s), d) in problems.iter().zip(saved).zip(d_outs) {
+        for ((p, s), d) in problems.iter().zip(saved.iter()).zip(d_outs) {
             p.validate(OP)?;
             check_shape(OP, *d, (p.n(), p.k()))?;
             check_finite(OP, "d_out", *d)?;
+            if !s.ready {
+                let reason =
+                    "the saved state is empty or already used by a backward: run the forward again"
+                        .into();
+                return Err(SketchError::InvalidArgument { op: OP, reason });
+            }
             check_shape(OP, s.prefixes.as_ref(), (p.m(), p.n().div_ceil(b) * p.k()))?;
             if s.block != b {
                 return Err(SketchError::ShapeMismatch {
@@ -426,35 +577,22 @@ impl LowTri {
             }
         }
         let (m_max, r_max) = self.widths(problems);
-        let mut grads: Vec<Grads<T>> = problems
-            .iter()
-            .map(|p| {
-                let (n, w) = (p.n(), p.feature_input_width());
-                let exact = p
-                    .has_exact_diagonal()
-                    .then(|| Mat::zeros(n, p.diagonal_width()));
-                Grads {
-                    d_a: Mat::zeros(n, w),
-                    d_b: Mat::zeros(n, w),
-                    d_c: Mat::zeros(n, p.k()),
-                    d_q: exact.clone(),
-                    d_k: exact,
-                }
-            })
-            .collect();
-        let mut ws: Vec<Mat<T>> = problems
-            .iter()
-            .map(|p| Mat::zeros(p.m(), p.n().div_ceil(b) * p.k()))
-            .collect();
+        for (g, p) in grads.iter_mut().zip(problems) {
+            g.reset_for(p);
+        }
+        for s in saved.iter_mut() {
+            s.ready = false;
+        }
 
-        // Phase 1: dZ_l = A_lᵀ dout_l; dA_l = dout_l Z_lᵀ; the diagonal block's gradients.
+        // Phase 1: dA_l = dout_l Z_lᵀ, then dZ_l = A_lᵀ dout_l in Z_l's place; the diagonal
+        // block's gradients.
         let mut tasks = Vec::new();
-        for (pi, (g, w)) in grads.iter_mut().zip(ws.iter_mut()).enumerate() {
+        for (pi, (g, s)) in grads.iter_mut().zip(saved.iter_mut()).enumerate() {
             let p = &problems[pi];
             let n_blocks = p.n().div_ceil(b);
             let d_qs = optional_row_blocks(g.d_q.as_mut(), b, n_blocks);
             let d_ks = optional_row_blocks(g.d_k.as_mut(), b, n_blocks);
-            let parts = col_blocks(w.as_mut(), p.k())
+            let parts = col_blocks(s.prefixes.as_mut(), p.k())
                 .into_iter()
                 .zip(row_blocks(g.d_a.as_mut(), b))
                 .zip(row_blocks(g.d_b.as_mut(), b))
@@ -491,27 +629,31 @@ impl LowTri {
                     g: gbuf,
                     ds,
                 } = sc;
-                {
-                    // in the forward pass out_l += A_l Z_l, so dZ_l = A_lᵀ dout_l and dA_l = dout_l Z_lᵀ
-                    let al = p.a_rows(s, len, feat);
-                    gemm(t.w, al.transpose(), t.d_out, T::one(), false, Par::Seq);
-                }
-                let (mut d_a, d_b, mut d_c) = (t.d_a, t.d_b, t.d_c);
+                let (mut w, mut d_a, d_b, mut d_c) = (t.w, t.d_a, t.d_b, t.d_c);
                 if t.block > 0 {
-                    let z = saved[t.problem]
-                        .prefixes
-                        .as_ref()
-                        .subcols(t.block * p.k(), p.k());
+                    // in the forward pass out_l += A_l Z_l, so dA_l = dout_l Z_lᵀ ...
                     let mut dfl = dfeat.as_mut().submatrix_mut(0, 0, len, m);
                     gemm(
                         dfl.rb_mut(),
                         t.d_out,
-                        z.transpose(),
+                        w.as_ref().transpose(),
                         T::one(),
                         false,
                         Par::Seq,
                     );
                     p.feature_vjp(false, s, len, dfl.as_ref(), d_a.rb_mut(), vjp);
+                }
+                {
+                    // ... and dZ_l = A_lᵀ dout_l, written where Z_l was
+                    let al = p.a_rows(s, len, feat);
+                    gemm(
+                        w.rb_mut(),
+                        al.transpose(),
+                        t.d_out,
+                        T::one(),
+                        false,
+                        Par::Seq,
+                    );
                 }
                 // in the forward pass out_l = lt(S) C_l, so dC_l = lt(S)ᵀ dout_l and dS = lt(dout_l C_lᵀ)
                 let mut sb = sbuf.as_mut().submatrix_mut(0, 0, len, len);
@@ -547,9 +689,9 @@ impl LowTri {
             },
         );
 
-        // Phase 2: W_l = Σ_{j>l} dZ_j.
-        for (p, w) in problems.iter().zip(ws.iter_mut()) {
-            exclusive_block_prefix(w.as_mut(), p.k(), true, par);
+        // Phase 2: W_l = Σ_{j>l} dZ_j, in place.
+        for (p, s) in problems.iter().zip(saved.iter_mut()) {
+            exclusive_block_prefix(&mut s.prefixes, p.k(), true, par);
         }
 
         // Phase 3: dC_l += B_l W_l and dB_l += C_l W_lᵀ (W of the last block is 0: skip it).
@@ -563,6 +705,7 @@ impl LowTri {
                 tasks.push((pi, l, d_b, d_c));
             }
         }
+        let suffixes: &[Saved<T>] = saved;
         run(
             tasks,
             par,
@@ -570,7 +713,7 @@ impl LowTri {
             |sc, (pi, l, mut d_b, d_c)| {
                 let p = &problems[pi];
                 let (m, s, len) = (p.m(), l * b, d_c.nrows());
-                let w = ws[pi].as_ref().subcols(l * p.k(), p.k());
+                let w = suffixes[pi].prefixes.as_ref().subcols(l * p.k(), p.k());
                 {
                     // in the forward pass H_l = B_lᵀ C_l feeds every later block, so dC_l += B_l W_l and dB_l = C_l W_lᵀ
                     let bl = p.b_rows(s, len, &mut sc.feat);
@@ -588,6 +731,6 @@ impl LowTri {
                 p.feature_vjp(true, s, len, dfl.as_ref(), d_b.rb_mut(), &mut sc.vjp);
             },
         );
-        Ok(grads)
+        Ok(())
     }
 }

@@ -36,13 +36,13 @@
 //! let problem = Problem::general(a.as_ref(), b.as_ref(), c.as_ref());
 //!
 //! let engine = LowTri::new(64)?;
-//! let (out, saved) = engine.forward(&problem, Par::rayon(0))?;
+//! let (out, mut saved) = engine.forward(&problem, Par::rayon(0))?;
 //! let expected = reference::forward_reference(&problem, 64);
 //! assert!((&out - &expected).norm_max() < 1e-10 * expected.norm_max());
 //!
 //! // gradients of <G, out> with respect to A, B and C
 //! let g = Mat::<f64>::ones(n, k);
-//! let grads = engine.backward(&problem, &saved, g.as_ref(), Par::rayon(0))?;
+//! let grads = engine.backward(&problem, &mut saved, g.as_ref(), Par::rayon(0))?;
 //! assert_eq!((grads.d_a.nrows(), grads.d_a.ncols()), (n, m));
 //! # Ok::<(), polysketch_sketch::SketchError>(())
 //! ```

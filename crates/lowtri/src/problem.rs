@@ -220,8 +220,15 @@ impl<'a, T: Scalar> Problem<'a, T> {
         }
         if e > 1 {
             for j in 0..len {
-                zip!(s_out.rb_mut().col_mut(j).subrows_mut(j, len - j))
-                    .for_each(|unzip!(v)| *v = ipow(*v, e as u32));
+                let mut col = s_out.rb_mut().col_mut(j).subrows_mut(j, len - j);
+                match (col.rb_mut().try_as_col_major_mut(), e) {
+                    (Some(c), 2) => c.as_slice_mut().iter_mut().for_each(|v| *v = *v * *v),
+                    (Some(c), _) => c
+                        .as_slice_mut()
+                        .iter_mut()
+                        .for_each(|v| *v = ipow(*v, e as u32)),
+                    (None, _) => zip!(col).for_each(|unzip!(v)| *v = ipow(*v, e as u32)),
+                }
             }
         }
     }

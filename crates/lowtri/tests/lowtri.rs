@@ -5,7 +5,9 @@
 //! accuracy promise.
 
 use faer::{Mat, MatRef, Par};
-use polysketch_lowtri::{Features, Grads, LowTri, Problem, SketchError, baseline, reference};
+use polysketch_lowtri::{
+    Features, Grads, LowTri, Problem, Saved, SketchError, baseline, reference,
+};
 use polysketch_sketch::{Scalar, seeded_rng};
 use proptest::prelude::*;
 use rand_distr::{Distribution, StandardNormal};
@@ -161,9 +163,9 @@ proptest! {
         let engine = LowTri::new(b).unwrap();
         let g = gaussian::<f64>(n, k, 1.0, seed ^ 99);
         for (name, problem) in inputs.problems() {
-            let (out, saved) = engine.forward(&problem, Par::Seq).unwrap();
+            let (out, mut saved) = engine.forward(&problem, Par::Seq).unwrap();
             assert_close(out.as_ref(), reference::forward_reference(&problem, b).as_ref(), 1e-11, name);
-            let grads = engine.backward(&problem, &saved, g.as_ref(), Par::rayon(2)).unwrap();
+            let grads = engine.backward(&problem, &mut saved, g.as_ref(), Par::rayon(2)).unwrap();
             compare_grads(&grads, &reference::backward_reference(&problem, b, g.as_ref()), 1e-11, name);
         }
     }
@@ -275,17 +277,17 @@ fn results_do_not_depend_on_thread_count() {
     let g = gaussian::<f32>(n, 16, 1.0, 4);
     let problem = Problem::self_tensored(l.as_ref(), r.as_ref(), c.as_ref());
     let engine = LowTri::new(b).unwrap();
-    let (out, saved) = engine.forward(&problem, Par::Seq).unwrap();
+    let (out, mut saved) = engine.forward(&problem, Par::Seq).unwrap();
     let grads = engine
-        .backward(&problem, &saved, g.as_ref(), Par::Seq)
+        .backward(&problem, &mut saved, g.as_ref(), Par::Seq)
         .unwrap();
     for threads in [1, 2, 3] {
         let (o, gr) = in_pool(threads, || {
-            let (o, s) = engine.forward(&problem, Par::rayon(0)).unwrap();
+            let (o, mut s) = engine.forward(&problem, Par::rayon(0)).unwrap();
             (
                 o,
                 engine
-                    .backward(&problem, &s, g.as_ref(), Par::rayon(0))
+                    .backward(&problem, &mut s, g.as_ref(), Par::rayon(0))
                     .unwrap(),
             )
         });
@@ -308,15 +310,15 @@ fn f32_is_accurate_at_long_lengths() {
     let engine = LowTri::new(b).unwrap();
     let p64 = Problem::self_tensored(l64.as_ref(), r64.as_ref(), c64.as_ref());
     let p32 = Problem::self_tensored(l32.as_ref(), r32.as_ref(), c32.as_ref());
-    let (o64, s64) = engine.forward(&p64, Par::rayon(0)).unwrap();
-    let (o32, s32) = engine.forward(&p32, Par::rayon(0)).unwrap();
+    let (o64, mut s64) = engine.forward(&p64, Par::rayon(0)).unwrap();
+    let (o32, mut s32) = engine.forward(&p32, Par::rayon(0)).unwrap();
     let err = rel_frobenius(widen(o32.as_ref()).as_ref(), o64.as_ref());
     assert!(err <= 1e-5, "forward relative error {err:e}");
     let g64r = engine
-        .backward(&p64, &s64, g64.as_ref(), Par::rayon(0))
+        .backward(&p64, &mut s64, g64.as_ref(), Par::rayon(0))
         .unwrap();
     let g32r = engine
-        .backward(&p32, &s32, g32.as_ref(), Par::rayon(0))
+        .backward(&p32, &mut s32, g32.as_ref(), Par::rayon(0))
         .unwrap();
     for (name, a, e) in [
         ("d_l", &g32r.d_a, &g64r.d_a),
@@ -385,7 +387,7 @@ fn batches_match_single_problems() {
         views.push(head);
         rest = tail;
     }
-    let saved = engine
+    let mut saved = engine
         .forward_batch(&problems, views, Par::rayon(2))
         .unwrap();
     let d_outs: Vec<Mat<f64>> = problems
@@ -394,15 +396,15 @@ fn batches_match_single_problems() {
         .collect();
     let d_refs: Vec<MatRef<'_, f64>> = d_outs.iter().map(|d| d.as_ref()).collect();
     let grads = engine
-        .backward_batch(&problems, &saved, &d_refs, Par::rayon(2))
+        .backward_batch(&problems, &mut saved, &d_refs, Par::rayon(2))
         .unwrap();
     let mut start = 0;
     for (i, p) in problems.iter().enumerate() {
-        let (single, s) = engine.forward(p, Par::Seq).unwrap();
+        let (single, mut s) = engine.forward(p, Par::Seq).unwrap();
         assert_eq!(buffer.as_ref().subrows(start, p.n()).to_owned(), single);
         assert_eq!(
             grads[i],
-            engine.backward(p, &s, d_refs[i], Par::Seq).unwrap()
+            engine.backward(p, &mut s, d_refs[i], Par::Seq).unwrap()
         );
         start += p.n();
     }
@@ -469,11 +471,11 @@ fn bad_input_gets_typed_errors() {
     ));
     // backward: wrong d_out, non-finite d_out, saved from another block size
     let problem = Problem::general(a.as_ref(), a.as_ref(), c.as_ref());
-    let (_, saved) = engine.forward(&problem, Par::Seq).unwrap();
+    let (_, mut saved) = engine.forward(&problem, Par::Seq).unwrap();
     assert!(matches!(
         engine.backward(
             &problem,
-            &saved,
+            &mut saved,
             Mat::<f64>::zeros(10, 3).as_ref(),
             Par::Seq
         ),
@@ -482,7 +484,7 @@ fn bad_input_gets_typed_errors() {
     let mut bad = Mat::<f64>::zeros(10, 2);
     bad[(0, 0)] = f64::INFINITY;
     assert!(matches!(
-        engine.backward(&problem, &saved, bad.as_ref(), Par::Seq),
+        engine.backward(&problem, &mut saved, bad.as_ref(), Par::Seq),
         Err(SketchError::NonFinite { input: "d_out", .. })
     ));
     let other = LowTri::new(3).unwrap();
@@ -490,10 +492,60 @@ fn bad_input_gets_typed_errors() {
         other
             .backward(
                 &problem,
-                &saved,
+                &mut saved,
                 Mat::<f64>::zeros(10, 2).as_ref(),
                 Par::Seq
             )
             .is_err()
     );
+    // a saved state serves one backward; a second is refused until a forward refills it
+    let zero = Mat::<f64>::zeros(10, 2);
+    assert!(
+        engine
+            .backward(&problem, &mut saved, zero.as_ref(), Par::Seq)
+            .is_ok()
+    );
+    assert!(matches!(
+        engine.backward(&problem, &mut saved, zero.as_ref(), Par::Seq),
+        Err(SketchError::InvalidArgument { .. })
+    ));
+}
+
+/// Reusing the saved state and the gradient buffers across steps gives the same numbers as
+/// fresh ones, also when the shapes change in between.
+#[test]
+fn reused_workspaces_give_the_same_results() {
+    let engine = LowTri::new(32).unwrap();
+    let mut saved = vec![Saved::new()];
+    let mut grads = vec![Grads::new()];
+    for (step, n) in [200usize, 200, 77, 200].into_iter().enumerate() {
+        let inputs = Inputs::new(n, 5, 4, 3, 3, 2, 70 + step as u64);
+        for (name, problem) in inputs.problems() {
+            let g = gaussian::<f64>(n, 3, 1.0, 80 + step as u64);
+            let mut out = Mat::<f64>::zeros(n, 3);
+            engine
+                .forward_batch_into(
+                    std::slice::from_ref(&problem),
+                    vec![out.as_mut()],
+                    &mut saved,
+                    Par::rayon(2),
+                )
+                .unwrap();
+            engine
+                .backward_batch_into(
+                    std::slice::from_ref(&problem),
+                    &mut saved,
+                    &[g.as_ref()],
+                    &mut grads,
+                    Par::rayon(2),
+                )
+                .unwrap();
+            let (fresh_out, mut fresh_saved) = engine.forward(&problem, Par::Seq).unwrap();
+            assert_eq!(out, fresh_out, "{name} step {step}");
+            let fresh = engine
+                .backward(&problem, &mut fresh_saved, g.as_ref(), Par::Seq)
+                .unwrap();
+            assert_eq!(grads[0], fresh, "{name} step {step}");
+        }
+    }
 }

@@ -107,6 +107,84 @@ pub fn dot<T: Scalar>(x: &[T], y: &[T]) -> T {
     acc.iter().fold(T::zero(), |s, &a| s + a) + tail
 }
 
+/// Defines a public slice kernel compiled three times (AVX-512F, AVX2+FMA, baseline) with a
+/// runtime choice of the widest the CPU has, so its loop vectorises to full width without
+/// building the whole crate for one CPU. Every version rounds identically (Rust never contracts
+/// `a * b + c` into a fused multiply-add), so results do not depend on the CPU.
+macro_rules! multiversion {
+    ($(#[$doc:meta])* pub fn $name:ident<T: Scalar>($($arg:ident: $ty:ty),*) $body:block) => {
+        $(#[$doc])*
+        #[inline]
+        pub fn $name<T: Scalar>($($arg: $ty),*) {
+            #[inline(always)]
+            fn body<T: Scalar>($($arg: $ty),*) $body
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                fn avx512<T: Scalar>($($arg: $ty),*) {
+                    body($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2<T: Scalar>($($arg: $ty),*) {
+                    body($($arg),*)
+                }
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU supports AVX-512F, checked just above.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                    // SAFETY: the CPU supports AVX2 and FMA, checked just above.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
+
+multiversion! {
+    /// `o[i] = w · x[i] · y[i]`.
+    ///
+    /// # Panics
+    /// If the slices differ in length.
+    pub fn scaled_product<T: Scalar>(o: &mut [T], x: &[T], y: &[T], w: T) {
+        assert!(o.len() == x.len() && x.len() == y.len(), "scaled_product: lengths differ");
+        for ((o, &x), &y) in o.iter_mut().zip(x).zip(y) {
+            *o = w * x * y;
+        }
+    }
+}
+
+multiversion! {
+    /// `o[i] += w · x[i] · y[i]`.
+    ///
+    /// # Panics
+    /// If the slices differ in length.
+    pub fn scaled_product_add<T: Scalar>(o: &mut [T], x: &[T], y: &[T], w: T) {
+        assert!(o.len() == x.len() && x.len() == y.len(), "scaled_product_add: lengths differ");
+        for ((o, &x), &y) in o.iter_mut().zip(x).zip(y) {
+            *o += w * x * y;
+        }
+    }
+}
+
+multiversion! {
+    /// One step of an exclusive running sum kept in `f64`: `v[i] ← acc[i]` (rounded to `T`),
+    /// then `acc[i] += v[i]` (the old value). Walking the blocks of a prefix in order with it
+    /// gives exclusive prefix sums whose rounding does not grow with the number of blocks.
+    ///
+    /// # Panics
+    /// If the slices differ in length.
+    pub fn exclusive_scan_step<T: Scalar>(v: &mut [T], acc: &mut [f64]) {
+        assert_eq!(v.len(), acc.len(), "exclusive_scan_step: lengths differ");
+        for (v, a) in v.iter_mut().zip(acc.iter_mut()) {
+            let x = *v;
+            *v = T::of(*a);
+            *a += x.as_f64();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::ipow;

@@ -3,7 +3,10 @@
 
 use faer::prelude::ReborrowMut;
 use faer::{MatMut, MatRef, Par, unzip, zip};
-use polysketch_sketch::{Scalar, linalg::gemm};
+use polysketch_sketch::{
+    Scalar,
+    linalg::{gemm, scaled_product, scaled_product_add},
+};
 
 /// How the features of \\(l \otimes l\\) are laid out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -68,10 +71,7 @@ pub fn tensor_square<T: Scalar>(l: MatRef<'_, T>, layout: Layout, mut out: MatMu
         "tensor_square: output shape"
     );
     for (f, a, b, w) in features(r, layout) {
-        let w = T::of(w);
-        column_op(out.rb_mut().col_mut(f), l.col(a), l.col(b), |o, x, y| {
-            *o = w * x * y
-        });
+        column_op(out.rb_mut().col_mut(f), l.col(a), l.col(b), T::of(w), false);
     }
 }
 
@@ -107,12 +107,8 @@ pub fn tensor_square_vjp<T: Scalar>(
     dl.fill(T::zero());
     for (f, a, b, w) in features(r, layout) {
         let w = T::of(w);
-        column_op(dl.rb_mut().col_mut(a), dphi.col(f), l.col(b), |d, g, y| {
-            *d += w * g * y
-        });
-        column_op(dl.rb_mut().col_mut(b), dphi.col(f), l.col(a), |d, g, x| {
-            *d += w * g * x
-        });
+        column_op(dl.rb_mut().col_mut(a), dphi.col(f), l.col(b), w, true);
+        column_op(dl.rb_mut().col_mut(b), dphi.col(f), l.col(a), w, true);
     }
 }
 
@@ -129,31 +125,35 @@ fn features(r: usize, layout: Layout) -> Box<dyn Iterator<Item = (usize, usize, 
     }
 }
 
-/// `op(out_i, x_i, y_i)` down three columns: through contiguous slices when all three are
-/// contiguous (faer's column-major default) so the loop vectorises, else element by element.
-#[inline]
+/// `out = w · x ∘ y` (or `out += w · x ∘ y` when `accumulate`) down three columns: through
+/// the vectorised slice kernels when all three are contiguous (faer's column-major default),
+/// else element by element.
+#[inline(always)]
 fn column_op<T: Scalar>(
     out: faer::ColMut<'_, T>,
     x: faer::ColRef<'_, T>,
     y: faer::ColRef<'_, T>,
-    op: impl Fn(&mut T, T, T),
+    w: T,
+    accumulate: bool,
 ) {
     if let (Some(xs), Some(ys)) = (x.try_as_col_major(), y.try_as_col_major())
         && (out.row_stride() == 1 || out.nrows() <= 1)
     {
         if let Some(o) = out.try_as_col_major_mut() {
-            for ((o, &x), &y) in o
-                .as_slice_mut()
-                .iter_mut()
-                .zip(xs.as_slice())
-                .zip(ys.as_slice())
-            {
-                op(o, x, y);
+            let (o, xs, ys) = (o.as_slice_mut(), xs.as_slice(), ys.as_slice());
+            if accumulate {
+                scaled_product_add(o, xs, ys, w);
+            } else {
+                scaled_product(o, xs, ys, w);
             }
         }
         return;
     }
-    zip!(out, x, y).for_each(|unzip!(o, x, y)| op(o, *x, *y));
+    if accumulate {
+        zip!(out, x, y).for_each(|unzip!(o, x, y)| *o += w * *x * *y);
+    } else {
+        zip!(out, x, y).for_each(|unzip!(o, x, y)| *o = w * *x * *y);
+    }
 }
 
 /// The Gram identity \\(\phi'(Q)\phi'(K)^\top = (LR^\top)^{\circ 2}\\) for `l` = \\(L\\) and
