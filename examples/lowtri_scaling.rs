@@ -101,6 +101,8 @@ struct Row {
     naive: Option<f64>,
     /// Largest relative difference between the methods' outputs.
     disagreement: f64,
+    /// Relative Frobenius error of the f32 block forward against the f64 one.
+    f32_error: Option<f64>,
 }
 
 fn rel_diff(a: &Mat<f32>, b: &Mat<f32>) -> f64 {
@@ -144,8 +146,17 @@ fn measure(n: usize, b: usize, reps: usize, baselines: bool, par: Par) -> polysk
         cumsum: None,
         naive: None,
         disagreement: 0.0,
+        f32_error: None,
     };
     if baselines {
+        // accuracy: the same product in f64
+        let wide = |m: &Mat<f32>| Mat::from_fn(m.nrows(), m.ncols(), |i, j| m[(i, j)] as f64);
+        let (l64, r64, c64) = (wide(&l), wide(&r), wide(&c));
+        let (exact, _) = engine.forward(
+            &Problem::self_tensored(l64.as_ref(), r64.as_ref(), c64.as_ref()),
+            par,
+        )?;
+        row.f32_error = Some((&wide(&reference) - &exact).norm_l2() / exact.norm_l2());
         // the explicit n x 528 features, formed once outside the timings
         let (mut fl, mut fr) = (Mat::<f32>::zeros(n, M), Mat::<f32>::zeros(n, M));
         tensor_square(l.as_ref(), Layout::Symmetric, fl.as_mut());
@@ -230,13 +241,14 @@ fn run(args: Args) -> polysketch::Result<()> {
         });
         bar.suspend(|| {
             println!(
-                "{n:>6} {b:>5} {:>7.2} ms {:>7.2} ms {gf:>7.1} {gfb:>7.1} {:>11} {ggf:>7} {:>11} {:>11} {:>9}",
+                "{n:>6} {b:>5} {:>7.2} ms {:>7.2} ms {gf:>7.1} {gfb:>7.1} {:>11} {ggf:>7} {:>11} {:>11} {:>9} {:>9}",
                 r.forward * 1e3,
                 r.forward_backward * 1e3,
                 ms(r.general),
                 ms(r.cumsum),
                 ms(r.naive),
                 if r.general.is_some() { format!("{:.1e}", r.disagreement) } else { "-".into() },
+                r.f32_error.map_or("-".into(), |e| format!("{e:.1e}")),
             )
         });
         bar.inc(1);
