@@ -98,7 +98,9 @@ struct Row {
     forward_backward: f64,
     general: Option<f64>,
     cumsum: Option<f64>,
+    cumsum_fb: Option<f64>,
     naive: Option<f64>,
+    naive_fb: Option<f64>,
     /// Largest relative difference between the methods' outputs.
     disagreement: f64,
     /// Relative Frobenius error of the f32 block forward against the f64 one.
@@ -144,7 +146,9 @@ fn measure(n: usize, b: usize, reps: usize, baselines: bool, par: Par) -> polysk
         forward_backward,
         general: None,
         cumsum: None,
+        cumsum_fb: None,
         naive: None,
+        naive_fb: None,
         disagreement: 0.0,
         f32_error: None,
     };
@@ -179,11 +183,20 @@ fn measure(n: usize, b: usize, reps: usize, baselines: bool, par: Par) -> polysk
         row.cumsum = Some(median_time(reps.min(3), || {
             baseline::cumsum_forward(fl.as_ref(), fr.as_ref(), c.as_ref(), par).ok();
         }));
+        row.cumsum_fb = Some(median_time(reps.min(3), || {
+            baseline::cumsum_forward(fl.as_ref(), fr.as_ref(), c.as_ref(), par).ok();
+            baseline::cumsum_backward(fl.as_ref(), fr.as_ref(), c.as_ref(), g.as_ref(), par).ok();
+        }));
         if n <= NAIVE_MAX && baseline::naive_fits::<f32>(n) {
             let nv = baseline::naive_forward(fl.as_ref(), fr.as_ref(), c.as_ref(), par)?;
             row.disagreement = row.disagreement.max(rel_diff(&nv, &reference));
             row.naive = Some(median_time(reps.min(3), || {
                 baseline::naive_forward(fl.as_ref(), fr.as_ref(), c.as_ref(), par).ok();
+            }));
+            row.naive_fb = Some(median_time(reps.min(3), || {
+                baseline::naive_forward(fl.as_ref(), fr.as_ref(), c.as_ref(), par).ok();
+                baseline::naive_backward(fl.as_ref(), fr.as_ref(), c.as_ref(), g.as_ref(), par)
+                    .ok();
             }));
         }
     }
@@ -209,7 +222,7 @@ fn run(args: Args) -> polysketch::Result<()> {
     );
     println!("faer's 2048³ f32 product in this run: {ceiling:.1} GFLOP/s");
     println!(
-        "{:>6} {:>5} {:>10} {:>10} {:>7} {:>7} {:>11} {:>7} {:>11} {:>11} {:>9}",
+        "{:>6} {:>5} {:>10} {:>10} {:>7} {:>7} {:>11} {:>7} {:>11} {:>11} {:>11} {:>11} {:>9} {:>9}",
         "n",
         "b",
         "block_fwd",
@@ -219,8 +232,11 @@ fn run(args: Args) -> polysketch::Result<()> {
         "general_fwd",
         "gen_GF",
         "cumsum_fwd",
+        "cumsum_f+b",
         "naive_fwd",
-        "max_diff"
+        "naive_f+b",
+        "max_diff",
+        "f32_err"
     );
     let bar = ProgressBar::new((ns.len() + sweep.len()) as u64).with_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} {elapsed_precise} {msg}")
@@ -232,6 +248,8 @@ fn run(args: Args) -> polysketch::Result<()> {
         Series::new("block forward (general, explicit features)"),
         Series::new("cumulative-sum forward"),
         Series::new("naive forward"),
+        Series::new("cumulative-sum forward+backward"),
+        Series::new("naive forward+backward"),
     ];
     let print_row = |n: usize, b: usize, r: &Row| {
         let gf = forward_flops(n, b) / r.forward / 1e9;
@@ -241,12 +259,14 @@ fn run(args: Args) -> polysketch::Result<()> {
         });
         bar.suspend(|| {
             println!(
-                "{n:>6} {b:>5} {:>7.2} ms {:>7.2} ms {gf:>7.1} {gfb:>7.1} {:>11} {ggf:>7} {:>11} {:>11} {:>9} {:>9}",
+                "{n:>6} {b:>5} {:>7.2} ms {:>7.2} ms {gf:>7.1} {gfb:>7.1} {:>11} {ggf:>7} {:>11} {:>11} {:>11} {:>11} {:>9} {:>9}",
                 r.forward * 1e3,
                 r.forward_backward * 1e3,
                 ms(r.general),
                 ms(r.cumsum),
+                ms(r.cumsum_fb),
                 ms(r.naive),
+                ms(r.naive_fb),
                 if r.general.is_some() { format!("{:.1e}", r.disagreement) } else { "-".into() },
                 r.f32_error.map_or("-".into(), |e| format!("{e:.1e}")),
             )
@@ -265,6 +285,8 @@ fn run(args: Args) -> polysketch::Result<()> {
             r.general,
             r.cumsum,
             r.naive,
+            r.cumsum_fb,
+            r.naive_fb,
         ]) {
             if let Some(t) = t {
                 s.push(n, t);

@@ -3,10 +3,10 @@
 use faer::linalg::matmul::triangular::{BlockStructure, matmul as tri_matmul};
 use faer::{Accum, Mat, MatMut, MatRef, Par};
 use polysketch_sketch::linalg::dot;
-use polysketch_sketch::{Result, Scalar, check_param_bytes};
+use polysketch_sketch::{Result, Scalar, check_finite, check_param_bytes, check_shape};
 use rayon::prelude::*;
 
-use crate::Problem;
+use crate::{Grads, Problem};
 
 /// Largest \\(n\\) for which [`naive_forward`] builds its \\(n \times n\\) matrix (\\(n^2\\)
 /// values must stay under 4 GiB).
@@ -115,4 +115,203 @@ pub fn cumsum_forward<T: Scalar>(
         Par::Rayon(_) => groups.into_par_iter().for_each(group),
     }
     Ok(out)
+}
+
+/// Backward of [`naive_forward`]: with \\(S = \mathrm{lt}(AB^\top)\\) and \\(G = \partial
+/// L/\partial\mathrm{out}\\), \\(\partial C = S^\top G\\), \\(dS = \mathrm{lt}(GC^\top)\\),
+/// \\(\partial A = dS\,B\\), \\(\partial B = dS^\top A\\). \\(O(n^2(m + k))\\) time, \\(n^2\\)
+/// memory (the buffer of \\(S\\) is reused for \\(dS\\)).
+///
+/// # Errors
+/// As [`naive_forward`], and a shape mismatch or non-finite value in `g`.
+pub fn naive_backward<T: Scalar>(
+    a: MatRef<'_, T>,
+    b: MatRef<'_, T>,
+    c: MatRef<'_, T>,
+    g: MatRef<'_, T>,
+    par: Par,
+) -> Result<Grads<T>> {
+    const OP: &str = "lowtri::naive_backward";
+    Problem::general(a, b, c).validate(OP)?;
+    check_shape(OP, g, (c.nrows(), c.ncols()))?;
+    check_finite(OP, "g", g)?;
+    let n = a.nrows();
+    check_param_bytes(OP, (n as u128) * (n as u128), size_of::<T>())?;
+    let tri = |dst: MatMut<'_, T>,
+               ds: BlockStructure,
+               lhs: MatRef<'_, T>,
+               ls: BlockStructure,
+               rhs: MatRef<'_, T>| {
+        tri_matmul(
+            dst,
+            ds,
+            Accum::Replace,
+            lhs,
+            ls,
+            rhs,
+            BlockStructure::Rectangular,
+            T::one(),
+            par,
+        )
+    };
+    let mut s = Mat::<T>::zeros(n, n);
+    tri(
+        s.as_mut(),
+        BlockStructure::TriangularLower,
+        a,
+        BlockStructure::Rectangular,
+        b.transpose(),
+    );
+    let mut d_c = Mat::zeros(n, c.ncols());
+    tri(
+        d_c.as_mut(),
+        BlockStructure::Rectangular,
+        s.transpose(),
+        BlockStructure::TriangularUpper,
+        g,
+    );
+    // s now becomes dS = lt(G Cᵀ)
+    tri(
+        s.as_mut(),
+        BlockStructure::TriangularLower,
+        g,
+        BlockStructure::Rectangular,
+        c.transpose(),
+    );
+    let (mut d_a, mut d_b) = (Mat::zeros(n, a.ncols()), Mat::zeros(n, a.ncols()));
+    tri(
+        d_a.as_mut(),
+        BlockStructure::Rectangular,
+        s.as_ref(),
+        BlockStructure::TriangularLower,
+        b,
+    );
+    tri(
+        d_b.as_mut(),
+        BlockStructure::Rectangular,
+        s.transpose(),
+        BlockStructure::TriangularUpper,
+        a,
+    );
+    Ok(Grads {
+        d_a,
+        d_b,
+        d_c,
+        d_q: None,
+        d_k: None,
+    })
+}
+
+/// Backward of [`cumsum_forward`] by running sums: a forward sweep rebuilds
+/// \\(P_i = \sum_{j \le i} b_jc_j^\top\\) for \\(\partial a_i = P_i g_i\\); a reverse sweep builds
+/// \\(Q_j = \sum_{i \ge j} a_i g_i^\top\\) for \\(\partial b_j = Q_j c_j\\) and \\(\partial c_j =
+/// Q_j^\top b_j\\). The \\(m\\) rows of \\(P\\) and \\(Q\\) are independent for \\(\partial a\\) and
+/// \\(\partial b\\), and their \\(k\\) columns for \\(\partial c\\), so each sweep runs on fixed groups
+/// of them in parallel.
+///
+/// # Errors
+/// As [`naive_backward`], without the memory limit.
+pub fn cumsum_backward<T: Scalar>(
+    a: MatRef<'_, T>,
+    b: MatRef<'_, T>,
+    c: MatRef<'_, T>,
+    g: MatRef<'_, T>,
+    par: Par,
+) -> Result<Grads<T>> {
+    const OP: &str = "lowtri::cumsum_backward";
+    Problem::general(a, b, c).validate(OP)?;
+    check_shape(OP, g, (c.nrows(), c.ncols()))?;
+    check_finite(OP, "g", g)?;
+    let (n, m, k) = (a.nrows(), a.ncols(), c.ncols());
+    // rows as contiguous slices: column i of the transposes
+    let (at, bt, ct, gt) = (
+        a.transpose().to_owned(),
+        b.transpose().to_owned(),
+        c.transpose().to_owned(),
+        g.transpose().to_owned(),
+    );
+    // One sweep over rows, for feature rows e in `rows`: state[e] (length k) accumulates
+    // x_ie · y_i, and out[e, i] = <state[e], z_i>. Forward: x = b, y = c, z = g → ∂aᵀ.
+    // Reverse: x = a, y = g, z = c → ∂bᵀ.
+    let sweep = |x: &Mat<T>,
+                 y: &Mat<T>,
+                 z: &Mat<T>,
+                 reverse: bool,
+                 rows: core::ops::Range<usize>,
+                 mut out: MatMut<'_, T>| {
+        let mut state = vec![T::zero(); rows.len() * k];
+        for step in 0..n {
+            let i = if reverse { n - 1 - step } else { step };
+            let (xi, yi, zi) = (x.col_as_slice(i), y.col_as_slice(i), z.col_as_slice(i));
+            for (local, e) in rows.clone().enumerate() {
+                let st = &mut state[local * k..(local + 1) * k];
+                let xe = xi[e];
+                st.iter_mut().zip(yi).for_each(|(s, &v)| *s += xe * v);
+                out[(local, i)] = dot(st, zi);
+            }
+        }
+    };
+    let groups = |len: usize| -> Vec<core::ops::Range<usize>> {
+        const GROUP: usize = 16;
+        (0..len.div_ceil(GROUP))
+            .map(|g| g * GROUP..((g + 1) * GROUP).min(len))
+            .collect()
+    };
+    let run_rows = |x: &Mat<T>, y: &Mat<T>, z: &Mat<T>, reverse: bool| -> Mat<T> {
+        let mut out_t = Mat::<T>::zeros(m, n); // [m, n]: the gradient, transposed
+        let mut parts = Vec::new();
+        let mut rest = out_t.as_mut();
+        for r in groups(m) {
+            let (head, tail) = rest.split_at_row_mut(r.len());
+            parts.push((r, head));
+            rest = tail;
+        }
+        match par {
+            Par::Seq => parts
+                .into_iter()
+                .for_each(|(r, o)| sweep(x, y, z, reverse, r, o)),
+            Par::Rayon(_) => parts
+                .into_par_iter()
+                .for_each(|(r, o)| sweep(x, y, z, reverse, r, o)),
+        }
+        out_t.transpose().to_owned()
+    };
+    let d_a = run_rows(&bt, &ct, &gt, false);
+    let d_b = run_rows(&at, &gt, &ct, true);
+    // ∂c_j = Q_jᵀ b_j: the same reverse sweep with the roles of the two sides swapped
+    // (state indexed by the k columns, accumulating g_iq · a_i, read against b_j)
+    let d_c = {
+        let mut out_t = Mat::<T>::zeros(k, n);
+        let mut parts = Vec::new();
+        let mut rest = out_t.as_mut();
+        for r in groups(k) {
+            let (head, tail) = rest.split_at_row_mut(r.len());
+            parts.push((r, head));
+            rest = tail;
+        }
+        let column_sweep = |(cols, mut out): (core::ops::Range<usize>, MatMut<'_, T>)| {
+            let mut state = vec![T::zero(); cols.len() * m];
+            for i in (0..n).rev() {
+                let (ai, bi, gi) = (at.col_as_slice(i), bt.col_as_slice(i), gt.col_as_slice(i));
+                for (local, q) in cols.clone().enumerate() {
+                    let st = &mut state[local * m..(local + 1) * m];
+                    let gq = gi[q];
+                    st.iter_mut().zip(ai).for_each(|(s, &v)| *s += gq * v);
+                    out[(local, i)] = dot(st, bi);
+                }
+            }
+        };
+        match par {
+            Par::Seq => parts.into_iter().for_each(column_sweep),
+            Par::Rayon(_) => parts.into_par_iter().for_each(column_sweep),
+        }
+        out_t.transpose().to_owned()
+    };
+    Ok(Grads {
+        d_a,
+        d_b,
+        d_c,
+        d_q: None,
+        d_k: None,
+    })
 }

@@ -364,6 +364,23 @@ fn baselines_match_the_reference() {
         let cumsum =
             baseline::cumsum_forward(a.as_ref(), b.as_ref(), c.as_ref(), Par::rayon(2)).unwrap();
         assert_close(cumsum.as_ref(), expected.as_ref(), 1e-12, "cumsum");
+        // and their backward passes against the reference gradients
+        let g = gaussian::<f64>(n, k, 1.0, 33);
+        let problem = Problem::general(a.as_ref(), b.as_ref(), c.as_ref());
+        let expected = reference::backward_reference(&problem, 1, g.as_ref());
+        let naive =
+            baseline::naive_backward(a.as_ref(), b.as_ref(), c.as_ref(), g.as_ref(), Par::Seq)
+                .unwrap();
+        compare_grads(&naive, &expected, 1e-12, "naive backward");
+        let cumsum = baseline::cumsum_backward(
+            a.as_ref(),
+            b.as_ref(),
+            c.as_ref(),
+            g.as_ref(),
+            Par::rayon(2),
+        )
+        .unwrap();
+        compare_grads(&cumsum, &expected, 1e-12, "cumsum backward");
     }
 }
 
