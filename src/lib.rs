@@ -9,8 +9,11 @@
 //!   x^{\otimes p/2})^{\otimes 2}\\) of PolySketchFormer.
 //! - [`lowtri`]: block lower-triangular products \\(\\mathrm{lt}(AB^\\top)C\\) in time linear in
 //!   \\(n\\), forward and backward.
+//! - [`kernel`]: kernel ridge regression and kernel PCA with sketches, Nyström and the exact
+//!   methods.
 //! - [`amm`]: the empirical check of Theorem 2.4 run by `examples/amm_bound.rs`.
-//! - [`io`]: crash-safe file output; [`scaling`]: timing series, their plots, faer's FLOP rate.
+//! - [`io`]: crash-safe file output; [`scaling`]: timing series, their plots, faer's FLOP rate;
+//!   [`memory`]: peak heap measurement.
 //!
 //! # Example
 //! ```
@@ -26,12 +29,15 @@
 //! # Ok::<(), polysketch::sketch::SketchError>(())
 //! ```
 
+pub use polysketch_kernel as kernel;
 pub use polysketch_lowtri as lowtri;
 pub use polysketch_sketch as sketch;
 pub use polysketch_tensoring as tensoring;
 
 pub mod amm;
 pub mod io;
+pub mod memory;
+pub mod plot;
 pub mod scaling;
 
 /// The README's code runs as a doctest, so it cannot rot.

@@ -6,10 +6,10 @@ use std::path::Path;
 use std::time::Instant;
 
 use faer::{Mat, Par};
-use plotters::prelude::*;
 
+use crate::Result;
+use crate::plot::{Axes, Line, line_plot};
 use crate::sketch::linalg::gemm;
-use crate::{Error, Result};
 
 /// A named series of `(size, seconds)` points.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,63 +67,22 @@ pub fn to_csv(series: &[Series]) -> String {
 /// A log-log plot of time against `n`, one line per series, as SVG (written atomically).
 ///
 /// # Errors
-/// [`Error::Plot`] if drawing fails, [`Error::Io`] if writing does, [`Error::Config`] if there
-/// is nothing to plot.
+/// As [`crate::plot::line_plot`].
 pub fn plot_svg(series: &[Series], title: &str, path: &Path) -> Result<()> {
-    let pts = series.iter().flat_map(|s| s.points.iter());
-    let (nmin, nmax, tmin, tmax) = pts
-        .fold((f64::MAX, 0f64, f64::MAX, 0f64), |(a, b, c, d), &(n, t)| {
-            (a.min(n as f64), b.max(n as f64), c.min(t), d.max(t))
-        });
-    if nmax == 0.0 || tmax <= 0.0 {
-        return Err(Error::Config("no points to plot".into()));
-    }
-    let plot = |e: &dyn std::fmt::Display| Error::Plot(e.to_string());
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (760, 480)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| plot(&e))?;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 18))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(70)
-            .build_cartesian_2d(
-                (nmin * 0.8..nmax * 1.25).log_scale(),
-                (tmin * 0.6..tmax * 1.6).log_scale(),
-            )
-            .map_err(|e| plot(&e))?;
-        chart
-            .configure_mesh()
-            .x_desc("n")
-            .y_desc("seconds")
-            .x_label_formatter(&|x| format!("{}", x.round() as u64))
-            .y_label_formatter(&|y| format!("{y:.0e}"))
-            .draw()
-            .map_err(|e| plot(&e))?;
-        for (i, s) in series.iter().filter(|s| !s.points.is_empty()).enumerate() {
-            let colour = Palette99::pick(i).to_rgba();
-            let line: Vec<(f64, f64)> = s.points.iter().map(|&(n, t)| (n as f64, t)).collect();
-            chart
-                .draw_series(LineSeries::new(line.clone(), colour.stroke_width(2)))
-                .map_err(|e| plot(&e))?
-                .label(s.name.clone())
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 16, y)], colour.stroke_width(2))
-                });
-            chart
-                .draw_series(line.iter().map(|&p| Circle::new(p, 3, colour.filled())))
-                .map_err(|e| plot(&e))?;
-        }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperLeft)
-            .draw()
-            .map_err(|e| plot(&e))?;
-        root.present().map_err(|e| plot(&e))?;
-    }
-    crate::io::write_atomic(path, svg.as_bytes())?;
-    Ok(())
+    let lines: Vec<Line> = series
+        .iter()
+        .filter(|s| !s.points.is_empty())
+        .map(|s| Line {
+            name: s.name.clone(),
+            points: s.points.iter().map(|&(n, t)| (n as f64, t)).collect(),
+        })
+        .collect();
+    let axes = Axes {
+        title,
+        x_label: "n",
+        y_label: "seconds",
+        log_x: true,
+        log_y: true,
+    };
+    line_plot(&lines, &[], &axes, path)
 }

@@ -1,0 +1,229 @@
+//! Ridge regression in a feature space, and exact kernel ridge regression.
+
+use faer::dyn_stack::{MemBuffer, MemStack, StackReq};
+use faer::linalg::cholesky::llt::factor::{
+    LltRegularization, cholesky_in_place, cholesky_in_place_scratch,
+};
+use faer::linalg::cholesky::llt::solve::{solve_in_place_scratch, solve_in_place_with_conj};
+use faer::{Conj, Mat, MatRef, Par};
+use polysketch_sketch::linalg::gemm;
+
+use crate::error::{KernelError, Result, enough_rows, finite, same};
+
+/// Solves \\((M + \lambda I)X = R\\) for symmetric positive semi-definite \\(M\\) by Cholesky
+/// (faer, explicit `par`), overwriting `rhs` with \\(X\\).
+pub(crate) fn solve_regularised(
+    op: &'static str,
+    m: MatRef<'_, f64>,
+    lambda: f64,
+    rhs: &mut Mat<f64>,
+    par: Par,
+) -> Result<()> {
+    let n = m.nrows();
+    let mut a = m.to_owned();
+    for i in 0..n {
+        a[(i, i)] += lambda;
+    }
+    let req = StackReq::any_of(&[
+        cholesky_in_place_scratch::<f64>(n, par, Default::default()),
+        solve_in_place_scratch::<f64>(n, rhs.ncols(), par),
+    ]);
+    let mut buf = MemBuffer::new(req);
+    let stack = MemStack::new(&mut buf);
+    cholesky_in_place(
+        a.as_mut(),
+        LltRegularization::default(),
+        par,
+        stack,
+        Default::default(),
+    )
+    .map_err(|_| KernelError::NotPositiveDefinite { op })?;
+    solve_in_place_with_conj(a.as_ref(), Conj::No, rhs.as_mut(), par, stack);
+    Ok(())
+}
+
+fn check_lambda(op: &'static str, lambda: f64) -> Result<()> {
+    if !(lambda > 0.0 && lambda.is_finite()) {
+        return Err(KernelError::InvalidParameter {
+            op,
+            reason: format!("lambda must be positive and finite, got {lambda}"),
+        });
+    }
+    Ok(())
+}
+
+/// A linear model \\(\hat y = \phi(x)^\top w + \bar y\\) fitted by ridge regression in a feature
+/// space: \\(\min_w \|(y - \bar y) - \Phi w\|^2 + \lambda\|w\|^2\\), i.e.
+/// \\((\Phi^\top\Phi + \lambda I)w = \Phi^\top(y - \bar y)\\). With \\(\Phi\Phi^\top = K\\) this is
+/// exactly [`KernelRidge`] on \\(K\\).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ridge {
+    /// \\(w\\), one weight per feature.
+    pub weights: Vec<f64>,
+    /// \\(\bar y\\).
+    pub intercept: f64,
+    /// \\(\lambda\\).
+    pub lambda: f64,
+}
+
+impl Ridge {
+    /// Fits one model per \\(\lambda\\), sharing the \\(D \times D\\) product
+    /// \\(\Phi^\top\Phi\\) (the expensive part, \\(O(nD^2)\\)).
+    ///
+    /// # Shapes
+    /// `features: [n, D]`, `y: [n]`.
+    ///
+    /// # Errors
+    /// Length mismatch, fewer than 2 rows, non-finite values, a non-positive \\(\lambda\\).
+    pub fn fit_path(
+        features: MatRef<'_, f64>,
+        y: &[f64],
+        lambdas: &[f64],
+        par: Par,
+    ) -> Result<Vec<Ridge>> {
+        const OP: &str = "Ridge::fit_path";
+        same(OP, "targets", features.nrows(), y.len())?;
+        enough_rows(OP, 2, features.nrows())?;
+        finite(OP, "features", features)?;
+        finite(OP, "y", MatRef::from_column_major_slice(y, y.len(), 1))?;
+        for &l in lambdas {
+            check_lambda(OP, l)?;
+        }
+        let d = features.ncols();
+        let mean = y.iter().sum::<f64>() / y.len() as f64;
+        let yc = Mat::from_fn(y.len(), 1, |i, _| y[i] - mean);
+        let mut gram = Mat::zeros(d, d);
+        gemm(
+            gram.as_mut(),
+            features.transpose(),
+            features,
+            1.0,
+            false,
+            par,
+        );
+        let mut rhs = Mat::zeros(d, 1);
+        gemm(
+            rhs.as_mut(),
+            features.transpose(),
+            yc.as_ref(),
+            1.0,
+            false,
+            par,
+        );
+        lambdas
+            .iter()
+            .map(|&lambda| {
+                let mut w = rhs.clone();
+                solve_regularised(OP, gram.as_ref(), lambda, &mut w, par)?;
+                Ok(Ridge {
+                    weights: (0..d).map(|i| w[(i, 0)]).collect(),
+                    intercept: mean,
+                    lambda,
+                })
+            })
+            .collect()
+    }
+
+    /// \\(\hat y = \Phi w + \bar y\\) for `features: [m, D]`.
+    ///
+    /// # Errors
+    /// Width mismatch, non-finite features.
+    pub fn predict(&self, features: MatRef<'_, f64>, par: Par) -> Result<Vec<f64>> {
+        const OP: &str = "Ridge::predict";
+        same(OP, "features", self.weights.len(), features.ncols())?;
+        finite(OP, "features", features)?;
+        let w = MatRef::from_column_major_slice(&self.weights, self.weights.len(), 1);
+        let mut out = Mat::zeros(features.nrows(), 1);
+        gemm(out.as_mut(), features, w, 1.0, false, par);
+        Ok((0..features.nrows())
+            .map(|i| out[(i, 0)] + self.intercept)
+            .collect())
+    }
+}
+
+/// Exact kernel ridge regression: \\((K + \lambda I)\alpha = y - \bar y\\) by Cholesky,
+/// \\(\hat y(x) = \sum_i \alpha_i k(x_i, x) + \bar y\\).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KernelRidge {
+    /// \\(\alpha\\), one weight per training row.
+    pub alpha: Vec<f64>,
+    /// \\(\bar y\\).
+    pub intercept: f64,
+    /// \\(\lambda\\).
+    pub lambda: f64,
+}
+
+impl KernelRidge {
+    /// Fits on the training kernel matrix `k: [n, n]`.
+    ///
+    /// # Errors
+    /// Shape mismatch, non-finite values, a non-positive \\(\lambda\\),
+    /// [`KernelError::NotPositiveDefinite`].
+    pub fn fit(k: MatRef<'_, f64>, y: &[f64], lambda: f64, par: Par) -> Result<Self> {
+        const OP: &str = "KernelRidge::fit";
+        same(OP, "kernel columns", k.nrows(), k.ncols())?;
+        same(OP, "targets", k.nrows(), y.len())?;
+        enough_rows(OP, 2, y.len())?;
+        check_lambda(OP, lambda)?;
+        finite(OP, "k", k)?;
+        let mean = y.iter().sum::<f64>() / y.len() as f64;
+        let mut alpha = Mat::from_fn(y.len(), 1, |i, _| y[i] - mean);
+        solve_regularised(OP, k, lambda, &mut alpha, par)?;
+        Ok(Self {
+            alpha: (0..y.len()).map(|i| alpha[(i, 0)]).collect(),
+            intercept: mean,
+            lambda,
+        })
+    }
+
+    /// \\(\hat y = K_\text{test,train}\,\alpha + \bar y\\) for `k_test: [m, n]`.
+    ///
+    /// # Errors
+    /// Width mismatch, non-finite values.
+    pub fn predict(&self, k_test: MatRef<'_, f64>, par: Par) -> Result<Vec<f64>> {
+        const OP: &str = "KernelRidge::predict";
+        same(OP, "kernel columns", self.alpha.len(), k_test.ncols())?;
+        finite(OP, "k_test", k_test)?;
+        let a = MatRef::from_column_major_slice(&self.alpha, self.alpha.len(), 1);
+        let mut out = Mat::zeros(k_test.nrows(), 1);
+        gemm(out.as_mut(), k_test, a, 1.0, false, par);
+        Ok((0..k_test.nrows())
+            .map(|i| out[(i, 0)] + self.intercept)
+            .collect())
+    }
+}
+
+/// Root mean squared error.
+///
+/// # Errors
+/// [`KernelError::Mismatch`] for different lengths, [`KernelError::TooFewRows`] when empty.
+pub fn rmse(pred: &[f64], y: &[f64]) -> Result<f64> {
+    same("rmse", "lengths", y.len(), pred.len())?;
+    enough_rows("rmse", 1, y.len())?;
+    Ok((pred
+        .iter()
+        .zip(y)
+        .map(|(p, t)| (p - t).powi(2))
+        .sum::<f64>()
+        / y.len() as f64)
+        .sqrt())
+}
+
+/// Coefficient of determination \\(R^2 = 1 - \sum(\hat y - y)^2/\sum(y - \bar y)^2\\).
+///
+/// # Errors
+/// As [`rmse`]; [`KernelError::InvalidParameter`] if `y` is constant.
+pub fn r2(pred: &[f64], y: &[f64]) -> Result<f64> {
+    same("r2", "lengths", y.len(), pred.len())?;
+    enough_rows("r2", 2, y.len())?;
+    let mean = y.iter().sum::<f64>() / y.len() as f64;
+    let tot: f64 = y.iter().map(|t| (t - mean).powi(2)).sum();
+    if tot == 0.0 {
+        return Err(KernelError::InvalidParameter {
+            op: "r2",
+            reason: "the targets are constant".into(),
+        });
+    }
+    let res: f64 = pred.iter().zip(y).map(|(p, t)| (p - t).powi(2)).sum();
+    Ok(1.0 - res / tot)
+}
