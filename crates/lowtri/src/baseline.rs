@@ -117,6 +117,19 @@ pub fn cumsum_forward<T: Scalar>(
     Ok(out)
 }
 
+/// The checks shared by the baselines' backward passes.
+fn validate_backward<T: Scalar>(
+    op: &'static str,
+    a: MatRef<'_, T>,
+    b: MatRef<'_, T>,
+    c: MatRef<'_, T>,
+    g: MatRef<'_, T>,
+) -> Result<()> {
+    Problem::general(a, b, c).validate(op)?;
+    check_shape(op, g, (c.nrows(), c.ncols()))?;
+    check_finite(op, "g", g)
+}
+
 /// Backward of [`naive_forward`]: with \\(S = \mathrm{lt}(AB^\top)\\) and \\(G = \partial
 /// L/\partial\mathrm{out}\\), \\(\partial C = S^\top G\\), \\(dS = \mathrm{lt}(GC^\top)\\),
 /// \\(\partial A = dS\,B\\), \\(\partial B = dS^\top A\\). \\(O(n^2(m + k))\\) time, \\(n^2\\)
@@ -132,9 +145,7 @@ pub fn naive_backward<T: Scalar>(
     par: Par,
 ) -> Result<Grads<T>> {
     const OP: &str = "lowtri::naive_backward";
-    Problem::general(a, b, c).validate(OP)?;
-    check_shape(OP, g, (c.nrows(), c.ncols()))?;
-    check_finite(OP, "g", g)?;
+    validate_backward(OP, a, b, c, g)?;
     let n = a.nrows();
     check_param_bytes(OP, (n as u128) * (n as u128), size_of::<T>())?;
     let tri = |dst: MatMut<'_, T>,
@@ -218,11 +229,8 @@ pub fn cumsum_backward<T: Scalar>(
     g: MatRef<'_, T>,
     par: Par,
 ) -> Result<Grads<T>> {
-    const OP: &str = "lowtri::cumsum_backward";
-    Problem::general(a, b, c).validate(OP)?;
-    check_shape(OP, g, (c.nrows(), c.ncols()))?;
-    check_finite(OP, "g", g)?;
-    let (n, m, k) = (a.nrows(), a.ncols(), c.ncols());
+    validate_backward("lowtri::cumsum_backward", a, b, c, g)?;
+    let n = a.nrows();
     // rows as contiguous slices: column i of the transposes
     let (at, bt, ct, gt) = (
         a.transpose().to_owned(),
@@ -230,83 +238,44 @@ pub fn cumsum_backward<T: Scalar>(
         c.transpose().to_owned(),
         g.transpose().to_owned(),
     );
-    // One sweep over rows, for feature rows e in `rows`: state[e] (length k) accumulates
-    // x_ie · y_i, and out[e, i] = <state[e], z_i>. Forward: x = b, y = c, z = g → ∂aᵀ.
-    // Reverse: x = a, y = g, z = c → ∂bᵀ.
-    let sweep = |x: &Mat<T>,
-                 y: &Mat<T>,
-                 z: &Mat<T>,
-                 reverse: bool,
-                 rows: core::ops::Range<usize>,
-                 mut out: MatMut<'_, T>| {
-        let mut state = vec![T::zero(); rows.len() * k];
-        for step in 0..n {
-            let i = if reverse { n - 1 - step } else { step };
-            let (xi, yi, zi) = (x.col_as_slice(i), y.col_as_slice(i), z.col_as_slice(i));
-            for (local, e) in rows.clone().enumerate() {
-                let st = &mut state[local * k..(local + 1) * k];
-                let xe = xi[e];
-                st.iter_mut().zip(yi).for_each(|(s, &v)| *s += xe * v);
-                out[(local, i)] = dot(st, zi);
-            }
-        }
-    };
-    let groups = |len: usize| -> Vec<core::ops::Range<usize>> {
+    // One sweep over the rows i (forward or reverse) for the entries e in `owned` of x's rows:
+    // state[e] (as long as y's rows) accumulates x_ie · y_i, and out[e, i] = <state[e], z_i>.
+    // Entries are independent, so fixed groups of 16 of them run in parallel.
+    //   ∂aᵀ: x = b, y = c, z = g, forward (state = rows of P_i)
+    //   ∂bᵀ: x = a, y = g, z = c, reverse (state = rows of Q_j)
+    //   ∂cᵀ: x = g, y = a, z = b, reverse (state = columns of Q_j)
+    let sweep = |x: &Mat<T>, y: &Mat<T>, z: &Mat<T>, reverse: bool| -> Mat<T> {
         const GROUP: usize = 16;
-        (0..len.div_ceil(GROUP))
-            .map(|g| g * GROUP..((g + 1) * GROUP).min(len))
-            .collect()
-    };
-    let run_rows = |x: &Mat<T>, y: &Mat<T>, z: &Mat<T>, reverse: bool| -> Mat<T> {
-        let mut out_t = Mat::<T>::zeros(m, n); // [m, n]: the gradient, transposed
-        let mut parts = Vec::new();
-        let mut rest = out_t.as_mut();
-        for r in groups(m) {
-            let (head, tail) = rest.split_at_row_mut(r.len());
-            parts.push((r, head));
-            rest = tail;
-        }
-        match par {
-            Par::Seq => parts
-                .into_iter()
-                .for_each(|(r, o)| sweep(x, y, z, reverse, r, o)),
-            Par::Rayon(_) => parts
-                .into_par_iter()
-                .for_each(|(r, o)| sweep(x, y, z, reverse, r, o)),
-        }
-        out_t.transpose().to_owned()
-    };
-    let d_a = run_rows(&bt, &ct, &gt, false);
-    let d_b = run_rows(&at, &gt, &ct, true);
-    // ∂c_j = Q_jᵀ b_j: the same reverse sweep with the roles of the two sides swapped
-    // (state indexed by the k columns, accumulating g_iq · a_i, read against b_j)
-    let d_c = {
-        let mut out_t = Mat::<T>::zeros(k, n);
-        let mut parts = Vec::new();
-        let mut rest = out_t.as_mut();
-        for r in groups(k) {
-            let (head, tail) = rest.split_at_row_mut(r.len());
-            parts.push((r, head));
-            rest = tail;
-        }
-        let column_sweep = |(cols, mut out): (core::ops::Range<usize>, MatMut<'_, T>)| {
-            let mut state = vec![T::zero(); cols.len() * m];
-            for i in (0..n).rev() {
-                let (ai, bi, gi) = (at.col_as_slice(i), bt.col_as_slice(i), gt.col_as_slice(i));
-                for (local, q) in cols.clone().enumerate() {
-                    let st = &mut state[local * m..(local + 1) * m];
-                    let gq = gi[q];
-                    st.iter_mut().zip(ai).for_each(|(s, &v)| *s += gq * v);
-                    out[(local, i)] = dot(st, bi);
+        let (width, len) = (x.nrows(), y.nrows());
+        let mut out_t = Mat::<T>::zeros(width, n);
+        let group = |(g, mut out): (usize, MatMut<'_, T>)| {
+            let mut state = vec![T::zero(); out.nrows() * len];
+            for step in 0..n {
+                let i = if reverse { n - 1 - step } else { step };
+                let (xi, yi, zi) = (x.col_as_slice(i), y.col_as_slice(i), z.col_as_slice(i));
+                for local in 0..out.nrows() {
+                    let st = &mut state[local * len..(local + 1) * len];
+                    let xe = xi[g * GROUP + local];
+                    st.iter_mut().zip(yi).for_each(|(s, &v)| *s += xe * v);
+                    out[(local, i)] = dot(st, zi);
                 }
             }
         };
+        let groups: Vec<_> = crate::engine::row_blocks(out_t.as_mut(), GROUP)
+            .into_iter()
+            .enumerate()
+            .collect();
         match par {
-            Par::Seq => parts.into_iter().for_each(column_sweep),
-            Par::Rayon(_) => parts.into_par_iter().for_each(column_sweep),
+            Par::Seq => groups.into_iter().for_each(group),
+            Par::Rayon(_) => groups.into_par_iter().for_each(group),
         }
         out_t.transpose().to_owned()
     };
+    let (d_a, d_b, d_c) = (
+        sweep(&bt, &ct, &gt, false),
+        sweep(&at, &gt, &ct, true),
+        sweep(&gt, &at, &bt, true),
+    );
     Ok(Grads {
         d_a,
         d_b,

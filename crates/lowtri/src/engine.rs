@@ -170,7 +170,7 @@ impl<T: Scalar> Scratch<T> {
 }
 
 /// Cuts `m` into consecutive row blocks of `size` (the last may be shorter).
-fn row_blocks<T>(m: MatMut<'_, T>, size: usize) -> Vec<MatMut<'_, T>> {
+pub(crate) fn row_blocks<T>(m: MatMut<'_, T>, size: usize) -> Vec<MatMut<'_, T>> {
     let mut out = Vec::with_capacity(m.nrows().div_ceil(size.max(1)));
     let mut rest = m;
     while rest.nrows() > 0 {
