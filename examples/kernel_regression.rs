@@ -436,6 +436,59 @@ fn run(mut args: Args) -> polysketch::Result<()> {
         &svg_path,
     )?;
     println!("wrote {} and {}", csv_path.display(), svg_path.display());
+    // what the numbers say, computed from them
+    let ratio = |a: f64, b: f64| a / b.max(f64::MIN_POSITIVE);
+    let speed = |exact_s: f64, sketch_s: f64| {
+        let r = ratio(exact_s, sketch_s);
+        if r >= 1.0 {
+            format!("{r:.1}x faster")
+        } else {
+            format!("{:.1}x slower", 1.0 / r)
+        }
+    };
+    println!(
+        "same {n_exact} rows, {} at D = {}: R2 {:+.4} against exact, fit {}, {:.1}x less peak memory",
+        same_rows.method,
+        same_rows.dim.unwrap_or(0),
+        same_rows.r2 - exact.r2,
+        speed(exact.fit_s, same_rows.fit_s),
+        ratio(exact.peak_bytes as f64, same_rows.peak_bytes as f64)
+    );
+    if let Some(small) = rows
+        .iter()
+        .filter(|r| r.method != "nystrom")
+        .min_by(|a, b| a.fit_s.total_cmp(&b.fit_s))
+    {
+        println!(
+            "cheapest sketch ({} at D = {}, all {} rows): R2 {:+.4} against exact, fit {}, {:.0}x less peak memory",
+            small.method,
+            small.dim.unwrap_or(0),
+            s.train.0.nrows(),
+            small.r2 - exact.r2,
+            speed(exact.fit_s, small.fit_s),
+            ratio(exact.peak_bytes as f64, small.peak_bytes as f64)
+        );
+    }
+    if let Some(ny) = rows
+        .iter()
+        .filter(|r| r.method == "nystrom")
+        .max_by(|a, b| a.r2.total_cmp(&b.r2))
+    {
+        let sk = rows
+            .iter()
+            .filter(|r| r.method != "nystrom")
+            .max_by(|a, b| a.r2.total_cmp(&b.r2));
+        if let Some(sk) = sk {
+            println!(
+                "best Nystrom R2 {:.4} with D = {}; best sketch R2 {:.4} with D = {} ({})",
+                ny.r2,
+                ny.dim.unwrap_or(0),
+                sk.r2,
+                sk.dim.unwrap_or(0),
+                sk.method
+            );
+        }
+    }
     let best_top = rows
         .iter()
         .filter(|r| r.method != "nystrom" && r.dim.is_some_and(|d| d >= top * 9 / 10))

@@ -1,0 +1,467 @@
+//! The multi-head layer: validated config, parameters, forward and backward.
+
+use faer::{Mat, MatMut, MatRef, Par};
+use polysketch_lowtri::{Features, Grads as LtGrads, LowTri, Problem, Saved as LtSaved};
+use polysketch_sketch::{GaussianJl, PolySketch, Scalar, TreeSketch};
+use rayon::prelude::*;
+
+use crate::config::{AttentionConfig, AttentionKind, PolySketchConfig, SketchKind};
+use crate::layernorm::{LnSaved, layernorm_backward, layernorm_forward};
+use crate::{AttentionError, Result};
+
+/// Upper bound on the memory a forward may plan to keep (16 GiB).
+pub const MAX_STATE_BYTES: u128 = 16 << 30;
+
+/// A multi-head causal attention layer: `AttentionConfig` validated, with its parameters.
+///
+/// Parameters: for polynomial and PolySketch attention a layer normalisation of \\(q\\) and
+/// \\(k\\) (one gain and one bias of size \\(h\\), shared by \\(q\\), \\(k\\) and the heads, as in the
+/// authors' code), named `ln.gain` and `ln.bias`; softmax has none. A random sketch is fixed by
+/// the seed and is not a parameter.
+///
+/// # Normalisation
+/// Polynomial and PolySketch score \\(\langle\tilde q, \tilde k\rangle^p\\) with \\(\tilde x =
+/// \mathrm{LN}(x)/h^{1/4}\\), so \\(\langle\tilde q, \tilde k\rangle = \langle\mathrm{LN}(q),
+/// \mathrm{LN}(k)\rangle/\sqrt h\\) — the scaling of softmax attention. With unit gain and zero
+/// bias \\(|\langle\tilde q, \tilde k\rangle| \le \sqrt h\\), so each weight is at most
+/// \\(h^{p/2}\\) (4096 for \\(h = 64\\), \\(p = 4\\)) and a row's sum over \\(n\\) tokens at most
+/// \\(n h^{p/2}\\) (\\(4.3 \cdot 10^9\\) at \\(n = 2^{20}\\)): finite in f32, whose range ends at
+/// \\(3.4 \cdot 10^{38}\\).
+///
+/// # Shapes
+/// `q`, `k`, `v`, output: `[batch, heads, n, head_dim]`, row-major `&[T]`.
+pub struct Attention<T: Scalar> {
+    config: AttentionConfig,
+    ln_gain: Vec<T>,
+    ln_bias: Vec<T>,
+    sketch: Option<Box<dyn PolySketch<T>>>,
+}
+
+impl<T: Scalar> core::fmt::Debug for Attention<T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Attention")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+/// What one head's backward needs (PolySketch).
+struct HeadSaved<T> {
+    ln_q: LnSaved<T>,
+    ln_k: LnSaved<T>,
+    /// `[n, h]`: \\(\tilde q\\), \\(\tilde k\\).
+    qt: Mat<T>,
+    kt: Mat<T>,
+    /// `[n, r]`: the degree-\\(p/2\\) sketches.
+    l: Mat<T>,
+    r: Mat<T>,
+    /// `[n, h + 1]`: \\([V, \mathbf 1]\\).
+    c: Mat<T>,
+    /// `[n, h]`: the output.
+    out: Mat<T>,
+    /// `[n]`: \\(1 + \sum_{j \le i} s_{ij}\\).
+    den: Vec<T>,
+}
+
+/// What [`Attention::backward`] needs from [`Attention::forward`].
+pub struct Saved<T: Scalar> {
+    batch: usize,
+    n: usize,
+    heads: Vec<HeadSaved<T>>,
+    lowtri: Vec<LtSaved<T>>,
+}
+
+impl<T: Scalar> core::fmt::Debug for Saved<T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Saved")
+            .field("batch", &self.batch)
+            .field("n", &self.n)
+            .finish()
+    }
+}
+
+/// Gradients of a layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grads<T> {
+    /// \\(\partial L/\partial q\\), `[batch, heads, n, h]`.
+    pub dq: Vec<T>,
+    /// \\(\partial L/\partial k\\), same shape.
+    pub dk: Vec<T>,
+    /// \\(\partial L/\partial v\\), same shape.
+    pub dv: Vec<T>,
+    /// Gradients of the named parameters, in the order of [`Attention::parameters`].
+    pub params: Vec<(String, Vec<T>)>,
+}
+
+fn check_len<T>(
+    op: &'static str,
+    input: &'static str,
+    x: &[T],
+    expected: usize,
+    shape: String,
+) -> Result<()> {
+    if x.len() != expected {
+        return Err(AttentionError::ShapeMismatch {
+            op,
+            input,
+            expected,
+            got: x.len(),
+            shape,
+        });
+    }
+    Ok(())
+}
+
+fn check_finite<T: Scalar>(op: &'static str, input: &'static str, x: &[T]) -> Result<()> {
+    match x.iter().position(|v| !v.is_finite()) {
+        Some(index) => Err(AttentionError::NonFinite { op, input, index }),
+        None => Ok(()),
+    }
+}
+
+impl<T: Scalar> Attention<T> {
+    /// Validates `config` and initialises the parameters (unit gain, zero bias; the random
+    /// sketch drawn from the seed).
+    ///
+    /// # Errors
+    /// [`AttentionError::InvalidConfig`] (see [`AttentionConfig::validate`]); a learned sketch,
+    /// which this version does not have yet.
+    pub fn new(config: AttentionConfig) -> Result<Self> {
+        config.validate()?;
+        let h = config.head_dim;
+        let sketch: Option<Box<dyn PolySketch<T>>> = match config.kind {
+            AttentionKind::PolySketch(c) => match c.sketch {
+                SketchKind::Random if c.p == 2 => Some(Box::new(GaussianJl::new(h, c.r, c.seed)?)),
+                SketchKind::Random => {
+                    Some(Box::new(TreeSketch::gaussian(h, c.r, c.p / 2, c.seed)?))
+                }
+                SketchKind::Learned => {
+                    return Err(AttentionError::InvalidConfig(
+                        "learned sketches are not implemented yet: use SketchKind::Random".into(),
+                    ));
+                }
+            },
+            _ => None,
+        };
+        Ok(Self {
+            config,
+            ln_gain: vec![T::one(); h],
+            ln_bias: vec![T::zero(); h],
+            sketch,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &AttentionConfig {
+        &self.config
+    }
+
+    /// The named parameters and their shapes: `ln.gain [h]`, `ln.bias [h]` for polynomial and
+    /// PolySketch attention, none for softmax.
+    pub fn parameters(&self) -> Vec<(&'static str, &[T])> {
+        match self.config.kind {
+            AttentionKind::Softmax => vec![],
+            _ => vec![("ln.gain", &self.ln_gain), ("ln.bias", &self.ln_bias)],
+        }
+    }
+
+    /// Mutable access to the named parameters (for optimisers and loading).
+    pub fn parameters_mut(&mut self) -> Vec<(&'static str, &mut [T])> {
+        match self.config.kind {
+            AttentionKind::Softmax => vec![],
+            _ => vec![
+                ("ln.gain", self.ln_gain.as_mut_slice()),
+                ("ln.bias", self.ln_bias.as_mut_slice()),
+            ],
+        }
+    }
+
+    fn scale(&self) -> T {
+        T::of((self.config.head_dim as f64).powf(-0.25))
+    }
+
+    fn polysketch(&self) -> Result<PolySketchConfig> {
+        match self.config.kind {
+            AttentionKind::PolySketch(c) => Ok(c),
+            other => Err(AttentionError::InvalidConfig(format!(
+                "{other:?} is not implemented yet in this version: use PolySketch"
+            ))),
+        }
+    }
+
+    /// The output of the layer and what the backward needs.
+    ///
+    /// # Shapes
+    /// `q`, `k`, `v`: `[batch, heads, n, h]` row-major → `[batch, heads, n, h]`.
+    ///
+    /// # Errors
+    /// Wrong lengths, `n = 0`, non-finite values, a state over [`MAX_STATE_BYTES`].
+    pub fn forward<'a>(
+        &self,
+        q: &'a [T],
+        k: &'a [T],
+        v: &'a [T],
+        batch: usize,
+        n: usize,
+        par: Par,
+    ) -> Result<(Vec<T>, Saved<T>)> {
+        const OP: &str = "Attention::forward";
+        let c = self.polysketch()?;
+        let (heads, h) = (self.config.heads, self.config.head_dim);
+        let total = batch * heads * n * h;
+        let shape = format!("[batch {batch}, heads {heads}, n {n}, h {h}]");
+        if batch == 0 || n == 0 {
+            return Err(AttentionError::InvalidConfig(format!(
+                "{OP}: batch and n must be at least 1, got {batch} and {n}"
+            )));
+        }
+        // per token and head: q̃, k̃, LN's x̂ for both (4h), L and R (2r), C (h + 1), out (h),
+        // the denominator, and the lowtri prefixes (≈ m(h+1)/b)
+        let m = c.r * (c.r + 1) / 2;
+        let per_token = 6 * h + 2 * c.r + 2 + m * (h + 1) / c.block + 1;
+        let bytes =
+            (batch * heads) as u128 * n as u128 * per_token as u128 * size_of::<T>() as u128;
+        if bytes > MAX_STATE_BYTES {
+            return Err(AttentionError::TooLarge {
+                op: OP,
+                bytes,
+                limit: MAX_STATE_BYTES,
+            });
+        }
+        for (name, x) in [("q", q), ("k", k), ("v", v)] {
+            check_len(OP, name, x, total, shape.clone())?;
+            check_finite(OP, name, x)?;
+        }
+        let sketch = self
+            .sketch
+            .as_deref()
+            .ok_or_else(|| AttentionError::InvalidConfig("no sketch".into()))?;
+        let scale = self.scale();
+        let head_view = |x: &'a [T], idx: usize| head_matrix(x, idx, n, h);
+        // 1. per head: q̃ = LN(q)/h^¼, k̃ likewise, L = S(q̃), R = S(k̃), C = [V, 1]
+        let prepare = |idx: usize| -> HeadSaved<T> {
+            let (mut qt, mut kt) = (Mat::zeros(n, h), Mat::zeros(n, h));
+            let ln_q = layernorm_forward(
+                head_view(q, idx),
+                &self.ln_gain,
+                &self.ln_bias,
+                scale,
+                qt.as_mut(),
+            );
+            let ln_k = layernorm_forward(
+                head_view(k, idx),
+                &self.ln_gain,
+                &self.ln_bias,
+                scale,
+                kt.as_mut(),
+            );
+            let (mut l, mut r) = (Mat::zeros(n, c.r), Mat::zeros(n, c.r));
+            sketch.apply_rows(qt.as_ref(), l.as_mut());
+            sketch.apply_rows(kt.as_ref(), r.as_mut());
+            let vh = head_view(v, idx);
+            let cm = Mat::from_fn(n, h + 1, |i, j| if j < h { vh[(i, j)] } else { T::one() });
+            HeadSaved {
+                ln_q,
+                ln_k,
+                qt,
+                kt,
+                l,
+                r,
+                c: cm,
+                out: Mat::zeros(n, h),
+                den: vec![T::zero(); n],
+            }
+        };
+        let mut saved: Vec<HeadSaved<T>> = match par {
+            Par::Seq => (0..batch * heads).map(prepare).collect(),
+            Par::Rayon(_) => (0..batch * heads).into_par_iter().map(prepare).collect(),
+        };
+        // 2. the causal products lt(φ'(Q̃)φ'(K̃)ᵀ)[V, 1] of every head at once
+        let engine = LowTri::new(c.block)?;
+        let mut raw: Vec<Mat<T>> = (0..batch * heads).map(|_| Mat::zeros(n, h + 1)).collect();
+        let mut lt_saved: Vec<LtSaved<T>> = (0..batch * heads).map(|_| LtSaved::new()).collect();
+        {
+            let problems: Vec<Problem<'_, T>> = saved.iter().map(|s| problem(&c, s)).collect();
+            let outs = raw.iter_mut().map(|m| m.as_mut()).collect();
+            engine.forward_batch_into(&problems, outs, &mut lt_saved, par)?;
+        }
+        // 3. normalise: out = num / (1 + den)
+        let mut out = vec![T::zero(); total];
+        let finish = |(s, (raw, o)): (&mut HeadSaved<T>, (&Mat<T>, &mut [T]))| {
+            for i in 0..n {
+                let den = T::one() + raw[(i, h)];
+                s.den[i] = den;
+                for j in 0..h {
+                    let x = raw[(i, j)] / den;
+                    s.out[(i, j)] = x;
+                    o[i * h + j] = x;
+                }
+            }
+        };
+        let chunks = saved.iter_mut().zip(raw.iter().zip(out.chunks_mut(n * h)));
+        match par {
+            Par::Seq => chunks.for_each(finish),
+            Par::Rayon(_) => chunks.collect::<Vec<_>>().into_par_iter().for_each(finish),
+        }
+        Ok((
+            out,
+            Saved {
+                batch,
+                n,
+                heads: saved,
+                lowtri: lt_saved,
+            },
+        ))
+    }
+
+    /// Gradients with respect to `q`, `k`, `v` and the parameters, given \\(\partial
+    /// L/\partial\mathrm{out}\\) = `d_out` and the forward's state (consumed).
+    ///
+    /// # Errors
+    /// Wrong length or non-finite `d_out`; a state already used by a backward.
+    pub fn backward(&self, saved: &mut Saved<T>, d_out: &[T], par: Par) -> Result<Grads<T>> {
+        const OP: &str = "Attention::backward";
+        let c = self.polysketch()?;
+        let (heads, h, n) = (self.config.heads, self.config.head_dim, saved.n);
+        let total = saved.batch * heads * n * h;
+        check_len(
+            OP,
+            "d_out",
+            d_out,
+            total,
+            format!("[batch {}, heads {heads}, n {n}, h {h}]", saved.batch),
+        )?;
+        check_finite(OP, "d_out", d_out)?;
+        if saved.lowtri.iter().any(|s| !s.is_ready()) {
+            return Err(AttentionError::InvalidState {
+                op: OP,
+                reason: "the saved state was already used by a backward".into(),
+            });
+        }
+        let sketch = self
+            .sketch
+            .as_deref()
+            .ok_or_else(|| AttentionError::InvalidConfig("no sketch".into()))?;
+        let scale = self.scale();
+        // 1. through the normalisation: out = num/den, so dnum = dout/den and
+        //    dden = -Σ_c dout_c num_c / den² = -(dout · out)/den
+        let draw: Vec<Mat<T>> = saved
+            .heads
+            .iter()
+            .enumerate()
+            .map(|(idx, s)| {
+                let d = &d_out[idx * n * h..(idx + 1) * n * h];
+                Mat::from_fn(n, h + 1, |i, j| {
+                    if j < h {
+                        d[i * h + j] / s.den[i]
+                    } else {
+                        -(0..h).fold(T::zero(), |acc, jj| acc + d[i * h + jj] * s.out[(i, jj)])
+                            / s.den[i]
+                    }
+                })
+            })
+            .collect();
+        // 2. through the causal products
+        let engine = LowTri::new(c.block)?;
+        let lt: Vec<LtGrads<T>> = {
+            let problems: Vec<Problem<'_, T>> =
+                saved.heads.iter().map(|s| problem(&c, s)).collect();
+            let d_refs: Vec<MatRef<'_, T>> = draw.iter().map(|m| m.as_ref()).collect();
+            engine.backward_batch(&problems, &mut saved.lowtri, &d_refs, par)?
+        };
+        // 3. per head: through the sketch and the layer norm
+        let head =
+            |(s, g): (&HeadSaved<T>, &LtGrads<T>)| -> HeadGrads<T> {
+                let (mut dqt, mut dkt) = (Mat::zeros(n, h), Mat::zeros(n, h));
+                // forward: L = S(q̃), R = S(k̃)
+                sketch.vjp_rows(s.qt.as_ref(), g.d_a.as_ref(), dqt.as_mut());
+                sketch.vjp_rows(s.kt.as_ref(), g.d_b.as_ref(), dkt.as_mut());
+                if let (Some(dq), Some(dk)) = (&g.d_q, &g.d_k) {
+                    // forward (local): exact ⟨q̃, k̃⟩^p inside the diagonal blocks
+                    add_assign(dqt.as_mut(), dq.as_ref());
+                    add_assign(dkt.as_mut(), dk.as_ref());
+                }
+                let (mut dgain, mut dbias) = (vec![T::zero(); h], vec![T::zero(); h]);
+                let (mut dq, mut dk) = (Mat::zeros(n, h), Mat::zeros(n, h));
+                layernorm_backward(
+                    dqt.as_ref(),
+                    &s.ln_q,
+                    &self.ln_gain,
+                    scale,
+                    dq.as_mut(),
+                    &mut dgain,
+                    &mut dbias,
+                );
+                layernorm_backward(
+                    dkt.as_ref(),
+                    &s.ln_k,
+                    &self.ln_gain,
+                    scale,
+                    dk.as_mut(),
+                    &mut dgain,
+                    &mut dbias,
+                );
+                let flat = |m: &Mat<T>, cols: usize| -> Vec<T> {
+                    (0..n)
+                        .flat_map(|i| (0..cols).map(move |j| (i, j)))
+                        .map(|(i, j)| m[(i, j)])
+                        .collect()
+                };
+                (flat(&dq, h), flat(&dk, h), flat(&g.d_c, h), dgain, dbias)
+            };
+        let per_head: Vec<_> = match par {
+            Par::Seq => saved.heads.iter().zip(&lt).map(head).collect(),
+            Par::Rayon(_) => saved
+                .heads
+                .par_iter()
+                .zip(lt.par_iter())
+                .map(head)
+                .collect(),
+        };
+        let (mut dgain, mut dbias) = (vec![T::zero(); h], vec![T::zero(); h]);
+        let (mut dq, mut dk, mut dv) = (
+            Vec::with_capacity(total),
+            Vec::with_capacity(total),
+            Vec::with_capacity(total),
+        );
+        // summed in head order: the same numbers whatever the thread count
+        for (q_, k_, v_, g_, b_) in per_head {
+            dq.extend(q_);
+            dk.extend(k_);
+            dv.extend(v_);
+            dgain.iter_mut().zip(g_).for_each(|(a, b)| *a += b);
+            dbias.iter_mut().zip(b_).for_each(|(a, b)| *a += b);
+        }
+        Ok(Grads {
+            dq,
+            dk,
+            dv,
+            params: vec![("ln.gain".into(), dgain), ("ln.bias".into(), dbias)],
+        })
+    }
+}
+
+/// One head's gradients: `dq`, `dk`, `dv` (row-major `[n, h]`), `d ln.gain`, `d ln.bias`.
+type HeadGrads<T> = (Vec<T>, Vec<T>, Vec<T>, Vec<T>, Vec<T>);
+
+/// The lowtri problem of one head: self-tensored features, exact local blocks if asked.
+fn problem<'a, T: Scalar>(c: &PolySketchConfig, s: &'a HeadSaved<T>) -> Problem<'a, T> {
+    if c.local {
+        let features = Features::SelfTensored {
+            l: s.l.as_ref(),
+            r: s.r.as_ref(),
+        };
+        Problem::local_exact(features, s.qt.as_ref(), s.kt.as_ref(), c.p, s.c.as_ref())
+    } else {
+        Problem::self_tensored(s.l.as_ref(), s.r.as_ref(), s.c.as_ref())
+    }
+}
+
+/// Head `idx` of a row-major `[.., n, h]` array as an `[n, h]` view.
+fn head_matrix<T>(x: &[T], idx: usize, n: usize, h: usize) -> MatRef<'_, T> {
+    MatRef::from_row_major_slice(&x[idx * n * h..(idx + 1) * n * h], n, h)
+}
+
+fn add_assign<T: Scalar>(dst: MatMut<'_, T>, src: MatRef<'_, T>) {
+    faer::zip!(dst, src).for_each(|faer::unzip!(d, s)| *d += *s);
+}

@@ -1,0 +1,49 @@
+//! Causal attention layers built on the sketch, tensoring and lowtri crates (paper Sections 2.1,
+//! 2.3, 3): PolySketch attention — \\(\langle q, k\rangle^p\\) replaced by
+//! \\(\langle\phi'(q), \phi'(k)\rangle\\), nonnegative, in time linear in the sequence length —
+//! with the layer normalisation of \\(q\\) and \\(k\\) the paper prescribes.
+//!
+//! The weights of token \\(i\\) are
+//! \\[ A_{ij} = \frac{\langle\phi'(\tilde q_i), \phi'(\tilde k_j)\rangle}{1 + \sum_{j' \le i}
+//!     \langle\phi'(\tilde q_i), \phi'(\tilde k_{j'})\rangle}, \quad j \le i, \\]
+//! and the output is \\(\sum_j A_{ij} v_j\\): one causal product
+//! \\(\mathrm{lt}(\phi'(\tilde Q)\phi'(\tilde K)^\top)[V, \mathbf 1]\\) of the lowtri crate, in its
+//! self-tensored form (or its local-exact form, with \\(\langle\tilde q_i, \tilde k_j\rangle^p\\)
+//! inside the diagonal blocks).
+//!
+//! **Status.** This version has PolySketch attention with random sketches, with or without
+//! exact local blocks, forward and backward, in f32 and f64. Softmax and exact polynomial
+//! attention, learned sketches, decoding, packed sequences and carried state are not here yet:
+//! [`Attention::new`] refuses them with a typed error.
+//!
+//! # Example
+//! ```
+//! use faer::Par;
+//! use polysketch_attention::{Attention, AttentionConfig, AttentionKind, PolySketchConfig};
+//!
+//! let config = AttentionConfig {
+//!     heads: 2,
+//!     head_dim: 16,
+//!     kind: AttentionKind::PolySketch(PolySketchConfig { r: 8, block: 32, local: true, ..Default::default() }),
+//! };
+//! let layer = Attention::<f32>::new(config)?;
+//! let (batch, n) = (1, 100);
+//! let len = batch * 2 * n * 16;
+//! let q: Vec<f32> = (0..len).map(|i| (i as f32 * 0.37).sin()).collect();
+//! let (k, v) = (q.iter().map(|x| x.cos()).collect::<Vec<_>>(), q.iter().map(|x| 2.0 * x).collect::<Vec<_>>());
+//! let (out, mut saved) = layer.forward(&q, &k, &v, batch, n, Par::Seq)?;
+//! assert_eq!(out.len(), len);
+//! let grads = layer.backward(&mut saved, &vec![1.0; len], Par::Seq)?;
+//! assert_eq!(grads.dq.len(), len);
+//! # Ok::<(), polysketch_attention::AttentionError>(())
+//! ```
+
+mod config;
+mod error;
+mod layer;
+pub mod layernorm;
+pub mod reference;
+
+pub use config::{AttentionConfig, AttentionKind, PolySketchConfig, SketchKind};
+pub use error::{AttentionError, Result};
+pub use layer::{Attention, Grads, MAX_STATE_BYTES, Saved};

@@ -1,0 +1,313 @@
+//! PolySketch attention against its f64 reference, finite differences, thread counts, f32, long
+//! sequences, and bad input.
+
+use faer::{MatRef, Par};
+use polysketch_attention::reference::polysketch_reference;
+use polysketch_attention::{
+    Attention, AttentionConfig, AttentionError, AttentionKind, PolySketchConfig, SketchKind,
+};
+use polysketch_sketch::{GaussianJl, PolySketch, Scalar, TreeSketch, seeded_rng};
+use rand_distr::{Distribution, StandardNormal};
+
+fn random<T: Scalar>(len: usize, scale: f64, seed: u64) -> Vec<T> {
+    let mut rng = seeded_rng(seed);
+    (0..len)
+        .map(|_| {
+            let z: f64 = StandardNormal.sample(&mut rng);
+            T::of(scale * z)
+        })
+        .collect()
+}
+
+fn config(
+    heads: usize,
+    h: usize,
+    p: usize,
+    r: usize,
+    block: usize,
+    local: bool,
+) -> AttentionConfig {
+    AttentionConfig {
+        heads,
+        head_dim: h,
+        kind: AttentionKind::PolySketch(PolySketchConfig {
+            p,
+            r,
+            block,
+            local,
+            seed: 11,
+            sketch: SketchKind::Random,
+        }),
+    }
+}
+
+/// The same sketch the layer draws, in f64.
+fn sketch_f64(h: usize, r: usize, p: usize) -> Box<dyn PolySketch<f64>> {
+    if p == 2 {
+        Box::new(GaussianJl::new(h, r, 11).unwrap())
+    } else {
+        Box::new(TreeSketch::gaussian(h, r, p / 2, 11).unwrap())
+    }
+}
+
+fn head<'a>(x: &'a [f64], idx: usize, n: usize, h: usize) -> MatRef<'a, f64> {
+    MatRef::from_row_major_slice(&x[idx * n * h..(idx + 1) * n * h], n, h)
+}
+
+#[test]
+fn forward_matches_the_reference() {
+    let (batch, heads, h) = (2, 2, 6);
+    for (p, r, block, local) in [
+        (4, 5, 16, false),
+        (4, 5, 16, true),
+        (2, 7, 8, false),
+        (2, 7, 8, true),
+        (8, 4, 32, true),
+    ] {
+        for n in [1usize, 9, 37, 70] {
+            let layer = Attention::<f64>::new(config(heads, h, p, r, block, local)).unwrap();
+            let len = batch * heads * n * h;
+            let (q, k, v) = (
+                random::<f64>(len, 1.0, 1),
+                random::<f64>(len, 1.0, 2),
+                random::<f64>(len, 1.0, 3),
+            );
+            let (out, _) = layer.forward(&q, &k, &v, batch, n, Par::rayon(2)).unwrap();
+            let sketch = sketch_f64(h, r, p);
+            let (g, b) = (vec![1.0; h], vec![0.0; h]);
+            for idx in 0..batch * heads {
+                let expected = polysketch_reference(
+                    &*sketch,
+                    head(&q, idx, n, h),
+                    head(&k, idx, n, h),
+                    head(&v, idx, n, h),
+                    &g,
+                    &b,
+                    p,
+                    local.then_some(block),
+                );
+                let got = head(&out, idx, n, h);
+                let scale = (0..n)
+                    .flat_map(|i| (0..h).map(move |c| (i, c)))
+                    .fold(0.0f64, |m, (i, c)| m.max(expected[(i, c)].abs()));
+                for i in 0..n {
+                    for c in 0..h {
+                        assert!(
+                            (got[(i, c)] - expected[(i, c)]).abs() <= 1e-10 * scale.max(1e-300),
+                            "p={p} local={local} n={n} head {idx} ({i},{c}): {} vs {}",
+                            got[(i, c)],
+                            expected[(i, c)]
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// L = <G, out>, with every input and parameter perturbed by central differences.
+#[test]
+fn backward_matches_finite_differences() {
+    let (batch, heads, h, n) = (1, 2, 4, 11);
+    for (p, local) in [(4, false), (4, true), (2, false)] {
+        let mut layer = Attention::<f64>::new(config(heads, h, p, 3, 4, local)).unwrap();
+        // move the layer norm off unit gain / zero bias so their gradients are generic
+        for (name, values) in layer.parameters_mut() {
+            for (i, x) in values.iter_mut().enumerate() {
+                *x = if name == "ln.gain" {
+                    0.8 + 0.1 * i as f64
+                } else {
+                    0.05 * i as f64 - 0.1
+                };
+            }
+        }
+        let len = batch * heads * n * h;
+        let (q, k, v) = (
+            random::<f64>(len, 1.0, 4),
+            random::<f64>(len, 1.0, 5),
+            random::<f64>(len, 1.0, 6),
+        );
+        let g = random::<f64>(len, 1.0, 7);
+        let loss = |layer: &Attention<f64>, q: &[f64], k: &[f64], v: &[f64]| -> f64 {
+            let (out, _) = layer.forward(q, k, v, batch, n, Par::Seq).unwrap();
+            out.iter().zip(&g).map(|(o, g)| o * g).sum()
+        };
+        let (_, mut saved) = layer.forward(&q, &k, &v, batch, n, Par::Seq).unwrap();
+        let grads = layer.backward(&mut saved, &g, Par::Seq).unwrap();
+        let eps = 1e-6;
+        let check = |name: &str, analytic: &[f64], numeric: &dyn Fn(usize) -> f64| {
+            let scale = analytic.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+            for (i, &a) in analytic.iter().enumerate() {
+                let fd = numeric(i);
+                assert!(
+                    (a - fd).abs() <= 1e-6 * scale.max(1e-12) + 1e-9,
+                    "p={p} local={local} d{name}[{i}]: {a} vs {fd}"
+                );
+            }
+        };
+        let perturbed = |which: usize, i: usize| -> f64 {
+            let mut inputs = [q.clone(), k.clone(), v.clone()];
+            inputs[which][i] += eps;
+            let up = loss(&layer, &inputs[0], &inputs[1], &inputs[2]);
+            inputs[which][i] -= 2.0 * eps;
+            let down = loss(&layer, &inputs[0], &inputs[1], &inputs[2]);
+            (up - down) / (2.0 * eps)
+        };
+        check("q", &grads.dq, &|i| perturbed(0, i));
+        check("k", &grads.dk, &|i| perturbed(1, i));
+        check("v", &grads.dv, &|i| perturbed(2, i));
+        for (pi, (name, analytic)) in grads.params.iter().enumerate() {
+            let numeric = |i: usize| -> f64 {
+                let mut l = Attention::<f64>::new(*layer.config()).unwrap();
+                let copy = |l: &mut Attention<f64>, delta: f64| {
+                    for ((_, dst), (_, src)) in
+                        l.parameters_mut().into_iter().zip(layer.parameters())
+                    {
+                        dst.copy_from_slice(src);
+                    }
+                    l.parameters_mut()[pi].1[i] += delta;
+                };
+                copy(&mut l, eps);
+                let up = loss(&l, &q, &k, &v);
+                copy(&mut l, -eps);
+                let down = loss(&l, &q, &k, &v);
+                (up - down) / (2.0 * eps)
+            };
+            check(name, analytic, &numeric);
+        }
+    }
+}
+
+fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+        .install(f)
+}
+
+#[test]
+fn results_do_not_depend_on_thread_count() {
+    let (batch, heads, h, n) = (2, 3, 8, 300);
+    let layer = Attention::<f32>::new(config(heads, h, 4, 6, 64, true)).unwrap();
+    let len = batch * heads * n * h;
+    let (q, k, v, g) = (
+        random::<f32>(len, 1.0, 8),
+        random::<f32>(len, 1.0, 9),
+        random::<f32>(len, 1.0, 10),
+        random::<f32>(len, 1.0, 11),
+    );
+    let run = |par: Par| {
+        let (out, mut s) = layer.forward(&q, &k, &v, batch, n, par).unwrap();
+        (out, layer.backward(&mut s, &g, par).unwrap())
+    };
+    let reference = run(Par::Seq);
+    for threads in [1, 2, 3] {
+        assert_eq!(
+            in_pool(threads, || run(Par::rayon(0))),
+            reference,
+            "{threads} threads"
+        );
+    }
+}
+
+/// f32 against f64 on 2^20 tokens with large-norm inputs: finite, and within 1e-4 relative.
+#[test]
+fn long_sequences_stay_finite_and_accurate_in_f32() {
+    let (batch, heads, h, n) = (1, 1, 8, 1 << 20);
+    let c = config(heads, h, 4, 4, 256, true);
+    let len = batch * heads * n * h;
+    let q64 = random::<f64>(len, 100.0, 12);
+    let k64 = random::<f64>(len, 100.0, 13);
+    let v64 = random::<f64>(len, 1.0, 14);
+    let narrow = |x: &[f64]| x.iter().map(|v| *v as f32).collect::<Vec<f32>>();
+    let (o64, _) = Attention::<f64>::new(c)
+        .unwrap()
+        .forward(&q64, &k64, &v64, batch, n, Par::rayon(0))
+        .unwrap();
+    let (o32, _) = Attention::<f32>::new(c)
+        .unwrap()
+        .forward(
+            &narrow(&q64),
+            &narrow(&k64),
+            &narrow(&v64),
+            batch,
+            n,
+            Par::rayon(0),
+        )
+        .unwrap();
+    assert!(o32.iter().all(|x| x.is_finite()));
+    let num: f64 = o32
+        .iter()
+        .zip(&o64)
+        .map(|(a, b)| (*a as f64 - b).powi(2))
+        .sum();
+    let den: f64 = o64.iter().map(|b| b * b).sum();
+    let err = (num / den).sqrt();
+    assert!(err < 1e-4, "relative error {err:e}");
+}
+
+#[test]
+fn bad_input_gets_typed_errors() {
+    let bad_configs = [
+        config(0, 4, 4, 4, 4, false),
+        config(1, 0, 4, 4, 4, false),
+        config(1, 4, 3, 4, 4, false),
+        config(1, 4, 6, 4, 4, false),
+        config(1, 4, 4, 0, 4, false),
+        config(1, 4, 4, 4, 0, false),
+    ];
+    for c in bad_configs {
+        assert!(
+            matches!(
+                Attention::<f32>::new(c),
+                Err(AttentionError::InvalidConfig(_))
+            ),
+            "{c:?}"
+        );
+    }
+    let mut learned = config(1, 4, 4, 4, 4, false);
+    if let AttentionKind::PolySketch(ref mut p) = learned.kind {
+        p.sketch = SketchKind::Learned;
+    }
+    assert!(matches!(
+        Attention::<f32>::new(learned),
+        Err(AttentionError::InvalidConfig(_))
+    ));
+    let layer = Attention::<f32>::new(config(2, 4, 4, 4, 8, false)).unwrap();
+    let x = vec![0.5f32; 2 * 2 * 5 * 4];
+    assert!(matches!(
+        layer.forward(&x[1..], &x, &x, 2, 5, Par::Seq),
+        Err(AttentionError::ShapeMismatch { input: "q", .. })
+    ));
+    assert!(matches!(
+        layer.forward(&x, &x, &x, 2, 0, Par::Seq),
+        Err(AttentionError::InvalidConfig(_))
+    ));
+    let mut nan = x.clone();
+    nan[17] = f32::NAN;
+    assert!(matches!(
+        layer.forward(&x, &nan, &x, 2, 5, Par::Seq),
+        Err(AttentionError::NonFinite {
+            input: "k",
+            index: 17,
+            ..
+        })
+    ));
+    let (_, mut saved) = layer.forward(&x, &x, &x, 2, 5, Par::Seq).unwrap();
+    assert!(matches!(
+        layer.backward(&mut saved, &x[..10], Par::Seq),
+        Err(AttentionError::ShapeMismatch { .. })
+    ));
+    assert!(layer.backward(&mut saved, &x, Par::Seq).is_ok());
+    assert!(matches!(
+        layer.backward(&mut saved, &x, Par::Seq),
+        Err(AttentionError::InvalidState { .. })
+    ));
+    // a sequence far too long for memory is refused before anything is allocated
+    let huge = Attention::<f32>::new(config(64, 64, 4, 32, 256, false)).unwrap();
+    let err = huge
+        .forward(&x, &x, &x, 1 << 10, 1 << 20, Par::Seq)
+        .unwrap_err();
+    assert!(matches!(err, AttentionError::TooLarge { .. }), "{err}");
+}
