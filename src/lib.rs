@@ -9,6 +9,7 @@
 //!   x^{\otimes p/2})^{\otimes 2}\\) of PolySketchFormer.
 //! - [`lowtri`]: block lower-triangular products \\(\\mathrm{lt}(AB^\\top)C\\) in time linear in
 //!   \\(n\\), forward and backward.
+//! - [`attention`]: causal attention layers (PolySketch, softmax), forward and backward.
 //! - [`kernel`]: kernel ridge regression and kernel PCA with sketches, Nyström and the exact
 //!   methods.
 //! - [`amm`]: the empirical check of Theorem 2.4 run by `examples/amm_bound.rs`.
@@ -29,6 +30,7 @@
 //! # Ok::<(), polysketch::sketch::SketchError>(())
 //! ```
 
+pub use polysketch_attention as attention;
 pub use polysketch_kernel as kernel;
 pub use polysketch_lowtri as lowtri;
 pub use polysketch_sketch as sketch;

@@ -7,6 +7,7 @@ use rayon::prelude::*;
 
 use crate::config::{AttentionConfig, AttentionKind, PolySketchConfig, SketchKind};
 use crate::layernorm::{LnSaved, layernorm_backward, layernorm_forward};
+use crate::softmax::{self, HeadViews};
 use crate::{AttentionError, Result};
 
 /// Upper bound on the memory a forward may plan to keep (16 GiB).
@@ -67,8 +68,25 @@ struct HeadSaved<T> {
 pub struct Saved<T: Scalar> {
     batch: usize,
     n: usize,
-    heads: Vec<HeadSaved<T>>,
-    lowtri: Vec<LtSaved<T>>,
+    inner: Inner<T>,
+}
+
+/// The kind-specific part of [`Saved`].
+enum Inner<T: Scalar> {
+    PolySketch {
+        heads: Vec<HeadSaved<T>>,
+        lowtri: Vec<LtSaved<T>>,
+    },
+    /// The inputs (row-major, as given), the output, and its log-sum-exp per row; `used` once a
+    /// backward consumed it.
+    Softmax {
+        q: Vec<T>,
+        k: Vec<T>,
+        v: Vec<T>,
+        out: Vec<T>,
+        lse: Vec<T>,
+        used: bool,
+    },
 }
 
 impl<T: Scalar> core::fmt::Debug for Saved<T> {
@@ -180,15 +198,6 @@ impl<T: Scalar> Attention<T> {
         T::of((self.config.head_dim as f64).powf(-0.25))
     }
 
-    fn polysketch(&self) -> Result<PolySketchConfig> {
-        match self.config.kind {
-            AttentionKind::PolySketch(c) => Ok(c),
-            other => Err(AttentionError::InvalidConfig(format!(
-                "{other:?} is not implemented yet in this version: use PolySketch"
-            ))),
-        }
-    }
-
     /// The output of the layer and what the backward needs.
     ///
     /// # Shapes
@@ -196,29 +205,32 @@ impl<T: Scalar> Attention<T> {
     ///
     /// # Errors
     /// Wrong lengths, `n = 0`, non-finite values, a state over [`MAX_STATE_BYTES`].
-    pub fn forward<'a>(
+    pub fn forward(
         &self,
-        q: &'a [T],
-        k: &'a [T],
-        v: &'a [T],
+        q: &[T],
+        k: &[T],
+        v: &[T],
         batch: usize,
         n: usize,
         par: Par,
     ) -> Result<(Vec<T>, Saved<T>)> {
         const OP: &str = "Attention::forward";
-        let c = self.polysketch()?;
         let (heads, h) = (self.config.heads, self.config.head_dim);
-        let total = batch * heads * n * h;
-        let shape = format!("[batch {batch}, heads {heads}, n {n}, h {h}]");
         if batch == 0 || n == 0 {
             return Err(AttentionError::InvalidConfig(format!(
                 "{OP}: batch and n must be at least 1, got {batch} and {n}"
             )));
         }
-        // per token and head: q̃, k̃, LN's x̂ for both (4h), L and R (2r), C (h + 1), out (h),
-        // the denominator, and the lowtri prefixes (≈ m(h+1)/b)
-        let m = c.r * (c.r + 1) / 2;
-        let per_token = 6 * h + 2 * c.r + 2 + m * (h + 1) / c.block + 1;
+        // what the forward keeps per token and head, estimated before anything is allocated
+        let per_token = match self.config.kind {
+            // q̃, k̃, LN's x̂ for both (4h), L and R (2r), C (h + 1), out (h), the denominator,
+            // and the lowtri prefixes (≈ m(h+1)/b)
+            AttentionKind::PolySketch(c) => {
+                6 * h + 2 * c.r + 2 + c.r * (c.r + 1) / 2 * (h + 1) / c.block + 1
+            }
+            // copies of q, k, v, the output and its log-sum-exp
+            _ => 4 * h + 1,
+        };
         let bytes =
             (batch * heads) as u128 * n as u128 * per_token as u128 * size_of::<T>() as u128;
         if bytes > MAX_STATE_BYTES {
@@ -228,38 +240,66 @@ impl<T: Scalar> Attention<T> {
                 limit: MAX_STATE_BYTES,
             });
         }
+        let total = batch * heads * n * h;
+        let shape = format!("[batch {batch}, heads {heads}, n {n}, h {h}]");
         for (name, x) in [("q", q), ("k", k), ("v", v)] {
             check_len(OP, name, x, total, shape.clone())?;
             check_finite(OP, name, x)?;
         }
+        let views: Vec<HeadViews<'_, T>> = (0..batch * heads)
+            .map(|idx| HeadViews {
+                q: head_matrix(q, idx, n, h),
+                k: head_matrix(k, idx, n, h),
+                v: head_matrix(v, idx, n, h),
+            })
+            .collect();
+        let (out, inner) = match self.config.kind {
+            AttentionKind::PolySketch(c) => self.polysketch_forward(&c, &views, par)?,
+            AttentionKind::Softmax => {
+                let (mut out, mut lse) =
+                    (vec![T::zero(); total], vec![T::zero(); batch * heads * n]);
+                softmax::forward(&views, &mut out, &mut lse, par);
+                let inner = Inner::Softmax {
+                    q: q.to_vec(),
+                    k: k.to_vec(),
+                    v: v.to_vec(),
+                    out: out.clone(),
+                    lse,
+                    used: false,
+                };
+                (out, inner)
+            }
+            AttentionKind::Polynomial { .. } => {
+                return Err(AttentionError::InvalidConfig(
+                    "exact polynomial attention is not implemented yet".into(),
+                ));
+            }
+        };
+        Ok((out, Saved { batch, n, inner }))
+    }
+
+    /// PolySketch forward of every head.
+    fn polysketch_forward(
+        &self,
+        c: &PolySketchConfig,
+        views: &[HeadViews<'_, T>],
+        par: Par,
+    ) -> Result<(Vec<T>, Inner<T>)> {
+        let (h, count, n) = (self.config.head_dim, views.len(), views[0].q.nrows());
         let sketch = self
             .sketch
             .as_deref()
             .ok_or_else(|| AttentionError::InvalidConfig("no sketch".into()))?;
         let scale = self.scale();
-        let head_view = |x: &'a [T], idx: usize| head_matrix(x, idx, n, h);
         // 1. per head: q̃ = LN(q)/h^¼, k̃ likewise, L = S(q̃), R = S(k̃), C = [V, 1]
-        let prepare = |idx: usize| -> HeadSaved<T> {
+        let prepare = |x: &HeadViews<'_, T>| -> HeadSaved<T> {
             let (mut qt, mut kt) = (Mat::zeros(n, h), Mat::zeros(n, h));
-            let ln_q = layernorm_forward(
-                head_view(q, idx),
-                &self.ln_gain,
-                &self.ln_bias,
-                scale,
-                qt.as_mut(),
-            );
-            let ln_k = layernorm_forward(
-                head_view(k, idx),
-                &self.ln_gain,
-                &self.ln_bias,
-                scale,
-                kt.as_mut(),
-            );
+            let ln_q = layernorm_forward(x.q, &self.ln_gain, &self.ln_bias, scale, qt.as_mut());
+            let ln_k = layernorm_forward(x.k, &self.ln_gain, &self.ln_bias, scale, kt.as_mut());
             let (mut l, mut r) = (Mat::zeros(n, c.r), Mat::zeros(n, c.r));
             sketch.apply_rows(qt.as_ref(), l.as_mut());
             sketch.apply_rows(kt.as_ref(), r.as_mut());
-            let vh = head_view(v, idx);
-            let cm = Mat::from_fn(n, h + 1, |i, j| if j < h { vh[(i, j)] } else { T::one() });
+            let cm = Mat::from_fn(n, h + 1, |i, j| if j < h { x.v[(i, j)] } else { T::one() });
             HeadSaved {
                 ln_q,
                 ln_k,
@@ -273,20 +313,20 @@ impl<T: Scalar> Attention<T> {
             }
         };
         let mut saved: Vec<HeadSaved<T>> = match par {
-            Par::Seq => (0..batch * heads).map(prepare).collect(),
-            Par::Rayon(_) => (0..batch * heads).into_par_iter().map(prepare).collect(),
+            Par::Seq => views.iter().map(prepare).collect(),
+            Par::Rayon(_) => views.par_iter().map(prepare).collect(),
         };
         // 2. the causal products lt(φ'(Q̃)φ'(K̃)ᵀ)[V, 1] of every head at once
         let engine = LowTri::new(c.block)?;
-        let mut raw: Vec<Mat<T>> = (0..batch * heads).map(|_| Mat::zeros(n, h + 1)).collect();
-        let mut lt_saved: Vec<LtSaved<T>> = (0..batch * heads).map(|_| LtSaved::new()).collect();
+        let mut raw: Vec<Mat<T>> = (0..count).map(|_| Mat::zeros(n, h + 1)).collect();
+        let mut lt_saved: Vec<LtSaved<T>> = (0..count).map(|_| LtSaved::new()).collect();
         {
-            let problems: Vec<Problem<'_, T>> = saved.iter().map(|s| problem(&c, s)).collect();
+            let problems: Vec<Problem<'_, T>> = saved.iter().map(|s| problem(c, s)).collect();
             let outs = raw.iter_mut().map(|m| m.as_mut()).collect();
             engine.forward_batch_into(&problems, outs, &mut lt_saved, par)?;
         }
         // 3. normalise: out = num / (1 + den)
-        let mut out = vec![T::zero(); total];
+        let mut out = vec![T::zero(); count * n * h];
         let finish = |(s, (raw, o)): (&mut HeadSaved<T>, (&Mat<T>, &mut [T]))| {
             for i in 0..n {
                 let den = T::one() + raw[(i, h)];
@@ -305,9 +345,7 @@ impl<T: Scalar> Attention<T> {
         }
         Ok((
             out,
-            Saved {
-                batch,
-                n,
+            Inner::PolySketch {
                 heads: saved,
                 lowtri: lt_saved,
             },
@@ -321,7 +359,6 @@ impl<T: Scalar> Attention<T> {
     /// Wrong length or non-finite `d_out`; a state already used by a backward.
     pub fn backward(&self, saved: &mut Saved<T>, d_out: &[T], par: Par) -> Result<Grads<T>> {
         const OP: &str = "Attention::backward";
-        let c = self.polysketch()?;
         let (heads, h, n) = (self.config.heads, self.config.head_dim, saved.n);
         let total = saved.batch * heads * n * h;
         check_len(
@@ -332,12 +369,65 @@ impl<T: Scalar> Attention<T> {
             format!("[batch {}, heads {heads}, n {n}, h {h}]", saved.batch),
         )?;
         check_finite(OP, "d_out", d_out)?;
-        if saved.lowtri.iter().any(|s| !s.is_ready()) {
-            return Err(AttentionError::InvalidState {
+        let used = || AttentionError::InvalidState {
+            op: OP,
+            reason: "the saved state was already used by a backward".into(),
+        };
+        match (&mut saved.inner, self.config.kind) {
+            (Inner::PolySketch { heads, lowtri }, AttentionKind::PolySketch(c)) => {
+                if lowtri.iter().any(|s| !s.is_ready()) {
+                    return Err(used());
+                }
+                self.polysketch_backward(&c, heads, lowtri, d_out, par)
+            }
+            (
+                Inner::Softmax {
+                    q,
+                    k,
+                    v,
+                    out,
+                    lse,
+                    used: consumed,
+                },
+                AttentionKind::Softmax,
+            ) => {
+                if *consumed {
+                    return Err(used());
+                }
+                *consumed = true;
+                let views: Vec<HeadViews<'_, T>> = (0..total / (n * h))
+                    .map(|idx| HeadViews {
+                        q: head_matrix(q, idx, n, h),
+                        k: head_matrix(k, idx, n, h),
+                        v: head_matrix(v, idx, n, h),
+                    })
+                    .collect();
+                let (dq, dk, dv) = softmax::backward(&views, out, lse, d_out, par);
+                Ok(Grads {
+                    dq,
+                    dk,
+                    dv,
+                    params: vec![],
+                })
+            }
+            _ => Err(AttentionError::InvalidState {
                 op: OP,
-                reason: "the saved state was already used by a backward".into(),
-            });
+                reason: "the saved state comes from a layer of another kind".into(),
+            }),
         }
+    }
+
+    /// PolySketch backward of every head.
+    fn polysketch_backward(
+        &self,
+        c: &PolySketchConfig,
+        heads: &[HeadSaved<T>],
+        lowtri: &mut [LtSaved<T>],
+        d_out: &[T],
+        par: Par,
+    ) -> Result<Grads<T>> {
+        let (h, n) = (self.config.head_dim, heads[0].out.nrows());
+        let total = heads.len() * n * h;
         let sketch = self
             .sketch
             .as_deref()
@@ -345,8 +435,7 @@ impl<T: Scalar> Attention<T> {
         let scale = self.scale();
         // 1. through the normalisation: out = num/den, so dnum = dout/den and
         //    dden = -Σ_c dout_c num_c / den² = -(dout · out)/den
-        let draw: Vec<Mat<T>> = saved
-            .heads
+        let draw: Vec<Mat<T>> = heads
             .iter()
             .enumerate()
             .map(|(idx, s)| {
@@ -364,59 +453,52 @@ impl<T: Scalar> Attention<T> {
         // 2. through the causal products
         let engine = LowTri::new(c.block)?;
         let lt: Vec<LtGrads<T>> = {
-            let problems: Vec<Problem<'_, T>> =
-                saved.heads.iter().map(|s| problem(&c, s)).collect();
+            let problems: Vec<Problem<'_, T>> = heads.iter().map(|s| problem(c, s)).collect();
             let d_refs: Vec<MatRef<'_, T>> = draw.iter().map(|m| m.as_ref()).collect();
-            engine.backward_batch(&problems, &mut saved.lowtri, &d_refs, par)?
+            engine.backward_batch(&problems, lowtri, &d_refs, par)?
         };
         // 3. per head: through the sketch and the layer norm
-        let head =
-            |(s, g): (&HeadSaved<T>, &LtGrads<T>)| -> HeadGrads<T> {
-                let (mut dqt, mut dkt) = (Mat::zeros(n, h), Mat::zeros(n, h));
-                // forward: L = S(q̃), R = S(k̃)
-                sketch.vjp_rows(s.qt.as_ref(), g.d_a.as_ref(), dqt.as_mut());
-                sketch.vjp_rows(s.kt.as_ref(), g.d_b.as_ref(), dkt.as_mut());
-                if let (Some(dq), Some(dk)) = (&g.d_q, &g.d_k) {
-                    // forward (local): exact ⟨q̃, k̃⟩^p inside the diagonal blocks
-                    add_assign(dqt.as_mut(), dq.as_ref());
-                    add_assign(dkt.as_mut(), dk.as_ref());
-                }
-                let (mut dgain, mut dbias) = (vec![T::zero(); h], vec![T::zero(); h]);
-                let (mut dq, mut dk) = (Mat::zeros(n, h), Mat::zeros(n, h));
-                layernorm_backward(
-                    dqt.as_ref(),
-                    &s.ln_q,
-                    &self.ln_gain,
-                    scale,
-                    dq.as_mut(),
-                    &mut dgain,
-                    &mut dbias,
-                );
-                layernorm_backward(
-                    dkt.as_ref(),
-                    &s.ln_k,
-                    &self.ln_gain,
-                    scale,
-                    dk.as_mut(),
-                    &mut dgain,
-                    &mut dbias,
-                );
-                let flat = |m: &Mat<T>, cols: usize| -> Vec<T> {
-                    (0..n)
-                        .flat_map(|i| (0..cols).map(move |j| (i, j)))
-                        .map(|(i, j)| m[(i, j)])
-                        .collect()
-                };
-                (flat(&dq, h), flat(&dk, h), flat(&g.d_c, h), dgain, dbias)
-            };
-        let per_head: Vec<_> = match par {
-            Par::Seq => saved.heads.iter().zip(&lt).map(head).collect(),
-            Par::Rayon(_) => saved
-                .heads
-                .par_iter()
-                .zip(lt.par_iter())
-                .map(head)
-                .collect(),
+        let head = |(s, g): (&HeadSaved<T>, &LtGrads<T>)| -> HeadGrads<T> {
+            let (mut dqt, mut dkt) = (Mat::zeros(n, h), Mat::zeros(n, h));
+            // forward: L = S(q̃), R = S(k̃)
+            sketch.vjp_rows(s.qt.as_ref(), g.d_a.as_ref(), dqt.as_mut());
+            sketch.vjp_rows(s.kt.as_ref(), g.d_b.as_ref(), dkt.as_mut());
+            if let (Some(dq), Some(dk)) = (&g.d_q, &g.d_k) {
+                // forward (local): exact ⟨q̃, k̃⟩^p inside the diagonal blocks
+                add_assign(dqt.as_mut(), dq.as_ref());
+                add_assign(dkt.as_mut(), dk.as_ref());
+            }
+            let (mut dgain, mut dbias) = (vec![T::zero(); h], vec![T::zero(); h]);
+            let (mut dq, mut dk) = (Mat::zeros(n, h), Mat::zeros(n, h));
+            layernorm_backward(
+                dqt.as_ref(),
+                &s.ln_q,
+                &self.ln_gain,
+                scale,
+                dq.as_mut(),
+                &mut dgain,
+                &mut dbias,
+            );
+            layernorm_backward(
+                dkt.as_ref(),
+                &s.ln_k,
+                &self.ln_gain,
+                scale,
+                dk.as_mut(),
+                &mut dgain,
+                &mut dbias,
+            );
+            (
+                row_major(&dq, h),
+                row_major(&dk, h),
+                row_major(&g.d_c, h),
+                dgain,
+                dbias,
+            )
+        };
+        let per_head: Vec<HeadGrads<T>> = match par {
+            Par::Seq => heads.iter().zip(&lt).map(head).collect(),
+            Par::Rayon(_) => heads.par_iter().zip(lt.par_iter()).map(head).collect(),
         };
         let (mut dgain, mut dbias) = (vec![T::zero(); h], vec![T::zero(); h]);
         let (mut dq, mut dk, mut dv) = (
@@ -460,6 +542,14 @@ fn problem<'a, T: Scalar>(c: &PolySketchConfig, s: &'a HeadSaved<T>) -> Problem<
 /// Head `idx` of a row-major `[.., n, h]` array as an `[n, h]` view.
 fn head_matrix<T>(x: &[T], idx: usize, n: usize, h: usize) -> MatRef<'_, T> {
     MatRef::from_row_major_slice(&x[idx * n * h..(idx + 1) * n * h], n, h)
+}
+
+/// A matrix as a row-major vector of `[n, cols]`.
+fn row_major<T: Scalar>(m: &Mat<T>, cols: usize) -> Vec<T> {
+    (0..m.nrows())
+        .flat_map(|i| (0..cols).map(move |j| (i, j)))
+        .map(|(i, j)| m[(i, j)])
+        .collect()
 }
 
 fn add_assign<T: Scalar>(dst: MatMut<'_, T>, src: MatRef<'_, T>) {

@@ -11,10 +11,14 @@
 //! self-tensored form (or its local-exact form, with \\(\langle\tilde q_i, \tilde k_j\rangle^p\\)
 //! inside the diagonal blocks).
 //!
-//! **Status.** This version has PolySketch attention with random sketches, with or without
-//! exact local blocks, forward and backward, in f32 and f64. Softmax and exact polynomial
-//! attention, learned sketches, decoding, packed sequences and carried state are not here yet:
-//! [`Attention::new`] refuses them with a typed error.
+//! Two kinds are here, forward and backward, in f32 and f64:
+//!
+//! - PolySketch attention with random sketches, with or without exact local blocks;
+//! - exact causal softmax attention, tiled with an online softmax (flash-attention style, \\(O(n)\\)
+//!   extra memory), the baseline every comparison is made against.
+//!
+//! **Status.** Exact polynomial attention, learned sketches, decoding, packed sequences and
+//! carried state are not here yet: [`Attention::new`] refuses the first two with a typed error.
 //!
 //! # Example
 //! ```
@@ -43,6 +47,7 @@ mod error;
 mod layer;
 pub mod layernorm;
 pub mod reference;
+mod softmax;
 
 pub use config::{AttentionConfig, AttentionKind, PolySketchConfig, SketchKind};
 pub use error::{AttentionError, Result};

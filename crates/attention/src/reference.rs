@@ -80,3 +80,35 @@ pub fn polysketch_reference<S: PolySketch<f64> + ?Sized>(
         _ => dot(&l, i, &r, j).powi(2),
     })
 }
+
+/// Causal softmax attention of one head from its definition: \\(\\mathrm{out}_i = \\sum_{j \\le i}
+/// e^{s_{ij}} v_j / \\sum_{j \\le i} e^{s_{ij}}\\), \\(s_{ij} = \\langle q_i, k_j\\rangle/\\sqrt h\\)
+/// (shifted by the row maximum for stability).
+pub fn softmax_reference<T: Scalar>(
+    q: MatRef<'_, T>,
+    k: MatRef<'_, T>,
+    v: MatRef<'_, T>,
+) -> Mat<f64> {
+    let (n, h) = (q.nrows(), q.ncols());
+    let scale = 1.0 / (h as f64).sqrt();
+    let mut out = Mat::zeros(n, v.ncols());
+    for i in 0..n {
+        let s: Vec<f64> = (0..=i)
+            .map(|j| {
+                scale
+                    * (0..h)
+                        .map(|c| q[(i, c)].as_f64() * k[(j, c)].as_f64())
+                        .sum::<f64>()
+            })
+            .collect();
+        let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let w: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
+        let total: f64 = w.iter().sum();
+        for (j, wj) in w.iter().enumerate() {
+            for c in 0..v.ncols() {
+                out[(i, c)] += wj / total * v[(j, c)].as_f64();
+            }
+        }
+    }
+    out
+}

@@ -21,12 +21,23 @@ pub trait Scalar:
     fn of(x: f64) -> Self;
     /// Widens this value to `f64`.
     fn as_f64(self) -> f64;
+
+    /// `v[i] = exp(v[i])` for every element: the library `exp` by default, a vectorised
+    /// polynomial for `f32` ([`crate::linalg::fast_exp_f32`], below 2 ulp).
+    fn exp_in_place(v: &mut [Self]) {
+        for x in v.iter_mut() {
+            *x = x.exp();
+        }
+    }
 }
 
 impl Scalar for f32 {
     #[inline(always)]
     fn of(x: f64) -> Self {
         x as f32
+    }
+    fn exp_in_place(v: &mut [Self]) {
+        crate::linalg::exp_shifted_f32(v, 0.0);
     }
     #[inline(always)]
     fn as_f64(self) -> f64 {

@@ -1,0 +1,159 @@
+//! Tiled softmax attention against its definition, finite differences, threads and f32.
+
+use faer::{MatRef, Par};
+use polysketch_attention::reference::softmax_reference;
+use polysketch_attention::{Attention, AttentionConfig, AttentionError, AttentionKind};
+use polysketch_sketch::{Scalar, seeded_rng};
+use rand_distr::{Distribution, StandardNormal};
+
+fn random<T: Scalar>(len: usize, scale: f64, seed: u64) -> Vec<T> {
+    let mut rng = seeded_rng(seed);
+    (0..len)
+        .map(|_| {
+            let z: f64 = StandardNormal.sample(&mut rng);
+            T::of(scale * z)
+        })
+        .collect()
+}
+
+fn layer<T: Scalar>(heads: usize, h: usize) -> Attention<T> {
+    Attention::new(AttentionConfig {
+        heads,
+        head_dim: h,
+        kind: AttentionKind::Softmax,
+    })
+    .unwrap()
+}
+
+fn head<T>(x: &[T], idx: usize, n: usize, h: usize) -> MatRef<'_, T> {
+    MatRef::from_row_major_slice(&x[idx * n * h..(idx + 1) * n * h], n, h)
+}
+
+#[test]
+fn forward_matches_the_definition() {
+    let (batch, heads, h) = (2, 2, 8);
+    for n in [1usize, 5, 128, 129, 300] {
+        let len = batch * heads * n * h;
+        // large scores (scale 3) exercise the running maximum
+        let (q, k, v) = (
+            random::<f64>(len, 3.0, 1),
+            random::<f64>(len, 3.0, 2),
+            random::<f64>(len, 1.0, 3),
+        );
+        let (out, _) = layer::<f64>(heads, h)
+            .forward(&q, &k, &v, batch, n, Par::rayon(2))
+            .unwrap();
+        for idx in 0..batch * heads {
+            let e = softmax_reference(
+                head(&q, idx, n, h),
+                head(&k, idx, n, h),
+                head(&v, idx, n, h),
+            );
+            let got = head(&out, idx, n, h);
+            for i in 0..n {
+                for c in 0..h {
+                    assert!(
+                        (got[(i, c)] - e[(i, c)]).abs() < 1e-12,
+                        "n={n} head {idx} ({i},{c}): {} vs {}",
+                        got[(i, c)],
+                        e[(i, c)]
+                    );
+                }
+            }
+        }
+        // f32, through the fast exp: within 1e-5 of the f64 result
+        let narrow = |x: &[f64]| x.iter().map(|v| *v as f32).collect::<Vec<f32>>();
+        let (o32, _) = layer::<f32>(heads, h)
+            .forward(
+                &narrow(&q),
+                &narrow(&k),
+                &narrow(&v),
+                batch,
+                n,
+                Par::rayon(2),
+            )
+            .unwrap();
+        let worst = o32
+            .iter()
+            .zip(&out)
+            .fold(0.0f64, |m, (a, b)| m.max((*a as f64 - b).abs()));
+        assert!(worst < 1e-5, "n={n}: f32 off by {worst:e}");
+    }
+}
+
+#[test]
+fn backward_matches_finite_differences() {
+    let (batch, heads, h) = (1, 2, 4);
+    for n in [3usize, 130] {
+        let l = layer::<f64>(heads, h);
+        let len = batch * heads * n * h;
+        let (q, k, v, g) = (
+            random::<f64>(len, 1.0, 4),
+            random::<f64>(len, 1.0, 5),
+            random::<f64>(len, 1.0, 6),
+            random::<f64>(len, 1.0, 7),
+        );
+        let loss = |q: &[f64], k: &[f64], v: &[f64]| -> f64 {
+            let (out, _) = l.forward(q, k, v, batch, n, Par::Seq).unwrap();
+            out.iter().zip(&g).map(|(o, g)| o * g).sum()
+        };
+        let (_, mut saved) = l.forward(&q, &k, &v, batch, n, Par::Seq).unwrap();
+        let grads = l.backward(&mut saved, &g, Par::Seq).unwrap();
+        let eps = 1e-6;
+        // every entry for small n; a spread of entries (across tiles) for n = 130
+        let step = if n > 10 { 37 } else { 1 };
+        for (which, analytic) in [(0, &grads.dq), (1, &grads.dk), (2, &grads.dv)] {
+            let scale = analytic.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+            for i in (0..len).step_by(step) {
+                let mut inputs = [q.clone(), k.clone(), v.clone()];
+                inputs[which][i] += eps;
+                let up = loss(&inputs[0], &inputs[1], &inputs[2]);
+                inputs[which][i] -= 2.0 * eps;
+                let down = loss(&inputs[0], &inputs[1], &inputs[2]);
+                let fd = (up - down) / (2.0 * eps);
+                assert!(
+                    (analytic[i] - fd).abs() <= 1e-6 * scale + 1e-9,
+                    "n={n} input {which}[{i}]: {} vs {fd}",
+                    analytic[i]
+                );
+            }
+        }
+        assert!(matches!(
+            l.backward(&mut saved, &g, Par::Seq),
+            Err(AttentionError::InvalidState { .. })
+        ));
+    }
+}
+
+fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+        .install(f)
+}
+
+#[test]
+fn results_do_not_depend_on_thread_count() {
+    let (batch, heads, h, n) = (1, 3, 16, 400);
+    let l = layer::<f32>(heads, h);
+    let len = batch * heads * n * h;
+    let (q, k, v, g) = (
+        random::<f32>(len, 1.0, 8),
+        random::<f32>(len, 1.0, 9),
+        random::<f32>(len, 1.0, 10),
+        random::<f32>(len, 1.0, 11),
+    );
+    let run = |par: Par| {
+        let (out, mut s) = l.forward(&q, &k, &v, batch, n, par).unwrap();
+        (out, l.backward(&mut s, &g, par).unwrap())
+    };
+    let reference = run(Par::Seq);
+    for threads in [1, 2, 3] {
+        assert_eq!(
+            in_pool(threads, || run(Par::rayon(0))),
+            reference,
+            "{threads} threads"
+        );
+    }
+}
