@@ -2,12 +2,14 @@
 
 use faer::{Mat, MatMut, MatRef, Par};
 use polysketch_lowtri::{Features, Grads as LtGrads, LowTri, Problem, Saved as LtSaved};
+use polysketch_sketch::linalg::row_blocks;
 use polysketch_sketch::{GaussianJl, PolySketch, Scalar, TreeSketch};
 use rayon::prelude::*;
 
 use crate::config::{AttentionConfig, AttentionKind, PolySketchConfig, SketchKind};
 use crate::layernorm::{LnSaved, layernorm_backward, layernorm_forward};
-use crate::softmax::{self, HeadViews};
+use crate::polynomial::{self, PolyViews};
+use crate::softmax::{self, HeadViews, TILE};
 use crate::{AttentionError, Result};
 
 /// Upper bound on the memory a forward may plan to keep (16 GiB).
@@ -71,11 +73,21 @@ pub struct Saved<T: Scalar> {
     inner: Inner<T>,
 }
 
+impl<T: Scalar> core::fmt::Debug for Saved<T> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Saved")
+            .field("batch", &self.batch)
+            .field("n", &self.n)
+            .finish()
+    }
+}
+
 /// The kind-specific part of [`Saved`].
 enum Inner<T: Scalar> {
-    PolySketch {
+    /// PolySketch or exact polynomial attention: per-head state and the core's.
+    Kernel {
         heads: Vec<HeadSaved<T>>,
-        lowtri: Vec<LtSaved<T>>,
+        core: Core<T>,
     },
     /// The inputs (row-major, as given), the output, and its log-sum-exp per row; `used` once a
     /// backward consumed it.
@@ -89,12 +101,20 @@ enum Inner<T: Scalar> {
     },
 }
 
-impl<T: Scalar> core::fmt::Debug for Saved<T> {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Saved")
-            .field("batch", &self.batch)
-            .field("n", &self.n)
-            .finish()
+/// The causal product's own state.
+enum Core<T: Scalar> {
+    /// The lowtri engine's prefixes, one per head.
+    Sketch { lowtri: Vec<LtSaved<T>> },
+    /// The exact tiled product keeps nothing but its degree; `used` once a backward ran.
+    Exact { p: usize, used: bool },
+}
+
+impl<T: Scalar> Core<T> {
+    fn is_ready(&self) -> bool {
+        match self {
+            Core::Sketch { lowtri } => lowtri.iter().all(|s| s.is_ready()),
+            Core::Exact { used, .. } => !used,
+        }
     }
 }
 
@@ -254,7 +274,9 @@ impl<T: Scalar> Attention<T> {
             })
             .collect();
         let (out, inner) = match self.config.kind {
-            AttentionKind::PolySketch(c) => self.polysketch_forward(&c, &views, par)?,
+            AttentionKind::PolySketch(_) | AttentionKind::Polynomial { .. } => {
+                self.kernel_forward(&views, par)?
+            }
             AttentionKind::Softmax => {
                 let (mut out, mut lse) =
                     (vec![T::zero(); total], vec![T::zero(); batch * heads * n]);
@@ -269,87 +291,8 @@ impl<T: Scalar> Attention<T> {
                 };
                 (out, inner)
             }
-            AttentionKind::Polynomial { .. } => {
-                return Err(AttentionError::InvalidConfig(
-                    "exact polynomial attention is not implemented yet".into(),
-                ));
-            }
         };
         Ok((out, Saved { batch, n, inner }))
-    }
-
-    /// PolySketch forward of every head.
-    fn polysketch_forward(
-        &self,
-        c: &PolySketchConfig,
-        views: &[HeadViews<'_, T>],
-        par: Par,
-    ) -> Result<(Vec<T>, Inner<T>)> {
-        let (h, count, n) = (self.config.head_dim, views.len(), views[0].q.nrows());
-        let sketch = self
-            .sketch
-            .as_deref()
-            .ok_or_else(|| AttentionError::InvalidConfig("no sketch".into()))?;
-        let scale = self.scale();
-        // 1. per head: q̃ = LN(q)/h^¼, k̃ likewise, L = S(q̃), R = S(k̃), C = [V, 1]
-        let prepare = |x: &HeadViews<'_, T>| -> HeadSaved<T> {
-            let (mut qt, mut kt) = (Mat::zeros(n, h), Mat::zeros(n, h));
-            let ln_q = layernorm_forward(x.q, &self.ln_gain, &self.ln_bias, scale, qt.as_mut());
-            let ln_k = layernorm_forward(x.k, &self.ln_gain, &self.ln_bias, scale, kt.as_mut());
-            let (mut l, mut r) = (Mat::zeros(n, c.r), Mat::zeros(n, c.r));
-            sketch.apply_rows(qt.as_ref(), l.as_mut());
-            sketch.apply_rows(kt.as_ref(), r.as_mut());
-            let cm = Mat::from_fn(n, h + 1, |i, j| if j < h { x.v[(i, j)] } else { T::one() });
-            HeadSaved {
-                ln_q,
-                ln_k,
-                qt,
-                kt,
-                l,
-                r,
-                c: cm,
-                out: Mat::zeros(n, h),
-                den: vec![T::zero(); n],
-            }
-        };
-        let mut saved: Vec<HeadSaved<T>> = match par {
-            Par::Seq => views.iter().map(prepare).collect(),
-            Par::Rayon(_) => views.par_iter().map(prepare).collect(),
-        };
-        // 2. the causal products lt(φ'(Q̃)φ'(K̃)ᵀ)[V, 1] of every head at once
-        let engine = LowTri::new(c.block)?;
-        let mut raw: Vec<Mat<T>> = (0..count).map(|_| Mat::zeros(n, h + 1)).collect();
-        let mut lt_saved: Vec<LtSaved<T>> = (0..count).map(|_| LtSaved::new()).collect();
-        {
-            let problems: Vec<Problem<'_, T>> = saved.iter().map(|s| problem(c, s)).collect();
-            let outs = raw.iter_mut().map(|m| m.as_mut()).collect();
-            engine.forward_batch_into(&problems, outs, &mut lt_saved, par)?;
-        }
-        // 3. normalise: out = num / (1 + den)
-        let mut out = vec![T::zero(); count * n * h];
-        let finish = |(s, (raw, o)): (&mut HeadSaved<T>, (&Mat<T>, &mut [T]))| {
-            for i in 0..n {
-                let den = T::one() + raw[(i, h)];
-                s.den[i] = den;
-                for j in 0..h {
-                    let x = raw[(i, j)] / den;
-                    s.out[(i, j)] = x;
-                    o[i * h + j] = x;
-                }
-            }
-        };
-        let chunks = saved.iter_mut().zip(raw.iter().zip(out.chunks_mut(n * h)));
-        match par {
-            Par::Seq => chunks.for_each(finish),
-            Par::Rayon(_) => chunks.collect::<Vec<_>>().into_par_iter().for_each(finish),
-        }
-        Ok((
-            out,
-            Inner::PolySketch {
-                heads: saved,
-                lowtri: lt_saved,
-            },
-        ))
     }
 
     /// Gradients with respect to `q`, `k`, `v` and the parameters, given \\(\partial
@@ -374,11 +317,14 @@ impl<T: Scalar> Attention<T> {
             reason: "the saved state was already used by a backward".into(),
         };
         match (&mut saved.inner, self.config.kind) {
-            (Inner::PolySketch { heads, lowtri }, AttentionKind::PolySketch(c)) => {
-                if lowtri.iter().any(|s| !s.is_ready()) {
+            (
+                Inner::Kernel { heads, core },
+                AttentionKind::PolySketch(_) | AttentionKind::Polynomial { .. },
+            ) => {
+                if !core.is_ready() {
                     return Err(used());
                 }
-                self.polysketch_backward(&c, heads, lowtri, d_out, par)
+                self.kernel_backward(heads, core, d_out, par)
             }
             (
                 Inner::Softmax {
@@ -417,21 +363,109 @@ impl<T: Scalar> Attention<T> {
         }
     }
 
-    /// PolySketch backward of every head.
-    fn polysketch_backward(
+    /// Kernel (PolySketch or exact polynomial) forward of every head.
+    fn kernel_forward(&self, views: &[HeadViews<'_, T>], par: Par) -> Result<(Vec<T>, Inner<T>)> {
+        let (h, count, n) = (self.config.head_dim, views.len(), views[0].q.nrows());
+        let scale = self.scale();
+        let (sketch, r) = match (self.config.kind, self.sketch.as_deref()) {
+            (AttentionKind::PolySketch(c), Some(s)) => (Some(s), c.r),
+            _ => (None, 0),
+        };
+        // 1. per head: q̃ = LN(q)/h^¼, k̃ likewise, C = [V, 1], and L = S(q̃), R = S(k̃)
+        let prepare = |x: &HeadViews<'_, T>| -> HeadSaved<T> {
+            let (mut qt, mut kt) = (Mat::zeros(n, h), Mat::zeros(n, h));
+            let ln_q = layernorm_forward(x.q, &self.ln_gain, &self.ln_bias, scale, qt.as_mut());
+            let ln_k = layernorm_forward(x.k, &self.ln_gain, &self.ln_bias, scale, kt.as_mut());
+            let (mut l, mut rr) = (Mat::zeros(n, r), Mat::zeros(n, r));
+            if let Some(s) = sketch {
+                s.apply_rows(qt.as_ref(), l.as_mut());
+                s.apply_rows(kt.as_ref(), rr.as_mut());
+            }
+            let cm = Mat::from_fn(n, h + 1, |i, j| if j < h { x.v[(i, j)] } else { T::one() });
+            HeadSaved {
+                ln_q,
+                ln_k,
+                qt,
+                kt,
+                l,
+                r: rr,
+                c: cm,
+                out: Mat::zeros(n, h),
+                den: vec![T::zero(); n],
+            }
+        };
+        let mut saved: Vec<HeadSaved<T>> = match par {
+            Par::Seq => views.iter().map(prepare).collect(),
+            Par::Rayon(_) => views.par_iter().map(prepare).collect(),
+        };
+        // 2. the causal products Σ_{j ≤ i} s_ij [v_j, 1] of every head
+        let mut raw: Vec<Mat<T>> = (0..count).map(|_| Mat::zeros(n, h + 1)).collect();
+        let core = match self.config.kind {
+            AttentionKind::PolySketch(c) => {
+                let engine = LowTri::new(c.block)?;
+                let mut lt_saved: Vec<LtSaved<T>> = (0..count).map(|_| LtSaved::new()).collect();
+                let problems: Vec<Problem<'_, T>> = saved.iter().map(|s| problem(&c, s)).collect();
+                let outs = raw.iter_mut().map(|m| m.as_mut()).collect();
+                engine.forward_batch_into(&problems, outs, &mut lt_saved, par)?;
+                Core::Sketch { lowtri: lt_saved }
+            }
+            AttentionKind::Polynomial { p } => {
+                let pv: Vec<PolyViews<'_, T>> = saved
+                    .iter()
+                    .map(|s| PolyViews {
+                        q: s.qt.as_ref(),
+                        k: s.kt.as_ref(),
+                        c: s.c.as_ref(),
+                    })
+                    .collect();
+                let mut tasks = Vec::new();
+                for (idx, m) in raw.iter_mut().enumerate() {
+                    for (t, block) in row_blocks(m.as_mut(), TILE).into_iter().enumerate() {
+                        tasks.push((idx, t, block));
+                    }
+                }
+                softmax::run_tasks(tasks, h + 1, par, |sc, (idx, t, block)| {
+                    polynomial::forward_tile(&pv[idx], p, t, block, sc)
+                });
+                Core::Exact { p, used: false }
+            }
+            AttentionKind::Softmax => {
+                return Err(AttentionError::InvalidConfig(
+                    "softmax is not a kernel attention".into(),
+                ));
+            }
+        };
+        // 3. normalise: out = num / (1 + den)
+        let mut out = vec![T::zero(); count * n * h];
+        let finish = |(s, (raw, o)): (&mut HeadSaved<T>, (&Mat<T>, &mut [T]))| {
+            for i in 0..n {
+                let den = T::one() + raw[(i, h)];
+                s.den[i] = den;
+                for j in 0..h {
+                    let x = raw[(i, j)] / den;
+                    s.out[(i, j)] = x;
+                    o[i * h + j] = x;
+                }
+            }
+        };
+        let chunks = saved.iter_mut().zip(raw.iter().zip(out.chunks_mut(n * h)));
+        match par {
+            Par::Seq => chunks.for_each(finish),
+            Par::Rayon(_) => chunks.collect::<Vec<_>>().into_par_iter().for_each(finish),
+        }
+        Ok((out, Inner::Kernel { heads: saved, core }))
+    }
+
+    /// Kernel (PolySketch or exact polynomial) backward of every head.
+    fn kernel_backward(
         &self,
-        c: &PolySketchConfig,
         heads: &[HeadSaved<T>],
-        lowtri: &mut [LtSaved<T>],
+        core: &mut Core<T>,
         d_out: &[T],
         par: Par,
     ) -> Result<Grads<T>> {
         let (h, n) = (self.config.head_dim, heads[0].out.nrows());
         let total = heads.len() * n * h;
-        let sketch = self
-            .sketch
-            .as_deref()
-            .ok_or_else(|| AttentionError::InvalidConfig("no sketch".into()))?;
         let scale = self.scale();
         // 1. through the normalisation: out = num/den, so dnum = dout/den and
         //    dden = -Σ_c dout_c num_c / den² = -(dout · out)/den
@@ -450,55 +484,126 @@ impl<T: Scalar> Attention<T> {
                 })
             })
             .collect();
-        // 2. through the causal products
-        let engine = LowTri::new(c.block)?;
-        let lt: Vec<LtGrads<T>> = {
-            let problems: Vec<Problem<'_, T>> = heads.iter().map(|s| problem(c, s)).collect();
-            let d_refs: Vec<MatRef<'_, T>> = draw.iter().map(|m| m.as_ref()).collect();
-            engine.backward_batch(&problems, lowtri, &d_refs, par)?
-        };
-        // 3. per head: through the sketch and the layer norm
-        let head = |(s, g): (&HeadSaved<T>, &LtGrads<T>)| -> HeadGrads<T> {
-            let (mut dqt, mut dkt) = (Mat::zeros(n, h), Mat::zeros(n, h));
-            // forward: L = S(q̃), R = S(k̃)
-            sketch.vjp_rows(s.qt.as_ref(), g.d_a.as_ref(), dqt.as_mut());
-            sketch.vjp_rows(s.kt.as_ref(), g.d_b.as_ref(), dkt.as_mut());
-            if let (Some(dq), Some(dk)) = (&g.d_q, &g.d_k) {
-                // forward (local): exact ⟨q̃, k̃⟩^p inside the diagonal blocks
-                add_assign(dqt.as_mut(), dq.as_ref());
-                add_assign(dkt.as_mut(), dk.as_ref());
+        // 2. through the causal products, to ∂q̃, ∂k̃ and ∂C of every head
+        let core_grads: Vec<(Mat<T>, Mat<T>, Mat<T>)> = match (core, self.config.kind) {
+            (Core::Sketch { lowtri }, AttentionKind::PolySketch(c)) => {
+                let sketch = self
+                    .sketch
+                    .as_deref()
+                    .ok_or_else(|| AttentionError::InvalidConfig("no sketch".into()))?;
+                let engine = LowTri::new(c.block)?;
+                let problems: Vec<Problem<'_, T>> = heads.iter().map(|s| problem(&c, s)).collect();
+                let d_refs: Vec<MatRef<'_, T>> = draw.iter().map(|m| m.as_ref()).collect();
+                let lt = engine.backward_batch(&problems, lowtri, &d_refs, par)?;
+                let through_sketch = |(s, g): (&HeadSaved<T>, LtGrads<T>)| {
+                    let (mut dqt, mut dkt) = (Mat::zeros(n, h), Mat::zeros(n, h));
+                    // forward: L = S(q̃), R = S(k̃)
+                    sketch.vjp_rows(s.qt.as_ref(), g.d_a.as_ref(), dqt.as_mut());
+                    sketch.vjp_rows(s.kt.as_ref(), g.d_b.as_ref(), dkt.as_mut());
+                    if let (Some(dq), Some(dk)) = (&g.d_q, &g.d_k) {
+                        // forward (local): exact ⟨q̃, k̃⟩^p inside the diagonal blocks
+                        add_assign(dqt.as_mut(), dq.as_ref());
+                        add_assign(dkt.as_mut(), dk.as_ref());
+                    }
+                    (dqt, dkt, g.d_c)
+                };
+                match par {
+                    Par::Seq => heads.iter().zip(lt).map(through_sketch).collect(),
+                    Par::Rayon(_) => heads
+                        .par_iter()
+                        .zip(lt.into_par_iter())
+                        .map(through_sketch)
+                        .collect(),
+                }
             }
-            let (mut dgain, mut dbias) = (vec![T::zero(); h], vec![T::zero(); h]);
-            let (mut dq, mut dk) = (Mat::zeros(n, h), Mat::zeros(n, h));
-            layernorm_backward(
-                dqt.as_ref(),
-                &s.ln_q,
-                &self.ln_gain,
-                scale,
-                dq.as_mut(),
-                &mut dgain,
-                &mut dbias,
-            );
-            layernorm_backward(
-                dkt.as_ref(),
-                &s.ln_k,
-                &self.ln_gain,
-                scale,
-                dk.as_mut(),
-                &mut dgain,
-                &mut dbias,
-            );
-            (
-                row_major(&dq, h),
-                row_major(&dk, h),
-                row_major(&g.d_c, h),
-                dgain,
-                dbias,
-            )
+            (Core::Exact { p, used }, AttentionKind::Polynomial { .. }) => {
+                *used = true;
+                let p = *p;
+                let pv: Vec<PolyViews<'_, T>> = heads
+                    .iter()
+                    .map(|s| PolyViews {
+                        q: s.qt.as_ref(),
+                        k: s.kt.as_ref(),
+                        c: s.c.as_ref(),
+                    })
+                    .collect();
+                let mut out: Vec<(Mat<T>, Mat<T>, Mat<T>)> = heads
+                    .iter()
+                    .map(|_| (Mat::zeros(n, h), Mat::zeros(n, h), Mat::zeros(n, h + 1)))
+                    .collect();
+                {
+                    let mut tasks = Vec::new();
+                    for (idx, (_, dk, dc)) in out.iter_mut().enumerate() {
+                        for (t, (k, c)) in row_blocks(dk.as_mut(), TILE)
+                            .into_iter()
+                            .zip(row_blocks(dc.as_mut(), TILE))
+                            .enumerate()
+                        {
+                            tasks.push((idx, t, k, c));
+                        }
+                    }
+                    softmax::run_tasks(tasks, h + 1, par, |sc, (idx, t, k, c)| {
+                        polynomial::backward_key_tile(&pv[idx], draw[idx].as_ref(), p, t, c, k, sc)
+                    });
+                }
+                {
+                    let mut tasks = Vec::new();
+                    for (idx, (dq, _, _)) in out.iter_mut().enumerate() {
+                        for (t, q) in row_blocks(dq.as_mut(), TILE).into_iter().enumerate() {
+                            tasks.push((idx, t, q));
+                        }
+                    }
+                    softmax::run_tasks(tasks, h + 1, par, |sc, (idx, t, q)| {
+                        polynomial::backward_query_tile(&pv[idx], draw[idx].as_ref(), p, t, q, sc)
+                    });
+                }
+                out
+            }
+            _ => {
+                return Err(AttentionError::InvalidState {
+                    op: "Attention::backward",
+                    reason: "the saved state comes from a layer of another kind".into(),
+                });
+            }
         };
+        // 3. per head: through the layer norm
+        let head =
+            |(s, (dqt, dkt, dc)): (&HeadSaved<T>, &(Mat<T>, Mat<T>, Mat<T>))| -> HeadGrads<T> {
+                let (mut dgain, mut dbias) = (vec![T::zero(); h], vec![T::zero(); h]);
+                let (mut dq, mut dk) = (Mat::zeros(n, h), Mat::zeros(n, h));
+                layernorm_backward(
+                    dqt.as_ref(),
+                    &s.ln_q,
+                    &self.ln_gain,
+                    scale,
+                    dq.as_mut(),
+                    &mut dgain,
+                    &mut dbias,
+                );
+                layernorm_backward(
+                    dkt.as_ref(),
+                    &s.ln_k,
+                    &self.ln_gain,
+                    scale,
+                    dk.as_mut(),
+                    &mut dgain,
+                    &mut dbias,
+                );
+                (
+                    row_major(&dq, h),
+                    row_major(&dk, h),
+                    row_major(dc, h),
+                    dgain,
+                    dbias,
+                )
+            };
         let per_head: Vec<HeadGrads<T>> = match par {
-            Par::Seq => heads.iter().zip(&lt).map(head).collect(),
-            Par::Rayon(_) => heads.par_iter().zip(lt.par_iter()).map(head).collect(),
+            Par::Seq => heads.iter().zip(&core_grads).map(head).collect(),
+            Par::Rayon(_) => heads
+                .par_iter()
+                .zip(core_grads.par_iter())
+                .map(head)
+                .collect(),
         };
         let (mut dgain, mut dbias) = (vec![T::zero(); h], vec![T::zero(); h]);
         let (mut dq, mut dk, mut dv) = (

@@ -11,14 +11,15 @@
 //! self-tensored form (or its local-exact form, with \\(\langle\tilde q_i, \tilde k_j\rangle^p\\)
 //! inside the diagonal blocks).
 //!
-//! Two kinds are here, forward and backward, in f32 and f64:
+//! Three kinds are here, forward and backward, in f32 and f64:
 //!
 //! - PolySketch attention with random sketches, with or without exact local blocks;
+//! - exact normalised polynomial attention (paper Section 2.1), tiled, \\(O(n^2)\\) time;
 //! - exact causal softmax attention, tiled with an online softmax (flash-attention style, \\(O(n)\\)
 //!   extra memory), the baseline every comparison is made against.
 //!
-//! **Status.** Exact polynomial attention, learned sketches, decoding, packed sequences and
-//! carried state are not here yet: [`Attention::new`] refuses the first two with a typed error.
+//! **Status.** Learned sketches, decoding, packed sequences and carried state are not here yet
+//! ([`Attention::new`] refuses `SketchKind::Learned` with a typed error).
 //!
 //! # Example
 //! ```
@@ -46,6 +47,7 @@ mod config;
 mod error;
 mod layer;
 pub mod layernorm;
+mod polynomial;
 pub mod reference;
 mod softmax;
 

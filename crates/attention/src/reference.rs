@@ -112,3 +112,27 @@ pub fn softmax_reference<T: Scalar>(
     }
     out
 }
+
+/// Exact polynomial attention of one head from its definition: scores \\(\\langle\\tilde q_i,
+/// \\tilde k_j\\rangle^p\\) with \\(\\tilde x = \\mathrm{LN}(x)/h^{1/4}\\), normalised by
+/// [`normalised_attention_reference`].
+pub fn polynomial_reference<T: Scalar>(
+    q: MatRef<'_, T>,
+    k: MatRef<'_, T>,
+    v: MatRef<'_, T>,
+    gain: &[T],
+    bias: &[T],
+    p: usize,
+) -> Mat<f64> {
+    let scale = (q.ncols() as f64).powf(-0.25);
+    let (qt, kt) = (
+        layernorm_reference(q, gain, bias, scale),
+        layernorm_reference(k, gain, bias, scale),
+    );
+    normalised_attention_reference(v, |i, j| {
+        (0..qt.ncols())
+            .map(|c| qt[(i, c)] * kt[(j, c)])
+            .sum::<f64>()
+            .powi(p as i32)
+    })
+}

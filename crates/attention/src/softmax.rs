@@ -24,8 +24,8 @@ pub const TILE: usize = 128;
 
 /// Per-worker scratch of the tiled kernels.
 pub(crate) struct TileScratch<T> {
-    s: Mat<T>,
-    dp: Mat<T>,
+    pub(crate) s: Mat<T>,
+    pub(crate) dp: Mat<T>,
     acc: Mat<T>,
     m: Vec<T>,
     l: Vec<T>,

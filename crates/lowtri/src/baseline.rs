@@ -261,7 +261,7 @@ pub fn cumsum_backward<T: Scalar>(
                 }
             }
         };
-        let groups: Vec<_> = crate::engine::row_blocks(out_t.as_mut(), GROUP)
+        let groups: Vec<_> = polysketch_sketch::linalg::row_blocks(out_t.as_mut(), GROUP)
             .into_iter()
             .enumerate()
             .collect();

@@ -3,7 +3,7 @@
 use faer::linalg::matmul::triangular::{BlockStructure, matmul as tri_matmul};
 use faer::prelude::ReborrowMut;
 use faer::{Accum, Mat, MatMut, MatRef, Par};
-use polysketch_sketch::linalg::exclusive_scan_step;
+use polysketch_sketch::linalg::{exclusive_scan_step, row_blocks};
 use polysketch_sketch::{
     Result, Scalar, SketchError, check_finite, check_param_bytes, check_shape, linalg::gemm,
 };
@@ -167,19 +167,6 @@ impl<T: Scalar> Scratch<T> {
             ds: z(bb, bb),
         }
     }
-}
-
-/// Cuts `m` into consecutive row blocks of `size` (the last may be shorter).
-pub(crate) fn row_blocks<T>(m: MatMut<'_, T>, size: usize) -> Vec<MatMut<'_, T>> {
-    let mut out = Vec::with_capacity(m.nrows().div_ceil(size.max(1)));
-    let mut rest = m;
-    while rest.nrows() > 0 {
-        let len = size.min(rest.nrows());
-        let (head, tail) = rest.split_at_row_mut(len);
-        out.push(head);
-        rest = tail;
-    }
-    out
 }
 
 /// Cuts `m` into consecutive column blocks of `size`.

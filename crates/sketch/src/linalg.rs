@@ -107,6 +107,24 @@ pub fn dot<T: Scalar>(x: &[T], y: &[T]) -> T {
     acc.iter().fold(T::zero(), |s, &a| s + a) + tail
 }
 
+/// Cuts `m` into consecutive row blocks of `size` rows (the last may be shorter): disjoint
+/// mutable views that can be handed to different threads.
+///
+/// # Panics
+/// If `size` is 0.
+pub fn row_blocks<T>(m: MatMut<'_, T>, size: usize) -> Vec<MatMut<'_, T>> {
+    assert!(size > 0, "row_blocks: size must be positive");
+    let mut out = Vec::with_capacity(m.nrows().div_ceil(size));
+    let mut rest = m;
+    while rest.nrows() > 0 {
+        let len = size.min(rest.nrows());
+        let (head, tail) = rest.split_at_row_mut(len);
+        out.push(head);
+        rest = tail;
+    }
+    out
+}
+
 /// Defines a public slice kernel compiled three times (AVX-512F, AVX2+FMA, baseline) with a
 /// runtime choice of the widest the CPU has, so its loop vectorises to full width without
 /// building the whole crate for one CPU. Every version rounds identically (Rust never contracts

@@ -1,0 +1,170 @@
+//! Exact polynomial attention against its definition, finite differences and thread counts.
+
+use faer::{MatRef, Par};
+use polysketch_attention::reference::polynomial_reference;
+use polysketch_attention::{Attention, AttentionConfig, AttentionKind};
+use polysketch_sketch::{Scalar, seeded_rng};
+use rand_distr::{Distribution, StandardNormal};
+
+fn random<T: Scalar>(len: usize, scale: f64, seed: u64) -> Vec<T> {
+    let mut rng = seeded_rng(seed);
+    (0..len)
+        .map(|_| {
+            let z: f64 = StandardNormal.sample(&mut rng);
+            T::of(scale * z)
+        })
+        .collect()
+}
+
+fn layer<T: Scalar>(heads: usize, h: usize, p: usize) -> Attention<T> {
+    Attention::new(AttentionConfig {
+        heads,
+        head_dim: h,
+        kind: AttentionKind::Polynomial { p },
+    })
+    .unwrap()
+}
+
+fn head<T>(x: &[T], idx: usize, n: usize, h: usize) -> MatRef<'_, T> {
+    MatRef::from_row_major_slice(&x[idx * n * h..(idx + 1) * n * h], n, h)
+}
+
+#[test]
+fn forward_matches_the_definition() {
+    let (batch, heads, h) = (2, 2, 6);
+    for p in [2usize, 4] {
+        for n in [1usize, 7, 128, 200] {
+            let len = batch * heads * n * h;
+            let (q, k, v) = (
+                random::<f64>(len, 1.0, 1),
+                random::<f64>(len, 1.0, 2),
+                random::<f64>(len, 1.0, 3),
+            );
+            let (out, _) = layer::<f64>(heads, h, p)
+                .forward(&q, &k, &v, batch, n, Par::rayon(2))
+                .unwrap();
+            let (g, b) = (vec![1.0; h], vec![0.0; h]);
+            for idx in 0..batch * heads {
+                let e = polynomial_reference(
+                    head(&q, idx, n, h),
+                    head(&k, idx, n, h),
+                    head(&v, idx, n, h),
+                    &g,
+                    &b,
+                    p,
+                );
+                let got = head(&out, idx, n, h);
+                for i in 0..n {
+                    for c in 0..h {
+                        assert!(
+                            (got[(i, c)] - e[(i, c)]).abs() < 1e-11 * (1.0 + e[(i, c)].abs()),
+                            "p={p} n={n} ({i},{c})"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn backward_matches_finite_differences() {
+    let (batch, heads, h) = (1, 2, 4);
+    for (p, n) in [(4usize, 9usize), (2, 140)] {
+        let mut l = layer::<f64>(heads, h, p);
+        for (name, values) in l.parameters_mut() {
+            for (i, x) in values.iter_mut().enumerate() {
+                *x = if name == "ln.gain" {
+                    0.9 + 0.05 * i as f64
+                } else {
+                    0.02 * i as f64
+                };
+            }
+        }
+        let len = batch * heads * n * h;
+        let (q, k, v, g) = (
+            random::<f64>(len, 1.0, 4),
+            random::<f64>(len, 1.0, 5),
+            random::<f64>(len, 1.0, 6),
+            random::<f64>(len, 1.0, 7),
+        );
+        let loss = |l: &Attention<f64>, q: &[f64], k: &[f64], v: &[f64]| -> f64 {
+            let (out, _) = l.forward(q, k, v, batch, n, Par::Seq).unwrap();
+            out.iter().zip(&g).map(|(o, g)| o * g).sum()
+        };
+        let (_, mut saved) = l.forward(&q, &k, &v, batch, n, Par::Seq).unwrap();
+        let grads = l.backward(&mut saved, &g, Par::Seq).unwrap();
+        let eps = 1e-6;
+        let step = if n > 20 { 29 } else { 1 };
+        for (which, analytic) in [(0, &grads.dq), (1, &grads.dk), (2, &grads.dv)] {
+            let scale = analytic.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+            for i in (0..len).step_by(step) {
+                let mut inputs = [q.clone(), k.clone(), v.clone()];
+                inputs[which][i] += eps;
+                let up = loss(&l, &inputs[0], &inputs[1], &inputs[2]);
+                inputs[which][i] -= 2.0 * eps;
+                let down = loss(&l, &inputs[0], &inputs[1], &inputs[2]);
+                let fd = (up - down) / (2.0 * eps);
+                assert!(
+                    (analytic[i] - fd).abs() <= 1e-6 * scale + 1e-9,
+                    "p={p} n={n} input {which}[{i}]: {} vs {fd}",
+                    analytic[i]
+                );
+            }
+        }
+        for (pi, (name, analytic)) in grads.params.iter().enumerate() {
+            let scale = analytic.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+            for i in 0..analytic.len() {
+                let mut probe = layer::<f64>(heads, h, p);
+                let mut at = |delta: f64| {
+                    for ((_, dst), (_, src)) in
+                        probe.parameters_mut().into_iter().zip(l.parameters())
+                    {
+                        dst.copy_from_slice(src);
+                    }
+                    probe.parameters_mut()[pi].1[i] += delta;
+                    loss(&probe, &q, &k, &v)
+                };
+                let fd = (at(eps) - at(-eps)) / (2.0 * eps);
+                assert!(
+                    (analytic[i] - fd).abs() <= 1e-6 * scale + 1e-9,
+                    "p={p} d{name}[{i}]: {} vs {fd}",
+                    analytic[i]
+                );
+            }
+        }
+    }
+}
+
+fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+        .install(f)
+}
+
+#[test]
+fn results_do_not_depend_on_thread_count() {
+    let (batch, heads, h, n) = (1, 3, 8, 300);
+    let l = layer::<f32>(heads, h, 4);
+    let len = batch * heads * n * h;
+    let (q, k, v, g) = (
+        random::<f32>(len, 1.0, 8),
+        random::<f32>(len, 1.0, 9),
+        random::<f32>(len, 1.0, 10),
+        random::<f32>(len, 1.0, 11),
+    );
+    let run = |par: Par| {
+        let (out, mut s) = l.forward(&q, &k, &v, batch, n, par).unwrap();
+        (out, l.backward(&mut s, &g, par).unwrap())
+    };
+    let reference = run(Par::Seq);
+    for threads in [1, 2, 3] {
+        assert_eq!(
+            in_pool(threads, || run(Par::rayon(0))),
+            reference,
+            "{threads} threads"
+        );
+    }
+}
