@@ -485,7 +485,7 @@ impl<T: Scalar> Attention<T> {
             })
             .collect();
         // 2. through the causal products, to ∂q̃, ∂k̃ and ∂C of every head
-        let core_grads: Vec<(Mat<T>, Mat<T>, Mat<T>)> = match (core, self.config.kind) {
+        let core_grads: Vec<CoreGrads<T>> = match (core, self.config.kind) {
             (Core::Sketch { lowtri }, AttentionKind::PolySketch(c)) => {
                 let sketch = self
                     .sketch
@@ -527,7 +527,7 @@ impl<T: Scalar> Attention<T> {
                         c: s.c.as_ref(),
                     })
                     .collect();
-                let mut out: Vec<(Mat<T>, Mat<T>, Mat<T>)> = heads
+                let mut out: Vec<CoreGrads<T>> = heads
                     .iter()
                     .map(|_| (Mat::zeros(n, h), Mat::zeros(n, h), Mat::zeros(n, h + 1)))
                     .collect();
@@ -567,36 +567,35 @@ impl<T: Scalar> Attention<T> {
             }
         };
         // 3. per head: through the layer norm
-        let head =
-            |(s, (dqt, dkt, dc)): (&HeadSaved<T>, &(Mat<T>, Mat<T>, Mat<T>))| -> HeadGrads<T> {
-                let (mut dgain, mut dbias) = (vec![T::zero(); h], vec![T::zero(); h]);
-                let (mut dq, mut dk) = (Mat::zeros(n, h), Mat::zeros(n, h));
-                layernorm_backward(
-                    dqt.as_ref(),
-                    &s.ln_q,
-                    &self.ln_gain,
-                    scale,
-                    dq.as_mut(),
-                    &mut dgain,
-                    &mut dbias,
-                );
-                layernorm_backward(
-                    dkt.as_ref(),
-                    &s.ln_k,
-                    &self.ln_gain,
-                    scale,
-                    dk.as_mut(),
-                    &mut dgain,
-                    &mut dbias,
-                );
-                (
-                    row_major(&dq, h),
-                    row_major(&dk, h),
-                    row_major(dc, h),
-                    dgain,
-                    dbias,
-                )
-            };
+        let head = |(s, (dqt, dkt, dc)): (&HeadSaved<T>, &CoreGrads<T>)| -> HeadGrads<T> {
+            let (mut dgain, mut dbias) = (vec![T::zero(); h], vec![T::zero(); h]);
+            let (mut dq, mut dk) = (Mat::zeros(n, h), Mat::zeros(n, h));
+            layernorm_backward(
+                dqt.as_ref(),
+                &s.ln_q,
+                &self.ln_gain,
+                scale,
+                dq.as_mut(),
+                &mut dgain,
+                &mut dbias,
+            );
+            layernorm_backward(
+                dkt.as_ref(),
+                &s.ln_k,
+                &self.ln_gain,
+                scale,
+                dk.as_mut(),
+                &mut dgain,
+                &mut dbias,
+            );
+            (
+                row_major(&dq, h),
+                row_major(&dk, h),
+                row_major(dc, h),
+                dgain,
+                dbias,
+            )
+        };
         let per_head: Vec<HeadGrads<T>> = match par {
             Par::Seq => heads.iter().zip(&core_grads).map(head).collect(),
             Par::Rayon(_) => heads
@@ -627,6 +626,9 @@ impl<T: Scalar> Attention<T> {
         })
     }
 }
+
+/// One head's gradients out of the causal product: `∂q̃`, `∂k̃` (`[n, h]`), `∂C` (`[n, h+1]`).
+type CoreGrads<T> = (Mat<T>, Mat<T>, Mat<T>);
 
 /// One head's gradients: `dq`, `dk`, `dv` (row-major `[n, h]`), `d ln.gain`, `d ln.bias`.
 type HeadGrads<T> = (Vec<T>, Vec<T>, Vec<T>, Vec<T>, Vec<T>);
