@@ -48,20 +48,52 @@ impl<T: Scalar> core::fmt::Debug for Attention<T> {
     }
 }
 
+/// A row-major matrix: rows are contiguous slices, which the layer norm and the normalisation
+/// loops read and write, while faer sees it through [`Rows::as_ref`] / [`Rows::as_mut`] views.
+pub(crate) struct Rows<T> {
+    pub(crate) data: Vec<T>,
+    pub(crate) cols: usize,
+}
+
+impl<T: Scalar> Rows<T> {
+    pub(crate) fn zeros(rows: usize, cols: usize) -> Self {
+        Self {
+            data: vec![T::zero(); rows * cols],
+            cols,
+        }
+    }
+    pub(crate) fn nrows(&self) -> usize {
+        self.data.len().checked_div(self.cols).unwrap_or(0)
+    }
+    pub(crate) fn as_ref(&self) -> MatRef<'_, T> {
+        MatRef::from_row_major_slice(&self.data, self.nrows(), self.cols)
+    }
+    pub(crate) fn as_mut(&mut self) -> MatMut<'_, T> {
+        let rows = self.nrows();
+        MatMut::from_row_major_slice_mut(&mut self.data, rows, self.cols)
+    }
+    pub(crate) fn row(&self, i: usize) -> &[T] {
+        &self.data[i * self.cols..(i + 1) * self.cols]
+    }
+    pub(crate) fn row_mut(&mut self, i: usize) -> &mut [T] {
+        &mut self.data[i * self.cols..(i + 1) * self.cols]
+    }
+}
+
 /// What one head's backward needs (PolySketch).
 struct HeadSaved<T> {
     ln_q: LnSaved<T>,
     ln_k: LnSaved<T>,
     /// `[n, h]`: \\(\tilde q\\), \\(\tilde k\\).
-    qt: Mat<T>,
-    kt: Mat<T>,
+    qt: Rows<T>,
+    kt: Rows<T>,
     /// `[n, r]`: the degree-\\(p/2\\) sketches.
     l: Mat<T>,
     r: Mat<T>,
     /// `[n, h + 1]`: \\([V, \mathbf 1]\\).
-    c: Mat<T>,
+    c: Rows<T>,
     /// `[n, h]`: the output.
-    out: Mat<T>,
+    out: Rows<T>,
     /// `[n]`: \\(1 + \sum_{j \le i} s_{ij}\\).
     den: Vec<T>,
 }
@@ -151,6 +183,9 @@ fn check_len<T>(
 }
 
 fn check_finite<T: Scalar>(op: &'static str, input: &'static str, x: &[T]) -> Result<()> {
+    if polysketch_sketch::all_finite(x) {
+        return Ok(());
+    }
     match x.iter().position(|v| !v.is_finite()) {
         Some(index) => Err(AttentionError::NonFinite { op, input, index }),
         None => Ok(()),
@@ -373,15 +408,26 @@ impl<T: Scalar> Attention<T> {
         };
         // 1. per head: q̃ = LN(q)/h^¼, k̃ likewise, C = [V, 1], and L = S(q̃), R = S(k̃)
         let prepare = |x: &HeadViews<'_, T>| -> HeadSaved<T> {
-            let (mut qt, mut kt) = (Mat::zeros(n, h), Mat::zeros(n, h));
-            let ln_q = layernorm_forward(x.q, &self.ln_gain, &self.ln_bias, scale, qt.as_mut());
-            let ln_k = layernorm_forward(x.k, &self.ln_gain, &self.ln_bias, scale, kt.as_mut());
+            let (mut qt, mut kt) = (Rows::zeros(n, h), Rows::zeros(n, h));
+            let ln_q = layernorm_forward(x.q, &self.ln_gain, &self.ln_bias, scale, &mut qt.data);
+            let ln_k = layernorm_forward(x.k, &self.ln_gain, &self.ln_bias, scale, &mut kt.data);
             let (mut l, mut rr) = (Mat::zeros(n, r), Mat::zeros(n, r));
             if let Some(s) = sketch {
                 s.apply_rows(qt.as_ref(), l.as_mut());
                 s.apply_rows(kt.as_ref(), rr.as_mut());
             }
-            let cm = Mat::from_fn(n, h + 1, |i, j| if j < h { x.v[(i, j)] } else { T::one() });
+            let mut cm = Rows::zeros(n, h + 1);
+            for i in 0..n {
+                let row = cm.row_mut(i);
+                match x.v.row(i).try_as_row_major() {
+                    Some(v) => row[..h].copy_from_slice(v.as_slice()),
+                    None => row[..h]
+                        .iter_mut()
+                        .enumerate()
+                        .for_each(|(j, c)| *c = x.v[(i, j)]),
+                }
+                row[h] = T::one();
+            }
             HeadSaved {
                 ln_q,
                 ln_k,
@@ -390,7 +436,7 @@ impl<T: Scalar> Attention<T> {
                 l,
                 r: rr,
                 c: cm,
-                out: Mat::zeros(n, h),
+                out: Rows::zeros(n, h),
                 den: vec![T::zero(); n],
             }
         };
@@ -399,7 +445,7 @@ impl<T: Scalar> Attention<T> {
             Par::Rayon(_) => views.par_iter().map(prepare).collect(),
         };
         // 2. the causal products Σ_{j ≤ i} s_ij [v_j, 1] of every head
-        let mut raw: Vec<Mat<T>> = (0..count).map(|_| Mat::zeros(n, h + 1)).collect();
+        let mut raw: Vec<Rows<T>> = (0..count).map(|_| Rows::zeros(n, h + 1)).collect();
         let core = match self.config.kind {
             AttentionKind::PolySketch(c) => {
                 let engine = LowTri::new(c.block)?;
@@ -437,15 +483,15 @@ impl<T: Scalar> Attention<T> {
         };
         // 3. normalise: out = num / (1 + den)
         let mut out = vec![T::zero(); count * n * h];
-        let finish = |(s, (raw, o)): (&mut HeadSaved<T>, (&Mat<T>, &mut [T]))| {
+        let finish = |(s, (raw, o)): (&mut HeadSaved<T>, (&Rows<T>, &mut [T]))| {
             for i in 0..n {
-                let den = T::one() + raw[(i, h)];
+                let r = raw.row(i);
+                let den = T::one() + r[h];
                 s.den[i] = den;
-                for j in 0..h {
-                    let x = raw[(i, j)] / den;
-                    s.out[(i, j)] = x;
-                    o[i * h + j] = x;
-                }
+                let inv = T::one() / den;
+                let dst = &mut o[i * h..(i + 1) * h];
+                dst.iter_mut().zip(&r[..h]).for_each(|(d, x)| *d = *x * inv);
+                s.out.row_mut(i).copy_from_slice(dst);
             }
         };
         let chunks = saved.iter_mut().zip(raw.iter().zip(out.chunks_mut(n * h)));
@@ -469,19 +515,22 @@ impl<T: Scalar> Attention<T> {
         let scale = self.scale();
         // 1. through the normalisation: out = num/den, so dnum = dout/den and
         //    dden = -Σ_c dout_c num_c / den² = -(dout · out)/den
-        let draw: Vec<Mat<T>> = heads
+        let draw: Vec<Rows<T>> = heads
             .iter()
             .enumerate()
             .map(|(idx, s)| {
-                let d = &d_out[idx * n * h..(idx + 1) * n * h];
-                Mat::from_fn(n, h + 1, |i, j| {
-                    if j < h {
-                        d[i * h + j] / s.den[i]
-                    } else {
-                        -(0..h).fold(T::zero(), |acc, jj| acc + d[i * h + jj] * s.out[(i, jj)])
-                            / s.den[i]
-                    }
-                })
+                let mut g = Rows::zeros(n, h + 1);
+                for i in 0..n {
+                    let (d, o) = (
+                        &d_out[(idx * n + i) * h..(idx * n + i + 1) * h],
+                        s.out.row(i),
+                    );
+                    let inv = T::one() / s.den[i];
+                    let row = g.row_mut(i);
+                    row[..h].iter_mut().zip(d).for_each(|(r, d)| *r = *d * inv);
+                    row[h] = -d.iter().zip(o).fold(T::zero(), |acc, (a, b)| acc + *a * *b) * inv;
+                }
+                g
             })
             .collect();
         // 2. through the causal products, to ∂q̃, ∂k̃ and ∂C of every head
@@ -495,8 +544,9 @@ impl<T: Scalar> Attention<T> {
                 let problems: Vec<Problem<'_, T>> = heads.iter().map(|s| problem(&c, s)).collect();
                 let d_refs: Vec<MatRef<'_, T>> = draw.iter().map(|m| m.as_ref()).collect();
                 let lt = engine.backward_batch(&problems, lowtri, &d_refs, par)?;
-                let through_sketch = |(s, g): (&HeadSaved<T>, LtGrads<T>)| {
-                    let (mut dqt, mut dkt) = (Mat::zeros(n, h), Mat::zeros(n, h));
+                let through_sketch = |(s, g): (&HeadSaved<T>, LtGrads<T>)| -> CoreGrads<T> {
+                    let (mut dqt, mut dkt, mut dc) =
+                        (Rows::zeros(n, h), Rows::zeros(n, h), Rows::zeros(n, h + 1));
                     // forward: L = S(q̃), R = S(k̃)
                     sketch.vjp_rows(s.qt.as_ref(), g.d_a.as_ref(), dqt.as_mut());
                     sketch.vjp_rows(s.kt.as_ref(), g.d_b.as_ref(), dkt.as_mut());
@@ -505,7 +555,8 @@ impl<T: Scalar> Attention<T> {
                         add_assign(dqt.as_mut(), dq.as_ref());
                         add_assign(dkt.as_mut(), dk.as_ref());
                     }
-                    (dqt, dkt, g.d_c)
+                    dc.as_mut().copy_from(g.d_c.as_ref());
+                    (dqt, dkt, dc)
                 };
                 match par {
                     Par::Seq => heads.iter().zip(lt).map(through_sketch).collect(),
@@ -529,7 +580,7 @@ impl<T: Scalar> Attention<T> {
                     .collect();
                 let mut out: Vec<CoreGrads<T>> = heads
                     .iter()
-                    .map(|_| (Mat::zeros(n, h), Mat::zeros(n, h), Mat::zeros(n, h + 1)))
+                    .map(|_| (Rows::zeros(n, h), Rows::zeros(n, h), Rows::zeros(n, h + 1)))
                     .collect();
                 {
                     let mut tasks = Vec::new();
@@ -566,55 +617,60 @@ impl<T: Scalar> Attention<T> {
                 });
             }
         };
-        // 3. per head: through the layer norm
-        let head = |(s, (dqt, dkt, dc)): (&HeadSaved<T>, &CoreGrads<T>)| -> HeadGrads<T> {
+        // 3. per head: through the layer norm, straight into the row-major gradients
+        let (mut dq, mut dk, mut dv) = (
+            vec![T::zero(); total],
+            vec![T::zero(); total],
+            vec![T::zero(); total],
+        );
+        let head = |(s, ((dqt, dkt, dc), ((q, k), v))): (
+            &HeadSaved<T>,
+            (&CoreGrads<T>, ((&mut [T], &mut [T]), &mut [T])),
+        )|
+         -> (Vec<T>, Vec<T>) {
             let (mut dgain, mut dbias) = (vec![T::zero(); h], vec![T::zero(); h]);
-            let (mut dq, mut dk) = (Mat::zeros(n, h), Mat::zeros(n, h));
             layernorm_backward(
-                dqt.as_ref(),
+                &dqt.data,
                 &s.ln_q,
                 &self.ln_gain,
                 scale,
-                dq.as_mut(),
+                q,
                 &mut dgain,
                 &mut dbias,
             );
             layernorm_backward(
-                dkt.as_ref(),
+                &dkt.data,
                 &s.ln_k,
                 &self.ln_gain,
                 scale,
-                dk.as_mut(),
+                k,
                 &mut dgain,
                 &mut dbias,
             );
-            (
-                row_major(&dq, h),
-                row_major(&dk, h),
-                row_major(dc, h),
-                dgain,
-                dbias,
-            )
+            // forward: C = [V, 1], so dV is dC without its last column
+            for i in 0..n {
+                v[i * h..(i + 1) * h].copy_from_slice(&dc.row(i)[..h]);
+            }
+            (dgain, dbias)
         };
-        let per_head: Vec<HeadGrads<T>> = match par {
-            Par::Seq => heads.iter().zip(&core_grads).map(head).collect(),
-            Par::Rayon(_) => heads
-                .par_iter()
-                .zip(core_grads.par_iter())
+        let parts = heads.iter().zip(
+            core_grads.iter().zip(
+                dq.chunks_mut(n * h)
+                    .zip(dk.chunks_mut(n * h))
+                    .zip(dv.chunks_mut(n * h)),
+            ),
+        );
+        let per_head: Vec<(Vec<T>, Vec<T>)> = match par {
+            Par::Seq => parts.map(head).collect(),
+            Par::Rayon(_) => parts
+                .collect::<Vec<_>>()
+                .into_par_iter()
                 .map(head)
                 .collect(),
         };
         let (mut dgain, mut dbias) = (vec![T::zero(); h], vec![T::zero(); h]);
-        let (mut dq, mut dk, mut dv) = (
-            Vec::with_capacity(total),
-            Vec::with_capacity(total),
-            Vec::with_capacity(total),
-        );
         // summed in head order: the same numbers whatever the thread count
-        for (q_, k_, v_, g_, b_) in per_head {
-            dq.extend(q_);
-            dk.extend(k_);
-            dv.extend(v_);
+        for (g_, b_) in per_head {
             dgain.iter_mut().zip(g_).for_each(|(a, b)| *a += b);
             dbias.iter_mut().zip(b_).for_each(|(a, b)| *a += b);
         }
@@ -628,10 +684,7 @@ impl<T: Scalar> Attention<T> {
 }
 
 /// One head's gradients out of the causal product: `∂q̃`, `∂k̃` (`[n, h]`), `∂C` (`[n, h+1]`).
-type CoreGrads<T> = (Mat<T>, Mat<T>, Mat<T>);
-
-/// One head's gradients: `dq`, `dk`, `dv` (row-major `[n, h]`), `d ln.gain`, `d ln.bias`.
-type HeadGrads<T> = (Vec<T>, Vec<T>, Vec<T>, Vec<T>, Vec<T>);
+type CoreGrads<T> = (Rows<T>, Rows<T>, Rows<T>);
 
 /// The lowtri problem of one head: self-tensored features, exact local blocks if asked.
 fn problem<'a, T: Scalar>(c: &PolySketchConfig, s: &'a HeadSaved<T>) -> Problem<'a, T> {
@@ -649,14 +702,6 @@ fn problem<'a, T: Scalar>(c: &PolySketchConfig, s: &'a HeadSaved<T>) -> Problem<
 /// Head `idx` of a row-major `[.., n, h]` array as an `[n, h]` view.
 fn head_matrix<T>(x: &[T], idx: usize, n: usize, h: usize) -> MatRef<'_, T> {
     MatRef::from_row_major_slice(&x[idx * n * h..(idx + 1) * n * h], n, h)
-}
-
-/// A matrix as a row-major vector of `[n, cols]`.
-fn row_major<T: Scalar>(m: &Mat<T>, cols: usize) -> Vec<T> {
-    (0..m.nrows())
-        .flat_map(|i| (0..cols).map(move |j| (i, j)))
-        .map(|(i, j)| m[(i, j)])
-        .collect()
 }
 
 fn add_assign<T: Scalar>(dst: MatMut<'_, T>, src: MatRef<'_, T>) {

@@ -1,7 +1,7 @@
-//! Layer normalisation of rows, forward and backward side by side.
+//! Layer normalisation of rows, forward and backward side by side, on row-major data.
 
-use faer::{Mat, MatMut, MatRef};
-use polysketch_sketch::Scalar;
+use faer::MatRef;
+use polysketch_sketch::{Scalar, linalg::dot};
 
 /// \\(\epsilon\\) inside the square root of the variance.
 pub const LN_EPS: f64 = 1e-5;
@@ -9,17 +9,19 @@ pub const LN_EPS: f64 = 1e-5;
 /// What the backward of [`layernorm_forward`] needs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LnSaved<T> {
-    /// `[n, h]`: the normalised rows \\(\hat x = (x - \mu)/\sigma\\), before gain and bias.
-    pub xhat: Mat<T>,
+    /// Row-major `[n, h]`: the normalised rows \\(\hat x = (x - \mu)/\sigma\\), before gain and
+    /// bias.
+    pub xhat: Vec<T>,
     /// `[n]`: \\(1/\sigma\\) of each row.
     pub rstd: Vec<T>,
 }
 
-/// \\(y = g \circ \hat x + \beta\\) with \\(\hat x = (x - \mu)/\sqrt{\sigma^2 + \epsilon}\\) per row,
-/// times `scale` (the attention layers fold their \\(h^{-1/4}\\) in here).
+/// \\(y = s\,(g \circ \hat x + \beta)\\) with \\(\hat x = (x - \mu)/\sqrt{\sigma^2 + \epsilon}\\) per
+/// row, where \\(s\\) = `scale` (the attention layers fold their \\(h^{-1/4}\\) in here).
 ///
 /// # Shapes
-/// `x: [n, h]`, `gain`, `bias`: `[h]`, `out: [n, h]`.
+/// `x: [n, h]` (any strides; contiguous rows are read as slices), `gain`, `bias`: `[h]`,
+/// `out`: row-major `[n, h]`.
 ///
 /// # Panics
 /// If the shapes differ (an unchecked kernel: the layers validate).
@@ -28,35 +30,41 @@ pub fn layernorm_forward<T: Scalar>(
     gain: &[T],
     bias: &[T],
     scale: T,
-    mut out: MatMut<'_, T>,
+    out: &mut [T],
 ) -> LnSaved<T> {
     let (n, h) = (x.nrows(), x.ncols());
     assert!(
-        gain.len() == h && bias.len() == h && out.nrows() == n && out.ncols() == h,
+        gain.len() == h && bias.len() == h && out.len() == n * h,
         "layernorm_forward: shapes"
     );
-    let mut xhat = Mat::zeros(n, h);
+    let mut xhat = vec![T::zero(); n * h];
     let mut rstd = vec![T::zero(); n];
     let hf = T::of(h as f64);
+    let mut row = vec![T::zero(); h];
     for i in 0..n {
-        let mean = (0..h).fold(T::zero(), |s, j| s + x[(i, j)]) / hf;
-        let var = (0..h).fold(T::zero(), |s, j| {
-            s + (x[(i, j)] - mean) * (x[(i, j)] - mean)
-        }) / hf;
+        match x.row(i).try_as_row_major() {
+            Some(r) => row.copy_from_slice(r.as_slice()),
+            None => row.iter_mut().enumerate().for_each(|(j, v)| *v = x[(i, j)]),
+        }
+        let mean = row.iter().fold(T::zero(), |s, &v| s + v) / hf;
+        let var = row
+            .iter()
+            .fold(T::zero(), |s, &v| s + (v - mean) * (v - mean))
+            / hf;
         let r = T::one() / (var + T::of(LN_EPS)).sqrt();
         rstd[i] = r;
+        let (xh, o) = (&mut xhat[i * h..(i + 1) * h], &mut out[i * h..(i + 1) * h]);
         for j in 0..h {
-            let xh = (x[(i, j)] - mean) * r;
-            xhat[(i, j)] = xh;
-            out[(i, j)] = scale * (gain[j] * xh + bias[j]);
+            xh[j] = (row[j] - mean) * r;
+            o[j] = scale * (gain[j] * xh[j] + bias[j]);
         }
     }
     LnSaved { xhat, rstd }
 }
 
-/// Backward of [`layernorm_forward`]: given \\(\partial L/\partial y\\) = `dy`, writes
-/// \\(\partial L/\partial x\\) into `dx` and adds \\(\partial L/\partial g\\), \\(\partial
-/// L/\partial\beta\\) into `dgain`, `dbias`.
+/// Backward of [`layernorm_forward`]: given \\(\partial L/\partial y\\) = `dy` (row-major),
+/// writes \\(\partial L/\partial x\\) into `dx` (row-major) and adds \\(\partial L/\partial g\\),
+/// \\(\partial L/\partial\beta\\) into `dgain`, `dbias`.
 ///
 /// With \\(d\hat x = s\, g \circ dy\\):
 /// \\(dx = \frac{1}{\sigma}\big(d\hat x - \overline{d\hat x} - \hat x\,\overline{d\hat x \circ \hat
@@ -65,40 +73,47 @@ pub fn layernorm_forward<T: Scalar>(
 /// # Panics
 /// If the shapes differ.
 pub fn layernorm_backward<T: Scalar>(
-    dy: MatRef<'_, T>,
+    dy: &[T],
     saved: &LnSaved<T>,
     gain: &[T],
     scale: T,
-    mut dx: MatMut<'_, T>,
+    dx: &mut [T],
     dgain: &mut [T],
     dbias: &mut [T],
 ) {
-    let (n, h) = (saved.xhat.nrows(), saved.xhat.ncols());
+    let (n, h) = (saved.rstd.len(), gain.len());
     assert!(
-        dy.nrows() == n && dy.ncols() == h && dx.nrows() == n && dx.ncols() == h,
+        dy.len() == n * h && dx.len() == n * h && saved.xhat.len() == n * h,
         "layernorm_backward: shapes"
     );
     assert!(
-        gain.len() == h && dgain.len() == h && dbias.len() == h,
+        dgain.len() == h && dbias.len() == h,
         "layernorm_backward: parameter shapes"
     );
     let hf = T::of(h as f64);
-    let mut dxhat = vec![T::zero(); h];
+    let (mut d, mut dxhat) = (vec![T::zero(); h], vec![T::zero(); h]);
     for i in 0..n {
-        let (mut mean_d, mut mean_dx) = (T::zero(), T::zero());
-        for j in 0..h {
-            // in the forward pass y = s (g x̂ + β), so dg += s dy x̂, dβ += s dy, dx̂ = s g dy
-            let d = scale * dy[(i, j)];
-            dgain[j] += d * saved.xhat[(i, j)];
-            dbias[j] += d;
-            dxhat[j] = d * gain[j];
-            mean_d += dxhat[j];
-            mean_dx += dxhat[j] * saved.xhat[(i, j)];
-        }
-        mean_d /= hf;
-        mean_dx /= hf;
-        for j in 0..h {
-            dx[(i, j)] = saved.rstd[i] * (dxhat[j] - mean_d - saved.xhat[(i, j)] * mean_dx);
-        }
+        let (dyr, xh, dxr) = (
+            &dy[i * h..(i + 1) * h],
+            &saved.xhat[i * h..(i + 1) * h],
+            &mut dx[i * h..(i + 1) * h],
+        );
+        // in the forward pass y = s (g x̂ + β), so dβ += s dy, dg += s dy x̂, dx̂ = s g dy
+        d.iter_mut().zip(dyr).for_each(|(a, b)| *a = scale * *b);
+        dbias.iter_mut().zip(&d).for_each(|(a, b)| *a += *b);
+        dgain
+            .iter_mut()
+            .zip(d.iter().zip(xh))
+            .for_each(|(a, (b, x))| *a += *b * *x);
+        dxhat
+            .iter_mut()
+            .zip(d.iter().zip(gain))
+            .for_each(|(a, (b, g))| *a = *b * *g);
+        let mean_d = dxhat.iter().fold(T::zero(), |s, v| s + *v) / hf;
+        let mean_dx = dot(&dxhat, xh) / hf;
+        let r = saved.rstd[i];
+        dxr.iter_mut()
+            .zip(dxhat.iter().zip(xh))
+            .for_each(|(o, (a, x))| *o = r * (*a - mean_d - *x * mean_dx));
     }
 }

@@ -51,16 +51,30 @@ pub fn check_finite<T: Scalar>(
     input: &'static str,
     m: MatRef<'_, T>,
 ) -> Result<()> {
+    // fast path over contiguous slices, columns or rows whichever are contiguous
+    let fine = if m.row_stride() == 1 || m.nrows() <= 1 {
+        (0..m.ncols()).all(|j| {
+            m.col(j).try_as_col_major().map_or_else(
+                || m.col(j).iter().all(|x| x.is_finite()),
+                |c| all_finite(c.as_slice()),
+            )
+        })
+    } else if m.col_stride() == 1 {
+        (0..m.nrows()).all(|i| {
+            m.row(i).try_as_row_major().map_or_else(
+                || m.row(i).iter().all(|x| x.is_finite()),
+                |r| all_finite(r.as_slice()),
+            )
+        })
+    } else {
+        (0..m.ncols()).all(|j| m.col(j).iter().all(|x| x.is_finite()))
+    };
+    if fine {
+        return Ok(());
+    }
+    // the first bad value in column-major order
     for col in 0..m.ncols() {
-        let column = m.col(col);
-        let finite = match column.try_as_col_major() {
-            Some(c) => all_finite(c.as_slice()),
-            None => column.iter().all(|x| x.is_finite()),
-        };
-        if finite {
-            continue;
-        }
-        for (row, &x) in column.iter().enumerate() {
+        for (row, &x) in m.col(col).iter().enumerate() {
             if !x.is_finite() {
                 return Err(SketchError::NonFinite {
                     op,
@@ -76,7 +90,7 @@ pub fn check_finite<T: Scalar>(
 
 /// Whether every value is finite, vectorised: `x * 0` is 0 for finite `x` and NaN for NaN or
 /// infinity, summed in 16 independent lanes so the adds do not form one dependency chain.
-fn all_finite<T: Scalar>(xs: &[T]) -> bool {
+pub fn all_finite<T: Scalar>(xs: &[T]) -> bool {
     const LANES: usize = 16;
     let mut acc = [T::zero(); LANES];
     let chunks = xs.chunks_exact(LANES);

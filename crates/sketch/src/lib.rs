@@ -62,7 +62,8 @@ mod traits;
 mod tree;
 
 pub use check::{
-    MAX_PARAMETER_BYTES, check_cols, check_finite, check_nonempty, check_param_bytes, check_shape,
+    MAX_PARAMETER_BYTES, all_finite, check_cols, check_finite, check_nonempty, check_param_bytes,
+    check_shape,
 };
 pub use countsketch::CountSketch;
 pub use error::{Result, SketchError};

@@ -1,0 +1,350 @@
+//! The `polysketch` command-line program.
+//!
+//! ```sh
+//! cargo run --release -- bench attention --n 1024,4096,16384,32768
+//! cargo run --release -- --help
+//! ```
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+use faer::Par;
+use indicatif::{ProgressBar, ProgressStyle};
+use polysketch::attention::{
+    Attention, AttentionConfig, AttentionKind, PolySketchConfig, SketchKind,
+};
+use polysketch::memory::CountingAlloc;
+use polysketch::scaling::{self, Series};
+
+#[global_allocator]
+static ALLOC: CountingAlloc = CountingAlloc::new();
+
+/// polysketch: sketching polynomial kernels, and causal attention built on them.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        what: Bench,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum Bench {
+    /// Causal attention, every kind, forward and forward+backward, against softmax.
+    Attention(AttentionBench),
+}
+
+/// Options of `bench attention`.
+#[derive(clap::Args, Debug)]
+struct AttentionBench {
+    /// Sequence lengths (comma separated).
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1024usize, 4096, 16384, 32768])]
+    n: Vec<usize>,
+    /// Head counts (comma separated); batch is 1.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1usize, 8])]
+    heads: Vec<usize>,
+    /// Head size h.
+    #[arg(long, default_value_t = 64)]
+    head_dim: usize,
+    /// Repetitions per case (the median is reported; slow cases run once).
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Skip a case whose estimated time exceeds this many seconds (it is reported as skipped).
+    #[arg(long, default_value_t = 120.0)]
+    max_seconds: f64,
+    /// Folder for attention_bench.csv and attention_bench.svg.
+    #[arg(long, default_value = "runs/bench_attention")]
+    out: PathBuf,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Bench {
+            what: Bench::Attention(args),
+        } => bench_attention(&args),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// A named kind of the benchmark.
+struct Kind {
+    name: &'static str,
+    kind: AttentionKind,
+}
+
+fn kinds() -> Vec<Kind> {
+    let sketch = |local: bool| {
+        AttentionKind::PolySketch(PolySketchConfig {
+            p: 4,
+            r: 32,
+            block: 256,
+            sketch: SketchKind::Random,
+            local,
+            seed: 0,
+        })
+    };
+    vec![
+        Kind {
+            name: "softmax",
+            kind: AttentionKind::Softmax,
+        },
+        Kind {
+            name: "polynomial p=4",
+            kind: AttentionKind::Polynomial { p: 4 },
+        },
+        Kind {
+            name: "polysketch random",
+            kind: sketch(false),
+        },
+        Kind {
+            name: "polysketch random+local",
+            kind: sketch(true),
+        },
+    ]
+}
+
+/// Forward FLOPs of one head (the products of the algorithm as run; see the book).
+fn forward_flops(kind: &AttentionKind, n: usize, h: usize) -> f64 {
+    let (n, h) = (n as f64, h as f64);
+    match kind {
+        // QKᵀ and PV over the causal triangle
+        AttentionKind::Softmax => 2.0 * n * n * h,
+        // QKᵀ and S[V, 1] over the causal triangle
+        AttentionKind::Polynomial { .. } => n * n * (2.0 * h + 1.0),
+        AttentionKind::PolySketch(c) => {
+            let (r, b, k) = (c.r as f64, c.block as f64, h + 1.0);
+            let m = r * (r + 1.0) / 2.0;
+            let diag = if c.local { b * (h + k) } else { b * (r + k) };
+            // the lowtri products (4mk + diagonal halves) and the degree-2 tree on q̃ and k̃
+            n * (4.0 * m * k + diag + 8.0 * h * r)
+        }
+    }
+}
+
+/// Median wall time of `reps` runs, in seconds.
+fn median(reps: usize, mut f: impl FnMut() -> polysketch::Result<()>) -> polysketch::Result<f64> {
+    let mut t = Vec::with_capacity(reps);
+    for _ in 0..reps.max(1) {
+        let start = Instant::now();
+        f()?;
+        t.push(start.elapsed().as_secs_f64());
+    }
+    t.sort_by(f64::total_cmp);
+    Ok(t[t.len() / 2])
+}
+
+fn attention_err(e: polysketch::attention::AttentionError) -> polysketch::Error {
+    polysketch::Error::Config(e.to_string())
+}
+
+/// One measured case.
+struct Case {
+    forward: f64,
+    forward_backward: f64,
+    peak: usize,
+}
+
+fn run_case(
+    kind: &AttentionKind,
+    heads: usize,
+    h: usize,
+    n: usize,
+    reps: usize,
+    par: Par,
+) -> polysketch::Result<Case> {
+    let layer = Attention::<f32>::new(AttentionConfig {
+        heads,
+        head_dim: h,
+        kind: *kind,
+    })
+    .map_err(attention_err)?;
+    let len = heads * n * h;
+    let x: Vec<f32> = (0..len)
+        .map(|i| ((i.wrapping_mul(2_654_435_761) % 2001) as f32 / 1000.0) - 1.0)
+        .collect();
+    let base = ALLOC.current();
+    ALLOC.reset_peak();
+    // one untimed warm-up; then forward, then forward+backward
+    let (_, mut s) = layer
+        .forward(&x, &x, &x, 1, n, par)
+        .map_err(attention_err)?;
+    layer.backward(&mut s, &x, par).map_err(attention_err)?;
+    drop(s);
+    let peak = ALLOC.peak_since_reset(base);
+    let forward = median(reps, || {
+        layer
+            .forward(&x, &x, &x, 1, n, par)
+            .map(drop)
+            .map_err(attention_err)
+    })?;
+    let forward_backward = median(reps, || {
+        let (_, mut s) = layer
+            .forward(&x, &x, &x, 1, n, par)
+            .map_err(attention_err)?;
+        layer
+            .backward(&mut s, &x, par)
+            .map(drop)
+            .map_err(attention_err)
+    })?;
+    Ok(Case {
+        forward,
+        forward_backward,
+        peak,
+    })
+}
+
+fn bench_attention(args: &AttentionBench) -> polysketch::Result<()> {
+    if args.n.is_empty()
+        || args.n.contains(&0)
+        || args.heads.is_empty()
+        || args.heads.contains(&0)
+        || args.head_dim == 0
+    {
+        return Err(polysketch::Error::Config(
+            "--n, --heads and --head-dim need positive values".into(),
+        ));
+    }
+    let par = Par::rayon(0);
+    let h = args.head_dim;
+    let ceiling = scaling::faer_gflops(2048, 3, par);
+    println!(
+        "causal attention, f32, batch 1, h = {h}, {} threads; faer's 2048³ product in this run: {ceiling:.1} GFLOP/s",
+        rayon::current_num_threads()
+    );
+    println!(
+        "{:<24} {:>5} {:>6} {:>11} {:>11} {:>12} {:>9} {:>10} {:>9}",
+        "kind", "heads", "n", "fwd", "fwd+bwd", "tokens/s", "fwd GF/s", "peak MiB", "vs softmax"
+    );
+    let all = kinds();
+    let total = args.heads.len() * args.n.len() * all.len();
+    let bar = ProgressBar::new(total as u64).with_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} {elapsed_precise} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let mut csv = String::from(
+        "kind,heads,n,forward_s,forward_backward_s,tokens_per_s,forward_gflops,peak_bytes,speedup_vs_softmax\n",
+    );
+    let mut series: Vec<Series> = Vec::new();
+    let mut last_speedup: Option<(usize, f64)> = None;
+    for &heads in &args.heads {
+        let mut fb_time: Vec<Option<(f64, f64)>> = vec![None; args.n.len()]; // softmax (fwd, fwd+bwd) per n
+        for k in &all {
+            let mut line = Series::new(&format!("{} ({heads} heads)", k.name));
+            // time of the previous n, to skip cases projected past --max-seconds
+            let mut previous: Option<(usize, f64)> = None;
+            for (ni, &n) in args.n.iter().enumerate() {
+                bar.set_message(format!("{} heads={heads} n={n}", k.name));
+                let quadratic = matches!(
+                    k.kind,
+                    AttentionKind::Softmax | AttentionKind::Polynomial { .. }
+                );
+                let projected = previous.map(|(pn, t)| {
+                    t * (n as f64 / pn as f64).powi(if quadratic { 2 } else { 1 })
+                        * (args.reps as f64 + 2.0)
+                });
+                if projected.is_some_and(|t| t > args.max_seconds) {
+                    bar.suspend(|| {
+                        println!(
+                            "{:<24} {:>5} {:>6} skipped: projected {:.0} s > --max-seconds {}",
+                            k.name,
+                            heads,
+                            n,
+                            projected.unwrap_or(0.0),
+                            args.max_seconds
+                        )
+                    });
+                    bar.inc(1);
+                    continue;
+                }
+                let reps = if previous.is_some_and(|(_, t)| t > 5.0) {
+                    1
+                } else {
+                    args.reps
+                };
+                let case = match run_case(&k.kind, heads, h, n, reps, par) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        bar.suspend(|| {
+                            println!("{:<24} {:>5} {:>6} skipped: {e}", k.name, heads, n)
+                        });
+                        bar.inc(1);
+                        continue;
+                    }
+                };
+                previous = Some((n, case.forward_backward));
+                let gflops = heads as f64 * forward_flops(&k.kind, n, h) / case.forward / 1e9;
+                let tokens = n as f64 / case.forward_backward;
+                if matches!(k.kind, AttentionKind::Softmax) {
+                    fb_time[ni] = Some((case.forward, case.forward_backward));
+                }
+                let ratio = fb_time[ni].map(|(_, s)| s / case.forward_backward);
+                if k.name == "polysketch random+local"
+                    && heads == *args.heads.iter().max().unwrap_or(&1)
+                {
+                    if let Some(r) = ratio {
+                        last_speedup = Some((n, r));
+                    }
+                }
+                bar.suspend(|| {
+                    println!(
+                        "{:<24} {:>5} {:>6} {:>8.2} ms {:>8.2} ms {:>12.0} {:>9.1} {:>10.1} {:>9}",
+                        k.name,
+                        heads,
+                        n,
+                        case.forward * 1e3,
+                        case.forward_backward * 1e3,
+                        tokens,
+                        gflops,
+                        case.peak as f64 / (1 << 20) as f64,
+                        ratio.map_or("-".into(), |r| format!("{r:.1}x")),
+                    )
+                });
+                csv.push_str(&format!(
+                    "{},{heads},{n},{:.6},{:.6},{:.1},{:.2},{},{}\n",
+                    k.name,
+                    case.forward,
+                    case.forward_backward,
+                    tokens,
+                    gflops,
+                    case.peak,
+                    ratio.map_or(String::new(), |r| format!("{r:.3}"))
+                ));
+                line.push(n, case.forward_backward);
+                bar.inc(1);
+            }
+            series.push(line);
+        }
+    }
+    bar.finish_and_clear();
+    std::fs::create_dir_all(&args.out)?;
+    let csv_path = args.out.join("attention_bench.csv");
+    polysketch::io::write_atomic(&csv_path, csv.as_bytes())?;
+    let svg_path = args.out.join("attention_bench.svg");
+    scaling::plot_svg(
+        &series,
+        &format!("causal attention, forward+backward, h = {h}, f32"),
+        &svg_path,
+    )?;
+    println!("wrote {} and {}", csv_path.display(), svg_path.display());
+    println!(
+        "(learned sketches are not implemented yet: the speedup line is for polysketch random+local)"
+    );
+    match last_speedup {
+        Some((n, r)) => println!("speedup {n} {r:.2}"),
+        None => println!("speedup na"),
+    }
+    Ok(())
+}
