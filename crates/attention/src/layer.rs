@@ -623,11 +623,7 @@ impl<T: Scalar> Attention<T> {
             vec![T::zero(); total],
             vec![T::zero(); total],
         );
-        let head = |(s, ((dqt, dkt, dc), ((q, k), v))): (
-            &HeadSaved<T>,
-            (&CoreGrads<T>, ((&mut [T], &mut [T]), &mut [T])),
-        )|
-         -> (Vec<T>, Vec<T>) {
+        let head = |(s, ((dqt, dkt, dc), ((q, k), v))): HeadBackward<'_, T>| -> (Vec<T>, Vec<T>) {
             let (mut dgain, mut dbias) = (vec![T::zero(); h], vec![T::zero(); h]);
             layernorm_backward(
                 &dqt.data,
@@ -682,6 +678,13 @@ impl<T: Scalar> Attention<T> {
         })
     }
 }
+
+/// One head's state, core gradients and output slices (`dq`, `dk`, `dv`) in the last backward
+/// step.
+type HeadBackward<'a, T> = (
+    &'a HeadSaved<T>,
+    (&'a CoreGrads<T>, ((&'a mut [T], &'a mut [T]), &'a mut [T])),
+);
 
 /// One head's gradients out of the causal product: `∂q̃`, `∂k̃` (`[n, h]`), `∂C` (`[n, h+1]`).
 type CoreGrads<T> = (Rows<T>, Rows<T>, Rows<T>);
