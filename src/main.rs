@@ -291,12 +291,11 @@ fn bench_attention(args: &AttentionBench) -> polysketch::Result<()> {
                     fb_time[ni] = Some((case.forward, case.forward_backward));
                 }
                 let ratio = fb_time[ni].map(|(_, s)| s / case.forward_backward);
-                if k.name == "polysketch random+local"
+                if let Some(r) = ratio
+                    && k.name == "polysketch random+local"
                     && heads == *args.heads.iter().max().unwrap_or(&1)
                 {
-                    if let Some(r) = ratio {
-                        last_speedup = Some((n, r));
-                    }
+                    last_speedup = Some((n, r));
                 }
                 bar.suspend(|| {
                     println!(
