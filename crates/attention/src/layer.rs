@@ -50,17 +50,18 @@ impl<T: Scalar> core::fmt::Debug for Attention<T> {
 
 /// A row-major matrix: rows are contiguous slices, which the layer norm and the normalisation
 /// loops read and write, while faer sees it through [`Rows::as_ref`] / [`Rows::as_mut`] views.
+#[derive(Default)]
 pub(crate) struct Rows<T> {
     pub(crate) data: Vec<T>,
     pub(crate) cols: usize,
 }
 
 impl<T: Scalar> Rows<T> {
-    pub(crate) fn zeros(rows: usize, cols: usize) -> Self {
-        Self {
-            data: vec![T::zero(); rows * cols],
-            cols,
-        }
+    /// Makes it `[rows, cols]`, keeping the memory when the size is unchanged (contents are then
+    /// stale: callers overwrite them).
+    fn reshape(&mut self, rows: usize, cols: usize) {
+        self.data.resize(rows * cols, T::zero());
+        self.cols = cols;
     }
     pub(crate) fn nrows(&self) -> usize {
         self.data.len().checked_div(self.cols).unwrap_or(0)
@@ -80,25 +81,62 @@ impl<T: Scalar> Rows<T> {
     }
 }
 
-/// What one head's backward needs (PolySketch).
-struct HeadSaved<T> {
+/// A column-major `[rows, cols]` buffer, reusing `m`'s memory when the shape is unchanged.
+fn reshape_mat<T: Scalar>(m: &mut Mat<T>, rows: usize, cols: usize) {
+    if (m.nrows(), m.ncols()) != (rows, cols) {
+        *m = Mat::zeros(rows, cols);
+    }
+}
+
+/// What one head's backward needs (PolySketch and polynomial attention).
+struct HeadSaved<T: Scalar> {
     ln_q: LnSaved<T>,
     ln_k: LnSaved<T>,
     /// `[n, h]`: \\(\tilde q\\), \\(\tilde k\\).
     qt: Rows<T>,
     kt: Rows<T>,
-    /// `[n, r]`: the degree-\\(p/2\\) sketches.
+    /// `[n, r]`: the degree-\\(p/2\\) sketches (empty for exact polynomial attention).
     l: Mat<T>,
     r: Mat<T>,
     /// `[n, h + 1]`: \\([V, \mathbf 1]\\).
     c: Rows<T>,
+    /// `[n, h + 1]`: the causal product \\(\sum_{j \le i} s_{ij}[v_j, 1]\\).
+    raw: Rows<T>,
     /// `[n, h]`: the output.
     out: Rows<T>,
     /// `[n]`: \\(1 + \sum_{j \le i} s_{ij}\\).
     den: Vec<T>,
+    /// Backward buffers: `[n, h + 1]` gradient of `raw`; `∂q̃`, `∂k̃` (`[n, h]`); `∂C`.
+    draw: Rows<T>,
+    dqt: Rows<T>,
+    dkt: Rows<T>,
+    dc: Rows<T>,
 }
 
-/// What [`Attention::backward`] needs from [`Attention::forward`].
+impl<T: Scalar> Default for HeadSaved<T> {
+    fn default() -> Self {
+        Self {
+            ln_q: LnSaved::default(),
+            ln_k: LnSaved::default(),
+            qt: Rows::default(),
+            kt: Rows::default(),
+            l: Mat::zeros(0, 0),
+            r: Mat::zeros(0, 0),
+            c: Rows::default(),
+            raw: Rows::default(),
+            out: Rows::default(),
+            den: Vec::new(),
+            draw: Rows::default(),
+            dqt: Rows::default(),
+            dkt: Rows::default(),
+            dc: Rows::default(),
+        }
+    }
+}
+
+/// What [`Attention::backward`] needs from [`Attention::forward`]; reusable: a training loop
+/// that keeps one `Saved` (and one [`Grads`]) per layer allocates nothing after its first step
+/// ([`Attention::forward_into`], [`Attention::backward_into`]).
 pub struct Saved<T: Scalar> {
     batch: usize,
     n: usize,
@@ -114,9 +152,27 @@ impl<T: Scalar> core::fmt::Debug for Saved<T> {
     }
 }
 
+impl<T: Scalar> Default for Saved<T> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T: Scalar> Saved<T> {
+    /// An empty state, to be filled by a forward.
+    pub fn new() -> Self {
+        Self {
+            batch: 0,
+            n: 0,
+            inner: Inner::Empty,
+        }
+    }
+}
+
 /// The kind-specific part of [`Saved`].
 enum Inner<T: Scalar> {
-    /// PolySketch or exact polynomial attention: per-head state and the core's.
+    Empty,
+    /// PolySketch or exact polynomial attention: per-head state and the causal product's.
     Kernel {
         heads: Vec<HeadSaved<T>>,
         core: Core<T>,
@@ -135,8 +191,11 @@ enum Inner<T: Scalar> {
 
 /// The causal product's own state.
 enum Core<T: Scalar> {
-    /// The lowtri engine's prefixes, one per head.
-    Sketch { lowtri: Vec<LtSaved<T>> },
+    /// The lowtri engine's prefixes and gradients, one per head.
+    Sketch {
+        lowtri: Vec<LtSaved<T>>,
+        grads: Vec<LtGrads<T>>,
+    },
     /// The exact tiled product keeps nothing but its degree; `used` once a backward ran.
     Exact { p: usize, used: bool },
 }
@@ -144,14 +203,14 @@ enum Core<T: Scalar> {
 impl<T: Scalar> Core<T> {
     fn is_ready(&self) -> bool {
         match self {
-            Core::Sketch { lowtri } => lowtri.iter().all(|s| s.is_ready()),
+            Core::Sketch { lowtri, .. } => lowtri.iter().all(|s| s.is_ready()),
             Core::Exact { used, .. } => !used,
         }
     }
 }
 
 /// Gradients of a layer.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Grads<T> {
     /// \\(\partial L/\partial q\\), `[batch, heads, n, h]`.
     pub dq: Vec<T>,
@@ -192,6 +251,44 @@ fn check_finite<T: Scalar>(op: &'static str, input: &'static str, x: &[T]) -> Re
     }
 }
 
+/// Head `idx` of a row-major `[.., n, h]` array as an `[n, h]` view.
+fn head_matrix<T>(x: &[T], idx: usize, n: usize, h: usize) -> MatRef<'_, T> {
+    MatRef::from_row_major_slice(&x[idx * n * h..(idx + 1) * n * h], n, h)
+}
+
+fn add_assign<T: Scalar>(dst: MatMut<'_, T>, src: MatRef<'_, T>) {
+    faer::zip!(dst, src).for_each(|faer::unzip!(d, s)| *d += *s);
+}
+
+/// The lowtri problem of one head: self-tensored features, exact local blocks if asked.
+fn problem<'a, T: Scalar>(c: &PolySketchConfig, s: &'a HeadSaved<T>) -> Problem<'a, T> {
+    if c.local {
+        let features = Features::SelfTensored {
+            l: s.l.as_ref(),
+            r: s.r.as_ref(),
+        };
+        Problem::local_exact(features, s.qt.as_ref(), s.kt.as_ref(), c.p, s.c.as_ref())
+    } else {
+        Problem::self_tensored(s.l.as_ref(), s.r.as_ref(), s.c.as_ref())
+    }
+}
+
+/// Runs `f` on every head, in parallel under `Par::Rayon`.
+fn each_head<T: Scalar, R: Send>(
+    heads: &mut [HeadSaved<T>],
+    par: Par,
+    f: impl Fn(usize, &mut HeadSaved<T>) -> R + Sync + Send,
+) -> Vec<R> {
+    match par {
+        Par::Seq => heads.iter_mut().enumerate().map(|(i, s)| f(i, s)).collect(),
+        Par::Rayon(_) => heads
+            .par_iter_mut()
+            .enumerate()
+            .map(|(i, s)| f(i, s))
+            .collect(),
+    }
+}
+
 impl<T: Scalar> Attention<T> {
     /// Validates `config` and initialises the parameters (unit gain, zero bias; the random
     /// sketch drawn from the seed).
@@ -214,7 +311,7 @@ impl<T: Scalar> Attention<T> {
                     ));
                 }
             },
-            _ => None,
+            AttentionKind::Polynomial { .. } | AttentionKind::Softmax => None,
         };
         Ok(Self {
             config,
@@ -253,13 +350,14 @@ impl<T: Scalar> Attention<T> {
         T::of((self.config.head_dim as f64).powf(-0.25))
     }
 
-    /// The output of the layer and what the backward needs.
+    /// The output of the layer and what the backward needs (fresh buffers; see
+    /// [`forward_into`](Self::forward_into) to reuse them).
     ///
     /// # Shapes
     /// `q`, `k`, `v`: `[batch, heads, n, h]` row-major → `[batch, heads, n, h]`.
     ///
     /// # Errors
-    /// Wrong lengths, `n = 0`, non-finite values, a state over [`MAX_STATE_BYTES`].
+    /// As [`forward_into`](Self::forward_into).
     pub fn forward(
         &self,
         q: &[T],
@@ -269,6 +367,30 @@ impl<T: Scalar> Attention<T> {
         n: usize,
         par: Par,
     ) -> Result<(Vec<T>, Saved<T>)> {
+        let mut out = vec![T::zero(); q.len()];
+        let mut saved = Saved::new();
+        self.forward_into(q, k, v, batch, n, &mut out, &mut saved, par)?;
+        Ok((out, saved))
+    }
+
+    /// The output of the layer into `out` (`[batch, heads, n, h]`) and the state for the backward
+    /// into `saved`, whose buffers are reused when the shapes are unchanged.
+    ///
+    /// # Errors
+    /// Wrong lengths, `batch` or `n` of 0, non-finite values, a state over
+    /// [`MAX_STATE_BYTES`] (estimated before anything is allocated).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_into(
+        &self,
+        q: &[T],
+        k: &[T],
+        v: &[T],
+        batch: usize,
+        n: usize,
+        out: &mut [T],
+        saved: &mut Saved<T>,
+        par: Par,
+    ) -> Result<()> {
         const OP: &str = "Attention::forward";
         let (heads, h) = (self.config.heads, self.config.head_dim);
         if batch == 0 || n == 0 {
@@ -278,13 +400,15 @@ impl<T: Scalar> Attention<T> {
         }
         // what the forward keeps per token and head, estimated before anything is allocated
         let per_token = match self.config.kind {
-            // q̃, k̃, LN's x̂ for both (4h), L and R (2r), C (h + 1), out (h), the denominator,
-            // and the lowtri prefixes (≈ m(h+1)/b)
+            // q̃, k̃, LN's x̂ for both (4h), L and R (2r), C, the product and its gradient
+            // (3(h + 1)), the output and ∂q̃, ∂k̃ (3h), the denominator, the lowtri prefixes
+            // (≈ m(h+1)/b)
             AttentionKind::PolySketch(c) => {
-                6 * h + 2 * c.r + 2 + c.r * (c.r + 1) / 2 * (h + 1) / c.block + 1
+                10 * h + 2 * c.r + 5 + c.r * (c.r + 1) / 2 * (h + 1) / c.block
             }
+            AttentionKind::Polynomial { .. } => 10 * h + 5,
             // copies of q, k, v, the output and its log-sum-exp
-            _ => 4 * h + 1,
+            AttentionKind::Softmax => 4 * h + 1,
         };
         let bytes =
             (batch * heads) as u128 * n as u128 * per_token as u128 * size_of::<T>() as u128;
@@ -301,6 +425,7 @@ impl<T: Scalar> Attention<T> {
             check_len(OP, name, x, total, shape.clone())?;
             check_finite(OP, name, x)?;
         }
+        check_len(OP, "out", out, total, shape)?;
         let views: Vec<HeadViews<'_, T>> = (0..batch * heads)
             .map(|idx| HeadViews {
                 q: head_matrix(q, idx, n, h),
@@ -308,34 +433,239 @@ impl<T: Scalar> Attention<T> {
                 v: head_matrix(v, idx, n, h),
             })
             .collect();
-        let (out, inner) = match self.config.kind {
-            AttentionKind::PolySketch(_) | AttentionKind::Polynomial { .. } => {
-                self.kernel_forward(&views, par)?
-            }
+        saved.batch = batch;
+        saved.n = n;
+        match self.config.kind {
             AttentionKind::Softmax => {
-                let (mut out, mut lse) =
-                    (vec![T::zero(); total], vec![T::zero(); batch * heads * n]);
-                softmax::forward(&views, &mut out, &mut lse, par);
-                let inner = Inner::Softmax {
-                    q: q.to_vec(),
-                    k: k.to_vec(),
-                    v: v.to_vec(),
-                    out: out.clone(),
+                let lse_len = batch * heads * n;
+                if !matches!(saved.inner, Inner::Softmax { .. }) {
+                    saved.inner = Inner::Softmax {
+                        q: vec![],
+                        k: vec![],
+                        v: vec![],
+                        out: vec![],
+                        lse: vec![],
+                        used: true,
+                    };
+                }
+                if let Inner::Softmax {
+                    q: sq,
+                    k: sk,
+                    v: sv,
+                    out: so,
                     lse,
-                    used: false,
-                };
-                (out, inner)
+                    used,
+                } = &mut saved.inner
+                {
+                    lse.resize(lse_len, T::zero());
+                    softmax::forward(&views, out, lse, par);
+                    for (dst, src) in [(sq, q), (sk, k), (sv, v), (so, &*out)] {
+                        dst.clear();
+                        dst.extend_from_slice(src);
+                    }
+                    *used = false;
+                }
+                Ok(())
+            }
+            AttentionKind::PolySketch(_) | AttentionKind::Polynomial { .. } => {
+                self.kernel_forward(&views, out, saved, par)
+            }
+        }
+    }
+
+    /// Kernel (PolySketch or exact polynomial) forward of every head.
+    fn kernel_forward(
+        &self,
+        views: &[HeadViews<'_, T>],
+        out: &mut [T],
+        saved: &mut Saved<T>,
+        par: Par,
+    ) -> Result<()> {
+        let (h, count, n) = (self.config.head_dim, views.len(), views[0].q.nrows());
+        let scale = self.scale();
+        let (sketch, r) = match (self.config.kind, self.sketch.as_deref()) {
+            (AttentionKind::PolySketch(c), Some(s)) => (Some(s), c.r),
+            _ => (None, 0),
+        };
+        let fresh_core = || match self.config.kind {
+            AttentionKind::PolySketch(_) => Core::Sketch {
+                lowtri: (0..count).map(|_| LtSaved::new()).collect(),
+                grads: (0..count).map(|_| LtGrads::new()).collect(),
+            },
+            AttentionKind::Polynomial { p } => Core::Exact { p, used: true },
+            AttentionKind::Softmax => Core::Exact { p: 0, used: true },
+        };
+        let reusable = matches!(&saved.inner, Inner::Kernel { heads, core } if heads.len() == count && matches!((core, self.config.kind), (Core::Sketch { .. }, AttentionKind::PolySketch(_)) | (Core::Exact { .. }, AttentionKind::Polynomial { .. })));
+        if !reusable {
+            saved.inner = Inner::Kernel {
+                heads: (0..count).map(|_| HeadSaved::default()).collect(),
+                core: fresh_core(),
+            };
+        }
+        let Inner::Kernel { heads, core } = &mut saved.inner else {
+            return Err(AttentionError::InvalidState {
+                op: "Attention::forward",
+                reason: "internal: kernel state expected".into(),
+            });
+        };
+        // 1. per head: q̃ = LN(q)/h^¼, k̃ likewise, C = [V, 1], and L = S(q̃), R = S(k̃)
+        let prepared: Vec<Result<()>> = each_head(heads, par, |idx, s| {
+            let x = &views[idx];
+            s.qt.reshape(n, h);
+            s.kt.reshape(n, h);
+            layernorm_forward(
+                x.q,
+                &self.ln_gain,
+                &self.ln_bias,
+                scale,
+                &mut s.qt.data,
+                &mut s.ln_q,
+            );
+            layernorm_forward(
+                x.k,
+                &self.ln_gain,
+                &self.ln_bias,
+                scale,
+                &mut s.kt.data,
+                &mut s.ln_k,
+            );
+            reshape_mat(&mut s.l, n, r);
+            reshape_mat(&mut s.r, n, r);
+            if let Some(sk) = sketch {
+                sk.apply_into(s.qt.as_ref(), s.l.as_mut(), Par::Seq)?;
+                sk.apply_into(s.kt.as_ref(), s.r.as_mut(), Par::Seq)?;
+            }
+            s.c.reshape(n, h + 1);
+            for i in 0..n {
+                let row = s.c.row_mut(i);
+                match x.v.row(i).try_as_row_major() {
+                    Some(v) => row[..h].copy_from_slice(v.as_slice()),
+                    None => row[..h]
+                        .iter_mut()
+                        .enumerate()
+                        .for_each(|(j, c)| *c = x.v[(i, j)]),
+                }
+                row[h] = T::one();
+            }
+            s.raw.reshape(n, h + 1);
+            s.out.reshape(n, h);
+            s.den.resize(n, T::zero());
+            Ok(())
+        });
+        prepared.into_iter().collect::<Result<Vec<()>>>()?;
+        // 2. the causal products Σ_{j ≤ i} s_ij [v_j, 1] of every head
+        match (&mut *core, self.config.kind) {
+            (Core::Sketch { lowtri, .. }, AttentionKind::PolySketch(c)) => {
+                let engine = LowTri::new(c.block)?;
+                let (problems, outs): (Vec<Problem<'_, T>>, Vec<MatMut<'_, T>>) = heads
+                    .iter_mut()
+                    .map(|s| {
+                        let HeadSaved {
+                            l,
+                            r,
+                            qt,
+                            kt,
+                            c: cm,
+                            raw,
+                            ..
+                        } = s;
+                        let problem = if c.local {
+                            Problem::local_exact(
+                                Features::SelfTensored {
+                                    l: l.as_ref(),
+                                    r: r.as_ref(),
+                                },
+                                qt.as_ref(),
+                                kt.as_ref(),
+                                c.p,
+                                cm.as_ref(),
+                            )
+                        } else {
+                            Problem::self_tensored(l.as_ref(), r.as_ref(), cm.as_ref())
+                        };
+                        (problem, raw.as_mut())
+                    })
+                    .unzip();
+                engine.forward_batch_into(&problems, outs, lowtri, par)?;
+            }
+            (Core::Exact { p, used }, AttentionKind::Polynomial { .. }) => {
+                let p = *p;
+                let mut tasks = Vec::new();
+                let mut raws: Vec<MatMut<'_, T>> = Vec::with_capacity(count);
+                let mut pv = Vec::with_capacity(count);
+                for s in heads.iter_mut() {
+                    let HeadSaved {
+                        qt, kt, c: cm, raw, ..
+                    } = s;
+                    pv.push(PolyViews {
+                        q: qt.as_ref(),
+                        k: kt.as_ref(),
+                        c: cm.as_ref(),
+                    });
+                    raws.push(raw.as_mut());
+                }
+                for (idx, m) in raws.into_iter().enumerate() {
+                    for (t, block) in row_blocks(m, TILE).into_iter().enumerate() {
+                        tasks.push((idx, t, block));
+                    }
+                }
+                softmax::run_tasks(tasks, h + 1, par, |sc, (idx, t, block)| {
+                    polynomial::forward_tile(&pv[idx], p, t, block, sc)
+                });
+                *used = false;
+            }
+            _ => {
+                return Err(AttentionError::InvalidState {
+                    op: "Attention::forward",
+                    reason: "internal: core of another kind".into(),
+                });
+            }
+        }
+        // 3. normalise: out = num / (1 + den)
+        let chunks: Vec<(&mut HeadSaved<T>, &mut [T])> =
+            heads.iter_mut().zip(out.chunks_mut(n * h)).collect();
+        let finish = |(s, o): (&mut HeadSaved<T>, &mut [T])| {
+            for i in 0..n {
+                let r = s.raw.row(i);
+                let den = T::one() + r[h];
+                let inv = T::one() / den;
+                let dst = &mut o[i * h..(i + 1) * h];
+                dst.iter_mut().zip(&r[..h]).for_each(|(d, x)| *d = *x * inv);
+                s.den[i] = den;
+                s.out.row_mut(i).copy_from_slice(dst);
             }
         };
-        Ok((out, Saved { batch, n, inner }))
+        match par {
+            Par::Seq => chunks.into_iter().for_each(finish),
+            Par::Rayon(_) => chunks.into_par_iter().for_each(finish),
+        }
+        Ok(())
     }
 
     /// Gradients with respect to `q`, `k`, `v` and the parameters, given \\(\partial
     /// L/\partial\mathrm{out}\\) = `d_out` and the forward's state (consumed).
     ///
     /// # Errors
-    /// Wrong length or non-finite `d_out`; a state already used by a backward.
+    /// As [`backward_into`](Self::backward_into).
     pub fn backward(&self, saved: &mut Saved<T>, d_out: &[T], par: Par) -> Result<Grads<T>> {
+        let mut grads = Grads::default();
+        self.backward_into(saved, d_out, &mut grads, par)?;
+        Ok(grads)
+    }
+
+    /// Like [`backward`](Self::backward), writing into `grads` (memory reused when the shapes
+    /// are unchanged).
+    ///
+    /// # Errors
+    /// Wrong length or non-finite `d_out`; a state that is empty, already used by a backward, or
+    /// from a layer of another kind.
+    pub fn backward_into(
+        &self,
+        saved: &mut Saved<T>,
+        d_out: &[T],
+        grads: &mut Grads<T>,
+        par: Par,
+    ) -> Result<()> {
         const OP: &str = "Attention::backward";
         let (heads, h, n) = (self.config.heads, self.config.head_dim, saved.n);
         let total = saved.batch * heads * n * h;
@@ -349,8 +679,11 @@ impl<T: Scalar> Attention<T> {
         check_finite(OP, "d_out", d_out)?;
         let used = || AttentionError::InvalidState {
             op: OP,
-            reason: "the saved state was already used by a backward".into(),
+            reason: "the saved state is empty or was already used by a backward".into(),
         };
+        for g in [&mut grads.dq, &mut grads.dk, &mut grads.dv] {
+            g.resize(total, T::zero());
+        }
         match (&mut saved.inner, self.config.kind) {
             (
                 Inner::Kernel { heads, core },
@@ -359,7 +692,7 @@ impl<T: Scalar> Attention<T> {
                 if !core.is_ready() {
                     return Err(used());
                 }
-                self.kernel_backward(heads, core, d_out, par)
+                self.kernel_backward(heads, core, d_out, grads, par)
             }
             (
                 Inner::Softmax {
@@ -384,13 +717,13 @@ impl<T: Scalar> Attention<T> {
                     })
                     .collect();
                 let (dq, dk, dv) = softmax::backward(&views, out, lse, d_out, par);
-                Ok(Grads {
-                    dq,
-                    dk,
-                    dv,
-                    params: vec![],
-                })
+                grads.dq = dq;
+                grads.dk = dk;
+                grads.dv = dv;
+                grads.params.clear();
+                Ok(())
             }
+            (Inner::Empty, _) => Err(used()),
             _ => Err(AttentionError::InvalidState {
                 op: OP,
                 reason: "the saved state comes from a layer of another kind".into(),
@@ -398,217 +731,110 @@ impl<T: Scalar> Attention<T> {
         }
     }
 
-    /// Kernel (PolySketch or exact polynomial) forward of every head.
-    fn kernel_forward(&self, views: &[HeadViews<'_, T>], par: Par) -> Result<(Vec<T>, Inner<T>)> {
-        let (h, count, n) = (self.config.head_dim, views.len(), views[0].q.nrows());
-        let scale = self.scale();
-        let (sketch, r) = match (self.config.kind, self.sketch.as_deref()) {
-            (AttentionKind::PolySketch(c), Some(s)) => (Some(s), c.r),
-            _ => (None, 0),
-        };
-        // 1. per head: q̃ = LN(q)/h^¼, k̃ likewise, C = [V, 1], and L = S(q̃), R = S(k̃)
-        let prepare = |x: &HeadViews<'_, T>| -> HeadSaved<T> {
-            let (mut qt, mut kt) = (Rows::zeros(n, h), Rows::zeros(n, h));
-            let ln_q = layernorm_forward(x.q, &self.ln_gain, &self.ln_bias, scale, &mut qt.data);
-            let ln_k = layernorm_forward(x.k, &self.ln_gain, &self.ln_bias, scale, &mut kt.data);
-            let (mut l, mut rr) = (Mat::zeros(n, r), Mat::zeros(n, r));
-            if let Some(s) = sketch {
-                s.apply_rows(qt.as_ref(), l.as_mut());
-                s.apply_rows(kt.as_ref(), rr.as_mut());
-            }
-            let mut cm = Rows::zeros(n, h + 1);
-            for i in 0..n {
-                let row = cm.row_mut(i);
-                match x.v.row(i).try_as_row_major() {
-                    Some(v) => row[..h].copy_from_slice(v.as_slice()),
-                    None => row[..h]
-                        .iter_mut()
-                        .enumerate()
-                        .for_each(|(j, c)| *c = x.v[(i, j)]),
-                }
-                row[h] = T::one();
-            }
-            HeadSaved {
-                ln_q,
-                ln_k,
-                qt,
-                kt,
-                l,
-                r: rr,
-                c: cm,
-                out: Rows::zeros(n, h),
-                den: vec![T::zero(); n],
-            }
-        };
-        let mut saved: Vec<HeadSaved<T>> = match par {
-            Par::Seq => views.iter().map(prepare).collect(),
-            Par::Rayon(_) => views.par_iter().map(prepare).collect(),
-        };
-        // 2. the causal products Σ_{j ≤ i} s_ij [v_j, 1] of every head
-        let mut raw: Vec<Rows<T>> = (0..count).map(|_| Rows::zeros(n, h + 1)).collect();
-        let core = match self.config.kind {
-            AttentionKind::PolySketch(c) => {
-                let engine = LowTri::new(c.block)?;
-                let mut lt_saved: Vec<LtSaved<T>> = (0..count).map(|_| LtSaved::new()).collect();
-                let problems: Vec<Problem<'_, T>> = saved.iter().map(|s| problem(&c, s)).collect();
-                let outs = raw.iter_mut().map(|m| m.as_mut()).collect();
-                engine.forward_batch_into(&problems, outs, &mut lt_saved, par)?;
-                Core::Sketch { lowtri: lt_saved }
-            }
-            AttentionKind::Polynomial { p } => {
-                let pv: Vec<PolyViews<'_, T>> = saved
-                    .iter()
-                    .map(|s| PolyViews {
-                        q: s.qt.as_ref(),
-                        k: s.kt.as_ref(),
-                        c: s.c.as_ref(),
-                    })
-                    .collect();
-                let mut tasks = Vec::new();
-                for (idx, m) in raw.iter_mut().enumerate() {
-                    for (t, block) in row_blocks(m.as_mut(), TILE).into_iter().enumerate() {
-                        tasks.push((idx, t, block));
-                    }
-                }
-                softmax::run_tasks(tasks, h + 1, par, |sc, (idx, t, block)| {
-                    polynomial::forward_tile(&pv[idx], p, t, block, sc)
-                });
-                Core::Exact { p, used: false }
-            }
-            AttentionKind::Softmax => {
-                return Err(AttentionError::InvalidConfig(
-                    "softmax is not a kernel attention".into(),
-                ));
-            }
-        };
-        // 3. normalise: out = num / (1 + den)
-        let mut out = vec![T::zero(); count * n * h];
-        let finish = |(s, (raw, o)): (&mut HeadSaved<T>, (&Rows<T>, &mut [T]))| {
-            for i in 0..n {
-                let r = raw.row(i);
-                let den = T::one() + r[h];
-                s.den[i] = den;
-                let inv = T::one() / den;
-                let dst = &mut o[i * h..(i + 1) * h];
-                dst.iter_mut().zip(&r[..h]).for_each(|(d, x)| *d = *x * inv);
-                s.out.row_mut(i).copy_from_slice(dst);
-            }
-        };
-        let chunks = saved.iter_mut().zip(raw.iter().zip(out.chunks_mut(n * h)));
-        match par {
-            Par::Seq => chunks.for_each(finish),
-            Par::Rayon(_) => chunks.collect::<Vec<_>>().into_par_iter().for_each(finish),
-        }
-        Ok((out, Inner::Kernel { heads: saved, core }))
-    }
-
     /// Kernel (PolySketch or exact polynomial) backward of every head.
     fn kernel_backward(
         &self,
-        heads: &[HeadSaved<T>],
+        heads: &mut [HeadSaved<T>],
         core: &mut Core<T>,
         d_out: &[T],
+        grads: &mut Grads<T>,
         par: Par,
-    ) -> Result<Grads<T>> {
+    ) -> Result<()> {
         let (h, n) = (self.config.head_dim, heads[0].out.nrows());
-        let total = heads.len() * n * h;
         let scale = self.scale();
         // 1. through the normalisation: out = num/den, so dnum = dout/den and
         //    dden = -Σ_c dout_c num_c / den² = -(dout · out)/den
-        let draw: Vec<Rows<T>> = heads
-            .iter()
-            .enumerate()
-            .map(|(idx, s)| {
-                let mut g = Rows::zeros(n, h + 1);
-                for i in 0..n {
-                    let (d, o) = (
-                        &d_out[(idx * n + i) * h..(idx * n + i + 1) * h],
-                        s.out.row(i),
-                    );
-                    let inv = T::one() / s.den[i];
-                    let row = g.row_mut(i);
-                    row[..h].iter_mut().zip(d).for_each(|(r, d)| *r = *d * inv);
-                    row[h] = -d.iter().zip(o).fold(T::zero(), |acc, (a, b)| acc + *a * *b) * inv;
-                }
-                g
-            })
-            .collect();
+        each_head(heads, par, |idx, s| {
+            s.draw.reshape(n, h + 1);
+            for i in 0..n {
+                let d = &d_out[(idx * n + i) * h..(idx * n + i + 1) * h];
+                let inv = T::one() / s.den[i];
+                let dden = -d
+                    .iter()
+                    .zip(s.out.row(i))
+                    .fold(T::zero(), |acc, (a, b)| acc + *a * *b)
+                    * inv;
+                let row = s.draw.row_mut(i);
+                row[..h].iter_mut().zip(d).for_each(|(r, d)| *r = *d * inv);
+                row[h] = dden;
+            }
+            s.dqt.reshape(n, h);
+            s.dkt.reshape(n, h);
+            s.dc.reshape(n, h + 1);
+        });
         // 2. through the causal products, to ∂q̃, ∂k̃ and ∂C of every head
-        let core_grads: Vec<CoreGrads<T>> = match (core, self.config.kind) {
-            (Core::Sketch { lowtri }, AttentionKind::PolySketch(c)) => {
+        match (core, self.config.kind) {
+            (Core::Sketch { lowtri, grads: lt }, AttentionKind::PolySketch(c)) => {
                 let sketch = self
                     .sketch
                     .as_deref()
                     .ok_or_else(|| AttentionError::InvalidConfig("no sketch".into()))?;
                 let engine = LowTri::new(c.block)?;
-                let problems: Vec<Problem<'_, T>> = heads.iter().map(|s| problem(&c, s)).collect();
-                let d_refs: Vec<MatRef<'_, T>> = draw.iter().map(|m| m.as_ref()).collect();
-                let lt = engine.backward_batch(&problems, lowtri, &d_refs, par)?;
-                let through_sketch = |(s, g): (&HeadSaved<T>, LtGrads<T>)| -> CoreGrads<T> {
-                    let (mut dqt, mut dkt, mut dc) =
-                        (Rows::zeros(n, h), Rows::zeros(n, h), Rows::zeros(n, h + 1));
+                {
+                    let problems: Vec<Problem<'_, T>> =
+                        heads.iter().map(|s| problem(&c, s)).collect();
+                    let d_refs: Vec<MatRef<'_, T>> =
+                        heads.iter().map(|s| s.draw.as_ref()).collect();
+                    engine.backward_batch_into(&problems, lowtri, &d_refs, lt, par)?;
+                }
+                let lt = &*lt;
+                let done: Vec<Result<()>> = each_head(heads, par, |idx, s| {
+                    let g = &lt[idx];
                     // forward: L = S(q̃), R = S(k̃)
-                    sketch.vjp_rows(s.qt.as_ref(), g.d_a.as_ref(), dqt.as_mut());
-                    sketch.vjp_rows(s.kt.as_ref(), g.d_b.as_ref(), dkt.as_mut());
+                    sketch.vjp_into(s.qt.as_ref(), g.d_a.as_ref(), s.dqt.as_mut(), Par::Seq)?;
+                    sketch.vjp_into(s.kt.as_ref(), g.d_b.as_ref(), s.dkt.as_mut(), Par::Seq)?;
                     if let (Some(dq), Some(dk)) = (&g.d_q, &g.d_k) {
                         // forward (local): exact ⟨q̃, k̃⟩^p inside the diagonal blocks
-                        add_assign(dqt.as_mut(), dq.as_ref());
-                        add_assign(dkt.as_mut(), dk.as_ref());
+                        add_assign(s.dqt.as_mut(), dq.as_ref());
+                        add_assign(s.dkt.as_mut(), dk.as_ref());
                     }
-                    dc.as_mut().copy_from(g.d_c.as_ref());
-                    (dqt, dkt, dc)
-                };
-                match par {
-                    Par::Seq => heads.iter().zip(lt).map(through_sketch).collect(),
-                    Par::Rayon(_) => heads
-                        .par_iter()
-                        .zip(lt.into_par_iter())
-                        .map(through_sketch)
-                        .collect(),
-                }
+                    s.dc.as_mut().copy_from(g.d_c.as_ref());
+                    Ok(())
+                });
+                done.into_iter().collect::<Result<Vec<()>>>()?;
             }
             (Core::Exact { p, used }, AttentionKind::Polynomial { .. }) => {
                 *used = true;
                 let p = *p;
-                let pv: Vec<PolyViews<'_, T>> = heads
-                    .iter()
-                    .map(|s| PolyViews {
-                        q: s.qt.as_ref(),
-                        k: s.kt.as_ref(),
-                        c: s.c.as_ref(),
-                    })
-                    .collect();
-                let mut out: Vec<CoreGrads<T>> = heads
-                    .iter()
-                    .map(|_| (Rows::zeros(n, h), Rows::zeros(n, h), Rows::zeros(n, h + 1)))
-                    .collect();
-                {
-                    let mut tasks = Vec::new();
-                    for (idx, (_, dk, dc)) in out.iter_mut().enumerate() {
-                        for (t, (k, c)) in row_blocks(dk.as_mut(), TILE)
-                            .into_iter()
-                            .zip(row_blocks(dc.as_mut(), TILE))
-                            .enumerate()
-                        {
-                            tasks.push((idx, t, k, c));
-                        }
+                let mut views = Vec::with_capacity(heads.len());
+                let mut key_tasks = Vec::new();
+                let mut query_tasks = Vec::new();
+                for (idx, s) in heads.iter_mut().enumerate() {
+                    let HeadSaved {
+                        qt,
+                        kt,
+                        c: cm,
+                        draw,
+                        dqt,
+                        dkt,
+                        dc,
+                        ..
+                    } = s;
+                    views.push((
+                        PolyViews {
+                            q: qt.as_ref(),
+                            k: kt.as_ref(),
+                            c: cm.as_ref(),
+                        },
+                        draw.as_ref(),
+                    ));
+                    for (t, (k, c)) in row_blocks(dkt.as_mut(), TILE)
+                        .into_iter()
+                        .zip(row_blocks(dc.as_mut(), TILE))
+                        .enumerate()
+                    {
+                        key_tasks.push((idx, t, k, c));
                     }
-                    softmax::run_tasks(tasks, h + 1, par, |sc, (idx, t, k, c)| {
-                        polynomial::backward_key_tile(&pv[idx], draw[idx].as_ref(), p, t, c, k, sc)
-                    });
-                }
-                {
-                    let mut tasks = Vec::new();
-                    for (idx, (dq, _, _)) in out.iter_mut().enumerate() {
-                        for (t, q) in row_blocks(dq.as_mut(), TILE).into_iter().enumerate() {
-                            tasks.push((idx, t, q));
-                        }
+                    for (t, q) in row_blocks(dqt.as_mut(), TILE).into_iter().enumerate() {
+                        query_tasks.push((idx, t, q));
                     }
-                    softmax::run_tasks(tasks, h + 1, par, |sc, (idx, t, q)| {
-                        polynomial::backward_query_tile(&pv[idx], draw[idx].as_ref(), p, t, q, sc)
-                    });
                 }
-                out
+                softmax::run_tasks(key_tasks, h + 1, par, |sc, (idx, t, k, c)| {
+                    polynomial::backward_key_tile(&views[idx].0, views[idx].1, p, t, c, k, sc)
+                });
+                softmax::run_tasks(query_tasks, h + 1, par, |sc, (idx, t, q)| {
+                    polynomial::backward_query_tile(&views[idx].0, views[idx].1, p, t, q, sc)
+                });
             }
             _ => {
                 return Err(AttentionError::InvalidState {
@@ -616,17 +842,20 @@ impl<T: Scalar> Attention<T> {
                     reason: "the saved state comes from a layer of another kind".into(),
                 });
             }
-        };
+        }
         // 3. per head: through the layer norm, straight into the row-major gradients
-        let (mut dq, mut dk, mut dv) = (
-            vec![T::zero(); total],
-            vec![T::zero(); total],
-            vec![T::zero(); total],
-        );
-        let head = |(s, ((dqt, dkt, dc), ((q, k), v))): HeadBackward<'_, T>| -> (Vec<T>, Vec<T>) {
+        let slices = grads
+            .dq
+            .chunks_mut(n * h)
+            .zip(grads.dk.chunks_mut(n * h))
+            .zip(grads.dv.chunks_mut(n * h));
+        let parts: Vec<_> = heads.iter().zip(slices).collect();
+        /// One head's state and its `(∂q, ∂k)`, `∂v` output slices.
+        type HeadGrads<'a, T> = (&'a HeadSaved<T>, ((&'a mut [T], &'a mut [T]), &'a mut [T]));
+        let head = |(s, ((q, k), v)): HeadGrads<'_, T>| -> (Vec<T>, Vec<T>) {
             let (mut dgain, mut dbias) = (vec![T::zero(); h], vec![T::zero(); h]);
             layernorm_backward(
-                &dqt.data,
+                &s.dqt.data,
                 &s.ln_q,
                 &self.ln_gain,
                 scale,
@@ -635,7 +864,7 @@ impl<T: Scalar> Attention<T> {
                 &mut dbias,
             );
             layernorm_backward(
-                &dkt.data,
+                &s.dkt.data,
                 &s.ln_k,
                 &self.ln_gain,
                 scale,
@@ -645,24 +874,13 @@ impl<T: Scalar> Attention<T> {
             );
             // forward: C = [V, 1], so dV is dC without its last column
             for i in 0..n {
-                v[i * h..(i + 1) * h].copy_from_slice(&dc.row(i)[..h]);
+                v[i * h..(i + 1) * h].copy_from_slice(&s.dc.row(i)[..h]);
             }
             (dgain, dbias)
         };
-        let parts = heads.iter().zip(
-            core_grads.iter().zip(
-                dq.chunks_mut(n * h)
-                    .zip(dk.chunks_mut(n * h))
-                    .zip(dv.chunks_mut(n * h)),
-            ),
-        );
         let per_head: Vec<(Vec<T>, Vec<T>)> = match par {
-            Par::Seq => parts.map(head).collect(),
-            Par::Rayon(_) => parts
-                .collect::<Vec<_>>()
-                .into_par_iter()
-                .map(head)
-                .collect(),
+            Par::Seq => parts.into_iter().map(head).collect(),
+            Par::Rayon(_) => parts.into_par_iter().map(head).collect(),
         };
         let (mut dgain, mut dbias) = (vec![T::zero(); h], vec![T::zero(); h]);
         // summed in head order: the same numbers whatever the thread count
@@ -670,43 +888,7 @@ impl<T: Scalar> Attention<T> {
             dgain.iter_mut().zip(g_).for_each(|(a, b)| *a += b);
             dbias.iter_mut().zip(b_).for_each(|(a, b)| *a += b);
         }
-        Ok(Grads {
-            dq,
-            dk,
-            dv,
-            params: vec![("ln.gain".into(), dgain), ("ln.bias".into(), dbias)],
-        })
+        grads.params = vec![("ln.gain".into(), dgain), ("ln.bias".into(), dbias)];
+        Ok(())
     }
-}
-
-/// One head's state, core gradients and output slices (`dq`, `dk`, `dv`) in the last backward
-/// step.
-type HeadBackward<'a, T> = (
-    &'a HeadSaved<T>,
-    (&'a CoreGrads<T>, ((&'a mut [T], &'a mut [T]), &'a mut [T])),
-);
-
-/// One head's gradients out of the causal product: `∂q̃`, `∂k̃` (`[n, h]`), `∂C` (`[n, h+1]`).
-type CoreGrads<T> = (Rows<T>, Rows<T>, Rows<T>);
-
-/// The lowtri problem of one head: self-tensored features, exact local blocks if asked.
-fn problem<'a, T: Scalar>(c: &PolySketchConfig, s: &'a HeadSaved<T>) -> Problem<'a, T> {
-    if c.local {
-        let features = Features::SelfTensored {
-            l: s.l.as_ref(),
-            r: s.r.as_ref(),
-        };
-        Problem::local_exact(features, s.qt.as_ref(), s.kt.as_ref(), c.p, s.c.as_ref())
-    } else {
-        Problem::self_tensored(s.l.as_ref(), s.r.as_ref(), s.c.as_ref())
-    }
-}
-
-/// Head `idx` of a row-major `[.., n, h]` array as an `[n, h]` view.
-fn head_matrix<T>(x: &[T], idx: usize, n: usize, h: usize) -> MatRef<'_, T> {
-    MatRef::from_row_major_slice(&x[idx * n * h..(idx + 1) * n * h], n, h)
-}
-
-fn add_assign<T: Scalar>(dst: MatMut<'_, T>, src: MatRef<'_, T>) {
-    faer::zip!(dst, src).for_each(|faer::unzip!(d, s)| *d += *s);
 }

@@ -6,8 +6,8 @@ use polysketch_sketch::{Scalar, linalg::dot};
 /// \\(\epsilon\\) inside the square root of the variance.
 pub const LN_EPS: f64 = 1e-5;
 
-/// What the backward of [`layernorm_forward`] needs.
-#[derive(Debug, Clone, PartialEq)]
+/// What the backward of [`layernorm_forward`] needs (its buffers are reused across calls).
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct LnSaved<T> {
     /// Row-major `[n, h]`: the normalised rows \\(\hat x = (x - \mu)/\sigma\\), before gain and
     /// bias.
@@ -17,7 +17,8 @@ pub struct LnSaved<T> {
 }
 
 /// \\(y = s\,(g \circ \hat x + \beta)\\) with \\(\hat x = (x - \mu)/\sqrt{\sigma^2 + \epsilon}\\) per
-/// row, where \\(s\\) = `scale` (the attention layers fold their \\(h^{-1/4}\\) in here).
+/// row, where \\(s\\) = `scale` (the attention layers fold their \\(h^{-1/4}\\) in here); the
+/// normalised rows and inverse deviations go into `saved` for the backward.
 ///
 /// # Shapes
 /// `x: [n, h]` (any strides; contiguous rows are read as slices), `gain`, `bias`: `[h]`,
@@ -31,14 +32,15 @@ pub fn layernorm_forward<T: Scalar>(
     bias: &[T],
     scale: T,
     out: &mut [T],
-) -> LnSaved<T> {
+    saved: &mut LnSaved<T>,
+) {
     let (n, h) = (x.nrows(), x.ncols());
     assert!(
         gain.len() == h && bias.len() == h && out.len() == n * h,
         "layernorm_forward: shapes"
     );
-    let mut xhat = vec![T::zero(); n * h];
-    let mut rstd = vec![T::zero(); n];
+    saved.xhat.resize(n * h, T::zero());
+    saved.rstd.resize(n, T::zero());
     let hf = T::of(h as f64);
     let mut row = vec![T::zero(); h];
     for i in 0..n {
@@ -52,14 +54,16 @@ pub fn layernorm_forward<T: Scalar>(
             .fold(T::zero(), |s, &v| s + (v - mean) * (v - mean))
             / hf;
         let r = T::one() / (var + T::of(LN_EPS)).sqrt();
-        rstd[i] = r;
-        let (xh, o) = (&mut xhat[i * h..(i + 1) * h], &mut out[i * h..(i + 1) * h]);
+        saved.rstd[i] = r;
+        let (xh, o) = (
+            &mut saved.xhat[i * h..(i + 1) * h],
+            &mut out[i * h..(i + 1) * h],
+        );
         for j in 0..h {
             xh[j] = (row[j] - mean) * r;
             o[j] = scale * (gain[j] * xh[j] + bias[j]);
         }
     }
-    LnSaved { xhat, rstd }
 }
 
 /// Backward of [`layernorm_forward`]: given \\(\partial L/\partial y\\) = `dy` (row-major),

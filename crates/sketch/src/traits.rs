@@ -91,18 +91,35 @@ pub trait PolySketch<T: Scalar>: Send + Sync {
     /// # Errors
     /// As [`apply`](Self::apply) for `a`, and the same checks for `grad`.
     fn vjp(&self, a: MatRef<'_, T>, grad: MatRef<'_, T>, par: Par) -> Result<Mat<T>> {
+        let mut out = Mat::zeros(a.nrows(), self.input_dim());
+        self.vjp_into(a, grad, out.as_mut(), par)?;
+        Ok(out)
+    }
+
+    /// Like [`vjp`](Self::vjp), writing into `out` (`[n, h]`, any strides), chunk by chunk so
+    /// that no temporary grows with `n`.
+    ///
+    /// # Errors
+    /// As [`vjp`](Self::vjp), and a shape mismatch if `out` is not `[n, h]`.
+    fn vjp_into(
+        &self,
+        a: MatRef<'_, T>,
+        grad: MatRef<'_, T>,
+        out: MatMut<'_, T>,
+        par: Par,
+    ) -> Result<()> {
         const OP: &str = "PolySketch::vjp";
         check_cols(OP, a, self.input_dim())?;
         check_nonempty(OP, "a", a)?;
         check_shape(OP, grad, (a.nrows(), self.sketch_dim()))?;
+        check_shape(OP, out.as_ref(), (a.nrows(), self.input_dim()))?;
         check_finite(OP, "a", a)?;
         check_finite(OP, "grad", grad)?;
-        let mut out = Mat::zeros(a.nrows(), self.input_dim());
-        for_each_row_chunk(out.as_mut(), par, |start, chunk| {
+        for_each_row_chunk(out, par, |start, chunk| {
             let rows = chunk.nrows();
             self.vjp_rows(a.subrows(start, rows), grad.subrows(start, rows), chunk);
         });
-        Ok(out)
+        Ok(())
     }
 
     /// The sketched Gram matrix \\((A^{\otimes p}S)(B^{\otimes p}S)^\top\\), the estimate of

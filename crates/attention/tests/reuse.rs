@@ -1,0 +1,124 @@
+//! `forward_into` / `backward_into` reuse their buffers: a state carried across calls of
+//! different shapes and kinds gives bit-for-bit what fresh buffers give, and a used state is
+//! refused.
+
+use faer::Par;
+use polysketch_attention::{
+    Attention, AttentionConfig, AttentionError, AttentionKind, Grads, PolySketchConfig, Saved,
+    SketchKind,
+};
+use polysketch_sketch::seeded_rng;
+use rand_distr::{Distribution, StandardNormal};
+
+fn random(len: usize, seed: u64) -> Vec<f64> {
+    let mut rng = seeded_rng(seed);
+    (0..len).map(|_| StandardNormal.sample(&mut rng)).collect()
+}
+
+fn kinds() -> Vec<AttentionKind> {
+    let ps = |p, local| {
+        AttentionKind::PolySketch(PolySketchConfig {
+            p,
+            r: 8,
+            block: 4,
+            local,
+            seed: 3,
+            sketch: SketchKind::Random,
+        })
+    };
+    vec![
+        ps(2, false),
+        ps(4, true),
+        AttentionKind::Polynomial { p: 4 },
+        AttentionKind::Softmax,
+    ]
+}
+
+/// Output and gradients with fresh buffers.
+fn fresh(layer: &Attention<f64>, batch: usize, n: usize, seed: u64) -> (Vec<f64>, Grads<f64>) {
+    let len = batch * layer.config().heads * n * layer.config().head_dim;
+    let (q, k, v, d) = (
+        random(len, seed),
+        random(len, seed + 1),
+        random(len, seed + 2),
+        random(len, seed + 3),
+    );
+    let (out, mut saved) = layer.forward(&q, &k, &v, batch, n, Par::Seq).unwrap();
+    let grads = layer.backward(&mut saved, &d, Par::Seq).unwrap();
+    (out, grads)
+}
+
+/// The same through one carried `Saved` and `Grads`.
+fn reused(
+    layer: &Attention<f64>,
+    batch: usize,
+    n: usize,
+    seed: u64,
+    saved: &mut Saved<f64>,
+    grads: &mut Grads<f64>,
+) -> Vec<f64> {
+    let len = batch * layer.config().heads * n * layer.config().head_dim;
+    let (q, k, v, d) = (
+        random(len, seed),
+        random(len, seed + 1),
+        random(len, seed + 2),
+        random(len, seed + 3),
+    );
+    let mut out = vec![0.0; len];
+    layer
+        .forward_into(&q, &k, &v, batch, n, &mut out, saved, Par::Seq)
+        .unwrap();
+    layer.backward_into(saved, &d, grads, Par::Seq).unwrap();
+    out
+}
+
+#[test]
+fn reused_buffers_give_the_same_numbers_as_fresh_ones() {
+    // one state carried through every kind and several shapes, in an order that grows,
+    // shrinks and changes kind
+    let mut saved = Saved::new();
+    let mut grads = Grads::default();
+    for kind in kinds() {
+        let layer = Attention::<f64>::new(AttentionConfig {
+            heads: 2,
+            head_dim: 5,
+            kind,
+        })
+        .unwrap();
+        for (step, (batch, n)) in [(1, 13), (2, 8), (1, 13), (2, 21)].into_iter().enumerate() {
+            let seed = 100 + step as u64;
+            let (out, expected) = fresh(&layer, batch, n, seed);
+            let got = reused(&layer, batch, n, seed, &mut saved, &mut grads);
+            assert_eq!(out, got, "{kind:?} output, batch {batch}, n {n}");
+            assert_eq!(expected, grads, "{kind:?} gradients, batch {batch}, n {n}");
+        }
+    }
+}
+
+#[test]
+fn a_state_is_used_once() {
+    for kind in kinds() {
+        let layer = Attention::<f64>::new(AttentionConfig {
+            heads: 1,
+            head_dim: 4,
+            kind,
+        })
+        .unwrap();
+        let x = random(4 * 6, 1);
+        let (_, mut saved) = layer.forward(&x, &x, &x, 1, 6, Par::Seq).unwrap();
+        layer.backward(&mut saved, &x, Par::Seq).unwrap();
+        let err = layer.backward(&mut saved, &x, Par::Seq).unwrap_err();
+        assert!(
+            matches!(err, AttentionError::InvalidState { .. }),
+            "{kind:?}: {err}"
+        );
+        let err = layer.backward(&mut Saved::new(), &x, Par::Seq).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                AttentionError::InvalidState { .. } | AttentionError::ShapeMismatch { .. }
+            ),
+            "{kind:?}: {err}"
+        );
+    }
+}
