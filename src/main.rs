@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use faer::Par;
 use indicatif::{ProgressBar, ProgressStyle};
 use polysketch::attention::{
-    Attention, AttentionConfig, AttentionKind, PolySketchConfig, SketchKind,
+    Attention, AttentionConfig, AttentionKind, Grads, PolySketchConfig, Saved, SketchKind,
 };
 use polysketch::memory::CountingAlloc;
 use polysketch::scaling::{self, Series};
@@ -85,13 +85,17 @@ struct Kind {
     kind: AttentionKind,
 }
 
+/// The kind of the closing `speedup` line (the paper's best model: learned sketches with exact
+/// local blocks, p = 4, r = 32).
+const SPEEDUP_KIND: &str = "polysketch learned+local";
+
 fn kinds() -> Vec<Kind> {
-    let sketch = |local: bool| {
+    let sketch = |sketch: SketchKind, local: bool| {
         AttentionKind::PolySketch(PolySketchConfig {
             p: 4,
             r: 32,
             block: 256,
-            sketch: SketchKind::Random,
+            sketch,
             local,
             seed: 0,
         })
@@ -107,11 +111,19 @@ fn kinds() -> Vec<Kind> {
         },
         Kind {
             name: "polysketch random",
-            kind: sketch(false),
+            kind: sketch(SketchKind::Random, false),
         },
         Kind {
             name: "polysketch random+local",
-            kind: sketch(true),
+            kind: sketch(SketchKind::Random, true),
+        },
+        Kind {
+            name: "polysketch learned",
+            kind: sketch(SketchKind::Learned, false),
+        },
+        Kind {
+            name: SPEEDUP_KIND,
+            kind: sketch(SketchKind::Learned, true),
         },
     ]
 }
@@ -128,8 +140,19 @@ fn forward_flops(kind: &AttentionKind, n: usize, h: usize) -> f64 {
             let (r, b, k) = (c.r as f64, c.block as f64, h + 1.0);
             let m = r * (r + 1.0) / 2.0;
             let diag = if c.local { b * (h + k) } else { b * (r + k) };
-            // the lowtri products (4mk + diagonal halves) and the degree-2 tree on q̃ and k̃
-            n * (4.0 * m * k + diag + 8.0 * h * r)
+            // the sketch of one row of q̃ or k̃, degree d = p/2: the Gaussian tree's d/2 bottom
+            // nodes multiply by two h×r matrices, its d/2 - 1 upper ones by two r×r; the learned
+            // tree's d networks on h and d - 2 on r are dense [·, 8r, r, 8r, r]
+            let d = (c.p / 2) as f64;
+            let sketch = match c.sketch {
+                SketchKind::Random if c.p == 2 => 2.0 * h * r,
+                SketchKind::Random => 2.0 * d * h * r + (2.0 * d - 4.0) * r * r,
+                SketchKind::Learned => {
+                    2.0 * (d * (8.0 * h * r + 24.0 * r * r) + (d - 2.0) * 32.0 * r * r)
+                }
+            };
+            // the lowtri products (4mk + diagonal halves)
+            n * (4.0 * m * k + diag + 2.0 * sketch)
         }
     }
 }
@@ -177,26 +200,29 @@ fn run_case(
         .collect();
     let base = ALLOC.current();
     ALLOC.reset_peak();
-    // one untimed warm-up; then forward, then forward+backward
-    let (_, mut s) = layer
-        .forward(&x, &x, &x, 1, n, par)
+    // one untimed warm-up that also sizes the reused buffers (what a training loop does: one
+    // state per layer, no allocation after the first step); then forward, then forward+backward
+    let mut out = vec![0.0f32; len];
+    let mut saved = Saved::new();
+    let mut grads = Grads::default();
+    layer
+        .forward_into(&x, &x, &x, 1, n, &mut out, &mut saved, par)
         .map_err(attention_err)?;
-    layer.backward(&mut s, &x, par).map_err(attention_err)?;
-    drop(s);
+    layer
+        .backward_into(&mut saved, &x, &mut grads, par)
+        .map_err(attention_err)?;
     let peak = ALLOC.peak_since_reset(base);
     let forward = median(reps, || {
         layer
-            .forward(&x, &x, &x, 1, n, par)
-            .map(drop)
+            .forward_into(&x, &x, &x, 1, n, &mut out, &mut saved, par)
             .map_err(attention_err)
     })?;
     let forward_backward = median(reps, || {
-        let (_, mut s) = layer
-            .forward(&x, &x, &x, 1, n, par)
+        layer
+            .forward_into(&x, &x, &x, 1, n, &mut out, &mut saved, par)
             .map_err(attention_err)?;
         layer
-            .backward(&mut s, &x, par)
-            .map(drop)
+            .backward_into(&mut saved, &x, &mut grads, par)
             .map_err(attention_err)
     })?;
     Ok(Case {
@@ -251,9 +277,12 @@ fn bench_attention(args: &AttentionBench) -> polysketch::Result<()> {
                     k.kind,
                     AttentionKind::Softmax | AttentionKind::Polynomial { .. }
                 );
+                // a case runs a warm-up forward+backward, then `reps` forwards (≈ ¼ of it) and
+                // `reps` forward+backwards; one rep only when the previous n took over 5 s
                 let projected = previous.map(|(pn, t)| {
-                    t * (n as f64 / pn as f64).powi(if quadratic { 2 } else { 1 })
-                        * (args.reps as f64 + 2.0)
+                    let one = t * (n as f64 / pn as f64).powi(if quadratic { 2 } else { 1 });
+                    let reps = if t > 5.0 { 1.0 } else { args.reps as f64 };
+                    one * (1.0 + 1.25 * reps)
                 });
                 if projected.is_some_and(|t| t > args.max_seconds) {
                     bar.suspend(|| {
@@ -292,7 +321,7 @@ fn bench_attention(args: &AttentionBench) -> polysketch::Result<()> {
                 }
                 let ratio = fb_time[ni].map(|(_, s)| s / case.forward_backward);
                 if let Some(r) = ratio
-                    && k.name == "polysketch random+local"
+                    && k.name == SPEEDUP_KIND
                     && heads == *args.heads.iter().max().unwrap_or(&1)
                 {
                     last_speedup = Some((n, r));
@@ -338,9 +367,7 @@ fn bench_attention(args: &AttentionBench) -> polysketch::Result<()> {
         &svg_path,
     )?;
     println!("wrote {} and {}", csv_path.display(), svg_path.display());
-    println!(
-        "(learned sketches are not implemented yet: the speedup line is for polysketch random+local)"
-    );
+
     match last_speedup {
         Some((n, r)) => println!("speedup {n} {r:.2}"),
         None => println!("speedup na"),

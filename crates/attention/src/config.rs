@@ -76,7 +76,8 @@ impl AttentionConfig {
     ///
     /// # Errors
     /// [`AttentionError::InvalidConfig`]: zero heads, head size, `r` or block size; `p` odd,
-    /// zero, above 64, or (PolySketch) with \\(p/2\\) not a power of two.
+    /// zero, above 64, or (PolySketch) with \\(p/2\\) not a power of two; a learned sketch
+    /// with \\(p = 2\\).
     pub fn validate(&self) -> Result<()> {
         let bad = |msg: String| Err(AttentionError::InvalidConfig(msg));
         if self.heads == 0 || self.head_dim == 0 {
@@ -99,6 +100,12 @@ impl AttentionConfig {
                 if c.p < 2 || !c.p.is_multiple_of(2) || !(c.p / 2).is_power_of_two() || c.p > 64 {
                     return bad(format!(
                         "PolySketch needs an even p with p/2 a power of two (2, 4, 8, ...), got {}",
+                        c.p
+                    ));
+                }
+                if c.sketch == SketchKind::Learned && c.p < 4 {
+                    return bad(format!(
+                        "a learned sketch needs p ≥ 4 (for p = 2 Algorithm 2 has no network), got {}",
                         c.p
                     ));
                 }

@@ -8,6 +8,7 @@ use rayon::prelude::*;
 
 use crate::config::{AttentionConfig, AttentionKind, PolySketchConfig, SketchKind};
 use crate::layernorm::{LnSaved, layernorm_backward, layernorm_forward};
+use crate::learned::{LearnedSaved, LearnedSketch, Param, ParamMut, WIDE};
 use crate::polynomial::{self, PolyViews};
 use crate::softmax::{self, HeadViews, TILE};
 use crate::{AttentionError, Result};
@@ -20,7 +21,8 @@ pub const MAX_STATE_BYTES: u128 = 16 << 30;
 /// Parameters: for polynomial and PolySketch attention a layer normalisation of \\(q\\) and
 /// \\(k\\) (one gain and one bias of size \\(h\\), shared by \\(q\\), \\(k\\) and the heads, as in the
 /// authors' code), named `ln.gain` and `ln.bias`; softmax has none. A random sketch is fixed by
-/// the seed and is not a parameter.
+/// the seed and is not a parameter; a learned sketch's networks are (`sketch.node{i}.f{1,2}.*`,
+/// see [`LearnedSketch::parameters`]), shared by the heads, their gradients summed over them.
 ///
 /// # Normalisation
 /// Polynomial and PolySketch score \\(\langle\tilde q, \tilde k\rangle^p\\) with \\(\tilde x =
@@ -37,7 +39,10 @@ pub struct Attention<T: Scalar> {
     config: AttentionConfig,
     ln_gain: Vec<T>,
     ln_bias: Vec<T>,
+    /// The random sketch (PolySketch with `SketchKind::Random`).
     sketch: Option<Box<dyn PolySketch<T>>>,
+    /// The learned sketch (PolySketch with `SketchKind::Learned`), shared by the heads.
+    learned: Option<LearnedSketch<T>>,
 }
 
 impl<T: Scalar> core::fmt::Debug for Attention<T> {
@@ -111,6 +116,11 @@ struct HeadSaved<T: Scalar> {
     dqt: Rows<T>,
     dkt: Rows<T>,
     dc: Rows<T>,
+    /// A learned sketch's state for \(\tilde q\) and \(\tilde k\), and this head's share of
+    /// its parameter gradients.
+    learned_q: LearnedSaved<T>,
+    learned_k: LearnedSaved<T>,
+    d_learned: Vec<Vec<T>>,
 }
 
 impl<T: Scalar> Default for HeadSaved<T> {
@@ -130,6 +140,9 @@ impl<T: Scalar> Default for HeadSaved<T> {
             dqt: Rows::default(),
             dkt: Rows::default(),
             dc: Rows::default(),
+            learned_q: LearnedSaved::default(),
+            learned_k: LearnedSaved::default(),
+            d_learned: Vec::new(),
         }
     }
 }
@@ -291,34 +304,44 @@ fn each_head<T: Scalar, R: Send>(
 
 impl<T: Scalar> Attention<T> {
     /// Validates `config` and initialises the parameters (unit gain, zero bias; the random
-    /// sketch drawn from the seed).
+    /// sketch, or the learned sketch's initial weights, drawn from the seed).
     ///
     /// # Errors
-    /// [`AttentionError::InvalidConfig`] (see [`AttentionConfig::validate`]); a learned sketch,
-    /// which this version does not have yet.
+    /// [`AttentionError::InvalidConfig`] (see [`AttentionConfig::validate`]).
     pub fn new(config: AttentionConfig) -> Result<Self> {
         config.validate()?;
         let h = config.head_dim;
-        let sketch: Option<Box<dyn PolySketch<T>>> = match config.kind {
-            AttentionKind::PolySketch(c) => match c.sketch {
-                SketchKind::Random if c.p == 2 => Some(Box::new(GaussianJl::new(h, c.r, c.seed)?)),
+        let (mut sketch, mut learned) = (None, None);
+        if let AttentionKind::PolySketch(c) = config.kind {
+            match c.sketch {
+                SketchKind::Random if c.p == 2 => {
+                    sketch =
+                        Some(Box::new(GaussianJl::new(h, c.r, c.seed)?) as Box<dyn PolySketch<T>>)
+                }
                 SketchKind::Random => {
-                    Some(Box::new(TreeSketch::gaussian(h, c.r, c.p / 2, c.seed)?))
+                    sketch = Some(Box::new(TreeSketch::gaussian(h, c.r, c.p / 2, c.seed)?))
                 }
-                SketchKind::Learned => {
-                    return Err(AttentionError::InvalidConfig(
-                        "learned sketches are not implemented yet: use SketchKind::Random".into(),
-                    ));
-                }
-            },
-            AttentionKind::Polynomial { .. } | AttentionKind::Softmax => None,
-        };
+                SketchKind::Learned => learned = Some(LearnedSketch::new(h, c.r, c.p / 2, c.seed)?),
+            }
+        }
         Ok(Self {
             config,
             ln_gain: vec![T::one(); h],
             ln_bias: vec![T::zero(); h],
             sketch,
+            learned,
         })
+    }
+
+    /// The learned sketch, if the layer has one (its parameters are also listed by
+    /// [`parameters`](Self::parameters)).
+    pub fn learned_sketch(&self) -> Option<&LearnedSketch<T>> {
+        self.learned.as_ref()
+    }
+
+    /// The random sketch, if the layer has one (fixed by the seed; not a parameter).
+    pub fn random_sketch(&self) -> Option<&dyn PolySketch<T>> {
+        self.sketch.as_deref()
     }
 
     /// The configuration.
@@ -326,24 +349,56 @@ impl<T: Scalar> Attention<T> {
         &self.config
     }
 
-    /// The named parameters and their shapes: `ln.gain [h]`, `ln.bias [h]` for polynomial and
-    /// PolySketch attention, none for softmax.
-    pub fn parameters(&self) -> Vec<(&'static str, &[T])> {
-        match self.config.kind {
-            AttentionKind::Softmax => vec![],
-            _ => vec![("ln.gain", &self.ln_gain), ("ln.bias", &self.ln_bias)],
+    /// The named parameters with their shapes (row-major): `ln.gain [h]`, `ln.bias [h]` for
+    /// polynomial and PolySketch attention, then, with a learned sketch, its networks'
+    /// parameters (see [`LearnedSketch::parameters`]); none for softmax. [`Grads::params`]
+    /// lists the gradients in the same order.
+    pub fn parameters(&self) -> Vec<Param<'_, T>> {
+        if self.config.kind == AttentionKind::Softmax {
+            return vec![];
         }
+        let h = self.config.head_dim;
+        let mut out = vec![
+            Param {
+                name: "ln.gain".into(),
+                shape: vec![h],
+                data: &self.ln_gain,
+            },
+            Param {
+                name: "ln.bias".into(),
+                shape: vec![h],
+                data: &self.ln_bias,
+            },
+        ];
+        if let Some(l) = &self.learned {
+            out.extend(l.parameters());
+        }
+        out
     }
 
-    /// Mutable access to the named parameters (for optimisers and loading).
-    pub fn parameters_mut(&mut self) -> Vec<(&'static str, &mut [T])> {
-        match self.config.kind {
-            AttentionKind::Softmax => vec![],
-            _ => vec![
-                ("ln.gain", self.ln_gain.as_mut_slice()),
-                ("ln.bias", self.ln_bias.as_mut_slice()),
-            ],
+    /// Mutable access to the named parameters, in the order of
+    /// [`parameters`](Self::parameters) (for optimisers and loading).
+    pub fn parameters_mut(&mut self) -> Vec<ParamMut<'_, T>> {
+        if self.config.kind == AttentionKind::Softmax {
+            return vec![];
         }
+        let h = self.config.head_dim;
+        let mut out = vec![
+            ParamMut {
+                name: "ln.gain".into(),
+                shape: vec![h],
+                data: self.ln_gain.as_mut_slice(),
+            },
+            ParamMut {
+                name: "ln.bias".into(),
+                shape: vec![h],
+                data: self.ln_bias.as_mut_slice(),
+            },
+        ];
+        if let Some(l) = &mut self.learned {
+            out.extend(l.parameters_mut());
+        }
+        out
     }
 
     fn scale(&self) -> T {
@@ -404,7 +459,18 @@ impl<T: Scalar> Attention<T> {
             // (3(h + 1)), the output and ∂q̃, ∂k̃ (3h), the denominator, the lowtri prefixes
             // (≈ m(h+1)/b)
             AttentionKind::PolySketch(c) => {
-                10 * h + 2 * c.r + 5 + c.r * (c.r + 1) / 2 * (h + 1) / c.block
+                let learned = match c.sketch {
+                    // per q̃ and k̃: each of the p - 2 networks keeps ≤ h + 18r, each of the
+                    // p/2 - 1 nodes 2r, and the work buffers ≈ 2·8r + 4r + 3h
+                    SketchKind::Learned => {
+                        2 * ((c.p - 2) * (h + (2 * WIDE + 2) * c.r)
+                            + (c.p / 2 - 1) * 2 * c.r
+                            + (2 * WIDE + 4) * c.r
+                            + 3 * h)
+                    }
+                    SketchKind::Random => 0,
+                };
+                10 * h + 2 * c.r + 5 + c.r * (c.r + 1) / 2 * (h + 1) / c.block + learned
             }
             AttentionKind::Polynomial { .. } => 10 * h + 5,
             // copies of q, k, v, the output and its log-sum-exp
@@ -483,8 +549,8 @@ impl<T: Scalar> Attention<T> {
     ) -> Result<()> {
         let (h, count, n) = (self.config.head_dim, views.len(), views[0].q.nrows());
         let scale = self.scale();
-        let (sketch, r) = match (self.config.kind, self.sketch.as_deref()) {
-            (AttentionKind::PolySketch(c), Some(s)) => (Some(s), c.r),
+        let (sketch, r) = match self.config.kind {
+            AttentionKind::PolySketch(c) => (self.sketch.as_deref(), c.r),
             _ => (None, 0),
         };
         let fresh_core = || match self.config.kind {
@@ -531,7 +597,10 @@ impl<T: Scalar> Attention<T> {
             );
             reshape_mat(&mut s.l, n, r);
             reshape_mat(&mut s.r, n, r);
-            if let Some(sk) = sketch {
+            if let Some(ls) = &self.learned {
+                ls.forward(s.qt.as_ref(), s.l.as_mut(), &mut s.learned_q);
+                ls.forward(s.kt.as_ref(), s.r.as_mut(), &mut s.learned_k);
+            } else if let Some(sk) = sketch {
                 sk.apply_into(s.qt.as_ref(), s.l.as_mut(), Par::Seq)?;
                 sk.apply_into(s.kt.as_ref(), s.r.as_mut(), Par::Seq)?;
             }
@@ -765,10 +834,7 @@ impl<T: Scalar> Attention<T> {
         // 2. through the causal products, to ∂q̃, ∂k̃ and ∂C of every head
         match (core, self.config.kind) {
             (Core::Sketch { lowtri, grads: lt }, AttentionKind::PolySketch(c)) => {
-                let sketch = self
-                    .sketch
-                    .as_deref()
-                    .ok_or_else(|| AttentionError::InvalidConfig("no sketch".into()))?;
+                let sketch = self.sketch.as_deref();
                 let engine = LowTri::new(c.block)?;
                 {
                     let problems: Vec<Problem<'_, T>> =
@@ -781,8 +847,28 @@ impl<T: Scalar> Attention<T> {
                 let done: Vec<Result<()>> = each_head(heads, par, |idx, s| {
                     let g = &lt[idx];
                     // forward: L = S(q̃), R = S(k̃)
-                    sketch.vjp_into(s.qt.as_ref(), g.d_a.as_ref(), s.dqt.as_mut(), Par::Seq)?;
-                    sketch.vjp_into(s.kt.as_ref(), g.d_b.as_ref(), s.dkt.as_mut(), Par::Seq)?;
+                    match (&self.learned, sketch) {
+                        (Some(ls), _) => {
+                            if s.d_learned.len() != ls.parameters().len() {
+                                s.d_learned = ls.zero_grads();
+                            }
+                            s.d_learned.iter_mut().for_each(|g| g.fill(T::zero()));
+                            let (d_learned, dqt, dkt) =
+                                (&mut s.d_learned, s.dqt.as_mut(), s.dkt.as_mut());
+                            ls.backward(&mut s.learned_q, g.d_a.as_ref(), dqt, d_learned);
+                            ls.backward(&mut s.learned_k, g.d_b.as_ref(), dkt, d_learned);
+                        }
+                        (None, Some(sk)) => {
+                            sk.vjp_into(s.qt.as_ref(), g.d_a.as_ref(), s.dqt.as_mut(), Par::Seq)?;
+                            sk.vjp_into(s.kt.as_ref(), g.d_b.as_ref(), s.dkt.as_mut(), Par::Seq)?;
+                        }
+                        (None, None) => {
+                            return Err(AttentionError::InvalidState {
+                                op: "Attention::backward",
+                                reason: "internal: a PolySketch layer without a sketch".into(),
+                            });
+                        }
+                    }
                     if let (Some(dq), Some(dk)) = (&g.d_q, &g.d_k) {
                         // forward (local): exact ⟨q̃, k̃⟩^p inside the diagonal blocks
                         add_assign(s.dqt.as_mut(), dq.as_ref());
@@ -889,6 +975,21 @@ impl<T: Scalar> Attention<T> {
             dbias.iter_mut().zip(b_).for_each(|(a, b)| *a += b);
         }
         grads.params = vec![("ln.gain".into(), dgain), ("ln.bias".into(), dbias)];
+        if let Some(ls) = &self.learned {
+            // the heads' shares, summed in head order
+            let mut total = ls.zero_grads();
+            for s in heads.iter() {
+                for (t, g) in total.iter_mut().zip(&s.d_learned) {
+                    t.iter_mut().zip(g).for_each(|(a, b)| *a += *b);
+                }
+            }
+            grads.params.extend(
+                ls.parameters()
+                    .into_iter()
+                    .zip(total)
+                    .map(|(p, g)| (p.name, g)),
+            );
+        }
         Ok(())
     }
 }

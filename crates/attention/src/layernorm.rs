@@ -1,7 +1,10 @@
 //! Layer normalisation of rows, forward and backward side by side, on row-major data.
 
 use faer::MatRef;
-use polysketch_sketch::{Scalar, linalg::dot};
+use polysketch_sketch::{
+    Scalar,
+    linalg::{dot, sum},
+};
 
 /// \\(\epsilon\\) inside the square root of the variance.
 pub const LN_EPS: f64 = 1e-5;
@@ -41,27 +44,38 @@ pub fn layernorm_forward<T: Scalar>(
     );
     saved.xhat.resize(n * h, T::zero());
     saved.rstd.resize(n, T::zero());
-    let hf = T::of(h as f64);
-    let mut row = vec![T::zero(); h];
     for i in 0..n {
+        let xh = &mut saved.xhat[i * h..(i + 1) * h];
         match x.row(i).try_as_row_major() {
-            Some(r) => row.copy_from_slice(r.as_slice()),
-            None => row.iter_mut().enumerate().for_each(|(j, v)| *v = x[(i, j)]),
+            Some(r) => xh.copy_from_slice(r.as_slice()),
+            None => xh.iter_mut().enumerate().for_each(|(j, v)| *v = x[(i, j)]),
         }
-        let mean = row.iter().fold(T::zero(), |s, &v| s + v) / hf;
-        let var = row
-            .iter()
-            .fold(T::zero(), |s, &v| s + (v - mean) * (v - mean))
-            / hf;
-        let r = T::one() / (var + T::of(LN_EPS)).sqrt();
-        saved.rstd[i] = r;
-        let (xh, o) = (
-            &mut saved.xhat[i * h..(i + 1) * h],
-            &mut out[i * h..(i + 1) * h],
-        );
-        for j in 0..h {
-            xh[j] = (row[j] - mean) * r;
-            o[j] = scale * (gain[j] * xh[j] + bias[j]);
+    }
+    normalise_rows(&mut saved.xhat, &mut saved.rstd, gain, bias, scale, out);
+}
+
+polysketch_sketch::multiversion! {
+    /// The rows of `xh` (`[n, h]`, holding \(x\)) become \(\hat x\), `rstd` their
+    /// \(1/\sigma\), and `out` \(s(g \circ \hat x + \beta)\).
+    fn normalise_rows<T: Scalar>(
+        xh: &mut [T],
+        rstd: &mut [T],
+        gain: &[T],
+        bias: &[T],
+        scale: T,
+        out: &mut [T]
+    ) {
+        let h = gain.len();
+        let hf = T::of(h as f64);
+        for ((xh, o), rs) in xh.chunks_exact_mut(h).zip(out.chunks_exact_mut(h)).zip(rstd.iter_mut()) {
+            let mean = sum(xh) / hf;
+            xh.iter_mut().for_each(|v| *v -= mean);
+            let r = T::one() / (dot(xh, xh) / hf + T::of(LN_EPS)).sqrt();
+            *rs = r;
+            for ((o, xh), (g, b)) in o.iter_mut().zip(xh.iter_mut()).zip(gain.iter().zip(bias)) {
+                *xh *= r;
+                *o = scale * (*g * *xh + *b);
+            }
         }
     }
 }

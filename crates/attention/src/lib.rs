@@ -13,13 +13,14 @@
 //!
 //! Three kinds are here, forward and backward, in f32 and f64:
 //!
-//! - PolySketch attention with random sketches, with or without exact local blocks;
+//! - PolySketch attention with random sketches (paper Algorithm 1) or learned ones (Algorithm 2,
+//!   [`LearnedSketch`]: small networks shared by the heads, trained with the model), with or
+//!   without exact local blocks;
 //! - exact normalised polynomial attention (paper Section 2.1), tiled, \\(O(n^2)\\) time;
 //! - exact causal softmax attention, tiled with an online softmax (flash-attention style, \\(O(n)\\)
 //!   extra memory), the baseline every comparison is made against.
 //!
-//! **Status.** Learned sketches, decoding, packed sequences and carried state are not here yet
-//! ([`Attention::new`] refuses `SketchKind::Learned` with a typed error).
+//! **Status.** Decoding, packed sequences and carried state are not here yet.
 //!
 //! # Example
 //! ```
@@ -47,6 +48,7 @@ mod config;
 mod error;
 mod layer;
 pub mod layernorm;
+pub mod learned;
 mod polynomial;
 pub mod reference;
 mod softmax;
@@ -54,3 +56,4 @@ mod softmax;
 pub use config::{AttentionConfig, AttentionKind, PolySketchConfig, SketchKind};
 pub use error::{AttentionError, Result};
 pub use layer::{Attention, Grads, MAX_STATE_BYTES, Saved};
+pub use learned::{LearnedSaved, LearnedSketch, Param, ParamMut};

@@ -136,3 +136,87 @@ pub fn polynomial_reference<T: Scalar>(
             .powi(p as i32)
     })
 }
+
+/// A learned sketch applied to the rows of `x` from its definition (paper Algorithm 2,
+/// Appendix D), in `f64`, with plain loops, reading the networks through their named
+/// parameters: node \\(i\\) (post-order) maps its inputs \\(M_1, M_2\\) to \\(\sqrt r
+/// \tanh(f_1(M_1) \circ f_2(M_2)/\sqrt r)\\), each \\(f = \\) LN, dense \\(8r\\), gelu, dense
+/// \\(r\\), LN, dense \\(8r\\), gelu, dense \\(r\\).
+///
+/// # Shapes
+/// `x: [n, h]` → `[n, r]`.
+pub fn learned_sketch_reference<T: Scalar>(
+    sketch: &crate::LearnedSketch<T>,
+    x: MatRef<'_, T>,
+) -> Mat<f64> {
+    use polysketch_sketch::PolySketch;
+    let params = sketch.parameters();
+    let get = |name: String| -> Vec<f64> {
+        let p = params
+            .iter()
+            .find(|p| p.name == name)
+            .expect("every network parameter is named");
+        p.data.iter().map(|v| v.as_f64()).collect()
+    };
+    let layernorm = |row: &[f64], gain: &[f64], bias: &[f64]| -> Vec<f64> {
+        let d = row.len() as f64;
+        let mean = row.iter().sum::<f64>() / d;
+        let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / d;
+        let inv = 1.0 / (var + crate::layernorm::LN_EPS).sqrt();
+        (0..row.len())
+            .map(|j| gain[j] * (row[j] - mean) * inv + bias[j])
+            .collect()
+    };
+    let dense = |x: &[f64], w: &[f64], b: &[f64]| -> Vec<f64> {
+        (0..b.len())
+            .map(|o| b[o] + (0..x.len()).map(|i| x[i] * w[i * b.len() + o]).sum::<f64>())
+            .collect()
+    };
+    let gelu = |v: Vec<f64>| -> Vec<f64> {
+        let c = (2.0 / core::f64::consts::PI).sqrt();
+        v.into_iter()
+            .map(|a| 0.5 * a * (1.0 + (c * (a + 0.044715 * a * a * a)).tanh()))
+            .collect()
+    };
+    let network = |m: usize, input: &[f64]| -> Vec<f64> {
+        let name = |p: &str| format!("sketch.node{}.f{}.{p}", m / 2, m % 2 + 1);
+        let y = layernorm(input, &get(name("ln0.gain")), &get(name("ln0.bias")));
+        let z = gelu(dense(&y, &get(name("w1")), &get(name("b1"))));
+        let a2 = dense(&z, &get(name("w2")), &get(name("b2")));
+        let y2 = layernorm(&a2, &get(name("ln1.gain")), &get(name("ln1.bias")));
+        let z3 = gelu(dense(&y2, &get(name("w3")), &get(name("b3"))));
+        dense(&z3, &get(name("w4")), &get(name("b4")))
+    };
+    let r = sketch.sketch_dim();
+    // the tree of degree d: two subtrees of degree d/2 (numbered first), then this node
+    fn node(
+        d: usize,
+        next: &mut usize,
+        x: &[f64],
+        r: usize,
+        network: &dyn Fn(usize, &[f64]) -> Vec<f64>,
+    ) -> Vec<f64> {
+        if d == 1 {
+            return x.to_vec();
+        }
+        let m1 = node(d / 2, next, x, r, network);
+        let m2 = node(d / 2, next, x, r, network);
+        let i = *next;
+        *next += 1;
+        let (f1, f2) = (network(2 * i, &m1), network(2 * i + 1, &m2));
+        let s = (r as f64).sqrt();
+        f1.iter()
+            .zip(&f2)
+            .map(|(a, b)| s * (a * b / s).tanh())
+            .collect()
+    }
+    let mut out = Mat::zeros(x.nrows(), r);
+    for i in 0..x.nrows() {
+        let row: Vec<f64> = (0..x.ncols()).map(|c| x[(i, c)].as_f64()).collect();
+        let l = node(sketch.degree(), &mut 0, &row, r, &network);
+        for (c, v) in l.into_iter().enumerate() {
+            out[(i, c)] = v;
+        }
+    }
+    out
+}

@@ -72,9 +72,9 @@ fn backward_matches_finite_differences() {
     let (batch, heads, h) = (1, 2, 4);
     for (p, n) in [(4usize, 9usize), (2, 140)] {
         let mut l = layer::<f64>(heads, h, p);
-        for (name, values) in l.parameters_mut() {
-            for (i, x) in values.iter_mut().enumerate() {
-                *x = if name == "ln.gain" {
+        for param in l.parameters_mut() {
+            for (i, x) in param.data.iter_mut().enumerate() {
+                *x = if param.name == "ln.gain" {
                     0.9 + 0.05 * i as f64
                 } else {
                     0.02 * i as f64
@@ -117,12 +117,10 @@ fn backward_matches_finite_differences() {
             for i in 0..analytic.len() {
                 let mut probe = layer::<f64>(heads, h, p);
                 let mut at = |delta: f64| {
-                    for ((_, dst), (_, src)) in
-                        probe.parameters_mut().into_iter().zip(l.parameters())
-                    {
-                        dst.copy_from_slice(src);
+                    for (dst, src) in probe.parameters_mut().into_iter().zip(l.parameters()) {
+                        dst.data.copy_from_slice(src.data);
                     }
-                    probe.parameters_mut()[pi].1[i] += delta;
+                    probe.parameters_mut()[pi].data[i] += delta;
                     loss(&probe, &q, &k, &v)
                 };
                 let fd = (at(eps) - at(-eps)) / (2.0 * eps);

@@ -41,6 +41,31 @@ fn config(
     }
 }
 
+/// `c` with a learned sketch in place of the random one.
+fn learned(mut c: AttentionConfig) -> AttentionConfig {
+    if let AttentionKind::PolySketch(ps) = &mut c.kind {
+        ps.sketch = SketchKind::Learned;
+    }
+    c
+}
+
+/// Moves every parameter off its initial value, deterministically, so that gradients are
+/// generic: layer-norm gains near 1, biases small, network weights by a few percent.
+fn perturb_parameters(layer: &mut Attention<f64>, seed: u64) {
+    for (pi, param) in layer.parameters_mut().into_iter().enumerate() {
+        let noise = random::<f64>(param.data.len(), 1.0, seed + pi as u64);
+        for (x, z) in param.data.iter_mut().zip(noise) {
+            *x = if param.name.ends_with("gain") {
+                1.0 + 0.2 * z
+            } else if param.name.contains(".b") || param.name.ends_with("bias") {
+                0.1 * z
+            } else {
+                *x * (1.0 + 0.05 * z)
+            };
+        }
+    }
+}
+
 /// The same sketch the layer draws, in f64.
 fn sketch_f64(h: usize, r: usize, p: usize) -> Box<dyn PolySketch<f64>> {
     if p == 2 {
@@ -57,15 +82,20 @@ fn head<'a>(x: &'a [f64], idx: usize, n: usize, h: usize) -> MatRef<'a, f64> {
 #[test]
 fn forward_matches_the_reference() {
     let (batch, heads, h) = (2, 2, 6);
-    for (p, r, block, local) in [
-        (4, 5, 16, false),
-        (4, 5, 16, true),
-        (2, 7, 8, false),
-        (2, 7, 8, true),
-        (8, 4, 32, true),
+    for (p, r, block, local, is_learned) in [
+        (4, 5, 16, false, false),
+        (4, 5, 16, true, false),
+        (2, 7, 8, false, false),
+        (2, 7, 8, true, false),
+        (8, 4, 32, true, false),
+        (4, 5, 16, false, true),
+        (4, 5, 16, true, true),
+        (8, 3, 32, true, true),
     ] {
         for n in [1usize, 9, 37, 70] {
-            let layer = Attention::<f64>::new(config(heads, h, p, r, block, local)).unwrap();
+            let c = config(heads, h, p, r, block, local);
+            let c = if is_learned { learned(c) } else { c };
+            let layer = Attention::<f64>::new(c).unwrap();
             let len = batch * heads * n * h;
             let (q, k, v) = (
                 random::<f64>(len, 1.0, 1),
@@ -73,7 +103,12 @@ fn forward_matches_the_reference() {
                 random::<f64>(len, 1.0, 3),
             );
             let (out, _) = layer.forward(&q, &k, &v, batch, n, Par::rayon(2)).unwrap();
-            let sketch = sketch_f64(h, r, p);
+            // a random sketch is drawn again from the seed; a learned one is the layer's own
+            // (its networks are checked against their naive reference in learned.rs)
+            let sketch: Box<dyn PolySketch<f64>> = match layer.learned_sketch() {
+                Some(l) => Box::new(l.clone()),
+                None => sketch_f64(h, r, p),
+            };
             let (g, b) = (vec![1.0; h], vec![0.0; h]);
             for idx in 0..batch * heads {
                 let expected = polysketch_reference(
@@ -109,18 +144,17 @@ fn forward_matches_the_reference() {
 #[test]
 fn backward_matches_finite_differences() {
     let (batch, heads, h, n) = (1, 2, 4, 11);
-    for (p, local) in [(4, false), (4, true), (2, false)] {
-        let mut layer = Attention::<f64>::new(config(heads, h, p, 3, 4, local)).unwrap();
-        // move the layer norm off unit gain / zero bias so their gradients are generic
-        for (name, values) in layer.parameters_mut() {
-            for (i, x) in values.iter_mut().enumerate() {
-                *x = if name == "ln.gain" {
-                    0.8 + 0.1 * i as f64
-                } else {
-                    0.05 * i as f64 - 0.1
-                };
-            }
-        }
+    for (p, local, is_learned) in [
+        (4, false, false),
+        (4, true, false),
+        (2, false, false),
+        (4, false, true),
+        (4, true, true),
+        (8, true, true),
+    ] {
+        let c = config(heads, h, p, 3, 4, local);
+        let mut layer = Attention::<f64>::new(if is_learned { learned(c) } else { c }).unwrap();
+        perturb_parameters(&mut layer, 40);
         let len = batch * heads * n * h;
         let (q, k, v) = (
             random::<f64>(len, 1.0, 4),
@@ -141,7 +175,7 @@ fn backward_matches_finite_differences() {
                 let fd = numeric(i);
                 assert!(
                     (a - fd).abs() <= 1e-6 * scale.max(1e-12) + 1e-9,
-                    "p={p} local={local} d{name}[{i}]: {a} vs {fd}"
+                    "p={p} local={local} learned={is_learned} d{name}[{i}]: {a} vs {fd}"
                 );
             }
         };
@@ -160,12 +194,10 @@ fn backward_matches_finite_differences() {
             let numeric = |i: usize| -> f64 {
                 let mut l = Attention::<f64>::new(*layer.config()).unwrap();
                 let copy = |l: &mut Attention<f64>, delta: f64| {
-                    for ((_, dst), (_, src)) in
-                        l.parameters_mut().into_iter().zip(layer.parameters())
-                    {
-                        dst.copy_from_slice(src);
+                    for (dst, src) in l.parameters_mut().into_iter().zip(layer.parameters()) {
+                        dst.data.copy_from_slice(src.data);
                     }
-                    l.parameters_mut()[pi].1[i] += delta;
+                    l.parameters_mut()[pi].data[i] += delta;
                 };
                 copy(&mut l, eps);
                 let up = loss(&l, &q, &k, &v);
@@ -189,7 +221,10 @@ fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
 #[test]
 fn results_do_not_depend_on_thread_count() {
     let (batch, heads, h, n) = (2, 3, 8, 300);
-    let layer = Attention::<f32>::new(config(heads, h, 4, 6, 64, true)).unwrap();
+    let layers = [
+        Attention::<f32>::new(config(heads, h, 4, 6, 64, true)).unwrap(),
+        Attention::<f32>::new(learned(config(heads, h, 4, 6, 64, true))).unwrap(),
+    ];
     let len = batch * heads * n * h;
     let (q, k, v, g) = (
         random::<f32>(len, 1.0, 8),
@@ -197,17 +232,20 @@ fn results_do_not_depend_on_thread_count() {
         random::<f32>(len, 1.0, 10),
         random::<f32>(len, 1.0, 11),
     );
-    let run = |par: Par| {
-        let (out, mut s) = layer.forward(&q, &k, &v, batch, n, par).unwrap();
-        (out, layer.backward(&mut s, &g, par).unwrap())
-    };
-    let reference = run(Par::Seq);
-    for threads in [1, 2, 3] {
-        assert_eq!(
-            in_pool(threads, || run(Par::rayon(0))),
-            reference,
-            "{threads} threads"
-        );
+    for layer in &layers {
+        let run = |par: Par| {
+            let (out, mut s) = layer.forward(&q, &k, &v, batch, n, par).unwrap();
+            (out, layer.backward(&mut s, &g, par).unwrap())
+        };
+        let reference = run(Par::Seq);
+        for threads in [1, 2, 3] {
+            assert_eq!(
+                in_pool(threads, || run(Par::rayon(0))),
+                reference,
+                "{threads} threads, {:?}",
+                layer.config().kind
+            );
+        }
     }
 }
 
@@ -266,12 +304,9 @@ fn bad_input_gets_typed_errors() {
             "{c:?}"
         );
     }
-    let mut learned = config(1, 4, 4, 4, 4, false);
-    if let AttentionKind::PolySketch(ref mut p) = learned.kind {
-        p.sketch = SketchKind::Learned;
-    }
+    // a learned sketch of p = 2 would have no network (Algorithm 2 returns the input)
     assert!(matches!(
-        Attention::<f32>::new(learned),
+        Attention::<f32>::new(learned(config(1, 4, 2, 4, 4, false))),
         Err(AttentionError::InvalidConfig(_))
     ));
     let layer = Attention::<f32>::new(config(2, 4, 4, 4, 8, false)).unwrap();

@@ -69,7 +69,7 @@ pub use countsketch::CountSketch;
 pub use error::{Result, SketchError};
 pub use gaussian::GaussianJl;
 pub use parallel::{CHUNK_ROWS, for_each_row_chunk};
-pub use rng::{SketchRng, seeded_rng, split_seed};
+pub use rng::{SketchRng, normal, seeded_rng, split_seed};
 pub use scalar::Scalar;
 pub use tensorsketch::TensorSketch;
 pub use traits::PolySketch;

@@ -107,6 +107,19 @@ pub fn dot<T: Scalar>(x: &[T], y: &[T]) -> T {
     acc.iter().fold(T::zero(), |s, &a| s + a) + tail
 }
 
+/// \(\sum_i x_i\) with 16 independent partial sums, like [`dot`] (vectorised, deterministic).
+#[inline]
+pub fn sum<T: Scalar>(x: &[T]) -> T {
+    const LANES: usize = 16;
+    let mut acc = [T::zero(); LANES];
+    let chunks = x.chunks_exact(LANES);
+    let tail: T = chunks.remainder().iter().fold(T::zero(), |s, &a| s + a);
+    for xs in chunks {
+        acc.iter_mut().zip(xs).for_each(|(a, &u)| *a += u);
+    }
+    acc.iter().fold(T::zero(), |s, &a| s + a) + tail
+}
+
 /// Cuts `m` into consecutive row blocks of `size` rows (the last may be shorter): disjoint
 /// mutable views that can be handed to different threads.
 ///
@@ -125,25 +138,39 @@ pub fn row_blocks<T>(m: MatMut<'_, T>, size: usize) -> Vec<MatMut<'_, T>> {
     out
 }
 
-/// Defines a public slice kernel compiled three times (AVX-512F, AVX2+FMA, baseline) with a
-/// runtime choice of the widest the CPU has, so its loop vectorises to full width without
-/// building the whole crate for one CPU. Every version rounds identically (Rust never contracts
-/// `a * b + c` into a fused multiply-add), so results do not depend on the CPU.
+/// Defines a slice kernel, generic over [`Scalar`](crate::Scalar), compiled three times
+/// (AVX-512F, AVX2+FMA, baseline) with a runtime choice of the widest the CPU has, so its loop
+/// vectorises to full width without building the whole crate for one CPU. Every version rounds
+/// identically (Rust never contracts `a * b + c` into a fused multiply-add), so results do not
+/// depend on the CPU.
+///
+/// ```
+/// polysketch_sketch::multiversion! {
+///     /// `y[i] += a · x[i]`.
+///     pub fn axpy_slice<T: Scalar>(y: &mut [T], x: &[T], a: T) {
+///         y.iter_mut().zip(x).for_each(|(y, &x)| *y += a * x);
+///     }
+/// }
+/// let mut y = vec![1.0f32; 3];
+/// axpy_slice(&mut y, &[1.0, 2.0, 3.0], 2.0);
+/// assert_eq!(y, vec![3.0, 5.0, 7.0]);
+/// ```
+#[macro_export]
 macro_rules! multiversion {
-    ($(#[$doc:meta])* pub fn $name:ident<T: Scalar>($($arg:ident: $ty:ty),*) $body:block) => {
+    ($(#[$doc:meta])* $vis:vis fn $name:ident<T: Scalar>($($arg:ident: $ty:ty),*) $body:block) => {
         $(#[$doc])*
         #[inline]
-        pub fn $name<T: Scalar>($($arg: $ty),*) {
+        $vis fn $name<T: $crate::Scalar>($($arg: $ty),*) {
             #[inline(always)]
-            fn body<T: Scalar>($($arg: $ty),*) $body
+            fn body<T: $crate::Scalar>($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f")]
-                fn avx512<T: Scalar>($($arg: $ty),*) {
+                fn avx512<T: $crate::Scalar>($($arg: $ty),*) {
                     body($($arg),*)
                 }
                 #[target_feature(enable = "avx2,fma")]
-                fn avx2<T: Scalar>($($arg: $ty),*) {
+                fn avx2<T: $crate::Scalar>($($arg: $ty),*) {
                     body($($arg),*)
                 }
                 if std::arch::is_x86_feature_detected!("avx512f") {
@@ -271,6 +298,41 @@ pub fn exp_shifted_f32(v: &mut [f32], shift: f32) {
     exp_shifted_f32_impl(v, shift)
 }
 
+/// `tanh(x)` for `f32` as a rational function of degrees 13/6 on `[-7.9, 7.9]` and ±1 beyond
+/// (the minimax-style approximation Eigen's `ptanh` uses), written so that loops over it
+/// vectorise; absolute error below `1e-6`.
+#[inline(always)]
+pub fn fast_tanh_f32(x: f32) -> f32 {
+    let x = x.clamp(-7.905_311, 7.905_311);
+    let x2 = x * x;
+    let mut p = -2.760_768_5e-16_f32;
+    p = p * x2 + 2.000_188e-13;
+    p = p * x2 - 8.604_672e-11;
+    p = p * x2 + 5.122_297e-8;
+    p = p * x2 + 1.485_722_4e-5;
+    p = p * x2 + 6.372_619_3e-4;
+    p = p * x2 + 4.893_524_6e-3;
+    let mut q = 1.198_258_4e-6_f32;
+    q = q * x2 + 1.185_347e-4;
+    q = q * x2 + 2.268_434_6e-3;
+    q = q * x2 + 4.893_525e-3;
+    x * p / q
+}
+
+multiversion_f32! {
+    /// The body of [`tanh_f32`].
+    fn tanh_f32_impl(v: &mut [f32]) {
+        for x in v.iter_mut() {
+            *x = fast_tanh_f32(*x);
+        }
+    }
+}
+
+/// `v[i] = tanh(v[i])` with [`fast_tanh_f32`], vectorised to the widest extension the CPU has.
+pub fn tanh_f32(v: &mut [f32]) {
+    tanh_f32_impl(v)
+}
+
 #[cfg(test)]
 mod tests {
     use super::ipow;
@@ -281,6 +343,23 @@ mod tests {
         let y: Vec<f64> = (0..37).map(|i| (i as f64 * 0.7).cos()).collect();
         let plain: f64 = x.iter().zip(&y).map(|(a, b)| a * b).sum();
         assert!((super::dot(&x, &y) - plain).abs() < 1e-13);
+    }
+
+    #[test]
+    fn fast_tanh_is_accurate() {
+        let xs: Vec<f32> = (-2000..=2000).map(|i| i as f32 * 0.01).collect();
+        let mut v = xs.clone();
+        super::tanh_f32(&mut v);
+        for (x, t) in xs.iter().zip(&v) {
+            let exact = (*x as f64).tanh();
+            assert!(
+                (*t as f64 - exact).abs() < 1e-6,
+                "tanh({x}) = {t}, exact {exact}"
+            );
+        }
+        let mut big = vec![100.0f32, -100.0, 0.0];
+        super::tanh_f32(&mut big);
+        assert_eq!(big, vec![1.0, -1.0, 0.0]);
     }
 
     #[test]

@@ -22,7 +22,8 @@ pub fn split_seed(seed: u64, index: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// One standard Gaussian draw, in `f64`.
-pub(crate) fn normal(rng: &mut SketchRng) -> f64 {
+/// One standard Gaussian draw, in `f64` (the draw every random parameter of the crates starts
+/// from).
+pub fn normal(rng: &mut SketchRng) -> f64 {
     StandardNormal.sample(rng)
 }

@@ -29,6 +29,21 @@ pub trait Scalar:
             *x = x.exp();
         }
     }
+
+    /// `tanh(x)`: the library's by default; for `f32` a rational approximation that vectorises
+    /// inside loops ([`crate::linalg::fast_tanh_f32`], absolute error below `1e-6`).
+    #[inline(always)]
+    fn fast_tanh(self) -> Self {
+        self.tanh()
+    }
+
+    /// `v[i] = tanh(v[i])` for every element, with [`fast_tanh`](Self::fast_tanh) (vectorised
+    /// for `f32`: [`crate::linalg::tanh_f32`]).
+    fn tanh_in_place(v: &mut [Self]) {
+        for x in v.iter_mut() {
+            *x = x.fast_tanh();
+        }
+    }
 }
 
 impl Scalar for f32 {
@@ -38,6 +53,13 @@ impl Scalar for f32 {
     }
     fn exp_in_place(v: &mut [Self]) {
         crate::linalg::exp_shifted_f32(v, 0.0);
+    }
+    fn tanh_in_place(v: &mut [Self]) {
+        crate::linalg::tanh_f32(v);
+    }
+    #[inline(always)]
+    fn fast_tanh(self) -> Self {
+        crate::linalg::fast_tanh_f32(self)
     }
     #[inline(always)]
     fn as_f64(self) -> f64 {

@@ -1,0 +1,662 @@
+//! Learned sketches (paper Section 2.3, Appendix D, Algorithm 2): the Gaussian projections of
+//! the random tree replaced by small trained networks.
+//!
+//! A learned sketch of degree \\(d = p/2\\) (a power of two, at least 2) is a binary tree with
+//! \\(d - 1\\) nodes and \\(d\\) leaves, the leaves being the input rows \\(x \in \mathbb R^h\\).
+//! Each node combines its two inputs \\(M_1, M_2\\) (leaves, or the outputs of its children)
+//! through two networks \\(f_1, f_2\\):
+//! \\[ \mathrm{node}(M_1, M_2) = \sqrt r\,\tanh\!\big(\tfrac{1}{\sqrt r}\, f_1(M_1) \circ
+//!     f_2(M_2)\big) \in \mathbb R^{r}, \\]
+//! and the root's output is the sketch \\(L\\) that the layer self-tensors, \\(\phi'(x) = L
+//! \otimes L\\) (so \\(\langle\phi'(q), \phi'(k)\rangle = \langle L_q, L_k\rangle^2 \ge 0\\)).
+//! There are \\(2(d - 1) = p - 2\\) networks, each
+//! \\[ f(x) = W_4^\top\,\mathrm{gelu}\big(W_3^\top\,\mathrm{LN}_1(W_2^\top\,
+//!     \mathrm{gelu}(W_1^\top\,\mathrm{LN}_0(x) + b_1) + b_2) + b_3\big) + b_4, \\]
+//! hidden sizes \\([8r, r, 8r]\\), input \\(h\\) (on leaves) or \\(r\\), output \\(r\\); the layer
+//! norms have a learned gain and bias, and gelu is the tanh form
+//! \\(\tfrac12 x(1 + \tanh(\sqrt{2/\pi}(x + 0.044715x^3)))\\).
+//!
+//! The networks are shared by the heads of a layer; their weights start at
+//! \\(\mathcal N(0, 1/\text{fan-in})\\), biases at 0, gains at 1, all from the seed.
+
+use faer::{Mat, MatMut, MatRef, Par};
+use polysketch_sketch::{PolySketch, Scalar, linalg::gemm, normal, seeded_rng};
+
+use crate::layernorm::{LnSaved, layernorm_backward, layernorm_forward};
+use crate::{AttentionError, Result};
+
+/// Width of the wide hidden layers, in units of \\(r\\): the hidden sizes are \\([8r, r, 8r]\\).
+pub const WIDE: usize = 8;
+
+/// The parameters of one network, in order: names (after the network's prefix) and indices.
+const NAMES: [&str; 12] = [
+    "ln0.gain", "ln0.bias", "w1", "b1", "w2", "b2", "ln1.gain", "ln1.bias", "w3", "b3", "w4", "b4",
+];
+const G0: usize = 0;
+const B0: usize = 1;
+const W1: usize = 2;
+const C1: usize = 3;
+const W2: usize = 4;
+const C2: usize = 5;
+const G1: usize = 6;
+const B1: usize = 7;
+const W3: usize = 8;
+const C3: usize = 9;
+const W4: usize = 10;
+const C4: usize = 11;
+
+/// \\(\sqrt{2/\pi}\\) and the cubic coefficient of the tanh form of gelu.
+const GELU_C: f64 = 0.797_884_560_802_865_4;
+const GELU_A: f64 = 0.044_715;
+
+/// A named parameter tensor, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Param<'a, T> {
+    /// Its name, e.g. `ln.gain` or `sketch.node0.f1.w1`.
+    pub name: String,
+    /// Its shape: `[d]` for vectors, `[rows, cols]` for matrices (row-major `data`).
+    pub shape: Vec<usize>,
+    /// Its values.
+    pub data: &'a [T],
+}
+
+/// A named parameter tensor, mutable (for optimisers and loading).
+#[derive(Debug, PartialEq)]
+pub struct ParamMut<'a, T> {
+    /// Its name.
+    pub name: String,
+    /// Its shape.
+    pub shape: Vec<usize>,
+    /// Its values.
+    pub data: &'a mut [T],
+}
+
+/// Where a node's input comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Src {
+    /// The input rows \\(x\\).
+    Input,
+    /// The output of node `i` (nodes are numbered in post-order: children before parents).
+    Node(usize),
+}
+
+/// One network \\(f: \mathbb R^{d} \to \mathbb R^r\\); `p[i]` is parameter `NAMES[i]`.
+#[derive(Debug, Clone)]
+struct Mlp<T> {
+    d: usize,
+    p: Vec<Vec<T>>,
+}
+
+/// The shapes of the parameters of a network \\(\mathbb R^d \to \mathbb R^r\\), in `NAMES` order.
+fn shapes(d: usize, r: usize) -> [Vec<usize>; 12] {
+    let w = WIDE * r;
+    [
+        vec![d],
+        vec![d],
+        vec![d, w],
+        vec![w],
+        vec![w, r],
+        vec![r],
+        vec![r],
+        vec![r],
+        vec![r, w],
+        vec![w],
+        vec![w, r],
+        vec![r],
+    ]
+}
+
+fn rm<T>(x: &[T], rows: usize, cols: usize) -> MatRef<'_, T> {
+    MatRef::from_row_major_slice(&x[..rows * cols], rows, cols)
+}
+
+fn rm_mut<T>(x: &mut [T], rows: usize, cols: usize) -> MatMut<'_, T> {
+    MatMut::from_row_major_slice_mut(&mut x[..rows * cols], rows, cols)
+}
+
+/// `y = x W + b` for row-major `x: [n, din]`, `W: [din, dout]`, `y: [n, dout]`.
+fn dense<T: Scalar>(x: &[T], n: usize, din: usize, w: &[T], b: &[T], y: &mut [T]) {
+    let dout = b.len();
+    gemm(
+        rm_mut(y, n, dout),
+        rm(x, n, din),
+        rm(w, din, dout),
+        T::one(),
+        false,
+        Par::Seq,
+    );
+    add_bias(&mut y[..n * dout], b);
+}
+
+polysketch_sketch::multiversion! {
+    /// `y[i, c] += b[c]` for row-major `y` with rows of `b.len()`.
+    fn add_bias<T: Scalar>(y: &mut [T], b: &[T]) {
+        for row in y.chunks_exact_mut(b.len()) {
+            row.iter_mut().zip(b).for_each(|(y, b)| *y += *b);
+        }
+    }
+}
+
+/// `acc[c] += Σ_i x[i, c]` for row-major `x: [n, cols]`, rows in order.
+fn add_column_sums<T: Scalar>(x: &[T], acc: &mut [T]) {
+    for row in x.chunks_exact(acc.len()) {
+        acc.iter_mut().zip(row).for_each(|(a, v)| *a += *v);
+    }
+}
+
+polysketch_sketch::multiversion! {
+    /// `z = gelu(a)` (tanh form).
+    fn gelu<T: Scalar>(a: &[T], z: &mut [T]) {
+        let (half, c, k) = (T::of(0.5), T::of(GELU_C), T::of(GELU_A));
+        for (z, &x) in z.iter_mut().zip(a) {
+            let t = (c * (x + k * x * x * x)).fast_tanh();
+            *z = half * x * (T::one() + t);
+        }
+    }
+}
+
+polysketch_sketch::multiversion! {
+    /// `z = gelu(a)` and `g = gelu'(a)`.
+    fn gelu_with_grad<T: Scalar>(a: &[T], z: &mut [T], g: &mut [T]) {
+        let (half, c, k, k3) = (T::of(0.5), T::of(GELU_C), T::of(GELU_A), T::of(3.0 * GELU_A));
+        for ((z, g), &x) in z.iter_mut().zip(g.iter_mut()).zip(a) {
+            let t = (c * (x + k * x * x * x)).fast_tanh();
+            *g = half * (T::one() + t) + half * x * (T::one() - t * t) * c * (T::one() + k3 * x * x);
+            *z = half * x * (T::one() + t);
+        }
+    }
+}
+
+polysketch_sketch::multiversion! {
+    /// `x[i] *= y[i]`.
+    fn mul_assign<T: Scalar>(x: &mut [T], y: &[T]) {
+        x.iter_mut().zip(y).for_each(|(a, b)| *a *= *b);
+    }
+}
+
+polysketch_sketch::multiversion! {
+    /// A node's forward: `t = tanh(m1 ∘ m2 / √r)`, `out = √r t`.
+    fn node_forward<T: Scalar>(m1: &[T], m2: &[T], t: &mut [T], out: &mut [T], sqrt_r: T) {
+        let inv = T::one() / sqrt_r;
+        for (((t, o), &a), &b) in t.iter_mut().zip(out.iter_mut()).zip(m1).zip(m2) {
+            *t = (a * b * inv).fast_tanh();
+            *o = sqrt_r * *t;
+        }
+    }
+}
+
+polysketch_sketch::multiversion! {
+    /// `gate = dout ∘ (1 - t²)`.
+    fn node_gate<T: Scalar>(dout: &[T], t: &[T], gate: &mut [T]) {
+        for ((g, &d), &t) in gate.iter_mut().zip(dout).zip(t) {
+            *g = d * (T::one() - t * t);
+        }
+    }
+}
+
+/// `y = g ∘ x̂ + b` row by row (the layer norm's output, recomputed from what it saved).
+fn affine<T: Scalar>(xhat: &[T], gain: &[T], bias: &[T], y: &mut [T]) {
+    for (yr, xr) in y
+        .chunks_exact_mut(gain.len())
+        .zip(xhat.chunks_exact(gain.len()))
+    {
+        for ((y, x), (g, b)) in yr.iter_mut().zip(xr).zip(gain.iter().zip(bias)) {
+            *y = *g * *x + *b;
+        }
+    }
+}
+
+/// Mutable references to two different parameters `i < j`.
+fn pair_mut<T>(v: &mut [Vec<T>], i: usize, j: usize) -> (&mut [T], &mut [T]) {
+    let (a, b) = v.split_at_mut(j);
+    (&mut a[i], &mut b[0])
+}
+
+/// What one network's backward needs.
+#[derive(Debug, Clone, Default)]
+struct MlpSaved<T> {
+    ln0: LnSaved<T>,
+    /// `[n, 8r]`: the first hidden layer before gelu.
+    a1: Vec<T>,
+    ln1: LnSaved<T>,
+    /// `[n, 8r]`: the third hidden layer before gelu.
+    a3: Vec<T>,
+}
+
+/// Work buffers shared by the networks of one application (reused across calls).
+#[derive(Debug, Clone, Default)]
+struct Scratch<T> {
+    /// `[n, max(h, r)]`: a layer norm's output.
+    y: Vec<T>,
+    /// `[n, 8r]` ×2: hidden activations and gelu derivatives.
+    wide: Vec<T>,
+    wide2: Vec<T>,
+    /// `[n, r]` ×2.
+    narrow: Vec<T>,
+    narrow2: Vec<T>,
+    /// `[n, max(h, r)]`: the gradient of a network's input.
+    din: Vec<T>,
+    /// `[n, h]`: the gradient of the input rows, summed over the leaves.
+    dx: Vec<T>,
+    /// `[n, r]` ×2: a node's \(\partial\mathrm{out} \circ (1 - t^2)\), and one network's output
+    /// gradient.
+    gate: Vec<T>,
+    dm: Vec<T>,
+}
+
+impl<T: Scalar> Mlp<T> {
+    fn new(d: usize, r: usize, rng: &mut polysketch_sketch::SketchRng) -> Self {
+        let p = shapes(d, r)
+            .iter()
+            .enumerate()
+            .map(|(i, shape)| {
+                let len: usize = shape.iter().product();
+                match i {
+                    G0 | G1 => vec![T::one(); len],
+                    W1 | W2 | W3 | W4 => {
+                        let std = 1.0 / (shape[0] as f64).sqrt();
+                        (0..len).map(|_| T::of(std * normal(rng))).collect()
+                    }
+                    _ => vec![T::zero(); len],
+                }
+            })
+            .collect();
+        Self { d, p }
+    }
+
+    /// `out = f(x)`, `x: [n, d]` (any strides), `out`: row-major `[n, r]`.
+    fn forward(&self, x: MatRef<'_, T>, out: &mut [T], s: &mut MlpSaved<T>, sc: &mut Scratch<T>) {
+        let (n, d, r) = (x.nrows(), self.d, self.p[C4].len());
+        let w = WIDE * r;
+        let p = &self.p;
+        sc.y.resize(n * d.max(r), T::zero());
+        sc.wide.resize(n * w, T::zero());
+        sc.narrow.resize(n * r, T::zero());
+        s.a1.resize(n * w, T::zero());
+        s.a3.resize(n * w, T::zero());
+        layernorm_forward(x, &p[G0], &p[B0], T::one(), &mut sc.y[..n * d], &mut s.ln0);
+        dense(&sc.y, n, d, &p[W1], &p[C1], &mut s.a1);
+        gelu(&s.a1, &mut sc.wide);
+        dense(&sc.wide, n, w, &p[W2], &p[C2], &mut sc.narrow);
+        layernorm_forward(
+            rm(&sc.narrow, n, r),
+            &p[G1],
+            &p[B1],
+            T::one(),
+            &mut sc.y[..n * r],
+            &mut s.ln1,
+        );
+        dense(&sc.y, n, r, &p[W3], &p[C3], &mut s.a3);
+        gelu(&s.a3, &mut sc.wide);
+        dense(&sc.wide, n, w, &p[W4], &p[C4], out);
+    }
+
+    /// Given `dout` \\(= \partial L/\partial f(x)\\) (`[n, r]`), writes \\(\partial L/\partial x\\)
+    /// into `sc.din[..n d]` and adds the parameter gradients into `g` (`NAMES` order).
+    fn backward(&self, dout: &[T], s: &MlpSaved<T>, g: &mut [Vec<T>], sc: &mut Scratch<T>) {
+        let (d, r) = (self.d, self.p[C4].len());
+        let (n, w) = (dout.len() / r, WIDE * r);
+        let p = &self.p;
+        sc.wide.resize(n * w, T::zero());
+        sc.wide2.resize(n * w, T::zero());
+        sc.narrow.resize(n * r, T::zero());
+        sc.narrow2.resize(n * r, T::zero());
+        sc.y.resize(n * d.max(r), T::zero());
+        sc.din.resize(n * d.max(r), T::zero());
+        let (one, seq) = (T::one(), Par::Seq);
+        // out = gelu(a3) W4 + b4
+        gelu_with_grad(&s.a3, &mut sc.wide, &mut sc.wide2);
+        gemm(
+            rm_mut(&mut g[W4], w, r),
+            rm(&sc.wide, n, w).transpose(),
+            rm(dout, n, r),
+            one,
+            true,
+            seq,
+        );
+        add_column_sums(dout, &mut g[C4]);
+        gemm(
+            rm_mut(&mut sc.wide, n, w),
+            rm(dout, n, r),
+            rm(&p[W4], w, r).transpose(),
+            one,
+            false,
+            seq,
+        );
+        mul_assign(&mut sc.wide, &sc.wide2);
+        // a3 = y2 W3 + b3, y2 = LN1(a2)
+        affine(&s.ln1.xhat, &p[G1], &p[B1], &mut sc.y[..n * r]);
+        gemm(
+            rm_mut(&mut g[W3], r, w),
+            rm(&sc.y, n, r).transpose(),
+            rm(&sc.wide, n, w),
+            one,
+            true,
+            seq,
+        );
+        add_column_sums(&sc.wide, &mut g[C3]);
+        gemm(
+            rm_mut(&mut sc.narrow, n, r),
+            rm(&sc.wide, n, w),
+            rm(&p[W3], r, w).transpose(),
+            one,
+            false,
+            seq,
+        );
+        let (dg1, db1) = pair_mut(g, G1, B1);
+        layernorm_backward(&sc.narrow, &s.ln1, &p[G1], one, &mut sc.narrow2, dg1, db1);
+        // a2 = gelu(a1) W2 + b2
+        gelu_with_grad(&s.a1, &mut sc.wide, &mut sc.wide2);
+        gemm(
+            rm_mut(&mut g[W2], w, r),
+            rm(&sc.wide, n, w).transpose(),
+            rm(&sc.narrow2, n, r),
+            one,
+            true,
+            seq,
+        );
+        add_column_sums(&sc.narrow2, &mut g[C2]);
+        gemm(
+            rm_mut(&mut sc.wide, n, w),
+            rm(&sc.narrow2, n, r),
+            rm(&p[W2], w, r).transpose(),
+            one,
+            false,
+            seq,
+        );
+        mul_assign(&mut sc.wide, &sc.wide2);
+        // a1 = y0 W1 + b1, y0 = LN0(x)
+        affine(&s.ln0.xhat, &p[G0], &p[B0], &mut sc.y[..n * d]);
+        gemm(
+            rm_mut(&mut g[W1], d, w),
+            rm(&sc.y, n, d).transpose(),
+            rm(&sc.wide, n, w),
+            one,
+            true,
+            seq,
+        );
+        add_column_sums(&sc.wide, &mut g[C1]);
+        gemm(
+            rm_mut(&mut sc.y, n, d),
+            rm(&sc.wide, n, w),
+            rm(&p[W1], d, w).transpose(),
+            one,
+            false,
+            seq,
+        );
+        let (dg0, db0) = pair_mut(g, G0, B0);
+        layernorm_backward(
+            &sc.y[..n * d],
+            &s.ln0,
+            &p[G0],
+            one,
+            &mut sc.din[..n * d],
+            dg0,
+            db0,
+        );
+    }
+}
+
+/// A learned sketch: the tree of networks of Algorithm 2, mapping rows \\(x \in \mathbb R^h\\)
+/// to \\(L(x) \in \mathbb R^r\\) (see the [module documentation](self) for the formulas).
+///
+/// It implements [`PolySketch`] (`apply` is the forward, `vjp` the gradient for the input), so
+/// it drops in wherever a random sketch goes; [`forward`](Self::forward) and
+/// [`backward`](Self::backward) also give the parameter gradients that training needs.
+///
+/// # Shapes
+/// input `[n, h]` → `[n, r]`; parameters as listed by [`parameters`](Self::parameters).
+#[derive(Debug, Clone)]
+pub struct LearnedSketch<T> {
+    h: usize,
+    r: usize,
+    degree: usize,
+    /// `(left, right)` inputs of every node, in post-order (the root last).
+    nodes: Vec<(Src, Src)>,
+    /// `2i`, `2i + 1`: the networks \\(f_1, f_2\\) of node `i`.
+    mlps: Vec<Mlp<T>>,
+}
+
+/// What [`LearnedSketch::backward`] needs from [`LearnedSketch::forward`] (reusable buffers).
+#[derive(Debug, Clone, Default)]
+pub struct LearnedSaved<T> {
+    n: usize,
+    mlps: Vec<MlpSaved<T>>,
+    /// `[n, r]` per network: its output \\(f(M)\\).
+    m: Vec<Vec<T>>,
+    /// `[n, r]` per node: \\(\tanh(f_1(M_1) \circ f_2(M_2)/\sqrt r)\\).
+    t: Vec<Vec<T>>,
+    /// `[n, r]` per node: its output \\(\sqrt r\, t\\); in the backward, its gradient.
+    out: Vec<Vec<T>>,
+    scratch: Scratch<T>,
+}
+
+impl<T: Scalar> LearnedSketch<T> {
+    /// A learned sketch of degree `degree` (= \\(p/2\\)) from `h` to `r` with freshly initialised
+    /// networks (the seed fixes them).
+    ///
+    /// # Errors
+    /// [`AttentionError::InvalidConfig`] if `h` or `r` is 0, or `degree` is not a power of two
+    /// of at least 2 (degree 1 has no network: \\(L = x\\)).
+    pub fn new(h: usize, r: usize, degree: usize, seed: u64) -> Result<Self> {
+        if h == 0 || r == 0 || degree < 2 || !degree.is_power_of_two() {
+            return Err(AttentionError::InvalidConfig(format!(
+                "a learned sketch needs h, r ≥ 1 and a degree p/2 that is a power of two ≥ 2 \
+                 (p ≥ 4), got h = {h}, r = {r}, degree = {degree}"
+            )));
+        }
+        fn build(d: usize, nodes: &mut Vec<(Src, Src)>) -> Src {
+            if d == 1 {
+                return Src::Input;
+            }
+            let left = build(d / 2, nodes);
+            let right = build(d / 2, nodes);
+            nodes.push((left, right));
+            Src::Node(nodes.len() - 1)
+        }
+        let mut nodes = Vec::new();
+        build(degree, &mut nodes);
+        let mut rng = seeded_rng(seed);
+        let dim = |s: Src| if s == Src::Input { h } else { r };
+        let mlps = nodes
+            .iter()
+            .flat_map(|&(a, b)| [dim(a), dim(b)])
+            .map(|d| Mlp::new(d, r, &mut rng))
+            .collect();
+        Ok(Self {
+            h,
+            r,
+            degree,
+            nodes,
+            mlps,
+        })
+    }
+
+    /// The named parameters, `sketch.node{i}.f{1,2}.{ln0.gain, ln0.bias, w1, b1, w2, b2,
+    /// ln1.gain, ln1.bias, w3, b3, w4, b4}` for every node `i` (post-order, the root last):
+    /// `w1: [d, 8r]`, `w2: [8r, r]`, `w3: [r, 8r]`, `w4: [8r, r]` (row-major, \\(y = xW + b\\)),
+    /// `d = h` for networks reading the input rows and `r` for those reading a node.
+    pub fn parameters(&self) -> Vec<Param<'_, T>> {
+        self.mlps
+            .iter()
+            .enumerate()
+            .flat_map(|(m, mlp)| {
+                let shapes = shapes(mlp.d, self.r);
+                mlp.p
+                    .iter()
+                    .zip(shapes)
+                    .enumerate()
+                    .map(move |(i, (data, shape))| Param {
+                        name: param_name(m, i),
+                        shape,
+                        data,
+                    })
+            })
+            .collect()
+    }
+
+    /// Mutable access to the parameters, in the order of [`parameters`](Self::parameters).
+    pub fn parameters_mut(&mut self) -> Vec<ParamMut<'_, T>> {
+        let r = self.r;
+        self.mlps
+            .iter_mut()
+            .enumerate()
+            .flat_map(|(m, mlp)| {
+                let shapes = shapes(mlp.d, r);
+                mlp.p
+                    .iter_mut()
+                    .zip(shapes)
+                    .enumerate()
+                    .map(move |(i, (data, shape))| ParamMut {
+                        name: param_name(m, i),
+                        shape,
+                        data,
+                    })
+            })
+            .collect()
+    }
+
+    /// Zeroed gradients for [`backward`](Self::backward), one vector per parameter.
+    pub fn zero_grads(&self) -> Vec<Vec<T>> {
+        self.mlps
+            .iter()
+            .flat_map(|m| m.p.iter().map(|p| vec![T::zero(); p.len()]))
+            .collect()
+    }
+
+    /// Unchecked sequential forward: `out = L(x)` for every row, keeping in `saved` what the
+    /// backward needs.
+    ///
+    /// # Panics
+    /// If `x` is not `[n, h]` or `out` is not `[n, r]`.
+    pub fn forward(&self, x: MatRef<'_, T>, mut out: MatMut<'_, T>, saved: &mut LearnedSaved<T>) {
+        let (n, r) = (x.nrows(), self.r);
+        assert!(
+            x.ncols() == self.h && out.nrows() == n && out.ncols() == r,
+            "LearnedSketch::forward: shapes"
+        );
+        let nodes = self.nodes.len();
+        saved.n = n;
+        saved.mlps.resize_with(self.mlps.len(), MlpSaved::default);
+        saved.m.resize_with(self.mlps.len(), Vec::new);
+        saved.t.resize_with(nodes, Vec::new);
+        saved.out.resize_with(nodes, Vec::new);
+        let sqrt_r = T::of((r as f64).sqrt());
+        let LearnedSaved {
+            mlps,
+            m,
+            t,
+            out: outs,
+            scratch,
+            ..
+        } = saved;
+        for (i, &(a, b)) in self.nodes.iter().enumerate() {
+            for (k, src) in [(2 * i, a), (2 * i + 1, b)] {
+                m[k].resize(n * r, T::zero());
+                let input = match src {
+                    Src::Input => x,
+                    Src::Node(j) => rm(&outs[j], n, r),
+                };
+                self.mlps[k].forward(input, &mut m[k], &mut mlps[k], scratch);
+            }
+            let (ti, oi) = (&mut t[i], &mut outs[i]);
+            ti.resize(n * r, T::zero());
+            oi.resize(n * r, T::zero());
+            node_forward(&m[2 * i], &m[2 * i + 1], ti, oi, sqrt_r);
+        }
+        out.copy_from(rm(&outs[nodes - 1], n, r));
+    }
+
+    /// Unchecked sequential backward: given `dout` \\(= \partial L/\partial L(x)\\), writes
+    /// \\(\partial L/\partial x\\) into `dx` and adds the parameter gradients into `grads` (as
+    /// made by [`zero_grads`](Self::zero_grads)). `saved` keeps its buffers; its contents are
+    /// spent.
+    ///
+    /// # Panics
+    /// If the shapes differ from the forward's.
+    pub fn backward(
+        &self,
+        saved: &mut LearnedSaved<T>,
+        dout: MatRef<'_, T>,
+        mut dx: MatMut<'_, T>,
+        grads: &mut [Vec<T>],
+    ) {
+        let (n, r, h) = (saved.n, self.r, self.h);
+        assert!(
+            dout.nrows() == n && dout.ncols() == r && dx.nrows() == n && dx.ncols() == h,
+            "LearnedSketch::backward: shapes"
+        );
+        assert_eq!(
+            grads.len(),
+            12 * self.mlps.len(),
+            "LearnedSketch::backward: grads"
+        );
+        let LearnedSaved {
+            mlps,
+            m,
+            t,
+            out: douts,
+            scratch: sc,
+            ..
+        } = saved;
+        let root = self.nodes.len() - 1;
+        // the root's gradient, row-major, in the buffer of its output
+        for (i, row) in douts[root].chunks_exact_mut(r).enumerate() {
+            row.iter_mut()
+                .enumerate()
+                .for_each(|(c, v)| *v = dout[(i, c)]);
+        }
+        sc.dx.clear();
+        sc.dx.resize(n * h, T::zero());
+        // taken out of the scratch (and put back) so the networks can use the rest of it
+        let (mut gate, mut dm) = (core::mem::take(&mut sc.gate), core::mem::take(&mut sc.dm));
+        for (i, &(a, b)) in self.nodes.iter().enumerate().rev() {
+            // out = √r tanh(m1 ∘ m2/√r): ∂m1 = ∂out (1 - t²) m2, ∂m2 = ∂out (1 - t²) m1
+            gate.resize(n * r, T::zero());
+            node_gate(&douts[i], &t[i], &mut gate);
+            for (k, other, src) in [(2 * i, 2 * i + 1, a), (2 * i + 1, 2 * i, b)] {
+                dm.resize(n * r, T::zero());
+                polysketch_sketch::linalg::scaled_product(&mut dm, &gate, &m[other], T::one());
+                let mlp = &self.mlps[k];
+                mlp.backward(&dm, &mlps[k], &mut grads[12 * k..12 * (k + 1)], sc);
+                let din = &sc.din[..n * mlp.d];
+                match src {
+                    Src::Input => sc.dx.iter_mut().zip(din).for_each(|(a, b)| *a += *b),
+                    Src::Node(j) => douts[j].copy_from_slice(din),
+                }
+            }
+        }
+        (sc.gate, sc.dm) = (gate, dm);
+        dx.copy_from(rm(&sc.dx, n, h));
+    }
+}
+
+fn param_name(mlp: usize, i: usize) -> String {
+    format!("sketch.node{}.f{}.{}", mlp / 2, mlp % 2 + 1, NAMES[i])
+}
+
+impl<T: Scalar> PolySketch<T> for LearnedSketch<T> {
+    fn name(&self) -> &'static str {
+        "LearnedSketch"
+    }
+    /// The degree \\(p/2\\) the sketch stands in for (it is not a linear map of
+    /// \\(x^{\otimes p/2}\\): the networks are nonlinear).
+    fn degree(&self) -> usize {
+        self.degree
+    }
+    fn input_dim(&self) -> usize {
+        self.h
+    }
+    fn sketch_dim(&self) -> usize {
+        self.r
+    }
+    fn apply_rows(&self, a: MatRef<'_, T>, out: MatMut<'_, T>) {
+        self.forward(a, out, &mut LearnedSaved::default());
+    }
+    fn vjp_rows(&self, a: MatRef<'_, T>, grad: MatRef<'_, T>, out: MatMut<'_, T>) {
+        let mut saved = LearnedSaved::default();
+        let mut l = Mat::zeros(a.nrows(), self.r);
+        self.forward(a, l.as_mut(), &mut saved);
+        self.backward(&mut saved, grad, out, &mut self.zero_grads());
+    }
+}

@@ -1,0 +1,179 @@
+//! The learned sketch (paper Algorithm 2, Appendix D) against its plain-loop reference, its
+//! gradients against finite differences, f32 against f64, seeds, shapes and bad input.
+
+use faer::{Mat, MatRef, Par};
+use polysketch_attention::reference::learned_sketch_reference;
+use polysketch_attention::{AttentionError, LearnedSaved, LearnedSketch};
+use polysketch_sketch::{PolySketch, seeded_rng};
+use rand_distr::{Distribution, StandardNormal};
+
+fn random(rows: usize, cols: usize, seed: u64) -> Mat<f64> {
+    let mut rng = seeded_rng(seed);
+    Mat::from_fn(rows, cols, |_, _| StandardNormal.sample(&mut rng))
+}
+
+/// Moves every parameter off its initial value so biases and gains are generic.
+fn perturb(s: &mut LearnedSketch<f64>, seed: u64) {
+    let mut rng = seeded_rng(seed);
+    for p in s.parameters_mut() {
+        for x in p.data.iter_mut() {
+            let z: f64 = StandardNormal.sample(&mut rng);
+            *x += 0.1 * z;
+        }
+    }
+}
+
+fn max_abs(m: MatRef<'_, f64>) -> f64 {
+    (0..m.nrows())
+        .flat_map(|i| (0..m.ncols()).map(move |j| (i, j)))
+        .fold(0.0, |a, (i, j)| a.max(m[(i, j)].abs()))
+}
+
+#[test]
+fn forward_matches_the_reference() {
+    for (h, r, degree) in [(6, 4, 2), (5, 3, 4), (3, 2, 8)] {
+        let mut s = LearnedSketch::<f64>::new(h, r, degree, 7).unwrap();
+        perturb(&mut s, 1);
+        let x = random(13, h, 2);
+        let fast = s.apply(x.as_ref(), Par::Seq).unwrap();
+        let naive = learned_sketch_reference(&s, x.as_ref());
+        let err = max_abs((&fast - &naive).as_ref());
+        assert!(
+            err <= 1e-12 * max_abs(naive.as_ref()),
+            "h={h} r={r} degree={degree}: {err:e}"
+        );
+    }
+}
+
+#[test]
+fn counts_and_shapes_follow_appendix_d() {
+    // p - 2 networks; one reading h has 2h + 8hr + 8r + 8r² + r + 2r + 8r² + 8r + 8r² + r
+    // parameters, i.e. ≈ 8hr + 24r² as the paper says
+    let (h, r) = (16, 4);
+    for (degree, networks_on_input, networks_on_nodes) in [(2, 2, 0), (4, 4, 2), (8, 8, 6)] {
+        let s = LearnedSketch::<f32>::new(h, r, degree, 0).unwrap();
+        let count: usize = s.parameters().iter().map(|p| p.data.len()).sum();
+        let per = |d: usize| {
+            2 * d + d * 8 * r + 8 * r + 8 * r * r + r + 2 * r + r * 8 * r + 8 * r + 8 * r * r + r
+        };
+        assert_eq!(
+            count,
+            networks_on_input * per(h) + networks_on_nodes * per(r),
+            "degree {degree}"
+        );
+        for p in s.parameters() {
+            assert_eq!(
+                p.shape.iter().product::<usize>(),
+                p.data.len(),
+                "{}",
+                p.name
+            );
+        }
+    }
+}
+
+#[test]
+fn same_seed_same_sketch_and_f32_follows_f64() {
+    let (h, r) = (8, 6);
+    let a = LearnedSketch::<f64>::new(h, r, 2, 3).unwrap();
+    let b = LearnedSketch::<f64>::new(h, r, 2, 3).unwrap();
+    let c = LearnedSketch::<f64>::new(h, r, 2, 4).unwrap();
+    assert_eq!(a.parameters(), b.parameters());
+    assert_ne!(a.parameters(), c.parameters());
+    let s32 = LearnedSketch::<f32>::new(h, r, 2, 3).unwrap();
+    let x = random(50, h, 5);
+    let x32 = Mat::from_fn(50, h, |i, j| x[(i, j)] as f32);
+    let (l64, l32) = (
+        a.apply(x.as_ref(), Par::Seq).unwrap(),
+        s32.apply(x32.as_ref(), Par::Seq).unwrap(),
+    );
+    let err = (0..50)
+        .flat_map(|i| (0..r).map(move |j| (i, j)))
+        .fold(0.0f64, |m, (i, j)| {
+            m.max((l32[(i, j)] as f64 - l64[(i, j)]).abs())
+        });
+    assert!(err < 1e-4 * max_abs(l64.as_ref()), "f32 vs f64: {err:e}");
+}
+
+/// L = <G, sketch(x)>: gradients for x and every parameter against central differences.
+#[test]
+fn backward_matches_finite_differences() {
+    for (h, r, degree) in [(4, 3, 2), (3, 2, 4)] {
+        let mut s = LearnedSketch::<f64>::new(h, r, degree, 9).unwrap();
+        perturb(&mut s, 3);
+        let n = 5;
+        let x = random(n, h, 4);
+        let g = random(n, r, 6);
+        let loss = |s: &LearnedSketch<f64>, x: MatRef<'_, f64>| -> f64 {
+            let l = s.apply(x, Par::Seq).unwrap();
+            (0..n)
+                .flat_map(|i| (0..r).map(move |j| (i, j)))
+                .map(|(i, j)| l[(i, j)] * g[(i, j)])
+                .sum()
+        };
+        let mut saved = LearnedSaved::default();
+        let mut out = Mat::zeros(n, r);
+        s.forward(x.as_ref(), out.as_mut(), &mut saved);
+        let mut dx = Mat::zeros(n, h);
+        let mut grads = s.zero_grads();
+        s.backward(&mut saved, g.as_ref(), dx.as_mut(), &mut grads);
+        // the trait's vjp is the same input gradient
+        let vjp = s.vjp(x.as_ref(), g.as_ref(), Par::Seq).unwrap();
+        assert!(max_abs((&vjp - &dx).as_ref()) <= 1e-14 * max_abs(dx.as_ref()).max(1.0));
+        let eps = 1e-6;
+        let scale = max_abs(dx.as_ref());
+        for i in 0..n {
+            for c in 0..h {
+                let (mut up, mut down) = (x.clone(), x.clone());
+                up[(i, c)] += eps;
+                down[(i, c)] -= eps;
+                let fd = (loss(&s, up.as_ref()) - loss(&s, down.as_ref())) / (2.0 * eps);
+                assert!(
+                    (dx[(i, c)] - fd).abs() <= 1e-6 * scale + 1e-9,
+                    "dx[{i},{c}]: {} vs {fd}",
+                    dx[(i, c)]
+                );
+            }
+        }
+        let names: Vec<String> = s.parameters().into_iter().map(|p| p.name).collect();
+        // finite differences err in absolute terms (about 1e-10 here): the tolerance is
+        // relative to the largest gradient of all parameters, not of each one (deep in the
+        // tree some are ~1e-7 in size)
+        let scale = grads.iter().flatten().fold(0.0f64, |m, v| m.max(v.abs()));
+        for (pi, analytic) in grads.iter().enumerate() {
+            for j in 0..analytic.len() {
+                let mut probe = s.clone();
+                probe.parameters_mut()[pi].data[j] += eps;
+                let up = loss(&probe, x.as_ref());
+                probe.parameters_mut()[pi].data[j] -= 2.0 * eps;
+                let down = loss(&probe, x.as_ref());
+                let fd = (up - down) / (2.0 * eps);
+                assert!(
+                    (analytic[j] - fd).abs() <= 1e-6 * scale + 1e-9,
+                    "degree {degree} d{}[{j}]: {} vs {fd}",
+                    names[pi],
+                    analytic[j]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_input_gets_typed_errors() {
+    for (h, r, degree) in [(0, 4, 2), (4, 0, 2), (4, 4, 1), (4, 4, 3), (4, 4, 0)] {
+        assert!(
+            matches!(
+                LearnedSketch::<f32>::new(h, r, degree, 0),
+                Err(AttentionError::InvalidConfig(_))
+            ),
+            "h={h} r={r} degree={degree}"
+        );
+    }
+    let s = LearnedSketch::<f64>::new(4, 3, 2, 0).unwrap();
+    assert!(s.apply(random(3, 5, 0).as_ref(), Par::Seq).is_err());
+    assert!(s.apply(Mat::<f64>::zeros(0, 4).as_ref(), Par::Seq).is_err());
+    let mut x = random(3, 4, 0);
+    x[(1, 1)] = f64::NAN;
+    assert!(s.apply(x.as_ref(), Par::Seq).is_err());
+}
