@@ -54,6 +54,14 @@ pub enum AttentionError {
         /// What is wrong.
         reason: String,
     },
+    /// A parameter file could not be written or read, or does not fit the model.
+    #[error("{path}: {reason}")]
+    File {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
 }
 
 /// Result alias of the attention crate.

@@ -36,13 +36,13 @@ pub const MAX_STATE_BYTES: u128 = 16 << 30;
 /// # Shapes
 /// `q`, `k`, `v`, output: `[batch, heads, n, head_dim]`, row-major `&[T]`.
 pub struct Attention<T: Scalar> {
-    config: AttentionConfig,
-    ln_gain: Vec<T>,
-    ln_bias: Vec<T>,
+    pub(crate) config: AttentionConfig,
+    pub(crate) ln_gain: Vec<T>,
+    pub(crate) ln_bias: Vec<T>,
     /// The random sketch (PolySketch with `SketchKind::Random`).
-    sketch: Option<Box<dyn PolySketch<T>>>,
+    pub(crate) sketch: Option<Box<dyn PolySketch<T>>>,
     /// The learned sketch (PolySketch with `SketchKind::Learned`), shared by the heads.
-    learned: Option<LearnedSketch<T>>,
+    pub(crate) learned: Option<LearnedSketch<T>>,
 }
 
 impl<T: Scalar> core::fmt::Debug for Attention<T> {
@@ -235,7 +235,7 @@ pub struct Grads<T> {
     pub params: Vec<(String, Vec<T>)>,
 }
 
-fn check_len<T>(
+pub(crate) fn check_len<T>(
     op: &'static str,
     input: &'static str,
     x: &[T],
@@ -254,7 +254,11 @@ fn check_len<T>(
     Ok(())
 }
 
-fn check_finite<T: Scalar>(op: &'static str, input: &'static str, x: &[T]) -> Result<()> {
+pub(crate) fn check_finite<T: Scalar>(
+    op: &'static str,
+    input: &'static str,
+    x: &[T],
+) -> Result<()> {
     if polysketch_sketch::all_finite(x) {
         return Ok(());
     }
@@ -265,7 +269,7 @@ fn check_finite<T: Scalar>(op: &'static str, input: &'static str, x: &[T]) -> Re
 }
 
 /// Head `idx` of a row-major `[.., n, h]` array as an `[n, h]` view.
-fn head_matrix<T>(x: &[T], idx: usize, n: usize, h: usize) -> MatRef<'_, T> {
+pub(crate) fn head_matrix<T>(x: &[T], idx: usize, n: usize, h: usize) -> MatRef<'_, T> {
     MatRef::from_row_major_slice(&x[idx * n * h..(idx + 1) * n * h], n, h)
 }
 
@@ -401,7 +405,7 @@ impl<T: Scalar> Attention<T> {
         out
     }
 
-    fn scale(&self) -> T {
+    pub(crate) fn scale(&self) -> T {
         T::of((self.config.head_dim as f64).powf(-0.25))
     }
 

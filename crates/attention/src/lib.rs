@@ -20,7 +20,16 @@
 //! - exact causal softmax attention, tiled with an online softmax (flash-attention style, \\(O(n)\\)
 //!   extra memory), the baseline every comparison is made against.
 //!
-//! **Status.** Decoding, packed sequences and carried state are not here yet.
+//! Beyond one forward/backward over `[batch, heads, n, h]`:
+//!
+//! - **decoding and carried state** ([`State`], [`Attention::decode_step`],
+//!   [`Attention::forward_chunk`]): PolySketch keeps the running sums
+//!   \(\sum_j \phi'(\tilde k_j)[v_j, 1]^\top\) plus the open local block, so a token costs
+//!   \(O(1)\) in the context length; softmax and polynomial keep an ordinary KV cache;
+//! - **packed sequences** ([`Attention::forward_packed`], [`Attention::backward_packed`]): many
+//!   sequences in one row, given by offsets like `cu_seqlens`, with no attention across them;
+//! - **named parameters** ([`Attention::parameters`], [`save_safetensors`],
+//!   [`load_safetensors`]) so a model that is not ours can save and load the layer.
 //!
 //! # Example
 //! ```
@@ -49,11 +58,17 @@ mod error;
 mod layer;
 pub mod layernorm;
 pub mod learned;
+mod packed;
 mod polynomial;
 pub mod reference;
+mod safetensors_io;
 mod softmax;
+pub mod state;
 
 pub use config::{AttentionConfig, AttentionKind, PolySketchConfig, SketchKind};
 pub use error::{AttentionError, Result};
 pub use layer::{Attention, Grads, MAX_STATE_BYTES, Saved};
 pub use learned::{LearnedSaved, LearnedSketch, Param, ParamMut};
+pub use packed::PackedSaved;
+pub use safetensors_io::{load_safetensors, save_safetensors};
+pub use state::State;

@@ -48,6 +48,7 @@ mod check;
 mod countsketch;
 mod error;
 mod gaussian;
+pub mod io;
 pub mod jl;
 pub mod linalg;
 #[cfg(feature = "nalgebra")]
