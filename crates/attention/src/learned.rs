@@ -145,8 +145,10 @@ fn add_column_sums<T: Scalar>(x: &[T], acc: &mut [T]) {
 }
 
 polysketch_sketch::multiversion! {
-    /// `z = gelu(a)` (tanh form).
-    fn gelu<T: Scalar>(a: &[T], z: &mut [T]) {
+    /// `z = gelu(a)` elementwise, tanh form:
+    /// \\(\mathrm{gelu}(x) = \tfrac12 x\,(1 + \tanh(\sqrt{2/\pi}(x + 0.044715x^3)))\\).
+    /// Shapes: `a`, `z` of one length.
+    pub fn gelu<T: Scalar>(a: &[T], z: &mut [T]) {
         let (half, c, k) = (T::of(0.5), T::of(GELU_C), T::of(GELU_A));
         for (z, &x) in z.iter_mut().zip(a) {
             let t = (c * (x + k * x * x * x)).fast_tanh();
@@ -156,8 +158,9 @@ polysketch_sketch::multiversion! {
 }
 
 polysketch_sketch::multiversion! {
-    /// `z = gelu(a)` and `g = gelu'(a)`.
-    fn gelu_with_grad<T: Scalar>(a: &[T], z: &mut [T], g: &mut [T]) {
+    /// `z = gelu(a)` and `g = gelu'(a)` elementwise (tanh form, as [`gelu`]).
+    /// Shapes: `a`, `z`, `g` of one length.
+    pub fn gelu_with_grad<T: Scalar>(a: &[T], z: &mut [T], g: &mut [T]) {
         let (half, c, k, k3) = (T::of(0.5), T::of(GELU_C), T::of(GELU_A), T::of(3.0 * GELU_A));
         for ((z, g), &x) in z.iter_mut().zip(g.iter_mut()).zip(a) {
             let t = (c * (x + k * x * x * x)).fast_tanh();

@@ -68,7 +68,7 @@ pub mod state;
 pub use config::{AttentionConfig, AttentionKind, PolySketchConfig, SketchKind};
 pub use error::{AttentionError, Result};
 pub use layer::{Attention, Grads, MAX_STATE_BYTES, Saved};
-pub use learned::{LearnedSaved, LearnedSketch, Param, ParamMut};
+pub use learned::{LearnedSaved, LearnedSketch, Param, ParamMut, gelu, gelu_with_grad};
 pub use packed::PackedSaved;
 pub use safetensors_io::{load_safetensors, save_safetensors};
 pub use state::State;

@@ -1,0 +1,149 @@
+//! Checkpoints: a folder with `model.safetensors` (the named parameters), `optimizer.safetensors`
+//! (AdamW's moments, `m.<name>` and `v.<name>`) and `checkpoint.json` (model and training
+//! configuration, step, what was trained on). The folder is written beside its place as
+//! `<dir>.tmp` and then renamed over it, so a crash leaves the previous checkpoint whole.
+
+use std::path::{Path, PathBuf};
+
+use polysketch_attention::{Param, ParamMut, load_safetensors, save_safetensors};
+use polysketch_sketch::io::write_atomic;
+use serde::{Deserialize, Serialize};
+
+use crate::{AdamW, Gpt, GptConfig, GptError, Result};
+
+/// Version of the checkpoint layout.
+pub const FORMAT: u32 = 1;
+
+/// The JSON part of a checkpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Meta {
+    /// [`FORMAT`] of the writer.
+    pub format: u32,
+    /// The model.
+    pub model: GptConfig,
+    /// Steps taken.
+    pub step: usize,
+    /// The training configuration (the trainer's own, as JSON).
+    pub train: serde_json::Value,
+    /// Tokenizer name (`bytes`).
+    pub tokenizer: String,
+}
+
+fn file_err(path: &Path, reason: impl ToString) -> GptError {
+    GptError::File {
+        path: path.display().to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+fn moments<'a>(model: &Gpt<f32>, prefix: &str, flat: &'a [f32]) -> Vec<Param<'a, f32>> {
+    model
+        .table()
+        .iter()
+        .map(|p| Param {
+            name: format!("{prefix}.{}", p.name),
+            shape: p.shape.clone(),
+            data: p.of(flat),
+        })
+        .collect()
+}
+
+/// Writes a checkpoint folder at `dir` (replacing one that is there).
+///
+/// # Errors
+/// [`GptError::File`] if a file cannot be written; non-finite parameters.
+pub fn save(dir: &Path, model: &Gpt<f32>, opt: &AdamW<f32>, meta: &Meta) -> Result<()> {
+    let tmp = PathBuf::from(format!("{}.tmp", dir.display()));
+    let old = PathBuf::from(format!("{}.old", dir.display()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp).map_err(|e| file_err(&tmp, e))?;
+    save_safetensors(&tmp.join("model.safetensors"), &model.parameters())?;
+    let mut both = moments(model, "m", &opt.m);
+    both.extend(moments(model, "v", &opt.v));
+    save_safetensors(&tmp.join("optimizer.safetensors"), &both)?;
+    let mut meta = meta.clone();
+    meta.train["adam_t"] = serde_json::json!(opt.t);
+    let json = serde_json::to_vec_pretty(&meta).map_err(|e| file_err(dir, e))?;
+    write_atomic(&tmp.join("checkpoint.json"), &json).map_err(|e| file_err(&tmp, e))?;
+    if dir.exists() {
+        let _ = std::fs::remove_dir_all(&old);
+        std::fs::rename(dir, &old).map_err(|e| file_err(dir, e))?;
+    }
+    std::fs::rename(&tmp, dir).map_err(|e| file_err(dir, e))?;
+    let _ = std::fs::remove_dir_all(&old);
+    Ok(())
+}
+
+/// Reads the JSON part of the checkpoint at `dir`.
+///
+/// # Errors
+/// [`GptError::File`]: missing, unreadable, not this format.
+pub fn read_meta(dir: &Path) -> Result<Meta> {
+    let path = dir.join("checkpoint.json");
+    if !dir.is_dir() {
+        let old = PathBuf::from(format!("{}.old", dir.display()));
+        let hint = if old.is_dir() {
+            format!(
+                " (a write was interrupted: the previous checkpoint is at {})",
+                old.display()
+            )
+        } else {
+            String::new()
+        };
+        return Err(file_err(dir, format!("no checkpoint folder here{hint}")));
+    }
+    let bytes = std::fs::read(&path).map_err(|e| file_err(&path, e))?;
+    let meta: Meta = serde_json::from_slice(&bytes)
+        .map_err(|e| file_err(&path, format!("not a checkpoint ({e})")))?;
+    if meta.format != FORMAT {
+        return Err(file_err(
+            &path,
+            format!("format {} is not {FORMAT}", meta.format),
+        ));
+    }
+    meta.model.validate()?;
+    Ok(meta)
+}
+
+/// Loads a checkpoint: the model (built from its configuration, then its weights) and, when
+/// asked, the optimiser state.
+///
+/// # Errors
+/// [`GptError::File`] for a missing or corrupt file or tensors that do not fit the configuration.
+pub fn load(
+    dir: &Path,
+    with_optimizer: Option<(f64, f64, f64, f64)>,
+) -> Result<(Meta, Gpt<f32>, Option<AdamW<f32>>)> {
+    let meta = read_meta(dir)?;
+    let mut model = Gpt::<f32>::new(meta.model)?;
+    model.with_parameters_mut(|views| load_safetensors(&dir.join("model.safetensors"), views))?;
+    let opt = match with_optimizer {
+        None => None,
+        Some((b1, b2, eps, wd)) => {
+            let mut opt = AdamW::new(model.num_params(), b1, b2, eps, wd);
+            let table = model.table().to_vec();
+            let (m, v) = (&mut opt.m, &mut opt.v);
+            let mut views: Vec<ParamMut<'_, f32>> = Vec::new();
+            for (prefix, flat) in [("m", m), ("v", v)] {
+                let mut rest: &mut [f32] = flat;
+                for p in &table {
+                    let (mine, tail) = rest.split_at_mut(p.len());
+                    views.push(ParamMut {
+                        name: format!("{prefix}.{}", p.name),
+                        shape: p.shape.clone(),
+                        data: mine,
+                    });
+                    rest = tail;
+                }
+            }
+            load_safetensors(&dir.join("optimizer.safetensors"), &mut views)?;
+            opt.t = meta
+                .train
+                .get("adam_t")
+                .and_then(|t| t.as_u64())
+                .ok_or_else(|| file_err(&dir.join("checkpoint.json"), "no adam_t"))?;
+            Some(opt)
+        }
+    };
+    Ok((meta, model, opt))
+}

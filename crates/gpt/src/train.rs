@@ -1,0 +1,198 @@
+//! The training step and evaluation, independent of where batches come from.
+
+use faer::Par;
+use serde::{Deserialize, Serialize};
+
+use crate::optim::Decay;
+use crate::{Activations, AdamW, Gpt, GptConfig, GptError, Result, Schedule};
+
+/// Optimisation settings of a run (stored in checkpoints).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Sequences per step.
+    pub batch: usize,
+    /// Tokens per sequence.
+    pub seq: usize,
+    /// Total steps.
+    pub steps: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Warm-up steps.
+    pub warmup: usize,
+    /// Decay after the warm-up.
+    pub decay: Decay,
+    /// Final learning rate as a fraction of the peak.
+    pub min_lr_ratio: f64,
+    /// AdamW \\(\lambda\\).
+    pub weight_decay: f64,
+    /// AdamW \\(\beta_1\\).
+    pub beta1: f64,
+    /// AdamW \\(\beta_2\\).
+    pub beta2: f64,
+    /// Gradient-norm clip (0: none).
+    pub clip: f64,
+    /// Seed of the batches.
+    pub seed: u64,
+}
+
+impl TrainConfig {
+    /// The learning-rate schedule.
+    pub fn schedule(&self) -> Schedule {
+        Schedule {
+            peak: self.lr,
+            warmup: self.warmup,
+            total: self.steps,
+            decay: self.decay,
+            min_ratio: self.min_lr_ratio,
+        }
+    }
+
+    /// Checks the values.
+    ///
+    /// # Errors
+    /// [`GptError::InvalidConfig`] for zero sizes, a learning rate that is not positive and
+    /// finite, betas outside [0, 1), a negative weight decay or clip.
+    pub fn validate(&self, model: &GptConfig) -> Result<()> {
+        let bad = |m: String| Err(GptError::InvalidConfig(m));
+        if self.batch == 0 || self.seq == 0 || self.steps == 0 {
+            return bad("batch, seq and steps must be positive".into());
+        }
+        if self.seq > model.context {
+            return bad(format!(
+                "seq {} is longer than the model's context {}",
+                self.seq, model.context
+            ));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad(format!("learning rate {} must be positive", self.lr));
+        }
+        if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) {
+            return bad("betas must be in [0, 1)".into());
+        }
+        if !(self.weight_decay >= 0.0
+            && self.clip >= 0.0
+            && (0.0..=1.0).contains(&self.min_lr_ratio))
+        {
+            return bad(
+                "weight decay and clip must be ≥ 0 and the final lr ratio in [0, 1]".into(),
+            );
+        }
+        Ok(())
+    }
+
+    /// A fresh optimiser for `len` parameters.
+    pub fn optimizer(&self, len: usize) -> AdamW<f32> {
+        AdamW::new(len, self.beta1, self.beta2, 1e-8, self.weight_decay)
+    }
+}
+
+/// What a step reports.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepStats {
+    /// Mean training loss of the batch (before the update).
+    pub loss: f64,
+    /// Gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Learning rate used.
+    pub lr: f64,
+}
+
+/// A model, its optimiser and the reusable buffers of a run.
+#[derive(Debug)]
+pub struct Trainer {
+    /// The model.
+    pub model: Gpt<f32>,
+    /// Its optimiser.
+    pub opt: AdamW<f32>,
+    /// The settings.
+    pub config: TrainConfig,
+    /// Steps taken.
+    pub step: usize,
+    acts: Activations<f32>,
+    grads: Vec<f32>,
+}
+
+impl Trainer {
+    /// A trainer at step `step` (0 for a new run).
+    ///
+    /// # Errors
+    /// An invalid [`TrainConfig`].
+    pub fn new(model: Gpt<f32>, opt: AdamW<f32>, config: TrainConfig, step: usize) -> Result<Self> {
+        config.validate(model.config())?;
+        let grads = vec![0.0; model.num_params()];
+        Ok(Self {
+            model,
+            opt,
+            config,
+            step,
+            acts: Activations::new(),
+            grads,
+        })
+    }
+
+    /// One step on `tokens`/`targets` (`[batch, n]`): forward, backward, AdamW at the
+    /// schedule's learning rate, clipping.
+    ///
+    /// # Errors
+    /// The model's errors; a non-finite loss or gradient (nothing is changed then).
+    pub fn step(
+        &mut self,
+        tokens: &[u32],
+        targets: &[u32],
+        batch: usize,
+        n: usize,
+        par: Par,
+    ) -> Result<StepStats> {
+        let loss = self
+            .model
+            .forward(tokens, targets, batch, n, &mut self.acts, par)?;
+        self.grads.fill(0.0);
+        self.model.backward(&mut self.acts, &mut self.grads, par)?;
+        let lr = self.config.schedule().lr(self.step);
+        let (opt, grads, clip) = (&mut self.opt, &self.grads, self.config.clip);
+        let grad_norm = self
+            .model
+            .update_params(|p, table| opt.step(p, grads, table, lr, clip))?;
+        self.step += 1;
+        Ok(StepStats {
+            loss,
+            grad_norm,
+            lr,
+        })
+    }
+
+    /// Mean loss over `batches` (each `(tokens, targets)` of `[batch, n]`), weighted by targets.
+    ///
+    /// # Errors
+    /// The model's errors.
+    pub fn eval(
+        &mut self,
+        batches: &[(Vec<u32>, Vec<u32>)],
+        batch: usize,
+        n: usize,
+        par: Par,
+    ) -> Result<f64> {
+        evaluate(&self.model, batches, batch, n, &mut self.acts, par)
+    }
+}
+
+/// Mean loss of `model` over `batches` (each `[batch, n]`), weighted by the number of targets.
+///
+/// # Errors
+/// The model's errors.
+pub fn evaluate(
+    model: &Gpt<f32>,
+    batches: &[(Vec<u32>, Vec<u32>)],
+    batch: usize,
+    n: usize,
+    acts: &mut Activations<f32>,
+    par: Par,
+) -> Result<f64> {
+    let (mut sum, mut count) = (0.0, 0usize);
+    for (x, y) in batches {
+        let c = y.iter().filter(|&&t| t != crate::IGNORE).count();
+        sum += model.forward(x, y, batch, n, acts, par)? * c as f64;
+        count += c;
+    }
+    Ok(sum / count.max(1) as f64)
+}
