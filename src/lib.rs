@@ -10,6 +10,7 @@
 //! - [`lowtri`]: block lower-triangular products \\(\\mathrm{lt}(AB^\\top)C\\) in time linear in
 //!   \\(n\\), forward and backward.
 //! - [`attention`]: causal attention layers (PolySketch, softmax), forward and backward.
+//! - [`gpt`]: the mini GPT; [`run`]: the drivers of `polysketch train`, `sample`, `eval`, `task`.
 //! - [`kernel`]: kernel ridge regression and kernel PCA with sketches, Nyström and the exact
 //!   methods.
 //! - [`amm`]: the empirical check of Theorem 2.4 run by `examples/amm_bound.rs`.
@@ -31,6 +32,7 @@
 //! ```
 
 pub use polysketch_attention as attention;
+pub use polysketch_gpt as gpt;
 pub use polysketch_kernel as kernel;
 pub use polysketch_lowtri as lowtri;
 pub use polysketch_sketch as sketch;
@@ -40,6 +42,7 @@ pub mod amm;
 pub mod io;
 pub mod memory;
 pub mod plot;
+pub mod run;
 pub mod scaling;
 
 /// The README's code runs as a doctest, so it cannot rot.
@@ -60,6 +63,12 @@ pub enum Error {
     /// Drawing a plot failed.
     #[error("plot: {0}")]
     Plot(String),
+    /// The model, its training or a checkpoint refused.
+    #[error(transparent)]
+    Gpt(#[from] gpt::GptError),
+    /// An attention layer refused.
+    #[error(transparent)]
+    Attention(#[from] attention::AttentionError),
     /// An experiment's configuration is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),

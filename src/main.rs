@@ -1,6 +1,11 @@
 //! The `polysketch` command-line program.
 //!
 //! ```sh
+//! cargo run --release -- train                      # a small polysketch GPT on the bundled corpus
+//! cargo run --release -- train --resume runs/train-1/checkpoint
+//! cargo run --release -- sample --checkpoint runs/train-1/checkpoint --prompt "Emma"
+//! cargo run --release -- eval --checkpoint runs/train-1/checkpoint
+//! cargo run --release -- task induction
 //! cargo run --release -- bench attention --n 1024,4096,16384,32768
 //! cargo run --release -- --help
 //! ```
@@ -14,7 +19,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use polysketch::attention::{
     Attention, AttentionConfig, AttentionKind, Grads, PolySketchConfig, Saved, SketchKind,
 };
+use polysketch::gpt::tasks::Task;
+use polysketch::gpt::{Decay, GptConfig, TrainConfig};
 use polysketch::memory::CountingAlloc;
+use polysketch::run;
 use polysketch::scaling::{self, Series};
 
 #[global_allocator]
@@ -30,11 +38,154 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Train a small GPT on a text file (default: the bundled Austen corpus), writing a
+    /// checkpoint, metrics.csv and loss.svg into --out, and print a generated sample.
+    Train(TrainArgs),
+    /// Generate text from a checkpoint with recurrent decoding.
+    Sample(SampleArgs),
+    /// Validation loss and perplexity of a checkpoint.
+    Eval(EvalArgs),
+    /// Train on a synthetic task of the paper's Appendix F and report exact accuracy
+    /// (last line: `accuracy <a>`).
+    Task(TaskArgs),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
         what: Bench,
     },
+}
+
+/// The model and optimisation options shared by `train` and `task`.
+#[derive(clap::Args, Debug, Clone)]
+struct ModelArgs {
+    /// Attention kind: softmax, polynomial, random or learned (PolySketch sketches).
+    #[arg(long, default_value = "learned")]
+    attention: String,
+    /// PolySketch without exact local blocks (default: with them).
+    #[arg(long)]
+    no_local: bool,
+    /// Degree p of the polynomial and PolySketch kinds.
+    #[arg(long, default_value_t = 4)]
+    p: usize,
+    /// PolySketch sketch size r.
+    #[arg(long, default_value_t = 32)]
+    r: usize,
+    /// PolySketch block size b.
+    #[arg(long, default_value_t = 64)]
+    block: usize,
+    /// Blocks.
+    #[arg(long, default_value_t = 4)]
+    layers: usize,
+    /// Model width.
+    #[arg(long, default_value_t = 128)]
+    d_model: usize,
+    /// Attention heads (head size d_model/heads, even).
+    #[arg(long, default_value_t = 4)]
+    heads: usize,
+    /// Tokens per training sequence (also the model's context).
+    #[arg(long, default_value_t = 256)]
+    seq: usize,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Training steps.
+    #[arg(long, default_value_t = 300)]
+    steps: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 2e-3)]
+    lr: f64,
+    /// Warm-up steps (default: a tenth of the steps).
+    #[arg(long)]
+    warmup: Option<usize>,
+    /// Decay after the warm-up: cosine or linear.
+    #[arg(long, default_value = "cosine")]
+    decay: String,
+    /// AdamW decoupled weight decay.
+    #[arg(long, default_value_t = 0.1)]
+    weight_decay: f64,
+    /// Gradient-norm clip (0: none).
+    #[arg(long, default_value_t = 1.0)]
+    clip: f64,
+    /// Seed of the initialisation and the batches.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Evaluate and checkpoint every this many steps.
+    #[arg(long, default_value_t = 50)]
+    eval_every: usize,
+    /// Folder for the run's files (default: a new runs/<name>-<n>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Stop after this step (writing a checkpoint to resume from).
+    #[arg(long)]
+    stop_after: Option<usize>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+/// Options of `train`.
+#[derive(clap::Args, Debug)]
+struct TrainArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// A UTF-8 text file to train on (byte tokens; the last tenth is the validation set).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Validation batches per evaluation.
+    #[arg(long, default_value_t = 8)]
+    eval_batches: usize,
+    /// Continue the run of this checkpoint folder exactly (its configuration wins).
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Bytes of text to generate at the end.
+    #[arg(long, default_value_t = 300)]
+    sample_len: usize,
+}
+
+/// Options of `sample`.
+#[derive(clap::Args, Debug)]
+struct SampleArgs {
+    /// A checkpoint folder (e.g. runs/train-1/checkpoint).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Text to continue.
+    #[arg(long, default_value = "")]
+    prompt: String,
+    /// Bytes to generate.
+    #[arg(long, default_value_t = 400)]
+    tokens: usize,
+    /// Sampling temperature (0: greedy).
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f64,
+    /// Seed of the sampling.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+}
+
+/// Options of `eval`.
+#[derive(clap::Args, Debug)]
+struct EvalArgs {
+    /// A checkpoint folder.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// A text file to evaluate on (its last tenth; default: the training run's validation set).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Validation batches.
+    #[arg(long, default_value_t = 32)]
+    batches: usize,
+}
+
+/// Options of `task`.
+#[derive(clap::Args, Debug)]
+struct TaskArgs {
+    /// induction or copying.
+    task: String,
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Held-out examples for the accuracy.
+    #[arg(long, default_value_t = 512)]
+    held_out: usize,
 }
 
 #[derive(Subcommand, Debug)]
@@ -69,6 +220,10 @@ struct AttentionBench {
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Train(args) => train(args),
+        Command::Sample(args) => sample(&args),
+        Command::Eval(args) => eval(&args),
+        Command::Task(args) => task(args),
         Command::Bench {
             what: Bench::Attention(args),
         } => bench_attention(&args),
@@ -77,6 +232,172 @@ fn main() {
         eprintln!("error: {e}");
         std::process::exit(1);
     }
+}
+
+/// The model and run configuration of `train`/`task` options.
+fn configs(
+    m: &ModelArgs,
+    vocab: usize,
+    source: run::Source,
+    eval_batches: usize,
+) -> polysketch::Result<(GptConfig, run::RunConfig)> {
+    let attention = run::attention_spec(&m.attention, m.p, m.r, m.block, !m.no_local)?;
+    let decay = match m.decay.as_str() {
+        "cosine" => Decay::Cosine,
+        "linear" => Decay::Linear,
+        other => {
+            return Err(polysketch::Error::Config(format!(
+                "unknown decay {other:?} (cosine, linear)"
+            )));
+        }
+    };
+    let model = GptConfig {
+        vocab,
+        context: m.seq,
+        d_model: m.d_model,
+        layers: m.layers,
+        heads: m.heads,
+        attention,
+        seed: m.seed,
+    };
+    let train = TrainConfig {
+        batch: m.batch,
+        seq: m.seq,
+        steps: m.steps,
+        lr: m.lr,
+        warmup: m.warmup.unwrap_or(m.steps / 10),
+        decay,
+        min_lr_ratio: 0.1,
+        weight_decay: m.weight_decay,
+        beta1: 0.9,
+        beta2: 0.95,
+        clip: m.clip,
+        seed: m.seed,
+    };
+    model.validate()?;
+    train.validate(&model)?;
+    Ok((
+        model,
+        run::RunConfig {
+            train,
+            source,
+            eval_every: m.eval_every,
+            eval_batches,
+        },
+    ))
+}
+
+fn train(args: TrainArgs) -> polysketch::Result<()> {
+    let m = &args.model;
+    let data = args.data.clone().unwrap_or_else(run::default_data);
+    let source = run::Source::Text {
+        path: data,
+        val_fraction: 0.1,
+    };
+    let (model, cfg) = configs(m, 256, source, args.eval_batches)?;
+    let out = match (&m.out, &args.resume) {
+        (Some(o), _) => o.clone(),
+        (None, Some(ckpt)) => ckpt
+            .parent()
+            .map_or_else(|| PathBuf::from("."), |p| p.to_path_buf()),
+        (None, None) => run::new_run_dir("train"),
+    };
+    let s = run::train(
+        model,
+        cfg,
+        &out,
+        args.resume.as_deref(),
+        m.stop_after,
+        m.quiet,
+    )?;
+    let (meta, model, _) = polysketch::gpt::checkpoint::load(&out.join("checkpoint"), None)?;
+    println!(
+        "{} ({} parameters, {}): step {}, validation loss {:.4}, perplexity {:.2}, {:.0} tokens/s",
+        out.display(),
+        model.num_params(),
+        meta.model.attention.name(),
+        s.step,
+        s.val_loss,
+        s.val_loss.exp(),
+        s.tokens_per_s
+    );
+    println!(
+        "wrote {0}/checkpoint, {0}/metrics.csv, {0}/loss.svg",
+        out.display()
+    );
+    if args.sample_len > 0 {
+        let text = run::generate(&model, "\n", args.sample_len, 0.8, 0)?;
+        println!("--- sample ---\n{text}\n---");
+    }
+    Ok(())
+}
+
+fn sample(args: &SampleArgs) -> polysketch::Result<()> {
+    if !args.temperature.is_finite() || args.temperature < 0.0 {
+        return Err(polysketch::Error::Config(format!(
+            "temperature {} must be ≥ 0",
+            args.temperature
+        )));
+    }
+    let (_, model, _) = polysketch::gpt::checkpoint::load(&args.checkpoint, None)?;
+    if model.config().vocab != 256 {
+        return Err(polysketch::Error::Config(
+            "sample needs a text (byte) model, not a task model".into(),
+        ));
+    }
+    let text = run::generate(
+        &model,
+        &args.prompt,
+        args.tokens,
+        args.temperature,
+        args.seed,
+    )?;
+    println!("{}{text}", args.prompt);
+    Ok(())
+}
+
+fn eval(args: &EvalArgs) -> polysketch::Result<()> {
+    let (loss, tokens) = run::eval(&args.checkpoint, args.data.as_deref(), args.batches)?;
+    println!(
+        "validation loss {loss:.4} (nats/token), perplexity {:.3}, over {tokens} tokens",
+        loss.exp()
+    );
+    Ok(())
+}
+
+fn task(args: TaskArgs) -> polysketch::Result<()> {
+    let task = match args.task.as_str() {
+        "induction" => Task::Induction,
+        "copying" => Task::Copying,
+        other => {
+            return Err(polysketch::Error::Config(format!(
+                "unknown task {other:?} (induction, copying)"
+            )));
+        }
+    };
+    let m = &args.model;
+    let source = run::Source::Task {
+        task,
+        held_out: args.held_out,
+    };
+    let (model, cfg) = configs(m, task.vocab(), source, 1)?;
+    let out = m
+        .out
+        .clone()
+        .unwrap_or_else(|| run::new_run_dir(&format!("task-{}", args.task)));
+    let s = run::train(model, cfg, &out, None, m.stop_after, m.quiet)?;
+    println!(
+        "{} {}: step {}, held-out loss {:.4}, {}",
+        args.task,
+        model.attention.name(),
+        s.step,
+        s.val_loss,
+        s.solved_at.map_or("not solved (99 %)".into(), |t| format!(
+            "solved (99 %) at step {t}"
+        ))
+    );
+    println!("accuracy {:.4}", s.accuracy.unwrap_or(0.0));
+    Ok(())
 }
 
 /// A named kind of the benchmark.

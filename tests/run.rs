@@ -1,0 +1,157 @@
+//! The training driver: exact resumption, checkpoints, generation and their errors.
+
+use std::path::{Path, PathBuf};
+
+use polysketch::gpt::tasks::Task;
+use polysketch::gpt::{AttentionSpec, Decay, GptConfig, TrainConfig};
+use polysketch::run::{self, RunConfig, Source};
+
+fn tiny(attention: AttentionSpec, vocab: usize) -> GptConfig {
+    GptConfig {
+        vocab,
+        context: 32,
+        d_model: 16,
+        layers: 2,
+        heads: 2,
+        attention,
+        seed: 3,
+    }
+}
+
+fn run_config(source: Source, steps: usize) -> RunConfig {
+    RunConfig {
+        train: TrainConfig {
+            batch: 4,
+            seq: 32,
+            steps,
+            lr: 3e-3,
+            warmup: 2,
+            decay: Decay::Linear,
+            min_lr_ratio: 0.1,
+            weight_decay: 0.1,
+            beta1: 0.9,
+            beta2: 0.95,
+            clip: 1.0,
+            seed: 7,
+        },
+        source,
+        eval_every: 3,
+        eval_batches: 2,
+    }
+}
+
+fn text_source() -> Source {
+    Source::Text {
+        path: run::default_data(),
+        val_fraction: 0.1,
+    }
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("polysketch-run-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn column(csv: &Path, i: usize) -> Vec<String> {
+    std::fs::read_to_string(csv)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(i).unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn a_resumed_run_reproduces_the_uninterrupted_one() {
+    let spec = AttentionSpec::Polysketch {
+        p: 4,
+        r: 8,
+        block: 8,
+        learned: true,
+        local: true,
+    };
+    let (a, b) = (scratch("a"), scratch("b"));
+    let cfg = || run_config(text_source(), 8);
+    let full = run::train(tiny(spec, 256), cfg(), &a, None, None, true).unwrap();
+    let part = run::train(tiny(spec, 256), cfg(), &b, None, Some(5), true).unwrap();
+    assert_eq!(part.step, 5);
+    let ckpt = b.join("checkpoint");
+    let rest = run::train(tiny(spec, 256), cfg(), &b, Some(&ckpt), None, true).unwrap();
+    assert_eq!(rest.step, 8);
+    assert_eq!(
+        column(&a.join("metrics.csv"), 2),
+        column(&b.join("metrics.csv"), 2),
+        "training losses differ"
+    );
+    assert_eq!(full.val_loss, rest.val_loss);
+    assert!(full.losses.last().unwrap().1 < full.losses[0].1);
+    assert!(a.join("loss.svg").exists());
+    // a finished run cannot be resumed
+    assert!(run::train(tiny(spec, 256), cfg(), &b, Some(&ckpt), None, true).is_err());
+    // generation with the recurrent state, and evaluation, from the checkpoint
+    let (_, model, _) = polysketch::gpt::checkpoint::load(&a.join("checkpoint"), None).unwrap();
+    let g1 = run::generate(&model, "Emma", 40, 0.8, 1).unwrap();
+    assert_eq!(g1, run::generate(&model, "Emma", 40, 0.8, 1).unwrap());
+    let (loss, tokens) = run::eval(&a.join("checkpoint"), None, 2).unwrap();
+    assert!(
+        (loss - full.val_loss).abs() < 1e-9,
+        "{loss} vs {}",
+        full.val_loss
+    );
+    assert_eq!(tokens, 2 * 4 * 32);
+    for d in [a, b] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+#[test]
+fn missing_and_corrupt_checkpoints_get_errors() {
+    let dir = scratch("corrupt");
+    let cfg = run_config(text_source(), 2);
+    run::train(
+        tiny(AttentionSpec::Softmax, 256),
+        cfg,
+        &dir,
+        None,
+        None,
+        true,
+    )
+    .unwrap();
+    let ckpt = dir.join("checkpoint");
+    let load = |p: &Path| polysketch::gpt::checkpoint::load(p, None).map(|_| ());
+    assert!(load(&dir.join("nothing")).is_err());
+    // a truncated weights file
+    let w = ckpt.join("model.safetensors");
+    let bytes = std::fs::read(&w).unwrap();
+    std::fs::write(&w, &bytes[..bytes.len() / 2]).unwrap();
+    assert!(load(&ckpt).is_err());
+    std::fs::write(&w, &bytes).unwrap();
+    assert!(load(&ckpt).is_ok());
+    // a JSON file of another shape
+    let j = ckpt.join("checkpoint.json");
+    let json = std::fs::read_to_string(&j).unwrap();
+    std::fs::write(&j, json.replace("\"d_model\": 16", "\"d_model\": 32")).unwrap();
+    assert!(load(&ckpt).is_err(), "weights of another shape accepted");
+    std::fs::write(&j, "{ not json").unwrap();
+    assert!(load(&ckpt).is_err());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn task_runs_report_exact_accuracy() {
+    let dir = scratch("task");
+    let source = Source::Task {
+        task: Task::Induction,
+        held_out: 16,
+    };
+    let cfg = run_config(source, 3);
+    let model = tiny(AttentionSpec::Softmax, Task::Induction.vocab());
+    let s = run::train(model, cfg.clone(), &dir, None, None, true).unwrap();
+    let acc = s.accuracy.unwrap();
+    assert!((0.0..=1.0).contains(&acc));
+    // a task with the wrong vocabulary is refused
+    let wrong = tiny(AttentionSpec::Softmax, 256);
+    assert!(run::train(wrong, cfg, &dir.join("x"), None, None, true).is_err());
+    let _ = std::fs::remove_dir_all(dir);
+}
