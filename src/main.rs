@@ -70,30 +70,30 @@ struct ModelArgs {
     /// PolySketch sketch size r.
     #[arg(long, default_value_t = 32)]
     r: usize,
-    /// PolySketch block size b.
-    #[arg(long, default_value_t = 64)]
-    block: usize,
-    /// Blocks.
-    #[arg(long, default_value_t = 4)]
-    layers: usize,
-    /// Model width.
-    #[arg(long, default_value_t = 128)]
-    d_model: usize,
-    /// Attention heads (head size d_model/heads, even).
-    #[arg(long, default_value_t = 4)]
-    heads: usize,
-    /// Tokens per training sequence (also the model's context).
-    #[arg(long, default_value_t = 256)]
-    seq: usize,
-    /// Sequences per step.
-    #[arg(long, default_value_t = 16)]
-    batch: usize,
-    /// Training steps.
-    #[arg(long, default_value_t = 300)]
-    steps: usize,
-    /// Peak learning rate.
-    #[arg(long, default_value_t = 2e-3)]
-    lr: f64,
+    /// PolySketch block size b [default: train 64, task 32]
+    #[arg(long)]
+    block: Option<usize>,
+    /// Blocks [default: train 4, task 2]
+    #[arg(long)]
+    layers: Option<usize>,
+    /// Model width [default: train 128, task 64]
+    #[arg(long)]
+    d_model: Option<usize>,
+    /// Attention heads (head size d_model/heads, even) [default: train 4, task 2]
+    #[arg(long)]
+    heads: Option<usize>,
+    /// Tokens per training sequence (also the model's context) [default: train 256, task 128]
+    #[arg(long)]
+    seq: Option<usize>,
+    /// Sequences per step [default: train 8, task 32]
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Training steps [default: train 500, task 3000]
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Peak learning rate [default: train 2e-3, task 1e-3]
+    #[arg(long)]
+    lr: Option<f64>,
     /// Warm-up steps (default: a tenth of the steps).
     #[arg(long)]
     warmup: Option<usize>,
@@ -109,9 +109,9 @@ struct ModelArgs {
     /// Seed of the initialisation and the batches.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Evaluate and checkpoint every this many steps.
-    #[arg(long, default_value_t = 50)]
-    eval_every: usize,
+    /// Evaluate and checkpoint every this many steps [default: train 50, task 100]
+    #[arg(long)]
+    eval_every: Option<usize>,
     /// Folder for the run's files (default: a new runs/<name>-<n>).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -192,6 +192,33 @@ struct TaskArgs {
 enum Bench {
     /// Causal attention, every kind, forward and forward+backward, against softmax.
     Attention(AttentionBench),
+    /// GPT training throughput (tokens/s at equal tokens per step) against context length,
+    /// softmax and PolySketch (learned + local).
+    Train(TrainBench),
+}
+
+/// Options of `bench train`.
+#[derive(clap::Args, Debug)]
+struct TrainBench {
+    /// Context lengths (comma separated).
+    #[arg(long, value_delimiter = ',', default_values_t = vec![512usize, 1024, 2048, 4096, 8192, 16384])]
+    n: Vec<usize>,
+    /// Tokens per step (batch = tokens / n).
+    #[arg(long, default_value_t = 16384)]
+    tokens: usize,
+    /// Timed steps per case (after one warm-up step).
+    #[arg(long, default_value_t = 2)]
+    steps: usize,
+    /// PolySketch block size.
+    #[arg(long, default_value_t = 256)]
+    block: usize,
+    /// Kinds (comma separated: softmax, polynomial, random, learned; PolySketch with local
+    /// blocks).
+    #[arg(long, value_delimiter = ',', default_values_t = vec!["softmax".to_string(), "learned".to_string()])]
+    kinds: Vec<String>,
+    /// Folder for train_bench.csv and train_bench.svg.
+    #[arg(long, default_value = "runs/bench_train")]
+    out: PathBuf,
 }
 
 /// Options of `bench attention`.
@@ -227,6 +254,9 @@ fn main() {
         Command::Bench {
             what: Bench::Attention(args),
         } => bench_attention(&args),
+        Command::Bench {
+            what: Bench::Train(args),
+        } => bench_train(&args),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");
@@ -234,14 +264,55 @@ fn main() {
     }
 }
 
+/// Defaults of the options that differ between `train` and `task`.
+#[derive(Debug, Clone, Copy)]
+struct Defaults {
+    block: usize,
+    layers: usize,
+    d_model: usize,
+    heads: usize,
+    seq: usize,
+    batch: usize,
+    steps: usize,
+    lr: f64,
+    eval_every: usize,
+}
+
+const TRAIN_DEFAULTS: Defaults = Defaults {
+    block: 64,
+    layers: 4,
+    d_model: 128,
+    heads: 4,
+    seq: 256,
+    batch: 8,
+    steps: 500,
+    lr: 2e-3,
+    eval_every: 50,
+};
+
+const TASK_DEFAULTS: Defaults = Defaults {
+    block: 32,
+    layers: 2,
+    d_model: 64,
+    heads: 2,
+    seq: 128,
+    batch: 32,
+    steps: 3000,
+    lr: 1e-3,
+    eval_every: 100,
+};
+
 /// The model and run configuration of `train`/`task` options.
 fn configs(
     m: &ModelArgs,
+    d: Defaults,
     vocab: usize,
     source: run::Source,
     eval_batches: usize,
 ) -> polysketch::Result<(GptConfig, run::RunConfig)> {
-    let attention = run::attention_spec(&m.attention, m.p, m.r, m.block, !m.no_local)?;
+    let block = m.block.unwrap_or(d.block);
+    let attention = run::attention_spec(&m.attention, m.p, m.r, block, !m.no_local)?;
+    let (seq, steps) = (m.seq.unwrap_or(d.seq), m.steps.unwrap_or(d.steps));
     let decay = match m.decay.as_str() {
         "cosine" => Decay::Cosine,
         "linear" => Decay::Linear,
@@ -253,19 +324,19 @@ fn configs(
     };
     let model = GptConfig {
         vocab,
-        context: m.seq,
-        d_model: m.d_model,
-        layers: m.layers,
-        heads: m.heads,
+        context: seq,
+        d_model: m.d_model.unwrap_or(d.d_model),
+        layers: m.layers.unwrap_or(d.layers),
+        heads: m.heads.unwrap_or(d.heads),
         attention,
         seed: m.seed,
     };
     let train = TrainConfig {
-        batch: m.batch,
-        seq: m.seq,
-        steps: m.steps,
-        lr: m.lr,
-        warmup: m.warmup.unwrap_or(m.steps / 10),
+        batch: m.batch.unwrap_or(d.batch),
+        seq,
+        steps,
+        lr: m.lr.unwrap_or(d.lr),
+        warmup: m.warmup.unwrap_or(steps / 10),
         decay,
         min_lr_ratio: 0.1,
         weight_decay: m.weight_decay,
@@ -281,7 +352,7 @@ fn configs(
         run::RunConfig {
             train,
             source,
-            eval_every: m.eval_every,
+            eval_every: m.eval_every.unwrap_or(d.eval_every),
             eval_batches,
         },
     ))
@@ -294,7 +365,7 @@ fn train(args: TrainArgs) -> polysketch::Result<()> {
         path: data,
         val_fraction: 0.1,
     };
-    let (model, cfg) = configs(m, 256, source, args.eval_batches)?;
+    let (model, cfg) = configs(m, TRAIN_DEFAULTS, 256, source, args.eval_batches)?;
     let out = match (&m.out, &args.resume) {
         (Some(o), _) => o.clone(),
         (None, Some(ckpt)) => ckpt
@@ -380,7 +451,7 @@ fn task(args: TaskArgs) -> polysketch::Result<()> {
         task,
         held_out: args.held_out,
     };
-    let (model, cfg) = configs(m, task.vocab(), source, 1)?;
+    let (model, cfg) = configs(m, TASK_DEFAULTS, task.vocab(), source, 1)?;
     let out = m
         .out
         .clone()
@@ -397,6 +468,109 @@ fn task(args: TaskArgs) -> polysketch::Result<()> {
         ))
     );
     println!("accuracy {:.4}", s.accuracy.unwrap_or(0.0));
+    Ok(())
+}
+
+/// Training throughput against context length at equal tokens per step.
+fn bench_train(args: &TrainBench) -> polysketch::Result<()> {
+    use polysketch::gpt::Trainer;
+    println!(
+        "GPT training step (d_model 128, 4 layers, 4 heads of 32, vocab 256), {} tokens per step, {} threads",
+        args.tokens,
+        rayon::current_num_threads()
+    );
+    println!(
+        "{:<28} {:>6} {:>6} {:>10} {:>10}",
+        "kind", "n", "batch", "step", "tokens/s"
+    );
+    let mut csv = String::from("kind,n,batch,step_s,tokens_per_s\n");
+    let mut all = Vec::new();
+    for kind in &args.kinds {
+        let spec = run::attention_spec(kind, 4, 32, args.block, true)?;
+        let mut series = Series::new(&spec.name());
+        for &n in &args.n {
+            let batch = (args.tokens / n).max(1);
+            let model = GptConfig {
+                vocab: 256,
+                context: n,
+                d_model: 128,
+                layers: 4,
+                heads: 4,
+                attention: spec,
+                seed: 0,
+            };
+            let train = TrainConfig {
+                batch,
+                seq: n,
+                steps: args.steps + 1,
+                lr: 1e-3,
+                warmup: 1,
+                decay: Decay::Cosine,
+                min_lr_ratio: 0.1,
+                weight_decay: 0.1,
+                beta1: 0.9,
+                beta2: 0.95,
+                clip: 1.0,
+                seed: 0,
+            };
+            let gpt = polysketch::gpt::Gpt::<f32>::new(model)?;
+            let opt = train.optimizer(gpt.num_params());
+            let mut trainer = Trainer::new(gpt, opt, train, 0)?;
+            let tokens: Vec<u32> = (0..batch * n).map(|i| ((i * 7919) % 251) as u32).collect();
+            let targets: Vec<u32> = tokens.iter().map(|t| (t + 1) % 256).collect();
+            trainer.step(&tokens, &targets, batch, n, Par::rayon(0))?;
+            let t0 = Instant::now();
+            for _ in 0..args.steps {
+                trainer.step(&tokens, &targets, batch, n, Par::rayon(0))?;
+            }
+            let step = t0.elapsed().as_secs_f64() / args.steps as f64;
+            let tps = (batch * n) as f64 / step;
+            println!(
+                "{:<28} {n:>6} {batch:>6} {:>8.3} s {tps:>10.0}",
+                spec.name(),
+                step
+            );
+            csv.push_str(&format!("{},{n},{batch},{step:.4},{tps:.1}\n", spec.name()));
+            series.push(n, tps);
+        }
+        all.push(series);
+    }
+    std::fs::create_dir_all(&args.out)?;
+    polysketch::io::write_atomic(&args.out.join("train_bench.csv"), csv.as_bytes())?;
+    let lines: Vec<polysketch::plot::Line> = all
+        .iter()
+        .map(|s| polysketch::plot::Line {
+            name: s.name.clone(),
+            points: s.points.iter().map(|&(n, t)| (n as f64, t)).collect(),
+        })
+        .collect();
+    polysketch::plot::line_plot(
+        &lines,
+        &[],
+        &polysketch::plot::Axes {
+            title: "GPT training throughput at equal tokens per step",
+            x_label: "context length n",
+            y_label: "tokens/s",
+            log_x: true,
+            log_y: true,
+        },
+        &args.out.join("train_bench.svg"),
+    )?;
+    println!(
+        "wrote {0}/train_bench.csv and {0}/train_bench.svg",
+        args.out.display()
+    );
+    let softmax = all.iter().find(|s| s.name == "softmax");
+    let sketch = all.iter().find(|s| s.name.starts_with("polysketch"));
+    if let (Some(a), Some(b)) = (
+        softmax.and_then(|s| s.points.last()),
+        sketch.and_then(|s| s.points.last()),
+    ) {
+        // polysketch tokens/s at the longest n over the shortest, then against softmax
+        let first = sketch.and_then(|s| s.points.first()).map_or(b.1, |x| x.1);
+        println!("flatness {:.3}", b.1 / first);
+        println!("speedup {} {:.2}", b.0, b.1 / a.1);
+    }
     Ok(())
 }
 

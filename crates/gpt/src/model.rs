@@ -124,6 +124,11 @@ pub struct Activations<T: Scalar> {
     tmp: Vec<T>,
     a: Vec<T>,
     grads: Grads<T>,
+    dx: Vec<T>,
+    dln: Vec<T>,
+    da: Vec<T>,
+    du: Vec<T>,
+    dqkv: Vec<T>,
     ready: bool,
 }
 
@@ -601,8 +606,14 @@ impl<T: Scalar> Gpt<T> {
         let a = acts;
         ops::cross_entropy_backward(&mut a.probs, &a.targets, v, T::of(1.0 / a.count as f64));
         // logits = lnf_out · wteᵀ
-        let mut dx = vec![T::zero(); rows * c];
-        let mut dln = vec![T::zero(); rows * c];
+        let (mut dx, mut dln) = (core::mem::take(&mut a.dx), core::mem::take(&mut a.dln));
+        let (mut da, mut du) = (core::mem::take(&mut a.da), core::mem::take(&mut a.du));
+        let mut dqkv = core::mem::take(&mut a.dqkv);
+        resize(&mut dx, rows * c);
+        resize(&mut dln, rows * c);
+        resize(&mut da, rows * f);
+        resize(&mut du, rows * f);
+        resize(&mut dqkv, rows * 3 * c);
         ops::linear_backward(
             &a.probs,
             &a.lnf_out,
@@ -625,8 +636,6 @@ impl<T: Scalar> Gpt<T> {
         }
         resize(&mut a.tmp, rows * c);
         resize(&mut a.a, rows * f);
-        let mut du = vec![T::zero(); rows * f];
-        let mut dqkv = vec![T::zero(); rows * 3 * c];
         for l in (0..self.config.layers).rev() {
             let b = &self.blocks[l];
             let ba = &mut a.blocks[l];
@@ -644,7 +653,6 @@ impl<T: Scalar> Gpt<T> {
                 self.table[b.wdown].of_mut(grads),
                 par,
             );
-            let mut da = vec![T::zero(); rows * f];
             ops::glu_backward(&dg, &ba.u, &ba.ga, &ba.dga, &mut da, &mut du);
             a.a = dg;
             ops::linear_backward(
@@ -738,6 +746,7 @@ impl<T: Scalar> Gpt<T> {
             ops::add_assign(&mut dx, &a.tmp);
         }
         ops::embed_backward(&dx, &a.tokens, c, self.table[self.wte].of_mut(grads));
+        (a.dx, a.dln, a.da, a.du, a.dqkv) = (dx, dln, da, du, dqkv);
         Ok(())
     }
 

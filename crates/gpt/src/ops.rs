@@ -116,18 +116,38 @@ pub fn linear_backward<T: Scalar>(
     );
 }
 
-/// RoPE rotation of one head row `x` (`[h]`) at position `t` by angle sign `sign` (+1 forward,
-/// −1 for the backward, the inverse rotation): pairs \\((x_i, x_{i+h/2})\\) turn by
-/// \\(t\,\theta^{-2i/h}\\), \\(\theta = 10000\\).
-fn rotate<T: Scalar>(x: &mut [T], t: usize, sign: f64) {
+/// The RoPE angles' cosines and sines for positions `pos0 .. pos0 + n` and head size `h`:
+/// `[n, h/2]` pairs, pair \\(i\\) of position \\(t\\) at angle \\(t\,\theta^{-2i/h}\\),
+/// \\(\theta = 10000\\).
+pub fn rope_table<T: Scalar>(pos0: usize, n: usize, h: usize) -> Vec<(T, T)> {
+    let half = h / 2;
+    let freq: Vec<f64> = (0..half)
+        .map(|i| 10000f64.powf(-2.0 * i as f64 / h as f64))
+        .collect();
+    let mut table = vec![(T::zero(), T::zero()); n * half];
+    table
+        .par_chunks_mut(half.max(1))
+        .enumerate()
+        .for_each(|(t, row)| {
+            for (r, w) in row.iter_mut().zip(&freq) {
+                let (s, c) = ((pos0 + t) as f64 * w).sin_cos();
+                *r = (T::of(c), T::of(s));
+            }
+        });
+    table
+}
+
+/// RoPE rotation of one head row `x` (`[h]`) by the angles `cs` (`[h/2]` cosine–sine pairs),
+/// forward (`inverse` false) or back (the backward: the transpose, i.e. the inverse rotation):
+/// pairs \\((x_i, x_{i+h/2})\\) turn.
+fn rotate<T: Scalar>(x: &mut [T], cs: &[(T, T)], inverse: bool) {
     let half = x.len() / 2;
-    for i in 0..half {
-        let w = 10000f64.powf(-2.0 * i as f64 / x.len() as f64);
-        let (s, c) = (sign * t as f64 * w).sin_cos();
-        let (s, c) = (T::of(s), T::of(c));
-        let (a, b) = (x[i], x[i + half]);
-        x[i] = c * a - s * b;
-        x[i + half] = s * a + c * b;
+    let (lo, hi) = x.split_at_mut(half);
+    for ((a, b), &(c, s)) in lo.iter_mut().zip(hi.iter_mut()).zip(cs) {
+        let s = if inverse { -s } else { s };
+        let (x0, x1) = (*a, *b);
+        *a = c * x0 - s * x1;
+        *b = s * x0 + c * x1;
     }
 }
 
@@ -146,6 +166,7 @@ pub fn split_heads_forward<T: Scalar>(
 ) {
     let c = heads * h;
     let per = n * h;
+    let table = rope_table::<T>(pos0, n, h);
     for (which, dst) in [q, k, v].into_iter().enumerate() {
         dst.par_chunks_mut(per).enumerate().for_each(|(bh, dst)| {
             let (b, hd) = (bh / heads, bh % heads);
@@ -154,7 +175,7 @@ pub fn split_heads_forward<T: Scalar>(
                 let row = &mut dst[t * h..(t + 1) * h];
                 row.copy_from_slice(src);
                 if which < 2 {
-                    rotate(row, pos0 + t, 1.0);
+                    rotate(row, &table[t * (h / 2)..(t + 1) * (h / 2)], false);
                 }
             }
         });
@@ -176,10 +197,13 @@ pub fn split_heads_backward<T: Scalar>(
     dqkv: &mut [T],
 ) {
     let c = heads * h;
+    let table = rope_table::<T>(pos0, n, h);
+    let half = h / 2;
     for d in [&mut *dq, &mut *dk] {
-        d.par_chunks_mut(h)
-            .enumerate()
-            .for_each(|(row, x)| rotate(x, pos0 + row % n, -1.0));
+        d.par_chunks_mut(h).enumerate().for_each(|(row, x)| {
+            let t = row % n;
+            rotate(x, &table[t * half..(t + 1) * half], true);
+        });
     }
     dqkv.par_chunks_mut(3 * c)
         .enumerate()

@@ -1,0 +1,181 @@
+//! The paper's comparisons at laptop scale (Section 4, Appendix F): the same small GPT trained
+//! with each attention kind at equal steps and tokens, on the bundled corpus (validation loss)
+//! or on the induction-heads task (exact accuracy, steps to solve).
+//!
+//! ```sh
+//! cargo run --release --example gpt_compare                       # corpus, six kinds
+//! cargo run --release --example gpt_compare -- induction          # induction heads, n = 128
+//! cargo run --release --example gpt_compare -- corpus --steps 100 # shorter
+//! ```
+//!
+//! Writes `runs/compare-<what>/{compare.csv, compare.svg}` and one run folder per kind.
+
+use std::path::PathBuf;
+
+use polysketch::gpt::tasks::Task;
+use polysketch::gpt::{AttentionSpec, Decay, GptConfig, TrainConfig};
+use polysketch::run::{self, RunConfig, Source};
+
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> polysketch::Result<T> {
+    match args.iter().position(|a| a == name) {
+        None => Ok(default),
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| polysketch::Error::Config(format!("{name} needs a value"))),
+    }
+}
+
+fn real_main() -> polysketch::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let what = args
+        .first()
+        .filter(|a| !a.starts_with("--"))
+        .cloned()
+        .unwrap_or_else(|| "corpus".into());
+    let ps = |r, block, learned, local| AttentionSpec::Polysketch {
+        p: 4,
+        r,
+        block,
+        learned,
+        local,
+    };
+    let (kinds, vocab, seq, batch, steps, lr, source, eval_every, d_model, layers, heads): (
+        Vec<AttentionSpec>,
+        _,
+        _,
+        _,
+        _,
+        _,
+        _,
+        _,
+        _,
+        _,
+        _,
+    ) = match what.as_str() {
+        "corpus" => (
+            vec![
+                AttentionSpec::Softmax,
+                AttentionSpec::Polynomial { p: 4 },
+                ps(32, 64, false, false),
+                ps(32, 64, true, false),
+                ps(32, 64, false, true),
+                ps(32, 64, true, true),
+            ],
+            256,
+            256,
+            8,
+            arg(&args, "--steps", 300usize)?,
+            2e-3,
+            Source::Text {
+                path: run::default_data(),
+                val_fraction: 0.1,
+            },
+            25,
+            128,
+            4,
+            4,
+        ),
+        "induction" => (
+            vec![
+                AttentionSpec::Softmax,
+                AttentionSpec::Polynomial { p: 4 },
+                ps(16, 32, true, false),
+                ps(32, 32, true, false),
+                ps(16, 32, true, true),
+                ps(32, 32, true, true),
+            ],
+            Task::Induction.vocab(),
+            128,
+            32,
+            arg(&args, "--steps", 600usize)?,
+            1e-3,
+            Source::Task {
+                task: Task::Induction,
+                held_out: 512,
+            },
+            50,
+            64,
+            2,
+            2,
+        ),
+        other => {
+            return Err(polysketch::Error::Config(format!(
+                "unknown comparison {other:?} (corpus, induction)"
+            )));
+        }
+    };
+    let root = PathBuf::from(format!("runs/compare-{what}"));
+    let mut csv =
+        String::from("kind,steps,tokens,val_loss,val_ppl,accuracy,solved_at,tokens_per_s\n");
+    let mut curves = Vec::new();
+    println!(
+        "{:<30} {:>10} {:>9} {:>9} {:>10} {:>10}",
+        "kind", "val loss", "ppl", "accuracy", "solved at", "tokens/s"
+    );
+    for spec in kinds {
+        let model = GptConfig {
+            vocab,
+            context: seq,
+            d_model,
+            layers,
+            heads,
+            attention: spec,
+            seed: 0,
+        };
+        let cfg = RunConfig {
+            train: TrainConfig {
+                batch,
+                seq,
+                steps,
+                lr,
+                warmup: steps / 10,
+                decay: Decay::Cosine,
+                min_lr_ratio: 0.1,
+                weight_decay: 0.1,
+                beta1: 0.9,
+                beta2: 0.95,
+                clip: 1.0,
+                seed: 0,
+            },
+            source: source.clone(),
+            eval_every,
+            eval_batches: 16,
+        };
+        let out = root.join(spec.name());
+        eprintln!("{}", spec.name());
+        let s = run::train(model, cfg, &out, None, None, false)?;
+        let acc = s.accuracy.map_or("-".into(), |a| format!("{a:.4}"));
+        let solved = s.solved_at.map_or("-".into(), |t| t.to_string());
+        println!(
+            "{:<30} {:>10.4} {:>9.3} {:>9} {:>10} {:>10.0}",
+            spec.name(),
+            s.val_loss,
+            s.val_loss.exp(),
+            acc,
+            solved,
+            s.tokens_per_s
+        );
+        csv.push_str(&format!(
+            "{},{steps},{},{:.5},{:.4},{acc},{solved},{:.1}\n",
+            spec.name(),
+            steps * batch * seq,
+            s.val_loss,
+            s.val_loss.exp(),
+            s.tokens_per_s
+        ));
+        curves.push((spec.name(), out.join("metrics.csv")));
+    }
+    polysketch::io::write_atomic(&root.join("compare.csv"), csv.as_bytes())?;
+    let title = format!("{what}: validation loss at equal steps");
+    run::plot_runs(&curves, &title, &root.join("compare.svg"))?;
+    println!("wrote {0}/compare.csv and {0}/compare.svg", root.display());
+    Ok(())
+}
