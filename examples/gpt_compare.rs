@@ -148,6 +148,7 @@ fn real_main() -> polysketch::Result<()> {
             source: source.clone(),
             eval_every,
             eval_batches: 16,
+            tokenizer: Default::default(),
         };
         let out = root.join(spec.name());
         eprintln!("{}", spec.name());

@@ -19,6 +19,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use polysketch::attention::{
     Attention, AttentionConfig, AttentionKind, Grads, PolySketchConfig, Saved, SketchKind,
 };
+use polysketch::gpt::data::TokenizerSpec;
 use polysketch::gpt::tasks::Task;
 use polysketch::gpt::{Decay, GptConfig, TrainConfig};
 use polysketch::memory::CountingAlloc;
@@ -134,6 +135,13 @@ struct TrainArgs {
     /// Validation batches per evaluation.
     #[arg(long, default_value_t = 8)]
     eval_batches: usize,
+    /// Tokenizer: bytes, or bpe (byte-level BPE trained on the training text with the
+    /// tokenizers crate, at most --bpe-vocab tokens).
+    #[arg(long, default_value = "bytes")]
+    tokenizer: String,
+    /// Largest BPE vocabulary.
+    #[arg(long, default_value_t = 1024)]
+    bpe_vocab: usize,
     /// Continue the run of this checkpoint folder exactly (its configuration wins).
     #[arg(long)]
     resume: Option<PathBuf>,
@@ -354,6 +362,7 @@ fn configs(
             source,
             eval_every: m.eval_every.unwrap_or(d.eval_every),
             eval_batches,
+            tokenizer: TokenizerSpec::Bytes,
         },
     ))
 }
@@ -365,7 +374,18 @@ fn train(args: TrainArgs) -> polysketch::Result<()> {
         path: data,
         val_fraction: 0.1,
     };
-    let (model, cfg) = configs(m, TRAIN_DEFAULTS, 256, source, args.eval_batches)?;
+    let (model, mut cfg) = configs(m, TRAIN_DEFAULTS, 256, source, args.eval_batches)?;
+    cfg.tokenizer = match args.tokenizer.as_str() {
+        "bytes" => TokenizerSpec::Bytes,
+        "bpe" => TokenizerSpec::Bpe {
+            vocab: args.bpe_vocab,
+        },
+        other => {
+            return Err(polysketch::Error::Config(format!(
+                "unknown tokenizer {other:?} (bytes, bpe)"
+            )));
+        }
+    };
     let out = match (&m.out, &args.resume) {
         (Some(o), _) => o.clone(),
         (None, Some(ckpt)) => ckpt
@@ -381,7 +401,7 @@ fn train(args: TrainArgs) -> polysketch::Result<()> {
         m.stop_after,
         m.quiet,
     )?;
-    let (meta, model, _) = polysketch::gpt::checkpoint::load(&out.join("checkpoint"), None)?;
+    let (meta, model, tokenizer) = run::load_model(&out.join("checkpoint"))?;
     println!(
         "{} ({} parameters, {}): step {}, validation loss {:.4}, perplexity {:.2}, {:.0} tokens/s",
         out.display(),
@@ -397,7 +417,7 @@ fn train(args: TrainArgs) -> polysketch::Result<()> {
         out.display()
     );
     if args.sample_len > 0 {
-        let text = run::generate(&model, "\n", args.sample_len, 0.8, 0)?;
+        let text = run::generate(&model, &tokenizer, "\n", args.sample_len, 0.8, 0)?;
         println!("--- sample ---\n{text}\n---");
     }
     Ok(())
@@ -410,14 +430,20 @@ fn sample(args: &SampleArgs) -> polysketch::Result<()> {
             args.temperature
         )));
     }
-    let (_, model, _) = polysketch::gpt::checkpoint::load(&args.checkpoint, None)?;
-    if model.config().vocab != 256 {
+    let (meta, model, tokenizer) = run::load_model(&args.checkpoint)?;
+    if meta
+        .train
+        .get("source")
+        .and_then(|s| s.get("task"))
+        .is_some()
+    {
         return Err(polysketch::Error::Config(
             "sample needs a text (byte) model, not a task model".into(),
         ));
     }
     let text = run::generate(
         &model,
+        &tokenizer,
         &args.prompt,
         args.tokens,
         args.temperature,

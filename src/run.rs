@@ -8,7 +8,7 @@ use std::time::Instant;
 use faer::Par;
 use indicatif::{ProgressBar, ProgressStyle};
 use polysketch_gpt::checkpoint::{self, Meta};
-use polysketch_gpt::data::{ByteTokenizer, Corpus, read_text};
+use polysketch_gpt::data::{Corpus, Tokenizer, TokenizerSpec, read_text};
 use polysketch_gpt::tasks::{Task, exact_accuracy};
 use polysketch_gpt::{
     Activations, AttentionSpec, Gpt, GptConfig, GptError, TrainConfig, Trainer, evaluate,
@@ -35,6 +35,9 @@ pub struct RunConfig {
     pub eval_every: usize,
     /// Validation batches per evaluation.
     pub eval_batches: usize,
+    /// The tokenizer of a text run (a BPE is trained on the training part of the text).
+    #[serde(default)]
+    pub tokenizer: TokenizerSpec,
 }
 
 /// Where the batches come from.
@@ -100,17 +103,19 @@ enum Data {
 }
 
 impl Data {
-    fn load(run: &RunConfig, model: &GptConfig) -> Result<Self> {
+    fn load(run: &RunConfig, model: &GptConfig, tokenizer: &Tokenizer) -> Result<Self> {
         let t = &run.train;
         match &run.source {
             Source::Text { path, val_fraction } => {
-                if model.vocab != ByteTokenizer::VOCAB {
+                if model.vocab != tokenizer.vocab() {
                     return Err(Error::Config(format!(
-                        "a text run needs vocab 256 (bytes), the model has {}",
+                        "the tokenizer has {} tokens, the model {}",
+                        tokenizer.vocab(),
                         model.vocab
                     )));
                 }
-                let corpus = Corpus::from_text(&read_text(path)?, *val_fraction, t.seq)?;
+                let text = read_text(path)?;
+                let corpus = Corpus::from_text(&text, tokenizer, *val_fraction, t.seq)?;
                 let val = corpus.val_batches(t.batch, t.seq, run.eval_batches);
                 Ok(Data::Text(corpus, val))
             }
@@ -191,7 +196,7 @@ pub fn train(
     stop_after: Option<usize>,
     quiet: bool,
 ) -> Result<RunSummary> {
-    let (mut trainer, run, start) = match resume {
+    let (mut trainer, run, start, tokenizer) = match resume {
         Some(ckpt) => {
             let t0 = checkpoint::read_meta(ckpt)?;
             let run: RunConfig = serde_json::from_value(t0.train.clone()).map_err(|e| {
@@ -208,12 +213,29 @@ pub fn train(
                     t.steps
                 )));
             }
-            (Trainer::new(model, opt, t, meta.step)?, run, meta.step)
+            let tokenizer = checkpoint::load_tokenizer(ckpt, &meta)?;
+            (
+                Trainer::new(model, opt, t, meta.step)?,
+                run,
+                meta.step,
+                tokenizer,
+            )
         }
         None => {
+            let mut model_config = model_config;
+            let tokenizer = match &run.source {
+                Source::Text { path, val_fraction } => {
+                    let text = read_text(path)?;
+                    let (train_text, _) = Corpus::split_text(&text, *val_fraction)?;
+                    let tok = Tokenizer::from_spec(run.tokenizer, train_text)?;
+                    model_config.vocab = tok.vocab();
+                    tok
+                }
+                Source::Task { .. } => Tokenizer::Bytes,
+            };
             let model = Gpt::<f32>::new(model_config)?;
             let opt = run.train.optimizer(model.num_params());
-            (Trainer::new(model, opt, run.train, 0)?, run, 0)
+            (Trainer::new(model, opt, run.train, 0)?, run, 0, tokenizer)
         }
     };
     let t = run.train;
@@ -227,7 +249,7 @@ pub fn train(
         }
         .into());
     }
-    let data = Data::load(&run, &model_config)?;
+    let data = Data::load(&run, &model_config, &tokenizer)?;
     std::fs::create_dir_all(out)?;
     let csv_path = out.join("metrics.csv");
     let mut csv = previous_rows(&csv_path, start);
@@ -264,7 +286,7 @@ pub fn train(
             if solved_at.is_none() && accuracy.is_some_and(|a| a >= 0.99) {
                 solved_at = Some(step + 1);
             }
-            save(&trainer, &run, &out.join("checkpoint"))?;
+            save(&trainer, &run, &tokenizer, &out.join("checkpoint"))?;
         }
         let _ = writeln!(
             csv,
@@ -340,7 +362,7 @@ fn previous_rows(path: &Path, step: usize) -> String {
     csv
 }
 
-fn save(trainer: &Trainer, run: &RunConfig, dir: &Path) -> Result<()> {
+fn save(trainer: &Trainer, run: &RunConfig, tokenizer: &Tokenizer, dir: &Path) -> Result<()> {
     let meta = Meta {
         format: checkpoint::FORMAT,
         model: *trainer.model.config(),
@@ -348,7 +370,13 @@ fn save(trainer: &Trainer, run: &RunConfig, dir: &Path) -> Result<()> {
         train: serde_json::to_value(run).map_err(|e| Error::Config(e.to_string()))?,
         tokenizer: "bytes".into(),
     };
-    Ok(checkpoint::save(dir, &trainer.model, &trainer.opt, &meta)?)
+    Ok(checkpoint::save(
+        dir,
+        &trainer.model,
+        &trainer.opt,
+        tokenizer,
+        &meta,
+    )?)
 }
 
 /// The training and validation curves of a metrics CSV as an SVG.
@@ -423,7 +451,7 @@ pub fn plot_runs(runs: &[(String, PathBuf)], title: &str, path: &Path) -> Result
     )
 }
 
-/// Generates `count` bytes after `prompt` with the recurrent decoding of the attention layers:
+/// Generates `count` tokens after `prompt` with the recurrent decoding of the attention layers:
 /// the prompt is prefilled in one chunk, then each token costs one step. Sampling at
 /// `temperature` (0: greedy) from a seeded generator.
 ///
@@ -431,15 +459,15 @@ pub fn plot_runs(runs: &[(String, PathBuf)], title: &str, path: &Path) -> Result
 /// The model's errors.
 pub fn generate(
     model: &Gpt<f32>,
+    tok: &Tokenizer,
     prompt: &str,
     count: usize,
     temperature: f64,
     seed: u64,
 ) -> Result<String> {
-    let tok = ByteTokenizer;
-    let mut ids = tok.encode(prompt);
+    let mut ids = tok.encode(prompt)?;
     if ids.is_empty() {
-        ids.push(u32::from(b'\n'));
+        ids = tok.encode("\n")?;
     }
     let mut state = model.new_state(1)?;
     let mut scratch = Activations::new();
@@ -477,12 +505,22 @@ fn pick(logits: &[f32], temperature: f64, u: f64) -> u32 {
     arg as u32
 }
 
+/// A checkpoint's model and tokenizer, for generation.
+///
+/// # Errors
+/// Missing or corrupt checkpoint files.
+pub fn load_model(ckpt: &Path) -> Result<(Meta, Gpt<f32>, Tokenizer)> {
+    let (meta, model, _) = checkpoint::load(ckpt, None)?;
+    let tokenizer = checkpoint::load_tokenizer(ckpt, &meta)?;
+    Ok((meta, model, tokenizer))
+}
+
 /// Validation loss of a checkpoint on a text file (default: the one it was trained on).
 ///
 /// # Errors
 /// Missing or corrupt checkpoint, data too short.
 pub fn eval(ckpt: &Path, data: Option<&Path>, batches: usize) -> Result<(f64, usize)> {
-    let (meta, model, _) = checkpoint::load(ckpt, None)?;
+    let (meta, model, tokenizer) = load_model(ckpt)?;
     let mut run: RunConfig = serde_json::from_value(meta.train)
         .map_err(|e| Error::Config(format!("{}: {e}", ckpt.display())))?;
     if let Some(p) = data {
@@ -492,7 +530,7 @@ pub fn eval(ckpt: &Path, data: Option<&Path>, batches: usize) -> Result<(f64, us
         };
     }
     run.eval_batches = batches;
-    let d = Data::load(&run, model.config())?;
+    let d = Data::load(&run, model.config(), &tokenizer)?;
     let tokens = match &d {
         Data::Text(_, v) => v.len() * run.train.batch * run.train.seq,
         Data::Task(_, h) => h.len() * run.train.batch * run.train.seq,

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use polysketch::gpt::data::TokenizerSpec;
 use polysketch::gpt::tasks::Task;
 use polysketch::gpt::{AttentionSpec, Decay, GptConfig, TrainConfig};
 use polysketch::run::{self, RunConfig, Source};
@@ -37,6 +38,7 @@ fn run_config(source: Source, steps: usize) -> RunConfig {
         source,
         eval_every: 3,
         eval_batches: 2,
+        tokenizer: TokenizerSpec::Bytes,
     }
 }
 
@@ -90,9 +92,9 @@ fn a_resumed_run_reproduces_the_uninterrupted_one() {
     // a finished run cannot be resumed
     assert!(run::train(tiny(spec, 256), cfg(), &b, Some(&ckpt), None, true).is_err());
     // generation with the recurrent state, and evaluation, from the checkpoint
-    let (_, model, _) = polysketch::gpt::checkpoint::load(&a.join("checkpoint"), None).unwrap();
-    let g1 = run::generate(&model, "Emma", 40, 0.8, 1).unwrap();
-    assert_eq!(g1, run::generate(&model, "Emma", 40, 0.8, 1).unwrap());
+    let (_, model, tok) = run::load_model(&a.join("checkpoint")).unwrap();
+    let g1 = run::generate(&model, &tok, "Emma", 40, 0.8, 1).unwrap();
+    assert_eq!(g1, run::generate(&model, &tok, "Emma", 40, 0.8, 1).unwrap());
     let (loss, tokens) = run::eval(&a.join("checkpoint"), None, 2).unwrap();
     assert!(
         (loss - full.val_loss).abs() < 1e-9,
@@ -153,5 +155,33 @@ fn task_runs_report_exact_accuracy() {
     // a task with the wrong vocabulary is refused
     let wrong = tiny(AttentionSpec::Softmax, 256);
     assert!(run::train(wrong, cfg, &dir.join("x"), None, None, true).is_err());
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_bpe_run_trains_its_tokenizer_and_keeps_it_in_the_checkpoint() {
+    let dir = scratch("bpe");
+    let mut cfg = run_config(text_source(), 2);
+    cfg.tokenizer = TokenizerSpec::Bpe { vocab: 400 };
+    let s = run::train(
+        tiny(AttentionSpec::Softmax, 256),
+        cfg,
+        &dir,
+        None,
+        None,
+        true,
+    )
+    .unwrap();
+    assert!(s.val_loss.is_finite());
+    let (meta, model, tok) = run::load_model(&dir.join("checkpoint")).unwrap();
+    assert_eq!(meta.tokenizer, "bpe");
+    assert_eq!(model.config().vocab, tok.vocab());
+    assert!(tok.vocab() > 256 && tok.vocab() <= 400);
+    let text = "Emma Woodhouse, handsome, clever, and rich";
+    let ids = tok.encode(text).unwrap();
+    assert!(ids.len() < text.len(), "BPE did not merge anything");
+    assert_eq!(tok.decode(&ids), text);
+    assert!(run::generate(&model, &tok, "Emma", 10, 0.8, 1).is_ok());
+    assert!(run::eval(&dir.join("checkpoint"), None, 1).is_ok());
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -1,6 +1,6 @@
 //! Checkpoints: a folder with `model.safetensors` (the named parameters), `optimizer.safetensors`
-//! (AdamW's moments, `m.<name>` and `v.<name>`) and `checkpoint.json` (model and training
-//! configuration, step, what was trained on). The folder is written beside its place as
+//! (AdamW's moments, `m.<name>` and `v.<name>`), `checkpoint.json` (model and training
+//! configuration, step, what was trained on) and, for a BPE model, `tokenizer.json`. The folder is written beside its place as
 //! `<dir>.tmp` and then renamed over it, so a crash leaves the previous checkpoint whole.
 
 use std::path::{Path, PathBuf};
@@ -9,6 +9,7 @@ use polysketch_attention::{Param, ParamMut, load_safetensors, save_safetensors};
 use polysketch_sketch::io::write_atomic;
 use serde::{Deserialize, Serialize};
 
+use crate::data::Tokenizer;
 use crate::{AdamW, Gpt, GptConfig, GptError, Result};
 
 /// Version of the checkpoint layout.
@@ -25,7 +26,7 @@ pub struct Meta {
     pub step: usize,
     /// The training configuration (the trainer's own, as JSON).
     pub train: serde_json::Value,
-    /// Tokenizer name (`bytes`).
+    /// Tokenizer: `bytes`, or `bpe` (then `tokenizer.json` holds it).
     pub tokenizer: String,
 }
 
@@ -52,7 +53,13 @@ fn moments<'a>(model: &Gpt<f32>, prefix: &str, flat: &'a [f32]) -> Vec<Param<'a,
 ///
 /// # Errors
 /// [`GptError::File`] if a file cannot be written; non-finite parameters.
-pub fn save(dir: &Path, model: &Gpt<f32>, opt: &AdamW<f32>, meta: &Meta) -> Result<()> {
+pub fn save(
+    dir: &Path,
+    model: &Gpt<f32>,
+    opt: &AdamW<f32>,
+    tokenizer: &Tokenizer,
+    meta: &Meta,
+) -> Result<()> {
     let tmp = PathBuf::from(format!("{}.tmp", dir.display()));
     let old = PathBuf::from(format!("{}.old", dir.display()));
     let _ = std::fs::remove_dir_all(&tmp);
@@ -63,6 +70,14 @@ pub fn save(dir: &Path, model: &Gpt<f32>, opt: &AdamW<f32>, meta: &Meta) -> Resu
     save_safetensors(&tmp.join("optimizer.safetensors"), &both)?;
     let mut meta = meta.clone();
     meta.train["adam_t"] = serde_json::json!(opt.t);
+    meta.tokenizer = match tokenizer.to_json()? {
+        None => "bytes".into(),
+        Some(json) => {
+            let path = tmp.join("tokenizer.json");
+            write_atomic(&path, json.as_bytes()).map_err(|e| file_err(&path, e))?;
+            "bpe".into()
+        }
+    };
     let json = serde_json::to_vec_pretty(&meta).map_err(|e| file_err(dir, e))?;
     write_atomic(&tmp.join("checkpoint.json"), &json).map_err(|e| file_err(&tmp, e))?;
     if dir.exists() {
@@ -146,4 +161,27 @@ pub fn load(
         }
     };
     Ok((meta, model, opt))
+}
+
+/// The tokenizer of the checkpoint at `dir` (as its `meta` names it).
+///
+/// # Errors
+/// [`GptError::File`] for an unknown name or a missing or corrupt `tokenizer.json`; a
+/// vocabulary that is not the model's.
+pub fn load_tokenizer(dir: &Path, meta: &Meta) -> Result<Tokenizer> {
+    let tok = match meta.tokenizer.as_str() {
+        "bytes" => Tokenizer::Bytes,
+        "bpe" => {
+            let path = dir.join("tokenizer.json");
+            let json = std::fs::read_to_string(&path).map_err(|e| file_err(&path, e))?;
+            Tokenizer::from_json(&json).map_err(|e| file_err(&path, e))?
+        }
+        other => {
+            return Err(file_err(
+                &dir.join("checkpoint.json"),
+                format!("unknown tokenizer {other:?}"),
+            ));
+        }
+    };
+    Ok(tok)
 }

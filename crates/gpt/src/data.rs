@@ -1,9 +1,15 @@
-//! Tokenizer, text corpus, deterministic split and batches.
+//! Tokenizers, text corpus, deterministic split and batches.
 
 use std::path::Path;
 
 use polysketch_sketch::{seeded_rng, split_seed};
 use rand::RngExt;
+use serde::{Deserialize, Serialize};
+use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::{
+    DecoderWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper, TokenizerBuilder,
+};
 
 use crate::{GptError, Result};
 
@@ -28,6 +34,128 @@ impl ByteTokenizer {
             .filter_map(|&t| u8::try_from(t).ok())
             .collect();
         String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+/// Which tokenizer a run uses (stored in its checkpoint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum TokenizerSpec {
+    /// [`ByteTokenizer`].
+    #[default]
+    Bytes,
+    /// Byte-level BPE (GPT-2 style) trained with the `tokenizers` crate on the training text,
+    /// with at most `vocab` tokens (the 256 bytes and the merges).
+    Bpe {
+        /// Largest vocabulary.
+        vocab: usize,
+    },
+}
+
+/// A tokenizer: bytes, or a trained byte-level BPE.
+#[derive(Debug, Clone)]
+pub enum Tokenizer {
+    /// One token per byte.
+    Bytes,
+    /// A byte-level BPE of the `tokenizers` crate.
+    Bpe(Box<tokenizers::Tokenizer>),
+}
+
+fn tok_err(e: impl std::fmt::Display) -> GptError {
+    GptError::Data(format!("tokenizer: {e}"))
+}
+
+impl Tokenizer {
+    /// Trains a byte-level BPE with at most `vocab` tokens on `text` (its lines).
+    ///
+    /// # Errors
+    /// [`GptError::InvalidConfig`] for `vocab` outside 257 ..= 65536; training errors.
+    pub fn train_bpe(text: &str, vocab: usize) -> Result<Self> {
+        if !(257..=65536).contains(&vocab) {
+            return Err(GptError::InvalidConfig(format!(
+                "BPE vocabulary {vocab} must be in 257 ..= 65536"
+            )));
+        }
+        let byte_level = ByteLevel::new(false, true, true);
+        let mut trainer = BpeTrainerBuilder::new()
+            .vocab_size(vocab)
+            .min_frequency(2)
+            .show_progress(false)
+            .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+            .build();
+        let mut tok = TokenizerBuilder::<
+            BPE,
+            NormalizerWrapper,
+            PreTokenizerWrapper,
+            PostProcessorWrapper,
+            DecoderWrapper,
+        >::new()
+        .with_model(BPE::default())
+        .with_pre_tokenizer(Some(PreTokenizerWrapper::ByteLevel(byte_level)))
+        .with_decoder(Some(DecoderWrapper::ByteLevel(byte_level)))
+        .build()
+        .map_err(tok_err)?;
+        tok.train(&mut trainer, text.split_inclusive('\n'))
+            .map_err(tok_err)?;
+        Ok(Tokenizer::Bpe(Box::new(tokenizers::Tokenizer::from(tok))))
+    }
+
+    /// Builds the tokenizer a spec names, training a BPE on `text`.
+    ///
+    /// # Errors
+    /// As [`train_bpe`](Self::train_bpe).
+    pub fn from_spec(spec: TokenizerSpec, text: &str) -> Result<Self> {
+        match spec {
+            TokenizerSpec::Bytes => Ok(Tokenizer::Bytes),
+            TokenizerSpec::Bpe { vocab } => Self::train_bpe(text, vocab),
+        }
+    }
+
+    /// Vocabulary size.
+    pub fn vocab(&self) -> usize {
+        match self {
+            Tokenizer::Bytes => ByteTokenizer::VOCAB,
+            Tokenizer::Bpe(t) => t.get_vocab_size(true),
+        }
+    }
+
+    /// Token ids of `text`.
+    ///
+    /// # Errors
+    /// The BPE's encoding errors.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        match self {
+            Tokenizer::Bytes => Ok(ByteTokenizer.encode(text)),
+            Tokenizer::Bpe(t) => Ok(t.encode(text, false).map_err(tok_err)?.get_ids().to_vec()),
+        }
+    }
+
+    /// Text of `ids` (invalid UTF-8 becomes U+FFFD; unknown ids are skipped).
+    pub fn decode(&self, ids: &[u32]) -> String {
+        match self {
+            Tokenizer::Bytes => ByteTokenizer.decode(ids),
+            Tokenizer::Bpe(t) => t.decode(ids, false).unwrap_or_default(),
+        }
+    }
+
+    /// The BPE as the `tokenizers` crate's JSON (None for bytes).
+    ///
+    /// # Errors
+    /// Serialisation errors.
+    pub fn to_json(&self) -> Result<Option<String>> {
+        match self {
+            Tokenizer::Bytes => Ok(None),
+            Tokenizer::Bpe(t) => Ok(Some(t.to_string(false).map_err(tok_err)?)),
+        }
+    }
+
+    /// A BPE from the `tokenizers` crate's JSON.
+    ///
+    /// # Errors
+    /// [`GptError::Data`] if it does not parse.
+    pub fn from_json(json: &str) -> Result<Self> {
+        let t: tokenizers::Tokenizer = json.parse().map_err(tok_err)?;
+        Ok(Tokenizer::Bpe(Box::new(t)))
     }
 }
 
@@ -57,31 +185,44 @@ pub fn read_text(path: &Path) -> Result<String> {
 }
 
 impl Corpus {
-    /// Tokenises `text` with the byte tokenizer and splits it.
+    /// The text's last `val_fraction` (by bytes, at a character boundary) as validation text.
     ///
     /// # Errors
-    /// [`GptError::Data`] if `val_fraction` is not in (0, 1) or either part has fewer than
-    /// `context + 1` tokens.
-    pub fn from_text(text: &str, val_fraction: f64, context: usize) -> Result<Self> {
+    /// [`GptError::Data`] if `val_fraction` is not in (0, 1).
+    pub fn split_text(text: &str, val_fraction: f64) -> Result<(&str, &str)> {
         if !(val_fraction > 0.0 && val_fraction < 1.0) {
             return Err(GptError::Data(format!(
                 "validation fraction {val_fraction} must be in (0, 1)"
             )));
         }
-        let tokens = ByteTokenizer.encode(text);
-        let cut = tokens.len() - (tokens.len() as f64 * val_fraction).round() as usize;
-        let (train, val) = tokens.split_at(cut);
+        let mut cut = text.len() - (text.len() as f64 * val_fraction).round() as usize;
+        while !text.is_char_boundary(cut) {
+            cut += 1;
+        }
+        Ok(text.split_at(cut))
+    }
+
+    /// Splits `text` (see [`split_text`](Self::split_text)) and tokenises both parts.
+    ///
+    /// # Errors
+    /// [`GptError::Data`] if `val_fraction` is not in (0, 1) or either part has fewer than
+    /// `context + 1` tokens.
+    pub fn from_text(
+        text: &str,
+        tokenizer: &Tokenizer,
+        val_fraction: f64,
+        context: usize,
+    ) -> Result<Self> {
+        let (train_text, val_text) = Self::split_text(text, val_fraction)?;
+        let (train, val) = (tokenizer.encode(train_text)?, tokenizer.encode(val_text)?);
+        let tokens = train.len() + val.len();
         if train.len() <= context || val.len() <= context {
             return Err(GptError::Data(format!(
-                "{} tokens are too few for a context of {context} with a validation fraction of {val_fraction} (need {} at least)",
-                tokens.len(),
+                "{tokens} tokens are too few for a context of {context} with a validation fraction of {val_fraction} (need {} at least)",
                 ((context + 1) as f64 / val_fraction.min(1.0 - val_fraction)).ceil()
             )));
         }
-        Ok(Self {
-            train: train.to_vec(),
-            val: val.to_vec(),
-        })
+        Ok(Self { train, val })
     }
 
     /// The training batch of step `step`: `batch` windows of `n + 1` tokens at offsets drawn

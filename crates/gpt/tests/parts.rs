@@ -1,6 +1,6 @@
 //! The optimiser, the schedule, the data and the task generators.
 
-use polysketch_gpt::data::{ByteTokenizer, Corpus};
+use polysketch_gpt::data::{ByteTokenizer, Corpus, Tokenizer};
 use polysketch_gpt::tasks::{COPY_COUNT, Task, exact_accuracy};
 use polysketch_gpt::{AdamW, Decay, IGNORE, ParamInfo, Schedule};
 use polysketch_sketch::seeded_rng;
@@ -64,7 +64,7 @@ fn adamw_takes_the_textbook_step_and_refuses_nan() {
 #[test]
 fn corpus_split_and_batches_are_deterministic() {
     let text = "abcdefghij".repeat(100);
-    let c = Corpus::from_text(&text, 0.1, 16).unwrap();
+    let c = Corpus::from_text(&text, &Tokenizer::Bytes, 0.1, 16).unwrap();
     assert_eq!(c.train.len() + c.val.len(), 1000);
     assert_eq!(c.val.len(), 100);
     let (x, y) = c.train_batch(1, 5, 3, 16);
@@ -73,8 +73,8 @@ fn corpus_split_and_batches_are_deterministic() {
     for (a, b) in x.chunks(16).zip(y.chunks(16)) {
         assert_eq!(&a[1..], &b[..15]);
     }
-    assert!(Corpus::from_text("short", 0.1, 16).is_err());
-    assert!(Corpus::from_text(&text, 1.5, 16).is_err());
+    assert!(Corpus::from_text("short", &Tokenizer::Bytes, 0.1, 16).is_err());
+    assert!(Corpus::from_text(&text, &Tokenizer::Bytes, 1.5, 16).is_err());
     assert_eq!(
         ByteTokenizer.decode(&ByteTokenizer.encode("Emma — é")),
         "Emma — é"
