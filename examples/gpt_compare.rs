@@ -6,7 +6,10 @@
 //! cargo run --release --example gpt_compare                       # corpus, six kinds
 //! cargo run --release --example gpt_compare -- induction          # induction heads, n = 128
 //! cargo run --release --example gpt_compare -- corpus --steps 100 # shorter
+//! cargo run --release --example gpt_compare -- plot OUT.svg name=runs/x/metrics.csv ...
 //! ```
+//!
+//! `plot` draws the validation (held-out) loss curves of finished runs into one SVG.
 //!
 //! Writes `runs/compare-<what>/{compare.csv, compare.svg}` and one run folder per kind.
 
@@ -35,6 +38,23 @@ fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> polyske
 
 fn real_main() -> polysketch::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("plot") {
+        let out = args
+            .get(1)
+            .ok_or_else(|| polysketch::Error::Config("plot OUT.svg name=csv ...".into()))?;
+        let runs: Vec<(String, PathBuf)> = args[2..]
+            .iter()
+            .filter_map(|a| {
+                a.split_once('=')
+                    .map(|(n, p)| (n.to_string(), PathBuf::from(p)))
+            })
+            .collect();
+        return run::plot_runs(
+            &runs,
+            "held-out loss against step",
+            std::path::Path::new(out),
+        );
+    }
     let what = args
         .first()
         .filter(|a| !a.starts_with("--"))

@@ -68,9 +68,9 @@ struct ModelArgs {
     /// Degree p of the polynomial and PolySketch kinds.
     #[arg(long, default_value_t = 4)]
     p: usize,
-    /// PolySketch sketch size r.
-    #[arg(long, default_value_t = 32)]
-    r: usize,
+    /// PolySketch sketch size r [default: train 32, task 16]
+    #[arg(long)]
+    r: Option<usize>,
     /// PolySketch block size b [default: train 64, task 32]
     #[arg(long)]
     block: Option<usize>,
@@ -89,7 +89,7 @@ struct ModelArgs {
     /// Sequences per step [default: train 8, task 32]
     #[arg(long)]
     batch: Option<usize>,
-    /// Training steps [default: train 500, task 3000]
+    /// Training steps [default: train 500, task 5000]
     #[arg(long)]
     steps: Option<usize>,
     /// Peak learning rate [default: train 2e-3, task 1e-3]
@@ -110,7 +110,7 @@ struct ModelArgs {
     /// Seed of the initialisation and the batches.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Evaluate and checkpoint every this many steps [default: train 50, task 100]
+    /// Evaluate and checkpoint every this many steps [default: train 50, task 250]
     #[arg(long)]
     eval_every: Option<usize>,
     /// Folder for the run's files (default: a new runs/<name>-<n>).
@@ -275,6 +275,7 @@ fn main() {
 /// Defaults of the options that differ between `train` and `task`.
 #[derive(Debug, Clone, Copy)]
 struct Defaults {
+    r: usize,
     block: usize,
     layers: usize,
     d_model: usize,
@@ -287,6 +288,7 @@ struct Defaults {
 }
 
 const TRAIN_DEFAULTS: Defaults = Defaults {
+    r: 32,
     block: 64,
     layers: 4,
     d_model: 128,
@@ -299,15 +301,16 @@ const TRAIN_DEFAULTS: Defaults = Defaults {
 };
 
 const TASK_DEFAULTS: Defaults = Defaults {
+    r: 16,
     block: 32,
     layers: 2,
     d_model: 64,
     heads: 2,
     seq: 128,
     batch: 32,
-    steps: 3000,
+    steps: 5000,
     lr: 1e-3,
-    eval_every: 100,
+    eval_every: 250,
 };
 
 /// The model and run configuration of `train`/`task` options.
@@ -319,7 +322,8 @@ fn configs(
     eval_batches: usize,
 ) -> polysketch::Result<(GptConfig, run::RunConfig)> {
     let block = m.block.unwrap_or(d.block);
-    let attention = run::attention_spec(&m.attention, m.p, m.r, block, !m.no_local)?;
+    let r = m.r.unwrap_or(d.r);
+    let attention = run::attention_spec(&m.attention, m.p, r, block, !m.no_local)?;
     let (seq, steps) = (m.seq.unwrap_or(d.seq), m.steps.unwrap_or(d.steps));
     let decay = match m.decay.as_str() {
         "cosine" => Decay::Cosine,
