@@ -169,6 +169,7 @@ fn real_main() -> polysketch::Result<()> {
             eval_every,
             eval_batches: 16,
             tokenizer: Default::default(),
+            stop_at_accuracy: None,
         };
         let out = root.join(spec.name());
         eprintln!("{}", spec.name());

@@ -89,7 +89,7 @@ struct ModelArgs {
     /// Sequences per step [default: train 8, task 32]
     #[arg(long)]
     batch: Option<usize>,
-    /// Training steps [default: train 500, task 5000]
+    /// Training steps [default: train 500, task 10000]
     #[arg(long)]
     steps: Option<usize>,
     /// Peak learning rate [default: train 2e-3, task 1e-3]
@@ -194,6 +194,9 @@ struct TaskArgs {
     /// Held-out examples for the accuracy.
     #[arg(long, default_value_t = 512)]
     held_out: usize,
+    /// Stop at the first evaluation whose held-out accuracy reaches this (0: run every step).
+    #[arg(long, default_value_t = 0.99)]
+    until: f64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -308,7 +311,7 @@ const TASK_DEFAULTS: Defaults = Defaults {
     heads: 2,
     seq: 128,
     batch: 32,
-    steps: 5000,
+    steps: 10000,
     lr: 1e-3,
     eval_every: 250,
 };
@@ -367,6 +370,7 @@ fn configs(
             eval_every: m.eval_every.unwrap_or(d.eval_every),
             eval_batches,
             tokenizer: TokenizerSpec::Bytes,
+            stop_at_accuracy: None,
         },
     ))
 }
@@ -481,7 +485,14 @@ fn task(args: TaskArgs) -> polysketch::Result<()> {
         task,
         held_out: args.held_out,
     };
-    let (model, cfg) = configs(m, TASK_DEFAULTS, task.vocab(), source, 1)?;
+    let (model, mut cfg) = configs(m, TASK_DEFAULTS, task.vocab(), source, 1)?;
+    if !(0.0..=1.0).contains(&args.until) {
+        return Err(polysketch::Error::Config(format!(
+            "--until {} must be in [0, 1]",
+            args.until
+        )));
+    }
+    cfg.stop_at_accuracy = (args.until > 0.0).then_some(args.until);
     let out = m
         .out
         .clone()

@@ -38,6 +38,10 @@ pub struct RunConfig {
     /// The tokenizer of a text run (a BPE is trained on the training part of the text).
     #[serde(default)]
     pub tokenizer: TokenizerSpec,
+    /// Task runs: stop at the first evaluation whose held-out accuracy reaches this (the
+    /// checkpoint is written there). The steps before are those of the full schedule.
+    #[serde(default)]
+    pub stop_at_accuracy: Option<f64>,
 }
 
 /// Where the batches come from.
@@ -271,13 +275,14 @@ pub fn train(
     let mut losses = Vec::new();
     let (mut val_loss, mut accuracy, mut solved_at) = (f64::NAN, None, None);
     let began = Instant::now();
+    let mut done = start;
     for step in start..end {
         let (x, y) = data.batch(&t, step);
         let s = trainer.step(&x, &y, t.batch, t.seq, Par::rayon(0))?;
         losses.push((step + 1, s.loss));
         let elapsed = began.elapsed().as_secs_f64();
         let tps = ((step + 1 - start) * tokens_per_step) as f64 / elapsed;
-        let last = step + 1 == end;
+        let mut last = step + 1 == end;
         let mut row = (f64::NAN, None);
         if last || (run.eval_every > 0 && (step + 1) % run.eval_every == 0) {
             row = data.evaluate(&trainer.model, &t, &mut acts)?;
@@ -286,8 +291,12 @@ pub fn train(
             if solved_at.is_none() && accuracy.is_some_and(|a| a >= 0.99) {
                 solved_at = Some(step + 1);
             }
+            if let (Some(goal), Some(a)) = (run.stop_at_accuracy, accuracy) {
+                last |= a >= goal;
+            }
             save(&trainer, &run, &tokenizer, &out.join("checkpoint"))?;
         }
+        done = step + 1;
         let _ = writeln!(
             csv,
             "{},{},{:.6},{},{},{},{:.6e},{:.4},{:.1},{:.2}",
@@ -316,13 +325,16 @@ pub fn train(
         if last || (step + 1) % 10 == 0 {
             write_atomic(&csv_path, csv.as_bytes())?;
         }
+        if last {
+            break;
+        }
     }
     bar.finish();
     write_atomic(&csv_path, csv.as_bytes())?;
     plot_losses(&csv, &out.join("loss.svg"))?;
-    let tokens_per_s = ((end - start) * tokens_per_step) as f64 / began.elapsed().as_secs_f64();
+    let tokens_per_s = ((done - start) * tokens_per_step) as f64 / began.elapsed().as_secs_f64();
     Ok(RunSummary {
-        step: end,
+        step: done,
         losses,
         val_loss,
         accuracy,

@@ -39,6 +39,7 @@ fn run_config(source: Source, steps: usize) -> RunConfig {
         eval_every: 3,
         eval_batches: 2,
         tokenizer: TokenizerSpec::Bytes,
+        stop_at_accuracy: None,
     }
 }
 
@@ -152,6 +153,13 @@ fn task_runs_report_exact_accuracy() {
     let s = run::train(model, cfg.clone(), &dir, None, None, true).unwrap();
     let acc = s.accuracy.unwrap();
     assert!((0.0..=1.0).contains(&acc));
+    // stopping at an accuracy: the first evaluation (step 3 of 6) already reaches 0
+    let mut early = cfg.clone();
+    early.train.steps = 6;
+    early.stop_at_accuracy = Some(0.0);
+    let model = tiny(AttentionSpec::Softmax, Task::Induction.vocab());
+    let e = run::train(model, early, &dir.join("early"), None, None, true).unwrap();
+    assert_eq!(e.step, 3);
     // a task with the wrong vocabulary is refused
     let wrong = tiny(AttentionSpec::Softmax, 256);
     assert!(run::train(wrong, cfg, &dir.join("x"), None, None, true).is_err());
