@@ -5,12 +5,12 @@
 
 use std::path::{Path, PathBuf};
 
-use polysketch_attention::{Param, ParamMut, load_safetensors, save_safetensors};
+use polysketch_attention::{load_safetensors, save_safetensors};
 use polysketch_sketch::io::write_atomic;
 use serde::{Deserialize, Serialize};
 
 use crate::data::Tokenizer;
-use crate::{AdamW, Gpt, GptConfig, GptError, Result};
+use crate::{AdamW, Gpt, GptConfig, GptError, Result, views, views_mut};
 
 /// Version of the checkpoint layout.
 pub const FORMAT: u32 = 1;
@@ -37,18 +37,6 @@ fn file_err(path: &Path, reason: impl ToString) -> GptError {
     }
 }
 
-fn moments<'a>(model: &Gpt<f32>, prefix: &str, flat: &'a [f32]) -> Vec<Param<'a, f32>> {
-    model
-        .table()
-        .iter()
-        .map(|p| Param {
-            name: format!("{prefix}.{}", p.name),
-            shape: p.shape.clone(),
-            data: p.of(flat),
-        })
-        .collect()
-}
-
 /// Writes a checkpoint folder at `dir` (replacing one that is there).
 ///
 /// # Errors
@@ -65,8 +53,8 @@ pub fn save(
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp).map_err(|e| file_err(&tmp, e))?;
     save_safetensors(&tmp.join("model.safetensors"), &model.parameters())?;
-    let mut both = moments(model, "m", &opt.m);
-    both.extend(moments(model, "v", &opt.v));
+    let mut both = views(&opt.m, model.table(), "m");
+    both.extend(views(&opt.v, model.table(), "v"));
     save_safetensors(&tmp.join("optimizer.safetensors"), &both)?;
     let mut meta = meta.clone();
     meta.train["adam_t"] = serde_json::json!(opt.t);
@@ -136,22 +124,9 @@ pub fn load(
         None => None,
         Some((b1, b2, eps, wd)) => {
             let mut opt = AdamW::new(model.num_params(), b1, b2, eps, wd);
-            let table = model.table().to_vec();
-            let (m, v) = (&mut opt.m, &mut opt.v);
-            let mut views: Vec<ParamMut<'_, f32>> = Vec::new();
-            for (prefix, flat) in [("m", m), ("v", v)] {
-                let mut rest: &mut [f32] = flat;
-                for p in &table {
-                    let (mine, tail) = rest.split_at_mut(p.len());
-                    views.push(ParamMut {
-                        name: format!("{prefix}.{}", p.name),
-                        shape: p.shape.clone(),
-                        data: mine,
-                    });
-                    rest = tail;
-                }
-            }
-            load_safetensors(&dir.join("optimizer.safetensors"), &mut views)?;
+            let mut both = views_mut(&mut opt.m, model.table(), "m");
+            both.extend(views_mut(&mut opt.v, model.table(), "v"));
+            load_safetensors(&dir.join("optimizer.safetensors"), &mut both)?;
             opt.t = meta
                 .train
                 .get("adam_t")

@@ -48,7 +48,7 @@ mod train;
 
 pub use config::{AttentionSpec, GptConfig};
 pub use error::{GptError, Result};
-pub use model::{Activations, Gpt, InferState, MAX_ACTIVATION_BYTES, ParamInfo};
+pub use model::{Activations, Gpt, InferState, MAX_ACTIVATION_BYTES, ParamInfo, views, views_mut};
 pub use ops::IGNORE;
 pub use optim::{AdamW, Decay, Schedule};
 pub use train::{StepStats, TrainConfig, Trainer, evaluate};

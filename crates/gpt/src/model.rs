@@ -304,14 +304,7 @@ impl<T: Scalar> Gpt<T> {
 
     /// The named tensors as views (for saving).
     pub fn parameters(&self) -> Vec<Param<'_, T>> {
-        self.table
-            .iter()
-            .map(|p| Param {
-                name: p.name.clone(),
-                shape: p.shape.clone(),
-                data: p.of(&self.params),
-            })
-            .collect()
+        views(&self.params, &self.table, "")
     }
 
     /// Changes the parameters through `f` (an optimiser step, loading) and passes the new values
@@ -818,22 +811,49 @@ impl<T: Scalar> Gpt<T> {
     /// Runs `f` on the named tensors as mutable views of the flat buffer (for loaders), then
     /// passes the new values on to the attention layers.
     pub fn with_parameters_mut<R>(&mut self, f: impl FnOnce(&mut [ParamMut<'_, T>]) -> R) -> R {
-        self.update_params(|flat, table| {
-            let mut views = Vec::with_capacity(table.len());
-            let mut rest = flat;
-            let mut at = 0;
-            for p in table {
-                let (_, tail) = rest.split_at_mut(p.offset - at);
-                let (mine, tail) = tail.split_at_mut(p.len());
-                views.push(ParamMut {
-                    name: p.name.clone(),
-                    shape: p.shape.clone(),
-                    data: mine,
-                });
-                rest = tail;
-                at = p.offset + p.len();
-            }
-            f(&mut views)
-        })
+        self.update_params(|flat, table| f(&mut views_mut(flat, table, "")))
     }
+}
+
+fn prefixed(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
+/// The named tensors of a flat buffer laid out by `table` (as [`Gpt::params`] is, or an
+/// optimiser moment), named `<prefix>.<name>` (just `<name>` for an empty prefix).
+pub fn views<'a, T>(flat: &'a [T], table: &[ParamInfo], prefix: &str) -> Vec<Param<'a, T>> {
+    table
+        .iter()
+        .map(|p| Param {
+            name: prefixed(prefix, &p.name),
+            shape: p.shape.clone(),
+            data: p.of(flat),
+        })
+        .collect()
+}
+
+/// Mutable [`views`] (the table's tensors are disjoint and in offset order).
+pub fn views_mut<'a, T>(
+    flat: &'a mut [T],
+    table: &[ParamInfo],
+    prefix: &str,
+) -> Vec<ParamMut<'a, T>> {
+    let mut out = Vec::with_capacity(table.len());
+    let (mut rest, mut at) = (flat, 0);
+    for p in table {
+        let (_, tail) = rest.split_at_mut(p.offset - at);
+        let (mine, tail) = tail.split_at_mut(p.len());
+        out.push(ParamMut {
+            name: prefixed(prefix, &p.name),
+            shape: p.shape.clone(),
+            data: mine,
+        });
+        rest = tail;
+        at = p.offset + p.len();
+    }
+    out
 }

@@ -217,9 +217,9 @@ fn bad_input_gets_typed_errors() {
             ..config(AttentionSpec::Softmax)
         },
         GptConfig {
-            heads: 4,
+            heads: 8, // head size 1: RoPE needs an even one
             ..config(AttentionSpec::Softmax)
-        }, // h = 2 is fine; 8/4 = 2 even
+        },
         GptConfig {
             vocab: 0,
             ..config(AttentionSpec::Softmax)
@@ -237,8 +237,12 @@ fn bad_input_gets_typed_errors() {
             local: false,
         }),
     ];
-    assert!(Gpt::<f32>::new(bad[1]).is_ok());
-    for (i, c) in bad.iter().enumerate().filter(|(i, _)| *i != 1) {
+    let small_heads = GptConfig {
+        heads: 4, // head size 2 is even: accepted
+        ..config(AttentionSpec::Softmax)
+    };
+    assert!(Gpt::<f32>::new(small_heads).is_ok());
+    for (i, c) in bad.iter().enumerate() {
         assert!(Gpt::<f32>::new(*c).is_err(), "config {i} accepted");
     }
     let model = Gpt::<f32>::new(config(AttentionSpec::Softmax)).unwrap();
