@@ -1,0 +1,141 @@
+//! The device context and its buffers.
+
+use core::marker::PhantomData;
+
+use cubecl::prelude::*;
+use cubecl::server::Handle;
+
+use crate::{GpuError, Result};
+
+/// A compute device of runtime `R` (wgpu, CUDA): the client every kernel launch goes through.
+///
+/// # Example
+/// ```no_run
+/// # #[cfg(feature = "wgpu")] {
+/// use polysketch_gpu::{Gpu, Wgpu};
+/// let gpu = Gpu::<Wgpu>::new(&Default::default());
+/// let x = gpu.upload(&[1.0f32, 2.0, 3.0])?;
+/// assert_eq!(gpu.download(&x)?, vec![1.0, 2.0, 3.0]);
+/// # }
+/// # Ok::<(), polysketch_gpu::GpuError>(())
+/// ```
+#[derive(Clone)]
+pub struct Gpu<R: Runtime> {
+    pub(crate) client: ComputeClient<R>,
+}
+
+impl<R: Runtime> core::fmt::Debug for Gpu<R> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "Gpu({})", self.name())
+    }
+}
+
+/// A device buffer of `len` elements of type `E` (`f32` unless said otherwise).
+pub struct Buffer<R: Runtime, E = f32> {
+    pub(crate) handle: Handle,
+    len: usize,
+    _marker: PhantomData<(R, E)>,
+}
+
+impl<R: Runtime, E> Clone for Buffer<R, E> {
+    fn clone(&self) -> Self {
+        Self {
+            handle: self.handle.clone(),
+            len: self.len,
+            _marker: PhantomData,
+        }
+    }
+}
+
+impl<R: Runtime, E> core::fmt::Debug for Buffer<R, E> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "Buffer(len {})", self.len)
+    }
+}
+
+impl<R: Runtime, E> Buffer<R, E> {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// Whether it holds no element.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// The kernel argument viewing this buffer (shares the allocation).
+    pub(crate) fn arg(&self) -> ArrayArg<R> {
+        // SAFETY: `handle` was allocated for `len` elements of `E` by `Gpu::empty`/`upload`.
+        unsafe { ArrayArg::from_raw_parts(self.handle.clone(), self.len) }
+    }
+}
+
+impl<R: Runtime> Gpu<R> {
+    /// A context on `device`.
+    pub fn new(device: &R::Device) -> Self {
+        Self {
+            client: R::client(device),
+        }
+    }
+
+    /// The runtime's name, e.g. `wgpu<wgsl>` or `cuda`.
+    pub fn name(&self) -> String {
+        R::name(&self.client).to_string()
+    }
+
+    /// A buffer of `len` elements of `E`, contents unspecified.
+    pub fn empty<E: CubeElement>(&self, len: usize) -> Buffer<R, E> {
+        Buffer {
+            handle: self.client.empty(len.max(1) * size_of::<E>()),
+            len,
+            _marker: PhantomData,
+        }
+    }
+
+    /// A buffer of `len` zeros.
+    pub fn zeros(&self, len: usize) -> Buffer<R> {
+        // one upload; the allocator's fresh memory is not guaranteed to be zero
+        self.upload(&vec![0.0f32; len])
+            .expect("uploading zeros cannot fail")
+    }
+
+    /// Copies `data` to the device.
+    ///
+    /// # Errors
+    /// Never at present; the `Result` leaves room for devices that refuse an allocation.
+    pub fn upload<E: CubeElement>(&self, data: &[E]) -> Result<Buffer<R, E>> {
+        let bytes = E::as_bytes(data);
+        let handle = if bytes.is_empty() {
+            self.client.empty(size_of::<E>())
+        } else {
+            self.client.create_from_slice(bytes)
+        };
+        Ok(Buffer {
+            handle,
+            len: data.len(),
+            _marker: PhantomData,
+        })
+    }
+
+    /// Copies a buffer back to the host (waits for the kernels that write it).
+    ///
+    /// # Errors
+    /// [`GpuError::Device`] if the device reports an error (a failed kernel, a lost device).
+    pub fn download<E: CubeElement>(&self, buffer: &Buffer<R, E>) -> Result<Vec<E>> {
+        if buffer.len == 0 {
+            return Ok(Vec::new());
+        }
+        let bytes = self
+            .client
+            .read_one(buffer.handle.clone())
+            .map_err(|e| GpuError::Device(format!("{e:?}")))?;
+        Ok(E::from_bytes(&bytes)[..buffer.len].to_vec())
+    }
+
+    /// Waits until every launched kernel has finished (for timings).
+    ///
+    /// # Errors
+    /// [`GpuError::Device`] if the device reports an error.
+    pub fn sync(&self) -> Result<()> {
+        cubecl::future::block_on(self.client.sync()).map_err(|e| GpuError::Device(format!("{e:?}")))
+    }
+}

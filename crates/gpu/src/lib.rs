@@ -1,0 +1,71 @@
+//! GPU kernels for PolySketch attention, written once with [cubecl] and run on CUDA or,
+//! through wgpu, on any Vulkan/Metal/DX12 device (Mesa's software Vulkan driver in CI).
+//!
+//! What is here, forward and backward, every kernel checked against the CPU crates:
+//!
+//! - [`TreeSketchGpu`]: the degree-\\(q\\) Gaussian tree sketch \\(S^\top x^{\otimes q}\\) (dense
+//!   projections by a tiled [`Gpu::matmul`], Hadamard products of the children);
+//! - [`Gpu::lowtri_forward`] / [`Gpu::lowtri_backward`]: the block product
+//!   \\(\mathrm{lt}(L^{\otimes 2}R^{\otimes 2\top})C\\) with per-block states \\(H_l =
+//!   R_l^{\otimes 2\top}C_l\\) in the self-tensored feature space, their exclusive prefix over
+//!   blocks and \\(A_lZ_l\\), the \\(r^2\\)-wide features formed in registers and never stored
+//!   per row; diagonal blocks as \\((L_lR_l^\top)^{\circ 2}\\) or exact
+//!   \\((Q_lK_l^\top)^{\circ p}\\), their scores kept in shared memory;
+//! - [`Gpu::layernorm_forward`] / [`Gpu::layernorm_backward`];
+//! - [`PolySketchGpu`]: causal PolySketch attention with random sketches, with or without exact
+//!   local blocks, on `[batch, heads, n, h]` buffers of `f32` or `bf16` (accumulated in `f32`).
+//!
+//! Everything is generic over the cubecl [`Runtime`]: the features `wgpu` (default) and `cuda`
+//! pick which runtimes are compiled in ([`Wgpu`], [`Cuda`]).
+//!
+//! Not here yet: learned sketches (their small networks would run on [`Gpu::matmul`]).
+//!
+//! # Example
+//! ```no_run
+//! # #[cfg(feature = "wgpu")] {
+//! use polysketch_gpu::{Gpu, PolySketchGpu, PolySketchGpuConfig, Wgpu};
+//!
+//! let gpu = Gpu::<Wgpu>::new(&Default::default());
+//! let config = PolySketchGpuConfig { heads: 2, head_dim: 8, p: 4, r: 4, block: 16, local: true };
+//! // the degree-2 tree: one level, [h, 2r] (G₁ then G₂)
+//! let w: Vec<f32> = (0..8 * 8).map(|i| ((i as f32) * 0.7).sin()).collect();
+//! let layer = PolySketchGpu::new(&gpu, config, &[1.0; 8], &[0.0; 8], &[w])?;
+//! let (batch, n) = (1, 40);
+//! let x: Vec<f32> = (0..batch * 2 * n * 8).map(|i| (i as f32 * 0.37).sin()).collect();
+//! let q = gpu.upload(&x)?;
+//! let (out, saved) = layer.forward(&gpu, &q, &q, &q, batch, n)?;
+//! let grads = layer.backward(&gpu, &saved, &gpu.upload(&vec![1.0f32; x.len()])?)?;
+//! assert_eq!(gpu.download(&grads.dq)?.len(), x.len());
+//! # let _ = out;
+//! # }
+//! # Ok::<(), polysketch_gpu::GpuError>(())
+//! ```
+
+mod attention;
+mod device;
+mod error;
+mod kernels;
+mod lowtri;
+mod ops;
+mod sketch;
+
+pub use attention::{
+    LN_EPS, PolySketchGpu, PolySketchGpuConfig, PolySketchGpuGrads, PolySketchGpuSaved,
+};
+pub use cubecl::Runtime;
+pub use device::{Buffer, Gpu};
+pub use error::{GpuError, Result};
+pub use lowtri::{DiagonalGpu, LtGrads, LtSaved, LtShape};
+pub use ops::{LnState, MAX_ELEMENTS, Strided};
+pub use sketch::{SketchSaved, TreeSketchGpu};
+
+/// The wgpu runtime (Vulkan, Metal, DX12, WebGPU).
+#[cfg(feature = "wgpu")]
+pub type Wgpu = cubecl::wgpu::WgpuRuntime;
+
+/// The CUDA runtime.
+#[cfg(feature = "cuda")]
+pub type Cuda = cubecl::cuda::CudaRuntime;
+
+/// `bf16`, the half-width float the kernels accept as input.
+pub use half::bf16;

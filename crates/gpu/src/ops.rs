@@ -1,0 +1,487 @@
+//! Checked launchers of the kernels: each validates its shapes, allocates its outputs and
+//! returns typed errors; the kernels themselves are unchecked.
+
+use cubecl::prelude::*;
+
+use crate::kernels;
+use crate::{Buffer, Gpu, GpuError, Result};
+
+/// The largest cube count wgpu accepts along one axis.
+pub(crate) const MAX_AXIS: usize = 65_535;
+
+/// `units` one-dimensional units in cubes of `per_cube`, spread over X and Y so no axis passes
+/// wgpu's 65,535 (kernels index with `ABSOLUTE_POS` and check bounds).
+pub(crate) fn grid_1d(units: usize, per_cube: u32) -> CubeCount {
+    let cubes = units.div_ceil(per_cube as usize).max(1);
+    let x = cubes.min(MAX_AXIS);
+    CubeCount::Static(x as u32, cubes.div_ceil(x) as u32, 1)
+}
+
+/// A `u32` kernel argument, or an error naming what is too large.
+pub(crate) fn u32_of(op: &'static str, what: &str, v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| GpuError::TooLarge {
+        op,
+        reason: format!("{what} = {v} does not fit the kernels' 32-bit indices"),
+    })
+}
+
+pub(crate) fn check_len<R: Runtime, E>(
+    op: &'static str,
+    name: &'static str,
+    b: &Buffer<R, E>,
+    expected: usize,
+) -> Result<()> {
+    if b.len() != expected {
+        return Err(GpuError::Shape {
+            op,
+            input: name,
+            expected,
+            got: b.len(),
+        });
+    }
+    Ok(())
+}
+
+/// Elements any one buffer may hold: indices stay below 2³¹ on every backend.
+pub const MAX_ELEMENTS: usize = i32::MAX as usize;
+
+pub(crate) fn check_size(op: &'static str, what: &str, len: usize) -> Result<()> {
+    if len > MAX_ELEMENTS {
+        return Err(GpuError::TooLarge {
+            op,
+            reason: format!("{what} would hold {len} elements (limit {MAX_ELEMENTS})"),
+        });
+    }
+    Ok(())
+}
+
+/// One operand of [`Gpu::matmul`]: a batch of matrices inside a buffer, element `(i, j)` of
+/// matrix `z` at `offset + z·batch + i·row + j·col`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Strided {
+    /// Stride between rows.
+    pub row: usize,
+    /// Stride between columns.
+    pub col: usize,
+    /// Stride between the matrices of the batch.
+    pub batch: usize,
+}
+
+impl Strided {
+    /// Row-major `[rows, cols]` matrices stored one after the other.
+    pub fn row_major(rows: usize, cols: usize) -> Self {
+        Self {
+            row: cols,
+            col: 1,
+            batch: rows * cols,
+        }
+    }
+    /// The transpose of the same storage.
+    pub fn t(self) -> Self {
+        Self {
+            row: self.col,
+            col: self.row,
+            batch: self.batch,
+        }
+    }
+    /// Largest index touched by a `[rows, cols]` batch of `count`, plus one.
+    fn extent(&self, rows: usize, cols: usize, count: usize) -> usize {
+        if rows == 0 || cols == 0 || count == 0 {
+            return 0;
+        }
+        (count - 1) * self.batch + (rows - 1) * self.row + (cols - 1) * self.col + 1
+    }
+}
+
+impl<R: Runtime> Gpu<R> {
+    /// Converts a buffer of any float type to `f32` (the kernels' type).
+    pub fn to_f32<E: Float + CubeElement>(&self, x: &Buffer<R, E>) -> Buffer<R> {
+        let y = self.empty::<f32>(x.len());
+        // SAFETY: both buffers hold `len` elements; the kernel checks `ABSOLUTE_POS < len`.
+        unsafe {
+            kernels::to_f32::launch_unchecked::<E, R>(
+                &self.client,
+                grid_1d(x.len(), 256),
+                CubeDim::new_1d(256),
+                x.arg(),
+                y.arg(),
+            )
+        };
+        y
+    }
+
+    /// Converts an `f32` buffer to `E` (rounding to nearest for `bf16`).
+    pub fn from_f32<E: Float + CubeElement>(&self, x: &Buffer<R>) -> Buffer<R, E> {
+        let y = self.empty::<E>(x.len());
+        // SAFETY: as in `to_f32`.
+        unsafe {
+            kernels::from_f32::launch_unchecked::<E, R>(
+                &self.client,
+                grid_1d(x.len(), 256),
+                CubeDim::new_1d(256),
+                x.arg(),
+                y.arg(),
+            )
+        };
+        y
+    }
+
+    /// `y += a·x`.
+    ///
+    /// # Errors
+    /// [`GpuError::Shape`] if the lengths differ.
+    pub fn axpy(&self, a: f32, x: &Buffer<R>, y: &Buffer<R>) -> Result<()> {
+        check_len("Gpu::axpy", "x", x, y.len())?;
+        // SAFETY: equal lengths, bounds checked in the kernel.
+        unsafe {
+            kernels::axpy::launch_unchecked::<R>(
+                &self.client,
+                grid_1d(y.len(), 256),
+                CubeDim::new_1d(256),
+                x.arg(),
+                y.arg(),
+                a,
+            )
+        };
+        Ok(())
+    }
+
+    /// Batched strided product `C_z = α A_z B_z + β C_z` for `z < count`, `A_z: [m, k]`,
+    /// `B_z: [k, n]`, `C_z: [m, n]` (C's columns contiguous). `β = 0` overwrites `C`.
+    ///
+    /// # Errors
+    /// [`GpuError::Shape`] if an operand's strides reach past its buffer or C's column
+    /// stride is not 1; [`GpuError::TooLarge`] past 32-bit indices or 65,535 matrices.
+    #[allow(clippy::too_many_arguments)]
+    pub fn matmul(
+        &self,
+        (m, n, k, count): (usize, usize, usize, usize),
+        a: (&Buffer<R>, Strided),
+        b: (&Buffer<R>, Strided),
+        c: (&Buffer<R>, Strided),
+        alpha: f32,
+        beta: f32,
+    ) -> Result<()> {
+        const OP: &str = "Gpu::matmul";
+        for (name, (buf, s), rows, cols) in [("a", a, m, k), ("b", b, k, n), ("c", c, m, n)] {
+            let need = s.extent(rows, cols, count);
+            if need > buf.len() {
+                return Err(GpuError::Shape {
+                    op: OP,
+                    input: name,
+                    expected: need,
+                    got: buf.len(),
+                });
+            }
+        }
+        if c.1.col != 1 {
+            return Err(GpuError::InvalidArgument(format!(
+                "{OP}: C's column stride must be 1, got {}",
+                c.1.col
+            )));
+        }
+        if m == 0 || n == 0 || count == 0 {
+            return Ok(());
+        }
+        if count > MAX_AXIS {
+            return Err(GpuError::TooLarge {
+                op: OP,
+                reason: format!("{count} matrices in one batch (limit {MAX_AXIS})"),
+            });
+        }
+        let t = kernels::TILE as usize;
+        let u = |w, v| u32_of(OP, w, v);
+        let count_cubes = CubeCount::Static(
+            u("column tiles", n.div_ceil(t))?,
+            u("row tiles", m.div_ceil(t))?,
+            count as u32,
+        );
+        // SAFETY: every index the kernel forms is below the extents checked above.
+        unsafe {
+            kernels::matmul::launch_unchecked::<R>(
+                &self.client,
+                count_cubes,
+                CubeDim::new_2d(kernels::TILE, kernels::TILE),
+                a.0.arg(),
+                b.0.arg(),
+                c.0.arg(),
+                u("m", m)?,
+                u("n", n)?,
+                u("k", k)?,
+                u("stride", a.1.row)?,
+                u("stride", a.1.col)?,
+                u("stride", a.1.batch)?,
+                u("stride", b.1.row)?,
+                u("stride", b.1.col)?,
+                u("stride", b.1.batch)?,
+                u("stride", c.1.row)?,
+                u("stride", c.1.batch)?,
+                alpha,
+                beta,
+            )
+        };
+        Ok(())
+    }
+
+    /// Layer norm of the rows of `x: [rows, h]`:
+    /// \\(y = s\,(g \circ \hat x + \beta)\\), \\(\hat x = (x - \mu)/\sqrt{\sigma^2 + \epsilon}\\).
+    ///
+    /// # Errors
+    /// [`GpuError::Shape`] if `x.len()` is not a multiple of `h = gain.len()` or the bias
+    /// length differs; [`GpuError::InvalidArgument`] for `h = 0`.
+    pub fn layernorm_forward(
+        &self,
+        x: &Buffer<R>,
+        gain: &Buffer<R>,
+        bias: &Buffer<R>,
+        scale: f32,
+        eps: f32,
+    ) -> Result<(Buffer<R>, LnState<R>)> {
+        const OP: &str = "Gpu::layernorm_forward";
+        let h = gain.len();
+        if h == 0 {
+            return Err(GpuError::InvalidArgument(format!("{OP}: h = 0")));
+        }
+        check_len(OP, "bias", bias, h)?;
+        if !x.len().is_multiple_of(h) {
+            return Err(GpuError::Shape {
+                op: OP,
+                input: "x",
+                expected: x.len() / h * h,
+                got: x.len(),
+            });
+        }
+        let rows = x.len() / h;
+        let (y, xhat, rstd) = (self.empty(x.len()), self.empty(x.len()), self.empty(rows));
+        // SAFETY: shapes checked above; one unit per row, bounds checked.
+        unsafe {
+            kernels::layernorm_forward::launch_unchecked::<R>(
+                &self.client,
+                grid_1d(rows, 64),
+                CubeDim::new_1d(64),
+                x.arg(),
+                gain.arg(),
+                bias.arg(),
+                y.arg(),
+                xhat.arg(),
+                rstd.arg(),
+                u32_of(OP, "h", h)?,
+                scale,
+                eps,
+            )
+        };
+        Ok((y, LnState { xhat, rstd, scale }))
+    }
+
+    /// Backward of [`layernorm_forward`](Self::layernorm_forward): \\(\partial L/\partial x\\)
+    /// on the device and the parameter gradients \\(\partial L/\partial g\\),
+    /// \\(\partial L/\partial\beta\\) on the host (summed over row chunks in a fixed order).
+    ///
+    /// # Errors
+    /// [`GpuError::Shape`] if `dy` does not match the forward's input.
+    pub fn layernorm_backward(
+        &self,
+        dy: &Buffer<R>,
+        state: &LnState<R>,
+        gain: &Buffer<R>,
+    ) -> Result<(Buffer<R>, Vec<f32>, Vec<f32>)> {
+        const OP: &str = "Gpu::layernorm_backward";
+        let h = gain.len();
+        check_len(OP, "dy", dy, state.xhat.len())?;
+        let rows = state.rstd.len();
+        let dx = self.empty(dy.len());
+        let u = |w, v| u32_of(OP, w, v);
+        // SAFETY: shapes as in the forward.
+        unsafe {
+            kernels::layernorm_backward::launch_unchecked::<R>(
+                &self.client,
+                grid_1d(rows, 64),
+                CubeDim::new_1d(64),
+                dy.arg(),
+                state.xhat.arg(),
+                state.rstd.arg(),
+                gain.arg(),
+                dx.arg(),
+                u("h", h)?,
+                state.scale,
+            )
+        };
+        const CHUNK: usize = 256;
+        let chunks = rows.div_ceil(CHUNK).max(1);
+        let (pg, pb) = (self.empty(chunks * h), self.empty(chunks * h));
+        // SAFETY: part buffers hold chunks·h entries; rows beyond `rows` are not read.
+        unsafe {
+            kernels::layernorm_param_partials::launch_unchecked::<R>(
+                &self.client,
+                grid_1d(chunks * h, 64),
+                CubeDim::new_1d(64),
+                dy.arg(),
+                state.xhat.arg(),
+                pg.arg(),
+                pb.arg(),
+                u("h", h)?,
+                u("rows", rows)?,
+                CHUNK as u32,
+                state.scale,
+            )
+        };
+        let sum = |p: Vec<f32>| {
+            let mut s = vec![0.0f32; h];
+            for c in p.chunks_exact(h) {
+                s.iter_mut().zip(c).for_each(|(a, b)| *a += b);
+            }
+            s
+        };
+        let dg = sum(self.download(&pg)?);
+        let db = sum(self.download(&pb)?);
+        Ok((dx, dg, db))
+    }
+
+    /// A tree level's combination, node `j` = `s · p[2j] ∘ p[2j+1]` (`p: [rows, 2·nodes·r]`
+    /// → `[rows, nodes·r]`).
+    pub(crate) fn hadamard_forward(
+        &self,
+        p: &Buffer<R>,
+        nodes: usize,
+        r: usize,
+        s: f32,
+    ) -> Result<Buffer<R>> {
+        const OP: &str = "Gpu::hadamard_forward";
+        let out = self.empty(p.len() / 2);
+        // SAFETY: p holds rows·2·nodes·r, out rows·nodes·r; bounds checked per element.
+        unsafe {
+            kernels::hadamard_forward::launch_unchecked::<R>(
+                &self.client,
+                grid_1d(out.len(), 256),
+                CubeDim::new_1d(256),
+                p.arg(),
+                out.arg(),
+                u32_of(OP, "nodes", nodes)?,
+                u32_of(OP, "r", r)?,
+                s,
+            )
+        };
+        Ok(out)
+    }
+
+    /// Backward of [`hadamard_forward`](Self::hadamard_forward).
+    pub(crate) fn hadamard_backward(
+        &self,
+        p: &Buffer<R>,
+        dout: &Buffer<R>,
+        nodes: usize,
+        r: usize,
+        s: f32,
+    ) -> Result<Buffer<R>> {
+        const OP: &str = "Gpu::hadamard_backward";
+        let dp = self.empty(p.len());
+        // SAFETY: as in the forward.
+        unsafe {
+            kernels::hadamard_backward::launch_unchecked::<R>(
+                &self.client,
+                grid_1d(dout.len(), 256),
+                CubeDim::new_1d(256),
+                p.arg(),
+                dout.arg(),
+                dp.arg(),
+                u32_of(OP, "nodes", nodes)?,
+                u32_of(OP, "r", r)?,
+                s,
+            )
+        };
+        Ok(dp)
+    }
+
+    /// `[v, 1]` for `v: [rows, h]`.
+    pub(crate) fn append_ones(&self, v: &Buffer<R>, h: usize) -> Result<Buffer<R>> {
+        let c = self.empty(v.len() / h * (h + 1));
+        // SAFETY: c holds rows·(h+1) entries, v rows·h.
+        unsafe {
+            kernels::append_ones::launch_unchecked::<R>(
+                &self.client,
+                grid_1d(c.len(), 256),
+                CubeDim::new_1d(256),
+                v.arg(),
+                c.arg(),
+                u32_of("Gpu::append_ones", "h", h)?,
+            )
+        };
+        Ok(c)
+    }
+
+    /// The first `h` of the `h + 1` columns of `dc`.
+    pub(crate) fn drop_last_column(&self, dc: &Buffer<R>, h: usize) -> Result<Buffer<R>> {
+        let dv = self.empty(dc.len() / (h + 1) * h);
+        // SAFETY: as in `append_ones`.
+        unsafe {
+            kernels::drop_last_column::launch_unchecked::<R>(
+                &self.client,
+                grid_1d(dv.len(), 256),
+                CubeDim::new_1d(256),
+                dc.arg(),
+                dv.arg(),
+                u32_of("Gpu::drop_last_column", "h", h)?,
+            )
+        };
+        Ok(dv)
+    }
+
+    /// `out = raw[:, :h] / (1 + raw[:, h])` and the denominators.
+    pub(crate) fn normalise_forward(
+        &self,
+        raw: &Buffer<R>,
+        h: usize,
+    ) -> Result<(Buffer<R>, Buffer<R>)> {
+        let rows = raw.len() / (h + 1);
+        let (out, den) = (self.empty(rows * h), self.empty(rows));
+        // SAFETY: one unit per row, bounds checked.
+        unsafe {
+            kernels::normalise_forward::launch_unchecked::<R>(
+                &self.client,
+                grid_1d(rows, 64),
+                CubeDim::new_1d(64),
+                raw.arg(),
+                out.arg(),
+                den.arg(),
+                u32_of("Gpu::normalise_forward", "h", h)?,
+            )
+        };
+        Ok((out, den))
+    }
+
+    /// Backward of [`normalise_forward`](Self::normalise_forward): the gradient of `raw`.
+    pub(crate) fn normalise_backward(
+        &self,
+        dout: &Buffer<R>,
+        out: &Buffer<R>,
+        den: &Buffer<R>,
+        h: usize,
+    ) -> Result<Buffer<R>> {
+        let draw = self.empty(den.len() * (h + 1));
+        // SAFETY: one unit per row, bounds checked.
+        unsafe {
+            kernels::normalise_backward::launch_unchecked::<R>(
+                &self.client,
+                grid_1d(den.len(), 64),
+                CubeDim::new_1d(64),
+                dout.arg(),
+                out.arg(),
+                den.arg(),
+                draw.arg(),
+                u32_of("Gpu::normalise_backward", "h", h)?,
+            )
+        };
+        Ok(draw)
+    }
+}
+
+/// What [`Gpu::layernorm_backward`] needs from the forward.
+#[derive(Debug, Clone)]
+pub struct LnState<R: Runtime> {
+    /// `[rows, h]`: \\(\hat x\\).
+    pub xhat: Buffer<R>,
+    /// `[rows]`: \\(1/\sqrt{\sigma^2 + \epsilon}\\).
+    pub rstd: Buffer<R>,
+    /// The output scale \\(s\\).
+    pub scale: f32,
+}
