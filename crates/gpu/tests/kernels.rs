@@ -217,35 +217,20 @@ fn layernorm<R: Runtime>(gpu: &Gpu<R>) {
 
 // ---------------------------------------------------------------- tree sketch
 
-/// The device layout of a CPU sketch of degree `q`: level `l`'s projections side by side,
-/// `[d_l, 2·nodes·r]` row-major (one `[h, r]` matrix for `q = 1`).
+/// A CPU sketch of degree `q` (JL for `q = 1`) and its dense levels as row-major `f32`.
 fn levels_of(h: usize, r: usize, q: usize, seed: u64) -> (Box<dyn PolySketch<f64>>, Vec<Vec<f32>>) {
-    if q == 1 {
-        let s = GaussianJl::<f64>::new(h, r, seed).unwrap();
-        let m = s.matrix();
-        let w = (0..h)
-            .flat_map(|i| (0..r).map(move |j| m[(i, j)] as f32))
-            .collect();
-        return (Box::new(s), vec![w]);
-    }
-    let s = TreeSketch::<f64>::gaussian(h, r, q, seed).unwrap();
-    let mut levels = Vec::new();
-    let mut l = 0;
-    while let Some(mats) = s.dense_projections(l) {
-        let d = mats[0].nrows();
-        let width = mats.len() * r;
-        let mut w = vec![0.0f32; d * width];
-        for (k, m) in mats.iter().enumerate() {
-            for i in 0..d {
-                for j in 0..r {
-                    w[i * width + k * r + j] = m[(i, j)] as f32;
-                }
-            }
-        }
-        levels.push(w);
-        l += 1;
-    }
-    (Box::new(s), levels)
+    let s: Box<dyn PolySketch<f64>> = if q == 1 {
+        Box::new(GaussianJl::<f64>::new(h, r, seed).unwrap())
+    } else {
+        Box::new(TreeSketch::<f64>::gaussian(h, r, q, seed).unwrap())
+    };
+    let levels = s
+        .dense_levels()
+        .unwrap()
+        .iter()
+        .map(|m| mat_rows(m.as_ref()).into_iter().map(|x| x as f32).collect())
+        .collect();
+    (s, levels)
 }
 
 fn tree_sketch<R: Runtime>(gpu: &Gpu<R>) {

@@ -92,4 +92,10 @@ impl<T: Scalar> PolySketch<T> for GaussianJl<T> {
         // forward: Y = A S, so dA = dY Sᵀ
         gemm(out, grad, self.s.transpose(), T::one(), false, Par::Seq);
     }
+    fn dense_levels(&self) -> Option<Vec<Mat<f64>>> {
+        let s = self.s.as_ref();
+        Some(vec![Mat::from_fn(s.nrows(), s.ncols(), |i, j| {
+            s[(i, j)].as_f64()
+        })])
+    }
 }

@@ -48,6 +48,17 @@ pub trait PolySketch<T: Scalar>: Send + Sync {
     /// If `a` is not `[n, h]`, `grad` is not `[n, r]` or `out` is not `[n, h]`.
     fn vjp_rows(&self, a: MatRef<'_, T>, grad: MatRef<'_, T>, out: MatMut<'_, T>);
 
+    /// The sketch as dense Gaussian-tree levels, for devices that run it as matrix products:
+    /// level `l` is `[d_l, w_l]` with \(d_0 = h\), \(d_l = r\) above; for a degree-1
+    /// projection one `[h, r]` matrix \(S\) (output \(AS\)); for a tree of degree
+    /// \(q \ge 2\), \(\log_2 q\) levels holding the projections of their \(q/2^{l+1}\)
+    /// nodes side by side (\(G_1\) then \(G_2\) of each node, `w_l = 2·nodes·r`), combined
+    /// as \(\sqrt{1/r}\,(M_1G_1) \circ (M_2G_2)\). `None` (the default) for sketches of
+    /// another form (CountSketch, TensorSketch).
+    fn dense_levels(&self) -> Option<Vec<Mat<f64>>> {
+        None
+    }
+
     /// \\(A^{\otimes p} S\\): the sketch of every row of `a`, rows in parallel under `par`.
     ///
     /// # Shapes
@@ -174,6 +185,9 @@ macro_rules! forward_poly_sketch {
             }
             fn gram(&self, a: MatRef<'_, T>, b: MatRef<'_, T>, par: Par) -> Result<Mat<T>> {
                 (**self).gram(a, b, par)
+            }
+            fn dense_levels(&self) -> Option<Vec<Mat<f64>>> {
+                (**self).dense_levels()
             }
         }
     )*};

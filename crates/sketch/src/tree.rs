@@ -359,4 +359,16 @@ impl<T: Scalar> PolySketch<T> for TreeSketch<T> {
             }
         }
     }
+
+    fn dense_levels(&self) -> Option<Vec<Mat<f64>>> {
+        Some(
+            (0..self.levels())
+                .map(|l| {
+                    let mats = self.dense_projections(l).expect("l < levels");
+                    let (d, r) = (mats[0].nrows(), self.r);
+                    Mat::from_fn(d, mats.len() * r, |i, c| mats[c / r][(i, c % r)])
+                })
+                .collect(),
+        )
+    }
 }

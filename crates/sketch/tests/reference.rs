@@ -168,3 +168,52 @@ fn strided_views_are_handled() {
         );
     }
 }
+
+/// The dense levels (what a GPU runs as matrix products) give the sketch: \(AS\) for the JL
+/// projection, and for trees each level's side-by-side projections combined pairwise as
+/// \(\sqrt{1/r}\,(MG_1) \circ (MG_2)\); TensorSketch has none.
+#[test]
+fn dense_levels_reproduce_the_sketch() {
+    let (n, h, r) = (7, 6, 5);
+    let a = common::gaussian::<f64>(n, h, 3);
+    let jl = GaussianJl::<f64>::new(h, r, 1).unwrap();
+    let levels = jl.dense_levels().unwrap();
+    assert_eq!(levels.len(), 1);
+    assert_close(
+        (&a * &levels[0]).as_ref(),
+        jl.apply(a.as_ref(), Par::Seq).unwrap().as_ref(),
+        1e-12,
+        "JL dense level",
+    );
+    for q in [2, 4, 8] {
+        let s = TreeSketch::<f64>::gaussian(h, r, q, 2).unwrap();
+        let levels = s.dense_levels().unwrap();
+        assert_eq!(levels.len(), q.trailing_zeros() as usize);
+        let mut cur = a.clone();
+        for (l, w) in levels.iter().enumerate() {
+            let nodes = q >> (l + 1);
+            assert_eq!(w.ncols(), 2 * nodes * r);
+            // level 0 reads the rows for every projection; above, projection k reads child k
+            let p = if l == 0 {
+                &cur * w
+            } else {
+                Mat::from_fn(n, w.ncols(), |i, c| {
+                    let k = c / r;
+                    (0..r).map(|t| cur[(i, k * r + t)] * w[(t, c)]).sum()
+                })
+            };
+            cur = Mat::from_fn(n, nodes * r, |i, c| {
+                let (j, t) = (c / r, c % r);
+                p[(i, 2 * j * r + t)] * p[(i, (2 * j + 1) * r + t)] / (r as f64).sqrt()
+            });
+        }
+        assert_close(
+            cur.as_ref(),
+            s.apply(a.as_ref(), Par::Seq).unwrap().as_ref(),
+            1e-12,
+            &format!("tree degree {q} dense levels"),
+        );
+    }
+    let ts = TensorSketch::<f64>::new(h, r, 2, 0).unwrap();
+    assert!(ts.dense_levels().is_none());
+}
