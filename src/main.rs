@@ -253,6 +253,19 @@ struct AttentionBench {
     /// Folder for attention_bench.csv and attention_bench.svg.
     #[arg(long, default_value = "runs/bench_attention")]
     out: PathBuf,
+    /// Where to run: cpu (every kind), or wgpu / cuda (PolySketch with random sketches, the
+    /// kinds the GPU kernels run; needs the feature of the same name, `cuda` off by default).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Batch size on a device (the CPU bench runs batch 1).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Sketch sizes r of the device's PolySketch kinds (comma separated; p = 4, block 256).
+    #[arg(long, value_delimiter = ',', default_values_t = vec![32usize])]
+    r: Vec<usize>,
+    /// Element type of the device's inputs and outputs: f32 or bf16 (accumulation is f32).
+    #[arg(long, default_value = "f32")]
+    dtype: String,
 }
 
 fn main() {
@@ -779,6 +792,26 @@ fn bench_attention(args: &AttentionBench) -> polysketch::Result<()> {
             "--n, --heads and --head-dim need positive values".into(),
         ));
     }
+    match args.device.as_str() {
+        "cpu" => {}
+        #[cfg(feature = "wgpu")]
+        "wgpu" => {
+            use polysketch::attention::device::{Gpu, Wgpu};
+            return bench_attention_device(args, &Gpu::<Wgpu>::new(&Default::default()));
+        }
+        #[cfg(feature = "cuda")]
+        "cuda" => {
+            use polysketch::attention::device::{Cuda, Gpu};
+            return bench_attention_device(args, &Gpu::<Cuda>::new(&Default::default()));
+        }
+        other => {
+            return Err(polysketch::Error::Config(format!(
+                "--device {other}: this build runs cpu{}{} (build with --features cuda for CUDA)",
+                if cfg!(feature = "wgpu") { ", wgpu" } else { "" },
+                if cfg!(feature = "cuda") { ", cuda" } else { "" },
+            )));
+        }
+    }
     let par = Par::rayon(0);
     let h = args.head_dim;
     let ceiling = scaling::faer_gflops(2048, 3, par);
@@ -786,18 +819,12 @@ fn bench_attention(args: &AttentionBench) -> polysketch::Result<()> {
         "causal attention, f32, batch 1, h = {h}, {} threads; faer's 2048³ product in this run: {ceiling:.1} GFLOP/s",
         rayon::current_num_threads()
     );
-    println!(
-        "{:<24} {:>5} {:>6} {:>11} {:>11} {:>12} {:>9} {:>10} {:>9}",
-        "kind", "heads", "n", "fwd", "fwd+bwd", "tokens/s", "fwd GF/s", "peak MiB", "vs softmax"
-    );
+    let mut report = Report::new(1);
     let all = kinds();
     let total = args.heads.len() * args.n.len() * all.len();
     let bar = ProgressBar::new(total as u64).with_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} {elapsed_precise} {msg}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
-    let mut csv = String::from(
-        "kind,heads,n,forward_s,forward_backward_s,tokens_per_s,forward_gflops,peak_bytes,speedup_vs_softmax\n",
     );
     let mut series: Vec<Series> = Vec::new();
     let mut last_speedup: Option<(usize, f64)> = None;
@@ -851,7 +878,6 @@ fn bench_attention(args: &AttentionBench) -> polysketch::Result<()> {
                 };
                 previous = Some((n, case.forward_backward));
                 let gflops = heads as f64 * forward_flops(&k.kind, n, h) / case.forward / 1e9;
-                let tokens = n as f64 / case.forward_backward;
                 if matches!(k.kind, AttentionKind::Softmax) {
                     fb_time[ni] = Some((case.forward, case.forward_backward));
                 }
@@ -862,30 +888,7 @@ fn bench_attention(args: &AttentionBench) -> polysketch::Result<()> {
                 {
                     last_speedup = Some((n, r));
                 }
-                bar.suspend(|| {
-                    println!(
-                        "{:<24} {:>5} {:>6} {:>8.2} ms {:>8.2} ms {:>12.0} {:>9.1} {:>10.1} {:>9}",
-                        k.name,
-                        heads,
-                        n,
-                        case.forward * 1e3,
-                        case.forward_backward * 1e3,
-                        tokens,
-                        gflops,
-                        case.peak as f64 / (1 << 20) as f64,
-                        ratio.map_or("-".into(), |r| format!("{r:.1}x")),
-                    )
-                });
-                csv.push_str(&format!(
-                    "{},{heads},{n},{:.6},{:.6},{:.1},{:.2},{},{}\n",
-                    k.name,
-                    case.forward,
-                    case.forward_backward,
-                    tokens,
-                    gflops,
-                    case.peak,
-                    ratio.map_or(String::new(), |r| format!("{r:.3}"))
-                ));
+                bar.suspend(|| report.row(k.name, heads, n, &case, gflops, ratio));
                 line.push(n, case.forward_backward);
                 bar.inc(1);
             }
@@ -893,20 +896,245 @@ fn bench_attention(args: &AttentionBench) -> polysketch::Result<()> {
         }
     }
     bar.finish_and_clear();
-    std::fs::create_dir_all(&args.out)?;
-    let csv_path = args.out.join("attention_bench.csv");
-    polysketch::io::write_atomic(&csv_path, csv.as_bytes())?;
-    let svg_path = args.out.join("attention_bench.svg");
-    scaling::plot_svg(
+    report.write(
+        &args.out,
         &series,
         &format!("causal attention, forward+backward, h = {h}, f32"),
-        &svg_path,
     )?;
-    println!("wrote {} and {}", csv_path.display(), svg_path.display());
 
     match last_speedup {
         Some((n, r)) => println!("speedup {n} {r:.2}"),
         None => println!("speedup na"),
     }
     Ok(())
+}
+
+/// The table, CSV and plot of `bench attention`, on the CPU or a device.
+struct Report {
+    batch: usize,
+    csv: String,
+}
+
+impl Report {
+    /// Prints the header.
+    fn new(batch: usize) -> Self {
+        println!(
+            "{:<28} {:>5} {:>6} {:>11} {:>11} {:>12} {:>9} {:>10} {:>9}",
+            "kind",
+            "heads",
+            "n",
+            "fwd",
+            "fwd+bwd",
+            "tokens/s",
+            "fwd GF/s",
+            "peak MiB",
+            "vs softmax"
+        );
+        Self {
+            batch,
+            csv: String::from(
+                "kind,batch,heads,n,forward_s,forward_backward_s,tokens_per_s,forward_gflops,peak_bytes,speedup_vs_softmax\n",
+            ),
+        }
+    }
+
+    /// One measured case: printed and added to the CSV (tokens/s count the whole batch).
+    fn row(
+        &mut self,
+        name: &str,
+        heads: usize,
+        n: usize,
+        case: &Case,
+        gflops: f64,
+        ratio: Option<f64>,
+    ) {
+        let tokens = (self.batch * n) as f64 / case.forward_backward;
+        println!(
+            "{:<28} {:>5} {:>6} {:>8.2} ms {:>8.2} ms {:>12.0} {:>9.1} {:>10.1} {:>9}",
+            name,
+            heads,
+            n,
+            case.forward * 1e3,
+            case.forward_backward * 1e3,
+            tokens,
+            gflops,
+            case.peak as f64 / (1 << 20) as f64,
+            ratio.map_or("-".into(), |r| format!("{r:.1}x")),
+        );
+        self.csv.push_str(&format!(
+            "{name},{},{heads},{n},{:.6},{:.6},{:.1},{:.2},{},{}\n",
+            self.batch,
+            case.forward,
+            case.forward_backward,
+            tokens,
+            gflops,
+            case.peak,
+            ratio.map_or(String::new(), |r| format!("{r:.3}"))
+        ));
+    }
+
+    /// Writes attention_bench.csv and attention_bench.svg into `out`.
+    fn write(
+        &self,
+        out: &std::path::Path,
+        series: &[Series],
+        title: &str,
+    ) -> polysketch::Result<()> {
+        std::fs::create_dir_all(out)?;
+        let csv_path = out.join("attention_bench.csv");
+        polysketch::io::write_atomic(&csv_path, self.csv.as_bytes())?;
+        let svg_path = out.join("attention_bench.svg");
+        scaling::plot_svg(series, title, &svg_path)?;
+        println!("wrote {} and {}", csv_path.display(), svg_path.display());
+        Ok(())
+    }
+}
+
+/// `bench attention --device wgpu|cuda`: PolySketch attention with random sketches (p = 4,
+/// block 256, each `--r`, with and without local blocks) on the device, `--batch` sequences,
+/// inputs of `--dtype`. Times include a device synchronisation; peak is the device memory in
+/// use while the forward's state is held.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+fn bench_attention_device<R: polysketch::attention::device::Runtime>(
+    args: &AttentionBench,
+    gpu: &polysketch::attention::device::Gpu<R>,
+) -> polysketch::Result<()> {
+    use polysketch::attention::device::bf16;
+    if args.batch == 0 || args.r.is_empty() || args.r.contains(&0) {
+        return Err(polysketch::Error::Config(
+            "--batch and --r need positive values".into(),
+        ));
+    }
+    match args.dtype.as_str() {
+        "f32" => device_cases::<R, f32>(args, gpu),
+        "bf16" => device_cases::<R, bf16>(args, gpu),
+        other => Err(polysketch::Error::Config(format!(
+            "--dtype {other}: f32 or bf16"
+        ))),
+    }
+}
+
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+fn device_cases<R, E>(
+    args: &AttentionBench,
+    gpu: &polysketch::attention::device::Gpu<R>,
+) -> polysketch::Result<()>
+where
+    R: polysketch::attention::device::Runtime,
+    E: polysketch::attention::device::Float + polysketch::attention::device::CubeElement,
+{
+    let (h, batch) = (args.head_dim, args.batch);
+    println!(
+        "causal PolySketch attention on {}, batch {batch}, h = {h}, inputs {}, f32 accumulation",
+        gpu.name(),
+        args.dtype
+    );
+    let mut report = Report::new(batch);
+    let mut series = Vec::new();
+    let kinds: Vec<(String, AttentionKind)> = args
+        .r
+        .iter()
+        .flat_map(|&r| {
+            [false, true].map(|local| {
+                (
+                    format!(
+                        "polysketch random{} r={r}",
+                        if local { "+local" } else { "" }
+                    ),
+                    AttentionKind::PolySketch(PolySketchConfig {
+                        p: 4,
+                        r,
+                        block: 256,
+                        sketch: SketchKind::Random,
+                        local,
+                        seed: 0,
+                    }),
+                )
+            })
+        })
+        .collect();
+    let bar = ProgressBar::new((args.heads.len() * args.n.len() * kinds.len()) as u64).with_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} {elapsed_precise} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    for &heads in &args.heads {
+        for (name, kind) in &kinds {
+            let mut line = Series::new(&format!("{name} ({heads} heads)"));
+            for &n in &args.n {
+                bar.set_message(format!("{name} heads={heads} n={n}"));
+                match device_case::<R, E>(gpu, kind, batch, heads, h, n, args.reps) {
+                    Ok(case) => {
+                        let gflops =
+                            (batch * heads) as f64 * forward_flops(kind, n, h) / case.forward / 1e9;
+                        bar.suspend(|| report.row(name, heads, n, &case, gflops, None));
+                        line.push(n, case.forward_backward);
+                    }
+                    Err(e) => bar.suspend(|| println!("{name:<28} {heads:>5} {n:>6} skipped: {e}")),
+                }
+                bar.inc(1);
+            }
+            series.push(line);
+        }
+    }
+    bar.finish_and_clear();
+    report.write(
+        &args.out,
+        &series,
+        &format!(
+            "PolySketch attention on {}, forward+backward, h = {h}, {}",
+            gpu.name(),
+            args.dtype
+        ),
+    )
+}
+
+/// One device case: a warm-up forward+backward, then the medians of `reps` forwards and
+/// forward+backwards, each ending in a device synchronisation.
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
+fn device_case<R, E>(
+    gpu: &polysketch::attention::device::Gpu<R>,
+    kind: &AttentionKind,
+    batch: usize,
+    heads: usize,
+    h: usize,
+    n: usize,
+    reps: usize,
+) -> polysketch::Result<Case>
+where
+    R: polysketch::attention::device::Runtime,
+    E: polysketch::attention::device::Float + polysketch::attention::device::CubeElement,
+{
+    let layer = Attention::<f32>::new(AttentionConfig {
+        heads,
+        head_dim: h,
+        kind: *kind,
+    })
+    .map_err(attention_err)?
+    .to_device(gpu)
+    .map_err(attention_err)?;
+    let len = batch * heads * n * h;
+    let x: Vec<E> = (0..len)
+        .map(|i| E::new(((i.wrapping_mul(2_654_435_761) % 2001) as f32 / 1000.0) - 1.0))
+        .collect();
+    let device = |e: polysketch::attention::device::GpuError| attention_err(e.into());
+    let x = gpu.upload(&x).map_err(device)?;
+    let step = |backward: bool| -> polysketch::Result<u64> {
+        let (_, saved) = layer
+            .forward_buffers(&x, &x, &x, batch, n)
+            .map_err(attention_err)?;
+        let held = gpu.memory().map_err(device)?.0;
+        if backward {
+            layer.backward_buffers(&saved, &x).map_err(attention_err)?;
+        }
+        gpu.sync().map_err(device)?;
+        Ok(held)
+    };
+    let peak = step(true)? as usize;
+    let forward = median(reps, || step(false).map(|_| ()))?;
+    let forward_backward = median(reps, || step(true).map(|_| ()))?;
+    Ok(Case {
+        forward,
+        forward_backward,
+        peak,
+    })
 }

@@ -54,6 +54,10 @@ pub enum AttentionError {
         /// What is wrong.
         reason: String,
     },
+    /// The device path refused its input or the device failed (feature `gpu`).
+    #[cfg(feature = "gpu")]
+    #[error(transparent)]
+    Gpu(#[from] polysketch_gpu::GpuError),
     /// A parameter file could not be written or read, or does not fit the model.
     #[error("{path}: {reason}")]
     File {

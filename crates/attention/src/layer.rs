@@ -235,6 +235,38 @@ pub struct Grads<T> {
     pub params: Vec<(String, Vec<T>)>,
 }
 
+/// `batch` and `n` must be at least 1.
+pub(crate) fn check_positive(op: &'static str, batch: usize, n: usize) -> Result<()> {
+    if batch == 0 || n == 0 {
+        return Err(AttentionError::InvalidConfig(format!(
+            "{op}: batch and n must be at least 1, got {batch} and {n}"
+        )));
+    }
+    Ok(())
+}
+
+/// `[batch, heads, n, h]` spelled out for error messages.
+pub(crate) fn shape_of(config: &AttentionConfig, batch: usize, n: usize) -> String {
+    let (heads, h) = (config.heads, config.head_dim);
+    format!("[batch {batch}, heads {heads}, n {n}, h {h}]")
+}
+
+/// Checks that `q`, `k`, `v` are `[batch, heads, n, h]` and finite; returns their length.
+pub(crate) fn check_qkv<T: Scalar>(
+    op: &'static str,
+    config: &AttentionConfig,
+    [q, k, v]: [&[T]; 3],
+    batch: usize,
+    n: usize,
+) -> Result<usize> {
+    let total = batch * config.heads * n * config.head_dim;
+    for (name, x) in [("q", q), ("k", k), ("v", v)] {
+        check_len(op, name, x, total, shape_of(config, batch, n))?;
+        check_finite(op, name, x)?;
+    }
+    Ok(total)
+}
+
 pub(crate) fn check_len<T>(
     op: &'static str,
     input: &'static str,
@@ -452,11 +484,7 @@ impl<T: Scalar> Attention<T> {
     ) -> Result<()> {
         const OP: &str = "Attention::forward";
         let (heads, h) = (self.config.heads, self.config.head_dim);
-        if batch == 0 || n == 0 {
-            return Err(AttentionError::InvalidConfig(format!(
-                "{OP}: batch and n must be at least 1, got {batch} and {n}"
-            )));
-        }
+        check_positive(OP, batch, n)?;
         // what the forward keeps per token and head, estimated before anything is allocated
         let per_token = match self.config.kind {
             // q̃, k̃, LN's x̂ for both (4h), L and R (2r), C, the product and its gradient
@@ -489,13 +517,8 @@ impl<T: Scalar> Attention<T> {
                 limit: MAX_STATE_BYTES,
             });
         }
-        let total = batch * heads * n * h;
-        let shape = format!("[batch {batch}, heads {heads}, n {n}, h {h}]");
-        for (name, x) in [("q", q), ("k", k), ("v", v)] {
-            check_len(OP, name, x, total, shape.clone())?;
-            check_finite(OP, name, x)?;
-        }
-        check_len(OP, "out", out, total, shape)?;
+        let total = check_qkv(OP, &self.config, [q, k, v], batch, n)?;
+        check_len(OP, "out", out, total, shape_of(&self.config, batch, n))?;
         let views: Vec<HeadViews<'_, T>> = (0..batch * heads)
             .map(|idx| HeadViews {
                 q: head_matrix(q, idx, n, h),

@@ -54,6 +54,8 @@
 //! ```
 
 mod config;
+#[cfg(feature = "gpu")]
+pub mod device;
 mod error;
 mod layer;
 pub mod layernorm;
@@ -66,6 +68,8 @@ mod softmax;
 pub mod state;
 
 pub use config::{AttentionConfig, AttentionKind, PolySketchConfig, SketchKind};
+#[cfg(feature = "gpu")]
+pub use device::{DeviceAttention, DeviceSaved};
 pub use error::{AttentionError, Result};
 pub use layer::{Attention, Grads, MAX_STATE_BYTES, Saved};
 pub use learned::{LearnedSaved, LearnedSketch, Param, ParamMut, gelu, gelu_with_grad};

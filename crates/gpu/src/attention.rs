@@ -182,13 +182,14 @@ impl<R: Runtime> PolySketchGpu<R> {
                 "{OP}: batch and n must be at least 1, got {batch} and {n}"
             )));
         }
+        gpu.require::<E>(OP)?;
         let h = self.config.head_dim;
         let total = batch * self.config.heads * n * h;
         for (name, x) in [("q", q), ("k", k), ("v", v)] {
             check_len(OP, name, x, total)?;
         }
         let s = (h as f32).powf(-0.25);
-        let (qf, kf, vf) = (gpu.to_f32(q), gpu.to_f32(k), gpu.to_f32(v));
+        let (qf, kf, vf) = (gpu.to_f32(q)?, gpu.to_f32(k)?, gpu.to_f32(v)?);
         let (qt, ln_q) = gpu.layernorm_forward(&qf, &self.gain, &self.bias, s, LN_EPS)?;
         let (kt, ln_k) = gpu.layernorm_forward(&kf, &self.gain, &self.bias, s, LN_EPS)?;
         let (l, sk_q) = self.sketch.forward(gpu, &qt)?;
@@ -197,7 +198,7 @@ impl<R: Runtime> PolySketchGpu<R> {
         let shape = self.shape(batch, n);
         let (raw, lt) = gpu.lowtri_forward(&shape, &l, &r, &c, self.diagonal(&qt, &kt))?;
         let (out, den) = gpu.normalise_forward(&raw, h)?;
-        let result = gpu.from_f32::<E>(&out);
+        let result = gpu.from_f32::<E>(&out)?;
         Ok((
             result,
             PolySketchGpuSaved {
@@ -231,9 +232,10 @@ impl<R: Runtime> PolySketchGpu<R> {
         d_out: &Buffer<R, E>,
     ) -> Result<PolySketchGpuGrads<R, E>> {
         const OP: &str = "PolySketchGpu::backward";
+        gpu.require::<E>(OP)?;
         let h = self.config.head_dim;
         check_len(OP, "d_out", d_out, saved.out.len())?;
-        let g = gpu.to_f32(d_out);
+        let g = gpu.to_f32(d_out)?;
         let draw = gpu.normalise_backward(&g, &saved.out, &saved.den, h)?;
         let shape = self.shape(saved.batch, saved.n);
         let grads = gpu.lowtri_backward(
@@ -257,9 +259,9 @@ impl<R: Runtime> PolySketchGpu<R> {
         d_gain.iter_mut().zip(dg).for_each(|(a, b)| *a += b);
         d_bias.iter_mut().zip(db).for_each(|(a, b)| *a += b);
         Ok(PolySketchGpuGrads {
-            dq: gpu.from_f32(&dq),
-            dk: gpu.from_f32(&dk),
-            dv: gpu.from_f32(&dv),
+            dq: gpu.from_f32(&dq)?,
+            dk: gpu.from_f32(&dk)?,
+            dv: gpu.from_f32(&dv)?,
             d_gain,
             d_bias,
         })

@@ -131,6 +131,39 @@ impl<R: Runtime> Gpu<R> {
         Ok(E::from_bytes(&bytes)[..buffer.len].to_vec())
     }
 
+    /// Whether the device computes with elements of type `E` (`bf16` needs CUDA or a Vulkan
+    /// device with the extension; Mesa's software driver has none).
+    pub fn supports<E: CubePrimitive>(&self) -> bool {
+        E::as_type_native().is_some_and(|t| self.client.properties().supports_type(t))
+    }
+
+    /// [`GpuError::Unsupported`] unless the device computes with `E`.
+    pub(crate) fn require<E: CubePrimitive>(&self, op: &'static str) -> Result<()> {
+        if self.supports::<E>() {
+            return Ok(());
+        }
+        Err(GpuError::Unsupported {
+            op,
+            what: format!(
+                "{} elements on {}",
+                core::any::type_name::<E>(),
+                self.name()
+            ),
+        })
+    }
+
+    /// Bytes the device allocator holds for live buffers, and bytes it has reserved in all.
+    ///
+    /// # Errors
+    /// [`GpuError::Device`] if the device reports an error.
+    pub fn memory(&self) -> Result<(u64, u64)> {
+        let m = self
+            .client
+            .memory_usage()
+            .map_err(|e| GpuError::Device(format!("{e:?}")))?;
+        Ok((m.bytes_in_use, m.bytes_reserved))
+    }
+
     /// Waits until every launched kernel has finished (for timings).
     ///
     /// # Errors

@@ -36,6 +36,14 @@ pub enum GpuError {
         /// The first bad index.
         index: usize,
     },
+    /// The device cannot do what was asked (an element type it lacks).
+    #[error("{op}: not supported: {what}")]
+    Unsupported {
+        /// The operation.
+        op: &'static str,
+        /// What the device lacks.
+        what: String,
+    },
     /// The device reported an error (a failed launch or read, a lost device).
     #[error("device error: {0}")]
     Device(String),

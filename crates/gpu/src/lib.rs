@@ -53,6 +53,7 @@ pub use attention::{
     LN_EPS, PolySketchGpu, PolySketchGpuConfig, PolySketchGpuGrads, PolySketchGpuSaved,
 };
 pub use cubecl::Runtime;
+pub use cubecl::prelude::{CubeElement, Float};
 pub use device::{Buffer, Gpu};
 pub use error::{GpuError, Result};
 pub use lowtri::{DiagonalGpu, LtGrads, LtSaved, LtShape};

@@ -95,7 +95,11 @@ impl Strided {
 
 impl<R: Runtime> Gpu<R> {
     /// Converts a buffer of any float type to `f32` (the kernels' type).
-    pub fn to_f32<E: Float + CubeElement>(&self, x: &Buffer<R, E>) -> Buffer<R> {
+    ///
+    /// # Errors
+    /// [`GpuError::Unsupported`] if the device lacks `E`.
+    pub fn to_f32<E: Float + CubeElement>(&self, x: &Buffer<R, E>) -> Result<Buffer<R>> {
+        self.require::<E>("Gpu::to_f32")?;
         let y = self.empty::<f32>(x.len());
         // SAFETY: both buffers hold `len` elements; the kernel checks `ABSOLUTE_POS < len`.
         unsafe {
@@ -107,11 +111,15 @@ impl<R: Runtime> Gpu<R> {
                 y.arg(),
             )
         };
-        y
+        Ok(y)
     }
 
     /// Converts an `f32` buffer to `E` (rounding to nearest for `bf16`).
-    pub fn from_f32<E: Float + CubeElement>(&self, x: &Buffer<R>) -> Buffer<R, E> {
+    ///
+    /// # Errors
+    /// [`GpuError::Unsupported`] if the device lacks `E`.
+    pub fn from_f32<E: Float + CubeElement>(&self, x: &Buffer<R>) -> Result<Buffer<R, E>> {
+        self.require::<E>("Gpu::from_f32")?;
         let y = self.empty::<E>(x.len());
         // SAFETY: as in `to_f32`.
         unsafe {
@@ -123,7 +131,7 @@ impl<R: Runtime> Gpu<R> {
                 y.arg(),
             )
         };
-        y
+        Ok(y)
     }
 
     /// `y += a·x`.

@@ -594,9 +594,8 @@ fn layer_rejects_bad_input<R: Runtime>(gpu: &Gpu<R>) {
     ));
 }
 
-/// `bf16` inputs give the `f32` layer's result to `bf16` precision (CUDA only: the software
-/// Vulkan driver has no `bf16`).
-#[allow(dead_code)]
+/// `bf16` inputs give the `f32` layer's result to `bf16` precision where the device has `bf16`
+/// (CUDA); elsewhere (the software Vulkan driver) a typed `Unsupported` error, not a panic.
 fn layer_bf16<R: Runtime>(gpu: &Gpu<R>) {
     use polysketch_gpu::bf16;
     let config = PolySketchGpuConfig {
@@ -617,6 +616,11 @@ fn layer_bf16<R: Runtime>(gpu: &Gpu<R>) {
     let xb: Vec<bf16> = x.iter().map(|v| bf16::from_f32(*v)).collect();
     let xf = gpu.upload(&x).unwrap();
     let xh = gpu.upload(&xb).unwrap();
+    if !gpu.supports::<bf16>() {
+        let err = layer.forward(gpu, &xh, &xh, &xh, 1, n).unwrap_err();
+        assert!(matches!(err, GpuError::Unsupported { .. }), "{err}");
+        return;
+    }
     let (out32, _) = layer.forward(gpu, &xf, &xf, &xf, 1, n).unwrap();
     let (out16, _) = layer.forward(gpu, &xh, &xh, &xh, 1, n).unwrap();
     let got: Vec<f64> = gpu
@@ -661,6 +665,7 @@ suite!(
     lowtri_rejects_bad_input,
     layer,
     layer_rejects_bad_input,
+    layer_bf16,
 );
 
 #[cfg(feature = "cuda")]

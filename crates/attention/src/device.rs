@@ -1,0 +1,210 @@
+//! The same layer on a GPU (feature `gpu`): [`Attention::to_device`] uploads a PolySketch layer
+//! with random sketches to a cubecl device, whose forward and backward take and give what the
+//! CPU layer's do. A device choice, not a different model: the output and gradients agree with
+//! [`Attention::forward`] / [`Attention::backward`] to `f32` rounding.
+//!
+//! Supported on the device: PolySketch attention with random sketches (any even `p` with `p/2`
+//! a power of two), with or without exact local blocks. Learned sketches, exact polynomial and
+//! softmax attention run on the CPU only; asking for them gives
+//! [`AttentionError::InvalidConfig`].
+//!
+//! # Example
+//! ```no_run
+//! # #[cfg(feature = "wgpu")] {
+//! use polysketch_attention::device::{Gpu, Wgpu};
+//! use polysketch_attention::{Attention, AttentionConfig, AttentionKind, PolySketchConfig};
+//!
+//! let config = AttentionConfig {
+//!     heads: 2,
+//!     head_dim: 16,
+//!     kind: AttentionKind::PolySketch(PolySketchConfig { r: 8, block: 32, local: true, ..Default::default() }),
+//! };
+//! let layer = Attention::<f32>::new(config)?;
+//! let on_gpu = layer.to_device(&Gpu::<Wgpu>::new(&Default::default()))?;
+//! let (batch, n) = (1, 100);
+//! let q: Vec<f32> = (0..batch * 2 * n * 16).map(|i| (i as f32 * 0.37).sin()).collect();
+//! let (out, saved) = on_gpu.forward(&q, &q, &q, batch, n)?;
+//! let grads = on_gpu.backward(&saved, &vec![1.0; out.len()])?;
+//! assert_eq!(grads.params[0].0, "ln.gain");
+//! # }
+//! # Ok::<(), polysketch_attention::AttentionError>(())
+//! ```
+
+#[cfg(feature = "cuda")]
+pub use polysketch_gpu::Cuda;
+#[cfg(feature = "wgpu")]
+pub use polysketch_gpu::Wgpu;
+pub use polysketch_gpu::{Buffer, CubeElement, Float, Gpu, GpuError, Runtime, bf16};
+use polysketch_gpu::{PolySketchGpu, PolySketchGpuConfig, PolySketchGpuSaved};
+
+use crate::layer::{check_finite, check_len, check_positive, check_qkv, shape_of};
+use crate::{Attention, AttentionConfig, AttentionError, AttentionKind, Grads, Result, SketchKind};
+
+/// A PolySketch layer on a device of runtime `R` (see the [module](self) docs).
+#[derive(Debug, Clone)]
+pub struct DeviceAttention<R: Runtime> {
+    gpu: Gpu<R>,
+    layer: PolySketchGpu<R>,
+    config: AttentionConfig,
+}
+
+/// What [`DeviceAttention::backward`] needs from the forward (device buffers).
+#[derive(Debug, Clone)]
+pub struct DeviceSaved<R: Runtime> {
+    batch: usize,
+    n: usize,
+    inner: PolySketchGpuSaved<R>,
+}
+
+impl Attention<f32> {
+    /// This layer on a device: a snapshot of its parameters (upload again after changing
+    /// them).
+    ///
+    /// # Errors
+    /// [`AttentionError::InvalidConfig`] for kinds the device does not run (learned sketches,
+    /// polynomial, softmax); [`AttentionError::Gpu`] if the upload fails.
+    pub fn to_device<R: Runtime>(&self, gpu: &Gpu<R>) -> Result<DeviceAttention<R>> {
+        let AttentionConfig {
+            heads,
+            head_dim,
+            kind,
+        } = self.config;
+        let (c, sketch) = match (kind, self.sketch.as_deref()) {
+            (AttentionKind::PolySketch(c), Some(s)) if c.sketch == SketchKind::Random => (c, s),
+            _ => {
+                return Err(AttentionError::InvalidConfig(format!(
+                    "Attention::to_device: the device runs PolySketch attention with random \
+                     sketches; {kind:?} runs on the CPU"
+                )));
+            }
+        };
+        let levels: Vec<Vec<f32>> = sketch
+            .dense_levels()
+            .ok_or_else(|| {
+                AttentionError::InvalidConfig(format!(
+                    "Attention::to_device: the sketch {} has no dense form",
+                    sketch.name()
+                ))
+            })?
+            .iter()
+            .map(|m| {
+                (0..m.nrows())
+                    .flat_map(|i| (0..m.ncols()).map(move |j| m[(i, j)] as f32))
+                    .collect()
+            })
+            .collect();
+        let config = PolySketchGpuConfig {
+            heads,
+            head_dim,
+            p: c.p,
+            r: c.r,
+            block: c.block,
+            local: c.local,
+        };
+        let layer = PolySketchGpu::new(gpu, config, &self.ln_gain, &self.ln_bias, &levels)?;
+        Ok(DeviceAttention {
+            gpu: gpu.clone(),
+            layer,
+            config: self.config,
+        })
+    }
+}
+
+impl<R: Runtime> DeviceAttention<R> {
+    /// The device.
+    pub fn gpu(&self) -> &Gpu<R> {
+        &self.gpu
+    }
+
+    /// The layer's configuration.
+    pub fn config(&self) -> &AttentionConfig {
+        &self.config
+    }
+
+    /// As [`Attention::forward`], on the device: `q`, `k`, `v`: `[batch, heads, n, h]`
+    /// row-major → the output (same shape) and the state for the backward.
+    ///
+    /// # Errors
+    /// As [`Attention::forward`]: [`AttentionError::InvalidConfig`] for `batch` or `n` = 0,
+    /// [`AttentionError::ShapeMismatch`], [`AttentionError::NonFinite`];
+    /// [`AttentionError::Gpu`] past the kernels' limits or on a device failure.
+    pub fn forward(
+        &self,
+        q: &[f32],
+        k: &[f32],
+        v: &[f32],
+        batch: usize,
+        n: usize,
+    ) -> Result<(Vec<f32>, DeviceSaved<R>)> {
+        const OP: &str = "DeviceAttention::forward";
+        check_positive(OP, batch, n)?;
+        check_qkv(OP, &self.config, [q, k, v], batch, n)?;
+        let up = |x: &[f32]| self.gpu.upload(x);
+        let (out, saved) = self.forward_buffers(&up(q)?, &up(k)?, &up(v)?, batch, n)?;
+        Ok((self.gpu.download(&out)?, saved))
+    }
+
+    /// The forward on device buffers of `f32` or `bf16` (`[batch, heads, n, h]`), for callers
+    /// that keep their activations on the device; accumulation is `f32` whatever `E`.
+    ///
+    /// # Errors
+    /// As [`forward`](Self::forward), except that values are not checked for finiteness
+    /// (they would have to be read back).
+    pub fn forward_buffers<E: Float + CubeElement>(
+        &self,
+        q: &Buffer<R, E>,
+        k: &Buffer<R, E>,
+        v: &Buffer<R, E>,
+        batch: usize,
+        n: usize,
+    ) -> Result<(Buffer<R, E>, DeviceSaved<R>)> {
+        check_positive("DeviceAttention::forward", batch, n)?;
+        let (out, inner) = self.layer.forward(&self.gpu, q, k, v, batch, n)?;
+        Ok((out, DeviceSaved { batch, n, inner }))
+    }
+
+    /// As [`Attention::backward`], on the device: gradients with respect to `q`, `k`, `v` and
+    /// the named parameters (`ln.gain`, `ln.bias`), given \\(\partial L/\partial\mathrm{out}\\).
+    ///
+    /// # Errors
+    /// [`AttentionError::ShapeMismatch`] or [`AttentionError::NonFinite`] for a bad `d_out`;
+    /// [`AttentionError::Gpu`] on a device failure.
+    pub fn backward(&self, saved: &DeviceSaved<R>, d_out: &[f32]) -> Result<Grads<f32>> {
+        const OP: &str = "DeviceAttention::backward";
+        let (c, batch, n) = (&self.config, saved.batch, saved.n);
+        let total = batch * c.heads * n * c.head_dim;
+        check_len(OP, "d_out", d_out, total, shape_of(c, batch, n))?;
+        check_finite(OP, "d_out", d_out)?;
+        let (dq, dk, dv, params) = self.backward_buffers(saved, &self.gpu.upload(d_out)?)?;
+        Ok(Grads {
+            dq: self.gpu.download(&dq)?,
+            dk: self.gpu.download(&dk)?,
+            dv: self.gpu.download(&dv)?,
+            params,
+        })
+    }
+
+    /// The backward on device buffers: `(dq, dk, dv)` on the device (type `E`), the parameter
+    /// gradients on the host, named as [`Attention::parameters`].
+    ///
+    /// # Errors
+    /// As [`backward`](Self::backward), without the finiteness check.
+    #[allow(clippy::type_complexity)]
+    pub fn backward_buffers<E: Float + CubeElement>(
+        &self,
+        saved: &DeviceSaved<R>,
+        d_out: &Buffer<R, E>,
+    ) -> Result<(
+        Buffer<R, E>,
+        Buffer<R, E>,
+        Buffer<R, E>,
+        Vec<(String, Vec<f32>)>,
+    )> {
+        let g = self.layer.backward(&self.gpu, &saved.inner, d_out)?;
+        let params = vec![
+            ("ln.gain".to_string(), g.d_gain),
+            ("ln.bias".to_string(), g.d_bias),
+        ];
+        Ok((g.dq, g.dk, g.dv, params))
+    }
+}

@@ -1,0 +1,182 @@
+//! The layer on a GPU (feature `wgpu`; Mesa's lavapipe in CI) against the same layer on the
+//! CPU in f64: outputs to 1e-4 and gradients to 1e-3 of their largest entry (the device sums in
+//! f32, block by block), for every supported option, ragged and short sequences, batches.
+
+#![cfg(feature = "wgpu")]
+
+use faer::Par;
+use polysketch_attention::device::{Gpu, Wgpu};
+use polysketch_attention::{
+    Attention, AttentionConfig, AttentionError, AttentionKind, PolySketchConfig, SketchKind,
+};
+use polysketch_sketch::{Scalar, seeded_rng};
+use rand_distr::{Distribution, StandardNormal};
+
+fn random<T: Scalar>(len: usize, scale: f64, seed: u64) -> Vec<T> {
+    let mut rng = seeded_rng(seed);
+    (0..len)
+        .map(|_| {
+            let z: f64 = StandardNormal.sample(&mut rng);
+            T::of(scale * z)
+        })
+        .collect()
+}
+
+fn polysketch(
+    heads: usize,
+    h: usize,
+    p: usize,
+    r: usize,
+    block: usize,
+    local: bool,
+) -> AttentionConfig {
+    AttentionConfig {
+        heads,
+        head_dim: h,
+        kind: AttentionKind::PolySketch(PolySketchConfig {
+            p,
+            r,
+            block,
+            local,
+            seed: 5,
+            sketch: SketchKind::Random,
+        }),
+    }
+}
+
+fn gpu() -> Gpu<Wgpu> {
+    Gpu::new(&Default::default())
+}
+
+fn assert_close(got: &[f32], expected: &[f64], rtol: f64, what: &str) {
+    assert_eq!(got.len(), expected.len(), "{what}: length");
+    let scale = expected
+        .iter()
+        .fold(0.0f64, |m, x| m.max(x.abs()))
+        .max(1e-30);
+    let diff = got
+        .iter()
+        .zip(expected)
+        .fold(0.0f64, |m, (a, b)| m.max((f64::from(*a) - b).abs()));
+    assert!(
+        diff <= rtol * scale,
+        "{what}: max difference {diff:e} > {rtol:e} × {scale:e}"
+    );
+}
+
+/// Sets a non-trivial layer norm so that the upload of the parameters is tested too.
+fn perturb_ln<T: Scalar>(layer: &mut Attention<T>, seed: u64) {
+    for (i, p) in layer.parameters_mut().into_iter().enumerate() {
+        let noise: Vec<T> = random(p.data.len(), 0.2, seed + i as u64);
+        for (x, e) in p.data.iter_mut().zip(noise) {
+            *x += e;
+        }
+    }
+}
+
+#[test]
+fn device_layer_matches_cpu_layer() {
+    let gpu = gpu();
+    // (p, r, block, local, batch, n): JL (p = 2), one and two tree levels, ragged n, n < b
+    let cases = [
+        (2, 6, 16, false, 1, 40),
+        (4, 8, 16, false, 2, 37),
+        (4, 8, 16, true, 1, 50),
+        (4, 4, 64, true, 2, 20),
+        (8, 4, 8, true, 1, 30),
+        (8, 4, 8, false, 1, 17),
+    ];
+    let (heads, h) = (3, 8);
+    for (i, &(p, r, block, local, batch, n)) in cases.iter().enumerate() {
+        let config = polysketch(heads, h, p, r, block, local);
+        let mut cpu = Attention::<f64>::new(config).unwrap();
+        let mut single = Attention::<f32>::new(config).unwrap();
+        perturb_ln(&mut cpu, 40 + i as u64);
+        perturb_ln(&mut single, 40 + i as u64);
+        let device = single.to_device(&gpu).unwrap();
+        let len = batch * heads * n * h;
+        let seed = 100 * i as u64;
+        let (q, k, v, g) = (
+            random::<f64>(len, 1.0, seed),
+            random::<f64>(len, 1.0, seed + 1),
+            random::<f64>(len, 1.0, seed + 2),
+            random::<f64>(len, 1.0, seed + 3),
+        );
+        let narrow = |x: &[f64]| x.iter().map(|v| *v as f32).collect::<Vec<f32>>();
+        let (out, mut saved) = cpu.forward(&q, &k, &v, batch, n, Par::Seq).unwrap();
+        let grads = cpu.backward(&mut saved, &g, Par::Seq).unwrap();
+        let (dout, dsaved) = device
+            .forward(&narrow(&q), &narrow(&k), &narrow(&v), batch, n)
+            .unwrap();
+        let what = format!("p {p} r {r} b {block} local {local} batch {batch} n {n}");
+        assert_close(&dout, &out, 1e-4, &format!("{what}: output"));
+        let dgrads = device.backward(&dsaved, &narrow(&g)).unwrap();
+        assert_close(&dgrads.dq, &grads.dq, 1e-3, &format!("{what}: dq"));
+        assert_close(&dgrads.dk, &grads.dk, 1e-3, &format!("{what}: dk"));
+        assert_close(&dgrads.dv, &grads.dv, 1e-3, &format!("{what}: dv"));
+        assert_eq!(dgrads.params.len(), grads.params.len());
+        for ((dn, dg), (cn, cg)) in dgrads.params.iter().zip(&grads.params) {
+            assert_eq!(dn, cn);
+            assert_close(dg, cg, 1e-3, &format!("{what}: {dn}"));
+        }
+    }
+}
+
+#[test]
+fn device_rejects_what_it_does_not_run() {
+    let gpu = gpu();
+    for kind in [
+        AttentionKind::Softmax,
+        AttentionKind::Polynomial { p: 4 },
+        AttentionKind::PolySketch(PolySketchConfig {
+            sketch: SketchKind::Learned,
+            ..Default::default()
+        }),
+    ] {
+        let layer = Attention::<f32>::new(AttentionConfig {
+            heads: 1,
+            head_dim: 8,
+            kind,
+        })
+        .unwrap();
+        assert!(
+            matches!(layer.to_device(&gpu), Err(AttentionError::InvalidConfig(_))),
+            "{kind:?}"
+        );
+    }
+}
+
+#[test]
+fn device_rejects_bad_input() {
+    let gpu = gpu();
+    let layer = Attention::<f32>::new(polysketch(2, 4, 4, 4, 8, true)).unwrap();
+    let device = layer.to_device(&gpu).unwrap();
+    let x = vec![0.5f32; 2 * 4 * 10];
+    assert!(matches!(
+        device.forward(&x, &x, &x, 1, 0),
+        Err(AttentionError::InvalidConfig(_))
+    ));
+    assert!(matches!(
+        device.forward(&x[1..], &x, &x, 1, 10),
+        Err(AttentionError::ShapeMismatch { input: "q", .. })
+    ));
+    let mut bad = x.clone();
+    bad[7] = f32::NAN;
+    assert!(matches!(
+        device.forward(&x, &bad, &x, 1, 10),
+        Err(AttentionError::NonFinite {
+            input: "k",
+            index: 7,
+            ..
+        })
+    ));
+    let (_, saved) = device.forward(&x, &x, &x, 1, 10).unwrap();
+    assert!(matches!(
+        device.backward(&saved, &x[1..]),
+        Err(AttentionError::ShapeMismatch { input: "d_out", .. })
+    ));
+    assert!(matches!(
+        device.backward(&saved, &bad),
+        Err(AttentionError::NonFinite { input: "d_out", .. })
+    ));
+}
