@@ -260,6 +260,10 @@ struct AttentionBench {
     /// Batch size on a device (the CPU bench runs batch 1).
     #[arg(long, default_value_t = 1)]
     batch: usize,
+    /// Tokens per case on a device: batch = tokens / n for each n (overrides --batch; the
+    /// GPT-2-small comparison uses 262144).
+    #[arg(long)]
+    tokens: Option<usize>,
     /// Sketch sizes r of the device's PolySketch kinds (comma separated; p = 4, block 256).
     #[arg(long, value_delimiter = ',', default_values_t = vec![32usize])]
     r: Vec<usize>,
@@ -819,7 +823,7 @@ fn bench_attention(args: &AttentionBench) -> polysketch::Result<()> {
         "causal attention, f32, batch 1, h = {h}, {} threads; faer's 2048³ product in this run: {ceiling:.1} GFLOP/s",
         rayon::current_num_threads()
     );
-    let mut report = Report::new(1);
+    let mut report = Report::new();
     let all = kinds();
     let total = args.heads.len() * args.n.len() * all.len();
     let bar = ProgressBar::new(total as u64).with_style(
@@ -850,8 +854,9 @@ fn bench_attention(args: &AttentionBench) -> polysketch::Result<()> {
                 if projected.is_some_and(|t| t > args.max_seconds) {
                     bar.suspend(|| {
                         println!(
-                            "{:<24} {:>5} {:>6} skipped: projected {:.0} s > --max-seconds {}",
+                            "{:<28} {:>5} {:>5} {:>6} skipped: projected {:.0} s > --max-seconds {}",
                             k.name,
+                            1,
                             heads,
                             n,
                             projected.unwrap_or(0.0),
@@ -870,7 +875,7 @@ fn bench_attention(args: &AttentionBench) -> polysketch::Result<()> {
                     Ok(c) => c,
                     Err(e) => {
                         bar.suspend(|| {
-                            println!("{:<24} {:>5} {:>6} skipped: {e}", k.name, heads, n)
+                            println!("{:<28} {:>5} {:>5} {:>6} skipped: {e}", k.name, 1, heads, n)
                         });
                         bar.inc(1);
                         continue;
@@ -888,7 +893,7 @@ fn bench_attention(args: &AttentionBench) -> polysketch::Result<()> {
                 {
                     last_speedup = Some((n, r));
                 }
-                bar.suspend(|| report.row(k.name, heads, n, &case, gflops, ratio));
+                bar.suspend(|| report.row(k.name, (1, heads, n), &case, gflops, ratio));
                 line.push(n, case.forward_backward);
                 bar.inc(1);
             }
@@ -911,16 +916,16 @@ fn bench_attention(args: &AttentionBench) -> polysketch::Result<()> {
 
 /// The table, CSV and plot of `bench attention`, on the CPU or a device.
 struct Report {
-    batch: usize,
     csv: String,
 }
 
 impl Report {
     /// Prints the header.
-    fn new(batch: usize) -> Self {
+    fn new() -> Self {
         println!(
-            "{:<28} {:>5} {:>6} {:>11} {:>11} {:>12} {:>9} {:>10} {:>9}",
+            "{:<28} {:>5} {:>5} {:>6} {:>11} {:>11} {:>12} {:>9} {:>10} {:>9}",
             "kind",
+            "batch",
             "heads",
             "n",
             "fwd",
@@ -931,7 +936,6 @@ impl Report {
             "vs softmax"
         );
         Self {
-            batch,
             csv: String::from(
                 "kind,batch,heads,n,forward_s,forward_backward_s,tokens_per_s,forward_gflops,peak_bytes,speedup_vs_softmax\n",
             ),
@@ -942,16 +946,16 @@ impl Report {
     fn row(
         &mut self,
         name: &str,
-        heads: usize,
-        n: usize,
+        (batch, heads, n): (usize, usize, usize),
         case: &Case,
         gflops: f64,
         ratio: Option<f64>,
     ) {
-        let tokens = (self.batch * n) as f64 / case.forward_backward;
+        let tokens = (batch * n) as f64 / case.forward_backward;
         println!(
-            "{:<28} {:>5} {:>6} {:>8.2} ms {:>8.2} ms {:>12.0} {:>9.1} {:>10.1} {:>9}",
+            "{:<28} {:>5} {:>5} {:>6} {:>8.2} ms {:>8.2} ms {:>12.0} {:>9.1} {:>10.1} {:>9}",
             name,
+            batch,
             heads,
             n,
             case.forward * 1e3,
@@ -962,8 +966,7 @@ impl Report {
             ratio.map_or("-".into(), |r| format!("{r:.1}x")),
         );
         self.csv.push_str(&format!(
-            "{name},{},{heads},{n},{:.6},{:.6},{:.1},{:.2},{},{}\n",
-            self.batch,
+            "{name},{batch},{heads},{n},{:.6},{:.6},{:.1},{:.2},{},{}\n",
             case.forward,
             case.forward_backward,
             tokens,
@@ -1023,13 +1026,13 @@ where
     R: polysketch::attention::device::Runtime,
     E: polysketch::attention::device::Float + polysketch::attention::device::CubeElement,
 {
-    let (h, batch) = (args.head_dim, args.batch);
+    let h = args.head_dim;
     println!(
-        "causal PolySketch attention on {}, batch {batch}, h = {h}, inputs {}, f32 accumulation",
+        "causal PolySketch attention on {}, h = {h}, inputs {}, f32 accumulation",
         gpu.name(),
         args.dtype
     );
-    let mut report = Report::new(batch);
+    let mut report = Report::new();
     let mut series = Vec::new();
     let kinds: Vec<(String, AttentionKind)> = args
         .r
@@ -1062,14 +1065,17 @@ where
             let mut line = Series::new(&format!("{name} ({heads} heads)"));
             for &n in &args.n {
                 bar.set_message(format!("{name} heads={heads} n={n}"));
+                let batch = args.tokens.map_or(args.batch, |t| (t / n).max(1));
                 match device_case::<R, E>(gpu, kind, batch, heads, h, n, args.reps) {
                     Ok(case) => {
                         let gflops =
                             (batch * heads) as f64 * forward_flops(kind, n, h) / case.forward / 1e9;
-                        bar.suspend(|| report.row(name, heads, n, &case, gflops, None));
+                        bar.suspend(|| report.row(name, (batch, heads, n), &case, gflops, None));
                         line.push(n, case.forward_backward);
                     }
-                    Err(e) => bar.suspend(|| println!("{name:<28} {heads:>5} {n:>6} skipped: {e}")),
+                    Err(e) => bar.suspend(|| {
+                        println!("{name:<28} {batch:>5} {heads:>5} {n:>6} skipped: {e}")
+                    }),
                 }
                 bar.inc(1);
             }
