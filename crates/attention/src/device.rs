@@ -9,7 +9,7 @@
 //! [`AttentionError::InvalidConfig`].
 //!
 //! # Example
-//! ```no_run
+//! ```
 //! # #[cfg(feature = "wgpu")] {
 //! use polysketch_attention::device::{Gpu, Wgpu};
 //! use polysketch_attention::{Attention, AttentionConfig, AttentionKind, PolySketchConfig};

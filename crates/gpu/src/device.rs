@@ -10,7 +10,7 @@ use crate::{GpuError, Result};
 /// A compute device of runtime `R` (wgpu, CUDA): the client every kernel launch goes through.
 ///
 /// # Example
-/// ```no_run
+/// ```
 /// # #[cfg(feature = "wgpu")] {
 /// use polysketch_gpu::{Gpu, Wgpu};
 /// let gpu = Gpu::<Wgpu>::new(&Default::default());

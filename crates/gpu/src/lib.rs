@@ -21,7 +21,7 @@
 //! Not here yet: learned sketches (their small networks would run on [`Gpu::matmul`]).
 //!
 //! # Example
-//! ```no_run
+//! ```
 //! # #[cfg(feature = "wgpu")] {
 //! use polysketch_gpu::{Gpu, PolySketchGpu, PolySketchGpuConfig, Wgpu};
 //!
