@@ -826,10 +826,7 @@ fn bench_attention(args: &AttentionBench) -> polysketch::Result<()> {
     let mut report = Report::new();
     let all = kinds();
     let total = args.heads.len() * args.n.len() * all.len();
-    let bar = ProgressBar::new(total as u64).with_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} {elapsed_precise} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let bar = cases_bar(total);
     let mut series: Vec<Series> = Vec::new();
     let mut last_speedup: Option<(usize, f64)> = None;
     for &heads in &args.heads {
@@ -912,6 +909,14 @@ fn bench_attention(args: &AttentionBench) -> polysketch::Result<()> {
         None => println!("speedup na"),
     }
     Ok(())
+}
+
+/// A progress bar over `len` bench cases (the current case in its message).
+fn cases_bar(len: usize) -> ProgressBar {
+    ProgressBar::new(len as u64).with_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} {elapsed_precise} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    )
 }
 
 /// The table, CSV and plot of `bench attention`, on the CPU or a device.
@@ -1056,10 +1061,7 @@ where
             })
         })
         .collect();
-    let bar = ProgressBar::new((args.heads.len() * args.n.len() * kinds.len()) as u64).with_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} {elapsed_precise} {msg}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-    );
+    let bar = cases_bar(args.heads.len() * args.n.len() * kinds.len());
     for &heads in &args.heads {
         for (name, kind) in &kinds {
             let mut line = Series::new(&format!("{name} ({heads} heads)"));

@@ -4,45 +4,14 @@
 
 #![cfg(feature = "wgpu")]
 
+mod common;
+use common::*;
+
 use faer::Par;
 use polysketch_attention::device::{Gpu, Wgpu};
 use polysketch_attention::{
     Attention, AttentionConfig, AttentionError, AttentionKind, PolySketchConfig, SketchKind,
 };
-use polysketch_sketch::{Scalar, seeded_rng};
-use rand_distr::{Distribution, StandardNormal};
-
-fn random<T: Scalar>(len: usize, scale: f64, seed: u64) -> Vec<T> {
-    let mut rng = seeded_rng(seed);
-    (0..len)
-        .map(|_| {
-            let z: f64 = StandardNormal.sample(&mut rng);
-            T::of(scale * z)
-        })
-        .collect()
-}
-
-fn polysketch(
-    heads: usize,
-    h: usize,
-    p: usize,
-    r: usize,
-    block: usize,
-    local: bool,
-) -> AttentionConfig {
-    AttentionConfig {
-        heads,
-        head_dim: h,
-        kind: AttentionKind::PolySketch(PolySketchConfig {
-            p,
-            r,
-            block,
-            local,
-            seed: 5,
-            sketch: SketchKind::Random,
-        }),
-    }
-}
 
 fn gpu() -> Gpu<Wgpu> {
     Gpu::new(&Default::default())
@@ -64,16 +33,6 @@ fn assert_close(got: &[f32], expected: &[f64], rtol: f64, what: &str) {
     );
 }
 
-/// Sets a non-trivial layer norm so that the upload of the parameters is tested too.
-fn perturb_ln<T: Scalar>(layer: &mut Attention<T>, seed: u64) {
-    for (i, p) in layer.parameters_mut().into_iter().enumerate() {
-        let noise: Vec<T> = random(p.data.len(), 0.2, seed + i as u64);
-        for (x, e) in p.data.iter_mut().zip(noise) {
-            *x += e;
-        }
-    }
-}
-
 #[test]
 fn device_layer_matches_cpu_layer() {
     let gpu = gpu();
@@ -88,11 +47,11 @@ fn device_layer_matches_cpu_layer() {
     ];
     let (heads, h) = (3, 8);
     for (i, &(p, r, block, local, batch, n)) in cases.iter().enumerate() {
-        let config = polysketch(heads, h, p, r, block, local);
+        let config = config(heads, h, p, r, block, local);
         let mut cpu = Attention::<f64>::new(config).unwrap();
         let mut single = Attention::<f32>::new(config).unwrap();
-        perturb_ln(&mut cpu, 40 + i as u64);
-        perturb_ln(&mut single, 40 + i as u64);
+        perturb_parameters(&mut cpu, 40 + i as u64);
+        perturb_parameters(&mut single, 40 + i as u64);
         let device = single.to_device(&gpu).unwrap();
         let len = batch * heads * n * h;
         let seed = 100 * i as u64;
@@ -149,7 +108,7 @@ fn device_rejects_what_it_does_not_run() {
 #[test]
 fn device_rejects_bad_input() {
     let gpu = gpu();
-    let layer = Attention::<f32>::new(polysketch(2, 4, 4, 4, 8, true)).unwrap();
+    let layer = Attention::<f32>::new(config(2, 4, 4, 4, 8, true)).unwrap();
     let device = layer.to_device(&gpu).unwrap();
     let x = vec![0.5f32; 2 * 4 * 10];
     assert!(matches!(

@@ -1,18 +1,14 @@
 //! Packed sequences (offsets like `cu_seqlens`) give what each sequence gives alone, forward
 //! and backward, for every kind.
 
+mod common;
+use common::*;
+
 use faer::Par;
 use polysketch_attention::{
     Attention, AttentionConfig, AttentionError, AttentionKind, Grads, PackedSaved,
     PolySketchConfig, SketchKind,
 };
-use polysketch_sketch::seeded_rng;
-use rand_distr::{Distribution, StandardNormal};
-
-fn random(len: usize, seed: u64) -> Vec<f64> {
-    let mut rng = seeded_rng(seed);
-    (0..len).map(|_| StandardNormal.sample(&mut rng)).collect()
-}
 
 /// Rows `a..b` of every head of a `[heads, total, h]` buffer, as `[1, heads, b - a, h]`.
 fn rows(x: &[f64], heads: usize, total: usize, h: usize, (a, b): (usize, usize)) -> Vec<f64> {
@@ -57,10 +53,10 @@ fn packed_sequences_match_running_each_alone() {
         .unwrap();
         let len = heads * total * h;
         let (q, k, v, d) = (
-            random(len, 1),
-            random(len, 2),
-            random(len, 3),
-            random(len, 4),
+            random::<f64>(len, 1.0, 1),
+            random::<f64>(len, 1.0, 2),
+            random::<f64>(len, 1.0, 3),
+            random::<f64>(len, 1.0, 4),
         );
         let mut out = vec![0.0; len];
         let mut saved = PackedSaved::new();

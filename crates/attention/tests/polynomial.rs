@@ -1,20 +1,12 @@
 //! Exact polynomial attention against its definition, finite differences and thread counts.
 
-use faer::{MatRef, Par};
+mod common;
+use common::*;
+
+use faer::Par;
 use polysketch_attention::reference::polynomial_reference;
 use polysketch_attention::{Attention, AttentionConfig, AttentionKind};
-use polysketch_sketch::{Scalar, seeded_rng};
-use rand_distr::{Distribution, StandardNormal};
-
-fn random<T: Scalar>(len: usize, scale: f64, seed: u64) -> Vec<T> {
-    let mut rng = seeded_rng(seed);
-    (0..len)
-        .map(|_| {
-            let z: f64 = StandardNormal.sample(&mut rng);
-            T::of(scale * z)
-        })
-        .collect()
-}
+use polysketch_sketch::Scalar;
 
 fn layer<T: Scalar>(heads: usize, h: usize, p: usize) -> Attention<T> {
     Attention::new(AttentionConfig {
@@ -23,10 +15,6 @@ fn layer<T: Scalar>(heads: usize, h: usize, p: usize) -> Attention<T> {
         kind: AttentionKind::Polynomial { p },
     })
     .unwrap()
-}
-
-fn head<T>(x: &[T], idx: usize, n: usize, h: usize) -> MatRef<'_, T> {
-    MatRef::from_row_major_slice(&x[idx * n * h..(idx + 1) * n * h], n, h)
 }
 
 #[test]
@@ -132,14 +120,6 @@ fn backward_matches_finite_differences() {
             }
         }
     }
-}
-
-fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .unwrap()
-        .install(f)
 }
 
 #[test]

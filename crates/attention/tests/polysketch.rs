@@ -1,45 +1,13 @@
 //! PolySketch attention against its f64 reference, finite differences, thread counts, f32, long
 //! sequences, and bad input.
 
+mod common;
+use common::*;
+
 use faer::{MatRef, Par};
 use polysketch_attention::reference::polysketch_reference;
-use polysketch_attention::{
-    Attention, AttentionConfig, AttentionError, AttentionKind, PolySketchConfig, SketchKind,
-};
-use polysketch_sketch::{GaussianJl, PolySketch, Scalar, TreeSketch, seeded_rng};
-use rand_distr::{Distribution, StandardNormal};
-
-fn random<T: Scalar>(len: usize, scale: f64, seed: u64) -> Vec<T> {
-    let mut rng = seeded_rng(seed);
-    (0..len)
-        .map(|_| {
-            let z: f64 = StandardNormal.sample(&mut rng);
-            T::of(scale * z)
-        })
-        .collect()
-}
-
-fn config(
-    heads: usize,
-    h: usize,
-    p: usize,
-    r: usize,
-    block: usize,
-    local: bool,
-) -> AttentionConfig {
-    AttentionConfig {
-        heads,
-        head_dim: h,
-        kind: AttentionKind::PolySketch(PolySketchConfig {
-            p,
-            r,
-            block,
-            local,
-            seed: 11,
-            sketch: SketchKind::Random,
-        }),
-    }
-}
+use polysketch_attention::{Attention, AttentionConfig, AttentionError, AttentionKind, SketchKind};
+use polysketch_sketch::{GaussianJl, PolySketch, TreeSketch};
 
 /// `c` with a learned sketch in place of the random one.
 fn learned(mut c: AttentionConfig) -> AttentionConfig {
@@ -47,23 +15,6 @@ fn learned(mut c: AttentionConfig) -> AttentionConfig {
         ps.sketch = SketchKind::Learned;
     }
     c
-}
-
-/// Moves every parameter off its initial value, deterministically, so that gradients are
-/// generic: layer-norm gains near 1, biases small, network weights by a few percent.
-fn perturb_parameters(layer: &mut Attention<f64>, seed: u64) {
-    for (pi, param) in layer.parameters_mut().into_iter().enumerate() {
-        let noise = random::<f64>(param.data.len(), 1.0, seed + pi as u64);
-        for (x, z) in param.data.iter_mut().zip(noise) {
-            *x = if param.name.ends_with("gain") {
-                1.0 + 0.2 * z
-            } else if param.name.contains(".b") || param.name.ends_with("bias") {
-                0.1 * z
-            } else {
-                *x * (1.0 + 0.05 * z)
-            };
-        }
-    }
 }
 
 /// The same sketch the layer draws, in f64.
@@ -208,14 +159,6 @@ fn backward_matches_finite_differences() {
             check(name, analytic, &numeric);
         }
     }
-}
-
-fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .unwrap()
-        .install(f)
 }
 
 #[test]

@@ -2,18 +2,14 @@
 //! different shapes and kinds gives bit-for-bit what fresh buffers give, and a used state is
 //! refused.
 
+mod common;
+use common::*;
+
 use faer::Par;
 use polysketch_attention::{
     Attention, AttentionConfig, AttentionError, AttentionKind, Grads, PolySketchConfig, Saved,
     SketchKind,
 };
-use polysketch_sketch::seeded_rng;
-use rand_distr::{Distribution, StandardNormal};
-
-fn random(len: usize, seed: u64) -> Vec<f64> {
-    let mut rng = seeded_rng(seed);
-    (0..len).map(|_| StandardNormal.sample(&mut rng)).collect()
-}
 
 fn kinds() -> Vec<AttentionKind> {
     let ps = |p, local| {
@@ -38,10 +34,10 @@ fn kinds() -> Vec<AttentionKind> {
 fn fresh(layer: &Attention<f64>, batch: usize, n: usize, seed: u64) -> (Vec<f64>, Grads<f64>) {
     let len = batch * layer.config().heads * n * layer.config().head_dim;
     let (q, k, v, d) = (
-        random(len, seed),
-        random(len, seed + 1),
-        random(len, seed + 2),
-        random(len, seed + 3),
+        random::<f64>(len, 1.0, seed),
+        random::<f64>(len, 1.0, seed + 1),
+        random::<f64>(len, 1.0, seed + 2),
+        random::<f64>(len, 1.0, seed + 3),
     );
     let (out, mut saved) = layer.forward(&q, &k, &v, batch, n, Par::Seq).unwrap();
     let grads = layer.backward(&mut saved, &d, Par::Seq).unwrap();
@@ -59,10 +55,10 @@ fn reused(
 ) -> Vec<f64> {
     let len = batch * layer.config().heads * n * layer.config().head_dim;
     let (q, k, v, d) = (
-        random(len, seed),
-        random(len, seed + 1),
-        random(len, seed + 2),
-        random(len, seed + 3),
+        random::<f64>(len, 1.0, seed),
+        random::<f64>(len, 1.0, seed + 1),
+        random::<f64>(len, 1.0, seed + 2),
+        random::<f64>(len, 1.0, seed + 3),
     );
     let mut out = vec![0.0; len];
     layer
@@ -104,7 +100,7 @@ fn a_state_is_used_once() {
             kind,
         })
         .unwrap();
-        let x = random(4 * 6, 1);
+        let x = random::<f64>(4 * 6, 1.0, 1);
         let (_, mut saved) = layer.forward(&x, &x, &x, 1, 6, Par::Seq).unwrap();
         layer.backward(&mut saved, &x, Par::Seq).unwrap();
         let err = layer.backward(&mut saved, &x, Par::Seq).unwrap_err();

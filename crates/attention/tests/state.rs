@@ -2,19 +2,14 @@
 //! sequence: token by token, in chunks that cut local blocks anywhere, for every kind; and bad
 //! states are refused.
 
+mod common;
+use common::*;
+
 use faer::Par;
 use polysketch_attention::{
     Attention, AttentionConfig, AttentionError, AttentionKind, PolySketchConfig, SketchKind,
 };
-use polysketch_sketch::{Scalar, seeded_rng};
-use rand_distr::{Distribution, StandardNormal};
-
-fn random<T: Scalar>(len: usize, seed: u64) -> Vec<T> {
-    let mut rng = seeded_rng(seed);
-    (0..len)
-        .map(|_| T::of(StandardNormal.sample(&mut rng)))
-        .collect()
-}
+use polysketch_sketch::Scalar;
 
 fn kinds() -> Vec<AttentionKind> {
     let ps = |p, local, sketch| {
@@ -126,9 +121,9 @@ fn token_by_token_and_chunks_match_the_full_forward_in_f64() {
         .unwrap();
         let len = batch * heads * n * h;
         let (q, k, v) = (
-            random::<f64>(len, 1),
-            random::<f64>(len, 2),
-            random::<f64>(len, 3),
+            random::<f64>(len, 1.0, 1),
+            random::<f64>(len, 1.0, 2),
+            random::<f64>(len, 1.0, 3),
         );
         let (full, _) = layer.forward(&q, &k, &v, batch, n, Par::Seq).unwrap();
         // one token at a time; chunks that start mid-block, end mid-block, span blocks
@@ -158,9 +153,9 @@ fn decoding_in_f32_follows_the_f32_forward() {
         .unwrap();
         let len = batch * heads * n * h;
         let (q, k, v) = (
-            random::<f32>(len, 4),
-            random::<f32>(len, 5),
-            random::<f32>(len, 6),
+            random::<f32>(len, 1.0, 4),
+            random::<f32>(len, 1.0, 5),
+            random::<f32>(len, 1.0, 6),
         );
         let (full, _) = layer.forward(&q, &k, &v, batch, n, Par::Seq).unwrap();
         let got = chunked(&layer, (&q, &k, &v), batch, n, &[40, 1, 1, 1, 27]);
@@ -185,7 +180,7 @@ fn polysketch_state_stays_constant_in_size() {
     })
     .unwrap();
     let mut state = layer.new_state(1).unwrap();
-    let x = random::<f32>(8, 7);
+    let x = random::<f32>(8, 1.0, 7);
     let mut out = vec![0.0; 8];
     let mut largest = 0;
     for _ in 0..200 {

@@ -418,22 +418,37 @@ fn score(x: &Array<f32>, y: &Array<f32>, xi: usize, yj: usize, d: usize, deg: u3
     (pm1 * u, f32::cast_from(deg) * pm1)
 }
 
-/// Diagonal blocks, forward: `out[i, j] += Σ_{j' ≤ i, j' in i's block} (x_i·y_{j'})^deg
-/// c[j', j]` (`x, y: [n, d]`, `c, out: [n, k]`). Cube `COLS × DIAG_ROWS` on `DIAG_ROWS` query
-/// rows; the scores of a chunk of `DIAG_CHUNK` keys sit in shared memory.
+/// Diagonal blocks, the query side: for query row `i`, with `u = x_i·y_{j'}` over the keys
+/// `j' ≤ i` of `i`'s block, `out[i, :] += Σ_{j'} w_{ij'}·m[j', :]` where
+/// - forward (`grad = false`): `w = u^deg`, `m = c`: the block's `lt(S)·C` (`out, m: [n, k]`);
+/// - backward (`grad = true`): `w = deg·u^{deg−1}·(g_i·c_{j'})`, `m = y`: the gradient of the
+///   scores with respect to `x` (`out, m: [n, d]`).
+///
+/// `x, y: [n, d]`, `g, c: [n, k]`; `width` is `m`'s. Cube `COLS × DIAG_ROWS` on `DIAG_ROWS` query
+/// rows; the weights of a chunk of `DIAG_CHUNK` keys sit in shared memory.
 #[cube(launch_unchecked)]
-pub fn diag_forward(
+pub fn diag_rows(
     x: &Array<f32>,
     y: &Array<f32>,
+    g: &Array<f32>,
     c: &Array<f32>,
+    m: &Array<f32>,
     out: &mut Array<f32>,
     n: u32,
     d: u32,
     k: u32,
+    width: u32,
     b: u32,
     deg: u32,
+    #[comptime] grad: bool,
 ) {
-    let (n, d, k, b) = (n as usize, d as usize, k as usize, b as usize);
+    let (n, d, k, w, b) = (
+        n as usize,
+        d as usize,
+        k as usize,
+        width as usize,
+        b as usize,
+    );
     let tr = DIAG_ROWS as usize;
     let ch = DIAG_CHUNK as usize;
     let mut s = SharedMemory::<f32>::new(DIAG_ROWS as usize * DIAG_CHUNK as usize);
@@ -451,102 +466,41 @@ pub fn diag_forward(
     let chunks = (hi - lo).div_ceil(ch);
     for cidx in 0..chunks {
         let c0 = lo + cidx * ch;
-        // scores of the tile's rows against keys c0 .. c0 + ch
-        let mut e = UNIT_POS as usize;
-        while e < tr * ch {
-            let rr = e / ch;
-            let jj = c0 + e % ch;
-            let ii = i0 + rr;
-            let mut v = 0.0f32;
-            if ii < n && jj <= ii && jj / b == ii / b {
-                let (sc, _) = score(x, y, (z * n + ii) * d, (z * n + jj) * d, d, deg);
-                v = sc;
-            }
-            s[e] = v;
-            e += units;
-        }
-        sync_cube();
-        if i < n {
-            // each unit owns the columns j ≡ UNIT_POS_X (mod CUBE_DIM_X) of its row
-            let mut j = UNIT_POS_X as usize;
-            while j < k {
-                let mut a = 0.0f32;
-                for jj in 0..ch {
-                    let key = c0 + jj;
-                    if key < hi {
-                        a += s[ty * ch + jj] * c[(z * n + key) * k + j];
-                    }
-                }
-                out[(z * n + i) * k + j] += a;
-                j += CUBE_DIM_X as usize;
-            }
-        }
-        sync_cube();
-    }
-}
-
-/// Diagonal blocks, backward for the query side:
-/// `dx[i, a] += Σ_{j' ≤ i, same block} deg·u^{deg−1}·(g_i·c_{j'})·y[j', a]` with
-/// `u = x_i·y_{j'}` (`g, c: [n, k]`). Cube `COLS × DIAG_ROWS` on `DIAG_ROWS` query rows.
-#[cube(launch_unchecked)]
-pub fn diag_backward_query(
-    x: &Array<f32>,
-    y: &Array<f32>,
-    g: &Array<f32>,
-    c: &Array<f32>,
-    dx: &mut Array<f32>,
-    n: u32,
-    d: u32,
-    k: u32,
-    b: u32,
-    deg: u32,
-) {
-    let (n, d, k, b) = (n as usize, d as usize, k as usize, b as usize);
-    let tr = DIAG_ROWS as usize;
-    let ch = DIAG_CHUNK as usize;
-    let mut s = SharedMemory::<f32>::new(DIAG_ROWS as usize * DIAG_CHUNK as usize);
-    let z = CUBE_POS_Z as usize;
-    let i0 = CUBE_POS_X as usize * tr;
-    let ty = UNIT_POS_Y as usize;
-    let i = i0 + ty;
-    let lo = (i0 / b) * b;
-    let mut hi = i0 + tr;
-    if hi > n {
-        hi = n;
-    }
-    let units = (CUBE_DIM_X * CUBE_DIM_Y) as usize;
-    let chunks = (hi - lo).div_ceil(ch);
-    for cidx in 0..chunks {
-        let c0 = lo + cidx * ch;
+        // weights of the tile's rows against keys c0 .. c0 + ch
         let mut e = UNIT_POS as usize;
         while e < tr * ch {
             let ii = i0 + e / ch;
             let jj = c0 + e % ch;
             let mut v = 0.0f32;
             if ii < n && jj <= ii && jj / b == ii / b {
-                let (_, dsc) = score(x, y, (z * n + ii) * d, (z * n + jj) * d, d, deg);
-                let mut ds = 0.0f32;
-                for t in 0..k {
-                    ds += g[(z * n + ii) * k + t] * c[(z * n + jj) * k + t];
+                let (sc, dsc) = score(x, y, (z * n + ii) * d, (z * n + jj) * d, d, deg);
+                if grad {
+                    let mut ds = 0.0f32;
+                    for t in 0..k {
+                        ds += g[(z * n + ii) * k + t] * c[(z * n + jj) * k + t];
+                    }
+                    v = dsc * ds;
+                } else {
+                    v = sc;
                 }
-                v = dsc * ds;
             }
             s[e] = v;
             e += units;
         }
         sync_cube();
         if i < n {
-            let mut a = UNIT_POS_X as usize;
-            while a < d {
+            // each unit owns the columns ≡ UNIT_POS_X (mod CUBE_DIM_X) of its row
+            let mut col = UNIT_POS_X as usize;
+            while col < w {
                 let mut acc = 0.0f32;
                 for jj in 0..ch {
                     let key = c0 + jj;
                     if key < hi {
-                        acc += s[ty * ch + jj] * y[(z * n + key) * d + a];
+                        acc += s[ty * ch + jj] * m[(z * n + key) * w + col];
                     }
                 }
-                dx[(z * n + i) * d + a] += acc;
-                a += CUBE_DIM_X as usize;
+                out[(z * n + i) * w + col] += acc;
+                col += CUBE_DIM_X as usize;
             }
         }
         sync_cube();

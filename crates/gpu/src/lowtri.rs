@@ -238,6 +238,45 @@ impl<R: Runtime> Gpu<R> {
         Ok(())
     }
 
+    /// The query side of the diagonal blocks ([`kernels::diag_rows`]): `out += W m` with the
+    /// scores (`grad = false`) or their gradients (`grad = true`) as `W`.
+    #[allow(clippy::too_many_arguments)]
+    fn diag_rows(
+        &self,
+        op: &'static str,
+        s: &LtShape,
+        (x, y, d, deg): (&Buffer<R>, &Buffer<R>, usize, usize),
+        (g, c): (&Buffer<R>, &Buffer<R>),
+        (m, width): (&Buffer<R>, usize),
+        out: &Buffer<R>,
+        grad: bool,
+    ) -> Result<()> {
+        let u = |w, v| u32_of(op, w, v);
+        // SAFETY: x, y [heads·n, d]; g, c [heads·n, k]; m, out [heads·n, width]; validated by
+        // the callers.
+        unsafe {
+            kernels::diag_rows::launch_unchecked::<R>(
+                &self.client,
+                row_tiles(op, s)?,
+                CubeDim::new_2d(kernels::COLS, kernels::DIAG_ROWS),
+                x.arg(),
+                y.arg(),
+                g.arg(),
+                c.arg(),
+                m.arg(),
+                out.arg(),
+                u("n", s.n)?,
+                u("d", d)?,
+                u("k", s.k)?,
+                u("width", width)?,
+                u("block", s.block)?,
+                u("degree", deg)?,
+                grad,
+            )
+        };
+        Ok(())
+    }
+
     /// The block product \\(\mathrm{lt}(L^{\otimes 2} R^{\otimes 2\top})\,C\\) (diagonal blocks
     /// as `diag` says) of every stacked head: `l, r: [heads · n, r]`, `c: [heads · n, k]` →
     /// `[heads · n, k]`.
@@ -260,24 +299,8 @@ impl<R: Runtime> Gpu<R> {
         let out = self.zeros(s.heads * s.n * s.k);
         self.feature_apply(OP, s, l, &prefixes, &out)?;
         let (x, y, d, deg) = diag_inputs(s, l, r, &diag);
-        let u = |w, v| u32_of(OP, w, v);
-        // SAFETY: x, y [heads·n, d], c and out [heads·n, k], validated.
-        unsafe {
-            kernels::diag_forward::launch_unchecked::<R>(
-                &self.client,
-                row_tiles(OP, s)?,
-                CubeDim::new_2d(kernels::COLS, kernels::DIAG_ROWS),
-                x.arg(),
-                y.arg(),
-                c.arg(),
-                out.arg(),
-                u("n", s.n)?,
-                u("d", d)?,
-                u("k", s.k)?,
-                u("block", s.block)?,
-                u("degree", deg)?,
-            )
-        };
+        // lt(S_ll) C: `g` is unused in the forward, c stands in for it
+        self.diag_rows(OP, s, (x, y, d, deg), (c, c), (c, s.k), &out, false)?;
         Ok((out, LtSaved { prefixes }))
     }
 
@@ -326,28 +349,13 @@ impl<R: Runtime> Gpu<R> {
                 (dq.clone(), dk.clone(), Some((dq, dk)))
             }
         };
+        self.diag_rows(OP, s, (x, y, d, deg), (g, c), (y, d), &dx, true)?;
         let u = |w, v| u32_of(OP, w, v);
-        let tiles = row_tiles(OP, s)?;
-        // SAFETY: x, y, dx, dy [heads·n, d]; g, c, dc [heads·n, k]; validated.
+        // SAFETY: x, y, dy [heads·n, d]; g, c, dc [heads·n, k]; validated.
         unsafe {
-            kernels::diag_backward_query::launch_unchecked::<R>(
-                &self.client,
-                tiles.clone(),
-                CubeDim::new_2d(kernels::COLS, kernels::DIAG_ROWS),
-                x.arg(),
-                y.arg(),
-                g.arg(),
-                c.arg(),
-                dx.arg(),
-                u("n", s.n)?,
-                u("d", d)?,
-                u("k", s.k)?,
-                u("block", s.block)?,
-                u("degree", deg)?,
-            );
             kernels::diag_backward_key::launch_unchecked::<R>(
                 &self.client,
-                tiles,
+                row_tiles(OP, s)?,
                 CubeDim::new_2d(kernels::COLS, kernels::DIAG_ROWS),
                 x.arg(),
                 y.arg(),

@@ -42,6 +42,25 @@ pub(crate) fn check_len<R: Runtime, E>(
     Ok(())
 }
 
+/// The number of rows of width `h > 0` in `x`, or [`GpuError::Shape`] if its length is not a
+/// multiple of `h`.
+pub(crate) fn rows_of<R: Runtime, E>(
+    op: &'static str,
+    name: &'static str,
+    x: &Buffer<R, E>,
+    h: usize,
+) -> Result<usize> {
+    if !x.len().is_multiple_of(h) {
+        return Err(GpuError::Shape {
+            op,
+            input: name,
+            expected: x.len() / h * h,
+            got: x.len(),
+        });
+    }
+    Ok(x.len() / h)
+}
+
 /// Elements any one buffer may hold: indices stay below 2³¹ on every backend.
 pub const MAX_ELEMENTS: usize = i32::MAX as usize;
 
@@ -251,15 +270,7 @@ impl<R: Runtime> Gpu<R> {
             return Err(GpuError::InvalidArgument(format!("{OP}: h = 0")));
         }
         check_len(OP, "bias", bias, h)?;
-        if !x.len().is_multiple_of(h) {
-            return Err(GpuError::Shape {
-                op: OP,
-                input: "x",
-                expected: x.len() / h * h,
-                got: x.len(),
-            });
-        }
-        let rows = x.len() / h;
+        let rows = rows_of(OP, "x", x, h)?;
         let (y, xhat, rstd) = (self.empty(x.len()), self.empty(x.len()), self.empty(rows));
         // SAFETY: shapes checked above; one unit per row, bounds checked.
         unsafe {

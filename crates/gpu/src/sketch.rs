@@ -3,7 +3,7 @@
 
 use cubecl::prelude::*;
 
-use crate::ops::{Strided, check_size};
+use crate::ops::{Strided, check_size, rows_of};
 use crate::{Buffer, Gpu, GpuError, Result};
 
 /// A degree-\\(q\\) sketch \\(x \mapsto S^\top x^{\otimes q}\\) from \\(\mathbb R^h\\) to
@@ -133,15 +133,7 @@ impl<R: Runtime> TreeSketchGpu<R> {
     pub fn forward(&self, gpu: &Gpu<R>, x: &Buffer<R>) -> Result<(Buffer<R>, SketchSaved<R>)> {
         const OP: &str = "TreeSketchGpu::forward";
         let (h, r) = (self.h, self.r);
-        if !x.len().is_multiple_of(h) {
-            return Err(GpuError::Shape {
-                op: OP,
-                input: "x",
-                expected: x.len() / h * h,
-                got: x.len(),
-            });
-        }
-        let rows = x.len() / h;
+        let rows = rows_of(OP, "x", x, h)?;
         let s = 1.0 / (r as f32).sqrt();
         let mut projections = Vec::new();
         let mut cur = x.clone();

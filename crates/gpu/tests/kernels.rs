@@ -642,45 +642,31 @@ macro_rules! one_test {
     };
 }
 
+/// The whole suite on one runtime, each test with the attributes `$attrs`.
 macro_rules! suite {
-    ($module:ident, $runtime:ty, $attrs:tt, $($test:ident),* $(,)?) => {
+    ($module:ident, $runtime:ty, $attrs:tt) => {
         mod $module {
             use super::*;
-            $( one_test!($attrs, $runtime, $test); )*
+            one_test!($attrs, $runtime, matmul);
+            one_test!($attrs, $runtime, matmul_rejects_out_of_range);
+            one_test!($attrs, $runtime, layernorm);
+            one_test!($attrs, $runtime, tree_sketch);
+            one_test!($attrs, $runtime, tree_sketch_rejects_bad_input);
+            one_test!($attrs, $runtime, lowtri);
+            one_test!($attrs, $runtime, lowtri_rejects_bad_input);
+            one_test!($attrs, $runtime, layer);
+            one_test!($attrs, $runtime, layer_rejects_bad_input);
+            one_test!($attrs, $runtime, layer_bf16);
         }
     };
 }
 
 #[cfg(feature = "wgpu")]
-suite!(
-    wgpu,
-    polysketch_gpu::Wgpu,
-    [],
-    matmul,
-    matmul_rejects_out_of_range,
-    layernorm,
-    tree_sketch,
-    tree_sketch_rejects_bad_input,
-    lowtri,
-    lowtri_rejects_bad_input,
-    layer,
-    layer_rejects_bad_input,
-    layer_bf16,
-);
+suite!(wgpu, polysketch_gpu::Wgpu, []);
 
 #[cfg(feature = "cuda")]
 suite!(
     cuda,
     polysketch_gpu::Cuda,
-    [ignore = "needs an NVIDIA GPU: cargo test -p polysketch-gpu --features cuda -- --ignored"],
-    matmul,
-    matmul_rejects_out_of_range,
-    layernorm,
-    tree_sketch,
-    tree_sketch_rejects_bad_input,
-    lowtri,
-    lowtri_rejects_bad_input,
-    layer,
-    layer_rejects_bad_input,
-    layer_bf16,
+    [ignore = "needs an NVIDIA GPU: cargo test -p polysketch-gpu --features cuda -- --ignored"]
 );
