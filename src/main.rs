@@ -253,8 +253,9 @@ struct AttentionBench {
     /// Folder for attention_bench.csv and attention_bench.svg.
     #[arg(long, default_value = "runs/bench_attention")]
     out: PathBuf,
-    /// Where to run: cpu (every kind), or wgpu / cuda (PolySketch with random sketches, the
-    /// kinds the GPU kernels run; needs the feature of the same name, `cuda` off by default).
+    /// Where to run: cpu (every kind), or wgpu / cuda (PolySketch, random and learned sketches,
+    /// the kinds the GPU kernels run; needs the feature of the same name, `cuda` off by
+    /// default).
     #[arg(long, default_value = "cpu")]
     device: String,
     /// Batch size on a device (the CPU bench runs batch 1).
@@ -998,8 +999,8 @@ impl Report {
     }
 }
 
-/// `bench attention --device wgpu|cuda`: PolySketch attention with random sketches (p = 4,
-/// block 256, each `--r`, with and without local blocks) on the device, `--batch` sequences,
+/// `bench attention --device wgpu|cuda`: PolySketch attention (p = 4, block 256, each `--r`,
+/// random and learned sketches, with and without local blocks) on the device, `--batch` sequences,
 /// inputs of `--dtype`. Times include a device synchronisation; peak is the device memory in
 /// use while the forward's state is held.
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
@@ -1043,17 +1044,28 @@ where
         .r
         .iter()
         .flat_map(|&r| {
-            [false, true].map(|local| {
+            [
+                (SketchKind::Random, false),
+                (SketchKind::Random, true),
+                (SketchKind::Learned, false),
+                (SketchKind::Learned, true),
+            ]
+            .map(|(sketch, local)| {
+                let name = if sketch == SketchKind::Random {
+                    "random"
+                } else {
+                    "learned"
+                };
                 (
                     format!(
-                        "polysketch random{} r={r}",
+                        "polysketch {name}{} r={r}",
                         if local { "+local" } else { "" }
                     ),
                     AttentionKind::PolySketch(PolySketchConfig {
                         p: 4,
                         r,
                         block: 256,
-                        sketch: SketchKind::Random,
+                        sketch,
                         local,
                         seed: 0,
                     }),

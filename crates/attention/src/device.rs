@@ -3,10 +3,9 @@
 //! CPU layer's do. A device choice, not a different model: the output and gradients agree with
 //! [`Attention::forward`] / [`Attention::backward`] to `f32` rounding.
 //!
-//! Supported on the device: PolySketch attention with random sketches (any even `p` with `p/2`
-//! a power of two), with or without exact local blocks. Learned sketches, exact polynomial and
-//! softmax attention run on the CPU only; asking for them gives
-//! [`AttentionError::InvalidConfig`].
+//! Supported on the device: PolySketch attention with random or learned sketches (any even `p`
+//! with `p/2` a power of two), with or without exact local blocks. Exact polynomial and softmax
+//! attention run on the CPU only; asking for them gives [`AttentionError::InvalidConfig`].
 //!
 //! # Example
 //! ```
@@ -35,10 +34,10 @@ pub use polysketch_gpu::Cuda;
 #[cfg(feature = "wgpu")]
 pub use polysketch_gpu::Wgpu;
 pub use polysketch_gpu::{Buffer, CubeElement, Float, Gpu, GpuError, Runtime, bf16};
-use polysketch_gpu::{PolySketchGpu, PolySketchGpuConfig, PolySketchGpuSaved};
+use polysketch_gpu::{PolySketchGpu, PolySketchGpuConfig, PolySketchGpuSaved, SketchWeights};
 
 use crate::layer::{check_finite, check_len, check_positive, check_qkv, shape_of};
-use crate::{Attention, AttentionConfig, AttentionError, AttentionKind, Grads, Result, SketchKind};
+use crate::{Attention, AttentionConfig, AttentionError, AttentionKind, Grads, Result};
 
 /// A PolySketch layer on a device of runtime `R` (see the [module](self) docs).
 #[derive(Debug, Clone)]
@@ -46,6 +45,8 @@ pub struct DeviceAttention<R: Runtime> {
     gpu: Gpu<R>,
     layer: PolySketchGpu<R>,
     config: AttentionConfig,
+    /// The names of [`Attention::parameters`], in order.
+    names: Vec<String>,
 }
 
 /// What [`DeviceAttention::backward`] needs from the forward (device buffers).
@@ -61,38 +62,52 @@ impl Attention<f32> {
     /// them).
     ///
     /// # Errors
-    /// [`AttentionError::InvalidConfig`] for kinds the device does not run (learned sketches,
-    /// polynomial, softmax); [`AttentionError::Gpu`] if the upload fails.
+    /// [`AttentionError::InvalidConfig`] for kinds the device does not run (polynomial,
+    /// softmax); [`AttentionError::Gpu`] if the upload fails.
     pub fn to_device<R: Runtime>(&self, gpu: &Gpu<R>) -> Result<DeviceAttention<R>> {
         let AttentionConfig {
             heads,
             head_dim,
             kind,
         } = self.config;
-        let (c, sketch) = match (kind, self.sketch.as_deref()) {
-            (AttentionKind::PolySketch(c), Some(s)) if c.sketch == SketchKind::Random => (c, s),
-            _ => {
-                return Err(AttentionError::InvalidConfig(format!(
-                    "Attention::to_device: the device runs PolySketch attention with random \
-                     sketches; {kind:?} runs on the CPU"
-                )));
+        let AttentionKind::PolySketch(c) = kind else {
+            return Err(AttentionError::InvalidConfig(format!(
+                "Attention::to_device: the device runs PolySketch attention; {kind:?} runs on the \
+                 CPU"
+            )));
+        };
+        let levels: Vec<Vec<f32>>;
+        let learned_params;
+        let weights = match (self.sketch.as_deref(), &self.learned) {
+            (Some(sketch), _) => {
+                levels = sketch
+                    .dense_levels()
+                    .ok_or_else(|| {
+                        AttentionError::InvalidConfig(format!(
+                            "Attention::to_device: the sketch {} has no dense form",
+                            sketch.name()
+                        ))
+                    })?
+                    .iter()
+                    .map(|m| {
+                        (0..m.nrows())
+                            .flat_map(|i| (0..m.ncols()).map(move |j| m[(i, j)] as f32))
+                            .collect()
+                    })
+                    .collect();
+                SketchWeights::Random(&levels)
+            }
+            (None, Some(learned)) => {
+                learned_params = learned.parameters();
+                SketchWeights::Learned(&learned_params.iter().map(|p| p.data).collect::<Vec<_>>())
+            }
+            (None, None) => {
+                return Err(AttentionError::InvalidState {
+                    op: "Attention::to_device",
+                    reason: "internal: a PolySketch layer without a sketch".into(),
+                });
             }
         };
-        let levels: Vec<Vec<f32>> = sketch
-            .dense_levels()
-            .ok_or_else(|| {
-                AttentionError::InvalidConfig(format!(
-                    "Attention::to_device: the sketch {} has no dense form",
-                    sketch.name()
-                ))
-            })?
-            .iter()
-            .map(|m| {
-                (0..m.nrows())
-                    .flat_map(|i| (0..m.ncols()).map(move |j| m[(i, j)] as f32))
-                    .collect()
-            })
-            .collect();
         let config = PolySketchGpuConfig {
             heads,
             head_dim,
@@ -101,11 +116,12 @@ impl Attention<f32> {
             block: c.block,
             local: c.local,
         };
-        let layer = PolySketchGpu::new(gpu, config, &self.ln_gain, &self.ln_bias, &levels)?;
+        let layer = PolySketchGpu::new(gpu, config, &self.ln_gain, &self.ln_bias, weights)?;
         Ok(DeviceAttention {
             gpu: gpu.clone(),
             layer,
             config: self.config,
+            names: self.parameters().into_iter().map(|p| p.name).collect(),
         })
     }
 }
@@ -164,7 +180,7 @@ impl<R: Runtime> DeviceAttention<R> {
     }
 
     /// As [`Attention::backward`], on the device: gradients with respect to `q`, `k`, `v` and
-    /// the named parameters (`ln.gain`, `ln.bias`), given \\(\partial L/\partial\mathrm{out}\\).
+    /// the named parameters (`ln.gain`, `ln.bias`, a learned sketch's), given \\(\partial L/\partial\mathrm{out}\\).
     ///
     /// # Errors
     /// [`AttentionError::ShapeMismatch`] or [`AttentionError::NonFinite`] for a bad `d_out`;
@@ -201,10 +217,8 @@ impl<R: Runtime> DeviceAttention<R> {
         Vec<(String, Vec<f32>)>,
     )> {
         let g = self.layer.backward(&self.gpu, &saved.inner, d_out)?;
-        let params = vec![
-            ("ln.gain".to_string(), g.d_gain),
-            ("ln.bias".to_string(), g.d_bias),
-        ];
+        let values = [g.d_gain, g.d_bias].into_iter().chain(g.d_sketch);
+        let params = self.names.iter().cloned().zip(values).collect();
         Ok((g.dq, g.dk, g.dv, params))
     }
 }

@@ -9,9 +9,7 @@ use common::*;
 
 use faer::Par;
 use polysketch_attention::device::{Gpu, Wgpu};
-use polysketch_attention::{
-    Attention, AttentionConfig, AttentionError, AttentionKind, PolySketchConfig, SketchKind,
-};
+use polysketch_attention::{Attention, AttentionConfig, AttentionError, AttentionKind, SketchKind};
 
 fn gpu() -> Gpu<Wgpu> {
     Gpu::new(&Default::default())
@@ -36,18 +34,25 @@ fn assert_close(got: &[f32], expected: &[f64], rtol: f64, what: &str) {
 #[test]
 fn device_layer_matches_cpu_layer() {
     let gpu = gpu();
-    // (p, r, block, local, batch, n): JL (p = 2), one and two tree levels, ragged n, n < b
+    // (p, r, block, local, learned, batch, n): JL (p = 2), one and two tree levels, learned
+    // sketches of one and three nodes, ragged n, n < b
     let cases = [
-        (2, 6, 16, false, 1, 40),
-        (4, 8, 16, false, 2, 37),
-        (4, 8, 16, true, 1, 50),
-        (4, 4, 64, true, 2, 20),
-        (8, 4, 8, true, 1, 30),
-        (8, 4, 8, false, 1, 17),
+        (2, 6, 16, false, false, 1, 40),
+        (4, 8, 16, false, false, 2, 37),
+        (4, 8, 16, true, false, 1, 50),
+        (4, 4, 64, true, false, 2, 20),
+        (8, 4, 8, true, false, 1, 30),
+        (8, 4, 8, false, false, 1, 17),
+        (4, 4, 16, true, true, 2, 37),
+        (4, 4, 16, false, true, 1, 21),
+        (8, 3, 8, true, true, 1, 19),
     ];
     let (heads, h) = (3, 8);
-    for (i, &(p, r, block, local, batch, n)) in cases.iter().enumerate() {
-        let config = config(heads, h, p, r, block, local);
+    for (i, &(p, r, block, local, learned, batch, n)) in cases.iter().enumerate() {
+        let mut config = config(heads, h, p, r, block, local);
+        if learned && let AttentionKind::PolySketch(c) = &mut config.kind {
+            c.sketch = SketchKind::Learned;
+        }
         let mut cpu = Attention::<f64>::new(config).unwrap();
         let mut single = Attention::<f32>::new(config).unwrap();
         perturb_parameters(&mut cpu, 40 + i as u64);
@@ -67,7 +72,8 @@ fn device_layer_matches_cpu_layer() {
         let (dout, dsaved) = device
             .forward(&narrow(&q), &narrow(&k), &narrow(&v), batch, n)
             .unwrap();
-        let what = format!("p {p} r {r} b {block} local {local} batch {batch} n {n}");
+        let what =
+            format!("p {p} r {r} b {block} local {local} learned {learned} batch {batch} n {n}");
         assert_close(&dout, &out, 1e-4, &format!("{what}: output"));
         let dgrads = device.backward(&dsaved, &narrow(&g)).unwrap();
         assert_close(&dgrads.dq, &grads.dq, 1e-3, &format!("{what}: dq"));
@@ -84,14 +90,7 @@ fn device_layer_matches_cpu_layer() {
 #[test]
 fn device_rejects_what_it_does_not_run() {
     let gpu = gpu();
-    for kind in [
-        AttentionKind::Softmax,
-        AttentionKind::Polynomial { p: 4 },
-        AttentionKind::PolySketch(PolySketchConfig {
-            sketch: SketchKind::Learned,
-            ..Default::default()
-        }),
-    ] {
+    for kind in [AttentionKind::Softmax, AttentionKind::Polynomial { p: 4 }] {
         let layer = Attention::<f32>::new(AttentionConfig {
             heads: 1,
             head_dim: 8,

@@ -3,10 +3,67 @@
 
 use cubecl::prelude::*;
 
+use crate::learned::{LearnedSavedGpu, LearnedSketchGpu};
 use crate::lowtri::{DiagonalGpu, LtSaved, LtShape};
 use crate::ops::{LnState, check_len};
 use crate::sketch::SketchSaved;
 use crate::{Buffer, Gpu, GpuError, Result, TreeSketchGpu};
+
+/// The sketch of a [`PolySketchGpu`] layer, as given to [`PolySketchGpu::new`].
+#[derive(Debug, Clone, Copy)]
+pub enum SketchWeights<'a> {
+    /// A random Gaussian tree (JL for `p = 2`): its dense levels (see [`TreeSketchGpu::new`]).
+    Random(&'a [Vec<f32>]),
+    /// A learned sketch (`p ≥ 4`): its networks' parameters (see [`LearnedSketchGpu::new`]).
+    Learned(&'a [&'a [f32]]),
+}
+
+/// The uploaded sketch.
+#[derive(Debug, Clone)]
+enum Sketch<R: Runtime> {
+    Random(TreeSketchGpu<R>),
+    Learned(LearnedSketchGpu<R>),
+}
+
+/// What the sketch's backward needs.
+#[derive(Debug, Clone)]
+enum SketchState<R: Runtime> {
+    Random(SketchSaved<R>),
+    Learned(LearnedSavedGpu<R>),
+}
+
+impl<R: Runtime> Sketch<R> {
+    fn forward(&self, gpu: &Gpu<R>, x: &Buffer<R>) -> Result<(Buffer<R>, SketchState<R>)> {
+        Ok(match self {
+            Sketch::Random(s) => {
+                let (out, st) = s.forward(gpu, x)?;
+                (out, SketchState::Random(st))
+            }
+            Sketch::Learned(s) => {
+                let (out, st) = s.forward(gpu, x)?;
+                (out, SketchState::Learned(st))
+            }
+        })
+    }
+
+    /// `∂x`, and the parameter gradients of a learned sketch (none for a random one).
+    fn backward(
+        &self,
+        gpu: &Gpu<R>,
+        state: &SketchState<R>,
+        dout: &Buffer<R>,
+    ) -> Result<(Buffer<R>, Vec<Vec<f32>>)> {
+        match (self, state) {
+            (Sketch::Random(s), SketchState::Random(st)) => {
+                Ok((s.backward(gpu, st, dout)?, vec![]))
+            }
+            (Sketch::Learned(s), SketchState::Learned(st)) => s.backward(gpu, st, dout),
+            _ => Err(GpuError::InvalidArgument(
+                "PolySketchGpu::backward: a state of another sketch".into(),
+            )),
+        }
+    }
+}
 
 /// \\(\epsilon\\) of the layer norm, as in the CPU layer.
 pub const LN_EPS: f32 = 1e-5;
@@ -38,7 +95,7 @@ pub struct PolySketchGpu<R: Runtime> {
     config: PolySketchGpuConfig,
     gain: Buffer<R>,
     bias: Buffer<R>,
-    sketch: TreeSketchGpu<R>,
+    sketch: Sketch<R>,
 }
 
 /// What [`PolySketchGpu::backward`] needs from the forward.
@@ -52,8 +109,8 @@ pub struct PolySketchGpuSaved<R: Runtime> {
     ln_k: LnState<R>,
     l: Buffer<R>,
     r: Buffer<R>,
-    sk_q: SketchSaved<R>,
-    sk_k: SketchSaved<R>,
+    sk_q: SketchState<R>,
+    sk_k: SketchState<R>,
     c: Buffer<R>,
     lt: LtSaved<R>,
     out: Buffer<R>,
@@ -73,11 +130,15 @@ pub struct PolySketchGpuGrads<R: Runtime, E = f32> {
     pub d_gain: Vec<f32>,
     /// \\(\partial L/\partial\beta\\), `[h]`.
     pub d_bias: Vec<f32>,
+    /// A learned sketch's parameter gradients, in the order of its parameters (empty for a
+    /// random sketch).
+    pub d_sketch: Vec<Vec<f32>>,
 }
 
 impl<R: Runtime> PolySketchGpu<R> {
     /// Uploads a layer: its configuration, the layer norm's gain and bias (`[h]`) and the
-    /// sketch's projections (see [`TreeSketchGpu::new`], degree `p/2`).
+    /// sketch of degree `p/2` (random: [`TreeSketchGpu::new`]; learned:
+    /// [`LearnedSketchGpu::new`]).
     ///
     /// # Errors
     /// [`GpuError::InvalidArgument`] for zero sizes or a degree that is odd, above 64, or with
@@ -88,7 +149,7 @@ impl<R: Runtime> PolySketchGpu<R> {
         config: PolySketchGpuConfig,
         ln_gain: &[f32],
         ln_bias: &[f32],
-        sketch_levels: &[Vec<f32>],
+        sketch: SketchWeights<'_>,
     ) -> Result<Self> {
         const OP: &str = "PolySketchGpu::new";
         let PolySketchGpuConfig {
@@ -130,7 +191,14 @@ impl<R: Runtime> PolySketchGpu<R> {
             config,
             gain: gpu.upload(ln_gain)?,
             bias: gpu.upload(ln_bias)?,
-            sketch: TreeSketchGpu::new(gpu, h, r, p / 2, sketch_levels)?,
+            sketch: match sketch {
+                SketchWeights::Random(levels) => {
+                    Sketch::Random(TreeSketchGpu::new(gpu, h, r, p / 2, levels)?)
+                }
+                SketchWeights::Learned(params) => {
+                    Sketch::Learned(LearnedSketchGpu::new(gpu, h, r, p / 2, params)?)
+                }
+            },
         })
     }
 
@@ -247,8 +315,11 @@ impl<R: Runtime> PolySketchGpu<R> {
             &saved.lt,
             &draw,
         )?;
-        let dqt = self.sketch.backward(gpu, &saved.sk_q, &grads.dl)?;
-        let dkt = self.sketch.backward(gpu, &saved.sk_k, &grads.dr)?;
+        let (dqt, mut d_sketch) = self.sketch.backward(gpu, &saved.sk_q, &grads.dl)?;
+        let (dkt, dsk) = self.sketch.backward(gpu, &saved.sk_k, &grads.dr)?;
+        for (a, b) in d_sketch.iter_mut().zip(dsk) {
+            a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+        }
         if let Some((dq_local, dk_local)) = &grads.dq_dk {
             gpu.axpy(1.0, dq_local, &dqt)?;
             gpu.axpy(1.0, dk_local, &dkt)?;
@@ -264,6 +335,7 @@ impl<R: Runtime> PolySketchGpu<R> {
             dv: gpu.from_f32(&dv)?,
             d_gain,
             d_bias,
+            d_sketch,
         })
     }
 }

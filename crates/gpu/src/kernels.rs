@@ -658,3 +658,98 @@ pub fn normalise_backward(
         draw[i * (h + 1) + h] = -s * inv;
     }
 }
+
+/// `y[i, c] += b[c]` for `y: [rows, cols]`, `cols = b.len()`. One unit per element.
+#[cube(launch_unchecked)]
+pub fn add_bias(y: &mut Array<f32>, b: &Array<f32>) {
+    let e = ABSOLUTE_POS;
+    if e < y.len() {
+        y[e] += b[e % b.len()];
+    }
+}
+
+/// `√(2/π)` and the cubic coefficient of the tanh form of gelu.
+const GELU_C: f32 = 0.797_884_6;
+const GELU_A: f32 = 0.044_715;
+
+/// `z = gelu(a) = ½a(1 + tanh(√(2/π)(a + 0.044715a³)))`. One unit per element.
+#[cube(launch_unchecked)]
+pub fn gelu_forward(a: &Array<f32>, z: &mut Array<f32>) {
+    let e = ABSOLUTE_POS;
+    if e < z.len() {
+        let x = a[e];
+        let t = f32::tanh(GELU_C * (x + GELU_A * x * x * x));
+        z[e] = 0.5 * x * (1.0 + t);
+    }
+}
+
+/// `da = dz · gelu'(a)`, with `gelu' = ½(1 + t) + ½a(1 − t²)·√(2/π)(1 + 3·0.044715a²)`. One unit
+/// per element.
+#[cube(launch_unchecked)]
+pub fn gelu_backward(a: &Array<f32>, dz: &Array<f32>, da: &mut Array<f32>) {
+    let e = ABSOLUTE_POS;
+    if e < da.len() {
+        let x = a[e];
+        let t = f32::tanh(GELU_C * (x + GELU_A * x * x * x));
+        let g = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_C * (1.0 + 3.0 * GELU_A * x * x);
+        da[e] = dz[e] * g;
+    }
+}
+
+/// A learned node: `t = tanh(m₁ ∘ m₂/√r)`, `out = √r·t`. One unit per element.
+#[cube(launch_unchecked)]
+pub fn node_forward(
+    m1: &Array<f32>,
+    m2: &Array<f32>,
+    t: &mut Array<f32>,
+    out: &mut Array<f32>,
+    sqrt_r: f32,
+) {
+    let e = ABSOLUTE_POS;
+    if e < out.len() {
+        let v = f32::tanh(m1[e] * m2[e] / sqrt_r);
+        t[e] = v;
+        out[e] = sqrt_r * v;
+    }
+}
+
+/// Backward of [`node_forward`]: with `gate = dout ∘ (1 − t²)`, `dm₁ = gate ∘ m₂`,
+/// `dm₂ = gate ∘ m₁`. One unit per element.
+#[cube(launch_unchecked)]
+pub fn node_backward(
+    dout: &Array<f32>,
+    t: &Array<f32>,
+    m1: &Array<f32>,
+    m2: &Array<f32>,
+    dm1: &mut Array<f32>,
+    dm2: &mut Array<f32>,
+) {
+    let e = ABSOLUTE_POS;
+    if e < dout.len() {
+        let gate = dout[e] * (1.0 - t[e] * t[e]);
+        dm1[e] = gate * m2[e];
+        dm2[e] = gate * m1[e];
+    }
+}
+
+/// Column sums over chunks of rows: `part[c, j] = Σ_{i ∈ chunk c} x[i, j]` for
+/// `x: [rows, cols]`. One unit per `(c, j)`; the host adds the chunks in a fixed order.
+#[cube(launch_unchecked)]
+pub fn column_partials(x: &Array<f32>, part: &mut Array<f32>, cols: u32, rows: u32, chunk: u32) {
+    let e = ABSOLUTE_POS;
+    let (cols, rows, chunk) = (cols as usize, rows as usize, chunk as usize);
+    if e < part.len() {
+        let c = e / cols;
+        let j = e % cols;
+        let start = c * chunk;
+        let mut end = start + chunk;
+        if end > rows {
+            end = rows;
+        }
+        let mut s = 0.0f32;
+        for i in start..end {
+            s += x[i * cols + j];
+        }
+        part[e] = s;
+    }
+}

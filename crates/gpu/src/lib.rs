@@ -12,24 +12,25 @@
 //!   per row; diagonal blocks as \\((L_lR_l^\top)^{\circ 2}\\) or exact
 //!   \\((Q_lK_l^\top)^{\circ p}\\), their scores kept in shared memory;
 //! - [`Gpu::layernorm_forward`] / [`Gpu::layernorm_backward`];
-//! - [`PolySketchGpu`]: causal PolySketch attention with random sketches, with or without exact
-//!   local blocks, on `[batch, heads, n, h]` buffers of `f32` or `bf16` (accumulated in `f32`).
+//! - [`LearnedSketchGpu`]: the learned sketches of Algorithm 2 (small networks on
+//!   [`Gpu::matmul`]), with their parameter gradients;
+//! - [`PolySketchGpu`]: causal PolySketch attention with random or learned sketches, with or
+//!   without exact local blocks, on `[batch, heads, n, h]` buffers of `f32` or `bf16` (accumulated in `f32`).
 //!
 //! Everything is generic over the cubecl [`Runtime`]: the features `wgpu` (default) and `cuda`
 //! pick which runtimes are compiled in ([`Wgpu`], [`Cuda`]).
 //!
-//! Not here yet: learned sketches (their small networks would run on [`Gpu::matmul`]).
 //!
 //! # Example
 //! ```
 //! # #[cfg(feature = "wgpu")] {
-//! use polysketch_gpu::{Gpu, PolySketchGpu, PolySketchGpuConfig, Wgpu};
+//! use polysketch_gpu::{Gpu, PolySketchGpu, PolySketchGpuConfig, SketchWeights, Wgpu};
 //!
 //! let gpu = Gpu::<Wgpu>::new(&Default::default());
 //! let config = PolySketchGpuConfig { heads: 2, head_dim: 8, p: 4, r: 4, block: 16, local: true };
 //! // the degree-2 tree: one level, [h, 2r] (G₁ then G₂)
 //! let w: Vec<f32> = (0..8 * 8).map(|i| ((i as f32) * 0.7).sin()).collect();
-//! let layer = PolySketchGpu::new(&gpu, config, &[1.0; 8], &[0.0; 8], &[w])?;
+//! let layer = PolySketchGpu::new(&gpu, config, &[1.0; 8], &[0.0; 8], SketchWeights::Random(&[w]))?;
 //! let (batch, n) = (1, 40);
 //! let x: Vec<f32> = (0..batch * 2 * n * 8).map(|i| (i as f32 * 0.37).sin()).collect();
 //! let q = gpu.upload(&x)?;
@@ -45,17 +46,20 @@ mod attention;
 mod device;
 mod error;
 mod kernels;
+mod learned;
 mod lowtri;
 mod ops;
 mod sketch;
 
 pub use attention::{
     LN_EPS, PolySketchGpu, PolySketchGpuConfig, PolySketchGpuGrads, PolySketchGpuSaved,
+    SketchWeights,
 };
 pub use cubecl::Runtime;
 pub use cubecl::prelude::{CubeElement, Float};
 pub use device::{Buffer, Gpu};
 pub use error::{GpuError, Result};
+pub use learned::{LearnedSavedGpu, LearnedSketchGpu, PARAMS_PER_NETWORK};
 pub use lowtri::{DiagonalGpu, LtGrads, LtSaved, LtShape};
 pub use ops::{LnState, MAX_ELEMENTS, Strided};
 pub use sketch::{SketchSaved, TreeSketchGpu};

@@ -494,6 +494,135 @@ impl<R: Runtime> Gpu<R> {
     }
 }
 
+impl<R: Runtime> Gpu<R> {
+    /// `y[i, :] += b` for `y: [rows, b.len()]`.
+    pub(crate) fn add_bias(&self, y: &Buffer<R>, b: &Buffer<R>) {
+        // SAFETY: y.len() is a multiple of b.len() (callers' shapes); bounds checked.
+        unsafe {
+            kernels::add_bias::launch_unchecked::<R>(
+                &self.client,
+                grid_1d(y.len(), 256),
+                CubeDim::new_1d(256),
+                y.arg(),
+                b.arg(),
+            )
+        };
+    }
+
+    /// `gelu(a)` elementwise (tanh form).
+    pub(crate) fn gelu_forward(&self, a: &Buffer<R>) -> Buffer<R> {
+        let z = self.empty(a.len());
+        // SAFETY: equal lengths, bounds checked.
+        unsafe {
+            kernels::gelu_forward::launch_unchecked::<R>(
+                &self.client,
+                grid_1d(a.len(), 256),
+                CubeDim::new_1d(256),
+                a.arg(),
+                z.arg(),
+            )
+        };
+        z
+    }
+
+    /// `dz ∘ gelu'(a)`.
+    pub(crate) fn gelu_backward(&self, a: &Buffer<R>, dz: &Buffer<R>) -> Buffer<R> {
+        let da = self.empty(a.len());
+        // SAFETY: equal lengths, bounds checked.
+        unsafe {
+            kernels::gelu_backward::launch_unchecked::<R>(
+                &self.client,
+                grid_1d(a.len(), 256),
+                CubeDim::new_1d(256),
+                a.arg(),
+                dz.arg(),
+                da.arg(),
+            )
+        };
+        da
+    }
+
+    /// A learned node: `(t, √r·t)` with `t = tanh(m₁ ∘ m₂/√r)`.
+    pub(crate) fn node_forward(
+        &self,
+        m1: &Buffer<R>,
+        m2: &Buffer<R>,
+        r: usize,
+    ) -> (Buffer<R>, Buffer<R>) {
+        let (t, out) = (self.empty(m1.len()), self.empty(m1.len()));
+        // SAFETY: equal lengths, bounds checked.
+        unsafe {
+            kernels::node_forward::launch_unchecked::<R>(
+                &self.client,
+                grid_1d(m1.len(), 256),
+                CubeDim::new_1d(256),
+                m1.arg(),
+                m2.arg(),
+                t.arg(),
+                out.arg(),
+                (r as f32).sqrt(),
+            )
+        };
+        (t, out)
+    }
+
+    /// Backward of [`node_forward`](Self::node_forward): `(∂m₁, ∂m₂)`.
+    pub(crate) fn node_backward(
+        &self,
+        dout: &Buffer<R>,
+        t: &Buffer<R>,
+        m1: &Buffer<R>,
+        m2: &Buffer<R>,
+    ) -> (Buffer<R>, Buffer<R>) {
+        let (dm1, dm2) = (self.empty(m1.len()), self.empty(m1.len()));
+        // SAFETY: equal lengths, bounds checked.
+        unsafe {
+            kernels::node_backward::launch_unchecked::<R>(
+                &self.client,
+                grid_1d(dout.len(), 256),
+                CubeDim::new_1d(256),
+                dout.arg(),
+                t.arg(),
+                m1.arg(),
+                m2.arg(),
+                dm1.arg(),
+                dm2.arg(),
+            )
+        };
+        (dm1, dm2)
+    }
+
+    /// Column sums of `x: [rows, cols]` on the host, added over chunks of 256 rows in a fixed
+    /// order.
+    ///
+    /// # Errors
+    /// [`GpuError::Device`] if reading back fails.
+    pub(crate) fn column_sums(&self, x: &Buffer<R>, cols: usize) -> Result<Vec<f32>> {
+        const CHUNK: usize = 256;
+        let rows = x.len() / cols;
+        let chunks = rows.div_ceil(CHUNK).max(1);
+        let part = self.empty(chunks * cols);
+        // SAFETY: part holds chunks·cols entries; rows beyond `rows` are not read.
+        unsafe {
+            kernels::column_partials::launch_unchecked::<R>(
+                &self.client,
+                grid_1d(part.len(), 64),
+                CubeDim::new_1d(64),
+                x.arg(),
+                part.arg(),
+                u32_of("Gpu::column_sums", "cols", cols)?,
+                u32_of("Gpu::column_sums", "rows", rows)?,
+                CHUNK as u32,
+            )
+        };
+        let mut s = vec![0.0f32; cols];
+        for c in self.download(&part)?.chunks_exact(cols) {
+            s.iter_mut().zip(c).for_each(|(a, b)| *a += b);
+        }
+        Ok(s)
+    }
+}
+
 /// What [`Gpu::layernorm_backward`] needs from the forward.
 #[derive(Debug, Clone)]
 pub struct LnState<R: Runtime> {

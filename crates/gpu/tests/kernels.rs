@@ -9,8 +9,8 @@
 
 use faer::{Mat, MatRef, Par};
 use polysketch_gpu::{
-    Buffer, DiagonalGpu, Gpu, GpuError, LtShape, PolySketchGpu, PolySketchGpuConfig, Runtime,
-    Strided, TreeSketchGpu,
+    Buffer, DiagonalGpu, Gpu, GpuError, LearnedSketchGpu, LtShape, PolySketchGpu,
+    PolySketchGpuConfig, Runtime, SketchWeights, Strided, TreeSketchGpu,
 };
 use polysketch_lowtri::{Features, Problem, reference};
 use polysketch_sketch::{GaussianJl, PolySketch, TreeSketch, seeded_rng};
@@ -290,6 +290,53 @@ fn tree_sketch_rejects_bad_input<R: Runtime>(gpu: &Gpu<R>) {
     ));
 }
 
+fn refs(v: &[Vec<f32>]) -> Vec<&[f32]> {
+    v.iter().map(|x| x.as_slice()).collect()
+}
+
+/// The learned sketch's numbers are checked against the CPU `LearnedSketch` through the whole
+/// layer in `polysketch-attention` (`tests/device.rs`); here, its typed errors.
+fn learned_sketch_rejects_bad_input<R: Runtime>(gpu: &Gpu<R>) {
+    let (h, r) = (3, 2);
+    let w = 8 * r;
+    // one node, two networks on the rows: [h, h, h·w, w, w·r, r, r, r, r·w, w, w·r, r]
+    let sizes = [h, h, h * w, w, w * r, r, r, r, r * w, w, w * r, r];
+    let good: Vec<Vec<f32>> = sizes.iter().chain(&sizes).map(|&n| vec![0.1; n]).collect();
+    assert!(LearnedSketchGpu::new(gpu, h, r, 2, &refs(&good)).is_ok());
+    assert!(matches!(
+        LearnedSketchGpu::new(gpu, h, r, 3, &refs(&good)).unwrap_err(),
+        GpuError::InvalidArgument(_)
+    ));
+    assert!(matches!(
+        LearnedSketchGpu::new(gpu, h, r, 2, &refs(&good[..23])).unwrap_err(),
+        GpuError::InvalidArgument(_)
+    ));
+    let mut short = good.clone();
+    short[2].pop();
+    assert!(matches!(
+        LearnedSketchGpu::new(gpu, h, r, 2, &refs(&short)).unwrap_err(),
+        GpuError::Shape { .. }
+    ));
+    let mut nan = good.clone();
+    nan[14][3] = f32::NAN;
+    assert!(matches!(
+        LearnedSketchGpu::new(gpu, h, r, 2, &refs(&nan)).unwrap_err(),
+        GpuError::NonFinite { index: 3, .. }
+    ));
+    let sk = LearnedSketchGpu::new(gpu, h, r, 2, &refs(&good)).unwrap();
+    let x = gpu.upload(&[1.0f32; 7]).unwrap();
+    assert!(matches!(
+        sk.forward(gpu, &x).unwrap_err(),
+        GpuError::Shape { .. }
+    ));
+    let (_, saved) = sk.forward(gpu, &gpu.upload(&[1.0f32; 9]).unwrap()).unwrap();
+    let bad = gpu.upload(&[1.0f32; 5]).unwrap();
+    assert!(matches!(
+        sk.backward(gpu, &saved, &bad).unwrap_err(),
+        GpuError::Shape { .. }
+    ));
+}
+
 // ---------------------------------------------------------------- block products
 
 fn lowtri<R: Runtime>(gpu: &Gpu<R>) {
@@ -514,7 +561,14 @@ fn layer<R: Runtime>(gpu: &Gpu<R>) {
             .map(|v| 1.0 + 0.2 * v)
             .collect();
         let bias: Vec<f32> = normal(h, case.seed + 2).iter().map(|v| 0.1 * v).collect();
-        let layer = PolySketchGpu::new(gpu, case.config, &gain, &bias, &levels).unwrap();
+        let layer = PolySketchGpu::new(
+            gpu,
+            case.config,
+            &gain,
+            &bias,
+            SketchWeights::Random(&levels),
+        )
+        .unwrap();
         let x = normal(3 * len, case.seed + 3);
         let w = normal(len, case.seed + 4);
         let up = |y: &[f32]| gpu.upload(y).unwrap();
@@ -562,21 +616,30 @@ fn layer_rejects_bad_input<R: Runtime>(gpu: &Gpu<R>) {
     let w = vec![vec![0.5f32; 8]];
     let bad = PolySketchGpuConfig { p: 6, ..config };
     assert!(matches!(
-        PolySketchGpu::new(gpu, bad, &[1.0; 2], &[0.0; 2], &w).unwrap_err(),
+        PolySketchGpu::new(gpu, bad, &[1.0; 2], &[0.0; 2], SketchWeights::Random(&w)).unwrap_err(),
         GpuError::InvalidArgument(_)
     ));
     assert!(matches!(
-        PolySketchGpu::new(gpu, config, &[1.0; 3], &[0.0; 2], &w).unwrap_err(),
+        PolySketchGpu::new(gpu, config, &[1.0; 3], &[0.0; 2], SketchWeights::Random(&w))
+            .unwrap_err(),
         GpuError::Shape {
             input: "ln_gain",
             ..
         }
     ));
     assert!(matches!(
-        PolySketchGpu::new(gpu, config, &[f32::INFINITY, 1.0], &[0.0; 2], &w).unwrap_err(),
+        PolySketchGpu::new(
+            gpu,
+            config,
+            &[f32::INFINITY, 1.0],
+            &[0.0; 2],
+            SketchWeights::Random(&w)
+        )
+        .unwrap_err(),
         GpuError::NonFinite { .. }
     ));
-    let layer = PolySketchGpu::new(gpu, config, &[1.0; 2], &[0.0; 2], &w).unwrap();
+    let layer =
+        PolySketchGpu::new(gpu, config, &[1.0; 2], &[0.0; 2], SketchWeights::Random(&w)).unwrap();
     let x = gpu.upload(&[0.5f32; 10]).unwrap();
     assert!(matches!(
         layer.forward(gpu, &x, &x, &x, 1, 0).unwrap_err(),
@@ -607,7 +670,14 @@ fn layer_bf16<R: Runtime>(gpu: &Gpu<R>) {
         local: true,
     };
     let (_, levels) = levels_of(8, 4, 2, 3);
-    let layer = PolySketchGpu::new(gpu, config, &[1.0; 8], &[0.0; 8], &levels).unwrap();
+    let layer = PolySketchGpu::new(
+        gpu,
+        config,
+        &[1.0; 8],
+        &[0.0; 8],
+        SketchWeights::Random(&levels),
+    )
+    .unwrap();
     let n = 50;
     let x: Vec<f32> = normal(2 * n * 8, 9)
         .into_iter()
@@ -652,6 +722,7 @@ macro_rules! suite {
             one_test!($attrs, $runtime, layernorm);
             one_test!($attrs, $runtime, tree_sketch);
             one_test!($attrs, $runtime, tree_sketch_rejects_bad_input);
+            one_test!($attrs, $runtime, learned_sketch_rejects_bad_input);
             one_test!($attrs, $runtime, lowtri);
             one_test!($attrs, $runtime, lowtri_rejects_bad_input);
             one_test!($attrs, $runtime, layer);
