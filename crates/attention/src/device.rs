@@ -1,5 +1,5 @@
 //! The same layer on a GPU (feature `gpu`): [`Attention::to_device`] uploads a PolySketch layer
-//! with random sketches to a cubecl device, whose forward and backward take and give what the
+//! (random or learned sketch) to a cubecl device, whose forward and backward take and give what the
 //! CPU layer's do. A device choice, not a different model: the output and gradients agree with
 //! [`Attention::forward`] / [`Attention::backward`] to `f32` rounding.
 //!

@@ -1,5 +1,6 @@
-//! Causal PolySketch attention with random sketches on the device, forward and backward, for
-//! `[batch, heads, n, h]` inputs of any float type (`f32`, `bf16`), accumulated in `f32`.
+//! Causal PolySketch attention (random or learned sketches) on the device, forward and
+//! backward, for `[batch, heads, n, h]` inputs of any float type (`f32`, `bf16`), accumulated
+//! in `f32`.
 
 use cubecl::prelude::*;
 
