@@ -342,7 +342,7 @@ pub fn feature_apply(
     b: u32,
 ) {
     let (n, r, k, b) = (n as usize, r as usize, k as usize, b as usize);
-    let i = CUBE_POS_X as usize * CUBE_DIM_Y as usize + UNIT_POS_Y as usize;
+    let i = row_tile() * CUBE_DIM_Y as usize + UNIT_POS_Y as usize;
     let z = CUBE_POS_Z as usize;
     let nb = n.div_ceil(b);
     if i < n {
@@ -380,7 +380,7 @@ pub fn feature_grad(
     b: u32,
 ) {
     let (n, r, k, b) = (n as usize, r as usize, k as usize, b as usize);
-    let i = CUBE_POS_X as usize * CUBE_DIM_Y as usize + UNIT_POS_Y as usize;
+    let i = row_tile() * CUBE_DIM_Y as usize + UNIT_POS_Y as usize;
     let z = CUBE_POS_Z as usize;
     let nb = n.div_ceil(b);
     if i < n {
@@ -401,6 +401,13 @@ pub fn feature_grad(
             a += CUBE_DIM_X as usize;
         }
     }
+}
+
+/// The index of this cube's tile of rows: row-tile grids spread over X and Y (wgpu allows
+/// 65,535 cubes per axis), the head on Z.
+#[cube]
+fn row_tile() -> usize {
+    CUBE_POS_Y as usize * CUBE_COUNT_X as usize + CUBE_POS_X as usize
 }
 
 /// The score `(x_i · y_j)^deg` and its derivative `deg·(x_i · y_j)^(deg−1)` for rows
@@ -453,7 +460,7 @@ pub fn diag_rows(
     let ch = DIAG_CHUNK as usize;
     let mut s = SharedMemory::<f32>::new(DIAG_ROWS as usize * DIAG_CHUNK as usize);
     let z = CUBE_POS_Z as usize;
-    let i0 = CUBE_POS_X as usize * tr;
+    let i0 = row_tile() * tr;
     let ty = UNIT_POS_Y as usize;
     let i = i0 + ty;
     // the keys any row of the tile sees: from the first row's block start to the last row
@@ -463,7 +470,11 @@ pub fn diag_rows(
         hi = n;
     }
     let units = (CUBE_DIM_X * CUBE_DIM_Y) as usize;
-    let chunks = (hi - lo).div_ceil(ch);
+    // tiles past the last row (the grid rounds up) may have lo ≥ hi: nothing to do
+    let mut chunks = 0usize;
+    if lo < hi {
+        chunks = (hi - lo).div_ceil(ch);
+    }
     for cidx in 0..chunks {
         let c0 = lo + cidx * ch;
         // weights of the tile's rows against keys c0 .. c0 + ch
@@ -531,7 +542,7 @@ pub fn diag_backward_key(
     let mut sd = SharedMemory::<f32>::new(DIAG_ROWS as usize * DIAG_CHUNK as usize);
     let mut ss = SharedMemory::<f32>::new(DIAG_ROWS as usize * DIAG_CHUNK as usize);
     let z = CUBE_POS_Z as usize;
-    let j0 = CUBE_POS_X as usize * tr;
+    let j0 = row_tile() * tr;
     let ty = UNIT_POS_Y as usize;
     let j = j0 + ty;
     // queries any key of the tile sees: from the first key to the end of the last key's block
@@ -545,7 +556,11 @@ pub fn diag_backward_key(
         hi = n;
     }
     let units = (CUBE_DIM_X * CUBE_DIM_Y) as usize;
-    let chunks = (hi - lo).div_ceil(ch);
+    // tiles past the last row (the grid rounds up) may have lo ≥ hi: nothing to do
+    let mut chunks = 0usize;
+    if lo < hi {
+        chunks = (hi - lo).div_ceil(ch);
+    }
     for cidx in 0..chunks {
         let c0 = lo + cidx * ch;
         let mut e = UNIT_POS as usize;

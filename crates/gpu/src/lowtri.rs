@@ -387,12 +387,14 @@ fn diag_inputs<'a, R: Runtime>(
     }
 }
 
-/// Cubes of `DIAG_ROWS` rows of each head.
+/// Cubes of `DIAG_ROWS` rows of each head: the tiles over X and Y (see `kernels::row_tile`),
+/// the head on Z. Tiles past the last row find no row and do nothing.
 fn row_tiles(op: &'static str, s: &LtShape) -> Result<CubeCount> {
     let tiles = s.n.div_ceil(kernels::DIAG_ROWS as usize);
+    let x = tiles.min(crate::ops::MAX_AXIS);
     Ok(CubeCount::Static(
-        u32_of(op, "row tiles", tiles)?,
-        1,
+        u32_of(op, "row tiles", x)?,
+        u32_of(op, "row tiles", tiles.div_ceil(x))?,
         s.heads as u32,
     ))
 }

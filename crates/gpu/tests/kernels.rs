@@ -443,6 +443,70 @@ fn lowtri<R: Runtime>(gpu: &Gpu<R>) {
     }
 }
 
+/// More row tiles than wgpu's 65,535 cubes per axis (n > 8 · 65,535): the grid spreads them
+/// over two axes. Checked against the CPU block engine (itself checked against the O(n²)
+/// reference in its crate).
+fn lowtri_many_row_tiles<R: Runtime>(gpu: &Gpu<R>) {
+    let (n, r, k, block) = (8 * 65_535 + 40, 2, 2, 16);
+    let (l, rr, c, g) = (
+        normal(n * r, 1),
+        normal(n * r, 2),
+        normal(n * k, 3),
+        normal(n * k, 4),
+    );
+    let up = |x: &[f32]| gpu.upload(x).unwrap();
+    let (gl, gr, gc, gg) = (up(&l), up(&rr), up(&c), up(&g));
+    let shape = LtShape {
+        heads: 1,
+        n,
+        r,
+        k,
+        block,
+    };
+    let d = DiagonalGpu::SelfTensored;
+    let (out, saved) = gpu.lowtri_forward(&shape, &gl, &gr, &gc, d).unwrap();
+    let grads = gpu
+        .lowtri_backward(&shape, &gl, &gr, &gc, d, &saved, &gg)
+        .unwrap();
+    let (lm, rm, cm, gm) = (
+        of_rows(&l, n, r),
+        of_rows(&rr, n, r),
+        of_rows(&c, n, k),
+        of_rows(&g, n, k),
+    );
+    let problem = Problem::self_tensored(lm.as_ref(), rm.as_ref(), cm.as_ref());
+    let engine = polysketch_lowtri::LowTri::new(block).unwrap();
+    let (expected, mut cpu_saved) = engine.forward(&problem, Par::Seq).unwrap();
+    let eg = engine
+        .backward(&problem, &mut cpu_saved, gm.as_ref(), Par::Seq)
+        .unwrap();
+    // the prefixes sum up to n/b blocks in f32: relative 1e-3 of the largest entry
+    assert_close(
+        &download(gpu, &out),
+        &mat_rows(expected.as_ref()),
+        1e-3,
+        "many tiles: out",
+    );
+    assert_close(
+        &download(gpu, &grads.dl),
+        &mat_rows(eg.d_a.as_ref()),
+        1e-3,
+        "many tiles: dl",
+    );
+    assert_close(
+        &download(gpu, &grads.dr),
+        &mat_rows(eg.d_b.as_ref()),
+        1e-3,
+        "many tiles: dr",
+    );
+    assert_close(
+        &download(gpu, &grads.dc),
+        &mat_rows(eg.d_c.as_ref()),
+        1e-3,
+        "many tiles: dc",
+    );
+}
+
 fn lowtri_rejects_bad_input<R: Runtime>(gpu: &Gpu<R>) {
     let shape = LtShape {
         heads: 2,
@@ -725,6 +789,7 @@ macro_rules! suite {
             one_test!($attrs, $runtime, learned_sketch_rejects_bad_input);
             one_test!($attrs, $runtime, lowtri);
             one_test!($attrs, $runtime, lowtri_rejects_bad_input);
+            one_test!($attrs, $runtime, lowtri_many_row_tiles);
             one_test!($attrs, $runtime, layer);
             one_test!($attrs, $runtime, layer_rejects_bad_input);
             one_test!($attrs, $runtime, layer_bf16);
