@@ -99,6 +99,15 @@ pub struct LtSaved<R: Runtime> {
     prefixes: Buffer<R>,
 }
 
+impl<R: Runtime> LtSaved<R> {
+    /// The exclusive prefixes \\(Z_l = \sum_{j<l} R_j^{\otimes 2\top} C_j\\), `[heads, blocks,
+    /// r², k]` row-major; feature `a·r + c` is \\(r_a r_c\\) (the tensoring crate's full
+    /// layout).
+    pub fn prefixes(&self) -> &Buffer<R> {
+        &self.prefixes
+    }
+}
+
 /// Gradients of the block product.
 #[derive(Debug, Clone)]
 pub struct LtGrads<R: Runtime> {

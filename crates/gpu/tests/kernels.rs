@@ -14,6 +14,7 @@ use polysketch_gpu::{
 };
 use polysketch_lowtri::{Features, Problem, reference};
 use polysketch_sketch::{GaussianJl, PolySketch, TreeSketch, seeded_rng};
+use polysketch_tensoring::{Layout, tensor_square};
 use rand_distr::{Distribution, StandardNormal};
 
 fn normal(len: usize, seed: u64) -> Vec<f32> {
@@ -443,6 +444,58 @@ fn lowtri<R: Runtime>(gpu: &Gpu<R>) {
     }
 }
 
+/// The block states, scanned: `Z_l = Σ_{j<l} φ'(R_j)ᵀ C_j` with φ' the tensoring crate's full
+/// layout, formed explicitly on the CPU (the device never forms it).
+fn block_states_are_tensored_prefixes<R: Runtime>(gpu: &Gpu<R>) {
+    let (heads, n, r, k, block) = (2, 45, 3, 4, 8);
+    let (l, rr, c) = (
+        normal(heads * n * r, 1),
+        normal(heads * n * r, 2),
+        normal(heads * n * k, 3),
+    );
+    let up = |x: &[f32]| gpu.upload(x).unwrap();
+    let shape = LtShape {
+        heads,
+        n,
+        r,
+        k,
+        block,
+    };
+    let (_, saved) = gpu
+        .lowtri_forward(
+            &shape,
+            &up(&l),
+            &up(&rr),
+            &up(&c),
+            DiagonalGpu::SelfTensored,
+        )
+        .unwrap();
+    let got = download(gpu, saved.prefixes());
+    let blocks = n.div_ceil(block);
+    let size = r * r * k;
+    assert_eq!(got.len(), heads * blocks * size);
+    let mut expected = vec![0.0f64; got.len()];
+    for z in 0..heads {
+        let rm = of_rows(&rr[z * n * r..(z + 1) * n * r], n, r);
+        let cm = of_rows(&c[z * n * k..(z + 1) * n * k], n, k);
+        let mut phi = Mat::<f64>::zeros(n, r * r);
+        tensor_square(rm.as_ref(), Layout::Full, phi.as_mut());
+        let mut run = vec![0.0f64; size];
+        for b in 0..blocks {
+            let at = (z * blocks + b) * size;
+            expected[at..at + size].copy_from_slice(&run);
+            for i in b * block..((b + 1) * block).min(n) {
+                for f in 0..r * r {
+                    for j in 0..k {
+                        run[f * k + j] += phi[(i, f)] * cm[(i, j)];
+                    }
+                }
+            }
+        }
+    }
+    assert_close(&got, &expected, 1e-5, "block state prefixes");
+}
+
 /// More row tiles than wgpu's 65,535 cubes per axis (n > 8 · 65,535): the grid spreads them
 /// over two axes. Checked against the CPU block engine (itself checked against the O(n²)
 /// reference in its crate).
@@ -790,6 +843,7 @@ macro_rules! suite {
             one_test!($attrs, $runtime, lowtri);
             one_test!($attrs, $runtime, lowtri_rejects_bad_input);
             one_test!($attrs, $runtime, lowtri_many_row_tiles);
+            one_test!($attrs, $runtime, block_states_are_tensored_prefixes);
             one_test!($attrs, $runtime, layer);
             one_test!($attrs, $runtime, layer_rejects_bad_input);
             one_test!($attrs, $runtime, layer_bf16);
