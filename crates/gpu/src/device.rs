@@ -22,6 +22,9 @@ use crate::{GpuError, Result};
 #[derive(Clone)]
 pub struct Gpu<R: Runtime> {
     pub(crate) client: ComputeClient<R>,
+    /// The most elements one buffer of block states may hold (heads are processed in groups
+    /// that fit).
+    pub(crate) state_limit: usize,
 }
 
 impl<R: Runtime> core::fmt::Debug for Gpu<R> {
@@ -74,7 +77,18 @@ impl<R: Runtime> Gpu<R> {
     pub fn new(device: &R::Device) -> Self {
         Self {
             client: R::client(device),
+            state_limit: crate::MAX_ELEMENTS,
         }
+    }
+
+    /// The same device with block-state buffers of at most `limit` elements (default and
+    /// maximum [`MAX_ELEMENTS`](crate::MAX_ELEMENTS), what 32-bit indices reach): the block
+    /// products process the heads in groups whose states fit, so a long context with many
+    /// heads needs no index past 2³¹ and a smaller limit bounds the memory of one group. The
+    /// results do not depend on it.
+    pub fn with_state_limit(mut self, limit: usize) -> Self {
+        self.state_limit = limit.clamp(1, crate::MAX_ELEMENTS);
+        self
     }
 
     /// The runtime's name, e.g. `wgpu<wgsl>` or `cuda`.

@@ -268,8 +268,9 @@ pub fn hadamard_backward(
 
 /// Per-block states in the self-tensored feature space:
 /// `st[z, l, a·r + c, j] = Σ_{i ∈ block l} f[i, a]·f[i, c]·x[i, j]` for `f: [n, r]`,
-/// `x: [n, k]` of head `z`. `CUBE_POS_X` tiles the `r²·k` entries, `_Y` is the block, `_Z` the
-/// head. The `r²`-wide features of a row exist only in registers.
+/// `x: [n, k]` of head `z0 + z`. `CUBE_POS_X` tiles the `r²·k` entries, `_Y` is the block, `_Z`
+/// the head within the group starting at `z0` (the states hold that group only). The `r²`-wide
+/// features of a row exist only in registers.
 #[cube(launch_unchecked)]
 pub fn block_states(
     f: &Array<f32>,
@@ -279,8 +280,9 @@ pub fn block_states(
     r: u32,
     k: u32,
     b: u32,
+    z0: u32,
 ) {
-    let (n, r, k, b) = (n as usize, r as usize, k as usize, b as usize);
+    let (n, r, k, b, z0) = (n as usize, r as usize, k as usize, b as usize, z0 as usize);
     let size = r * r * k;
     let e = CUBE_POS_X as usize * CUBE_DIM as usize + UNIT_POS as usize;
     let l = CUBE_POS_Y as usize;
@@ -298,7 +300,7 @@ pub fn block_states(
         }
         let mut acc = 0.0f32;
         for i in start..end {
-            let row = z * n + i;
+            let row = (z0 + z) * n + i;
             acc += f[row * r + a] * f[row * r + c] * x[row * k + j];
         }
         st[(z * nb + l) * size + e] = acc;
@@ -329,7 +331,8 @@ pub fn scan_blocks(st: &mut Array<f32>, nb: u32, size: u32, #[comptime] reverse:
 }
 
 /// `out[i, j] += Σ_{a, c} f[i, a]·f[i, c]·st[z, l(i), a·r + c, j]`: rows times their block's
-/// state, the `A_l Z_l` of the block product with `A = f^{⊗2}`. Cube `COLS × DIAG_ROWS`:
+/// state, the `A_l Z_l` of the block product with `A = f^{⊗2}`, for head `z0 + z` (`z` =
+/// `CUBE_POS_Z`, the states holding the group from `z0`). Cube `COLS × DIAG_ROWS`:
 /// `UNIT_POS_X` strides the `k` columns, `_Y` picks the row of the cube's tile.
 #[cube(launch_unchecked)]
 pub fn feature_apply(
@@ -340,13 +343,14 @@ pub fn feature_apply(
     r: u32,
     k: u32,
     b: u32,
+    z0: u32,
 ) {
-    let (n, r, k, b) = (n as usize, r as usize, k as usize, b as usize);
+    let (n, r, k, b, z0) = (n as usize, r as usize, k as usize, b as usize, z0 as usize);
     let i = row_tile() * CUBE_DIM_Y as usize + UNIT_POS_Y as usize;
     let z = CUBE_POS_Z as usize;
     let nb = n.div_ceil(b);
     if i < n {
-        let row = z * n + i;
+        let row = (z0 + z) * n + i;
         let base = (z * nb + i / b) * r * r * k;
         let mut j = UNIT_POS_X as usize;
         while j < k {
@@ -378,13 +382,14 @@ pub fn feature_grad(
     r: u32,
     k: u32,
     b: u32,
+    z0: u32,
 ) {
-    let (n, r, k, b) = (n as usize, r as usize, k as usize, b as usize);
+    let (n, r, k, b, z0) = (n as usize, r as usize, k as usize, b as usize, z0 as usize);
     let i = row_tile() * CUBE_DIM_Y as usize + UNIT_POS_Y as usize;
     let z = CUBE_POS_Z as usize;
     let nb = n.div_ceil(b);
     if i < n {
-        let row = z * n + i;
+        let row = (z0 + z) * n + i;
         let base = (z * nb + i / b) * r * r * k;
         let mut a = UNIT_POS_X as usize;
         while a < r {

@@ -57,14 +57,25 @@ impl LtShape {
                 reason: format!("{heads} heads or {} blocks (limit 65,535)", self.blocks()),
             });
         }
-        let states = heads as u128 * self.blocks() as u128 * self.state_size() as u128;
+        let per_head = self.blocks() as u128 * self.state_size() as u128;
         check_size(
             op,
-            "the block states",
-            states.min(u128::from(u64::MAX)) as usize,
+            "one head's block states",
+            per_head.min(u128::from(u64::MAX)) as usize,
         )?;
         check_size(op, "C", heads * n * k.max(r))?;
         Ok(())
+    }
+
+    /// The groups of heads `(first, count)` whose block states fit in one buffer of at most
+    /// `limit` elements (at least one head per group; `validate` bounds one head's states).
+    fn groups(&self, limit: usize) -> Vec<(usize, usize)> {
+        let per_head = (self.blocks() * self.state_size()).max(1);
+        let size = (limit / per_head).clamp(1, self.heads);
+        (0..self.heads)
+            .step_by(size)
+            .map(|z0| (z0, size.min(self.heads - z0)))
+            .collect()
     }
 }
 
@@ -96,14 +107,14 @@ impl<R: Runtime> Copy for DiagonalGpu<'_, R> {}
 /// What [`Gpu::lowtri_backward`] needs from [`Gpu::lowtri_forward`]: the exclusive prefixes \\(Z_l\\).
 #[derive(Debug, Clone)]
 pub struct LtSaved<R: Runtime> {
-    prefixes: Buffer<R>,
+    prefixes: Vec<Buffer<R>>,
 }
 
 impl<R: Runtime> LtSaved<R> {
-    /// The exclusive prefixes \\(Z_l = \sum_{j<l} R_j^{\otimes 2\top} C_j\\), `[heads, blocks,
-    /// r², k]` row-major; feature `a·r + c` is \\(r_a r_c\\) (the tensoring crate's full
-    /// layout).
-    pub fn prefixes(&self) -> &Buffer<R> {
+    /// The exclusive prefixes \\(Z_l = \sum_{j<l} R_j^{\otimes 2\top} C_j\\), one buffer per
+    /// group of heads (see [`Gpu::with_state_limit`]), each `[heads in the group, blocks, r²,
+    /// k]` row-major; feature `a·r + c` is \\(r_a r_c\\) (the tensoring crate's full layout).
+    pub fn prefixes(&self) -> &[Buffer<R>] {
         &self.prefixes
     }
 }
@@ -148,8 +159,9 @@ fn check_inputs<R: Runtime>(
 }
 
 impl<R: Runtime> Gpu<R> {
-    /// Block states `[heads, blocks, r², k]` of `f^{⊗2}` against `x` (\\(H_l = F_l^{\otimes 2
-    /// \top} X_l\\)), scanned into exclusive prefixes (`reverse = false`) or suffixes.
+    /// Block states of `f^{⊗2}` against `x` (\\(H_l = F_l^{\otimes 2\top} X_l\\)), scanned into
+    /// exclusive prefixes (`reverse = false`) or suffixes: one buffer `[count, blocks, r², k]`
+    /// per group of heads (see [`Gpu::with_state_limit`]).
     fn scanned_states(
         &self,
         op: &'static str,
@@ -157,93 +169,105 @@ impl<R: Runtime> Gpu<R> {
         f: &Buffer<R>,
         x: &Buffer<R>,
         reverse: bool,
-    ) -> Result<Buffer<R>> {
+    ) -> Result<Vec<Buffer<R>>> {
         let (nb, size) = (s.blocks(), s.state_size());
-        let st = self.empty::<f32>(s.heads * nb * size);
         let tiles = u32_of(op, "state tiles", size.div_ceil(256))?;
         let u = |w, v| u32_of(op, w, v);
-        // SAFETY: shapes validated by the caller; every index is inside [heads, nb, size].
-        unsafe {
-            kernels::block_states::launch_unchecked::<R>(
-                &self.client,
-                CubeCount::Static(tiles, nb as u32, s.heads as u32),
-                CubeDim::new_1d(256),
-                f.arg(),
-                x.arg(),
-                st.arg(),
-                u("n", s.n)?,
-                u("r", s.r)?,
-                u("k", s.k)?,
-                u("block", s.block)?,
-            );
-            kernels::scan_blocks::launch_unchecked::<R>(
-                &self.client,
-                CubeCount::Static(tiles, 1, s.heads as u32),
-                CubeDim::new_1d(256),
-                st.arg(),
-                nb as u32,
-                u("state size", size)?,
-                reverse,
-            );
+        let mut out = Vec::new();
+        for (z0, count) in s.groups(self.state_limit) {
+            let st = self.empty::<f32>(count * nb * size);
+            // SAFETY: shapes validated by the caller; heads z0 .. z0 + count exist, and every
+            // state index is inside [count, nb, size].
+            unsafe {
+                kernels::block_states::launch_unchecked::<R>(
+                    &self.client,
+                    CubeCount::Static(tiles, nb as u32, count as u32),
+                    CubeDim::new_1d(256),
+                    f.arg(),
+                    x.arg(),
+                    st.arg(),
+                    u("n", s.n)?,
+                    u("r", s.r)?,
+                    u("k", s.k)?,
+                    u("block", s.block)?,
+                    z0 as u32,
+                );
+                kernels::scan_blocks::launch_unchecked::<R>(
+                    &self.client,
+                    CubeCount::Static(tiles, 1, count as u32),
+                    CubeDim::new_1d(256),
+                    st.arg(),
+                    nb as u32,
+                    u("state size", size)?,
+                    reverse,
+                );
+            }
+            out.push(st);
         }
-        Ok(st)
+        Ok(out)
     }
 
-    /// `out[i] += Σ_{a,c} f[i,a] f[i,c] st[block(i), a·r + c, :]`.
+    /// `out[i] += Σ_{a,c} f[i,a] f[i,c] st[block(i), a·r + c, :]`, group by group.
     fn feature_apply(
         &self,
         op: &'static str,
         s: &LtShape,
         f: &Buffer<R>,
-        st: &Buffer<R>,
+        states: &[Buffer<R>],
         out: &Buffer<R>,
     ) -> Result<()> {
         let u = |w, v| u32_of(op, w, v);
-        // SAFETY: f [heads·n, r], st [heads, nb, r²k], out [heads·n, k], validated.
-        unsafe {
-            kernels::feature_apply::launch_unchecked::<R>(
-                &self.client,
-                row_tiles(op, s)?,
-                CubeDim::new_2d(kernels::COLS, kernels::DIAG_ROWS),
-                f.arg(),
-                st.arg(),
-                out.arg(),
-                u("n", s.n)?,
-                u("r", s.r)?,
-                u("k", s.k)?,
-                u("block", s.block)?,
-            )
-        };
+        for ((z0, count), st) in s.groups(self.state_limit).into_iter().zip(states) {
+            // SAFETY: f [heads·n, r], st [count, nb, r²k], out [heads·n, k], validated.
+            unsafe {
+                kernels::feature_apply::launch_unchecked::<R>(
+                    &self.client,
+                    row_tiles(op, s, count)?,
+                    CubeDim::new_2d(kernels::COLS, kernels::DIAG_ROWS),
+                    f.arg(),
+                    st.arg(),
+                    out.arg(),
+                    u("n", s.n)?,
+                    u("r", s.r)?,
+                    u("k", s.k)?,
+                    u("block", s.block)?,
+                    z0 as u32,
+                )
+            };
+        }
         Ok(())
     }
 
-    /// `df[i, a] += Σ_c f[i,c] Σ_j g[i,j] (st[ac, j] + st[ca, j])`.
+    /// `df[i, a] += Σ_c f[i,c] Σ_j g[i,j] (st[ac, j] + st[ca, j])`, group by group.
     fn feature_grad(
         &self,
         op: &'static str,
         s: &LtShape,
         f: &Buffer<R>,
         g: &Buffer<R>,
-        st: &Buffer<R>,
+        states: &[Buffer<R>],
         df: &Buffer<R>,
     ) -> Result<()> {
         let u = |w, v| u32_of(op, w, v);
-        // SAFETY: as in `feature_apply`, df like f.
-        unsafe {
-            kernels::feature_grad::launch_unchecked::<R>(
-                &self.client,
-                row_tiles(op, s)?,
-                CubeDim::new_2d(kernels::COLS, kernels::DIAG_ROWS),
-                f.arg(),
-                g.arg(),
-                st.arg(),
-                df.arg(),
-                u("n", s.n)?,
-                u("r", s.r)?,
-                u("k", s.k)?,
-                u("block", s.block)?,
-            )
-        };
+        for ((z0, count), st) in s.groups(self.state_limit).into_iter().zip(states) {
+            // SAFETY: as in `feature_apply`, df like f.
+            unsafe {
+                kernels::feature_grad::launch_unchecked::<R>(
+                    &self.client,
+                    row_tiles(op, s, count)?,
+                    CubeDim::new_2d(kernels::COLS, kernels::DIAG_ROWS),
+                    f.arg(),
+                    g.arg(),
+                    st.arg(),
+                    df.arg(),
+                    u("n", s.n)?,
+                    u("r", s.r)?,
+                    u("k", s.k)?,
+                    u("block", s.block)?,
+                    z0 as u32,
+                )
+            };
+        }
         Ok(())
     }
 
@@ -266,7 +290,7 @@ impl<R: Runtime> Gpu<R> {
         unsafe {
             kernels::diag_rows::launch_unchecked::<R>(
                 &self.client,
-                row_tiles(op, s)?,
+                row_tiles(op, s, s.heads)?,
                 CubeDim::new_2d(kernels::COLS, kernels::DIAG_ROWS),
                 x.arg(),
                 y.arg(),
@@ -333,12 +357,17 @@ impl<R: Runtime> Gpu<R> {
         const OP: &str = "Gpu::lowtri_backward";
         check_inputs(OP, s, l, r, c, &diag)?;
         check_len(OP, "g", g, s.heads * s.n * s.k)?;
-        check_len(
-            OP,
-            "saved",
-            &saved.prefixes,
-            s.heads * s.blocks() * s.state_size(),
-        )?;
+        let groups = s.groups(self.state_limit);
+        let fits = saved.prefixes.len() == groups.len()
+            && groups
+                .iter()
+                .zip(&saved.prefixes)
+                .all(|(&(_, count), b)| b.len() == count * s.blocks() * s.state_size());
+        if !fits {
+            return Err(GpuError::InvalidArgument(format!(
+                "{OP}: the saved state does not belong to a forward of this shape"
+            )));
+        }
         let rows = s.heads * s.n;
         // Y_l = Σ_{m > l} L_m^{⊗2 ᵀ} G_m
         let suffixes = self.scanned_states(OP, s, l, g, true)?;
@@ -364,7 +393,7 @@ impl<R: Runtime> Gpu<R> {
         unsafe {
             kernels::diag_backward_key::launch_unchecked::<R>(
                 &self.client,
-                row_tiles(OP, s)?,
+                row_tiles(OP, s, s.heads)?,
                 CubeDim::new_2d(kernels::COLS, kernels::DIAG_ROWS),
                 x.arg(),
                 y.arg(),
@@ -396,14 +425,14 @@ fn diag_inputs<'a, R: Runtime>(
     }
 }
 
-/// Cubes of `DIAG_ROWS` rows of each head: the tiles over X and Y (see `kernels::row_tile`),
-/// the head on Z. Tiles past the last row find no row and do nothing.
-fn row_tiles(op: &'static str, s: &LtShape) -> Result<CubeCount> {
+/// Cubes of `DIAG_ROWS` rows of each of `heads` heads: the tiles over X and Y (see
+/// `kernels::row_tile`), the head on Z. Tiles past the last row find no row and do nothing.
+fn row_tiles(op: &'static str, s: &LtShape, heads: usize) -> Result<CubeCount> {
     let tiles = s.n.div_ceil(kernels::DIAG_ROWS as usize);
     let x = tiles.min(crate::ops::MAX_AXIS);
     Ok(CubeCount::Static(
         u32_of(op, "row tiles", x)?,
         u32_of(op, "row tiles", tiles.div_ceil(x))?,
-        s.heads as u32,
+        heads as u32,
     ))
 }

@@ -470,7 +470,11 @@ fn block_states_are_tensored_prefixes<R: Runtime>(gpu: &Gpu<R>) {
             DiagonalGpu::SelfTensored,
         )
         .unwrap();
-    let got = download(gpu, saved.prefixes());
+    let got: Vec<f64> = saved
+        .prefixes()
+        .iter()
+        .flat_map(|b| download(gpu, b))
+        .collect();
     let blocks = n.div_ceil(block);
     let size = r * r * k;
     assert_eq!(got.len(), heads * blocks * size);
@@ -494,6 +498,47 @@ fn block_states_are_tensored_prefixes<R: Runtime>(gpu: &Gpu<R>) {
         }
     }
     assert_close(&got, &expected, 1e-5, "block state prefixes");
+}
+
+/// Heads processed in groups of bounded state memory give the same numbers, bit for bit.
+fn state_groups_give_the_same_numbers<R: Runtime>(gpu: &Gpu<R>) {
+    let (heads, n, r, k, block): (usize, usize, usize, usize, usize) = (5, 37, 3, 4, 8);
+    let per_head = n.div_ceil(block) * r * r * k;
+    let (l, rr, c, g) = (
+        normal(heads * n * r, 1),
+        normal(heads * n * r, 2),
+        normal(heads * n * k, 3),
+        normal(heads * n * k, 4),
+    );
+    let shape = LtShape {
+        heads,
+        n,
+        r,
+        k,
+        block,
+    };
+    let run = |gpu: &Gpu<R>| {
+        let up = |x: &[f32]| gpu.upload(x).unwrap();
+        let (gl, gr, gc, gg) = (up(&l), up(&rr), up(&c), up(&g));
+        let d = DiagonalGpu::SelfTensored;
+        let (out, saved) = gpu.lowtri_forward(&shape, &gl, &gr, &gc, d).unwrap();
+        let groups = saved.prefixes().len();
+        let grads = gpu
+            .lowtri_backward(&shape, &gl, &gr, &gc, d, &saved, &gg)
+            .unwrap();
+        let got: Vec<Vec<f32>> = [&out, &grads.dl, &grads.dr, &grads.dc]
+            .iter()
+            .map(|b| gpu.download(b).unwrap())
+            .collect();
+        (groups, got)
+    };
+    let (one, whole) = run(gpu);
+    assert_eq!(one, 1);
+    for (limit, groups) in [(2 * per_head + 1, 3), (per_head / 2, 5)] {
+        let (count, split) = run(&gpu.clone().with_state_limit(limit));
+        assert_eq!(count, groups, "limit {limit}");
+        assert_eq!(split, whole, "limit {limit}");
+    }
 }
 
 /// More row tiles than wgpu's 65,535 cubes per axis (n > 8 · 65,535): the grid spreads them
@@ -844,6 +889,7 @@ macro_rules! suite {
             one_test!($attrs, $runtime, lowtri_rejects_bad_input);
             one_test!($attrs, $runtime, lowtri_many_row_tiles);
             one_test!($attrs, $runtime, block_states_are_tensored_prefixes);
+            one_test!($attrs, $runtime, state_groups_give_the_same_numbers);
             one_test!($attrs, $runtime, layer);
             one_test!($attrs, $runtime, layer_rejects_bad_input);
             one_test!($attrs, $runtime, layer_bf16);
