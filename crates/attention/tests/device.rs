@@ -2,18 +2,18 @@
 //! CPU in f64: outputs to 1e-4 and gradients to 1e-3 of their largest entry (the device sums in
 //! f32, block by block), for every supported option, ragged and short sequences, batches.
 
-#![cfg(feature = "wgpu")]
+//!
+//! The same tests run on CUDA behind the `cuda` feature, ignored without an NVIDIA GPU
+//! (`cargo test -p polysketch-attention --features cuda --test device -- --ignored`).
+
+#![cfg(feature = "gpu")]
 
 mod common;
 use common::*;
 
 use faer::Par;
-use polysketch_attention::device::{Gpu, Wgpu};
+use polysketch_attention::device::{Gpu, Runtime};
 use polysketch_attention::{Attention, AttentionConfig, AttentionError, AttentionKind, SketchKind};
-
-fn gpu() -> Gpu<Wgpu> {
-    Gpu::new(&Default::default())
-}
 
 fn assert_close(got: &[f32], expected: &[f64], rtol: f64, what: &str) {
     assert_eq!(got.len(), expected.len(), "{what}: length");
@@ -31,9 +31,7 @@ fn assert_close(got: &[f32], expected: &[f64], rtol: f64, what: &str) {
     );
 }
 
-#[test]
-fn device_layer_matches_cpu_layer() {
-    let gpu = gpu();
+fn device_layer_matches_cpu_layer<R: Runtime>(gpu: &Gpu<R>) {
     // (p, r, block, local, learned, batch, n): JL (p = 2), one and two tree levels, learned
     // sketches of one and three nodes, ragged n, n < b
     let cases = [
@@ -57,7 +55,7 @@ fn device_layer_matches_cpu_layer() {
         let mut single = Attention::<f32>::new(config).unwrap();
         perturb_parameters(&mut cpu, 40 + i as u64);
         perturb_parameters(&mut single, 40 + i as u64);
-        let device = single.to_device(&gpu).unwrap();
+        let device = single.to_device(gpu).unwrap();
         let len = batch * heads * n * h;
         let seed = 100 * i as u64;
         let (q, k, v, g) = (
@@ -87,9 +85,7 @@ fn device_layer_matches_cpu_layer() {
     }
 }
 
-#[test]
-fn device_rejects_what_it_does_not_run() {
-    let gpu = gpu();
+fn device_rejects_what_it_does_not_run<R: Runtime>(gpu: &Gpu<R>) {
     for kind in [AttentionKind::Softmax, AttentionKind::Polynomial { p: 4 }] {
         let layer = Attention::<f32>::new(AttentionConfig {
             heads: 1,
@@ -98,17 +94,15 @@ fn device_rejects_what_it_does_not_run() {
         })
         .unwrap();
         assert!(
-            matches!(layer.to_device(&gpu), Err(AttentionError::InvalidConfig(_))),
+            matches!(layer.to_device(gpu), Err(AttentionError::InvalidConfig(_))),
             "{kind:?}"
         );
     }
 }
 
-#[test]
-fn device_rejects_bad_input() {
-    let gpu = gpu();
+fn device_rejects_bad_input<R: Runtime>(gpu: &Gpu<R>) {
     let layer = Attention::<f32>::new(config(2, 4, 4, 4, 8, true)).unwrap();
-    let device = layer.to_device(&gpu).unwrap();
+    let device = layer.to_device(gpu).unwrap();
     let x = vec![0.5f32; 2 * 4 * 10];
     assert!(matches!(
         device.forward(&x, &x, &x, 1, 0),
@@ -138,3 +132,38 @@ fn device_rejects_bad_input() {
         Err(AttentionError::NonFinite { input: "d_out", .. })
     ));
 }
+
+macro_rules! suite {
+    ($module:ident, $runtime:ty $(, #[$attr:meta])?) => {
+        mod $module {
+            fn gpu() -> super::Gpu<$runtime> {
+                super::Gpu::new(&Default::default())
+            }
+            #[test]
+            $(#[$attr])?
+            fn device_layer_matches_cpu_layer() {
+                super::device_layer_matches_cpu_layer(&gpu());
+            }
+            #[test]
+            $(#[$attr])?
+            fn device_rejects_what_it_does_not_run() {
+                super::device_rejects_what_it_does_not_run(&gpu());
+            }
+            #[test]
+            $(#[$attr])?
+            fn device_rejects_bad_input() {
+                super::device_rejects_bad_input(&gpu());
+            }
+        }
+    };
+}
+
+#[cfg(feature = "wgpu")]
+suite!(wgpu, polysketch_attention::device::Wgpu);
+
+#[cfg(feature = "cuda")]
+suite!(
+    cuda,
+    polysketch_attention::device::Cuda,
+    #[ignore = "needs an NVIDIA GPU"]
+);
