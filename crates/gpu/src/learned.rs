@@ -48,7 +48,11 @@ struct NetworkSaved<R: Runtime> {
     a3: Buffer<R>,
 }
 
-/// A learned sketch on the device (see the [module](self) docs).
+/// A learned sketch on the device: the tree of networks of Algorithm 2, nodes
+/// \\(\sqrt r\tanh(f_1(M_1) \circ f_2(M_2)/\sqrt r)\\), shared by the heads.
+///
+/// # Shapes
+/// input `[rows, h]` → `[rows, r]`.
 #[derive(Debug, Clone)]
 pub struct LearnedSketchGpu<R: Runtime> {
     h: usize,

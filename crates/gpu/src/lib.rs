@@ -18,7 +18,7 @@
 //!   without exact local blocks, on `[batch, heads, n, h]` buffers of `f32` or `bf16` (accumulated in `f32`).
 //!
 //! Everything is generic over the cubecl [`Runtime`]: the features `wgpu` (default) and `cuda`
-//! pick which runtimes are compiled in ([`Wgpu`], [`Cuda`]).
+//! pick which runtimes are compiled in (`Wgpu`, `Cuda`).
 //!
 //!
 //! # Example
