@@ -992,6 +992,10 @@ impl Report {
         std::fs::create_dir_all(out)?;
         let csv_path = out.join("attention_bench.csv");
         polysketch::io::write_atomic(&csv_path, self.csv.as_bytes())?;
+        if series.iter().all(|s| s.points.is_empty()) {
+            println!("no case ran; wrote {} (no plot)", csv_path.display());
+            return Ok(());
+        }
         let svg_path = out.join("attention_bench.svg");
         scaling::plot_svg(series, title, &svg_path)?;
         println!("wrote {} and {}", csv_path.display(), svg_path.display());
