@@ -65,6 +65,18 @@ impl<R: Runtime, E> Buffer<R, E> {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+    /// The same allocation typed as `F`, if `F` is `E` (`None` otherwise).
+    pub(crate) fn retyped<F: 'static>(&self) -> Option<Buffer<R, F>>
+    where
+        E: 'static,
+    {
+        (core::any::TypeId::of::<E>() == core::any::TypeId::of::<F>()).then(|| Buffer {
+            handle: self.handle.clone(),
+            len: self.len,
+            _marker: PhantomData,
+        })
+    }
+
     /// The kernel argument viewing this buffer (shares the allocation).
     pub(crate) fn arg(&self) -> ArrayArg<R> {
         // SAFETY: `handle` was allocated for `len` elements of `E` by `Gpu::empty`/`upload`.
@@ -107,9 +119,19 @@ impl<R: Runtime> Gpu<R> {
 
     /// A buffer of `len` zeros.
     pub fn zeros(&self, len: usize) -> Buffer<R> {
-        // one upload; the allocator's fresh memory is not guaranteed to be zero
-        self.upload(&vec![0.0f32; len])
-            .expect("uploading zeros cannot fail")
+        // filled on the device: the allocator's fresh memory is not guaranteed to be zero
+        let x = self.empty::<f32>(len);
+        // SAFETY: `x` holds `len` elements; the kernel checks bounds.
+        unsafe {
+            crate::kernels::fill::launch_unchecked::<R>(
+                &self.client,
+                crate::ops::grid_1d(len, 256),
+                CubeDim::new_1d(256),
+                x.arg(),
+                0.0,
+            )
+        };
+        x
     }
 
     /// Copies `data` to the device.

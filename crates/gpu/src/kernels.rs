@@ -182,44 +182,6 @@ pub fn layernorm_backward(
     }
 }
 
-/// Partial sums of the layer norm's parameter gradients over chunks of `chunk` rows:
-/// `part_g[c, j] = Σ s·dy[i, j]·xhat[i, j]`, `part_b[c, j] = Σ s·dy[i, j]` over the rows of
-/// chunk `c`. One unit per `(c, j)`; the host adds the chunks in a fixed order.
-#[cube(launch_unchecked)]
-pub fn layernorm_param_partials(
-    dy: &Array<f32>,
-    xhat: &Array<f32>,
-    part_g: &mut Array<f32>,
-    part_b: &mut Array<f32>,
-    h: u32,
-    rows: u32,
-    chunk: u32,
-    scale: f32,
-) {
-    let e = ABSOLUTE_POS;
-    let h = h as usize;
-    let rows = rows as usize;
-    let chunk = chunk as usize;
-    if e < part_g.len() {
-        let c = e / h;
-        let j = e % h;
-        let start = c * chunk;
-        let mut end = start + chunk;
-        if end > rows {
-            end = rows;
-        }
-        let mut sg = 0.0f32;
-        let mut sb = 0.0f32;
-        for i in start..end {
-            let d = scale * dy[i * h + j];
-            sb += d;
-            sg += d * xhat[i * h + j];
-        }
-        part_g[e] = sg;
-        part_b[e] = sb;
-    }
-}
-
 /// A tree level's combination: node `j` of row `i` is
 /// `out[i, j·r + c] = s · p[i, 2j·r + c] · p[i, (2j+1)·r + c]`, with `p: [rows, 2·nodes·r]`,
 /// `out: [rows, nodes·r]`. One unit per output element.
@@ -752,10 +714,19 @@ pub fn node_backward(
     }
 }
 
-/// Column sums over chunks of rows: `part[c, j] = Σ_{i ∈ chunk c} x[i, j]` for
-/// `x: [rows, cols]`. One unit per `(c, j)`; the host adds the chunks in a fixed order.
+/// Column sums over chunks of rows: `part[c, j] = Σ_{i ∈ chunk c} x[i, j]·w[i, j]` for
+/// `x, w: [rows, cols]` (`w` read only when `weighted`; pass `x` otherwise). One unit per
+/// `(c, j)`; the host adds the chunks in a fixed order.
 #[cube(launch_unchecked)]
-pub fn column_partials(x: &Array<f32>, part: &mut Array<f32>, cols: u32, rows: u32, chunk: u32) {
+pub fn column_partials(
+    x: &Array<f32>,
+    w: &Array<f32>,
+    part: &mut Array<f32>,
+    cols: u32,
+    rows: u32,
+    chunk: u32,
+    #[comptime] weighted: bool,
+) {
     let e = ABSOLUTE_POS;
     let (cols, rows, chunk) = (cols as usize, rows as usize, chunk as usize);
     if e < part.len() {
@@ -768,8 +739,20 @@ pub fn column_partials(x: &Array<f32>, part: &mut Array<f32>, cols: u32, rows: u
         }
         let mut s = 0.0f32;
         for i in start..end {
-            s += x[i * cols + j];
+            if weighted {
+                s += x[i * cols + j] * w[i * cols + j];
+            } else {
+                s += x[i * cols + j];
+            }
         }
         part[e] = s;
+    }
+}
+
+/// `x[i] = value` for every element. One unit per element.
+#[cube(launch_unchecked)]
+pub fn fill(x: &mut Array<f32>, value: f32) {
+    if ABSOLUTE_POS < x.len() {
+        x[ABSOLUTE_POS] = value;
     }
 }

@@ -117,7 +117,7 @@ impl<R: Runtime> Gpu<R> {
             1.0,
             0.0,
         )?;
-        Ok((dx, self.download(&dw)?, self.column_sums(dy, dout)?))
+        Ok((dx, self.download(&dw)?, self.column_sums(dy, None, dout)?))
     }
 }
 

@@ -113,11 +113,15 @@ impl Strided {
 }
 
 impl<R: Runtime> Gpu<R> {
-    /// Converts a buffer of any float type to `f32` (the kernels' type).
+    /// Converts a buffer of any float type to `f32` (the kernels' type); for `E = f32` the
+    /// same buffer, without a copy.
     ///
     /// # Errors
     /// [`GpuError::Unsupported`] if the device lacks `E`.
     pub fn to_f32<E: Float + CubeElement>(&self, x: &Buffer<R, E>) -> Result<Buffer<R>> {
+        if let Some(same) = x.retyped::<f32>() {
+            return Ok(same);
+        }
         self.require::<E>("Gpu::to_f32")?;
         let y = self.empty::<f32>(x.len());
         // SAFETY: both buffers hold `len` elements; the kernel checks `ABSOLUTE_POS < len`.
@@ -133,11 +137,15 @@ impl<R: Runtime> Gpu<R> {
         Ok(y)
     }
 
-    /// Converts an `f32` buffer to `E` (rounding to nearest for `bf16`).
+    /// Converts an `f32` buffer to `E` (rounding to nearest for `bf16`); for `E = f32` the
+    /// same buffer, without a copy.
     ///
     /// # Errors
     /// [`GpuError::Unsupported`] if the device lacks `E`.
     pub fn from_f32<E: Float + CubeElement>(&self, x: &Buffer<R>) -> Result<Buffer<R, E>> {
+        if let Some(same) = x.retyped::<E>() {
+            return Ok(same);
+        }
         self.require::<E>("Gpu::from_f32")?;
         let y = self.empty::<E>(x.len());
         // SAFETY: as in `to_f32`.
@@ -325,34 +333,10 @@ impl<R: Runtime> Gpu<R> {
                 state.scale,
             )
         };
-        const CHUNK: usize = 256;
-        let chunks = rows.div_ceil(CHUNK).max(1);
-        let (pg, pb) = (self.empty(chunks * h), self.empty(chunks * h));
-        // SAFETY: part buffers hold chunks·h entries; rows beyond `rows` are not read.
-        unsafe {
-            kernels::layernorm_param_partials::launch_unchecked::<R>(
-                &self.client,
-                grid_1d(chunks * h, 64),
-                CubeDim::new_1d(64),
-                dy.arg(),
-                state.xhat.arg(),
-                pg.arg(),
-                pb.arg(),
-                u("h", h)?,
-                u("rows", rows)?,
-                CHUNK as u32,
-                state.scale,
-            )
-        };
-        let sum = |p: Vec<f32>| {
-            let mut s = vec![0.0f32; h];
-            for c in p.chunks_exact(h) {
-                s.iter_mut().zip(c).for_each(|(a, b)| *a += b);
-            }
-            s
-        };
-        let dg = sum(self.download(&pg)?);
-        let db = sum(self.download(&pb)?);
+        // in the forward y = s (g x̂ + β): dβ = s Σ dy, dg = s Σ dy ∘ x̂
+        let scaled = |v: Vec<f32>| v.into_iter().map(|x| state.scale * x).collect::<Vec<_>>();
+        let dg = scaled(self.column_sums(dy, Some(&state.xhat), h)?);
+        let db = scaled(self.column_sums(dy, None, h)?);
         Ok((dx, dg, db))
     }
 
@@ -592,27 +576,35 @@ impl<R: Runtime> Gpu<R> {
         (dm1, dm2)
     }
 
-    /// Column sums of `x: [rows, cols]` on the host, added over chunks of 256 rows in a fixed
-    /// order.
+    /// Column sums of `x: [rows, cols]` (of `x ∘ w` given `w`) on the host, added over chunks
+    /// of 256 rows in a fixed order.
     ///
     /// # Errors
     /// [`GpuError::Device`] if reading back fails.
-    pub(crate) fn column_sums(&self, x: &Buffer<R>, cols: usize) -> Result<Vec<f32>> {
+    pub(crate) fn column_sums(
+        &self,
+        x: &Buffer<R>,
+        w: Option<&Buffer<R>>,
+        cols: usize,
+    ) -> Result<Vec<f32>> {
         const CHUNK: usize = 256;
         let rows = x.len() / cols;
         let chunks = rows.div_ceil(CHUNK).max(1);
         let part = self.empty(chunks * cols);
-        // SAFETY: part holds chunks·cols entries; rows beyond `rows` are not read.
+        // SAFETY: part holds chunks·cols entries; rows beyond `rows` are not read; w, when
+        // given, has x's shape.
         unsafe {
             kernels::column_partials::launch_unchecked::<R>(
                 &self.client,
                 grid_1d(part.len(), 64),
                 CubeDim::new_1d(64),
                 x.arg(),
+                w.unwrap_or(x).arg(),
                 part.arg(),
                 u32_of("Gpu::column_sums", "cols", cols)?,
                 u32_of("Gpu::column_sums", "rows", rows)?,
                 CHUNK as u32,
+                w.is_some(),
             )
         };
         let mut s = vec![0.0f32; cols];
