@@ -9,7 +9,8 @@
 //!
 //! # Example
 //! ```
-//! # #[cfg(feature = "wgpu")] {
+//! # #[cfg(feature = "wgpu")]
+//! # fn example() -> Result<(), polysketch_attention::AttentionError> {
 //! use polysketch_attention::device::{Gpu, Wgpu};
 //! use polysketch_attention::{Attention, AttentionConfig, AttentionKind, PolySketchConfig};
 //!
@@ -19,21 +20,33 @@
 //!     kind: AttentionKind::PolySketch(PolySketchConfig { r: 8, block: 32, local: true, ..Default::default() }),
 //! };
 //! let layer = Attention::<f32>::new(config)?;
-//! let on_gpu = layer.to_device(&Gpu::<Wgpu>::new(&Default::default()))?;
+//! let gpu = Gpu::<Wgpu>::new(&Default::default())?; // GpuError::NoDevice without an adapter
+//! let on_gpu = layer.to_device(&gpu)?;
 //! let (batch, n) = (1, 100);
 //! let q: Vec<f32> = (0..batch * 2 * n * 16).map(|i| (i as f32 * 0.37).sin()).collect();
 //! let (out, saved) = on_gpu.forward(&q, &q, &q, batch, n)?;
 //! let grads = on_gpu.backward(&saved, &vec![1.0; out.len()])?;
 //! assert_eq!(grads.params[0].0, "ln.gain");
+//! # Ok(())
 //! # }
-//! # Ok::<(), polysketch_attention::AttentionError>(())
+//! # #[cfg(feature = "wgpu")]
+//! # fn main() -> Result<(), polysketch_attention::AttentionError> {
+//! #     use polysketch_attention::{AttentionError, device::{GpuError, testing}};
+//! #     // no device: skipped, unless POLYSKETCH_REQUIRE_GPU is set
+//! #     match example() {
+//! #         Err(AttentionError::Gpu(GpuError::NoDevice { .. })) if !testing::required() => Ok(()),
+//! #         r => r,
+//! #     }
+//! # }
+//! # #[cfg(not(feature = "wgpu"))]
+//! # fn main() {}
 //! ```
 
 #[cfg(feature = "cuda")]
 pub use polysketch_gpu::Cuda;
 #[cfg(feature = "wgpu")]
 pub use polysketch_gpu::Wgpu;
-pub use polysketch_gpu::{Buffer, CubeElement, Float, Gpu, GpuError, Runtime, bf16};
+pub use polysketch_gpu::{Buffer, CubeElement, Float, Gpu, GpuError, Runtime, bf16, testing};
 use polysketch_gpu::{PolySketchGpu, PolySketchGpuConfig, PolySketchGpuSaved, SketchWeights};
 
 use crate::layer::{check_finite, check_len, check_positive, check_qkv, shape_of};

@@ -136,23 +136,31 @@ fn device_rejects_bad_input<R: Runtime>(gpu: &Gpu<R>) {
 macro_rules! suite {
     ($module:ident, $runtime:ty $(, #[$attr:meta])?) => {
         mod $module {
-            fn gpu() -> super::Gpu<$runtime> {
-                super::Gpu::new(&Default::default())
+            /// The device, or `None` after a line saying that `test` was skipped.
+            fn gpu(test: &str) -> Option<super::Gpu<$runtime>> {
+                let name = format!("{test} ({})", stringify!($runtime));
+                polysketch_attention::device::testing::device_or_skip::<$runtime>(&name)
             }
             #[test]
             $(#[$attr])?
             fn device_layer_matches_cpu_layer() {
-                super::device_layer_matches_cpu_layer(&gpu());
+                if let Some(gpu) = gpu("device_layer_matches_cpu_layer") {
+                    super::device_layer_matches_cpu_layer(&gpu);
+                }
             }
             #[test]
             $(#[$attr])?
             fn device_rejects_what_it_does_not_run() {
-                super::device_rejects_what_it_does_not_run(&gpu());
+                if let Some(gpu) = gpu("device_rejects_what_it_does_not_run") {
+                    super::device_rejects_what_it_does_not_run(&gpu);
+                }
             }
             #[test]
             $(#[$attr])?
             fn device_rejects_bad_input() {
-                super::device_rejects_bad_input(&gpu());
+                if let Some(gpu) = gpu("device_rejects_bad_input") {
+                    super::device_rejects_bad_input(&gpu);
+                }
             }
         }
     };

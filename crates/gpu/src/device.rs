@@ -12,8 +12,13 @@ use crate::{GpuError, Result};
 /// # Example
 /// ```
 /// # #[cfg(feature = "wgpu")] {
-/// use polysketch_gpu::{Gpu, Wgpu};
-/// let gpu = Gpu::<Wgpu>::new(&Default::default());
+/// use polysketch_gpu::{Gpu, GpuError, Wgpu};
+/// let gpu = match Gpu::<Wgpu>::new(&Default::default()) {
+///     Ok(gpu) => gpu,
+///     // no adapter: a typed error, never a panic
+///     Err(GpuError::NoDevice { .. }) if !polysketch_gpu::testing::required() => return Ok(()),
+///     Err(e) => return Err(e),
+/// };
 /// let x = gpu.upload(&[1.0f32, 2.0, 3.0])?;
 /// assert_eq!(gpu.download(&x)?, vec![1.0, 2.0, 3.0]);
 /// # }
@@ -85,12 +90,17 @@ impl<R: Runtime, E> Buffer<R, E> {
 }
 
 impl<R: Runtime> Gpu<R> {
-    /// A context on `device`.
-    pub fn new(device: &R::Device) -> Self {
-        Self {
-            client: R::client(device),
+    /// A context on `device` (`&Default::default()`: the runtime's default device).
+    ///
+    /// # Errors
+    /// [`GpuError::NoDevice`] when the runtime has no such device (wgpu without a Vulkan,
+    /// Metal or DX12 driver; CUDA without the driver or NVRTC): the runtime is asked first, and
+    /// a panic of the runtime while it creates its client is caught and returned as this error.
+    pub fn new(device: &R::Device) -> Result<Self> {
+        Ok(Self {
+            client: crate::probe::client::<R>(device)?,
             state_limit: crate::MAX_ELEMENTS,
-        }
+        })
     }
 
     /// The same device with block-state buffers of at most `limit` elements (default and

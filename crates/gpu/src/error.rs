@@ -44,6 +44,14 @@ pub enum GpuError {
         /// What the device lacks.
         what: String,
     },
+    /// The runtime has no such device (no adapter, no driver).
+    #[error("no {runtime} device: {reason}")]
+    NoDevice {
+        /// The runtime (`wgpu`, `cuda`).
+        runtime: &'static str,
+        /// What the runtime said.
+        reason: String,
+    },
     /// The device reported an error (a failed launch or read, a lost device).
     #[error("device error: {0}")]
     Device(String),

@@ -23,10 +23,11 @@
 //!
 //! # Example
 //! ```
-//! # #[cfg(feature = "wgpu")] {
+//! # #[cfg(feature = "wgpu")]
+//! # fn example() -> Result<(), polysketch_gpu::GpuError> {
 //! use polysketch_gpu::{Gpu, PolySketchGpu, PolySketchGpuConfig, SketchWeights, Wgpu};
 //!
-//! let gpu = Gpu::<Wgpu>::new(&Default::default());
+//! let gpu = Gpu::<Wgpu>::new(&Default::default())?; // GpuError::NoDevice without an adapter
 //! let config = PolySketchGpuConfig { heads: 2, head_dim: 8, p: 4, r: 4, block: 16, local: true };
 //! // the degree-2 tree: one level, [h, 2r] (G₁ then G₂)
 //! let w: Vec<f32> = (0..8 * 8).map(|i| ((i as f32) * 0.7).sin()).collect();
@@ -38,8 +39,18 @@
 //! let grads = layer.backward(&gpu, &saved, &gpu.upload(&vec![1.0f32; x.len()])?)?;
 //! assert_eq!(gpu.download(&grads.dq)?.len(), x.len());
 //! # let _ = out;
+//! # Ok(())
 //! # }
-//! # Ok::<(), polysketch_gpu::GpuError>(())
+//! # #[cfg(feature = "wgpu")]
+//! # fn main() -> Result<(), polysketch_gpu::GpuError> {
+//! #     // no device: skipped, unless POLYSKETCH_REQUIRE_GPU is set
+//! #     match example() {
+//! #         Err(polysketch_gpu::GpuError::NoDevice { .. }) if !polysketch_gpu::testing::required() => Ok(()),
+//! #         r => r,
+//! #     }
+//! # }
+//! # #[cfg(not(feature = "wgpu"))]
+//! # fn main() {}
 //! ```
 
 mod attention;
@@ -49,7 +60,13 @@ mod kernels;
 mod learned;
 mod lowtri;
 mod ops;
+mod probe;
 mod sketch;
+
+/// Devices for tests, doctests and examples: skip without a device, unless CI asks for one.
+pub mod testing {
+    pub use crate::probe::{REQUIRE_GPU_ENV, device_or_skip, required};
+}
 
 pub use attention::{
     LN_EPS, PolySketchGpu, PolySketchGpuConfig, PolySketchGpuGrads, PolySketchGpuSaved,

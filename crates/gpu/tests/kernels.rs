@@ -869,7 +869,10 @@ macro_rules! one_test {
         #[test]
         $(#[$attr])*
         fn $test() {
-            super::$test(&Gpu::<$runtime>::new(&Default::default()));
+            let name = concat!(stringify!($test), " (", stringify!($runtime), ")");
+            if let Some(gpu) = polysketch_gpu::testing::device_or_skip::<$runtime>(name) {
+                super::$test(&gpu);
+            }
         }
     };
 }
@@ -878,7 +881,6 @@ macro_rules! one_test {
 macro_rules! suite {
     ($module:ident, $runtime:ty, $attrs:tt) => {
         mod $module {
-            use super::*;
             one_test!($attrs, $runtime, matmul);
             one_test!($attrs, $runtime, matmul_rejects_out_of_range);
             one_test!($attrs, $runtime, layernorm);
