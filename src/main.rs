@@ -33,6 +33,10 @@ static ALLOC: CountingAlloc = CountingAlloc::new();
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Cli {
+    /// Worker threads (default: one per core; the RAYON_NUM_THREADS environment variable sets
+    /// the same). Results do not depend on it, only speed.
+    #[arg(long, global = true)]
+    threads: Option<usize>,
     #[command(subcommand)]
     command: Command,
 }
@@ -129,7 +133,8 @@ struct ModelArgs {
 struct TrainArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// A UTF-8 text file to train on (byte tokens; the last tenth is the validation set).
+    /// A UTF-8 text file to train on (tokens of --tokenizer; the last tenth of the text is the
+    /// validation set).
     #[arg(long)]
     data: Option<PathBuf>,
     /// Validation batches per evaluation.
@@ -142,10 +147,11 @@ struct TrainArgs {
     /// Largest BPE vocabulary.
     #[arg(long, default_value_t = 1024)]
     bpe_vocab: usize,
-    /// Continue the run of this checkpoint folder exactly (its configuration wins).
+    /// Continue the run of this run folder or checkpoint folder exactly (its configuration
+    /// wins).
     #[arg(long)]
     resume: Option<PathBuf>,
-    /// Bytes of text to generate at the end.
+    /// Tokens of text to generate at the end (bytes with the byte tokenizer).
     #[arg(long, default_value_t = 300)]
     sample_len: usize,
 }
@@ -153,13 +159,13 @@ struct TrainArgs {
 /// Options of `sample`.
 #[derive(clap::Args, Debug)]
 struct SampleArgs {
-    /// A checkpoint folder (e.g. runs/train-1/checkpoint).
+    /// A run folder (e.g. runs/train-1) or the checkpoint folder in it.
     #[arg(long)]
     checkpoint: PathBuf,
     /// Text to continue.
     #[arg(long, default_value = "")]
     prompt: String,
-    /// Bytes to generate.
+    /// Tokens to generate (bytes with the byte tokenizer; the checkpoint's tokenizer decides).
     #[arg(long, default_value_t = 400)]
     tokens: usize,
     /// Sampling temperature (0: greedy).
@@ -173,13 +179,14 @@ struct SampleArgs {
 /// Options of `eval`.
 #[derive(clap::Args, Debug)]
 struct EvalArgs {
-    /// A checkpoint folder.
+    /// A run folder (e.g. runs/train-1) or the checkpoint folder in it.
     #[arg(long)]
     checkpoint: PathBuf,
     /// A text file to evaluate on (its last tenth; default: the training run's validation set).
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Validation batches.
+    /// Validation batches to average over (of the run's batch × sequence shape; training's
+    /// evaluations use --eval-batches, 8 by default, so their loss differs a little).
     #[arg(long, default_value_t = 32)]
     batches: usize,
 }
@@ -271,10 +278,19 @@ struct AttentionBench {
     /// Element type of the device's inputs and outputs: f32 or bf16 (accumulation is f32).
     #[arg(long, default_value = "f32")]
     dtype: String,
+    /// Measure nothing: draw attention_bench.svg into --out again from the attention_bench.csv
+    /// of an earlier run.
+    #[arg(long)]
+    plot_from: Option<PathBuf>,
 }
 
 fn main() {
+    quiet_on_closed_pipe();
     let cli = Cli::parse();
+    if let Err(e) = set_threads(cli.threads) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
     let result = match cli.command {
         Command::Train(args) => train(args),
         Command::Sample(args) => sample(&args),
@@ -291,6 +307,32 @@ fn main() {
         eprintln!("error: {e}");
         std::process::exit(1);
     }
+}
+
+/// A closed standard output (`polysketch … | head -1`) ends the program quietly, as it ends
+/// other command-line tools, instead of a panic in `println!`: the default action of SIGPIPE,
+/// which Rust's runtime sets to ignore.
+fn quiet_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: called first thing in `main`, before any other thread exists; restoring a
+    // signal's default disposition has no other precondition.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// `--threads`: the size of rayon's global pool (every parallel loop of the crates runs in it).
+fn set_threads(threads: Option<usize>) -> polysketch::Result<()> {
+    let Some(t) = threads else { return Ok(()) };
+    if t == 0 {
+        return Err(polysketch::Error::Config(
+            "--threads must be at least 1".into(),
+        ));
+    }
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(t)
+        .build_global()
+        .map_err(|e| polysketch::Error::Config(format!("--threads {t}: {e}")))
 }
 
 /// Defaults of the options that differ between `train` and `task`.
@@ -395,6 +437,11 @@ fn configs(
 
 fn train(args: TrainArgs) -> polysketch::Result<()> {
     let m = &args.model;
+    if args.eval_batches == 0 {
+        return Err(polysketch::Error::Config(
+            "--eval-batches must be at least 1".into(),
+        ));
+    }
     let data = args.data.clone().unwrap_or_else(run::default_data);
     let source = run::Source::Text {
         path: data,
@@ -414,7 +461,7 @@ fn train(args: TrainArgs) -> polysketch::Result<()> {
     };
     let out = match (&m.out, &args.resume) {
         (Some(o), _) => o.clone(),
-        (None, Some(ckpt)) => ckpt
+        (None, Some(ckpt)) => polysketch::gpt::checkpoint::locate(ckpt)?
             .parent()
             .map_or_else(|| PathBuf::from("."), |p| p.to_path_buf()),
         (None, None) => run::new_run_dir("train"),
@@ -480,10 +527,20 @@ fn sample(args: &SampleArgs) -> polysketch::Result<()> {
 }
 
 fn eval(args: &EvalArgs) -> polysketch::Result<()> {
-    let (loss, tokens) = run::eval(&args.checkpoint, args.data.as_deref(), args.batches)?;
+    if args.batches == 0 {
+        return Err(polysketch::Error::Config(
+            "--batches must be at least 1".into(),
+        ));
+    }
+    let r = run::eval(&args.checkpoint, args.data.as_deref(), args.batches)?;
     println!(
-        "validation loss {loss:.4} (nats/token), perplexity {:.3}, over {tokens} tokens",
-        loss.exp()
+        "validation loss {:.4} (nats/token), perplexity {:.3}, over {} batches ({} tokens; \
+         training evaluated over {} batches)",
+        r.loss,
+        r.loss.exp(),
+        r.batches,
+        r.tokens,
+        r.training_batches
     );
     Ok(())
 }
@@ -601,6 +658,7 @@ fn bench_train(args: &TrainBench) -> polysketch::Result<()> {
         .map(|s| polysketch::plot::Line {
             name: s.name.clone(),
             points: s.points.iter().map(|&(n, t)| (n as f64, t)).collect(),
+            dashed: s.dashed,
         })
         .collect();
     polysketch::plot::line_plot(
@@ -626,9 +684,23 @@ fn bench_train(args: &TrainBench) -> polysketch::Result<()> {
         sketch.and_then(|s| s.points.last()),
     ) {
         // polysketch tokens/s at the longest n over the shortest, then against softmax
-        let first = sketch.and_then(|s| s.points.first()).map_or(b.1, |x| x.1);
-        println!("flatness {:.3}", b.1 / first);
-        println!("speedup {} {:.2}", b.0, b.1 / a.1);
+        let first = sketch
+            .and_then(|s| s.points.first())
+            .map_or((b.0, b.1), |x| *x);
+        let name = sketch.map_or("", |s| s.name.as_str());
+        println!(
+            "flatness {:.3}  ({name} tokens/s at n = {} over n = {})",
+            b.1 / first.1,
+            b.0,
+            first.0
+        );
+        println!(
+            "speedup {} {:.2}  ({name} training tokens/s against softmax's at n = {}: {:.2}x)",
+            b.0,
+            b.1 / a.1,
+            b.0,
+            b.1 / a.1
+        );
     }
     Ok(())
 }
@@ -786,7 +858,60 @@ fn run_case(
     })
 }
 
+/// The plot of an earlier `bench attention` from its CSV (`--plot-from`).
+fn replot_attention(csv: &std::path::Path, out: &std::path::Path) -> polysketch::Result<()> {
+    let text = std::fs::read_to_string(csv)?;
+    let mut series: Vec<Series> = Vec::new();
+    let mut min_heads = usize::MAX;
+    // columns by name: older runs have no batch column
+    let header: Vec<&str> = text.lines().next().unwrap_or("").split(',').collect();
+    let column = |name: &str| {
+        header.iter().position(|h| *h == name).ok_or_else(|| {
+            polysketch::Error::Config(format!("{}: no column {name:?}", csv.display()))
+        })
+    };
+    let cols = [
+        column("kind")?,
+        column("heads")?,
+        column("n")?,
+        column("forward_backward_s")?,
+    ];
+    for (i, line) in text.lines().enumerate().skip(1) {
+        let f: Vec<&str> = line.split(',').collect();
+        let bad =
+            || polysketch::Error::Config(format!("{}:{}: not a bench row", csv.display(), i + 1));
+        let [kind, heads, n, fwd_bwd] = cols.map(|c| f.get(c).copied());
+        let (Some(kind), Some(heads), Some(n), Some(fwd_bwd)) = (kind, heads, n, fwd_bwd) else {
+            return Err(bad());
+        };
+        let heads: usize = heads.parse().map_err(|_| bad())?;
+        let n: usize = n.parse().map_err(|_| bad())?;
+        let t: f64 = fwd_bwd.parse().map_err(|_| bad())?;
+        let name = format!("{kind} ({heads} heads)");
+        min_heads = min_heads.min(heads);
+        match series.iter_mut().find(|s| s.name == name) {
+            Some(s) => s.push(n, t),
+            None => {
+                let mut s = Series::new(&name);
+                s.push(n, t);
+                series.push(s);
+            }
+        }
+    }
+    for s in &mut series {
+        s.dashed = !s.name.ends_with(&format!("({min_heads} heads)"));
+    }
+    std::fs::create_dir_all(out)?;
+    let svg = out.join("attention_bench.svg");
+    scaling::plot_svg(&series, "causal attention, forward+backward, f32", &svg)?;
+    println!("wrote {}", svg.display());
+    Ok(())
+}
+
 fn bench_attention(args: &AttentionBench) -> polysketch::Result<()> {
+    if let Some(csv) = &args.plot_from {
+        return replot_attention(csv, &args.out);
+    }
     if args.n.is_empty()
         || args.n.contains(&0)
         || args.heads.is_empty()
@@ -802,12 +927,16 @@ fn bench_attention(args: &AttentionBench) -> polysketch::Result<()> {
         #[cfg(feature = "wgpu")]
         "wgpu" => {
             use polysketch::attention::device::{Gpu, Wgpu};
-            return bench_attention_device(args, &Gpu::<Wgpu>::new(&Default::default()));
+            let gpu = Gpu::<Wgpu>::new(&Default::default())
+                .map_err(polysketch::attention::AttentionError::from)?;
+            return bench_attention_device(args, &gpu);
         }
         #[cfg(feature = "cuda")]
         "cuda" => {
             use polysketch::attention::device::{Cuda, Gpu};
-            return bench_attention_device(args, &Gpu::<Cuda>::new(&Default::default()));
+            let gpu = Gpu::<Cuda>::new(&Default::default())
+                .map_err(polysketch::attention::AttentionError::from)?;
+            return bench_attention_device(args, &gpu);
         }
         other => {
             return Err(polysketch::Error::Config(format!(
@@ -824,16 +953,29 @@ fn bench_attention(args: &AttentionBench) -> polysketch::Result<()> {
         "causal attention, f32, batch 1, h = {h}, {} threads; faer's 2048³ product in this run: {ceiling:.1} GFLOP/s",
         rayon::current_num_threads()
     );
-    let mut report = Report::new();
     let all = kinds();
+    // Untimed and unmeasured: every kind once at the smallest case, so that each thread's
+    // packing buffers of the matrix-product library (private-gemm keeps 2 × L3 bytes per
+    // thread, allocated at a thread's first product: 128 MiB here) exist before the first peak
+    // is measured. They belong to the process, not to a case; the first row counted them.
+    let (n0, heads0) = (args.n.iter().min(), args.heads.iter().max());
+    if let (Some(&n0), Some(&heads0)) = (n0, heads0) {
+        for k in &all {
+            let _ = run_case(&k.kind, heads0, h, n0, 1, par); // errors show when measured
+        }
+    }
+    let mut report = Report::new();
     let total = args.heads.len() * args.n.len() * all.len();
     let bar = cases_bar(total);
     let mut series: Vec<Series> = Vec::new();
     let mut last_speedup: Option<(usize, f64)> = None;
+    let min_heads = args.heads.iter().copied().min().unwrap_or(1);
     for &heads in &args.heads {
         let mut fb_time: Vec<Option<(f64, f64)>> = vec![None; args.n.len()]; // softmax (fwd, fwd+bwd) per n
         for k in &all {
             let mut line = Series::new(&format!("{} ({heads} heads)", k.name));
+            // one colour per kind: the fewest heads solid, more heads dashed
+            line.dashed = heads != min_heads;
             // time of the previous n, to skip cases projected past --max-seconds
             let mut previous: Option<(usize, f64)> = None;
             for (ni, &n) in args.n.iter().enumerate() {
@@ -905,9 +1047,15 @@ fn bench_attention(args: &AttentionBench) -> polysketch::Result<()> {
         &format!("causal attention, forward+backward, h = {h}, f32"),
     )?;
 
+    let heads = args.heads.iter().max().unwrap_or(&1);
     match last_speedup {
-        Some((n, r)) => println!("speedup {n} {r:.2}"),
-        None => println!("speedup na"),
+        Some((n, r)) => println!(
+            "speedup {n} {r:.2}  ({SPEEDUP_KIND} forward+backward against softmax's at n = {n}, \
+             {heads} heads: {r:.2}x faster)"
+        ),
+        None => println!(
+            "speedup na  (no n where both softmax and {SPEEDUP_KIND} ran with {heads} heads)"
+        ),
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! checkpoint, a metrics CSV and a loss plot, progress on the terminal, exact resumption.
 
 use std::fmt::Write as _;
+use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -18,7 +19,7 @@ use rand::RngExt;
 use serde::{Deserialize, Serialize};
 
 use crate::io::write_atomic;
-use crate::plot::{Axes, Line, line_plot};
+use crate::plot::{Axes, Line, line_plot, line_plot_capped};
 use crate::{Error, Result};
 
 /// The corpus `train` uses when none is given (Austen's *Emma* and *Persuasion*, 1.35 MB).
@@ -188,7 +189,8 @@ const CSV_HEADER: &str =
 
 /// Trains `model` (or continues the checkpoint `resume`) into the folder `out`, stopping after
 /// `stop_after` steps if given (a checkpoint is written there, to resume from). Shows a
-/// progress bar unless `quiet`.
+/// progress bar unless `quiet`; when standard error is not a terminal, a plain line per
+/// evaluation (step, loss, tokens/s, elapsed, ETA) instead.
 ///
 /// # Errors
 /// Bad configurations, data or checkpoints; a diverged loss; files that cannot be written.
@@ -202,6 +204,7 @@ pub fn train(
 ) -> Result<RunSummary> {
     let (mut trainer, run, start, tokenizer) = match resume {
         Some(ckpt) => {
+            let ckpt = &checkpoint::locate(ckpt)?;
             let t0 = checkpoint::read_meta(ckpt)?;
             let run: RunConfig = serde_json::from_value(t0.train.clone()).map_err(|e| {
                 Error::Config(format!("{}: not a run checkpoint ({e})", ckpt.display()))
@@ -258,7 +261,8 @@ pub fn train(
     let csv_path = out.join("metrics.csv");
     let mut csv = previous_rows(&csv_path, start);
     let end = stop_after.map_or(t.steps, |s| s.min(t.steps));
-    let bar = if quiet {
+    let plain_progress = !quiet && !std::io::stderr().is_terminal();
+    let bar = if quiet || plain_progress {
         ProgressBar::hidden()
     } else {
         ProgressBar::new(t.steps as u64)
@@ -295,6 +299,21 @@ pub fn train(
                 last |= a >= goal;
             }
             save(&trainer, &run, &tokenizer, &out.join("checkpoint"))?;
+            if plain_progress {
+                // the bar is hidden when standard error is not a terminal (a log, nohup, CI):
+                // one line per evaluation instead
+                let left = elapsed / (step + 1 - start) as f64 * (end - step - 1) as f64;
+                let acc = accuracy.map_or(String::new(), |a| format!(", accuracy {a:.4}"));
+                eprintln!(
+                    "step {}/{}: loss {:.4}, val {val_loss:.4}{acc}, {tps:.0} tokens/s, \
+                     elapsed {}, eta {}",
+                    step + 1,
+                    t.steps,
+                    s.loss,
+                    clock(elapsed),
+                    clock(left)
+                );
+            }
         }
         done = step + 1;
         let _ = writeln!(
@@ -342,6 +361,12 @@ pub fn train(
         tokens_per_s,
         out: out.to_path_buf(),
     })
+}
+
+/// Seconds as `h:mm:ss`.
+fn clock(seconds: f64) -> String {
+    let s = seconds.max(0.0).round() as u64;
+    format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
 }
 
 fn fmt_opt(x: f64) -> String {
@@ -408,22 +433,43 @@ fn plot_losses(csv: &str, path: &Path) -> Result<()> {
         Line {
             name: "train".into(),
             points: train,
+            ..Line::default()
         },
         Line {
             name: "validation".into(),
             points: val,
+            ..Line::default()
         },
     ];
-    line_plot(
+    // the first steps fall fast from the initial loss and would squash the rest: the axis ends
+    // at the lowest loss plus three times the distance from it to the median training loss
+    let mut sorted: Vec<f64> = lines[0].points.iter().map(|p| p.1).collect();
+    sorted.sort_by(f64::total_cmp);
+    let lo = lines
+        .iter()
+        .flat_map(|l| &l.points)
+        .map(|p| p.1)
+        .fold(f64::INFINITY, f64::min);
+    let y_cap = sorted
+        .get(sorted.len() / 2)
+        .map(|median| lo + 3.0 * (median - lo).max(0.05));
+    let title = match y_cap {
+        Some(c) if sorted.last().is_some_and(|&m| m > c) => {
+            format!("loss (first steps above {c:.2} cut off)")
+        }
+        _ => "loss".to_string(),
+    };
+    line_plot_capped(
         &lines,
         &[],
         &Axes {
-            title: "loss",
+            title: &title,
             x_label: "step",
             y_label: "cross-entropy (nats/token)",
             log_x: false,
             log_y: false,
         },
+        y_cap,
         path,
     )
 }
@@ -447,6 +493,7 @@ pub fn plot_runs(runs: &[(String, PathBuf)], title: &str, path: &Path) -> Result
         lines.push(Line {
             name: name.clone(),
             points,
+            ..Line::default()
         });
     }
     line_plot(
@@ -517,21 +564,37 @@ fn pick(logits: &[f32], temperature: f64, u: f64) -> u32 {
     arg as u32
 }
 
-/// A checkpoint's model and tokenizer, for generation.
+/// A checkpoint's model and tokenizer, for generation. `ckpt` is a checkpoint folder or a run
+/// folder holding one (see [`checkpoint::locate`]).
 ///
 /// # Errors
 /// Missing or corrupt checkpoint files.
 pub fn load_model(ckpt: &Path) -> Result<(Meta, Gpt<f32>, Tokenizer)> {
+    let ckpt = &checkpoint::locate(ckpt)?;
     let (meta, model, _) = checkpoint::load(ckpt, None)?;
     let tokenizer = checkpoint::load_tokenizer(ckpt, &meta)?;
     Ok((meta, model, tokenizer))
 }
 
-/// Validation loss of a checkpoint on a text file (default: the one it was trained on).
+/// What [`eval`] measured.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EvalReport {
+    /// Mean cross-entropy (nats per token).
+    pub loss: f64,
+    /// Batches it averaged over.
+    pub batches: usize,
+    /// Tokens it averaged over.
+    pub tokens: usize,
+    /// Batches each evaluation of the training run averaged over (`eval_batches`).
+    pub training_batches: usize,
+}
+
+/// Validation loss of a checkpoint (folder, or run folder holding one) on a text file (default:
+/// the one it was trained on), over `batches` batches of the run's shape.
 ///
 /// # Errors
 /// Missing or corrupt checkpoint, data too short.
-pub fn eval(ckpt: &Path, data: Option<&Path>, batches: usize) -> Result<(f64, usize)> {
+pub fn eval(ckpt: &Path, data: Option<&Path>, batches: usize) -> Result<EvalReport> {
     let (meta, model, tokenizer) = load_model(ckpt)?;
     let mut run: RunConfig = serde_json::from_value(meta.train)
         .map_err(|e| Error::Config(format!("{}: {e}", ckpt.display())))?;
@@ -541,14 +604,20 @@ pub fn eval(ckpt: &Path, data: Option<&Path>, batches: usize) -> Result<(f64, us
             val_fraction: 0.1,
         };
     }
+    let training_batches = run.eval_batches;
     run.eval_batches = batches;
     let d = Data::load(&run, model.config(), &tokenizer)?;
-    let tokens = match &d {
-        Data::Text(_, v) => v.len() * run.train.batch * run.train.seq,
-        Data::Task(_, h) => h.len() * run.train.batch * run.train.seq,
+    let batches = match &d {
+        Data::Text(_, v) => v.len(),
+        Data::Task(_, h) => h.len(),
     };
     let (loss, _) = d.evaluate(&model, &run.train, &mut Activations::new())?;
-    Ok((loss, tokens))
+    Ok(EvalReport {
+        loss,
+        batches,
+        tokens: batches * run.train.batch * run.train.seq,
+        training_batches,
+    })
 }
 
 /// The attention kinds of the comparisons, by name.

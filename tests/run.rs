@@ -96,7 +96,7 @@ fn a_resumed_run_reproduces_the_uninterrupted_one() {
     let (_, model, tok) = run::load_model(&a.join("checkpoint")).unwrap();
     let g1 = run::generate(&model, &tok, "Emma", 40, 0.8, 1).unwrap();
     assert_eq!(g1, run::generate(&model, &tok, "Emma", 40, 0.8, 1).unwrap());
-    let (loss, tokens) = run::eval(&a.join("checkpoint"), None, 2).unwrap();
+    let run::EvalReport { loss, tokens, .. } = run::eval(&a.join("checkpoint"), None, 2).unwrap();
     assert!(
         (loss - full.val_loss).abs() < 1e-9,
         "{loss} vs {}",

@@ -77,6 +77,49 @@ pub fn save(
     Ok(())
 }
 
+/// The checkpoint folder that `path` names: `path` itself when it holds `checkpoint.json`, or
+/// `path/checkpoint` when `path` is a run folder (what `polysketch train` writes: `metrics.csv`,
+/// `loss.svg` and `checkpoint/`). Every command that asks for a checkpoint accepts both.
+///
+/// # Errors
+/// [`GptError::File`] saying which was expected when `path` is neither (with a hint when an
+/// interrupted write left `path.old`).
+pub fn locate(path: &Path) -> Result<PathBuf> {
+    if path.join("checkpoint.json").is_file() {
+        return Ok(path.to_path_buf());
+    }
+    let inner = path.join("checkpoint");
+    if inner.join("checkpoint.json").is_file() {
+        return Ok(inner);
+    }
+    for dir in [path, inner.as_path()] {
+        let old = PathBuf::from(format!("{}.old", dir.display()));
+        if old.is_dir() {
+            return Err(file_err(
+                dir,
+                format!(
+                    "no checkpoint here (a write was interrupted: the previous checkpoint is at {})",
+                    old.display()
+                ),
+            ));
+        }
+    }
+    let what = if path.is_dir() {
+        "holds neither checkpoint.json nor checkpoint/checkpoint.json"
+    } else if path.exists() {
+        "is a file"
+    } else {
+        "does not exist"
+    };
+    Err(file_err(
+        path,
+        format!(
+            "{what}: expected a checkpoint folder (with checkpoint.json) or a run folder \
+             (with checkpoint/), e.g. runs/train-1 or runs/train-1/checkpoint"
+        ),
+    ))
+}
+
 /// Reads the JSON part of the checkpoint at `dir`.
 ///
 /// # Errors
