@@ -20,7 +20,7 @@ use polysketch::amm::{self, Config, Family};
 /// Empirical check of Theorem 2.4 (self-tensoring a degree-p/2 sketch gives a degree-p AMM
 /// sketch with error at most sqrt(5)·ε).
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// Run a reduced grid (r ≤ 1024, 40 draws) that finishes in under 30 s.
     #[arg(long)]

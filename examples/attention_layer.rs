@@ -12,6 +12,7 @@
 
 use std::path::PathBuf;
 
+use clap::Parser;
 use faer::{Mat, MatRef, Par};
 use polysketch::attention::{
     Attention, AttentionConfig, AttentionKind, PolySketchConfig, SketchKind, load_safetensors,
@@ -192,7 +193,16 @@ fn run(name: &str, kind: AttentionKind) -> Result<(), Box<dyn std::error::Error>
     Ok(())
 }
 
+/// The attention layer inside a user's own model: a two-layer residual model that swaps
+/// softmax for PolySketch attention (random or learned sketches, with exact local blocks) by
+/// changing one config value, takes one SGD step, and saves and reloads its attention
+/// parameters as safetensors. Prints the loss before and after the step for each kind.
+#[derive(Parser, Debug)]
+#[command(long_about = None)]
+struct Args {}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    Args::parse();
     // the one config value that changes between the models
     let polysketch = |sketch, local| {
         AttentionKind::PolySketch(PolySketchConfig {

@@ -7,6 +7,7 @@
 //! cargo run --release --example gpt_compare -- induction          # induction heads, n = 128
 //! cargo run --release --example gpt_compare -- corpus --steps 100 # shorter
 //! cargo run --release --example gpt_compare -- plot OUT.svg name=runs/x/metrics.csv ...
+//! cargo run --release --example gpt_compare -- --help
 //! ```
 //!
 //! `plot` draws the validation (held-out) loss curves of finished runs into one SVG.
@@ -15,51 +16,67 @@
 
 use std::path::PathBuf;
 
+use clap::{Parser, Subcommand};
 use polysketch::gpt::tasks::Task;
 use polysketch::gpt::{AttentionSpec, Decay, GptConfig, TrainConfig};
 use polysketch::run::{self, RunConfig, Source};
 
+/// The paper's comparisons at laptop scale: the same small GPT trained with each attention
+/// kind (softmax, polynomial, PolySketch random/learned with and without local blocks) at equal
+/// steps and tokens, on the bundled corpus or on induction heads.
+#[derive(Parser, Debug)]
+#[command(long_about = None)]
+struct Args {
+    /// Which comparison (default: corpus).
+    #[command(subcommand)]
+    what: Option<What>,
+}
+
+#[derive(Subcommand, Debug)]
+enum What {
+    /// Validation loss on the bundled corpus (8.5 min on 2 cores).
+    Corpus {
+        /// Training steps per kind.
+        #[arg(long, default_value_t = 300)]
+        steps: usize,
+    },
+    /// Held-out accuracy on induction heads at n = 128.
+    Induction {
+        /// Training steps per kind.
+        #[arg(long, default_value_t = 600)]
+        steps: usize,
+    },
+    /// Draw the held-out loss curves of finished runs into one SVG.
+    Plot {
+        /// The SVG to write.
+        out: PathBuf,
+        /// Runs as name=path/to/metrics.csv (split at the last `=`).
+        #[arg(required = true, value_parser = parse_run)]
+        runs: Vec<(String, PathBuf)>,
+    },
+}
+
+fn parse_run(s: &str) -> Result<(String, PathBuf), String> {
+    s.rsplit_once('=')
+        .map(|(n, p)| (n.to_string(), PathBuf::from(p)))
+        .ok_or_else(|| format!("{s:?} is not name=path/to/metrics.csv"))
+}
+
 fn main() {
-    if let Err(e) = real_main() {
+    if let Err(e) = real_main(Args::parse()) {
         eprintln!("error: {e}");
         std::process::exit(1);
     }
 }
 
-fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> polysketch::Result<T> {
-    match args.iter().position(|a| a == name) {
-        None => Ok(default),
-        Some(i) => args
-            .get(i + 1)
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| polysketch::Error::Config(format!("{name} needs a value"))),
-    }
-}
-
-fn real_main() -> polysketch::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("plot") {
-        let out = args
-            .get(1)
-            .ok_or_else(|| polysketch::Error::Config("plot OUT.svg name=csv ...".into()))?;
-        let runs: Vec<(String, PathBuf)> = args[2..]
-            .iter()
-            .filter_map(|a| {
-                a.split_once('=')
-                    .map(|(n, p)| (n.to_string(), PathBuf::from(p)))
-            })
-            .collect();
-        return run::plot_runs(
-            &runs,
-            "held-out loss against step",
-            std::path::Path::new(out),
-        );
-    }
-    let what = args
-        .first()
-        .filter(|a| !a.starts_with("--"))
-        .cloned()
-        .unwrap_or_else(|| "corpus".into());
+fn real_main(args: Args) -> polysketch::Result<()> {
+    let (what, steps) = match args.what.unwrap_or(What::Corpus { steps: 300 }) {
+        What::Plot { out, runs } => {
+            return run::plot_runs(&runs, "held-out loss against step", &out);
+        }
+        What::Corpus { steps } => ("corpus", steps),
+        What::Induction { steps } => ("induction", steps),
+    };
     let ps = |r, block, learned, local| AttentionSpec::Polysketch {
         p: 4,
         r,
@@ -79,7 +96,7 @@ fn real_main() -> polysketch::Result<()> {
         _,
         _,
         _,
-    ) = match what.as_str() {
+    ) = match what {
         "corpus" => (
             vec![
                 AttentionSpec::Softmax,
@@ -92,7 +109,7 @@ fn real_main() -> polysketch::Result<()> {
             256,
             256,
             8,
-            arg(&args, "--steps", 300usize)?,
+            steps,
             2e-3,
             Source::Text {
                 path: run::default_data(),
@@ -103,7 +120,7 @@ fn real_main() -> polysketch::Result<()> {
             4,
             4,
         ),
-        "induction" => (
+        _ => (
             vec![
                 AttentionSpec::Softmax,
                 AttentionSpec::Polynomial { p: 4 },
@@ -115,7 +132,7 @@ fn real_main() -> polysketch::Result<()> {
             Task::Induction.vocab(),
             128,
             32,
-            arg(&args, "--steps", 600usize)?,
+            steps,
             1e-3,
             Source::Task {
                 task: Task::Induction,
@@ -126,11 +143,6 @@ fn real_main() -> polysketch::Result<()> {
             2,
             2,
         ),
-        other => {
-            return Err(polysketch::Error::Config(format!(
-                "unknown comparison {other:?} (corpus, induction)"
-            )));
-        }
     };
     let root = PathBuf::from(format!("runs/compare-{what}"));
     let mut csv =

@@ -27,7 +27,7 @@ use polysketch::plot::{Panel, scatter_panels};
 
 /// Kernel PCA: exact against sketched features and Nyström.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// CSV file with a header line, numeric features and an integer class column.
     #[arg(long, default_value = "data/digits.csv")]
@@ -268,7 +268,8 @@ fn run(args: Args) -> polysketch::Result<()> {
         },
     ];
     let svg_path = args.out.join("kernel_pca.svg");
-    scatter_panels(&panels, "component 1", "component 2", &svg_path)?;
+    // the classes are the data set's integer labels (the digits 0–9 for the default data)
+    scatter_panels(&panels, "component 1", "component 2", &[], &svg_path)?;
     println!("wrote {} and {}", csv_path.display(), svg_path.display());
     println!(
         "best sketch at D = {top}: {} (largest angle of the top-{k} subspaces)",

@@ -31,7 +31,7 @@ static ALLOC: CountingAlloc = CountingAlloc::new();
 
 /// Kernel ridge regression: exact against sketched features and Nyström.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// CSV file with a header line and numeric columns.
     #[arg(long, default_value = "data/diamonds_numeric.csv")]
@@ -415,6 +415,7 @@ fn run(mut args: Args) -> polysketch::Result<()> {
                 .filter(|r| r.method == *m)
                 .filter_map(|r| r.dim.map(|d| (d as f64, r.rmse)))
                 .collect(),
+            ..Line::default()
         })
         .collect();
     let svg_path = args.out.join("kernel_regression.svg");

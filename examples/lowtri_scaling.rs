@@ -29,7 +29,7 @@ use rand_distr::{Distribution, StandardNormal};
 
 /// Scaling of the block lower-triangular product lt(A Bᵀ) C.
 #[derive(Parser, Debug)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// n up to 8k and fewer repetitions.
     #[arg(long)]

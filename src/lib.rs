@@ -31,6 +31,8 @@
 //! # Ok::<(), polysketch::sketch::SketchError>(())
 //! ```
 
+/// The faer version the crates compute with: use it instead of pinning faer by hand.
+pub use faer;
 pub use polysketch_attention as attention;
 pub use polysketch_gpt as gpt;
 pub use polysketch_kernel as kernel;

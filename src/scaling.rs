@@ -12,12 +12,14 @@ use crate::plot::{Axes, Line, line_plot};
 use crate::sketch::linalg::gemm;
 
 /// A named series of `(size, seconds)` points.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Series {
     /// Legend label.
     pub name: String,
     /// `(n, seconds)`.
     pub points: Vec<(usize, f64)>,
+    /// Drawn dashed (see [`Line::dashed`]).
+    pub dashed: bool,
 }
 
 impl Series {
@@ -25,7 +27,7 @@ impl Series {
     pub fn new(name: &str) -> Self {
         Self {
             name: name.into(),
-            points: Vec::new(),
+            ..Self::default()
         }
     }
 
@@ -75,6 +77,7 @@ pub fn plot_svg(series: &[Series], title: &str, path: &Path) -> Result<()> {
         .map(|s| Line {
             name: s.name.clone(),
             points: s.points.iter().map(|&(n, t)| (n as f64, t)).collect(),
+            dashed: s.dashed,
         })
         .collect();
     let axes = Axes {

@@ -53,6 +53,10 @@
 //! # Ok::<(), polysketch_attention::AttentionError>(())
 //! ```
 
+/// The faer version this crate computes with (its matrices and `Par` in the signatures): use
+/// it instead of pinning faer by hand.
+pub use faer;
+
 mod config;
 #[cfg(feature = "gpu")]
 pub mod device;

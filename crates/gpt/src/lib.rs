@@ -36,6 +36,10 @@
 //! # Ok::<(), polysketch_gpt::GptError>(())
 //! ```
 
+/// The faer version this crate computes with (its matrices and `Par` in the signatures): use
+/// it instead of pinning faer by hand.
+pub use faer;
+
 pub mod checkpoint;
 mod config;
 pub mod data;

@@ -38,6 +38,10 @@
 //! # Ok::<(), polysketch_kernel::KernelError>(())
 //! ```
 
+/// The faer version this crate computes with (its matrices and `Par` in the signatures): use
+/// it instead of pinning faer by hand.
+pub use faer;
+
 pub mod data;
 mod error;
 mod nystrom;

@@ -45,6 +45,10 @@
 //! # Ok::<(), polysketch_sketch::SketchError>(())
 //! ```
 
+/// The faer version this crate computes with (its matrices and `Par` in the signatures): use
+/// it instead of pinning faer by hand.
+pub use faer;
+
 mod features;
 mod selftensored;
 
