@@ -157,11 +157,10 @@ pub fn device_or_skip<R: Runtime>(test: &str) -> Option<crate::Gpu<R>> {
         }
         Err(e) => {
             use std::io::Write as _;
-            // straight to the handle: print!/eprint! would be captured by the test harness
-            let _ = writeln!(
-                std::io::stderr(),
-                "skipped {test}: {e} (set {REQUIRE_GPU_ENV}=1 to fail instead)"
-            );
+            // straight to the handle (print!/eprint! would be captured by the test harness), in
+            // one write so that parallel tests do not cut the line
+            let line = format!("skipped {test}: {e} (set {REQUIRE_GPU_ENV}=1 to fail instead)\n");
+            let _ = std::io::stderr().lock().write_all(line.as_bytes());
             None
         }
     }
