@@ -694,12 +694,10 @@ fn bench_train(args: &TrainBench) -> polysketch::Result<()> {
             b.0,
             first.0
         );
+        let (n, ratio) = (b.0, b.1 / a.1);
         println!(
-            "speedup {} {:.2}  ({name} training tokens/s against softmax's at n = {}: {:.2}x)",
-            b.0,
-            b.1 / a.1,
-            b.0,
-            b.1 / a.1
+            "speedup {n} {ratio:.2}  ({name} training tokens/s against softmax's at n = {n}: \
+             {ratio:.2}x)"
         );
     }
     Ok(())
@@ -858,11 +856,18 @@ fn run_case(
     })
 }
 
+/// The plotted series of `kind` with `heads` heads: one colour per kind, solid for the fewest
+/// heads of the run and dashed for more.
+fn heads_series(kind: &str, heads: usize, min_heads: usize) -> Series {
+    let mut line = Series::new(&format!("{kind} ({heads} heads)"));
+    line.dashed = heads != min_heads;
+    line
+}
+
 /// The plot of an earlier `bench attention` from its CSV (`--plot-from`).
 fn replot_attention(csv: &std::path::Path, out: &std::path::Path) -> polysketch::Result<()> {
     let text = std::fs::read_to_string(csv)?;
-    let mut series: Vec<Series> = Vec::new();
-    let mut min_heads = usize::MAX;
+    let mut rows = Vec::new();
     // columns by name: older runs have no batch column
     let header: Vec<&str> = text.lines().next().unwrap_or("").split(',').collect();
     let column = |name: &str| {
@@ -887,19 +892,19 @@ fn replot_attention(csv: &std::path::Path, out: &std::path::Path) -> polysketch:
         let heads: usize = heads.parse().map_err(|_| bad())?;
         let n: usize = n.parse().map_err(|_| bad())?;
         let t: f64 = fwd_bwd.parse().map_err(|_| bad())?;
-        let name = format!("{kind} ({heads} heads)");
-        min_heads = min_heads.min(heads);
-        match series.iter_mut().find(|s| s.name == name) {
+        rows.push((kind, heads, n, t));
+    }
+    let min_heads = rows.iter().map(|r| r.1).min().unwrap_or(1);
+    let mut series: Vec<Series> = Vec::new();
+    for (kind, heads, n, t) in rows {
+        let mut line = heads_series(kind, heads, min_heads);
+        match series.iter_mut().find(|s| s.name == line.name) {
             Some(s) => s.push(n, t),
             None => {
-                let mut s = Series::new(&name);
-                s.push(n, t);
-                series.push(s);
+                line.push(n, t);
+                series.push(line);
             }
         }
-    }
-    for s in &mut series {
-        s.dashed = !s.name.ends_with(&format!("({min_heads} heads)"));
     }
     std::fs::create_dir_all(out)?;
     let svg = out.join("attention_bench.svg");
@@ -973,9 +978,7 @@ fn bench_attention(args: &AttentionBench) -> polysketch::Result<()> {
     for &heads in &args.heads {
         let mut fb_time: Vec<Option<(f64, f64)>> = vec![None; args.n.len()]; // softmax (fwd, fwd+bwd) per n
         for k in &all {
-            let mut line = Series::new(&format!("{} ({heads} heads)", k.name));
-            // one colour per kind: the fewest heads solid, more heads dashed
-            line.dashed = heads != min_heads;
+            let mut line = heads_series(k.name, heads, min_heads);
             // time of the previous n, to skip cases projected past --max-seconds
             let mut previous: Option<(usize, f64)> = None;
             for (ni, &n) in args.n.iter().enumerate() {
@@ -1226,9 +1229,10 @@ where
         })
         .collect();
     let bar = cases_bar(args.heads.len() * args.n.len() * kinds.len());
+    let min_heads = args.heads.iter().copied().min().unwrap_or(1);
     for &heads in &args.heads {
         for (name, kind) in &kinds {
-            let mut line = Series::new(&format!("{name} ({heads} heads)"));
+            let mut line = heads_series(name, heads, min_heads);
             for &n in &args.n {
                 bar.set_message(format!("{name} heads={heads} n={n}"));
                 let batch = args.tokens.map_or(args.batch, |t| (t / n).max(1));

@@ -127,6 +127,7 @@ pub fn line_plot_capped(
         ));
     }
     let cap = y_cap.filter(|&c| c > y0 && c < y1);
+    // the padding below is a share of the drawn range; the top stays at the cap itself
     let y1 = cap.unwrap_or(y1);
     let pad = |lo: f64, hi: f64, log: bool| -> (f64, f64) {
         if log {

@@ -133,35 +133,26 @@ fn device_rejects_bad_input<R: Runtime>(gpu: &Gpu<R>) {
     ));
 }
 
+/// One test of the suite on runtime `$runtime`: skipped with a line when it has no device.
+macro_rules! device_test {
+    ($runtime:ty, $test:ident $(, #[$attr:meta])?) => {
+        #[test]
+        $(#[$attr])?
+        fn $test() {
+            let name = concat!(stringify!($test), " (", stringify!($runtime), ")");
+            if let Some(gpu) = polysketch_attention::device::testing::device_or_skip::<$runtime>(name) {
+                super::$test(&gpu);
+            }
+        }
+    };
+}
+
 macro_rules! suite {
     ($module:ident, $runtime:ty $(, #[$attr:meta])?) => {
         mod $module {
-            /// The device, or `None` after a line saying that `test` was skipped.
-            fn gpu(test: &str) -> Option<super::Gpu<$runtime>> {
-                let name = format!("{test} ({})", stringify!($runtime));
-                polysketch_attention::device::testing::device_or_skip::<$runtime>(&name)
-            }
-            #[test]
-            $(#[$attr])?
-            fn device_layer_matches_cpu_layer() {
-                if let Some(gpu) = gpu("device_layer_matches_cpu_layer") {
-                    super::device_layer_matches_cpu_layer(&gpu);
-                }
-            }
-            #[test]
-            $(#[$attr])?
-            fn device_rejects_what_it_does_not_run() {
-                if let Some(gpu) = gpu("device_rejects_what_it_does_not_run") {
-                    super::device_rejects_what_it_does_not_run(&gpu);
-                }
-            }
-            #[test]
-            $(#[$attr])?
-            fn device_rejects_bad_input() {
-                if let Some(gpu) = gpu("device_rejects_bad_input") {
-                    super::device_rejects_bad_input(&gpu);
-                }
-            }
+            device_test!($runtime, device_layer_matches_cpu_layer $(, #[$attr])?);
+            device_test!($runtime, device_rejects_what_it_does_not_run $(, #[$attr])?);
+            device_test!($runtime, device_rejects_bad_input $(, #[$attr])?);
         }
     };
 }

@@ -77,6 +77,18 @@ pub fn save(
     Ok(())
 }
 
+/// `" (a write was interrupted: …)"` when a crash during [`save`] left the previous checkpoint
+/// of `dir` at `dir.old`.
+fn interrupted_write(dir: &Path) -> Option<String> {
+    let old = PathBuf::from(format!("{}.old", dir.display()));
+    old.is_dir().then(|| {
+        format!(
+            " (a write was interrupted: the previous checkpoint is at {})",
+            old.display()
+        )
+    })
+}
+
 /// The checkpoint folder that `path` names: `path` itself when it holds `checkpoint.json`, or
 /// `path/checkpoint` when `path` is a run folder (what `polysketch train` writes: `metrics.csv`,
 /// `loss.svg` and `checkpoint/`). Every command that asks for a checkpoint accepts both.
@@ -93,15 +105,8 @@ pub fn locate(path: &Path) -> Result<PathBuf> {
         return Ok(inner);
     }
     for dir in [path, inner.as_path()] {
-        let old = PathBuf::from(format!("{}.old", dir.display()));
-        if old.is_dir() {
-            return Err(file_err(
-                dir,
-                format!(
-                    "no checkpoint here (a write was interrupted: the previous checkpoint is at {})",
-                    old.display()
-                ),
-            ));
+        if let Some(hint) = interrupted_write(dir) {
+            return Err(file_err(dir, format!("no checkpoint here{hint}")));
         }
     }
     let what = if path.is_dir() {
@@ -127,15 +132,7 @@ pub fn locate(path: &Path) -> Result<PathBuf> {
 pub fn read_meta(dir: &Path) -> Result<Meta> {
     let path = dir.join("checkpoint.json");
     if !dir.is_dir() {
-        let old = PathBuf::from(format!("{}.old", dir.display()));
-        let hint = if old.is_dir() {
-            format!(
-                " (a write was interrupted: the previous checkpoint is at {})",
-                old.display()
-            )
-        } else {
-            String::new()
-        };
+        let hint = interrupted_write(dir).unwrap_or_default();
         return Err(file_err(dir, format!("no checkpoint folder here{hint}")));
     }
     let bytes = std::fs::read(&path).map_err(|e| file_err(&path, e))?;

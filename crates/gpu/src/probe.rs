@@ -14,29 +14,15 @@ pub const REQUIRE_GPU_ENV: &str = "POLYSKETCH_REQUIRE_GPU";
 
 /// A short name of the runtime `R` for messages: `wgpu`, `cuda`, or its type name.
 pub(crate) fn runtime_label<R: Runtime>() -> &'static str {
-    use core::any::TypeId;
-    let id = TypeId::of::<R>();
-    if cfg!(feature = "wgpu") && id == wgpu_id() {
+    #[cfg(feature = "wgpu")]
+    if core::any::TypeId::of::<R>() == core::any::TypeId::of::<cubecl::wgpu::WgpuRuntime>() {
         return "wgpu";
     }
-    if cfg!(feature = "cuda") && id == cuda_id() {
+    #[cfg(feature = "cuda")]
+    if core::any::TypeId::of::<R>() == core::any::TypeId::of::<cubecl::cuda::CudaRuntime>() {
         return "cuda";
     }
     core::any::type_name::<R>()
-}
-
-fn wgpu_id() -> core::any::TypeId {
-    #[cfg(feature = "wgpu")]
-    return core::any::TypeId::of::<cubecl::wgpu::WgpuRuntime>();
-    #[cfg(not(feature = "wgpu"))]
-    return core::any::TypeId::of::<()>();
-}
-
-fn cuda_id() -> core::any::TypeId {
-    #[cfg(feature = "cuda")]
-    return core::any::TypeId::of::<cubecl::cuda::CudaRuntime>();
-    #[cfg(not(feature = "cuda"))]
-    return core::any::TypeId::of::<()>();
 }
 
 /// The client of `device`, or [`GpuError::NoDevice`]: the runtime is asked first where we know
@@ -80,43 +66,18 @@ fn wgpu_adapter(device: &cubecl::wgpu::WgpuDevice) -> core::result::Result<(), S
 
     static DEFAULT: OnceLock<core::result::Result<(), String>> = OnceLock::new();
     let backend = AutoGraphicsApi::backend();
-    let instance = || {
-        wgpu::Instance::new(wgpu::InstanceDescriptor {
-            backends: backend.into(),
-            ..wgpu::InstanceDescriptor::new_without_display_handle()
-        })
-    };
     #[allow(deprecated)]
     let (kind, index) = match device {
         WgpuDevice::Existing(_) => return Ok(()),
         WgpuDevice::DefaultDevice | WgpuDevice::BestAvailable => {
-            return DEFAULT
-                .get_or_init(|| {
-                    let options = wgpu::RequestAdapterOptions {
-                        power_preference: wgpu::PowerPreference::HighPerformance,
-                        force_fallback_adapter: false,
-                        compatible_surface: None,
-                    };
-                    cubecl::future::block_on(instance().request_adapter(&options))
-                        .map(|_| ())
-                        .map_err(|e| {
-                            // wgpu goes on to list every backend it did not try: keep the cause
-                            let e = e.to_string();
-                            let cause = e.split(';').next().unwrap_or(&e);
-                            format!(
-                                "no {backend:?} adapter ({cause}); a software driver is Mesa's \
-                                 lavapipe (Debian: mesa-vulkan-drivers libvulkan1)"
-                            )
-                        })
-                })
-                .clone();
+            return DEFAULT.get_or_init(|| default_adapter(backend)).clone();
         }
         WgpuDevice::DiscreteGpu(i) => (DeviceType::DiscreteGpu, *i),
         WgpuDevice::IntegratedGpu(i) => (DeviceType::IntegratedGpu, *i),
         WgpuDevice::VirtualGpu(i) => (DeviceType::VirtualGpu, *i),
         WgpuDevice::Cpu => (DeviceType::Cpu, 0),
     };
-    let adapters = cubecl::future::block_on(instance().enumerate_adapters(backend.into()));
+    let adapters = cubecl::future::block_on(instance(backend).enumerate_adapters(backend.into()));
     let types: Vec<DeviceType> = adapters.iter().map(|a| a.get_info().device_type).collect();
     // cubecl takes the `index`-th adapter of the type, else the `index`-th of type Other
     let of = |t: DeviceType| types.iter().filter(|&&d| d == t).count();
@@ -127,6 +88,36 @@ fn wgpu_adapter(device: &cubecl::wgpu::WgpuDevice) -> core::result::Result<(), S
             "no {kind:?} adapter number {index} on {backend:?} (adapters: {types:?})"
         ))
     }
+}
+
+/// A wgpu instance on `backend` alone, as cubecl makes it.
+#[cfg(feature = "wgpu")]
+fn instance(backend: wgpu::Backend) -> wgpu::Instance {
+    wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends: backend.into(),
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    })
+}
+
+/// Whether wgpu gives the adapter cubecl requests for the default device.
+#[cfg(feature = "wgpu")]
+fn default_adapter(backend: wgpu::Backend) -> core::result::Result<(), String> {
+    let options = wgpu::RequestAdapterOptions {
+        power_preference: wgpu::PowerPreference::HighPerformance,
+        force_fallback_adapter: false,
+        compatible_surface: None,
+    };
+    cubecl::future::block_on(instance(backend).request_adapter(&options))
+        .map(|_| ())
+        .map_err(|e| {
+            // wgpu goes on to list every backend it did not try: keep the cause
+            let e = e.to_string();
+            let cause = e.split(';').next().unwrap_or(&e);
+            format!(
+                "no {backend:?} adapter ({cause}); a software driver is Mesa's lavapipe \
+                 (Debian: mesa-vulkan-drivers libvulkan1)"
+            )
+        })
 }
 
 /// The default device of runtime `R` for a test or an example, or `None` after one line on
