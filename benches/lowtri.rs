@@ -9,8 +9,8 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use faer::{Mat, Par};
+use polysketch::core::{linalg::gemm, seeded_rng};
 use polysketch::lowtri::{Grads, LowTri, Problem, Saved, baseline};
-use polysketch::sketch::{linalg::gemm, seeded_rng};
 use polysketch::tensoring::{Layout, tensor_square};
 use rand_distr::{Distribution, StandardNormal};
 

@@ -9,9 +9,8 @@
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use faer::{Mat, Par};
-use polysketch::sketch::{
-    CountSketch, GaussianJl, PolySketch, TensorSketch, TreeSketch, seeded_rng,
-};
+use polysketch::core::seeded_rng;
+use polysketch::sketch::{CountSketch, GaussianJl, PolySketch, TensorSketch, TreeSketch};
 use polysketch::tensoring::{Layout, SelfTensored};
 use rand_distr::{Distribution, StandardNormal};
 

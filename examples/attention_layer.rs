@@ -18,7 +18,7 @@ use polysketch::attention::{
     Attention, AttentionConfig, AttentionKind, PolySketchConfig, SketchKind, load_safetensors,
     save_safetensors,
 };
-use polysketch::sketch::{normal, seeded_rng};
+use polysketch::core::{normal, seeded_rng};
 
 const D_MODEL: usize = 32;
 const HEADS: usize = 2;

@@ -21,9 +21,9 @@ use std::time::Instant;
 use clap::Parser;
 use faer::{Mat, Par};
 use indicatif::{ProgressBar, ProgressStyle};
+use polysketch::core::seeded_rng;
 use polysketch::lowtri::{Grads, LowTri, Problem, Saved, baseline};
 use polysketch::scaling::{self, Series};
-use polysketch::sketch::seeded_rng;
 use polysketch::tensoring::{Layout, tensor_square};
 use rand_distr::{Distribution, StandardNormal};
 

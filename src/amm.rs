@@ -23,7 +23,8 @@ use faer::{Mat, MatRef, Par};
 use plotters::prelude::*;
 use rayon::prelude::*;
 
-use crate::sketch::{GaussianJl, PolySketch, TreeSketch, jl, seeded_rng, split_seed};
+use crate::core::{seeded_rng, split_seed};
+use crate::sketch::{GaussianJl, PolySketch, TreeSketch, jl};
 use crate::tensoring::gram_block;
 use crate::{Error, Result};
 

@@ -3,6 +3,8 @@
 //! This facade re-exports the workspace crates under short names and holds what the examples
 //! and the command-line program share:
 //!
+//! - [`core`]: the numeric base every crate shares (float trait, faer helpers, checks, seeded
+//!   randomness, crash-safe writes).
 //! - [`sketch`]: oblivious polynomial sketches (Gaussian JL, CountSketch, TensorSketch, Ahle et
 //!   al. trees) and the JL-moment / AMM utilities that check them against the theory.
 //! - [`tensoring`]: the nonnegative self-tensoring sketch \\(\phi'(x) = (S^\top
@@ -34,6 +36,7 @@
 /// The faer version the crates compute with: use it instead of pinning faer by hand.
 pub use faer;
 pub use polysketch_attention as attention;
+pub use polysketch_core as core;
 pub use polysketch_gpt as gpt;
 pub use polysketch_kernel as kernel;
 pub use polysketch_lowtri as lowtri;
@@ -77,4 +80,4 @@ pub enum Error {
 }
 
 /// Result alias of the facade.
-pub type Result<T, E = Error> = core::result::Result<T, E>;
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -8,13 +8,13 @@ use std::time::Instant;
 
 use faer::Par;
 use indicatif::{ProgressBar, ProgressStyle};
+use polysketch_core::{seeded_rng, split_seed};
 use polysketch_gpt::checkpoint::{self, Meta};
 use polysketch_gpt::data::{Corpus, Tokenizer, TokenizerSpec, read_text};
 use polysketch_gpt::tasks::{Task, exact_accuracy};
 use polysketch_gpt::{
     Activations, AttentionSpec, Gpt, GptConfig, GptError, TrainConfig, Trainer, evaluate,
 };
-use polysketch_sketch::{seeded_rng, split_seed};
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
 

@@ -1,9 +1,10 @@
 //! The multi-head layer: validated config, parameters, forward and backward.
 
 use faer::{Mat, MatMut, MatRef, Par};
+use polysketch_core::Scalar;
+use polysketch_core::linalg::row_blocks;
 use polysketch_lowtri::{Features, Grads as LtGrads, LowTri, Problem, Saved as LtSaved};
-use polysketch_sketch::linalg::row_blocks;
-use polysketch_sketch::{GaussianJl, PolySketch, Scalar, TreeSketch};
+use polysketch_sketch::{GaussianJl, PolySketch, TreeSketch};
 use rayon::prelude::*;
 
 use crate::config::{AttentionConfig, AttentionKind, PolySketchConfig, SketchKind};
@@ -291,7 +292,7 @@ pub(crate) fn check_finite<T: Scalar>(
     input: &'static str,
     x: &[T],
 ) -> Result<()> {
-    if polysketch_sketch::all_finite(x) {
+    if polysketch_core::all_finite(x) {
         return Ok(());
     }
     match x.iter().position(|v| !v.is_finite()) {

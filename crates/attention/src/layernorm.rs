@@ -1,7 +1,7 @@
 //! Layer normalisation of rows, forward and backward side by side, on row-major data.
 
 use faer::MatRef;
-use polysketch_sketch::{
+use polysketch_core::{
     Scalar,
     linalg::{dot, sum},
 };
@@ -54,7 +54,7 @@ pub fn layernorm_forward<T: Scalar>(
     normalise_rows(&mut saved.xhat, &mut saved.rstd, gain, bias, scale, out);
 }
 
-polysketch_sketch::multiversion! {
+polysketch_core::multiversion! {
     /// The rows of `xh` (`[n, h]`, holding \(x\)) become \(\hat x\), `rstd` their
     /// \(1/\sigma\), and `out` \(s(g \circ \hat x + \beta)\).
     fn normalise_rows<T: Scalar>(

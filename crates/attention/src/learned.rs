@@ -20,7 +20,8 @@
 //! \\(\mathcal N(0, 1/\text{fan-in})\\), biases at 0, gains at 1, all from the seed.
 
 use faer::{Mat, MatMut, MatRef, Par};
-use polysketch_sketch::{PolySketch, Scalar, linalg::gemm, normal, seeded_rng};
+use polysketch_core::{Scalar, linalg::gemm, normal, seeded_rng};
+use polysketch_sketch::PolySketch;
 
 use crate::layernorm::{LnSaved, layernorm_backward, layernorm_forward};
 use crate::{AttentionError, Result};
@@ -128,7 +129,7 @@ fn dense<T: Scalar>(x: &[T], n: usize, din: usize, w: &[T], b: &[T], y: &mut [T]
     add_bias(&mut y[..n * dout], b);
 }
 
-polysketch_sketch::multiversion! {
+polysketch_core::multiversion! {
     /// `y[i, c] += b[c]` for row-major `y` with rows of `b.len()`.
     fn add_bias<T: Scalar>(y: &mut [T], b: &[T]) {
         for row in y.chunks_exact_mut(b.len()) {
@@ -144,7 +145,7 @@ fn add_column_sums<T: Scalar>(x: &[T], acc: &mut [T]) {
     }
 }
 
-polysketch_sketch::multiversion! {
+polysketch_core::multiversion! {
     /// `z = gelu(a)` elementwise, tanh form:
     /// \\(\mathrm{gelu}(x) = \tfrac12 x\,(1 + \tanh(\sqrt{2/\pi}(x + 0.044715x^3)))\\).
     /// Shapes: `a`, `z` of one length.
@@ -157,7 +158,7 @@ polysketch_sketch::multiversion! {
     }
 }
 
-polysketch_sketch::multiversion! {
+polysketch_core::multiversion! {
     /// `z = gelu(a)` and `g = gelu'(a)` elementwise (tanh form, as [`gelu`]).
     /// Shapes: `a`, `z`, `g` of one length.
     pub fn gelu_with_grad<T: Scalar>(a: &[T], z: &mut [T], g: &mut [T]) {
@@ -170,14 +171,14 @@ polysketch_sketch::multiversion! {
     }
 }
 
-polysketch_sketch::multiversion! {
+polysketch_core::multiversion! {
     /// `x[i] *= y[i]`.
     fn mul_assign<T: Scalar>(x: &mut [T], y: &[T]) {
         x.iter_mut().zip(y).for_each(|(a, b)| *a *= *b);
     }
 }
 
-polysketch_sketch::multiversion! {
+polysketch_core::multiversion! {
     /// A node's forward: `t = tanh(m1 ∘ m2 / √r)`, `out = √r t`.
     fn node_forward<T: Scalar>(m1: &[T], m2: &[T], t: &mut [T], out: &mut [T], sqrt_r: T) {
         let inv = T::one() / sqrt_r;
@@ -188,7 +189,7 @@ polysketch_sketch::multiversion! {
     }
 }
 
-polysketch_sketch::multiversion! {
+polysketch_core::multiversion! {
     /// `gate = dout ∘ (1 - t²)`.
     fn node_gate<T: Scalar>(dout: &[T], t: &[T], gate: &mut [T]) {
         for ((g, &d), &t) in gate.iter_mut().zip(dout).zip(t) {
@@ -248,7 +249,7 @@ struct Scratch<T> {
 }
 
 impl<T: Scalar> Mlp<T> {
-    fn new(d: usize, r: usize, rng: &mut polysketch_sketch::SketchRng) -> Self {
+    fn new(d: usize, r: usize, rng: &mut polysketch_core::SketchRng) -> Self {
         let p = shapes(d, r)
             .iter()
             .enumerate()
@@ -619,7 +620,7 @@ impl<T: Scalar> LearnedSketch<T> {
             node_gate(&douts[i], &t[i], &mut gate);
             for (k, other, src) in [(2 * i, 2 * i + 1, a), (2 * i + 1, 2 * i, b)] {
                 dm.resize(n * r, T::zero());
-                polysketch_sketch::linalg::scaled_product(&mut dm, &gate, &m[other], T::one());
+                polysketch_core::linalg::scaled_product(&mut dm, &gate, &m[other], T::one());
                 let mlp = &self.mlps[k];
                 mlp.backward(&dm, &mlps[k], &mut grads[12 * k..12 * (k + 1)], sc);
                 let din = &sc.din[..n * mlp.d];

@@ -2,7 +2,7 @@
 //! `cu_seqlens`), with no attention across their boundaries, forward and backward.
 
 use faer::Par;
-use polysketch_sketch::Scalar;
+use polysketch_core::Scalar;
 
 use crate::layer::{Attention, Grads, Saved, check_finite, check_len};
 use crate::{AttentionError, Result};

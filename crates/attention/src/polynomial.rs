@@ -12,7 +12,7 @@
 
 use faer::prelude::ReborrowMut;
 use faer::{MatMut, MatRef, Par};
-use polysketch_sketch::{Scalar, linalg::gemm, linalg::ipow};
+use polysketch_core::{Scalar, linalg::gemm, linalg::ipow};
 
 use crate::softmax::{TILE, TileScratch};
 

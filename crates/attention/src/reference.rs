@@ -1,7 +1,8 @@
 //! Plain `f64` references from the formulas, for tests: \\(O(n^2)\\) per head.
 
 use faer::{Mat, MatRef};
-use polysketch_sketch::{PolySketch, Scalar};
+use polysketch_core::Scalar;
+use polysketch_sketch::PolySketch;
 
 /// \\(\tilde x = s\,(g \circ \hat x + \beta)\\) of every row, in `f64` (layer norm with
 /// \\(\epsilon\\) = [`crate::layernorm::LN_EPS`]).

@@ -9,7 +9,7 @@
 
 use std::path::Path;
 
-use polysketch_sketch::Scalar;
+use polysketch_core::Scalar;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
 use crate::learned::{Param, ParamMut};
@@ -78,7 +78,7 @@ pub fn save_safetensors<T: Scalar>(path: &Path, params: &[Param<'_, T>]) -> Resu
         })
         .collect::<Result<Vec<_>>>()?;
     let out = safetensors::serialize(views, None).map_err(|e| file_error(path, e))?;
-    polysketch_sketch::io::write_atomic(path, &out).map_err(|e| file_error(path, e))
+    polysketch_core::io::write_atomic(path, &out).map_err(|e| file_error(path, e))
 }
 
 /// Reads every parameter of `params` from `path`, by name: each must be there with the same

@@ -16,7 +16,7 @@
 
 use faer::prelude::ReborrowMut;
 use faer::{Mat, MatMut, MatRef, Par};
-use polysketch_sketch::{Scalar, linalg::gemm};
+use polysketch_core::{Scalar, linalg::gemm};
 use rayon::prelude::*;
 
 /// Rows per tile.

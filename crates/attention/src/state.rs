@@ -15,9 +15,9 @@
 //! polynomial — and values of every token so far): token \\(i\\) costs \\(O(i h)\\).
 
 use faer::{Mat, MatRef, Par};
+use polysketch_core::Scalar;
+use polysketch_core::linalg::{dot, gemm, ipow};
 use polysketch_lowtri::{Features, LowTri, Problem};
-use polysketch_sketch::Scalar;
-use polysketch_sketch::linalg::{dot, gemm, ipow};
 use polysketch_tensoring::{Layout, feature_dim, tensor_square};
 use rayon::prelude::*;
 

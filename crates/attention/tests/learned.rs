@@ -4,7 +4,8 @@
 use faer::{Mat, MatRef, Par};
 use polysketch_attention::reference::learned_sketch_reference;
 use polysketch_attention::{AttentionError, LearnedSaved, LearnedSketch};
-use polysketch_sketch::{PolySketch, seeded_rng};
+use polysketch_core::seeded_rng;
+use polysketch_sketch::PolySketch;
 use rand_distr::{Distribution, StandardNormal};
 
 fn random(rows: usize, cols: usize, seed: u64) -> Mat<f64> {

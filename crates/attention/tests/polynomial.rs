@@ -6,7 +6,7 @@ use common::*;
 use faer::Par;
 use polysketch_attention::reference::polynomial_reference;
 use polysketch_attention::{Attention, AttentionConfig, AttentionKind};
-use polysketch_sketch::Scalar;
+use polysketch_core::Scalar;
 
 fn layer<T: Scalar>(heads: usize, h: usize, p: usize) -> Attention<T> {
     Attention::new(AttentionConfig {

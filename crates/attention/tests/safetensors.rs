@@ -6,7 +6,7 @@ use polysketch_attention::{
     load_safetensors, save_safetensors,
 };
 
-fn layer<T: polysketch_sketch::Scalar>(seed: u64) -> Attention<T> {
+fn layer<T: polysketch_core::Scalar>(seed: u64) -> Attention<T> {
     Attention::new(AttentionConfig {
         heads: 2,
         head_dim: 4,

@@ -6,7 +6,7 @@ use common::*;
 use faer::Par;
 use polysketch_attention::reference::softmax_reference;
 use polysketch_attention::{Attention, AttentionConfig, AttentionError, AttentionKind};
-use polysketch_sketch::Scalar;
+use polysketch_core::Scalar;
 
 fn layer<T: Scalar>(heads: usize, h: usize) -> Attention<T> {
     Attention::new(AttentionConfig {

@@ -9,7 +9,7 @@ use faer::Par;
 use polysketch_attention::{
     Attention, AttentionConfig, AttentionError, AttentionKind, PolySketchConfig, SketchKind,
 };
-use polysketch_sketch::Scalar;
+use polysketch_core::Scalar;
 
 fn kinds() -> Vec<AttentionKind> {
     let ps = |p, local, sketch| {

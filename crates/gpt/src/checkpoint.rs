@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use polysketch_attention::{load_safetensors, save_safetensors};
-use polysketch_sketch::io::write_atomic;
+use polysketch_core::io::write_atomic;
 use serde::{Deserialize, Serialize};
 
 use crate::data::Tokenizer;

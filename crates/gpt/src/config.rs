@@ -36,7 +36,7 @@ impl AttentionSpec {
     /// The attention crate's kind for layer `layer` of a model seeded with `seed` (each layer
     /// draws its own random sketch or learned-sketch initialisation).
     pub fn kind(&self, seed: u64, layer: usize) -> AttentionKind {
-        let seed = polysketch_sketch::split_seed(seed, 1000 + layer as u64);
+        let seed = polysketch_core::split_seed(seed, 1000 + layer as u64);
         match *self {
             AttentionSpec::Softmax => AttentionKind::Softmax,
             AttentionSpec::Polynomial { p } => AttentionKind::Polynomial { p },

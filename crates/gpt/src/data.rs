@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use polysketch_sketch::{seeded_rng, split_seed};
+use polysketch_core::{seeded_rng, split_seed};
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
 use tokenizers::models::bpe::{BPE, BpeTrainerBuilder};

@@ -5,7 +5,7 @@
 use faer::{MatRef, Par};
 use polysketch_attention::layernorm::{LnSaved, layernorm_backward, layernorm_forward};
 use polysketch_attention::{Attention, Grads, Param, ParamMut, Saved, State};
-use polysketch_sketch::{Scalar, normal, seeded_rng, split_seed};
+use polysketch_core::{Scalar, normal, seeded_rng, split_seed};
 
 use crate::ops::{self, IGNORE};
 use crate::{GptConfig, GptError, Result};

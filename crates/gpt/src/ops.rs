@@ -6,7 +6,7 @@
 //! mismatch) and do no input validation.
 
 use faer::{MatMut, MatRef, Par};
-use polysketch_sketch::{Scalar, linalg::gemm};
+use polysketch_core::{Scalar, linalg::gemm};
 use rayon::prelude::*;
 
 /// Rows per rayon task in the elementwise layers.

@@ -1,6 +1,6 @@
 //! AdamW with decoupled weight decay, the learning-rate schedule and gradient clipping.
 
-use polysketch_sketch::Scalar;
+use polysketch_core::Scalar;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 

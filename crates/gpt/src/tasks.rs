@@ -1,6 +1,6 @@
 //! The synthetic tasks of the paper's Appendix F, as generators with exact accuracy.
 
-use polysketch_sketch::{Scalar, SketchRng};
+use polysketch_core::{Scalar, SketchRng};
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
 

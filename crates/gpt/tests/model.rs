@@ -2,8 +2,8 @@
 //! inference against the training forward, thread-count determinism, typed errors.
 
 use faer::Par;
+use polysketch_core::{SketchRng, seeded_rng};
 use polysketch_gpt::{Activations, AttentionSpec, Gpt, GptConfig, GptError, IGNORE};
-use polysketch_sketch::{SketchRng, seeded_rng};
 use rand::RngExt;
 
 fn specs() -> Vec<AttentionSpec> {

@@ -1,9 +1,9 @@
 //! The optimiser, the schedule, the data and the task generators.
 
+use polysketch_core::seeded_rng;
 use polysketch_gpt::data::{ByteTokenizer, Corpus, Tokenizer};
 use polysketch_gpt::tasks::{COPY_COUNT, Task, exact_accuracy};
 use polysketch_gpt::{AdamW, Decay, IGNORE, ParamInfo, Schedule};
-use polysketch_sketch::seeded_rng;
 use proptest::prelude::*;
 
 #[test]

@@ -8,12 +8,13 @@
 //! over blocks and the whole layer.
 
 use faer::{Mat, MatRef, Par};
+use polysketch_core::seeded_rng;
 use polysketch_gpu::{
     Buffer, DiagonalGpu, Gpu, GpuError, LearnedSketchGpu, LtShape, PolySketchGpu,
     PolySketchGpuConfig, Runtime, SketchWeights, Strided, TreeSketchGpu,
 };
 use polysketch_lowtri::{Features, Problem, reference};
-use polysketch_sketch::{GaussianJl, PolySketch, TreeSketch, seeded_rng};
+use polysketch_sketch::{GaussianJl, PolySketch, TreeSketch};
 use polysketch_tensoring::{Layout, tensor_square};
 use rand_distr::{Distribution, StandardNormal};
 

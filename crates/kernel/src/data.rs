@@ -119,7 +119,7 @@ pub fn select_rows(m: MatRef<'_, f64>, rows: &[usize]) -> Mat<f64> {
 pub fn split_indices(n: usize, sizes: &[usize], seed: u64) -> Result<Vec<Vec<usize>>> {
     enough_rows("split_indices", sizes.iter().sum(), n)?;
     let mut idx: Vec<usize> = (0..n).collect();
-    idx.shuffle(&mut polysketch_sketch::seeded_rng(seed));
+    idx.shuffle(&mut polysketch_core::seeded_rng(seed));
     let mut start = 0;
     Ok(sizes
         .iter()

@@ -1,7 +1,7 @@
 //! Nyström features: the usual alternative to sketching for kernel approximation.
 
 use faer::{Mat, MatRef, Par};
-use polysketch_sketch::linalg::gemm;
+use polysketch_core::linalg::gemm;
 use rand::seq::index::sample;
 
 use crate::PolyKernel;
@@ -39,7 +39,7 @@ impl Nystrom {
                 reason: "needs at least one landmark".into(),
             });
         }
-        let mut idx = sample(&mut polysketch_sketch::seeded_rng(seed), x.nrows(), m).into_vec();
+        let mut idx = sample(&mut polysketch_core::seeded_rng(seed), x.nrows(), m).into_vec();
         idx.sort_unstable();
         let landmarks = Mat::from_fn(m, x.ncols(), |i, j| x[(idx[i], j)]);
         let kzz = kernel.gram(landmarks.as_ref(), landmarks.as_ref(), par)?;

@@ -3,7 +3,7 @@
 use faer::dyn_stack::{MemBuffer, MemStack};
 use faer::linalg::evd::{ComputeEigenvectors, self_adjoint_evd, self_adjoint_evd_scratch};
 use faer::{Mat, MatRef, Par};
-use polysketch_sketch::linalg::gemm;
+use polysketch_core::linalg::gemm;
 
 use crate::error::{KernelError, Result, enough_rows, finite, same};
 

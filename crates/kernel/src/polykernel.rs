@@ -1,7 +1,8 @@
 //! The polynomial kernel and its sketched feature maps.
 
 use faer::{Mat, MatRef, Par};
-use polysketch_sketch::{MAX_DEGREE, PolySketch, TensorSketch, TreeSketch, linalg::gemm};
+use polysketch_core::{MAX_DEGREE, linalg::gemm};
+use polysketch_sketch::{PolySketch, TensorSketch, TreeSketch};
 use polysketch_tensoring::{Layout, SelfTensored};
 
 use crate::error::{KernelError, Result, finite, same};

@@ -6,7 +6,7 @@ use faer::linalg::cholesky::llt::factor::{
 };
 use faer::linalg::cholesky::llt::solve::{solve_in_place_scratch, solve_in_place_with_conj};
 use faer::{Conj, Mat, MatRef, Par};
-use polysketch_sketch::linalg::gemm;
+use polysketch_core::linalg::gemm;
 
 use crate::error::{KernelError, Result, enough_rows, finite, same};
 

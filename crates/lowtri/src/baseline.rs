@@ -2,8 +2,8 @@
 
 use faer::linalg::matmul::triangular::{BlockStructure, matmul as tri_matmul};
 use faer::{Accum, Mat, MatMut, MatRef, Par};
-use polysketch_sketch::linalg::dot;
-use polysketch_sketch::{Result, Scalar, check_finite, check_param_bytes, check_shape};
+use polysketch_core::linalg::dot;
+use polysketch_core::{Result, Scalar, check_finite, check_param_bytes, check_shape};
 use rayon::prelude::*;
 
 use crate::{Grads, Problem};
@@ -261,7 +261,7 @@ pub fn cumsum_backward<T: Scalar>(
                 }
             }
         };
-        let groups: Vec<_> = polysketch_sketch::linalg::row_blocks(out_t.as_mut(), GROUP)
+        let groups: Vec<_> = polysketch_core::linalg::row_blocks(out_t.as_mut(), GROUP)
             .into_iter()
             .enumerate()
             .collect();

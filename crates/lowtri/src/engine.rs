@@ -1,11 +1,13 @@
 //! The block algorithm, forward and backward, batched over independent problems.
 
+use crate::prefix::exclusive_scan_step;
 use faer::linalg::matmul::triangular::{BlockStructure, matmul as tri_matmul};
 use faer::prelude::ReborrowMut;
 use faer::{Accum, Mat, MatMut, MatRef, Par};
-use polysketch_sketch::linalg::{exclusive_scan_step, row_blocks};
-use polysketch_sketch::{
-    Result, Scalar, SketchError, check_finite, check_param_bytes, check_shape, linalg::gemm,
+use polysketch_core::linalg::row_blocks;
+use polysketch_core::{
+    Error as SketchError, Result, Scalar, check_finite, check_param_bytes, check_shape,
+    linalg::gemm,
 };
 use rayon::prelude::*;
 

@@ -44,7 +44,7 @@
 //! let g = Mat::<f64>::ones(n, k);
 //! let grads = engine.backward(&problem, &mut saved, g.as_ref(), Par::rayon(0))?;
 //! assert_eq!((grads.d_a.nrows(), grads.d_a.ncols()), (n, m));
-//! # Ok::<(), polysketch_sketch::SketchError>(())
+//! # Ok::<(), polysketch_lowtri::SketchError>(())
 //! ```
 
 /// The faer version this crate computes with (its matrices and `Par` in the signatures): use
@@ -53,9 +53,10 @@ pub use faer;
 
 pub mod baseline;
 mod engine;
+mod prefix;
 mod problem;
 pub mod reference;
 
 pub use engine::{Grads, LowTri, Saved};
-pub use polysketch_sketch::{Result, Scalar, SketchError};
+pub use polysketch_core::{Error as SketchError, Result, Scalar};
 pub use problem::{Diagonal, Features, Problem};

@@ -3,9 +3,9 @@
 use faer::linalg::matmul::triangular::{BlockStructure, matmul as tri_matmul};
 use faer::prelude::ReborrowMut;
 use faer::{Accum, Mat, MatMut, MatRef, Par, unzip, zip};
-use polysketch_sketch::linalg::ipow;
-use polysketch_sketch::{
-    MAX_DEGREE, Result, Scalar, SketchError, check_finite, check_nonempty, check_shape,
+use polysketch_core::linalg::ipow;
+use polysketch_core::{
+    Error as SketchError, MAX_DEGREE, Result, Scalar, check_finite, check_nonempty, check_shape,
 };
 use polysketch_tensoring::{Layout, feature_dim, tensor_square, tensor_square_vjp};
 

@@ -2,7 +2,7 @@
 //! gradients, for any [`Problem`] form. Slow; for tests on small `n`.
 
 use faer::{Mat, MatRef};
-use polysketch_sketch::Scalar;
+use polysketch_core::Scalar;
 
 use crate::{Diagonal, Features, Grads, Problem};
 

@@ -5,10 +5,10 @@
 //! accuracy promise.
 
 use faer::{Mat, MatRef, Par};
+use polysketch_core::{Scalar, seeded_rng};
 use polysketch_lowtri::{
     Features, Grads, LowTri, Problem, Saved, SketchError, baseline, reference,
 };
-use polysketch_sketch::{Scalar, seeded_rng};
 use proptest::prelude::*;
 use rand_distr::{Distribution, StandardNormal};
 

@@ -18,7 +18,7 @@
 //! Every sketch is built once from its dimensions and a `u64` seed (through `rand_chacha`), and
 //! applied to any number of matrices, with rows processed in parallel under an explicit
 //! [`faer::Par`]. Results do not depend on the number of threads: rows are cut into chunks of
-//! [`CHUNK_ROWS`] whatever the parallelism. [`PolySketch::vjp`] gives the vector-Jacobian product
+//! [`polysketch_core::CHUNK_ROWS`] whatever the parallelism. [`PolySketch::vjp`] gives the vector-Jacobian product
 //! with respect to the input, which training through a sketch needs.
 //!
 //! The [`jl`] module measures what the theory promises: the JL moments of Definition 2.3 of the
@@ -44,42 +44,33 @@
 //! # Ok::<(), polysketch_sketch::SketchError>(())
 //! ```
 
+/// The float trait of every signature here, from the base crate.
+pub use polysketch_core::Scalar;
 /// The faer version this crate computes with (its matrices and `Par` in the signatures): use
 /// it instead of pinning faer by hand.
-pub use faer;
+pub use polysketch_core::faer;
+/// The sketches' errors are the base crate's argument errors.
+pub use polysketch_core::{Error as SketchError, MAX_DEGREE, Result};
 
-mod check;
+// the base crate's helpers under the paths the modules here use
+pub(crate) use polysketch_core::{
+    SketchRng, check_cols, check_finite, check_nonempty, check_nonzero, check_param_bytes,
+    check_shape, for_each_row_chunk, linalg, normal, seeded_rng, split_seed,
+};
+
 mod countsketch;
-mod error;
 mod gaussian;
-pub mod io;
 pub mod jl;
-pub mod linalg;
 #[cfg(feature = "nalgebra")]
 pub mod nalgebra_views;
-mod parallel;
 pub mod reference;
-mod rng;
-mod scalar;
 mod srht;
 mod tensorsketch;
 mod traits;
 mod tree;
 
-pub use check::{
-    MAX_PARAMETER_BYTES, all_finite, check_cols, check_finite, check_nonempty, check_param_bytes,
-    check_shape,
-};
 pub use countsketch::CountSketch;
-pub use error::{Result, SketchError};
 pub use gaussian::GaussianJl;
-pub use parallel::{CHUNK_ROWS, for_each_row_chunk};
-pub use rng::{SketchRng, normal, seeded_rng, split_seed};
-pub use scalar::Scalar;
 pub use tensorsketch::TensorSketch;
 pub use traits::PolySketch;
 pub use tree::{NodeKind, TreeSketch};
-
-/// Largest degree any sketch here accepts. Degrees beyond it are numerically meaningless in
-/// `f32`/`f64` (\\(\langle x,y\rangle^{p}\\) under- or overflows for unremarkable inputs).
-pub const MAX_DEGREE: usize = 64;

@@ -7,7 +7,7 @@ use faer::{Mat, MatMut, MatRef};
 use rustfft::{Fft, FftPlanner, num_complex::Complex};
 
 use crate::{
-    CountSketch, MAX_DEGREE, PolySketch, Result, Scalar, SketchError, check::nonzero,
+    CountSketch, MAX_DEGREE, PolySketch, Result, Scalar, SketchError, check_nonzero,
     check_param_bytes, seeded_rng,
 };
 
@@ -68,8 +68,8 @@ impl<T: Scalar> TensorSketch<T> {
                 requirement: "1 <= p <= 64",
             });
         }
-        nonzero(NAME, "input dimension h", h)?;
-        nonzero(NAME, "sketch size r", r)?;
+        check_nonzero(NAME, "input dimension h", h)?;
+        check_nonzero(NAME, "sketch size r", r)?;
         check_param_bytes(NAME, p as u128 * h as u128, 4 + size_of::<T>())?;
         let mut rng = seeded_rng(seed);
         let hashes = (0..p)

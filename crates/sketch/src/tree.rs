@@ -4,9 +4,7 @@ use faer::prelude::ReborrowMut;
 use faer::{Mat, MatMut, MatRef, Par};
 
 use crate::{
-    MAX_DEGREE, PolySketch, Result, Scalar, SketchError,
-    check::nonzero,
-    check_param_bytes,
+    MAX_DEGREE, PolySketch, Result, Scalar, SketchError, check_nonzero, check_param_bytes,
     gaussian::gaussian_matrix,
     linalg::{gemm, hadamard},
     seeded_rng,
@@ -108,8 +106,8 @@ impl<T: Scalar> TreeSketch<T> {
                 requirement: "a power of two with 2 <= p <= 64 (use GaussianJl for p = 1)",
             });
         }
-        nonzero(NAME, "input dimension h", h)?;
-        nonzero(NAME, "sketch size r", r)?;
+        check_nonzero(NAME, "input dimension h", h)?;
+        check_nonzero(NAME, "sketch size r", r)?;
         let (h128, r128, p128) = (h as u128, r as u128, p as u128);
         let count = match kind {
             NodeKind::Gaussian => p128 * h128 * r128 + (p128 - 2) * r128 * r128,

@@ -4,9 +4,8 @@ mod common;
 
 use common::{gaussian, to_f64};
 use faer::{Mat, Par};
-use polysketch_sketch::{
-    CHUNK_ROWS, CountSketch, GaussianJl, PolySketch, TensorSketch, TreeSketch,
-};
+use polysketch_core::CHUNK_ROWS;
+use polysketch_sketch::{CountSketch, GaussianJl, PolySketch, TensorSketch, TreeSketch};
 use proptest::prelude::*;
 
 fn all_sketches(h: usize, r: usize, seed: u64) -> Vec<Box<dyn PolySketch<f32>>> {

@@ -9,8 +9,9 @@ mod common;
 
 use common::{assert_close, to_f64};
 use faer::{Mat, Par};
+use polysketch_core::CHUNK_ROWS;
 use polysketch_sketch::{
-    CHUNK_ROWS, CountSketch, GaussianJl, PolySketch, TensorSketch, TreeSketch, reference::*,
+    CountSketch, GaussianJl, PolySketch, TensorSketch, TreeSketch, reference::*,
 };
 use proptest::prelude::*;
 

@@ -8,8 +8,9 @@ mod common;
 
 use common::{gaussian, row_dot};
 use faer::{Mat, MatRef, Par};
+use polysketch_core::split_seed;
 use polysketch_sketch::{
-    CountSketch, GaussianJl, PolySketch, Result, TensorSketch, TreeSketch, jl, split_seed,
+    CountSketch, GaussianJl, PolySketch, Result, TensorSketch, TreeSketch, jl,
 };
 
 const LEVEL: f64 = 0.999;

@@ -8,9 +8,8 @@ mod common;
 
 use common::{assert_close, fd_gradient, gaussian};
 use faer::Par;
-use polysketch_sketch::{
-    CHUNK_ROWS, CountSketch, GaussianJl, PolySketch, TensorSketch, TreeSketch,
-};
+use polysketch_core::CHUNK_ROWS;
+use polysketch_sketch::{CountSketch, GaussianJl, PolySketch, TensorSketch, TreeSketch};
 
 fn check<S: PolySketch<f64>>(s: &S, n: usize, seed: u64) {
     let a = gaussian::<f64>(n, s.input_dim(), seed);

@@ -3,7 +3,7 @@
 
 use faer::prelude::ReborrowMut;
 use faer::{MatMut, MatRef, Par, unzip, zip};
-use polysketch_sketch::{
+use polysketch_core::{
     Scalar,
     linalg::{gemm, scaled_product, scaled_product_add},
 };

@@ -1,7 +1,8 @@
 //! [`SelfTensored`]: a degree-p/2 sketch made into a nonnegative degree-p one.
 
 use faer::{Mat, MatMut, MatRef, Par};
-use polysketch_sketch::{GaussianJl, PolySketch, Result, Scalar, SketchError, TreeSketch};
+use polysketch_core::Scalar;
+use polysketch_sketch::{GaussianJl, PolySketch, Result, SketchError, TreeSketch};
 
 use crate::{Layout, feature_dim, gram_block, tensor_square, tensor_square_vjp};
 

@@ -1,9 +1,8 @@
 //! The self-tensored sketch: layouts, the Gram identity, nonnegativity, VJPs, and its bias.
 
 use faer::{Mat, MatRef, Par};
-use polysketch_sketch::{
-    GaussianJl, PolySketch, TensorSketch, TreeSketch, jl, seeded_rng, split_seed,
-};
+use polysketch_core::{seeded_rng, split_seed};
+use polysketch_sketch::{GaussianJl, PolySketch, TensorSketch, TreeSketch, jl};
 use polysketch_tensoring::{Layout, SelfTensored, feature_dim, gram_block, tensor_square};
 use proptest::prelude::*;
 use rand_distr::{Distribution, StandardNormal};

@@ -6,7 +6,7 @@ use faer::MatRef;
 use polysketch_attention::{
     Attention, AttentionConfig, AttentionKind, PolySketchConfig, SketchKind,
 };
-use polysketch_sketch::{Scalar, seeded_rng};
+use polysketch_core::{Scalar, seeded_rng};
 use rand_distr::{Distribution, StandardNormal};
 
 /// `len` independent N(0, scale²) values from `seed`.

@@ -2,7 +2,8 @@
 #![allow(dead_code)]
 
 use faer::{Mat, MatRef, Par};
-use polysketch_sketch::{PolySketch, Scalar, seeded_rng};
+use polysketch_core::{Scalar, seeded_rng};
+use polysketch_sketch::PolySketch;
 use rand_distr::{Distribution, StandardNormal};
 
 /// An `n x h` matrix of standard Gaussians from `seed`.

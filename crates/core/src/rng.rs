@@ -14,7 +14,7 @@ pub fn seeded_rng(seed: u64) -> SketchRng {
 /// Derives the seed of the `index`-th independent draw from a master `seed` (SplitMix64 of both).
 ///
 /// Used to make many independent sketches from one seed, e.g. the draws of
-/// [`crate::jl::jl_deviations`]: draw `d` of master seed `s` is built from `split_seed(s, d)`.
+/// `polysketch_sketch::jl::jl_deviations`: draw `d` of master seed `s` is built from `split_seed(s, d)`.
 pub fn split_seed(seed: u64, index: u64) -> u64 {
     let mut z = seed ^ index.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

@@ -1,12 +1,14 @@
-//! Typed errors of the sketch crate.
+//! The argument errors every crate shares: shapes, degrees, sizes, finiteness.
 
-/// Everything that can go wrong when building or applying a sketch.
+/// Everything that can be wrong with the arguments of a sketch, a product or a kernel: the
+/// error of every check in [`crate::check_shape`] and its siblings. The sketch crate names it
+/// `SketchError`.
 ///
 /// Every variant names the operation (`op`) or sketch that refused the input, so a message read
 /// out of context still says where it came from.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
-pub enum SketchError {
+pub enum Error {
     /// The degree `p` is outside what the sketch supports.
     #[error("{sketch}: degree p = {degree} is not supported: {requirement}")]
     InvalidDegree {
@@ -75,5 +77,5 @@ pub enum SketchError {
     },
 }
 
-/// Result alias of the sketch crate.
-pub type Result<T, E = SketchError> = core::result::Result<T, E>;
+/// Result alias of the base crate.
+pub type Result<T, E = Error> = core::result::Result<T, E>;

@@ -23,7 +23,7 @@ pub trait Scalar:
     fn as_f64(self) -> f64;
 
     /// `v[i] = exp(v[i])` for every element: the library `exp` by default, a vectorised
-    /// polynomial for `f32` ([`crate::linalg::fast_exp_f32`], below 2 ulp).
+    /// polynomial for `f32` ([`crate::math::fast_exp_f32`], below 2 ulp).
     fn exp_in_place(v: &mut [Self]) {
         for x in v.iter_mut() {
             *x = x.exp();
@@ -31,14 +31,14 @@ pub trait Scalar:
     }
 
     /// `tanh(x)`: the library's by default; for `f32` a rational approximation that vectorises
-    /// inside loops ([`crate::linalg::fast_tanh_f32`], absolute error below `1e-6`).
+    /// inside loops ([`crate::math::fast_tanh_f32`], absolute error below `1e-6`).
     #[inline(always)]
     fn fast_tanh(self) -> Self {
         self.tanh()
     }
 
     /// `v[i] = tanh(v[i])` for every element, with [`fast_tanh`](Self::fast_tanh) (vectorised
-    /// for `f32`: [`crate::linalg::tanh_f32`]).
+    /// for `f32`: [`crate::math::tanh_f32`]).
     fn tanh_in_place(v: &mut [Self]) {
         for x in v.iter_mut() {
             *x = x.fast_tanh();
@@ -52,14 +52,14 @@ impl Scalar for f32 {
         x as f32
     }
     fn exp_in_place(v: &mut [Self]) {
-        crate::linalg::exp_shifted_f32(v, 0.0);
+        crate::math::exp_shifted_f32(v, 0.0);
     }
     fn tanh_in_place(v: &mut [Self]) {
-        crate::linalg::tanh_f32(v);
+        crate::math::tanh_f32(v);
     }
     #[inline(always)]
     fn fast_tanh(self) -> Self {
-        crate::linalg::fast_tanh_f32(self)
+        crate::math::fast_tanh_f32(self)
     }
     #[inline(always)]
     fn as_f64(self) -> f64 {

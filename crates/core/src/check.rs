@@ -1,23 +1,23 @@
-//! Input validation shared by every public entry point of the sketch crates.
+//! Input validation shared by every public entry point of the crates.
 
 use faer::MatRef;
 
-use crate::{Result, Scalar, SketchError};
+use crate::{Error, Result, Scalar};
 
 /// Upper bound on the memory a sketch's random parameters may take (4 GiB).
 ///
 /// Constructors estimate the size of what they would draw before allocating and return
-/// [`SketchError::TooLarge`] beyond this, instead of aborting on allocation failure.
+/// [`Error::TooLarge`] beyond this, instead of aborting on allocation failure.
 pub const MAX_PARAMETER_BYTES: u128 = 4 << 30;
 
 /// Checks that `m` has exactly `expected` = `(rows, cols)`.
 ///
 /// # Errors
-/// [`SketchError::ShapeMismatch`] naming `op` otherwise.
+/// [`Error::ShapeMismatch`] naming `op` otherwise.
 pub fn check_shape<T>(op: &'static str, m: MatRef<'_, T>, expected: (usize, usize)) -> Result<()> {
     let got = (m.nrows(), m.ncols());
     if got != expected {
-        return Err(SketchError::ShapeMismatch { op, expected, got });
+        return Err(Error::ShapeMismatch { op, expected, got });
     }
     Ok(())
 }
@@ -25,7 +25,7 @@ pub fn check_shape<T>(op: &'static str, m: MatRef<'_, T>, expected: (usize, usiz
 /// Checks that `m` has `cols` columns (any number of rows).
 ///
 /// # Errors
-/// [`SketchError::ShapeMismatch`] naming `op` otherwise.
+/// [`Error::ShapeMismatch`] naming `op` otherwise.
 pub fn check_cols<T>(op: &'static str, m: MatRef<'_, T>, cols: usize) -> Result<()> {
     check_shape(op, m, (m.nrows(), cols))
 }
@@ -33,10 +33,10 @@ pub fn check_cols<T>(op: &'static str, m: MatRef<'_, T>, cols: usize) -> Result<
 /// Checks that `m` has at least one row.
 ///
 /// # Errors
-/// [`SketchError::EmptyInput`] naming `op` and `input` otherwise.
+/// [`Error::EmptyInput`] naming `op` and `input` otherwise.
 pub fn check_nonempty<T>(op: &'static str, input: &'static str, m: MatRef<'_, T>) -> Result<()> {
     if m.nrows() == 0 {
-        return Err(SketchError::EmptyInput { op, input });
+        return Err(Error::EmptyInput { op, input });
     }
     Ok(())
 }
@@ -44,7 +44,7 @@ pub fn check_nonempty<T>(op: &'static str, input: &'static str, m: MatRef<'_, T>
 /// Checks that every entry of `m` is finite.
 ///
 /// # Errors
-/// [`SketchError::NonFinite`] with the position of the first NaN or infinity (in column-major
+/// [`Error::NonFinite`] with the position of the first NaN or infinity (in column-major
 /// order).
 pub fn check_finite<T: Scalar>(
     op: &'static str,
@@ -76,7 +76,7 @@ pub fn check_finite<T: Scalar>(
     for col in 0..m.ncols() {
         for (row, &x) in m.col(col).iter().enumerate() {
             if !x.is_finite() {
-                return Err(SketchError::NonFinite {
+                return Err(Error::NonFinite {
                     op,
                     input,
                     row,
@@ -108,11 +108,11 @@ pub fn all_finite<T: Scalar>(xs: &[T]) -> bool {
 /// [`MAX_PARAMETER_BYTES`].
 ///
 /// # Errors
-/// [`SketchError::TooLarge`] otherwise.
+/// [`Error::TooLarge`] otherwise.
 pub fn check_param_bytes(sketch: &'static str, count: u128, elem_bytes: usize) -> Result<()> {
     let bytes = count.saturating_mul(elem_bytes as u128);
     if bytes > MAX_PARAMETER_BYTES {
-        return Err(SketchError::TooLarge {
+        return Err(Error::TooLarge {
             sketch,
             bytes,
             limit: MAX_PARAMETER_BYTES,
@@ -122,9 +122,12 @@ pub fn check_param_bytes(sketch: &'static str, count: u128, elem_bytes: usize) -
 }
 
 /// Checks a dimension is nonzero.
-pub(crate) fn nonzero(sketch: &'static str, what: &'static str, value: usize) -> Result<()> {
+///
+/// # Errors
+/// [`Error::ZeroDimension`] naming `sketch` and `what` otherwise.
+pub fn check_nonzero(sketch: &'static str, what: &'static str, value: usize) -> Result<()> {
     if value == 0 {
-        return Err(SketchError::ZeroDimension { sketch, what });
+        return Err(Error::ZeroDimension { sketch, what });
     }
     Ok(())
 }
