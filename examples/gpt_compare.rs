@@ -17,8 +17,9 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use polysketch::attention::{PolySketchConfig, SketchKind};
 use polysketch::gpt::tasks::Task;
-use polysketch::gpt::{AttentionSpec, Decay, GptConfig, TrainConfig};
+use polysketch::gpt::{AttentionKind, Decay, GptConfig, TrainConfig};
 use polysketch::run::{self, RunConfig, Source};
 
 /// The paper's comparisons at laptop scale: the same small GPT trained with each attention
@@ -77,15 +78,22 @@ fn real_main(args: Args) -> polysketch::Result<()> {
         What::Corpus { steps } => ("corpus", steps),
         What::Induction { steps } => ("induction", steps),
     };
-    let ps = |r, block, learned, local| AttentionSpec::Polysketch {
-        p: 4,
-        r,
-        block,
-        learned,
-        local,
+    let ps = |r, block, learned, local| {
+        AttentionKind::PolySketch(PolySketchConfig {
+            p: 4,
+            r: r,
+            block: block,
+            sketch: if learned {
+                SketchKind::Learned
+            } else {
+                SketchKind::Random
+            },
+            local: local,
+            seed: 0,
+        })
     };
     let (kinds, vocab, seq, batch, steps, lr, source, eval_every, d_model, layers, heads): (
-        Vec<AttentionSpec>,
+        Vec<AttentionKind>,
         _,
         _,
         _,
@@ -99,8 +107,8 @@ fn real_main(args: Args) -> polysketch::Result<()> {
     ) = match what {
         "corpus" => (
             vec![
-                AttentionSpec::Softmax,
-                AttentionSpec::Polynomial { p: 4 },
+                AttentionKind::Softmax,
+                AttentionKind::Polynomial { p: 4 },
                 ps(32, 64, false, false),
                 ps(32, 64, true, false),
                 ps(32, 64, false, true),
@@ -122,8 +130,8 @@ fn real_main(args: Args) -> polysketch::Result<()> {
         ),
         _ => (
             vec![
-                AttentionSpec::Softmax,
-                AttentionSpec::Polynomial { p: 4 },
+                AttentionKind::Softmax,
+                AttentionKind::Polynomial { p: 4 },
                 ps(16, 32, true, false),
                 ps(32, 32, true, false),
                 ps(16, 32, true, true),

@@ -386,7 +386,16 @@ fn configs(
 ) -> polysketch::Result<(GptConfig, run::RunConfig)> {
     let block = m.block.unwrap_or(d.block);
     let r = m.r.unwrap_or(d.r);
-    let attention = run::attention_spec(&m.attention, m.p, r, block, !m.no_local)?;
+    let attention = AttentionKind::parse_with(
+        &m.attention,
+        PolySketchConfig {
+            p: m.p,
+            r,
+            block,
+            local: !m.no_local,
+            ..PolySketchConfig::default()
+        },
+    )?;
     let (seq, steps) = (m.seq.unwrap_or(d.seq), m.steps.unwrap_or(d.steps));
     let decay = match m.decay.as_str() {
         "cosine" => Decay::Cosine,
@@ -602,7 +611,14 @@ fn bench_train(args: &TrainBench) -> polysketch::Result<()> {
     let mut csv = String::from("kind,n,batch,step_s,tokens_per_s\n");
     let mut all = Vec::new();
     for kind in &args.kinds {
-        let spec = run::attention_spec(kind, 4, 32, args.block, true)?;
+        let spec = AttentionKind::parse_with(
+            kind,
+            PolySketchConfig {
+                block: args.block,
+                local: true,
+                ..PolySketchConfig::default()
+            },
+        )?;
         let mut series = Series::new(&spec.name());
         for &n in &args.n {
             let batch = (args.tokens / n).max(1);
@@ -703,82 +719,21 @@ fn bench_train(args: &TrainBench) -> polysketch::Result<()> {
     Ok(())
 }
 
-/// A named kind of the benchmark.
-struct Kind {
-    name: &'static str,
-    kind: AttentionKind,
-}
-
-/// The kind of the closing `speedup` line (the paper's best model: learned sketches with exact
-/// local blocks, p = 4, r = 32).
+/// The label of the closing `speedup` line's kind (the paper's best model: learned sketches
+/// with exact local blocks, p = 4, r = 32).
 const SPEEDUP_KIND: &str = "polysketch learned+local";
 
-fn kinds() -> Vec<Kind> {
-    let sketch = |sketch: SketchKind, local: bool| {
-        AttentionKind::PolySketch(PolySketchConfig {
-            p: 4,
-            r: 32,
-            block: 256,
-            sketch,
-            local,
-            seed: 0,
-        })
-    };
+/// The kinds of the benchmark (p = 4, r = 32, b = 256).
+fn kinds() -> Vec<AttentionKind> {
+    let sketch = AttentionKind::polysketch;
     vec![
-        Kind {
-            name: "softmax",
-            kind: AttentionKind::Softmax,
-        },
-        Kind {
-            name: "polynomial p=4",
-            kind: AttentionKind::Polynomial { p: 4 },
-        },
-        Kind {
-            name: "polysketch random",
-            kind: sketch(SketchKind::Random, false),
-        },
-        Kind {
-            name: "polysketch random+local",
-            kind: sketch(SketchKind::Random, true),
-        },
-        Kind {
-            name: "polysketch learned",
-            kind: sketch(SketchKind::Learned, false),
-        },
-        Kind {
-            name: SPEEDUP_KIND,
-            kind: sketch(SketchKind::Learned, true),
-        },
+        AttentionKind::Softmax,
+        AttentionKind::Polynomial { p: 4 },
+        sketch(SketchKind::Random, false),
+        sketch(SketchKind::Random, true),
+        sketch(SketchKind::Learned, false),
+        sketch(SketchKind::Learned, true),
     ]
-}
-
-/// Forward FLOPs of one head (the products of the algorithm as run; see the book).
-fn forward_flops(kind: &AttentionKind, n: usize, h: usize) -> f64 {
-    let (n, h) = (n as f64, h as f64);
-    match kind {
-        // QKᵀ and PV over the causal triangle
-        AttentionKind::Softmax => 2.0 * n * n * h,
-        // QKᵀ and S[V, 1] over the causal triangle
-        AttentionKind::Polynomial { .. } => n * n * (2.0 * h + 1.0),
-        AttentionKind::PolySketch(c) => {
-            let (r, b, k) = (c.r as f64, c.block as f64, h + 1.0);
-            let m = r * (r + 1.0) / 2.0;
-            let diag = if c.local { b * (h + k) } else { b * (r + k) };
-            // the sketch of one row of q̃ or k̃, degree d = p/2: the Gaussian tree's d/2 bottom
-            // nodes multiply by two h×r matrices, its d/2 - 1 upper ones by two r×r; the learned
-            // tree's d networks on h and d - 2 on r are dense [·, 8r, r, 8r, r]
-            let d = (c.p / 2) as f64;
-            let sketch = match c.sketch {
-                SketchKind::Random if c.p == 2 => 2.0 * h * r,
-                SketchKind::Random => 2.0 * d * h * r + (2.0 * d - 4.0) * r * r,
-                SketchKind::Learned => {
-                    2.0 * (d * (8.0 * h * r + 24.0 * r * r) + (d - 2.0) * 32.0 * r * r)
-                }
-            };
-            // the lowtri products (4mk + diagonal halves)
-            n * (4.0 * m * k + diag + 2.0 * sketch)
-        }
-    }
 }
 
 /// Median wall time of `reps` runs, in seconds.
@@ -966,7 +921,7 @@ fn bench_attention(args: &AttentionBench) -> polysketch::Result<()> {
     let (n0, heads0) = (args.n.iter().min(), args.heads.iter().max());
     if let (Some(&n0), Some(&heads0)) = (n0, heads0) {
         for k in &all {
-            let _ = run_case(&k.kind, heads0, h, n0, 1, par); // errors show when measured
+            let _ = run_case(k, heads0, h, n0, 1, par); // errors show when measured
         }
     }
     let mut report = Report::new();
@@ -978,13 +933,14 @@ fn bench_attention(args: &AttentionBench) -> polysketch::Result<()> {
     for &heads in &args.heads {
         let mut fb_time: Vec<Option<(f64, f64)>> = vec![None; args.n.len()]; // softmax (fwd, fwd+bwd) per n
         for k in &all {
-            let mut line = heads_series(k.name, heads, min_heads);
+            let name = &k.label();
+            let mut line = heads_series(name, heads, min_heads);
             // time of the previous n, to skip cases projected past --max-seconds
             let mut previous: Option<(usize, f64)> = None;
             for (ni, &n) in args.n.iter().enumerate() {
-                bar.set_message(format!("{} heads={heads} n={n}", k.name));
+                bar.set_message(format!("{} heads={heads} n={n}", name));
                 let quadratic = matches!(
-                    k.kind,
+                    *k,
                     AttentionKind::Softmax | AttentionKind::Polynomial { .. }
                 );
                 // a case runs a warm-up forward+backward, then `reps` forwards (≈ ¼ of it) and
@@ -998,7 +954,7 @@ fn bench_attention(args: &AttentionBench) -> polysketch::Result<()> {
                     bar.suspend(|| {
                         println!(
                             "{:<28} {:>5} {:>5} {:>6} skipped: projected {:.0} s > --max-seconds {}",
-                            k.name,
+                            name,
                             1,
                             heads,
                             n,
@@ -1014,29 +970,29 @@ fn bench_attention(args: &AttentionBench) -> polysketch::Result<()> {
                 } else {
                     args.reps
                 };
-                let case = match run_case(&k.kind, heads, h, n, reps, par) {
+                let case = match run_case(k, heads, h, n, reps, par) {
                     Ok(c) => c,
                     Err(e) => {
                         bar.suspend(|| {
-                            println!("{:<28} {:>5} {:>5} {:>6} skipped: {e}", k.name, 1, heads, n)
+                            println!("{:<28} {:>5} {:>5} {:>6} skipped: {e}", name, 1, heads, n)
                         });
                         bar.inc(1);
                         continue;
                     }
                 };
                 previous = Some((n, case.forward_backward));
-                let gflops = heads as f64 * forward_flops(&k.kind, n, h) / case.forward / 1e9;
-                if matches!(k.kind, AttentionKind::Softmax) {
+                let gflops = heads as f64 * k.forward_flops(n, h) / case.forward / 1e9;
+                if matches!(*k, AttentionKind::Softmax) {
                     fb_time[ni] = Some((case.forward, case.forward_backward));
                 }
                 let ratio = fb_time[ni].map(|(_, s)| s / case.forward_backward);
                 if let Some(r) = ratio
-                    && k.name == SPEEDUP_KIND
+                    && name == SPEEDUP_KIND
                     && heads == *args.heads.iter().max().unwrap_or(&1)
                 {
                     last_speedup = Some((n, r));
                 }
-                bar.suspend(|| report.row(k.name, (1, heads, n), &case, gflops, ratio));
+                bar.suspend(|| report.row(name, (1, heads, n), &case, gflops, ratio));
                 line.push(n, case.forward_backward);
                 bar.inc(1);
             }
@@ -1206,25 +1162,13 @@ where
                 (SketchKind::Learned, true),
             ]
             .map(|(sketch, local)| {
-                let name = if sketch == SketchKind::Random {
-                    "random"
-                } else {
-                    "learned"
-                };
-                (
-                    format!(
-                        "polysketch {name}{} r={r}",
-                        if local { "+local" } else { "" }
-                    ),
-                    AttentionKind::PolySketch(PolySketchConfig {
-                        p: 4,
-                        r,
-                        block: 256,
-                        sketch,
-                        local,
-                        seed: 0,
-                    }),
-                )
+                let kind = AttentionKind::PolySketch(PolySketchConfig {
+                    r,
+                    sketch,
+                    local,
+                    ..PolySketchConfig::default()
+                });
+                (format!("{} r={r}", kind.label()), kind)
             })
         })
         .collect();
@@ -1239,7 +1183,7 @@ where
                 match device_case::<R, E>(gpu, kind, batch, heads, h, n, args.reps) {
                     Ok(case) => {
                         let gflops =
-                            (batch * heads) as f64 * forward_flops(kind, n, h) / case.forward / 1e9;
+                            (batch * heads) as f64 * kind.forward_flops(n, h) / case.forward / 1e9;
                         bar.suspend(|| report.row(name, (batch, heads, n), &case, gflops, None));
                         line.push(n, case.forward_backward);
                     }

@@ -12,9 +12,7 @@ use polysketch_core::{seeded_rng, split_seed};
 use polysketch_gpt::checkpoint::{self, Meta};
 use polysketch_gpt::data::{Corpus, Tokenizer, TokenizerSpec, read_text};
 use polysketch_gpt::tasks::{Task, exact_accuracy};
-use polysketch_gpt::{
-    Activations, AttentionSpec, Gpt, GptConfig, GptError, TrainConfig, Trainer, evaluate,
-};
+use polysketch_gpt::{Activations, Gpt, GptConfig, GptError, TrainConfig, Trainer, evaluate};
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
 
@@ -617,34 +615,5 @@ pub fn eval(ckpt: &Path, data: Option<&Path>, batches: usize) -> Result<EvalRepo
         batches,
         tokens: batches * run.train.batch * run.train.seq,
         training_batches,
-    })
-}
-
-/// The attention kinds of the comparisons, by name.
-///
-/// # Errors
-/// [`Error::Config`] for an unknown name.
-pub fn attention_spec(
-    kind: &str,
-    p: usize,
-    r: usize,
-    block: usize,
-    local: bool,
-) -> Result<AttentionSpec> {
-    Ok(match kind {
-        "softmax" => AttentionSpec::Softmax,
-        "polynomial" => AttentionSpec::Polynomial { p },
-        "random" | "learned" => AttentionSpec::Polysketch {
-            p,
-            r,
-            block,
-            learned: kind == "learned",
-            local,
-        },
-        other => {
-            return Err(Error::Config(format!(
-                "unknown attention kind {other:?} (softmax, polynomial, random, learned)"
-            )));
-        }
     })
 }

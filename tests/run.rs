@@ -2,12 +2,13 @@
 
 use std::path::{Path, PathBuf};
 
+use polysketch::attention::{PolySketchConfig, SketchKind};
 use polysketch::gpt::data::TokenizerSpec;
 use polysketch::gpt::tasks::Task;
-use polysketch::gpt::{AttentionSpec, Decay, GptConfig, TrainConfig};
+use polysketch::gpt::{AttentionKind, Decay, GptConfig, TrainConfig};
 use polysketch::run::{self, RunConfig, Source};
 
-fn tiny(attention: AttentionSpec, vocab: usize) -> GptConfig {
+fn tiny(attention: AttentionKind, vocab: usize) -> GptConfig {
     GptConfig {
         vocab,
         context: 32,
@@ -67,13 +68,14 @@ fn column(csv: &Path, i: usize) -> Vec<String> {
 
 #[test]
 fn a_resumed_run_reproduces_the_uninterrupted_one() {
-    let spec = AttentionSpec::Polysketch {
+    let spec = AttentionKind::PolySketch(PolySketchConfig {
         p: 4,
         r: 8,
         block: 8,
-        learned: true,
+        sketch: SketchKind::Learned,
         local: true,
-    };
+        seed: 0,
+    });
     let (a, b) = (scratch("a"), scratch("b"));
     let cfg = || run_config(text_source(), 8);
     let full = run::train(tiny(spec, 256), cfg(), &a, None, None, true).unwrap();
@@ -113,7 +115,7 @@ fn missing_and_corrupt_checkpoints_get_errors() {
     let dir = scratch("corrupt");
     let cfg = run_config(text_source(), 2);
     run::train(
-        tiny(AttentionSpec::Softmax, 256),
+        tiny(AttentionKind::Softmax, 256),
         cfg,
         &dir,
         None,
@@ -149,7 +151,7 @@ fn task_runs_report_exact_accuracy() {
         held_out: 16,
     };
     let cfg = run_config(source, 3);
-    let model = tiny(AttentionSpec::Softmax, Task::Induction.vocab());
+    let model = tiny(AttentionKind::Softmax, Task::Induction.vocab());
     let s = run::train(model, cfg.clone(), &dir, None, None, true).unwrap();
     let acc = s.accuracy.unwrap();
     assert!((0.0..=1.0).contains(&acc));
@@ -157,11 +159,11 @@ fn task_runs_report_exact_accuracy() {
     let mut early = cfg.clone();
     early.train.steps = 6;
     early.stop_at_accuracy = Some(0.0);
-    let model = tiny(AttentionSpec::Softmax, Task::Induction.vocab());
+    let model = tiny(AttentionKind::Softmax, Task::Induction.vocab());
     let e = run::train(model, early, &dir.join("early"), None, None, true).unwrap();
     assert_eq!(e.step, 3);
     // a task with the wrong vocabulary is refused
-    let wrong = tiny(AttentionSpec::Softmax, 256);
+    let wrong = tiny(AttentionKind::Softmax, 256);
     assert!(run::train(wrong, cfg, &dir.join("x"), None, None, true).is_err());
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -172,7 +174,7 @@ fn a_bpe_run_trains_its_tokenizer_and_keeps_it_in_the_checkpoint() {
     let mut cfg = run_config(text_source(), 2);
     cfg.tokenizer = TokenizerSpec::Bpe { vocab: 400 };
     let s = run::train(
-        tiny(AttentionSpec::Softmax, 256),
+        tiny(AttentionKind::Softmax, 256),
         cfg,
         &dir,
         None,

@@ -7,11 +7,11 @@ use polysketch_lowtri::{Features, Grads as LtGrads, LowTri, Problem, Saved as Lt
 use polysketch_sketch::{GaussianJl, PolySketch, TreeSketch};
 use rayon::prelude::*;
 
-use crate::config::{AttentionConfig, AttentionKind, PolySketchConfig, SketchKind};
 use crate::layernorm::{LnSaved, layernorm_backward, layernorm_forward};
 use crate::learned::{LearnedSaved, LearnedSketch, Param, ParamMut, WIDE};
 use crate::polynomial::{self, PolyViews};
 use crate::softmax::{self, HeadViews, TILE};
+use crate::{AttentionConfig, AttentionKind, PolySketchConfig, SketchKind};
 use crate::{AttentionError, Result};
 
 /// Upper bound on the memory a forward may plan to keep (16 GiB).

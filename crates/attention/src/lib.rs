@@ -61,6 +61,7 @@ mod config;
 #[cfg(feature = "gpu")]
 pub mod device;
 mod error;
+mod kind;
 mod layer;
 pub mod layernorm;
 pub mod learned;
@@ -71,10 +72,11 @@ mod safetensors_io;
 mod softmax;
 pub mod state;
 
-pub use config::{AttentionConfig, AttentionKind, PolySketchConfig, SketchKind};
+pub use config::AttentionConfig;
 #[cfg(feature = "gpu")]
 pub use device::{DeviceAttention, DeviceSaved};
 pub use error::{AttentionError, Result};
+pub use kind::{AttentionKind, PolySketchConfig, SketchKind};
 pub use layer::{Attention, Grads, MAX_STATE_BYTES, Saved};
 pub use learned::{LearnedSaved, LearnedSketch, Param, ParamMut, gelu, gelu_with_grad};
 pub use packed::PackedSaved;

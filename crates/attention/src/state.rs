@@ -21,11 +21,11 @@ use polysketch_lowtri::{Features, LowTri, Problem};
 use polysketch_tensoring::{Layout, feature_dim, tensor_square};
 use rayon::prelude::*;
 
-use crate::config::{AttentionKind, PolySketchConfig};
 use crate::layer::{Attention, MAX_STATE_BYTES, check_finite, check_len, head_matrix};
 use crate::layernorm::{LnSaved, layernorm_forward};
 use crate::learned::LearnedSaved;
 use crate::{AttentionError, Result};
+use crate::{AttentionKind, PolySketchConfig};
 
 /// The recurrent state of a layer over `batch` sequences: what the tokens seen so far leave for
 /// the ones to come (see the [module documentation](self)). Made by [`Attention::new_state`],

@@ -1,81 +1,9 @@
 //! Model configuration (serialisable, stored with every checkpoint).
 
-use polysketch_attention::{AttentionConfig, AttentionKind, PolySketchConfig, SketchKind};
+use polysketch_attention::{AttentionConfig, AttentionKind};
 use serde::{Deserialize, Serialize};
 
 use crate::{GptError, Result};
-
-/// The attention kind of every layer, in a form that goes into a checkpoint's JSON.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum AttentionSpec {
-    /// Exact causal softmax attention.
-    Softmax,
-    /// Exact normalised polynomial attention of degree `p` (with layer norm on q and k).
-    Polynomial {
-        /// The degree (even).
-        p: usize,
-    },
-    /// PolySketch attention: sketch size `r`, block size `block`, random or learned sketches,
-    /// with or without exact local blocks.
-    Polysketch {
-        /// The degree (even, p/2 a power of two).
-        p: usize,
-        /// Sketch size.
-        r: usize,
-        /// Block size of the lower-triangular product.
-        block: usize,
-        /// Learned sketches (paper Algorithm 2) instead of random ones.
-        learned: bool,
-        /// Exact polynomial weights inside the diagonal blocks.
-        local: bool,
-    },
-}
-
-impl AttentionSpec {
-    /// The attention crate's kind for layer `layer` of a model seeded with `seed` (each layer
-    /// draws its own random sketch or learned-sketch initialisation).
-    pub fn kind(&self, seed: u64, layer: usize) -> AttentionKind {
-        let seed = polysketch_core::split_seed(seed, 1000 + layer as u64);
-        match *self {
-            AttentionSpec::Softmax => AttentionKind::Softmax,
-            AttentionSpec::Polynomial { p } => AttentionKind::Polynomial { p },
-            AttentionSpec::Polysketch {
-                p,
-                r,
-                block,
-                learned,
-                local,
-            } => AttentionKind::PolySketch(PolySketchConfig {
-                p,
-                r,
-                block,
-                local,
-                seed,
-                sketch: if learned {
-                    SketchKind::Learned
-                } else {
-                    SketchKind::Random
-                },
-            }),
-        }
-    }
-
-    /// A short name: `softmax`, `polynomial-p4`, `polysketch-learned-local-r32`, ...
-    pub fn name(&self) -> String {
-        match *self {
-            AttentionSpec::Softmax => "softmax".into(),
-            AttentionSpec::Polynomial { p } => format!("polynomial-p{p}"),
-            AttentionSpec::Polysketch {
-                r, learned, local, ..
-            } => format!(
-                "polysketch-{}{}-r{r}",
-                if learned { "learned" } else { "random" },
-                if local { "-local" } else { "" }
-            ),
-        }
-    }
-}
 
 /// The shape of a GPT model (decoder-only, pre-LayerNorm, Transformer++ recipe).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -91,8 +19,9 @@ pub struct GptConfig {
     pub layers: usize,
     /// Attention heads per block (head size \\(h = C/\\text{heads}\\), even for RoPE).
     pub heads: usize,
-    /// The attention of every block.
-    pub attention: AttentionSpec,
+    /// The attention of every block. A PolySketch kind's own seed is not used: block `l`
+    /// draws its sketch from `split_seed(seed, 1000 + l)`.
+    pub attention: AttentionKind,
     /// Seed of the initialisation.
     pub seed: u64,
 }
@@ -113,7 +42,9 @@ impl GptConfig {
         AttentionConfig {
             heads: self.heads,
             head_dim: self.head_dim(),
-            kind: self.attention.kind(self.seed, layer),
+            kind: self
+                .attention
+                .with_seed(polysketch_core::split_seed(self.seed, 1000 + layer as u64)),
         }
     }
 

@@ -19,11 +19,11 @@
 //! # Example
 //! ```
 //! use faer::Par;
-//! use polysketch_gpt::{Activations, AttentionSpec, Gpt, GptConfig};
+//! use polysketch_gpt::{Activations, Gpt, GptConfig};
 //!
 //! let config = GptConfig {
 //!     vocab: 256, context: 64, d_model: 32, layers: 2, heads: 2, seed: 1,
-//!     attention: AttentionSpec::Polysketch { p: 4, r: 8, block: 16, learned: true, local: true },
+//!     attention: "learned+local:p=4,r=8,block=16".parse()?,
 //! };
 //! let model = Gpt::<f32>::new(config)?;
 //! let tokens: Vec<u32> = b"hello, polysketch world! ".iter().map(|&b| b as u32).collect();
@@ -50,9 +50,11 @@ mod optim;
 pub mod tasks;
 mod train;
 
-pub use config::{AttentionSpec, GptConfig};
+pub use config::GptConfig;
 pub use error::{GptError, Result};
 pub use model::{Activations, Gpt, InferState, MAX_ACTIVATION_BYTES, ParamInfo, views, views_mut};
 pub use ops::IGNORE;
 pub use optim::{AdamW, Decay, Schedule};
+/// The attention kind of a model's blocks (the attention crate's).
+pub use polysketch_attention::AttentionKind;
 pub use train::{StepStats, TrainConfig, Trainer, evaluate};

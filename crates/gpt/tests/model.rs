@@ -2,21 +2,29 @@
 //! inference against the training forward, thread-count determinism, typed errors.
 
 use faer::Par;
+use polysketch_attention::{PolySketchConfig, SketchKind};
 use polysketch_core::{SketchRng, seeded_rng};
-use polysketch_gpt::{Activations, AttentionSpec, Gpt, GptConfig, GptError, IGNORE};
+use polysketch_gpt::{Activations, AttentionKind, Gpt, GptConfig, GptError, IGNORE};
 use rand::RngExt;
 
-fn specs() -> Vec<AttentionSpec> {
-    let ps = |learned, local| AttentionSpec::Polysketch {
-        p: 4,
-        r: 4,
-        block: 4,
-        learned,
-        local,
+fn specs() -> Vec<AttentionKind> {
+    let ps = |learned, local| {
+        AttentionKind::PolySketch(PolySketchConfig {
+            p: 4,
+            r: 4,
+            block: 4,
+            sketch: if learned {
+                SketchKind::Learned
+            } else {
+                SketchKind::Random
+            },
+            local: local,
+            seed: 0,
+        })
     };
     vec![
-        AttentionSpec::Softmax,
-        AttentionSpec::Polynomial { p: 4 },
+        AttentionKind::Softmax,
+        AttentionKind::Polynomial { p: 4 },
         ps(false, false),
         ps(false, true),
         ps(true, false),
@@ -24,7 +32,7 @@ fn specs() -> Vec<AttentionSpec> {
     ]
 }
 
-fn config(attention: AttentionSpec) -> GptConfig {
+fn config(attention: AttentionKind) -> GptConfig {
     GptConfig {
         vocab: 11,
         context: 16,
@@ -154,13 +162,14 @@ fn chunked_inference_matches_the_training_forward() {
 #[test]
 fn a_training_step_does_not_depend_on_the_thread_count() {
     use polysketch_gpt::{Decay, TrainConfig, Trainer};
-    let spec = AttentionSpec::Polysketch {
+    let spec = AttentionKind::PolySketch(PolySketchConfig {
         p: 4,
         r: 8,
         block: 16,
-        learned: true,
+        sketch: SketchKind::Learned,
         local: true,
-    };
+        seed: 0,
+    });
     let cfg = GptConfig {
         vocab: 64,
         context: 64,
@@ -214,38 +223,39 @@ fn bad_input_gets_typed_errors() {
     let bad = [
         GptConfig {
             d_model: 9,
-            ..config(AttentionSpec::Softmax)
+            ..config(AttentionKind::Softmax)
         },
         GptConfig {
             heads: 8, // head size 1: RoPE needs an even one
-            ..config(AttentionSpec::Softmax)
+            ..config(AttentionKind::Softmax)
         },
         GptConfig {
             vocab: 0,
-            ..config(AttentionSpec::Softmax)
+            ..config(AttentionKind::Softmax)
         },
         GptConfig {
             layers: 0,
-            ..config(AttentionSpec::Softmax)
+            ..config(AttentionKind::Softmax)
         },
-        config(AttentionSpec::Polynomial { p: 3 }),
-        config(AttentionSpec::Polysketch {
+        config(AttentionKind::Polynomial { p: 3 }),
+        config(AttentionKind::PolySketch(PolySketchConfig {
             p: 4,
             r: 0,
             block: 4,
-            learned: false,
+            sketch: SketchKind::Random,
             local: false,
-        }),
+            seed: 0,
+        })),
     ];
     let small_heads = GptConfig {
         heads: 4, // head size 2 is even: accepted
-        ..config(AttentionSpec::Softmax)
+        ..config(AttentionKind::Softmax)
     };
     assert!(Gpt::<f32>::new(small_heads).is_ok());
     for (i, c) in bad.iter().enumerate() {
         assert!(Gpt::<f32>::new(*c).is_err(), "config {i} accepted");
     }
-    let model = Gpt::<f32>::new(config(AttentionSpec::Softmax)).unwrap();
+    let model = Gpt::<f32>::new(config(AttentionKind::Softmax)).unwrap();
     let mut acts = Activations::new();
     let x = vec![1u32; 8];
     assert!(matches!(
@@ -281,7 +291,7 @@ fn bad_input_gets_typed_errors() {
         d_model: 1024,
         heads: 8,
         vocab: 256,
-        ..config(AttentionSpec::Softmax)
+        ..config(AttentionKind::Softmax)
     };
     let big_model = Gpt::<f32>::new(GptConfig { layers: 1, ..big }).unwrap();
     let huge = vec![0u32; 1 << 20];
