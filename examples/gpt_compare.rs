@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 use polysketch::attention::{PolySketchConfig, SketchKind};
 use polysketch::gpt::tasks::Task;
-use polysketch::gpt::{AttentionKind, Decay, GptConfig, TrainConfig};
+use polysketch::gpt::{AttentionKind, GptConfig, TrainConfig};
 use polysketch::run::{self, RunConfig, Source};
 
 /// The paper's comparisons at laptop scale: the same small GPT trained with each attention
@@ -177,13 +177,7 @@ fn real_main(args: Args) -> polysketch::Result<()> {
                 steps,
                 lr,
                 warmup: steps / 10,
-                decay: Decay::Cosine,
-                min_lr_ratio: 0.1,
-                weight_decay: 0.1,
-                beta1: 0.9,
-                beta2: 0.95,
-                clip: 1.0,
-                seed: 0,
+                ..TrainConfig::default()
             },
             source: source.clone(),
             eval_every,

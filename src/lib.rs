@@ -12,7 +12,8 @@
 //! - [`lowtri`]: block lower-triangular products \\(\\mathrm{lt}(AB^\\top)C\\) in time linear in
 //!   \\(n\\), forward and backward.
 //! - [`attention`]: causal attention layers (PolySketch, softmax), forward and backward.
-//! - [`gpt`]: the mini GPT; [`run`]: the drivers of `polysketch train`, `sample`, `eval`, `task`.
+//! - [`gpt`]: the mini GPT and its training runs; [`run`]: the program's side of a run
+//!   (progress, loss plot, bundled corpus).
 //! - [`kernel`]: kernel ridge regression and kernel PCA with sketches, Nyström and the exact
 //!   methods.
 //! - [`amm`]: the empirical check of Theorem 2.4 run by `examples/amm_bound.rs`.

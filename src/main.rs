@@ -335,69 +335,34 @@ fn set_threads(threads: Option<usize>) -> polysketch::Result<()> {
         .map_err(|e| polysketch::Error::Config(format!("--threads {t}: {e}")))
 }
 
-/// Defaults of the options that differ between `train` and `task`.
-#[derive(Debug, Clone, Copy)]
-struct Defaults {
-    r: usize,
-    block: usize,
-    layers: usize,
-    d_model: usize,
-    heads: usize,
-    seq: usize,
-    batch: usize,
-    steps: usize,
-    lr: f64,
-    eval_every: usize,
-}
-
-const TRAIN_DEFAULTS: Defaults = Defaults {
-    r: 32,
-    block: 64,
-    layers: 4,
-    d_model: 128,
-    heads: 4,
-    seq: 256,
-    batch: 8,
-    steps: 500,
-    lr: 2e-3,
-    eval_every: 50,
-};
-
-const TASK_DEFAULTS: Defaults = Defaults {
-    r: 16,
-    block: 32,
-    layers: 2,
-    d_model: 64,
-    heads: 2,
-    seq: 128,
-    batch: 32,
-    steps: 10000,
-    lr: 1e-3,
-    eval_every: 250,
-};
-
-/// The model and run configuration of `train`/`task` options.
+/// The model and run of `train`/`task` options: each option given replaces the value of the
+/// library's default model and run (`GptConfig::default()`/`RunConfig::default()` for `train`,
+/// `GptConfig::task`/`RunConfig::task` for `task`).
 fn configs(
     m: &ModelArgs,
-    d: Defaults,
-    vocab: usize,
-    source: run::Source,
-    eval_batches: usize,
+    model: GptConfig,
+    mut run: run::RunConfig,
 ) -> polysketch::Result<(GptConfig, run::RunConfig)> {
-    let block = m.block.unwrap_or(d.block);
-    let r = m.r.unwrap_or(d.r);
+    let AttentionKind::PolySketch(sketch) = model.attention else {
+        unreachable!("the default models use PolySketch attention")
+    };
     let attention = AttentionKind::parse_with(
         &m.attention,
         PolySketchConfig {
             p: m.p,
-            r,
-            block,
+            r: m.r.unwrap_or(sketch.r),
+            block: m.block.unwrap_or(sketch.block),
             local: !m.no_local,
-            ..PolySketchConfig::default()
+            ..sketch
         },
     )?;
-    let (seq, steps) = (m.seq.unwrap_or(d.seq), m.steps.unwrap_or(d.steps));
-    let decay = match m.decay.as_str() {
+    let t = &mut run.train;
+    t.seq = m.seq.unwrap_or(t.seq);
+    t.steps = m.steps.unwrap_or(t.steps);
+    t.batch = m.batch.unwrap_or(t.batch);
+    t.lr = m.lr.unwrap_or(t.lr);
+    t.warmup = m.warmup.unwrap_or(t.steps / 10);
+    t.decay = match m.decay.as_str() {
         "cosine" => Decay::Cosine,
         "linear" => Decay::Linear,
         other => {
@@ -406,42 +371,20 @@ fn configs(
             )));
         }
     };
+    (t.weight_decay, t.clip, t.seed) = (m.weight_decay, m.clip, m.seed);
+    run.eval_every = m.eval_every.unwrap_or(run.eval_every);
     let model = GptConfig {
-        vocab,
-        context: seq,
-        d_model: m.d_model.unwrap_or(d.d_model),
-        layers: m.layers.unwrap_or(d.layers),
-        heads: m.heads.unwrap_or(d.heads),
+        context: t.seq,
+        d_model: m.d_model.unwrap_or(model.d_model),
+        layers: m.layers.unwrap_or(model.layers),
+        heads: m.heads.unwrap_or(model.heads),
         attention,
         seed: m.seed,
-    };
-    let train = TrainConfig {
-        batch: m.batch.unwrap_or(d.batch),
-        seq,
-        steps,
-        lr: m.lr.unwrap_or(d.lr),
-        warmup: m.warmup.unwrap_or(steps / 10),
-        decay,
-        min_lr_ratio: 0.1,
-        weight_decay: m.weight_decay,
-        beta1: 0.9,
-        beta2: 0.95,
-        clip: m.clip,
-        seed: m.seed,
+        ..model
     };
     model.validate()?;
-    train.validate(&model)?;
-    Ok((
-        model,
-        run::RunConfig {
-            train,
-            source,
-            eval_every: m.eval_every.unwrap_or(d.eval_every),
-            eval_batches,
-            tokenizer: TokenizerSpec::Bytes,
-            stop_at_accuracy: None,
-        },
-    ))
+    t.validate(&model)?;
+    Ok((model, run))
 }
 
 fn train(args: TrainArgs) -> polysketch::Result<()> {
@@ -456,7 +399,12 @@ fn train(args: TrainArgs) -> polysketch::Result<()> {
         path: data,
         val_fraction: 0.1,
     };
-    let (model, mut cfg) = configs(m, TRAIN_DEFAULTS, 256, source, args.eval_batches)?;
+    let defaults = run::RunConfig {
+        source,
+        eval_batches: args.eval_batches,
+        ..run::RunConfig::default()
+    };
+    let (model, mut cfg) = configs(m, GptConfig::default(), defaults)?;
     cfg.tokenizer = match args.tokenizer.as_str() {
         "bytes" => TokenizerSpec::Bytes,
         "bpe" => TokenizerSpec::Bpe {
@@ -483,12 +431,11 @@ fn train(args: TrainArgs) -> polysketch::Result<()> {
         m.stop_after,
         m.quiet,
     )?;
-    let (meta, model, tokenizer) = run::load_model(&out.join("checkpoint"))?;
     println!(
         "{} ({} parameters, {}): step {}, validation loss {:.4}, perplexity {:.2}, {:.0} tokens/s",
         out.display(),
-        model.num_params(),
-        meta.model.attention.name(),
+        s.model.num_params(),
+        s.model.config().attention.name(),
         s.step,
         s.val_loss,
         s.val_loss.exp(),
@@ -499,7 +446,7 @@ fn train(args: TrainArgs) -> polysketch::Result<()> {
         out.display()
     );
     if args.sample_len > 0 {
-        let text = run::generate(&model, &tokenizer, "\n", args.sample_len, 0.8, 0)?;
+        let text = run::generate(&s.model, &s.tokenizer, "\n", args.sample_len, 0.8, 0)?;
         println!("--- sample ---\n{text}\n---");
     }
     Ok(())
@@ -513,12 +460,7 @@ fn sample(args: &SampleArgs) -> polysketch::Result<()> {
         )));
     }
     let (meta, model, tokenizer) = run::load_model(&args.checkpoint)?;
-    if meta
-        .train
-        .get("source")
-        .and_then(|s| s.get("task"))
-        .is_some()
-    {
+    if matches!(meta.run.source, run::Source::Task { .. }) {
         return Err(polysketch::Error::Config(
             "sample needs a text (byte) model, not a task model".into(),
         ));
@@ -569,7 +511,11 @@ fn task(args: TaskArgs) -> polysketch::Result<()> {
         task,
         held_out: args.held_out,
     };
-    let (model, mut cfg) = configs(m, TASK_DEFAULTS, task.vocab(), source, 1)?;
+    let defaults = run::RunConfig {
+        source,
+        ..run::RunConfig::task(task)
+    };
+    let (model, mut cfg) = configs(m, GptConfig::task(task.vocab()), defaults)?;
     if !(0.0..=1.0).contains(&args.until) {
         return Err(polysketch::Error::Config(format!(
             "--until {} must be in [0, 1]",
@@ -637,13 +583,7 @@ fn bench_train(args: &TrainBench) -> polysketch::Result<()> {
                 steps: args.steps + 1,
                 lr: 1e-3,
                 warmup: 1,
-                decay: Decay::Cosine,
-                min_lr_ratio: 0.1,
-                weight_decay: 0.1,
-                beta1: 0.9,
-                beta2: 0.95,
-                clip: 1.0,
-                seed: 0,
+                ..TrainConfig::default()
             };
             let gpt = polysketch::gpt::Gpt::<f32>::new(model)?;
             let opt = train.optimizer(gpt.num_params());

@@ -1,6 +1,6 @@
 //! Checkpoints: a folder with `model.safetensors` (the named parameters), `optimizer.safetensors`
-//! (AdamW's moments, `m.<name>` and `v.<name>`), `checkpoint.json` (model and training
-//! configuration, step, what was trained on) and, for a BPE model, `tokenizer.json`. The folder is written beside its place as
+//! (AdamW's moments, `m.<name>` and `v.<name>`), `checkpoint.json` ([`Meta`]: the model and run
+//! configuration, step, what was trained on; versioned by [`FORMAT`]) and, for a BPE model, `tokenizer.json`. The folder is written beside its place as
 //! `<dir>.tmp` and then renamed over it, so a crash leaves the previous checkpoint whole.
 
 use std::path::{Path, PathBuf};
@@ -10,12 +10,17 @@ use polysketch_core::io::write_atomic;
 use serde::{Deserialize, Serialize};
 
 use crate::data::Tokenizer;
+use crate::run::RunConfig;
 use crate::{AdamW, Gpt, GptConfig, GptError, Result, views, views_mut};
 
-/// Version of the checkpoint layout.
-pub const FORMAT: u32 = 1;
+/// Version of the checkpoint layout this crate writes.
+///
+/// - 2: `checkpoint.json` holds the typed [`RunConfig`] under `train` and AdamW's step count
+///   as `adam_t` beside it.
+/// - 1: the same, with `adam_t` inside `train`. Read (and converted) still; others are refused.
+pub const FORMAT: u32 = 2;
 
-/// The JSON part of a checkpoint.
+/// The JSON part of a checkpoint (`checkpoint.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Meta {
     /// [`FORMAT`] of the writer.
@@ -24,8 +29,11 @@ pub struct Meta {
     pub model: GptConfig,
     /// Steps taken.
     pub step: usize,
-    /// The training configuration (the trainer's own, as JSON).
-    pub train: serde_json::Value,
+    /// The run: optimisation, data, evaluation, tokenizer.
+    #[serde(rename = "train")]
+    pub run: RunConfig,
+    /// AdamW's step count (its bias correction).
+    pub adam_t: u64,
     /// Tokenizer: `bytes`, or `bpe` (then `tokenizer.json` holds it).
     pub tokenizer: String,
 }
@@ -57,7 +65,7 @@ pub fn save(
     both.extend(views(&opt.v, model.table(), "v"));
     save_safetensors(&tmp.join("optimizer.safetensors"), &both)?;
     let mut meta = meta.clone();
-    meta.train["adam_t"] = serde_json::json!(opt.t);
+    meta.adam_t = opt.t;
     meta.tokenizer = match tokenizer.to_json()? {
         None => "bytes".into(),
         Some(json) => {
@@ -136,14 +144,25 @@ pub fn read_meta(dir: &Path) -> Result<Meta> {
         return Err(file_err(dir, format!("no checkpoint folder here{hint}")));
     }
     let bytes = std::fs::read(&path).map_err(|e| file_err(&path, e))?;
-    let meta: Meta = serde_json::from_slice(&bytes)
-        .map_err(|e| file_err(&path, format!("not a checkpoint ({e})")))?;
-    if meta.format != FORMAT {
-        return Err(file_err(
-            &path,
-            format!("format {} is not {FORMAT}", meta.format),
-        ));
+    let not_one = |e: serde_json::Error| file_err(&path, format!("not a checkpoint ({e})"));
+    let mut json: serde_json::Value = serde_json::from_slice(&bytes).map_err(not_one)?;
+    match json.get("format").and_then(|f| f.as_u64()) {
+        Some(1) => {
+            // format 1 kept AdamW's step count inside the run configuration
+            let t = json.pointer("/train/adam_t").cloned();
+            json["adam_t"] = t.unwrap_or(serde_json::Value::Null);
+        }
+        Some(f) if f == u64::from(FORMAT) => {}
+        Some(f) => {
+            return Err(file_err(
+                &path,
+                format!("checkpoint format {f}: this version reads formats 1 and {FORMAT}"),
+            ));
+        }
+        None => return Err(file_err(&path, "not a checkpoint (no format)")),
     }
+    let mut meta: Meta = serde_json::from_value(json).map_err(not_one)?;
+    meta.format = FORMAT;
     meta.model.validate()?;
     Ok(meta)
 }
@@ -167,11 +186,7 @@ pub fn load(
             let mut both = views_mut(&mut opt.m, model.table(), "m");
             both.extend(views_mut(&mut opt.v, model.table(), "v"));
             load_safetensors(&dir.join("optimizer.safetensors"), &mut both)?;
-            opt.t = meta
-                .train
-                .get("adam_t")
-                .and_then(|t| t.as_u64())
-                .ok_or_else(|| file_err(&dir.join("checkpoint.json"), "no adam_t"))?;
+            opt.t = meta.adam_t;
             Some(opt)
         }
     };

@@ -1,11 +1,15 @@
 //! Model configuration (serialisable, stored with every checkpoint).
 
-use polysketch_attention::{AttentionConfig, AttentionKind};
+use polysketch_attention::{AttentionConfig, AttentionKind, PolySketchConfig, SketchKind};
 use serde::{Deserialize, Serialize};
 
 use crate::{GptError, Result};
 
 /// The shape of a GPT model (decoder-only, pre-LayerNorm, Transformer++ recipe).
+///
+/// The [`Default`] is `polysketch train`'s model: byte vocabulary (256), context 256, width
+/// 128, 4 blocks of 4 heads, PolySketch attention with learned sketches and exact local blocks
+/// (p = 4, r = 32, b = 64), seed 0. [`GptConfig::task`] gives `polysketch task`'s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GptConfig {
     /// Vocabulary size \\(V\\).
@@ -26,7 +30,49 @@ pub struct GptConfig {
     pub seed: u64,
 }
 
+impl Default for GptConfig {
+    fn default() -> Self {
+        Self {
+            vocab: 256,
+            context: 256,
+            d_model: 128,
+            layers: 4,
+            heads: 4,
+            attention: AttentionKind::PolySketch(PolySketchConfig {
+                p: 4,
+                r: 32,
+                block: 64,
+                sketch: SketchKind::Learned,
+                local: true,
+                seed: 0,
+            }),
+            seed: 0,
+        }
+    }
+}
+
 impl GptConfig {
+    /// `polysketch task`'s model for a task of vocabulary `vocab`: context 128, width 64, 2
+    /// blocks of 2 heads, learned sketches with local blocks at r = 16, b = 32.
+    pub fn task(vocab: usize) -> Self {
+        Self {
+            vocab,
+            context: 128,
+            d_model: 64,
+            layers: 2,
+            heads: 2,
+            attention: AttentionKind::PolySketch(PolySketchConfig {
+                p: 4,
+                r: 16,
+                block: 32,
+                sketch: SketchKind::Learned,
+                local: true,
+                seed: 0,
+            }),
+            seed: 0,
+        }
+    }
+
     /// The head size \\(h = C/\\text{heads}\\).
     pub fn head_dim(&self) -> usize {
         self.d_model / self.heads.max(1)

@@ -47,6 +47,8 @@ mod error;
 mod model;
 pub mod ops;
 mod optim;
+pub mod run;
+pub mod sample;
 pub mod tasks;
 mod train;
 
@@ -57,4 +59,5 @@ pub use ops::IGNORE;
 pub use optim::{AdamW, Decay, Schedule};
 /// The attention kind of a model's blocks (the attention crate's).
 pub use polysketch_attention::AttentionKind;
+pub use sample::generate;
 pub use train::{StepStats, TrainConfig, Trainer, evaluate};

@@ -7,6 +7,11 @@ use crate::optim::Decay;
 use crate::{Activations, AdamW, Gpt, GptConfig, GptError, Result, Schedule};
 
 /// Optimisation settings of a run (stored in checkpoints).
+///
+/// The [`Default`] is `polysketch train`'s: 500 steps of 8 sequences of 256 tokens, peak
+/// learning rate 2e-3 after 50 warm-up steps, cosine decay to a tenth, AdamW with
+/// \\(\beta = (0.9, 0.95)\\) and weight decay 0.1, gradients clipped at norm 1, seed 0.
+/// [`TrainConfig::task`] gives `polysketch task`'s.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
     /// Sequences per step.
@@ -35,7 +40,39 @@ pub struct TrainConfig {
     pub seed: u64,
 }
 
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            batch: 8,
+            seq: 256,
+            steps: 500,
+            lr: 2e-3,
+            warmup: 50,
+            decay: Decay::Cosine,
+            min_lr_ratio: 0.1,
+            weight_decay: 0.1,
+            beta1: 0.9,
+            beta2: 0.95,
+            clip: 1.0,
+            seed: 0,
+        }
+    }
+}
+
 impl TrainConfig {
+    /// `polysketch task`'s settings: 10,000 steps of 32 sequences of 128 tokens, peak
+    /// learning rate 1e-3 after 1,000 warm-up steps; the rest as [`Default`].
+    pub fn task() -> Self {
+        Self {
+            batch: 32,
+            seq: 128,
+            steps: 10_000,
+            lr: 1e-3,
+            warmup: 1_000,
+            ..Self::default()
+        }
+    }
+
     /// The learning-rate schedule.
     pub fn schedule(&self) -> Schedule {
         Schedule {
