@@ -46,10 +46,11 @@ pub use polysketch_tensoring as tensoring;
 
 pub mod amm;
 pub mod io;
-pub mod memory;
-pub mod plot;
 pub mod run;
-pub mod scaling;
+
+/// Measurement and reporting (the crate `polysketch-bench`).
+pub use polysketch_bench as bench;
+pub use polysketch_bench::{memory, plot, scaling};
 
 /// The README's code runs as a doctest, so it cannot rot.
 #[doc = include_str!("../README.md")]
@@ -75,6 +76,9 @@ pub enum Error {
     /// An attention layer refused.
     #[error(transparent)]
     Attention(#[from] attention::AttentionError),
+    /// A measurement or a plot failed.
+    #[error(transparent)]
+    Bench(#[from] polysketch_bench::Error),
     /// An experiment's configuration is invalid.
     #[error("invalid configuration: {0}")]
     Config(String),

@@ -173,7 +173,7 @@ fn plot_losses(csv: &str, path: &Path) -> Result<()> {
         }
         _ => "loss".to_string(),
     };
-    line_plot_capped(
+    Ok(line_plot_capped(
         &lines,
         &[],
         &Axes {
@@ -185,7 +185,7 @@ fn plot_losses(csv: &str, path: &Path) -> Result<()> {
         },
         y_cap,
         path,
-    )
+    )?)
 }
 
 /// Loss curves of several runs (`(name, metrics.csv)`) in one plot, validation only.
@@ -210,7 +210,7 @@ pub fn plot_runs(runs: &[(String, PathBuf)], title: &str, path: &Path) -> Result
             ..Line::default()
         });
     }
-    line_plot(
+    Ok(line_plot(
         &lines,
         &[],
         &Axes {
@@ -221,5 +221,5 @@ pub fn plot_runs(runs: &[(String, PathBuf)], title: &str, path: &Path) -> Result
             log_y: false,
         },
         path,
-    )
+    )?)
 }

@@ -256,7 +256,7 @@ pub fn line_plot_capped(
         }
         root.present().map_err(plot_err)?;
     }
-    crate::io::write_atomic(path, svg.as_bytes())?;
+    polysketch_core::io::write_atomic(path, svg.as_bytes())?;
     Ok(())
 }
 
@@ -352,6 +352,6 @@ pub fn scatter_panels(
         }
         root.present().map_err(plot_err)?;
     }
-    crate::io::write_atomic(path, svg.as_bytes())?;
+    polysketch_core::io::write_atomic(path, svg.as_bytes())?;
     Ok(())
 }

@@ -8,8 +8,8 @@ use std::time::Instant;
 use faer::{Mat, Par};
 
 use crate::Result;
-use crate::core::linalg::gemm;
 use crate::plot::{Axes, Line, line_plot};
+use polysketch_core::linalg::gemm;
 
 /// A named series of `(size, seconds)` points.
 #[derive(Debug, Clone, PartialEq, Default)]

@@ -3,7 +3,7 @@
 //! A binary opts in by installing the counting allocator:
 //! ```no_run
 //! #[global_allocator]
-//! static ALLOC: polysketch::memory::CountingAlloc = polysketch::memory::CountingAlloc::new();
+//! static ALLOC: polysketch_bench::memory::CountingAlloc = polysketch_bench::memory::CountingAlloc::new();
 //! # fn main() {}
 //! ```
 //! then brackets a piece of work with [`CountingAlloc::reset_peak`] and
@@ -98,4 +98,17 @@ unsafe impl GlobalAlloc for CountingAlloc {
         }
         p
     }
+}
+
+static METER: std::sync::OnceLock<&'static CountingAlloc> = std::sync::OnceLock::new();
+
+/// Makes `alloc` (the program's global allocator) the meter of the benchmarks' peak columns.
+/// The first call wins.
+pub fn install_meter(alloc: &'static CountingAlloc) {
+    let _ = METER.set(alloc);
+}
+
+/// The installed meter, if the program has one (see [`install_meter`]).
+pub fn meter() -> Option<&'static CountingAlloc> {
+    METER.get().copied()
 }
