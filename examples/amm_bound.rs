@@ -15,7 +15,7 @@ use std::time::Instant;
 use clap::Parser;
 use faer::Par;
 use indicatif::{ProgressBar, ProgressStyle};
-use polysketch::amm::{self, Config, Family};
+use polysketch::tensoring::amm::{self, Config, Family};
 
 /// Empirical check of Theorem 2.4 (self-tensoring a degree-p/2 sketch gives a degree-p AMM
 /// sketch with error at most sqrt(5)·ε).
@@ -111,7 +111,7 @@ fn run(args: Args) -> polysketch::Result<()> {
     let csv = args.out.join("amm_bound.csv");
     let svg = args.out.join("amm_bound.svg");
     polysketch::io::write_atomic(&csv, amm::to_csv(&results).as_bytes())?;
-    amm::plot_svg(&results, &svg)?;
+    polysketch::bench::figures::amm_error(&results, &svg)?;
     println!("wrote {} and {}", csv.display(), svg.display());
     for p in &config.degrees {
         for family in Family::ALL {

@@ -16,7 +16,6 @@
 //!   (progress, loss plot, bundled corpus).
 //! - [`kernel`]: kernel ridge regression and kernel PCA with sketches, Nyström and the exact
 //!   methods.
-//! - [`amm`]: the empirical check of Theorem 2.4 run by `examples/amm_bound.rs`.
 //! - [`io`]: crash-safe file output; [`scaling`]: timing series, their plots, faer's FLOP rate;
 //!   [`memory`]: peak heap measurement.
 //!
@@ -44,7 +43,6 @@ pub use polysketch_lowtri as lowtri;
 pub use polysketch_sketch as sketch;
 pub use polysketch_tensoring as tensoring;
 
-pub mod amm;
 pub mod io;
 pub mod run;
 

@@ -7,6 +7,7 @@
 //! - [`plot`]: SVG line plots and scatter panels (plotters), written crash-safely.
 //! - [`attention`]: `polysketch bench attention` (every kind against softmax, CPU or GPU).
 //! - [`train`]: `polysketch bench train` (GPT training throughput against context length).
+//! - [`figures`]: figures of particular studies (the AMM error of Theorem 2.4).
 //!
 //! Speed is reported as ratios within one run, never asserted in tests.
 //!
@@ -24,6 +25,7 @@
 pub mod attention;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod device;
+pub mod figures;
 pub mod memory;
 pub mod plot;
 pub mod scaling;

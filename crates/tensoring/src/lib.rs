@@ -49,6 +49,7 @@
 /// it instead of pinning faer by hand.
 pub use faer;
 
+pub mod amm;
 mod features;
 mod selftensored;
 

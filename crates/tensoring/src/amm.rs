@@ -1,4 +1,6 @@
-//! The empirical check of Theorem 2.4 that `examples/amm_bound.rs` runs.
+//! The empirical check of Theorem 2.4 (paper Section 2.2): the AMM error of the self-tensored
+//! sketch against \\(\sqrt5\,\varepsilon\\); `examples/amm_bound.rs` runs it, and
+//! `polysketch_bench::figures::amm_error` draws it.
 //!
 //! For each degree \\(p\\), base sketch size \\(r\\) and input [`Family`], over independent draws
 //! of the sketches:
@@ -17,16 +19,13 @@
 //!   \\(\sqrt5\,\varepsilon\\) — at most \\(\delta\\) if the theorem holds.
 
 use std::fmt::Write as _;
-use std::path::Path;
 
 use faer::{Mat, MatRef, Par};
-use plotters::prelude::*;
+use polysketch_core::{normal, seeded_rng, split_seed};
+use polysketch_sketch::{GaussianJl, PolySketch, TreeSketch, jl};
 use rayon::prelude::*;
 
-use crate::core::{seeded_rng, split_seed};
-use crate::sketch::{GaussianJl, PolySketch, TreeSketch, jl};
-use crate::tensoring::gram_block;
-use crate::{Error, Result};
+use crate::{Result, SketchError, gram_block};
 
 /// Largest \\(\varepsilon\\) for which the proof's constant \\(\sqrt 5\\) holds: with
 /// \\(C = 1/\varepsilon\\) the proof needs \\(4\varepsilon^2 + 5\varepsilon^3 + \varepsilon^4 \le
@@ -69,9 +68,7 @@ impl Family {
     pub fn generate(self, n: usize, h: usize, seed: u64) -> Mat<f64> {
         let mut rng = seeded_rng(seed);
         let scale = 1.0 / (h as f64).sqrt();
-        let mut normal = move || -> f64 {
-            rand_distr::Distribution::sample(&rand_distr::StandardNormal, &mut rng)
-        };
+        let mut normal = move || -> f64 { normal(&mut rng) };
         let noise = Mat::from_fn(n, h, |_, _| scale * normal());
         match self {
             Family::Gaussian => noise,
@@ -169,10 +166,15 @@ impl Config {
     /// Checks the configuration.
     ///
     /// # Errors
-    /// [`Error::Config`] for an odd or unsupported degree, fewer than 2 draws or rows, a zero
+    /// [`SketchError::InvalidArgument`] for an odd or unsupported degree, fewer than 2 draws or rows, a zero
     /// dimension or size, \\(t < 1\\), or \\(\delta \notin (0, 1)\\).
     pub fn validate(&self) -> Result<()> {
-        let bad = |msg: String| Err(Error::Config(msg));
+        let bad = |reason: String| {
+            Err(SketchError::InvalidArgument {
+                op: "amm::Config::validate",
+                reason,
+            })
+        };
         if let Some(p) = self
             .degrees
             .iter()
@@ -435,102 +437,6 @@ pub fn to_csv(results: &[CaseResult]) -> String {
     s
 }
 
-/// A log-log plot of mean AMM error against \\(r\\): one panel per degree, one line per family
-/// (solid with dots: self-tensored; thin with crosses: degree-\\(p\\) tree), as SVG.
-///
-/// # Errors
-/// [`Error::Plot`] if drawing fails, [`Error::Io`] if the file cannot be written.
-pub fn plot_svg(results: &[CaseResult], path: &Path) -> Result<()> {
-    let mut degrees: Vec<usize> = results.iter().map(|c| c.p).collect();
-    degrees.dedup();
-    let mut svg = String::new();
-    {
-        let root = SVGBackend::with_string(&mut svg, (420 * degrees.len().max(1) as u32, 400))
-            .into_drawing_area();
-        root.fill(&WHITE).map_err(|e| Error::Plot(e.to_string()))?;
-        let panels = root.split_evenly((1, degrees.len().max(1)));
-        let colours = [
-            RGBColor(31, 119, 180),
-            RGBColor(214, 39, 40),
-            RGBColor(44, 160, 44),
-        ];
-        for (panel, &p) in panels.iter().zip(&degrees) {
-            let cases: Vec<&CaseResult> = results.iter().filter(|c| c.p == p).collect();
-            let (rmin, rmax) = cases.iter().fold((f64::MAX, 0f64), |(lo, hi), c| {
-                (lo.min(c.r as f64), hi.max(c.r as f64))
-            });
-            let errs = cases
-                .iter()
-                .flat_map(|c| [Some(c.self_mean), c.tree_mean])
-                .flatten();
-            let (emin, emax) = errs.fold((f64::MAX, 0f64), |(lo, hi), e| (lo.min(e), hi.max(e)));
-            let mut chart = ChartBuilder::on(panel)
-                .caption(format!("p = {p}: AMM error vs r"), ("sans-serif", 18))
-                .margin(10)
-                .x_label_area_size(35)
-                .y_label_area_size(55)
-                .build_cartesian_2d(
-                    (rmin * 0.8..rmax * 1.25).log_scale(),
-                    (emin * 0.7..emax * 1.4).log_scale(),
-                )
-                .map_err(|e| Error::Plot(e.to_string()))?;
-            chart
-                .configure_mesh()
-                .x_desc("base sketch size r")
-                .x_label_formatter(&|x| format!("{}", x.round() as u64))
-                .y_desc("mean AMM error")
-                .draw()
-                .map_err(|e| Error::Plot(e.to_string()))?;
-            for (family, colour) in Family::ALL.iter().zip(colours) {
-                let line: Vec<(f64, f64)> = cases
-                    .iter()
-                    .filter(|c| c.family == *family)
-                    .map(|c| (c.r as f64, c.self_mean))
-                    .collect();
-                chart
-                    .draw_series(LineSeries::new(line.clone(), colour.stroke_width(2)))
-                    .map_err(|e| Error::Plot(e.to_string()))?
-                    .label(format!("{} (self-tensored)", family.name()))
-                    .legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 16, y)], colour.stroke_width(2))
-                    });
-                chart
-                    .draw_series(line.iter().map(|&pt| Circle::new(pt, 3, colour.filled())))
-                    .map_err(|e| Error::Plot(e.to_string()))?;
-                let tree: Vec<(f64, f64)> = cases
-                    .iter()
-                    .filter(|c| c.family == *family)
-                    .filter_map(|c| c.tree_mean.map(|t| (c.r as f64, t)))
-                    .collect();
-                chart
-                    .draw_series(LineSeries::new(tree.clone(), colour.stroke_width(1)))
-                    .map_err(|e| Error::Plot(e.to_string()))?
-                    .label(format!("{} (degree-{p} tree)", family.name()))
-                    .legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 16, y)], colour.stroke_width(1))
-                    });
-                chart
-                    .draw_series(
-                        tree.iter()
-                            .map(|&pt| Cross::new(pt, 4, colour.stroke_width(1))),
-                    )
-                    .map_err(|e| Error::Plot(e.to_string()))?;
-            }
-            chart
-                .configure_series_labels()
-                .background_style(WHITE.mix(0.8))
-                .border_style(BLACK)
-                .label_font(("sans-serif", 10))
-                .position(SeriesLabelPosition::LowerLeft)
-                .draw()
-                .map_err(|e| Error::Plot(e.to_string()))?;
-        }
-        root.present().map_err(|e| Error::Plot(e.to_string()))?;
-    }
-    crate::io::write_atomic(path, svg.as_bytes())?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -607,29 +513,10 @@ mod tests {
                 ..Config::quick()
             },
         ] {
-            assert!(matches!(cfg.validate(), Err(Error::Config(_))), "{cfg:?}");
+            assert!(
+                matches!(cfg.validate(), Err(SketchError::InvalidArgument { .. })),
+                "{cfg:?}"
+            );
         }
-    }
-
-    #[test]
-    fn the_plot_is_written() {
-        let cfg = Config {
-            degrees: vec![2],
-            sizes: vec![16, 32],
-            draws: 4,
-            rows: 4,
-            dim: 4,
-            ..Config::quick()
-        };
-        let results: Vec<CaseResult> = cfg
-            .cases()
-            .into_iter()
-            .map(|(p, r, f)| run_case(&cfg, p, r, f, Par::Seq).unwrap())
-            .collect();
-        let path = std::env::temp_dir().join(format!("polysketch-amm-{}.svg", std::process::id()));
-        plot_svg(&results, &path).unwrap();
-        let svg = std::fs::read_to_string(&path).unwrap();
-        assert!(svg.starts_with("<svg") && svg.contains("AMM error"));
-        std::fs::remove_file(&path).unwrap();
     }
 }
