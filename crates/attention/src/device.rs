@@ -49,7 +49,7 @@ pub use polysketch_gpu::Wgpu;
 pub use polysketch_gpu::{Buffer, CubeElement, Float, Gpu, GpuError, Runtime, bf16, testing};
 use polysketch_gpu::{PolySketchGpu, PolySketchGpuConfig, PolySketchGpuSaved, SketchWeights};
 
-use crate::layer::{check_finite, check_len, check_positive, check_qkv, shape_of};
+use crate::checks::{check_finite, check_len, check_positive, check_qkv, shape_of};
 use crate::{Attention, AttentionConfig, AttentionError, AttentionKind, Grads, Result};
 
 /// A PolySketch layer on a device of runtime `R` (see the [module](self) docs).

@@ -24,6 +24,7 @@ use polysketch_core::{Scalar, linalg::gemm, normal, seeded_rng};
 use polysketch_sketch::PolySketch;
 
 use crate::layernorm::{LnSaved, layernorm_backward, layernorm_forward};
+use crate::nn::{Param, ParamMut, gelu, gelu_with_grad};
 use crate::{AttentionError, Result};
 
 /// Width of the wide hidden layers, in units of \\(r\\): the hidden sizes are \\([8r, r, 8r]\\).
@@ -45,32 +46,6 @@ const W3: usize = 8;
 const C3: usize = 9;
 const W4: usize = 10;
 const C4: usize = 11;
-
-/// \\(\sqrt{2/\pi}\\) and the cubic coefficient of the tanh form of gelu.
-const GELU_C: f64 = 0.797_884_560_802_865_4;
-const GELU_A: f64 = 0.044_715;
-
-/// A named parameter tensor, row-major.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Param<'a, T> {
-    /// Its name, e.g. `ln.gain` or `sketch.node0.f1.w1`.
-    pub name: String,
-    /// Its shape: `[d]` for vectors, `[rows, cols]` for matrices (row-major `data`).
-    pub shape: Vec<usize>,
-    /// Its values.
-    pub data: &'a [T],
-}
-
-/// A named parameter tensor, mutable (for optimisers and loading).
-#[derive(Debug, PartialEq)]
-pub struct ParamMut<'a, T> {
-    /// Its name.
-    pub name: String,
-    /// Its shape.
-    pub shape: Vec<usize>,
-    /// Its values.
-    pub data: &'a mut [T],
-}
 
 /// Where a node's input comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,32 +117,6 @@ polysketch_core::multiversion! {
 fn add_column_sums<T: Scalar>(x: &[T], acc: &mut [T]) {
     for row in x.chunks_exact(acc.len()) {
         acc.iter_mut().zip(row).for_each(|(a, v)| *a += *v);
-    }
-}
-
-polysketch_core::multiversion! {
-    /// `z = gelu(a)` elementwise, tanh form:
-    /// \\(\mathrm{gelu}(x) = \tfrac12 x\,(1 + \tanh(\sqrt{2/\pi}(x + 0.044715x^3)))\\).
-    /// Shapes: `a`, `z` of one length.
-    pub fn gelu<T: Scalar>(a: &[T], z: &mut [T]) {
-        let (half, c, k) = (T::of(0.5), T::of(GELU_C), T::of(GELU_A));
-        for (z, &x) in z.iter_mut().zip(a) {
-            let t = (c * (x + k * x * x * x)).fast_tanh();
-            *z = half * x * (T::one() + t);
-        }
-    }
-}
-
-polysketch_core::multiversion! {
-    /// `z = gelu(a)` and `g = gelu'(a)` elementwise (tanh form, as [`gelu`]).
-    /// Shapes: `a`, `z`, `g` of one length.
-    pub fn gelu_with_grad<T: Scalar>(a: &[T], z: &mut [T], g: &mut [T]) {
-        let (half, c, k, k3) = (T::of(0.5), T::of(GELU_C), T::of(GELU_A), T::of(3.0 * GELU_A));
-        for ((z, g), &x) in z.iter_mut().zip(g.iter_mut()).zip(a) {
-            let t = (c * (x + k * x * x * x)).fast_tanh();
-            *g = half * (T::one() + t) + half * x * (T::one() - t * t) * c * (T::one() + k3 * x * x);
-            *z = half * x * (T::one() + t);
-        }
     }
 }
 

@@ -57,28 +57,35 @@
 /// it instead of pinning faer by hand.
 pub use faer;
 
+mod checks;
 mod config;
 #[cfg(feature = "gpu")]
 pub mod device;
 mod error;
+mod kernel;
 mod kind;
 mod layer;
 pub mod layernorm;
 pub mod learned;
+mod nn;
 mod packed;
 mod polynomial;
 pub mod reference;
 mod safetensors_io;
+mod saved;
 mod softmax;
 pub mod state;
+mod tiles;
 
 pub use config::AttentionConfig;
 #[cfg(feature = "gpu")]
 pub use device::{DeviceAttention, DeviceSaved};
 pub use error::{AttentionError, Result};
 pub use kind::{AttentionKind, PolySketchConfig, SketchKind};
-pub use layer::{Attention, Grads, MAX_STATE_BYTES, Saved};
-pub use learned::{LearnedSaved, LearnedSketch, Param, ParamMut, gelu, gelu_with_grad};
+pub use layer::{Attention, MAX_STATE_BYTES};
+pub use learned::{LearnedSaved, LearnedSketch};
+pub use nn::{Param, ParamMut, gelu, gelu_with_grad};
 pub use packed::PackedSaved;
 pub use safetensors_io::{load_safetensors, save_safetensors};
+pub use saved::{Grads, Saved};
 pub use state::State;

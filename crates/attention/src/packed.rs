@@ -4,7 +4,8 @@
 use faer::Par;
 use polysketch_core::Scalar;
 
-use crate::layer::{Attention, Grads, Saved, check_finite, check_len};
+use crate::checks::{check_finite, check_len};
+use crate::{Attention, Grads, Saved};
 use crate::{AttentionError, Result};
 
 /// What [`Attention::backward_packed`] needs from [`Attention::forward_packed`] (reusable).

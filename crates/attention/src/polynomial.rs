@@ -14,7 +14,7 @@ use faer::prelude::ReborrowMut;
 use faer::{MatMut, MatRef, Par};
 use polysketch_core::{Scalar, linalg::gemm, linalg::ipow};
 
-use crate::softmax::{TILE, TileScratch};
+use crate::tiles::{TILE, TileScratch};
 
 /// One head's inputs: \\(\tilde Q\\), \\(\tilde K\\) (`[n, h]`) and \\(C = [V, \mathbf 1]\\) (`[n, h+1]`).
 #[derive(Clone, Copy)]

@@ -12,7 +12,7 @@ use std::path::Path;
 use polysketch_core::Scalar;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 
-use crate::learned::{Param, ParamMut};
+use crate::nn::{Param, ParamMut};
 use crate::{AttentionError, Result};
 
 fn file_error(path: &Path, reason: impl core::fmt::Display) -> AttentionError {

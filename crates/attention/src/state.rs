@@ -21,9 +21,11 @@ use polysketch_lowtri::{Features, LowTri, Problem};
 use polysketch_tensoring::{Layout, feature_dim, tensor_square};
 use rayon::prelude::*;
 
-use crate::layer::{Attention, MAX_STATE_BYTES, check_finite, check_len, head_matrix};
+use crate::checks::{check_finite, check_len, head_matrix};
+use crate::kernel::normalise;
 use crate::layernorm::{LnSaved, layernorm_forward};
 use crate::learned::LearnedSaved;
+use crate::{Attention, MAX_STATE_BYTES};
 use crate::{AttentionError, Result};
 use crate::{AttentionKind, PolySketchConfig};
 
@@ -311,15 +313,9 @@ impl<T: Scalar> Attention<T> {
                 let mut num = self.read_state(st, l.as_ref().subrows(i, 1), h);
                 // exact scores against the open block, this token included
                 let qi = &qt[i * h..(i + 1) * h];
-                for (kj, vj) in st.open_k.chunks_exact(h).zip(st.open_v.chunks_exact(h)) {
-                    let s = ipow(dot(qi, kj), c.p as u32).as_f64();
-                    num[h] += s;
-                    num[..h]
-                        .iter_mut()
-                        .zip(vj)
-                        .for_each(|(a, x)| *a += s * x.as_f64());
-                }
-                write_normalised(&num, &mut out[i * h..(i + 1) * h]);
+                let open = st.open_k.chunks_exact(h).zip(st.open_v.chunks_exact(h));
+                add_exact(&mut num, qi, open, c.p);
+                normalise(&num, &mut out[i * h..(i + 1) * h]);
                 if st.open_k.len() == b * h {
                     fold(&mut st.s, rows(&st.open_r, r), rows(&st.open_v, h));
                     st.open_k.clear();
@@ -359,7 +355,7 @@ impl<T: Scalar> Attention<T> {
             let num: Vec<f64> = (0..=h)
                 .map(|j| raw[(i, j)].as_f64() + from_state[(i, j)])
                 .collect();
-            write_normalised(&num, &mut out[(start + i) * h..(start + i + 1) * h]);
+            normalise(&num, &mut out[(start + i) * h..(start + i + 1) * h]);
         }
         // fold the finished blocks (every token, without local blocks); keep the rest open
         let folded = if c.local { count / b * b } else { count };
@@ -453,15 +449,8 @@ impl<T: Scalar> Attention<T> {
                         .for_each(|(o, a)| *o = T::of(a / num[h]));
                 }
                 AttentionKind::Polynomial { p } => {
-                    for (kj, vj) in keys.zip(vals) {
-                        let s = ipow(dot(qi, kj), p as u32).as_f64();
-                        num[h] += s;
-                        num[..h]
-                            .iter_mut()
-                            .zip(vj)
-                            .for_each(|(a, x)| *a += s * x.as_f64());
-                    }
-                    write_normalised(&num, &mut out[i * h..(i + 1) * h]);
+                    add_exact(&mut num, qi, keys.zip(vals), p);
+                    normalise(&num, &mut out[i * h..(i + 1) * h]);
                 }
                 AttentionKind::PolySketch(_) => unreachable!("PolySketch keeps a sketch state"),
             }
@@ -469,13 +458,22 @@ impl<T: Scalar> Attention<T> {
     }
 }
 
-/// `out = num[..h] / (1 + num[h])`.
-fn write_normalised<T: Scalar>(num: &[f64], out: &mut [T]) {
-    let h = out.len();
-    let inv = 1.0 / (1.0 + num[h]);
-    out.iter_mut()
-        .zip(&num[..h])
-        .for_each(|(o, a)| *o = T::of(a * inv));
+/// `num[..h] += Σ_j ⟨q, k_j⟩^p v_j` and `num[h] += Σ_j ⟨q, k_j⟩^p` over `(k_j, v_j)`, in `f64`.
+fn add_exact<'a, T: Scalar>(
+    num: &mut [f64],
+    q: &[T],
+    keys_values: impl Iterator<Item = (&'a [T], &'a [T])>,
+    p: usize,
+) {
+    let h = q.len();
+    for (kj, vj) in keys_values {
+        let s = ipow(dot(q, kj), p as u32).as_f64();
+        num[h] += s;
+        num[..h]
+            .iter_mut()
+            .zip(vj)
+            .for_each(|(a, x)| *a += s * x.as_f64());
+    }
 }
 
 /// \\(S \mathrel{+}= \phi'(R)^\top [V, 1]\\) for the rows of `r` (`[n, r]`) and `v` (`[n, h]`),

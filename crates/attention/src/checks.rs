@@ -1,0 +1,120 @@
+//! Argument checks shared by the layer, the device layer, packed sequences and decoding.
+
+use faer::MatRef;
+use polysketch_core::Scalar;
+
+use crate::learned::WIDE;
+use crate::{AttentionConfig, AttentionError, AttentionKind, MAX_STATE_BYTES, Result, SketchKind};
+
+/// `batch` and `n` must be at least 1.
+pub(crate) fn check_positive(op: &'static str, batch: usize, n: usize) -> Result<()> {
+    if batch == 0 || n == 0 {
+        return Err(AttentionError::InvalidConfig(format!(
+            "{op}: batch and n must be at least 1, got {batch} and {n}"
+        )));
+    }
+    Ok(())
+}
+
+/// `[batch, heads, n, h]` spelled out for error messages.
+pub(crate) fn shape_of(config: &AttentionConfig, batch: usize, n: usize) -> String {
+    let (heads, h) = (config.heads, config.head_dim);
+    format!("[batch {batch}, heads {heads}, n {n}, h {h}]")
+}
+
+/// Checks that `q`, `k`, `v` are `[batch, heads, n, h]` and finite; returns their length.
+pub(crate) fn check_qkv<T: Scalar>(
+    op: &'static str,
+    config: &AttentionConfig,
+    [q, k, v]: [&[T]; 3],
+    batch: usize,
+    n: usize,
+) -> Result<usize> {
+    let total = batch * config.heads * n * config.head_dim;
+    for (name, x) in [("q", q), ("k", k), ("v", v)] {
+        check_len(op, name, x, total, shape_of(config, batch, n))?;
+        check_finite(op, name, x)?;
+    }
+    Ok(total)
+}
+
+pub(crate) fn check_len<T>(
+    op: &'static str,
+    input: &'static str,
+    x: &[T],
+    expected: usize,
+    shape: String,
+) -> Result<()> {
+    if x.len() != expected {
+        return Err(AttentionError::ShapeMismatch {
+            op,
+            input,
+            expected,
+            got: x.len(),
+            shape,
+        });
+    }
+    Ok(())
+}
+
+pub(crate) fn check_finite<T: Scalar>(
+    op: &'static str,
+    input: &'static str,
+    x: &[T],
+) -> Result<()> {
+    if polysketch_core::all_finite(x) {
+        return Ok(());
+    }
+    match x.iter().position(|v| !v.is_finite()) {
+        Some(index) => Err(AttentionError::NonFinite { op, input, index }),
+        None => Ok(()),
+    }
+}
+
+/// Head `idx` of a row-major `[.., n, h]` array as an `[n, h]` view.
+pub(crate) fn head_matrix<T>(x: &[T], idx: usize, n: usize, h: usize) -> MatRef<'_, T> {
+    MatRef::from_row_major_slice(&x[idx * n * h..(idx + 1) * n * h], n, h)
+}
+
+/// Checks that what a forward keeps for `batch` sequences of `n` tokens stays under
+/// [`MAX_STATE_BYTES`], estimated before anything is allocated.
+pub(crate) fn check_state_bytes<T>(
+    op: &'static str,
+    config: &AttentionConfig,
+    batch: usize,
+    n: usize,
+) -> Result<()> {
+    let (heads, h) = (config.heads, config.head_dim);
+    // what the forward keeps per token and head
+    let per_token = match config.kind {
+        // q̃, k̃, LN's x̂ for both (4h), L and R (2r), C, the product and its gradient
+        // (3(h + 1)), the output and ∂q̃, ∂k̃ (3h), the denominator, the lowtri prefixes
+        // (≈ m(h+1)/b)
+        AttentionKind::PolySketch(c) => {
+            let learned = match c.sketch {
+                // per q̃ and k̃: each of the p - 2 networks keeps ≤ h + 18r, each of the
+                // p/2 - 1 nodes 2r, and the work buffers ≈ 2·8r + 4r + 3h
+                SketchKind::Learned => {
+                    2 * ((c.p - 2) * (h + (2 * WIDE + 2) * c.r)
+                        + (c.p / 2 - 1) * 2 * c.r
+                        + (2 * WIDE + 4) * c.r
+                        + 3 * h)
+                }
+                SketchKind::Random => 0,
+            };
+            10 * h + 2 * c.r + 5 + c.r * (c.r + 1) / 2 * (h + 1) / c.block + learned
+        }
+        AttentionKind::Polynomial { .. } => 10 * h + 5,
+        // copies of q, k, v, the output and its log-sum-exp
+        AttentionKind::Softmax => 4 * h + 1,
+    };
+    let bytes = (batch * heads) as u128 * n as u128 * per_token as u128 * size_of::<T>() as u128;
+    if bytes > MAX_STATE_BYTES {
+        return Err(AttentionError::TooLarge {
+            op,
+            bytes,
+            limit: MAX_STATE_BYTES,
+        });
+    }
+    Ok(())
+}

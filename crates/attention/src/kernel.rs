@@ -1,0 +1,425 @@
+//! Normalised kernel attention (PolySketch and exact polynomial), forward and backward:
+//! \\(\mathrm{out}_i = \mathrm{raw}_i[..h] / (1 + \mathrm{raw}_i[h])\\) with
+//! \\(\mathrm{raw}_i = \sum_{j \le i} s_{ij}[v_j, 1]\\), the causal products computed by the
+//! lowtri engine (PolySketch) or by exact tiles (polynomial).
+
+use faer::{MatMut, MatRef, Par};
+use polysketch_core::Scalar;
+use polysketch_core::linalg::row_blocks;
+use polysketch_lowtri::{Features, Grads as LtGrads, LowTri, Problem, Saved as LtSaved};
+use rayon::prelude::*;
+
+use crate::layernorm::{layernorm_backward, layernorm_forward};
+use crate::polynomial::{self, PolyViews};
+use crate::saved::{Core, HeadSaved, Inner, reshape_mat};
+use crate::tiles::{self, HeadViews, TILE};
+use crate::{Attention, AttentionError, AttentionKind, Grads, PolySketchConfig, Result, Saved};
+
+/// `out = raw[..h] / (1 + raw[h])` for one row of `h + 1` accumulated values (the weighted sum
+/// of values, then of weights); returns the denominator. The layer's forward and recurrent
+/// decoding both normalise through it.
+pub(crate) fn normalise<T: Scalar, A: Scalar>(raw: &[A], out: &mut [T]) -> A {
+    let h = out.len();
+    let den = A::one() + raw[h];
+    let inv = A::one() / den;
+    out.iter_mut()
+        .zip(&raw[..h])
+        .for_each(|(o, x)| *o = T::of((*x * inv).as_f64()));
+    den
+}
+
+fn add_assign<T: Scalar>(dst: MatMut<'_, T>, src: MatRef<'_, T>) {
+    faer::zip!(dst, src).for_each(|faer::unzip!(d, s)| *d += *s);
+}
+
+/// The lowtri problem of one head: self-tensored features, exact local blocks if asked.
+fn problem<'a, T: Scalar>(c: &PolySketchConfig, s: &'a HeadSaved<T>) -> Problem<'a, T> {
+    if c.local {
+        let features = Features::SelfTensored {
+            l: s.l.as_ref(),
+            r: s.r.as_ref(),
+        };
+        Problem::local_exact(features, s.qt.as_ref(), s.kt.as_ref(), c.p, s.c.as_ref())
+    } else {
+        Problem::self_tensored(s.l.as_ref(), s.r.as_ref(), s.c.as_ref())
+    }
+}
+
+/// Runs `f` on every head, in parallel under `Par::Rayon`.
+fn each_head<T: Scalar, R: Send>(
+    heads: &mut [HeadSaved<T>],
+    par: Par,
+    f: impl Fn(usize, &mut HeadSaved<T>) -> R + Sync + Send,
+) -> Vec<R> {
+    match par {
+        Par::Seq => heads.iter_mut().enumerate().map(|(i, s)| f(i, s)).collect(),
+        Par::Rayon(_) => heads
+            .par_iter_mut()
+            .enumerate()
+            .map(|(i, s)| f(i, s))
+            .collect(),
+    }
+}
+
+impl<T: Scalar> Attention<T> {
+    /// Kernel (PolySketch or exact polynomial) forward of every head.
+    pub(crate) fn kernel_forward(
+        &self,
+        views: &[HeadViews<'_, T>],
+        out: &mut [T],
+        saved: &mut Saved<T>,
+        par: Par,
+    ) -> Result<()> {
+        let (h, count, n) = (self.config.head_dim, views.len(), views[0].q.nrows());
+        let scale = self.scale();
+        let (sketch, r) = match self.config.kind {
+            AttentionKind::PolySketch(c) => (self.sketch.as_deref(), c.r),
+            _ => (None, 0),
+        };
+        let fresh_core = || match self.config.kind {
+            AttentionKind::PolySketch(_) => Core::Sketch {
+                lowtri: (0..count).map(|_| LtSaved::new()).collect(),
+                grads: (0..count).map(|_| LtGrads::new()).collect(),
+            },
+            AttentionKind::Polynomial { p } => Core::Exact { p, used: true },
+            AttentionKind::Softmax => Core::Exact { p: 0, used: true },
+        };
+        let reusable = matches!(&saved.inner, Inner::Kernel { heads, core } if heads.len() == count && matches!((core, self.config.kind), (Core::Sketch { .. }, AttentionKind::PolySketch(_)) | (Core::Exact { .. }, AttentionKind::Polynomial { .. })));
+        if !reusable {
+            saved.inner = Inner::Kernel {
+                heads: (0..count).map(|_| HeadSaved::default()).collect(),
+                core: fresh_core(),
+            };
+        }
+        let Inner::Kernel { heads, core } = &mut saved.inner else {
+            return Err(AttentionError::InvalidState {
+                op: "Attention::forward",
+                reason: "internal: kernel state expected".into(),
+            });
+        };
+        // 1. per head: q̃ = LN(q)/h^¼, k̃ likewise, C = [V, 1], and L = S(q̃), R = S(k̃)
+        let prepared: Vec<Result<()>> = each_head(heads, par, |idx, s| {
+            let x = &views[idx];
+            s.qt.reshape(n, h);
+            s.kt.reshape(n, h);
+            layernorm_forward(
+                x.q,
+                &self.ln_gain,
+                &self.ln_bias,
+                scale,
+                &mut s.qt.data,
+                &mut s.ln_q,
+            );
+            layernorm_forward(
+                x.k,
+                &self.ln_gain,
+                &self.ln_bias,
+                scale,
+                &mut s.kt.data,
+                &mut s.ln_k,
+            );
+            reshape_mat(&mut s.l, n, r);
+            reshape_mat(&mut s.r, n, r);
+            if let Some(ls) = &self.learned {
+                ls.forward(s.qt.as_ref(), s.l.as_mut(), &mut s.learned_q);
+                ls.forward(s.kt.as_ref(), s.r.as_mut(), &mut s.learned_k);
+            } else if let Some(sk) = sketch {
+                sk.apply_into(s.qt.as_ref(), s.l.as_mut(), Par::Seq)?;
+                sk.apply_into(s.kt.as_ref(), s.r.as_mut(), Par::Seq)?;
+            }
+            s.c.reshape(n, h + 1);
+            for i in 0..n {
+                let row = s.c.row_mut(i);
+                match x.v.row(i).try_as_row_major() {
+                    Some(v) => row[..h].copy_from_slice(v.as_slice()),
+                    None => row[..h]
+                        .iter_mut()
+                        .enumerate()
+                        .for_each(|(j, c)| *c = x.v[(i, j)]),
+                }
+                row[h] = T::one();
+            }
+            s.raw.reshape(n, h + 1);
+            s.out.reshape(n, h);
+            s.den.resize(n, T::zero());
+            Ok(())
+        });
+        prepared.into_iter().collect::<Result<Vec<()>>>()?;
+        // 2. the causal products Σ_{j ≤ i} s_ij [v_j, 1] of every head
+        match (&mut *core, self.config.kind) {
+            (Core::Sketch { lowtri, .. }, AttentionKind::PolySketch(c)) => {
+                let engine = LowTri::new(c.block)?;
+                let (problems, outs): (Vec<Problem<'_, T>>, Vec<MatMut<'_, T>>) = heads
+                    .iter_mut()
+                    .map(|s| {
+                        let HeadSaved {
+                            l,
+                            r,
+                            qt,
+                            kt,
+                            c: cm,
+                            raw,
+                            ..
+                        } = s;
+                        let problem = if c.local {
+                            Problem::local_exact(
+                                Features::SelfTensored {
+                                    l: l.as_ref(),
+                                    r: r.as_ref(),
+                                },
+                                qt.as_ref(),
+                                kt.as_ref(),
+                                c.p,
+                                cm.as_ref(),
+                            )
+                        } else {
+                            Problem::self_tensored(l.as_ref(), r.as_ref(), cm.as_ref())
+                        };
+                        (problem, raw.as_mut())
+                    })
+                    .unzip();
+                engine.forward_batch_into(&problems, outs, lowtri, par)?;
+            }
+            (Core::Exact { p, used }, AttentionKind::Polynomial { .. }) => {
+                let p = *p;
+                let mut tasks = Vec::new();
+                let mut raws: Vec<MatMut<'_, T>> = Vec::with_capacity(count);
+                let mut pv = Vec::with_capacity(count);
+                for s in heads.iter_mut() {
+                    let HeadSaved {
+                        qt, kt, c: cm, raw, ..
+                    } = s;
+                    pv.push(PolyViews {
+                        q: qt.as_ref(),
+                        k: kt.as_ref(),
+                        c: cm.as_ref(),
+                    });
+                    raws.push(raw.as_mut());
+                }
+                for (idx, m) in raws.into_iter().enumerate() {
+                    for (t, block) in row_blocks(m, TILE).into_iter().enumerate() {
+                        tasks.push((idx, t, block));
+                    }
+                }
+                tiles::run_tasks(tasks, h + 1, par, |sc, (idx, t, block)| {
+                    polynomial::forward_tile(&pv[idx], p, t, block, sc)
+                });
+                *used = false;
+            }
+            _ => {
+                return Err(AttentionError::InvalidState {
+                    op: "Attention::forward",
+                    reason: "internal: core of another kind".into(),
+                });
+            }
+        }
+        // 3. normalise: out = num / (1 + den)
+        let chunks: Vec<(&mut HeadSaved<T>, &mut [T])> =
+            heads.iter_mut().zip(out.chunks_mut(n * h)).collect();
+        let finish = |(s, o): (&mut HeadSaved<T>, &mut [T])| {
+            for i in 0..n {
+                let dst = &mut o[i * h..(i + 1) * h];
+                s.den[i] = normalise(s.raw.row(i), dst);
+                s.out.row_mut(i).copy_from_slice(dst);
+            }
+        };
+        match par {
+            Par::Seq => chunks.into_iter().for_each(finish),
+            Par::Rayon(_) => chunks.into_par_iter().for_each(finish),
+        }
+        Ok(())
+    }
+
+    /// Kernel (PolySketch or exact polynomial) backward of every head.
+    pub(crate) fn kernel_backward(
+        &self,
+        heads: &mut [HeadSaved<T>],
+        core: &mut Core<T>,
+        d_out: &[T],
+        grads: &mut Grads<T>,
+        par: Par,
+    ) -> Result<()> {
+        let (h, n) = (self.config.head_dim, heads[0].out.nrows());
+        let scale = self.scale();
+        // 1. through the normalisation: out = num/den, so dnum = dout/den and
+        //    dden = -Σ_c dout_c num_c / den² = -(dout · out)/den
+        each_head(heads, par, |idx, s| {
+            s.draw.reshape(n, h + 1);
+            for i in 0..n {
+                let d = &d_out[(idx * n + i) * h..(idx * n + i + 1) * h];
+                let inv = T::one() / s.den[i];
+                let dden = -d
+                    .iter()
+                    .zip(s.out.row(i))
+                    .fold(T::zero(), |acc, (a, b)| acc + *a * *b)
+                    * inv;
+                let row = s.draw.row_mut(i);
+                row[..h].iter_mut().zip(d).for_each(|(r, d)| *r = *d * inv);
+                row[h] = dden;
+            }
+            s.dqt.reshape(n, h);
+            s.dkt.reshape(n, h);
+            s.dc.reshape(n, h + 1);
+        });
+        // 2. through the causal products, to ∂q̃, ∂k̃ and ∂C of every head
+        match (core, self.config.kind) {
+            (Core::Sketch { lowtri, grads: lt }, AttentionKind::PolySketch(c)) => {
+                let sketch = self.sketch.as_deref();
+                let engine = LowTri::new(c.block)?;
+                {
+                    let problems: Vec<Problem<'_, T>> =
+                        heads.iter().map(|s| problem(&c, s)).collect();
+                    let d_refs: Vec<MatRef<'_, T>> =
+                        heads.iter().map(|s| s.draw.as_ref()).collect();
+                    engine.backward_batch_into(&problems, lowtri, &d_refs, lt, par)?;
+                }
+                let lt = &*lt;
+                let done: Vec<Result<()>> = each_head(heads, par, |idx, s| {
+                    let g = &lt[idx];
+                    // forward: L = S(q̃), R = S(k̃)
+                    match (&self.learned, sketch) {
+                        (Some(ls), _) => {
+                            if s.d_learned.len() != ls.parameters().len() {
+                                s.d_learned = ls.zero_grads();
+                            }
+                            s.d_learned.iter_mut().for_each(|g| g.fill(T::zero()));
+                            let (d_learned, dqt, dkt) =
+                                (&mut s.d_learned, s.dqt.as_mut(), s.dkt.as_mut());
+                            ls.backward(&mut s.learned_q, g.d_a.as_ref(), dqt, d_learned);
+                            ls.backward(&mut s.learned_k, g.d_b.as_ref(), dkt, d_learned);
+                        }
+                        (None, Some(sk)) => {
+                            sk.vjp_into(s.qt.as_ref(), g.d_a.as_ref(), s.dqt.as_mut(), Par::Seq)?;
+                            sk.vjp_into(s.kt.as_ref(), g.d_b.as_ref(), s.dkt.as_mut(), Par::Seq)?;
+                        }
+                        (None, None) => {
+                            return Err(AttentionError::InvalidState {
+                                op: "Attention::backward",
+                                reason: "internal: a PolySketch layer without a sketch".into(),
+                            });
+                        }
+                    }
+                    if let (Some(dq), Some(dk)) = (&g.d_q, &g.d_k) {
+                        // forward (local): exact ⟨q̃, k̃⟩^p inside the diagonal blocks
+                        add_assign(s.dqt.as_mut(), dq.as_ref());
+                        add_assign(s.dkt.as_mut(), dk.as_ref());
+                    }
+                    s.dc.as_mut().copy_from(g.d_c.as_ref());
+                    Ok(())
+                });
+                done.into_iter().collect::<Result<Vec<()>>>()?;
+            }
+            (Core::Exact { p, used }, AttentionKind::Polynomial { .. }) => {
+                *used = true;
+                let p = *p;
+                let mut views = Vec::with_capacity(heads.len());
+                let mut key_tasks = Vec::new();
+                let mut query_tasks = Vec::new();
+                for (idx, s) in heads.iter_mut().enumerate() {
+                    let HeadSaved {
+                        qt,
+                        kt,
+                        c: cm,
+                        draw,
+                        dqt,
+                        dkt,
+                        dc,
+                        ..
+                    } = s;
+                    views.push((
+                        PolyViews {
+                            q: qt.as_ref(),
+                            k: kt.as_ref(),
+                            c: cm.as_ref(),
+                        },
+                        draw.as_ref(),
+                    ));
+                    for (t, (k, c)) in row_blocks(dkt.as_mut(), TILE)
+                        .into_iter()
+                        .zip(row_blocks(dc.as_mut(), TILE))
+                        .enumerate()
+                    {
+                        key_tasks.push((idx, t, k, c));
+                    }
+                    for (t, q) in row_blocks(dqt.as_mut(), TILE).into_iter().enumerate() {
+                        query_tasks.push((idx, t, q));
+                    }
+                }
+                tiles::run_tasks(key_tasks, h + 1, par, |sc, (idx, t, k, c)| {
+                    polynomial::backward_key_tile(&views[idx].0, views[idx].1, p, t, c, k, sc)
+                });
+                tiles::run_tasks(query_tasks, h + 1, par, |sc, (idx, t, q)| {
+                    polynomial::backward_query_tile(&views[idx].0, views[idx].1, p, t, q, sc)
+                });
+            }
+            _ => {
+                return Err(AttentionError::InvalidState {
+                    op: "Attention::backward",
+                    reason: "the saved state comes from a layer of another kind".into(),
+                });
+            }
+        }
+        // 3. per head: through the layer norm, straight into the row-major gradients
+        let slices = grads
+            .dq
+            .chunks_mut(n * h)
+            .zip(grads.dk.chunks_mut(n * h))
+            .zip(grads.dv.chunks_mut(n * h));
+        let parts: Vec<_> = heads.iter().zip(slices).collect();
+        /// One head's state and its `(∂q, ∂k)`, `∂v` output slices.
+        type HeadGrads<'a, T> = (&'a HeadSaved<T>, ((&'a mut [T], &'a mut [T]), &'a mut [T]));
+        let head = |(s, ((q, k), v)): HeadGrads<'_, T>| -> (Vec<T>, Vec<T>) {
+            let (mut dgain, mut dbias) = (vec![T::zero(); h], vec![T::zero(); h]);
+            layernorm_backward(
+                &s.dqt.data,
+                &s.ln_q,
+                &self.ln_gain,
+                scale,
+                q,
+                &mut dgain,
+                &mut dbias,
+            );
+            layernorm_backward(
+                &s.dkt.data,
+                &s.ln_k,
+                &self.ln_gain,
+                scale,
+                k,
+                &mut dgain,
+                &mut dbias,
+            );
+            // forward: C = [V, 1], so dV is dC without its last column
+            for i in 0..n {
+                v[i * h..(i + 1) * h].copy_from_slice(&s.dc.row(i)[..h]);
+            }
+            (dgain, dbias)
+        };
+        let per_head: Vec<(Vec<T>, Vec<T>)> = match par {
+            Par::Seq => parts.into_iter().map(head).collect(),
+            Par::Rayon(_) => parts.into_par_iter().map(head).collect(),
+        };
+        let (mut dgain, mut dbias) = (vec![T::zero(); h], vec![T::zero(); h]);
+        // summed in head order: the same numbers whatever the thread count
+        for (g_, b_) in per_head {
+            dgain.iter_mut().zip(g_).for_each(|(a, b)| *a += b);
+            dbias.iter_mut().zip(b_).for_each(|(a, b)| *a += b);
+        }
+        grads.params = vec![("ln.gain".into(), dgain), ("ln.bias".into(), dbias)];
+        if let Some(ls) = &self.learned {
+            // the heads' shares, summed in head order
+            let mut total = ls.zero_grads();
+            for s in heads.iter() {
+                for (t, g) in total.iter_mut().zip(&s.d_learned) {
+                    t.iter_mut().zip(g).for_each(|(a, b)| *a += *b);
+                }
+            }
+            grads.params.extend(
+                ls.parameters()
+                    .into_iter()
+                    .zip(total)
+                    .map(|(p, g)| (p.name, g)),
+            );
+        }
+        Ok(())
+    }
+}
