@@ -40,6 +40,7 @@
 /// it instead of pinning faer by hand.
 pub use faer;
 
+mod block;
 pub mod checkpoint;
 mod config;
 pub mod data;

@@ -4,9 +4,10 @@
 
 use faer::{MatRef, Par};
 use polysketch_attention::layernorm::{LnSaved, layernorm_backward, layernorm_forward};
-use polysketch_attention::{Attention, Grads, Param, ParamMut, Saved, State};
+use polysketch_attention::{Attention, Param, ParamMut, State};
 use polysketch_core::{Scalar, normal, seeded_rng, split_seed};
 
+use crate::block::{Block, BlockActs, Mode, Scratch, resize, two_mut};
 use crate::ops::{self, IGNORE};
 use crate::{GptConfig, GptError, Result};
 
@@ -48,22 +49,6 @@ impl ParamInfo {
     }
 }
 
-/// Table indices of one block's tensors.
-#[derive(Debug, Clone)]
-struct Block {
-    ln1_gain: usize,
-    ln1_bias: usize,
-    wqkv: usize,
-    wo: usize,
-    ln2_gain: usize,
-    ln2_bias: usize,
-    wgate: usize,
-    wup: usize,
-    wdown: usize,
-    /// The attention layer's own parameters, in the order of `Attention::parameters`.
-    attn: Vec<usize>,
-}
-
 /// A decoder-only transformer (pre-LayerNorm, Transformer++ recipe of the paper's Appendix I):
 ///
 /// \\[ x^{(0)}_t = \sqrt C\,W_{te}[\text{tok}_t] + e_t, \quad
@@ -76,29 +61,14 @@ struct Block {
 /// layers have no bias; the GLU width is \\(8C/3\\) rounded up to a multiple of 8.
 #[derive(Debug)]
 pub struct Gpt<T: Scalar> {
-    config: GptConfig,
-    params: Vec<T>,
-    table: Vec<ParamInfo>,
-    blocks: Vec<Block>,
-    attn: Vec<Attention<T>>,
+    pub(crate) config: GptConfig,
+    pub(crate) params: Vec<T>,
+    pub(crate) table: Vec<ParamInfo>,
+    pub(crate) blocks: Vec<Block>,
+    pub(crate) attn: Vec<Attention<T>>,
     wte: usize,
     lnf_gain: usize,
     lnf_bias: usize,
-}
-
-/// What the backward needs from one block.
-#[derive(Debug, Default)]
-struct BlockActs<T: Scalar> {
-    ln1: LnSaved<T>,
-    ln1_out: Vec<T>,
-    attn: Saved<T>,
-    y: Vec<T>,
-    ln2: LnSaved<T>,
-    ln2_out: Vec<T>,
-    u: Vec<T>,
-    ga: Vec<T>,
-    dga: Vec<T>,
-    g: Vec<T>,
 }
 
 /// What a training forward saves for the backward, and scratch; reused across steps (buffers
@@ -114,21 +84,10 @@ pub struct Activations<T: Scalar> {
     lnf: LnSaved<T>,
     lnf_out: Vec<T>,
     probs: Vec<T>,
-    // scratch
+    // the residual stream and its gradient, and the blocks' scratch
     x: Vec<T>,
-    qkv: Vec<T>,
-    q: Vec<T>,
-    k: Vec<T>,
-    v: Vec<T>,
-    att: Vec<T>,
-    tmp: Vec<T>,
-    a: Vec<T>,
-    grads: Grads<T>,
     dx: Vec<T>,
-    dln: Vec<T>,
-    da: Vec<T>,
-    du: Vec<T>,
-    dqkv: Vec<T>,
+    scratch: Scratch<T>,
     ready: bool,
 }
 
@@ -162,16 +121,6 @@ impl<T: Scalar> InferState<T> {
     pub fn bytes(&self) -> usize {
         self.layers.iter().map(|s| s.bytes()).sum()
     }
-}
-
-/// Attention mode of a block's forward.
-enum Mode<'a, T: Scalar> {
-    Train(&'a mut Saved<T>),
-    Infer(&'a mut State<T>),
-}
-
-fn resize<T: Scalar>(v: &mut Vec<T>, len: usize) {
-    v.resize(len, T::zero());
 }
 
 impl<T: Scalar> Gpt<T> {
@@ -459,7 +408,7 @@ impl<T: Scalar> Gpt<T> {
                 Some(s) => Mode::Infer(&mut s[l]),
                 None => Mode::Train(&mut saved),
             };
-            result = self.block_forward(l, x, batch, n, pos0, ba, mode, acts, par);
+            result = self.block_forward(l, x, batch, n, pos0, ba, mode, &mut acts.scratch, par);
             ba.attn = saved;
             if result.is_err() {
                 break;
@@ -490,78 +439,6 @@ impl<T: Scalar> Gpt<T> {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn block_forward(
-        &self,
-        l: usize,
-        x: &mut [T],
-        batch: usize,
-        n: usize,
-        pos0: usize,
-        ba: &mut BlockActs<T>,
-        mode: Mode<'_, T>,
-        s: &mut Activations<T>,
-        par: Par,
-    ) -> Result<()> {
-        let (c, f, heads, h) = (
-            self.config.d_model,
-            self.config.hidden(),
-            self.config.heads,
-            self.config.head_dim(),
-        );
-        let rows = batch * n;
-        let b = &self.blocks[l];
-        let p = |id: usize| self.table[id].of(&self.params);
-        resize(&mut ba.ln1_out, rows * c);
-        layernorm_forward(
-            MatRef::from_row_major_slice(x, rows, c),
-            p(b.ln1_gain),
-            p(b.ln1_bias),
-            T::one(),
-            &mut ba.ln1_out,
-            &mut ba.ln1,
-        );
-        resize(&mut s.qkv, rows * 3 * c);
-        ops::linear_forward(&ba.ln1_out, p(b.wqkv), rows, c, 3 * c, &mut s.qkv, par);
-        for buf in [&mut s.q, &mut s.k, &mut s.v, &mut s.att] {
-            resize(buf, rows * c);
-        }
-        ops::split_heads_forward(
-            &s.qkv, batch, n, heads, h, pos0, &mut s.q, &mut s.k, &mut s.v,
-        );
-        match mode {
-            Mode::Train(saved) => {
-                self.attn[l].forward_into(&s.q, &s.k, &s.v, batch, n, &mut s.att, saved, par)?
-            }
-            Mode::Infer(state) => {
-                self.attn[l].forward_chunk(&s.q, &s.k, &s.v, batch, n, &mut s.att, state, par)?
-            }
-        }
-        resize(&mut ba.y, rows * c);
-        ops::merge_heads(&s.att, batch, n, heads, h, &mut ba.y);
-        resize(&mut s.tmp, rows * c);
-        ops::linear_forward(&ba.y, p(b.wo), rows, c, c, &mut s.tmp, par);
-        ops::add_assign(x, &s.tmp);
-        resize(&mut ba.ln2_out, rows * c);
-        layernorm_forward(
-            MatRef::from_row_major_slice(x, rows, c),
-            p(b.ln2_gain),
-            p(b.ln2_bias),
-            T::one(),
-            &mut ba.ln2_out,
-            &mut ba.ln2,
-        );
-        for buf in [&mut s.a, &mut ba.u, &mut ba.ga, &mut ba.dga, &mut ba.g] {
-            resize(buf, rows * f);
-        }
-        ops::linear_forward(&ba.ln2_out, p(b.wgate), rows, c, f, &mut s.a, par);
-        ops::linear_forward(&ba.ln2_out, p(b.wup), rows, c, f, &mut ba.u, par);
-        ops::glu_forward(&s.a, &ba.u, &mut ba.ga, &mut ba.dga, &mut ba.g, f);
-        ops::linear_forward(&ba.g, p(b.wdown), rows, f, c, &mut s.tmp, par);
-        ops::add_assign(x, &s.tmp);
-        Ok(())
-    }
-
     /// Backward of the last [`forward`](Self::forward): **adds** \\(\partial L/\partial\theta\\)
     /// of the mean loss into `grads` (laid out like [`params`](Self::params)).
     ///
@@ -586,27 +463,26 @@ impl<T: Scalar> Gpt<T> {
             });
         }
         acts.ready = false;
-        let (c, f, v, heads, h) = (
-            self.config.d_model,
-            self.config.hidden(),
-            self.config.vocab,
-            self.config.heads,
-            self.config.head_dim(),
-        );
+        let (c, f, v) = (self.config.d_model, self.config.hidden(), self.config.vocab);
         let (batch, n) = (acts.batch, acts.n);
         let rows = batch * n;
         let p = |id: usize| self.table[id].of(&self.params);
         let a = acts;
         ops::cross_entropy_backward(&mut a.probs, &a.targets, v, T::of(1.0 / a.count as f64));
-        // logits = lnf_out · wteᵀ
-        let (mut dx, mut dln) = (core::mem::take(&mut a.dx), core::mem::take(&mut a.dln));
-        let (mut da, mut du) = (core::mem::take(&mut a.da), core::mem::take(&mut a.du));
-        let mut dqkv = core::mem::take(&mut a.dqkv);
+        let mut dx = core::mem::take(&mut a.dx);
         resize(&mut dx, rows * c);
-        resize(&mut dln, rows * c);
-        resize(&mut da, rows * f);
-        resize(&mut du, rows * f);
-        resize(&mut dqkv, rows * 3 * c);
+        let s = &mut a.scratch;
+        for (buf, len) in [
+            (&mut s.dln, rows * c),
+            (&mut s.tmp, rows * c),
+            (&mut s.da, rows * f),
+            (&mut s.du, rows * f),
+            (&mut s.a, rows * f),
+            (&mut s.dqkv, rows * 3 * c),
+        ] {
+            resize(buf, len);
+        }
+        // logits = lnf_out · wteᵀ
         ops::linear_backward(
             &a.probs,
             &a.lnf_out,
@@ -614,132 +490,31 @@ impl<T: Scalar> Gpt<T> {
             rows,
             c,
             v,
-            &mut dln,
+            &mut s.dln,
             false,
             self.table[self.wte].of_mut(grads),
             par,
         );
-        {
-            let (dg, db) = two_mut(
-                grads,
-                &self.table[self.lnf_gain],
-                &self.table[self.lnf_bias],
-            );
-            layernorm_backward(&dln, &a.lnf, p(self.lnf_gain), T::one(), &mut dx, dg, db);
-        }
-        resize(&mut a.tmp, rows * c);
-        resize(&mut a.a, rows * f);
+        let (dg, db) = two_mut(
+            grads,
+            &self.table[self.lnf_gain],
+            &self.table[self.lnf_bias],
+        );
+        layernorm_backward(&s.dln, &a.lnf, p(self.lnf_gain), T::one(), &mut dx, dg, db);
         for l in (0..self.config.layers).rev() {
-            let b = &self.blocks[l];
-            let ba = &mut a.blocks[l];
-            // x'' = x' + g·W_dᵀ
-            let mut dg = core::mem::take(&mut a.a);
-            ops::linear_backward(
-                &dx,
-                &ba.g,
-                p(b.wdown),
-                rows,
-                f,
-                c,
-                &mut dg,
-                false,
-                self.table[b.wdown].of_mut(grads),
+            self.block_backward(
+                l,
+                batch,
+                n,
+                &mut a.blocks[l],
+                &mut dx,
+                &mut a.scratch,
+                grads,
                 par,
-            );
-            ops::glu_backward(&dg, &ba.u, &ba.ga, &ba.dga, &mut da, &mut du);
-            a.a = dg;
-            ops::linear_backward(
-                &da,
-                &ba.ln2_out,
-                p(b.wgate),
-                rows,
-                c,
-                f,
-                &mut dln,
-                false,
-                self.table[b.wgate].of_mut(grads),
-                par,
-            );
-            ops::linear_backward(
-                &du,
-                &ba.ln2_out,
-                p(b.wup),
-                rows,
-                c,
-                f,
-                &mut dln,
-                true,
-                self.table[b.wup].of_mut(grads),
-                par,
-            );
-            {
-                let (dgain, dbias) =
-                    two_mut(grads, &self.table[b.ln2_gain], &self.table[b.ln2_bias]);
-                layernorm_backward(
-                    &dln,
-                    &ba.ln2,
-                    p(b.ln2_gain),
-                    T::one(),
-                    &mut a.tmp,
-                    dgain,
-                    dbias,
-                );
-            }
-            ops::add_assign(&mut dx, &a.tmp);
-            // x' = x + y·W_oᵀ
-            ops::linear_backward(
-                &dx,
-                &ba.y,
-                p(b.wo),
-                rows,
-                c,
-                c,
-                &mut dln,
-                false,
-                self.table[b.wo].of_mut(grads),
-                par,
-            );
-            resize(&mut a.att, rows * c);
-            ops::unmerge_heads(&dln, batch, n, heads, h, &mut a.att);
-            self.attn[l].backward_into(&mut ba.attn, &a.att, &mut a.grads, par)?;
-            for ((_, g), &id) in a.grads.params.iter().zip(&b.attn) {
-                self.table[id]
-                    .of_mut(grads)
-                    .iter_mut()
-                    .zip(g)
-                    .for_each(|(d, g)| *d += *g);
-            }
-            let Grads { dq, dk, dv, .. } = &mut a.grads;
-            ops::split_heads_backward(dq, dk, dv, batch, n, heads, h, 0, &mut dqkv);
-            ops::linear_backward(
-                &dqkv,
-                &ba.ln1_out,
-                p(b.wqkv),
-                rows,
-                c,
-                3 * c,
-                &mut dln,
-                false,
-                self.table[b.wqkv].of_mut(grads),
-                par,
-            );
-            {
-                let (dgain, dbias) =
-                    two_mut(grads, &self.table[b.ln1_gain], &self.table[b.ln1_bias]);
-                layernorm_backward(
-                    &dln,
-                    &ba.ln1,
-                    p(b.ln1_gain),
-                    T::one(),
-                    &mut a.tmp,
-                    dgain,
-                    dbias,
-                );
-            }
-            ops::add_assign(&mut dx, &a.tmp);
+            )?;
         }
         ops::embed_backward(&dx, &a.tokens, c, self.table[self.wte].of_mut(grads));
-        (a.dx, a.dln, a.da, a.du, a.dqkv) = (dx, dln, da, du, dqkv);
+        a.dx = dx;
         Ok(())
     }
 
@@ -798,13 +573,6 @@ impl<T: Scalar> Gpt<T> {
             .flat_map(|b| scratch.probs[((b + 1) * n - 1) * v..(b + 1) * n * v].to_vec())
             .collect())
     }
-}
-
-/// Two disjoint tensors of a flat buffer, mutably (`a` before `b`).
-fn two_mut<'a, T>(flat: &'a mut [T], a: &ParamInfo, b: &ParamInfo) -> (&'a mut [T], &'a mut [T]) {
-    debug_assert!(a.offset + a.len() <= b.offset);
-    let (lo, hi) = flat.split_at_mut(b.offset);
-    (&mut lo[a.offset..a.offset + a.len()], &mut hi[..b.len()])
 }
 
 impl<T: Scalar> Gpt<T> {
