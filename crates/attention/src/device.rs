@@ -235,3 +235,15 @@ impl<R: Runtime> DeviceAttention<R> {
         Ok((g.dq, g.dk, g.dv, params))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_device_layer_norm_has_the_cpu_epsilon() {
+        assert_eq!(
+            polysketch_gpu::LN_EPS,
+            crate::layernorm::LN_EPS as f32,
+            "the GPU crate keeps its own copy of the layer norm's epsilon (it has no faer)"
+        );
+    }
+}

@@ -20,6 +20,7 @@
 //! \\(\mathcal N(0, 1/\text{fan-in})\\), biases at 0, gains at 1, all from the seed.
 
 use faer::{Mat, MatMut, MatRef, Par};
+use polysketch_core::tree::{Src, tree_nodes};
 use polysketch_core::{Scalar, linalg::gemm, normal, seeded_rng};
 use polysketch_sketch::PolySketch;
 
@@ -46,15 +47,6 @@ const W3: usize = 8;
 const C3: usize = 9;
 const W4: usize = 10;
 const C4: usize = 11;
-
-/// Where a node's input comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Src {
-    /// The input rows \\(x\\).
-    Input,
-    /// The output of node `i` (nodes are numbered in post-order: children before parents).
-    Node(usize),
-}
 
 /// One network \\(f: \mathbb R^{d} \to \mathbb R^r\\); `p[i]` is parameter `NAMES[i]`.
 #[derive(Debug, Clone)]
@@ -390,25 +382,16 @@ impl<T: Scalar> LearnedSketch<T> {
     ///
     /// # Errors
     /// [`AttentionError::InvalidConfig`] if `h` or `r` is 0, or `degree` is not a power of two
-    /// of at least 2 (degree 1 has no network: \\(L = x\\)).
+    /// in 2..=64 (degree 1 has no network: \\(L = x\\)).
     pub fn new(h: usize, r: usize, degree: usize, seed: u64) -> Result<Self> {
-        if h == 0 || r == 0 || degree < 2 || !degree.is_power_of_two() {
-            return Err(AttentionError::InvalidConfig(format!(
-                "a learned sketch needs h, r ≥ 1 and a degree p/2 that is a power of two ≥ 2 \
-                 (p ≥ 4), got h = {h}, r = {r}, degree = {degree}"
-            )));
-        }
-        fn build(d: usize, nodes: &mut Vec<(Src, Src)>) -> Src {
-            if d == 1 {
-                return Src::Input;
-            }
-            let left = build(d / 2, nodes);
-            let right = build(d / 2, nodes);
-            nodes.push((left, right));
-            Src::Node(nodes.len() - 1)
-        }
-        let mut nodes = Vec::new();
-        build(degree, &mut nodes);
+        let nodes = tree_nodes(degree)
+            .filter(|_| h > 0 && r > 0)
+            .ok_or_else(|| {
+                AttentionError::InvalidConfig(format!(
+                    "a learned sketch needs h, r ≥ 1 and a degree p/2 that is a power of two in \
+                 2..=64 (p ≥ 4), got h = {h}, r = {r}, degree = {degree}"
+                ))
+            })?;
         let mut rng = seeded_rng(seed);
         let dim = |s: Src| if s == Src::Input { h } else { r };
         let mlps = nodes

@@ -12,6 +12,7 @@
 //! | [`seeded_rng`], [`split_seed`], [`normal`] | seeded randomness (ChaCha8 from a `u64`) |
 //! | [`for_each_row_chunk`] | row chunks of [`CHUNK_ROWS`] whatever the thread count |
 //! | [`io::write_atomic`] | crash-safe file writes |
+//! | [`tree`] | the binary tree of a learned sketch, shared with the GPU crate |
 //!
 //! # Example
 //!
@@ -41,6 +42,7 @@ pub mod math;
 mod parallel;
 mod rng;
 mod scalar;
+pub mod tree;
 
 pub use check::{
     MAX_PARAMETER_BYTES, all_finite, check_cols, check_finite, check_nonempty, check_nonzero,

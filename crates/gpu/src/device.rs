@@ -132,15 +132,7 @@ impl<R: Runtime> Gpu<R> {
         // filled on the device: the allocator's fresh memory is not guaranteed to be zero
         let x = self.empty::<f32>(len);
         // SAFETY: `x` holds `len` elements; the kernel checks bounds.
-        unsafe {
-            crate::kernels::fill::launch_unchecked::<R>(
-                &self.client,
-                crate::ops::grid_1d(len, 256),
-                CubeDim::new_1d(256),
-                x.arg(),
-                0.0,
-            )
-        };
+        unsafe { launch_1d!(self, crate::ops::kernels::fill::<R>, len, 256, x.arg(), 0.0) };
         x
     }
 

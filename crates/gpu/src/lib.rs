@@ -53,10 +53,11 @@
 //! # fn main() {}
 //! ```
 
+#[macro_use]
+mod launch;
 mod attention;
 mod device;
 mod error;
-mod kernels;
 mod learned;
 mod lowtri;
 mod ops;
@@ -69,8 +70,7 @@ pub mod testing {
 }
 
 pub use attention::{
-    LN_EPS, PolySketchGpu, PolySketchGpuConfig, PolySketchGpuGrads, PolySketchGpuSaved,
-    SketchWeights,
+    PolySketchGpu, PolySketchGpuConfig, PolySketchGpuGrads, PolySketchGpuSaved, SketchWeights,
 };
 pub use cubecl::Runtime;
 pub use cubecl::prelude::{CubeElement, Float};
@@ -78,7 +78,7 @@ pub use device::{Buffer, Gpu};
 pub use error::{GpuError, Result};
 pub use learned::{LearnedSavedGpu, LearnedSketchGpu, PARAMS_PER_NETWORK};
 pub use lowtri::{DiagonalGpu, LtGrads, LtSaved, LtShape};
-pub use ops::{LnState, MAX_ELEMENTS, Strided};
+pub use ops::{LN_EPS, LnState, MAX_ELEMENTS, Strided};
 pub use sketch::{SketchSaved, TreeSketchGpu};
 
 /// The wgpu runtime (Vulkan, Metal, DX12, WebGPU).

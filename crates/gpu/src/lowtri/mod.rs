@@ -10,9 +10,10 @@
 //! \\(r^2\\)-wide features never exist as an `n × r²` array: [`kernels::block_states`] forms
 //! them in registers and writes only the per-block states `[blocks, r², k]`.
 
+mod kernels;
+
 use cubecl::prelude::*;
 
-use crate::kernels;
 use crate::ops::{check_len, check_size, u32_of};
 use crate::{Buffer, Gpu, GpuError, Result};
 
@@ -179,8 +180,9 @@ impl<R: Runtime> Gpu<R> {
             // SAFETY: shapes validated by the caller; heads z0 .. z0 + count exist, and every
             // state index is inside [count, nb, size].
             unsafe {
-                kernels::block_states::launch_unchecked::<R>(
-                    &self.client,
+                launch!(
+                    self,
+                    kernels::block_states::<R>,
                     CubeCount::Static(tiles, nb as u32, count as u32),
                     CubeDim::new_1d(256),
                     f.arg(),
@@ -192,8 +194,9 @@ impl<R: Runtime> Gpu<R> {
                     u("block", s.block)?,
                     z0 as u32,
                 );
-                kernels::scan_blocks::launch_unchecked::<R>(
-                    &self.client,
+                launch!(
+                    self,
+                    kernels::scan_blocks::<R>,
                     CubeCount::Static(tiles, 1, count as u32),
                     CubeDim::new_1d(256),
                     st.arg(),
@@ -220,8 +223,9 @@ impl<R: Runtime> Gpu<R> {
         for ((z0, count), st) in s.groups(self.state_limit).into_iter().zip(states) {
             // SAFETY: f [heads·n, r], st [count, nb, r²k], out [heads·n, k], validated.
             unsafe {
-                kernels::feature_apply::launch_unchecked::<R>(
-                    &self.client,
+                launch!(
+                    self,
+                    kernels::feature_apply::<R>,
                     row_tiles(op, s, count)?,
                     CubeDim::new_2d(kernels::COLS, kernels::DIAG_ROWS),
                     f.arg(),
@@ -252,8 +256,9 @@ impl<R: Runtime> Gpu<R> {
         for ((z0, count), st) in s.groups(self.state_limit).into_iter().zip(states) {
             // SAFETY: as in `feature_apply`, df like f.
             unsafe {
-                kernels::feature_grad::launch_unchecked::<R>(
-                    &self.client,
+                launch!(
+                    self,
+                    kernels::feature_grad::<R>,
                     row_tiles(op, s, count)?,
                     CubeDim::new_2d(kernels::COLS, kernels::DIAG_ROWS),
                     f.arg(),
@@ -288,8 +293,9 @@ impl<R: Runtime> Gpu<R> {
         // SAFETY: x, y [heads·n, d]; g, c [heads·n, k]; m, out [heads·n, width]; validated by
         // the callers.
         unsafe {
-            kernels::diag_rows::launch_unchecked::<R>(
-                &self.client,
+            launch!(
+                self,
+                kernels::diag_rows::<R>,
                 row_tiles(op, s, s.heads)?,
                 CubeDim::new_2d(kernels::COLS, kernels::DIAG_ROWS),
                 x.arg(),
@@ -391,8 +397,9 @@ impl<R: Runtime> Gpu<R> {
         let u = |w, v| u32_of(OP, w, v);
         // SAFETY: x, y, dy [heads·n, d]; g, c, dc [heads·n, k]; validated.
         unsafe {
-            kernels::diag_backward_key::launch_unchecked::<R>(
-                &self.client,
+            launch!(
+                self,
+                kernels::diag_backward_key::<R>,
                 row_tiles(OP, s, s.heads)?,
                 CubeDim::new_2d(kernels::COLS, kernels::DIAG_ROWS),
                 x.arg(),

@@ -1,9 +1,11 @@
 //! The Gaussian tree sketch of degree \\(q = p/2\\) (Ahle et al., paper Algorithm 1) on the
 //! device, forward and backward, from dense projections and Hadamard products.
 
+mod kernels;
+
 use cubecl::prelude::*;
 
-use crate::ops::{Strided, check_size, rows_of};
+use crate::ops::{Strided, check_size, rows_of, u32_of};
 use crate::{Buffer, Gpu, GpuError, Result};
 
 /// A degree-\\(q\\) sketch \\(x \mapsto S^\top x^{\otimes q}\\) from \\(\mathbb R^h\\) to
@@ -233,5 +235,64 @@ impl<R: Runtime> TreeSketchGpu<R> {
             }
         }
         Ok(g)
+    }
+}
+
+impl<R: Runtime> Gpu<R> {
+    /// A tree level's combination, node `j` = `s · p[2j] ∘ p[2j+1]` (`p: [rows, 2·nodes·r]`
+    /// → `[rows, nodes·r]`).
+    pub(crate) fn hadamard_forward(
+        &self,
+        p: &Buffer<R>,
+        nodes: usize,
+        r: usize,
+        s: f32,
+    ) -> Result<Buffer<R>> {
+        const OP: &str = "Gpu::hadamard_forward";
+        let out = self.empty(p.len() / 2);
+        // SAFETY: p holds rows·2·nodes·r, out rows·nodes·r; bounds checked per element.
+        unsafe {
+            launch_1d!(
+                self,
+                kernels::hadamard_forward::<R>,
+                out.len(),
+                256,
+                p.arg(),
+                out.arg(),
+                u32_of(OP, "nodes", nodes)?,
+                u32_of(OP, "r", r)?,
+                s
+            )
+        };
+        Ok(out)
+    }
+
+    /// Backward of [`hadamard_forward`](Self::hadamard_forward).
+    pub(crate) fn hadamard_backward(
+        &self,
+        p: &Buffer<R>,
+        dout: &Buffer<R>,
+        nodes: usize,
+        r: usize,
+        s: f32,
+    ) -> Result<Buffer<R>> {
+        const OP: &str = "Gpu::hadamard_backward";
+        let dp = self.empty(p.len());
+        // SAFETY: as in the forward.
+        unsafe {
+            launch_1d!(
+                self,
+                kernels::hadamard_backward::<R>,
+                dout.len(),
+                256,
+                p.arg(),
+                dout.arg(),
+                dp.arg(),
+                u32_of(OP, "nodes", nodes)?,
+                u32_of(OP, "r", r)?,
+                s
+            )
+        };
+        Ok(dp)
     }
 }

@@ -1,21 +1,14 @@
 //! Checked launchers of the kernels: each validates its shapes, allocates its outputs and
 //! returns typed errors; the kernels themselves are unchecked.
 
+pub(crate) mod kernels;
+
 use cubecl::prelude::*;
 
-use crate::kernels;
 use crate::{Buffer, Gpu, GpuError, Result};
 
 /// The largest cube count wgpu accepts along one axis.
 pub(crate) const MAX_AXIS: usize = 65_535;
-
-/// `units` one-dimensional units in cubes of `per_cube`, spread over X and Y so no axis passes
-/// wgpu's 65,535 (kernels index with `ABSOLUTE_POS` and check bounds).
-pub(crate) fn grid_1d(units: usize, per_cube: u32) -> CubeCount {
-    let cubes = units.div_ceil(per_cube as usize).max(1);
-    let x = cubes.min(MAX_AXIS);
-    CubeCount::Static(x as u32, cubes.div_ceil(x) as u32, 1)
-}
 
 /// A `u32` kernel argument, or an error naming what is too large.
 pub(crate) fn u32_of(op: &'static str, what: &str, v: usize) -> Result<u32> {
@@ -60,6 +53,11 @@ pub(crate) fn rows_of<R: Runtime, E>(
     }
     Ok(x.len() / h)
 }
+
+/// \\(\epsilon\\) of every layer norm on the device (the attention layer's and the learned
+/// networks'): the CPU crate's `polysketch_attention::layernorm::LN_EPS`, which a test of the
+/// attention crate checks it against.
+pub const LN_EPS: f32 = 1e-5;
 
 /// Elements any one buffer may hold: indices stay below 2³¹ on every backend.
 pub const MAX_ELEMENTS: usize = i32::MAX as usize;
@@ -126,12 +124,13 @@ impl<R: Runtime> Gpu<R> {
         let y = self.empty::<f32>(x.len());
         // SAFETY: both buffers hold `len` elements; the kernel checks `ABSOLUTE_POS < len`.
         unsafe {
-            kernels::to_f32::launch_unchecked::<E, R>(
-                &self.client,
-                grid_1d(x.len(), 256),
-                CubeDim::new_1d(256),
+            launch_1d!(
+                self,
+                kernels::to_f32::<E, R>,
+                x.len(),
+                256,
                 x.arg(),
-                y.arg(),
+                y.arg()
             )
         };
         Ok(y)
@@ -150,12 +149,13 @@ impl<R: Runtime> Gpu<R> {
         let y = self.empty::<E>(x.len());
         // SAFETY: as in `to_f32`.
         unsafe {
-            kernels::from_f32::launch_unchecked::<E, R>(
-                &self.client,
-                grid_1d(x.len(), 256),
-                CubeDim::new_1d(256),
+            launch_1d!(
+                self,
+                kernels::from_f32::<E, R>,
+                x.len(),
+                256,
                 x.arg(),
-                y.arg(),
+                y.arg()
             )
         };
         Ok(y)
@@ -168,16 +168,7 @@ impl<R: Runtime> Gpu<R> {
     pub fn axpy(&self, a: f32, x: &Buffer<R>, y: &Buffer<R>) -> Result<()> {
         check_len("Gpu::axpy", "x", x, y.len())?;
         // SAFETY: equal lengths, bounds checked in the kernel.
-        unsafe {
-            kernels::axpy::launch_unchecked::<R>(
-                &self.client,
-                grid_1d(y.len(), 256),
-                CubeDim::new_1d(256),
-                x.arg(),
-                y.arg(),
-                a,
-            )
-        };
+        unsafe { launch_1d!(self, kernels::axpy::<R>, y.len(), 256, x.arg(), y.arg(), a) };
         Ok(())
     }
 
@@ -233,8 +224,9 @@ impl<R: Runtime> Gpu<R> {
         );
         // SAFETY: every index the kernel forms is below the extents checked above.
         unsafe {
-            kernels::matmul::launch_unchecked::<R>(
-                &self.client,
+            launch!(
+                self,
+                kernels::matmul::<R>,
                 count_cubes,
                 CubeDim::new_2d(kernels::TILE, kernels::TILE),
                 a.0.arg(),
@@ -252,7 +244,7 @@ impl<R: Runtime> Gpu<R> {
                 u("stride", c.1.row)?,
                 u("stride", c.1.batch)?,
                 alpha,
-                beta,
+                beta
             )
         };
         Ok(())
@@ -282,10 +274,11 @@ impl<R: Runtime> Gpu<R> {
         let (y, xhat, rstd) = (self.empty(x.len()), self.empty(x.len()), self.empty(rows));
         // SAFETY: shapes checked above; one unit per row, bounds checked.
         unsafe {
-            kernels::layernorm_forward::launch_unchecked::<R>(
-                &self.client,
-                grid_1d(rows, 64),
-                CubeDim::new_1d(64),
+            launch_1d!(
+                self,
+                kernels::layernorm_forward::<R>,
+                rows,
+                64,
                 x.arg(),
                 gain.arg(),
                 bias.arg(),
@@ -294,7 +287,7 @@ impl<R: Runtime> Gpu<R> {
                 rstd.arg(),
                 u32_of(OP, "h", h)?,
                 scale,
-                eps,
+                eps
             )
         };
         Ok((y, LnState { xhat, rstd, scale }))
@@ -320,17 +313,18 @@ impl<R: Runtime> Gpu<R> {
         let u = |w, v| u32_of(OP, w, v);
         // SAFETY: shapes as in the forward.
         unsafe {
-            kernels::layernorm_backward::launch_unchecked::<R>(
-                &self.client,
-                grid_1d(rows, 64),
-                CubeDim::new_1d(64),
+            launch_1d!(
+                self,
+                kernels::layernorm_backward::<R>,
+                rows,
+                64,
                 dy.arg(),
                 state.xhat.arg(),
                 state.rstd.arg(),
                 gain.arg(),
                 dx.arg(),
                 u("h", h)?,
-                state.scale,
+                state.scale
             )
         };
         // in the forward y = s (g x̂ + β): dβ = s Σ dy, dg = s Σ dy ∘ x̂
@@ -339,158 +333,13 @@ impl<R: Runtime> Gpu<R> {
         let db = scaled(self.column_sums(dy, None, h)?);
         Ok((dx, dg, db))
     }
-
-    /// A tree level's combination, node `j` = `s · p[2j] ∘ p[2j+1]` (`p: [rows, 2·nodes·r]`
-    /// → `[rows, nodes·r]`).
-    pub(crate) fn hadamard_forward(
-        &self,
-        p: &Buffer<R>,
-        nodes: usize,
-        r: usize,
-        s: f32,
-    ) -> Result<Buffer<R>> {
-        const OP: &str = "Gpu::hadamard_forward";
-        let out = self.empty(p.len() / 2);
-        // SAFETY: p holds rows·2·nodes·r, out rows·nodes·r; bounds checked per element.
-        unsafe {
-            kernels::hadamard_forward::launch_unchecked::<R>(
-                &self.client,
-                grid_1d(out.len(), 256),
-                CubeDim::new_1d(256),
-                p.arg(),
-                out.arg(),
-                u32_of(OP, "nodes", nodes)?,
-                u32_of(OP, "r", r)?,
-                s,
-            )
-        };
-        Ok(out)
-    }
-
-    /// Backward of [`hadamard_forward`](Self::hadamard_forward).
-    pub(crate) fn hadamard_backward(
-        &self,
-        p: &Buffer<R>,
-        dout: &Buffer<R>,
-        nodes: usize,
-        r: usize,
-        s: f32,
-    ) -> Result<Buffer<R>> {
-        const OP: &str = "Gpu::hadamard_backward";
-        let dp = self.empty(p.len());
-        // SAFETY: as in the forward.
-        unsafe {
-            kernels::hadamard_backward::launch_unchecked::<R>(
-                &self.client,
-                grid_1d(dout.len(), 256),
-                CubeDim::new_1d(256),
-                p.arg(),
-                dout.arg(),
-                dp.arg(),
-                u32_of(OP, "nodes", nodes)?,
-                u32_of(OP, "r", r)?,
-                s,
-            )
-        };
-        Ok(dp)
-    }
-
-    /// `[v, 1]` for `v: [rows, h]`.
-    pub(crate) fn append_ones(&self, v: &Buffer<R>, h: usize) -> Result<Buffer<R>> {
-        let c = self.empty(v.len() / h * (h + 1));
-        // SAFETY: c holds rows·(h+1) entries, v rows·h.
-        unsafe {
-            kernels::append_ones::launch_unchecked::<R>(
-                &self.client,
-                grid_1d(c.len(), 256),
-                CubeDim::new_1d(256),
-                v.arg(),
-                c.arg(),
-                u32_of("Gpu::append_ones", "h", h)?,
-            )
-        };
-        Ok(c)
-    }
-
-    /// The first `h` of the `h + 1` columns of `dc`.
-    pub(crate) fn drop_last_column(&self, dc: &Buffer<R>, h: usize) -> Result<Buffer<R>> {
-        let dv = self.empty(dc.len() / (h + 1) * h);
-        // SAFETY: as in `append_ones`.
-        unsafe {
-            kernels::drop_last_column::launch_unchecked::<R>(
-                &self.client,
-                grid_1d(dv.len(), 256),
-                CubeDim::new_1d(256),
-                dc.arg(),
-                dv.arg(),
-                u32_of("Gpu::drop_last_column", "h", h)?,
-            )
-        };
-        Ok(dv)
-    }
-
-    /// `out = raw[:, :h] / (1 + raw[:, h])` and the denominators.
-    pub(crate) fn normalise_forward(
-        &self,
-        raw: &Buffer<R>,
-        h: usize,
-    ) -> Result<(Buffer<R>, Buffer<R>)> {
-        let rows = raw.len() / (h + 1);
-        let (out, den) = (self.empty(rows * h), self.empty(rows));
-        // SAFETY: one unit per row, bounds checked.
-        unsafe {
-            kernels::normalise_forward::launch_unchecked::<R>(
-                &self.client,
-                grid_1d(rows, 64),
-                CubeDim::new_1d(64),
-                raw.arg(),
-                out.arg(),
-                den.arg(),
-                u32_of("Gpu::normalise_forward", "h", h)?,
-            )
-        };
-        Ok((out, den))
-    }
-
-    /// Backward of [`normalise_forward`](Self::normalise_forward): the gradient of `raw`.
-    pub(crate) fn normalise_backward(
-        &self,
-        dout: &Buffer<R>,
-        out: &Buffer<R>,
-        den: &Buffer<R>,
-        h: usize,
-    ) -> Result<Buffer<R>> {
-        let draw = self.empty(den.len() * (h + 1));
-        // SAFETY: one unit per row, bounds checked.
-        unsafe {
-            kernels::normalise_backward::launch_unchecked::<R>(
-                &self.client,
-                grid_1d(den.len(), 64),
-                CubeDim::new_1d(64),
-                dout.arg(),
-                out.arg(),
-                den.arg(),
-                draw.arg(),
-                u32_of("Gpu::normalise_backward", "h", h)?,
-            )
-        };
-        Ok(draw)
-    }
 }
 
 impl<R: Runtime> Gpu<R> {
     /// `y[i, :] += b` for `y: [rows, b.len()]`.
     pub(crate) fn add_bias(&self, y: &Buffer<R>, b: &Buffer<R>) {
         // SAFETY: y.len() is a multiple of b.len() (callers' shapes); bounds checked.
-        unsafe {
-            kernels::add_bias::launch_unchecked::<R>(
-                &self.client,
-                grid_1d(y.len(), 256),
-                CubeDim::new_1d(256),
-                y.arg(),
-                b.arg(),
-            )
-        };
+        unsafe { launch_1d!(self, kernels::add_bias::<R>, y.len(), 256, y.arg(), b.arg()) };
     }
 
     /// `gelu(a)` elementwise (tanh form).
@@ -498,12 +347,13 @@ impl<R: Runtime> Gpu<R> {
         let z = self.empty(a.len());
         // SAFETY: equal lengths, bounds checked.
         unsafe {
-            kernels::gelu_forward::launch_unchecked::<R>(
-                &self.client,
-                grid_1d(a.len(), 256),
-                CubeDim::new_1d(256),
+            launch_1d!(
+                self,
+                kernels::gelu_forward::<R>,
+                a.len(),
+                256,
                 a.arg(),
-                z.arg(),
+                z.arg()
             )
         };
         z
@@ -514,66 +364,17 @@ impl<R: Runtime> Gpu<R> {
         let da = self.empty(a.len());
         // SAFETY: equal lengths, bounds checked.
         unsafe {
-            kernels::gelu_backward::launch_unchecked::<R>(
-                &self.client,
-                grid_1d(a.len(), 256),
-                CubeDim::new_1d(256),
+            launch_1d!(
+                self,
+                kernels::gelu_backward::<R>,
+                a.len(),
+                256,
                 a.arg(),
                 dz.arg(),
-                da.arg(),
+                da.arg()
             )
         };
         da
-    }
-
-    /// A learned node: `(t, √r·t)` with `t = tanh(m₁ ∘ m₂/√r)`.
-    pub(crate) fn node_forward(
-        &self,
-        m1: &Buffer<R>,
-        m2: &Buffer<R>,
-        r: usize,
-    ) -> (Buffer<R>, Buffer<R>) {
-        let (t, out) = (self.empty(m1.len()), self.empty(m1.len()));
-        // SAFETY: equal lengths, bounds checked.
-        unsafe {
-            kernels::node_forward::launch_unchecked::<R>(
-                &self.client,
-                grid_1d(m1.len(), 256),
-                CubeDim::new_1d(256),
-                m1.arg(),
-                m2.arg(),
-                t.arg(),
-                out.arg(),
-                (r as f32).sqrt(),
-            )
-        };
-        (t, out)
-    }
-
-    /// Backward of [`node_forward`](Self::node_forward): `(∂m₁, ∂m₂)`.
-    pub(crate) fn node_backward(
-        &self,
-        dout: &Buffer<R>,
-        t: &Buffer<R>,
-        m1: &Buffer<R>,
-        m2: &Buffer<R>,
-    ) -> (Buffer<R>, Buffer<R>) {
-        let (dm1, dm2) = (self.empty(m1.len()), self.empty(m1.len()));
-        // SAFETY: equal lengths, bounds checked.
-        unsafe {
-            kernels::node_backward::launch_unchecked::<R>(
-                &self.client,
-                grid_1d(dout.len(), 256),
-                CubeDim::new_1d(256),
-                dout.arg(),
-                t.arg(),
-                m1.arg(),
-                m2.arg(),
-                dm1.arg(),
-                dm2.arg(),
-            )
-        };
-        (dm1, dm2)
     }
 
     /// Column sums of `x: [rows, cols]` (of `x ∘ w` given `w`) on the host, added over chunks
@@ -594,17 +395,18 @@ impl<R: Runtime> Gpu<R> {
         // SAFETY: part holds chunks·cols entries; rows beyond `rows` are not read; w, when
         // given, has x's shape.
         unsafe {
-            kernels::column_partials::launch_unchecked::<R>(
-                &self.client,
-                grid_1d(part.len(), 64),
-                CubeDim::new_1d(64),
+            launch_1d!(
+                self,
+                kernels::column_partials::<R>,
+                part.len(),
+                64,
                 x.arg(),
                 w.unwrap_or(x).arg(),
                 part.arg(),
                 u32_of("Gpu::column_sums", "cols", cols)?,
                 u32_of("Gpu::column_sums", "rows", rows)?,
                 CHUNK as u32,
-                w.is_some(),
+                w.is_some()
             )
         };
         let mut s = vec![0.0f32; cols];

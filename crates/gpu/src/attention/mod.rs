@@ -2,11 +2,13 @@
 //! backward, for `[batch, heads, n, h]` inputs of any float type (`f32`, `bf16`), accumulated
 //! in `f32`.
 
+mod kernels;
+
 use cubecl::prelude::*;
 
 use crate::learned::{LearnedSavedGpu, LearnedSketchGpu};
 use crate::lowtri::{DiagonalGpu, LtSaved, LtShape};
-use crate::ops::{LnState, check_len};
+use crate::ops::{LN_EPS, LnState, check_len, u32_of};
 use crate::sketch::SketchSaved;
 use crate::{Buffer, Gpu, GpuError, Result, TreeSketchGpu};
 
@@ -65,9 +67,6 @@ impl<R: Runtime> Sketch<R> {
         }
     }
 }
-
-/// \\(\epsilon\\) of the layer norm, as in the CPU layer.
-pub const LN_EPS: f32 = 1e-5;
 
 /// Shape and options of a PolySketch layer (the CPU layer's `PolySketchConfig` with random
 /// sketches).
@@ -338,5 +337,93 @@ impl<R: Runtime> PolySketchGpu<R> {
             d_bias,
             d_sketch,
         })
+    }
+}
+
+impl<R: Runtime> Gpu<R> {
+    /// `[v, 1]` for `v: [rows, h]`.
+    pub(crate) fn append_ones(&self, v: &Buffer<R>, h: usize) -> Result<Buffer<R>> {
+        let c = self.empty(v.len() / h * (h + 1));
+        // SAFETY: c holds rows·(h+1) entries, v rows·h.
+        unsafe {
+            launch_1d!(
+                self,
+                kernels::append_ones::<R>,
+                c.len(),
+                256,
+                v.arg(),
+                c.arg(),
+                u32_of("Gpu::append_ones", "h", h)?
+            )
+        };
+        Ok(c)
+    }
+
+    /// The first `h` of the `h + 1` columns of `dc`.
+    pub(crate) fn drop_last_column(&self, dc: &Buffer<R>, h: usize) -> Result<Buffer<R>> {
+        let dv = self.empty(dc.len() / (h + 1) * h);
+        // SAFETY: as in `append_ones`.
+        unsafe {
+            launch_1d!(
+                self,
+                kernels::drop_last_column::<R>,
+                dv.len(),
+                256,
+                dc.arg(),
+                dv.arg(),
+                u32_of("Gpu::drop_last_column", "h", h)?
+            )
+        };
+        Ok(dv)
+    }
+
+    /// `out = raw[:, :h] / (1 + raw[:, h])` and the denominators.
+    pub(crate) fn normalise_forward(
+        &self,
+        raw: &Buffer<R>,
+        h: usize,
+    ) -> Result<(Buffer<R>, Buffer<R>)> {
+        let rows = raw.len() / (h + 1);
+        let (out, den) = (self.empty(rows * h), self.empty(rows));
+        // SAFETY: one unit per row, bounds checked.
+        unsafe {
+            launch_1d!(
+                self,
+                kernels::normalise_forward::<R>,
+                rows,
+                64,
+                raw.arg(),
+                out.arg(),
+                den.arg(),
+                u32_of("Gpu::normalise_forward", "h", h)?
+            )
+        };
+        Ok((out, den))
+    }
+
+    /// Backward of [`normalise_forward`](Self::normalise_forward): the gradient of `raw`.
+    pub(crate) fn normalise_backward(
+        &self,
+        dout: &Buffer<R>,
+        out: &Buffer<R>,
+        den: &Buffer<R>,
+        h: usize,
+    ) -> Result<Buffer<R>> {
+        let draw = self.empty(den.len() * (h + 1));
+        // SAFETY: one unit per row, bounds checked.
+        unsafe {
+            launch_1d!(
+                self,
+                kernels::normalise_backward::<R>,
+                den.len(),
+                64,
+                dout.arg(),
+                out.arg(),
+                den.arg(),
+                draw.arg(),
+                u32_of("Gpu::normalise_backward", "h", h)?
+            )
+        };
+        Ok(draw)
     }
 }

@@ -10,25 +10,24 @@
 //!   \mathrm{LN}_0(x) + b_1) + b_2) + b_3) + b_4 \\]
 //! with hidden sizes \\([8r, r, 8r]\\) and gelu in its tanh form.
 
+mod kernels;
+
 use cubecl::prelude::*;
 
-use crate::ops::{LnState, Strided, check_len, rows_of};
+use crate::ops::{LN_EPS, LnState, Strided, check_len, rows_of};
 use crate::{Buffer, Gpu, GpuError, Result};
 
-/// \\(\epsilon\\) of the networks' layer norms (as the CPU networks).
-const EPS: f32 = 1e-5;
 /// Width of the wide hidden layers in units of \\(r\\).
 const WIDE: usize = 8;
 /// Parameters per network, in the CPU order: `ln0.gain, ln0.bias, w1, b1, w2, b2, ln1.gain,
 /// ln1.bias, w3, b3, w4, b4`.
 pub const PARAMS_PER_NETWORK: usize = 12;
 
-/// Where a node's input comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Src {
-    Input,
-    Node(usize),
-}
+// the topology of the CPU sketch, from the same source file (it uses nothing but `core`)
+#[path = "../../../core/src/tree.rs"]
+#[allow(dead_code)]
+mod tree;
+use tree::{Src, tree_nodes};
 
 /// One network on the device (`p[i]` in the CPU order).
 #[derive(Debug, Clone)]
@@ -129,10 +128,10 @@ impl<R: Runtime> Network<R> {
         rows: usize,
     ) -> Result<(Buffer<R>, NetworkSaved<R>)> {
         let p = &self.p;
-        let (y0, ln0) = gpu.layernorm_forward(x, &p[0], &p[1], 1.0, EPS)?;
+        let (y0, ln0) = gpu.layernorm_forward(x, &p[0], &p[1], 1.0, LN_EPS)?;
         let a1 = gpu.dense(&y0, rows, &p[2], &p[3])?;
         let a2 = gpu.dense(&gpu.gelu_forward(&a1), rows, &p[4], &p[5])?;
-        let (y2, ln1) = gpu.layernorm_forward(&a2, &p[6], &p[7], 1.0, EPS)?;
+        let (y2, ln1) = gpu.layernorm_forward(&a2, &p[6], &p[7], 1.0, LN_EPS)?;
         let a3 = gpu.dense(&y2, rows, &p[8], &p[9])?;
         let out = gpu.dense(&gpu.gelu_forward(&a3), rows, &p[10], &p[11])?;
         Ok((
@@ -199,23 +198,14 @@ impl<R: Runtime> LearnedSketchGpu<R> {
     /// the wrong size; [`GpuError::NonFinite`] for a NaN or infinity.
     pub fn new(gpu: &Gpu<R>, h: usize, r: usize, degree: usize, params: &[&[f32]]) -> Result<Self> {
         const OP: &str = "LearnedSketchGpu::new";
-        if h == 0 || r == 0 || !(2..=64).contains(&degree) || !degree.is_power_of_two() {
-            return Err(GpuError::InvalidArgument(format!(
-                "{OP}: need h, r > 0 and a degree that is a power of two in 2..=64, got h {h}, \
+        let nodes = tree_nodes(degree)
+            .filter(|_| h > 0 && r > 0)
+            .ok_or_else(|| {
+                GpuError::InvalidArgument(format!(
+                    "{OP}: need h, r > 0 and a degree that is a power of two in 2..=64, got h {h}, \
                  r {r}, degree {degree}"
-            )));
-        }
-        fn build(d: usize, nodes: &mut Vec<(Src, Src)>) -> Src {
-            if d == 1 {
-                return Src::Input;
-            }
-            let left = build(d / 2, nodes);
-            let right = build(d / 2, nodes);
-            nodes.push((left, right));
-            Src::Node(nodes.len() - 1)
-        }
-        let mut nodes = Vec::new();
-        build(degree, &mut nodes);
+                ))
+            })?;
         let dims: Vec<usize> = nodes
             .iter()
             .flat_map(|&(a, b)| [a, b])
@@ -325,5 +315,59 @@ impl<R: Runtime> LearnedSketchGpu<R> {
             }
         }
         Ok((dx, grads))
+    }
+}
+
+impl<R: Runtime> Gpu<R> {
+    /// A learned node: `(t, √r·t)` with `t = tanh(m₁ ∘ m₂/√r)`.
+    pub(crate) fn node_forward(
+        &self,
+        m1: &Buffer<R>,
+        m2: &Buffer<R>,
+        r: usize,
+    ) -> (Buffer<R>, Buffer<R>) {
+        let (t, out) = (self.empty(m1.len()), self.empty(m1.len()));
+        // SAFETY: equal lengths, bounds checked.
+        unsafe {
+            launch_1d!(
+                self,
+                kernels::node_forward::<R>,
+                m1.len(),
+                256,
+                m1.arg(),
+                m2.arg(),
+                t.arg(),
+                out.arg(),
+                (r as f32).sqrt()
+            )
+        };
+        (t, out)
+    }
+
+    /// Backward of [`node_forward`](Self::node_forward): `(∂m₁, ∂m₂)`.
+    pub(crate) fn node_backward(
+        &self,
+        dout: &Buffer<R>,
+        t: &Buffer<R>,
+        m1: &Buffer<R>,
+        m2: &Buffer<R>,
+    ) -> (Buffer<R>, Buffer<R>) {
+        let (dm1, dm2) = (self.empty(m1.len()), self.empty(m1.len()));
+        // SAFETY: equal lengths, bounds checked.
+        unsafe {
+            launch_1d!(
+                self,
+                kernels::node_backward::<R>,
+                dout.len(),
+                256,
+                dout.arg(),
+                t.arg(),
+                m1.arg(),
+                m2.arg(),
+                dm1.arg(),
+                dm2.arg()
+            )
+        };
+        (dm1, dm2)
     }
 }
