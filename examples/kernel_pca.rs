@@ -20,7 +20,7 @@ use faer::{MatRef, Par};
 use indicatif::{ProgressBar, ProgressStyle};
 use polysketch::kernel::data::{Standardizer, Table};
 use polysketch::kernel::{
-    FeatureKind, KernelError, KernelPca, Nystrom, PolyKernel, SketchFeatures, kernel_pca_exact,
+    FeatureKind, KernelPca, Nystrom, PolyKernel, SketchFeatures, kernel_pca_exact,
     kernel_pca_features, principal_angles,
 };
 use polysketch::plot::{Panel, scatter_panels};
@@ -62,10 +62,6 @@ fn main() {
     }
 }
 
-fn kerr(e: KernelError) -> polysketch::Error {
-    polysketch::Error::Config(e.to_string())
-}
-
 /// One approximate method's comparison with the exact kernel PCA.
 struct Comparison {
     method: String,
@@ -93,8 +89,7 @@ fn compare(
     let angles = principal_angles(
         exact.scores.as_ref().subcols(0, k),
         pca.scores.as_ref().subcols(0, k),
-    )
-    .map_err(kerr)?
+    )?
     .iter()
     .map(|a| a.to_degrees())
     .collect();
@@ -128,8 +123,8 @@ fn aligned_2d(
 
 fn run(args: Args) -> polysketch::Result<()> {
     let par = Par::rayon(0);
-    let table = Table::from_csv(&args.data).map_err(kerr)?;
-    let (raw, labels) = table.split_target(&args.class).map_err(kerr)?;
+    let table = Table::from_csv(&args.data)?;
+    let (raw, labels) = table.split_target(&args.class)?;
     if labels.iter().any(|c| *c < 0.0 || c.fract() != 0.0) {
         return Err(polysketch::Error::Config(format!(
             "column `{}` must hold non-negative integer classes",
@@ -139,15 +134,14 @@ fn run(args: Args) -> polysketch::Result<()> {
     let classes: Vec<usize> = labels.iter().map(|c| *c as usize).collect();
     let x = Standardizer::fit(raw.as_ref())
         .and_then(|s| s.with_clip(args.clip))
-        .and_then(|s| s.transform(raw.as_ref()))
-        .map_err(kerr)?;
+        .and_then(|s| s.transform(raw.as_ref()))?;
     let (n, d, k) = (x.nrows(), x.ncols(), args.components);
     if k < 2 || args.dims.is_empty() {
         return Err(polysketch::Error::Config(
             "need at least 2 components and one feature count".into(),
         ));
     }
-    let kernel = PolyKernel::new(args.degree, 1.0 / d as f64, 1.0).map_err(kerr)?;
+    let kernel = PolyKernel::new(args.degree, 1.0 / d as f64, 1.0)?;
     let shown = k.max(10).min(n - 1);
     println!(
         "kernel PCA on {} ({n} rows, {d} features standardised and clipped to ±{}), kernel (x·y/{d} + 1)^{}",
@@ -160,8 +154,8 @@ fn run(args: Args) -> polysketch::Result<()> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_message("exact");
-    let kmat = kernel.gram(x.as_ref(), x.as_ref(), par).map_err(kerr)?;
-    let exact = kernel_pca_exact(kmat.as_ref(), shown, par).map_err(kerr)?;
+    let kmat = kernel.gram(x.as_ref(), x.as_ref(), par)?;
+    let exact = kernel_pca_exact(kmat.as_ref(), shown, par)?;
     drop(kmat);
     bar.inc(1);
     let fmt = |v: &[f64], digits: usize| {
@@ -194,17 +188,16 @@ fn run(args: Args) -> polysketch::Result<()> {
     for &dim in &args.dims {
         for kind in FeatureKind::ALL {
             bar.set_message(format!("{} D = {dim}", kind.name()));
-            let features = SketchFeatures::new(kernel, d, kind, dim, args.seed).map_err(kerr)?;
-            let phi = features.transform(x.as_ref(), par).map_err(kerr)?;
-            let pca =
-                kernel_pca_features(phi.as_ref(), shown.min(phi.ncols()), par).map_err(kerr)?;
+            let features = SketchFeatures::new(kernel, d, kind, dim, args.seed)?;
+            let phi = features.transform(x.as_ref(), par)?;
+            let pca = kernel_pca_features(phi.as_ref(), shown.min(phi.ncols()), par)?;
             results.push(compare(kind.name(), features.dim(), pca, &exact, k)?);
             bar.inc(1);
         }
         bar.set_message(format!("nystrom D = {dim}"));
-        let ny = Nystrom::fit(kernel, x.as_ref(), dim.min(n), args.seed, par).map_err(kerr)?;
-        let phi = ny.transform(x.as_ref(), par).map_err(kerr)?;
-        let pca = kernel_pca_features(phi.as_ref(), shown.min(phi.ncols()), par).map_err(kerr)?;
+        let ny = Nystrom::fit(kernel, x.as_ref(), dim.min(n), args.seed, par)?;
+        let phi = ny.transform(x.as_ref(), par)?;
+        let pca = kernel_pca_features(phi.as_ref(), shown.min(phi.ncols()), par)?;
         results.push(compare("nystrom", ny.dim(), pca, &exact, k)?);
         bar.inc(1);
         for r in &results[results.len() - 4..] {

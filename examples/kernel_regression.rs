@@ -21,7 +21,7 @@ use faer::{Mat, MatRef, Par};
 use indicatif::{ProgressBar, ProgressStyle};
 use polysketch::kernel::data::{Standardizer, Table, select_rows, split_indices};
 use polysketch::kernel::{
-    FeatureKind, KernelRidge, Nystrom, PolyKernel, Ridge, SketchFeatures, r2, rmse,
+    FeatureKind, KernelRidge, Nystrom, PolyKernel, Ridge, SketchFeatures, r2, rmse, select_by_r2,
 };
 use polysketch::memory::CountingAlloc;
 use polysketch::plot::{Axes, Line, line_plot};
@@ -120,8 +120,8 @@ impl Splits {
 }
 
 fn load(args: &Args, n_train: usize) -> polysketch::Result<Splits> {
-    let table = Table::from_csv(&args.data).map_err(kernel_err)?;
-    let (x, y) = table.split_target(&args.target).map_err(kernel_err)?;
+    let table = Table::from_csv(&args.data)?;
+    let (x, y) = table.split_target(&args.target)?;
     if !args.raw_target && y.iter().any(|v| *v <= 0.0) {
         return Err(polysketch::Error::Config(format!(
             "log({}) needs positive targets: use --raw-target",
@@ -136,7 +136,7 @@ fn load(args: &Args, n_train: usize) -> polysketch::Result<Splits> {
     let n_val = (n / 10).min(4000);
     let n_test = (n / 5).min(10_000);
     let n_train = n_train.min(n - n_val - n_test);
-    let parts = split_indices(n, &[n_train, n_val, n_test], args.seed).map_err(kernel_err)?;
+    let parts = split_indices(n, &[n_train, n_val, n_test], args.seed)?;
     let pick = |idx: &[usize]| {
         (
             select_rows(x.as_ref(), idx),
@@ -144,10 +144,8 @@ fn load(args: &Args, n_train: usize) -> polysketch::Result<Splits> {
         )
     };
     let (train, val, test) = (pick(&parts[0]), pick(&parts[1]), pick(&parts[2]));
-    let scaler = Standardizer::fit(train.0.as_ref())
-        .and_then(|s| s.with_clip(args.clip))
-        .map_err(kernel_err)?;
-    let std = |m: &Mat<f64>| scaler.transform(m.as_ref()).map_err(kernel_err);
+    let scaler = Standardizer::fit(train.0.as_ref()).and_then(|s| s.with_clip(args.clip))?;
+    let std = |m: &Mat<f64>| scaler.transform(m.as_ref());
     let range = (!args.no_clip_predictions).then(|| {
         train
             .1
@@ -162,15 +160,11 @@ fn load(args: &Args, n_train: usize) -> polysketch::Result<Splits> {
     })
 }
 
-fn kernel_err(e: polysketch::kernel::KernelError) -> polysketch::Error {
-    polysketch::Error::Config(e.to_string())
-}
-
 /// Ridge in a feature space: fit the λ path on train, pick λ on validation, report on test.
 fn feature_method(
     name: &str,
     dim: usize,
-    featurize: &dyn Fn(MatRef<'_, f64>) -> polysketch::Result<Mat<f64>>,
+    featurize: &dyn Fn(MatRef<'_, f64>) -> polysketch::kernel::Result<Mat<f64>>,
     fit_extra_s: f64,
     s: &Splits,
     par: Par,
@@ -179,39 +173,27 @@ fn feature_method(
     ALLOC.reset_peak();
     let start = Instant::now();
     let phi = featurize(s.train.0.as_ref())?;
-    let path = Ridge::fit_path(phi.as_ref(), &s.train.1, &LAMBDAS, par).map_err(kernel_err)?;
+    let path = Ridge::fit_path(phi.as_ref(), &s.train.1, &LAMBDAS, par)?;
     let fit_s = start.elapsed().as_secs_f64() + fit_extra_s;
     drop(phi);
     let phi_val = featurize(s.val.0.as_ref())?;
-    let mut best = (f64::MIN, 0);
-    for (i, model) in path.iter().enumerate() {
-        let score = r2(
-            &s.clamp(model.predict(phi_val.as_ref(), par).map_err(kernel_err)?),
-            &s.val.1,
-        )
-        .map_err(kernel_err)?;
-        if score > best.0 {
-            best = (score, i);
-        }
-    }
+    let (model, val_r2) = select_by_r2(path.into_iter().map(Ok), &s.val.1, |m| {
+        Ok(s.clamp(m.predict(phi_val.as_ref(), par)?))
+    })?;
     let start = Instant::now();
     let phi_test = featurize(s.test.0.as_ref())?;
-    let pred = s.clamp(
-        path[best.1]
-            .predict(phi_test.as_ref(), par)
-            .map_err(kernel_err)?,
-    );
+    let pred = s.clamp(model.predict(phi_test.as_ref(), par)?);
     let predict_s = start.elapsed().as_secs_f64();
     Ok(Row {
         method: name.into(),
         dim: Some(dim),
-        rmse: rmse(&pred, &s.test.1).map_err(kernel_err)?,
-        r2: r2(&pred, &s.test.1).map_err(kernel_err)?,
-        val_r2: best.0,
+        rmse: rmse(&pred, &s.test.1)?,
+        r2: r2(&pred, &s.test.1)?,
+        val_r2,
         fit_s,
         predict_s,
         peak_bytes: ALLOC.peak_since_reset(base),
-        lambda: path[best.1].lambda,
+        lambda: model.lambda,
     })
 }
 
@@ -222,36 +204,30 @@ fn exact_method(kernel: PolyKernel, n: usize, s: &Splits, par: Par) -> polysketc
     let xt = s.train.0.as_ref().subrows(0, n);
     let yt = &s.train.1[..n];
     let start = Instant::now();
-    let k = kernel.gram(xt, xt, par).map_err(kernel_err)?;
-    let kv = kernel.gram(s.val.0.as_ref(), xt, par).map_err(kernel_err)?;
-    let mut best: Option<(f64, KernelRidge)> = None;
-    for &lambda in &EXACT_LAMBDAS {
-        let model = KernelRidge::fit(k.as_ref(), yt, lambda, par).map_err(kernel_err)?;
-        let score = r2(
-            &s.clamp(model.predict(kv.as_ref(), par).map_err(kernel_err)?),
+    let k = kernel.gram(xt, xt, par)?;
+    let kv = kernel.gram(s.val.0.as_ref(), xt, par)?;
+    let fits = EXACT_LAMBDAS
+        .iter()
+        .map(|&lambda| KernelRidge::fit(k.as_ref(), yt, lambda, par));
+    let (model, val_r2) =
+        select_by_r2(
+            fits,
             &s.val.1,
-        )
-        .map_err(kernel_err)?;
-        if best.as_ref().is_none_or(|(b, _)| score > *b) {
-            best = Some((score, model));
-        }
-    }
+            |m| Ok(s.clamp(m.predict(kv.as_ref(), par)?)),
+        )?;
     // the time of one fit at the chosen λ: the kernel matrix and one Cholesky (the grid search
     // multiplies it by the grid size for every method alike)
     let fit_s = start.elapsed().as_secs_f64() / EXACT_LAMBDAS.len() as f64;
-    let (val_r2, model) = best.ok_or_else(|| polysketch::Error::Config("empty λ grid".into()))?;
     drop((k, kv));
     let start = Instant::now();
-    let kt = kernel
-        .gram(s.test.0.as_ref(), xt, par)
-        .map_err(kernel_err)?;
-    let pred = s.clamp(model.predict(kt.as_ref(), par).map_err(kernel_err)?);
+    let kt = kernel.gram(s.test.0.as_ref(), xt, par)?;
+    let pred = s.clamp(model.predict(kt.as_ref(), par)?);
     let predict_s = start.elapsed().as_secs_f64();
     Ok(Row {
         method: format!("exact ({n} rows)"),
         dim: None,
-        rmse: rmse(&pred, &s.test.1).map_err(kernel_err)?,
-        r2: r2(&pred, &s.test.1).map_err(kernel_err)?,
+        rmse: rmse(&pred, &s.test.1)?,
+        r2: r2(&pred, &s.test.1)?,
         val_r2,
         fit_s,
         predict_s,
@@ -291,7 +267,7 @@ fn run(mut args: Args) -> polysketch::Result<()> {
     let par = Par::rayon(0);
     let s = load(&args, if args.quick { 8000 } else { 40_000 })?;
     let d = s.train.0.ncols();
-    let kernel = PolyKernel::new(args.degree, 1.0 / d as f64, 1.0).map_err(kernel_err)?;
+    let kernel = PolyKernel::new(args.degree, 1.0 / d as f64, 1.0)?;
     let n_exact = args.exact_max.min(s.train.0.nrows());
     println!(
         "kernel ridge regression on {} ({} train / {} validation / {} test rows, {d} features standardised and clipped to ±{}), target {}{}",
@@ -323,10 +299,9 @@ fn run(mut args: Args) -> polysketch::Result<()> {
     for &dim in &args.dims {
         for kind in FeatureKind::ALL {
             bar.set_message(format!("{} D = {dim}", kind.name()));
-            let features =
-                SketchFeatures::new(kernel, d, kind, dim, args.seed).map_err(kernel_err)?;
+            let features = SketchFeatures::new(kernel, d, kind, dim, args.seed)?;
             let actual = features.dim();
-            let featurize = |x: MatRef<'_, f64>| features.transform(x, par).map_err(kernel_err);
+            let featurize = |x: MatRef<'_, f64>| features.transform(x, par);
             let row = feature_method(kind.name(), actual, &featurize, 0.0, &s, par)?;
             print_row(&bar, &row);
             rows.push(row);
@@ -339,10 +314,9 @@ fn run(mut args: Args) -> polysketch::Result<()> {
             dim.min(s.train.0.nrows()),
             args.seed,
             par,
-        )
-        .map_err(kernel_err)?;
+        )?;
         let setup_s = start.elapsed().as_secs_f64();
-        let featurize = |x: MatRef<'_, f64>| ny.transform(x, par).map_err(kernel_err);
+        let featurize = |x: MatRef<'_, f64>| ny.transform(x, par);
         let row = feature_method("nystrom", ny.dim(), &featurize, setup_s, &s, par)?;
         print_row(&bar, &row);
         rows.push(row);
@@ -371,8 +345,8 @@ fn run(mut args: Args) -> polysketch::Result<()> {
         test: s.test.clone(),
         range: s.range,
     };
-    let features = SketchFeatures::new(kernel, d, best_kind, top, args.seed).map_err(kernel_err)?;
-    let featurize = |x: MatRef<'_, f64>| features.transform(x, par).map_err(kernel_err);
+    let features = SketchFeatures::new(kernel, d, best_kind, top, args.seed)?;
+    let featurize = |x: MatRef<'_, f64>| features.transform(x, par);
     let mut same_rows = feature_method(
         best_kind.name(),
         features.dim(),

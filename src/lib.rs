@@ -71,6 +71,9 @@ pub enum Error {
     /// The model, its training or a checkpoint refused.
     #[error(transparent)]
     Gpt(#[from] gpt::GptError),
+    /// A kernel method refused its input or its data file.
+    #[error(transparent)]
+    Kernel(#[from] kernel::KernelError),
     /// An attention layer refused.
     #[error(transparent)]
     Attention(#[from] attention::AttentionError),

@@ -227,3 +227,45 @@ pub fn r2(pred: &[f64], y: &[f64]) -> Result<f64> {
     let res: f64 = pred.iter().zip(y).map(|(p, t)| (p - t).powi(2)).sum();
     Ok(1.0 - res / tot)
 }
+
+/// Validation-based choice among fitted models (a λ path, or one fit per λ): the model whose
+/// predictions on the validation rows score the highest \\(R^2\\) against their targets `y`
+/// (the first of equals), with that score.
+///
+/// `predict(m)` gives model `m`'s predictions on the validation rows (clip them there if you
+/// clip the test predictions). Models come as results so that fits made on the way (one per
+/// λ) stop the search at their first error.
+///
+/// # Errors
+/// [`KernelError::InvalidParameter`] when there is no model; the errors of a fit, of `predict` and
+/// of [`r2`].
+///
+/// ```
+/// use faer::{Mat, Par};
+/// use polysketch_kernel::{Ridge, select_by_r2};
+/// let x = Mat::from_fn(40, 2, |i, j| ((i * 3 + j * 7) % 11) as f64 - 5.0);
+/// let y: Vec<f64> = (0..40).map(|i| x[(i, 0)] - 2.0 * x[(i, 1)]).collect();
+/// let path = Ridge::fit_path(x.as_ref(), &y, &[1e-3, 1e3], Par::Seq)?;
+/// let (best, score) = select_by_r2(path.into_iter().map(Ok), &y, |m| m.predict(x.as_ref(), Par::Seq))?;
+/// assert_eq!(best.lambda, 1e-3);
+/// assert!(score > 0.99);
+/// # Ok::<(), polysketch_kernel::KernelError>(())
+/// ```
+pub fn select_by_r2<M>(
+    models: impl IntoIterator<Item = Result<M>>,
+    y: &[f64],
+    mut predict: impl FnMut(&M) -> Result<Vec<f64>>,
+) -> Result<(M, f64)> {
+    let mut best: Option<(M, f64)> = None;
+    for model in models {
+        let model = model?;
+        let score = r2(&predict(&model)?, y)?;
+        if best.as_ref().is_none_or(|(_, b)| score > *b) {
+            best = Some((model, score));
+        }
+    }
+    best.ok_or_else(|| KernelError::InvalidParameter {
+        op: "select_by_r2",
+        reason: "no model to choose from".into(),
+    })
+}
