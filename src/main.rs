@@ -7,6 +7,7 @@
 //! cargo run --release -- eval --checkpoint runs/train-1/checkpoint
 //! cargo run --release -- task induction
 //! cargo run --release -- bench attention --n 1024,4096,16384,32768
+//! cargo run --release -- bench lowtri
 //! cargo run --release -- --help
 //! ```
 
@@ -14,7 +15,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use polysketch::attention::{AttentionKind, PolySketchConfig};
-use polysketch::bench::{attention::AttentionBench, train::TrainBench};
+use polysketch::bench::{attention::AttentionBench, lowtri::LowtriBench, train::TrainBench};
 use polysketch::gpt::data::TokenizerSpec;
 use polysketch::gpt::tasks::Task;
 use polysketch::gpt::{Decay, GptConfig};
@@ -210,6 +211,9 @@ enum Bench {
     /// GPT training throughput (tokens/s at equal tokens per step) against context length,
     /// softmax and PolySketch (learned + local).
     Train(TrainBench),
+    /// The block lower-triangular product lt(A Bᵀ) C against n, with its baselines (last
+    /// line: `ratio64k <t(64k)/t(32k)>`).
+    Lowtri(LowtriBench),
 }
 
 fn main() {
@@ -232,6 +236,9 @@ fn main() {
         Command::Bench {
             what: Bench::Train(args),
         } => polysketch::bench::train::run(&args).map_err(Into::into),
+        Command::Bench {
+            what: Bench::Lowtri(args),
+        } => polysketch::bench::lowtri::run(&args).map_err(Into::into),
     };
     if let Err(e) = result {
         eprintln!("error: {e}");

@@ -6,6 +6,7 @@
 //! - [`memory`]: a counting global allocator for peak heap, opt-in per program.
 //! - [`plot`]: SVG line plots and scatter panels (plotters), written crash-safely.
 //! - [`attention`]: `polysketch bench attention` (every kind against softmax, CPU or GPU).
+//! - [`lowtri`]: `polysketch bench lowtri` (the block product against n, its baselines).
 //! - [`train`]: `polysketch bench train` (GPT training throughput against context length).
 //! - [`figures`]: figures of particular studies (the AMM error of Theorem 2.4).
 //!
@@ -26,6 +27,7 @@ pub mod attention;
 #[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod device;
 pub mod figures;
+pub mod lowtri;
 pub mod memory;
 pub mod plot;
 pub mod scaling;
@@ -48,6 +50,9 @@ pub enum Error {
     /// An attention layer refused.
     #[error(transparent)]
     Attention(#[from] polysketch_attention::AttentionError),
+    /// A sketch or a product refused its arguments.
+    #[error(transparent)]
+    Sketch(#[from] polysketch_core::Error),
     /// The model or its training refused.
     #[error(transparent)]
     Gpt(#[from] polysketch_gpt::GptError),

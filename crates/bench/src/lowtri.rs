@@ -1,8 +1,8 @@
 //! Time of lt(A Bᵀ) C against n: block algorithm, cumulative sums, naive; forward and backward.
 //!
 //! ```sh
-//! cargo run --release --example lowtri_scaling
-//! cargo run --release --example lowtri_scaling -- --quick   # n up to 8k, fewer repetitions
+//! cargo run --release -- bench lowtri
+//! cargo run --release -- bench lowtri --quick   # n up to 8k, fewer repetitions
 //! ```
 //!
 //! A, B are the m = 528 symmetric self-tensored features of L, R ∈ R^{n×32} (r = 32), C has
@@ -18,25 +18,25 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use clap::Parser;
 use faer::{Mat, Par};
 use indicatif::{ProgressBar, ProgressStyle};
-use polysketch::core::seeded_rng;
-use polysketch::lowtri::{Grads, LowTri, Problem, Saved, baseline};
-use polysketch::scaling::{self, Series};
-use polysketch::tensoring::{Layout, tensor_square};
-use rand_distr::{Distribution, StandardNormal};
+use polysketch_core::{normal, seeded_rng};
+use polysketch_lowtri::{Grads, LowTri, Problem, Saved, baseline};
+use polysketch_tensoring::{Layout, tensor_square};
 
-/// Scaling of the block lower-triangular product lt(A Bᵀ) C.
-#[derive(Parser, Debug)]
-#[command(version)]
-struct Args {
+use crate::Result;
+use crate::scaling::{self, Series};
+
+/// Options of `polysketch bench lowtri`: scaling of the block lower-triangular product
+/// lt(A Bᵀ) C.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LowtriBench {
     /// n up to 8k and fewer repetitions.
     #[arg(long)]
-    quick: bool,
+    pub quick: bool,
     /// Folder for lowtri_scaling.csv and lowtri_scaling.svg.
     #[arg(long, default_value = "runs/lowtri_scaling")]
-    out: PathBuf,
+    pub out: PathBuf,
 }
 
 const R: usize = 32;
@@ -48,10 +48,7 @@ const NAIVE_MAX: usize = 16_384;
 
 fn random(n: usize, w: usize, scale: f64, seed: u64) -> Mat<f32> {
     let mut rng = seeded_rng(seed);
-    Mat::from_fn(n, w, |_, _| {
-        let z: f64 = StandardNormal.sample(&mut rng);
-        (scale * z) as f32
-    })
+    Mat::from_fn(n, w, |_, _| (scale * normal(&mut rng)) as f32)
 }
 
 /// Median wall time of `reps` runs of `f`, in seconds, after one warm-up run.
@@ -85,13 +82,6 @@ fn general_flops(n: usize, b: usize) -> f64 {
     n as f64 * (4.0 * (M * K) as f64 + (b * (M + K)) as f64)
 }
 
-fn main() {
-    if let Err(e) = run(Args::parse()) {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
-}
-
 /// One measured configuration.
 struct Row {
     forward: f64,
@@ -112,7 +102,7 @@ fn rel_diff(a: &Mat<f32>, b: &Mat<f32>) -> f64 {
     diff / (b.norm_l2() as f64).max(f64::MIN_POSITIVE)
 }
 
-fn measure(n: usize, b: usize, reps: usize, baselines: bool, par: Par) -> polysketch::Result<Row> {
+fn measure(n: usize, b: usize, reps: usize, baselines: bool, par: Par) -> Result<Row> {
     let (l, r, c, g) = (
         random(n, R, 0.25, 1),
         random(n, R, 0.25, 2),
@@ -207,7 +197,13 @@ fn ms(t: Option<f64>) -> String {
     t.map_or("-".into(), |t| format!("{:.2} ms", t * 1e3))
 }
 
-fn run(args: Args) -> polysketch::Result<()> {
+/// Runs `polysketch bench lowtri`: a row per n, a block-size sweep at n = 16k, faer's rate in
+/// the same run, `lowtri_scaling.csv` and `lowtri_scaling.svg` in `--out`, and last the
+/// `ratio64k` line.
+///
+/// # Errors
+/// A product that refuses its sizes; files that cannot be written.
+pub fn run(args: &LowtriBench) -> Result<()> {
     let par = Par::rayon(0);
     let threads = rayon::current_num_threads();
     let ns: Vec<usize> = (10..=if args.quick { 13 } else { 16 })
@@ -313,7 +309,7 @@ fn run(args: Args) -> polysketch::Result<()> {
     std::fs::create_dir_all(&args.out)?;
     let csv = args.out.join("lowtri_scaling.csv");
     let svg = args.out.join("lowtri_scaling.svg");
-    polysketch::io::write_atomic(&csv, scaling::to_csv(&series).as_bytes())?;
+    polysketch_core::io::write_atomic(&csv, scaling::to_csv(&series).as_bytes())?;
     scaling::plot_svg(
         &series,
         "lt(A Bᵀ) C against n (m = 528, k = 64, b = 256, f32)",
