@@ -165,6 +165,24 @@ impl<T: Scalar> Attention<T> {
     ///
     /// # Errors
     /// As [`forward_into`](Self::forward_into).
+    ///
+    /// ```
+    /// use faer::Par;
+    /// use polysketch_attention::{Attention, AttentionConfig, AttentionError, AttentionKind};
+    ///
+    /// let (batch, heads, n, h) = (1, 2, 16, 8);
+    /// let config = AttentionConfig { heads, head_dim: h, kind: "random+local:r=8,block=4".parse()? };
+    /// let layer = Attention::<f32>::new(config)?;
+    /// let x: Vec<f32> = (0..batch * heads * n * h).map(|i| (i as f32 * 0.37).sin()).collect();
+    /// let (out, mut saved) = layer.forward(&x, &x, &x, batch, n, Par::Seq)?;
+    /// assert_eq!(out.len(), batch * heads * n * h);
+    /// let grads = layer.backward(&mut saved, &out, Par::Seq)?; // ∂⟨out, out⟩/2
+    /// assert_eq!(grads.params[0].0, "ln.gain");
+    /// // q of another length is refused, naming it
+    /// let err = layer.forward(&x[1..], &x, &x, batch, n, Par::Seq).unwrap_err();
+    /// assert!(matches!(err, AttentionError::ShapeMismatch { input: "q", .. }));
+    /// # Ok::<(), AttentionError>(())
+    /// ```
     pub fn forward(
         &self,
         q: &[T],

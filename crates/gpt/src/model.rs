@@ -308,9 +308,30 @@ impl<T: Scalar> Gpt<T> {
     /// [`IGNORE`](crate::IGNORE) where there is none) from `tokens` (`[batch, n]`), saving what
     /// [`backward`](Self::backward) needs in `acts`.
     ///
+    /// # Shapes
+    /// `tokens`, `targets`: `[batch, n]` row-major, `n ≤ context`; the logits' softmax is kept
+    /// in `acts` as `[batch · n, vocab]` ([`Activations::probs`]).
+    ///
     /// # Errors
     /// Shapes that do not match, a token outside the vocabulary, no target at all, `n` over the
     /// context, activations over [`MAX_ACTIVATION_BYTES`], a non-finite loss.
+    ///
+    /// ```
+    /// use faer::Par;
+    /// use polysketch_gpt::{Activations, Gpt, GptConfig, GptError};
+    ///
+    /// let config = GptConfig { context: 16, d_model: 16, layers: 1, heads: 2, ..GptConfig::default() };
+    /// let model = Gpt::<f32>::new(config)?;
+    /// let tokens: Vec<u32> = (0..2 * 8).map(|i| (i * 31 % 256) as u32).collect();
+    /// let mut acts = Activations::new();
+    /// let loss = model.forward(&tokens, &tokens, 2, 8, &mut acts, Par::Seq)?;
+    /// assert!(loss.is_finite() && loss > 0.0); // mean cross-entropy, nats per token
+    /// assert!(matches!(
+    ///     model.forward(&tokens, &tokens, 2, 9, &mut acts, Par::Seq),
+    ///     Err(GptError::Shape { .. })
+    /// ));
+    /// # Ok::<(), GptError>(())
+    /// ```
     pub fn forward(
         &self,
         tokens: &[u32],

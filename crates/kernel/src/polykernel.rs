@@ -92,8 +92,25 @@ impl PolyKernel {
 
     /// The kernel matrix \\(K_{ij} = k(a_i, b_j)\\), `[n, m]`, from one product \\(AB^\top\\).
     ///
+    /// # Shapes
+    /// `a: [n, d]`, `b: [m, d]` → `[n, m]`.
+    ///
     /// # Errors
     /// [`KernelError::Mismatch`] if the widths differ; [`KernelError::NonFinite`].
+    ///
+    /// ```
+    /// use faer::{Mat, Par};
+    /// use polysketch_kernel::{KernelError, PolyKernel};
+    ///
+    /// // k(x, y) = (γ⟨x, y⟩ + c)^p with p = 2, γ = 1, c = 1
+    /// let kernel = PolyKernel::new(2, 1.0, 1.0)?;
+    /// let a = Mat::from_fn(2, 3, |i, j| (i + j) as f64);
+    /// let k = kernel.gram(a.as_ref(), a.as_ref(), Par::Seq)?;
+    /// assert_eq!(k[(0, 1)], (0.0 * 1.0 + 1.0 * 2.0 + 2.0 * 3.0 + 1.0f64).powi(2));
+    /// let narrow = Mat::<f64>::zeros(2, 2);
+    /// assert!(matches!(kernel.gram(a.as_ref(), narrow.as_ref(), Par::Seq), Err(KernelError::Mismatch { .. })));
+    /// # Ok::<(), KernelError>(())
+    /// ```
     pub fn gram(&self, a: MatRef<'_, f64>, b: MatRef<'_, f64>, par: Par) -> Result<Mat<f64>> {
         const OP: &str = "PolyKernel::gram";
         same(OP, "columns of b", a.ncols(), b.ncols())?;

@@ -154,11 +154,31 @@ pub struct KernelRidge {
 }
 
 impl KernelRidge {
-    /// Fits on the training kernel matrix `k: [n, n]`.
+    /// Fits on the training kernel matrix `k: [n, n]`:
+    /// \\(\alpha = (K + \lambda I)^{-1}(y - \bar y)\\).
+    ///
+    /// # Shapes
+    /// `k: [n, n]`, `y: [n]`; [`predict`](Self::predict) takes `[m, n]` test-against-train
+    /// kernel rows.
     ///
     /// # Errors
     /// Shape mismatch, non-finite values, a non-positive \\(\lambda\\),
     /// [`KernelError::NotPositiveDefinite`].
+    ///
+    /// ```
+    /// use faer::{Mat, Par};
+    /// use polysketch_kernel::{KernelError, KernelRidge, PolyKernel};
+    ///
+    /// let x = Mat::from_fn(30, 2, |i, j| ((i * 7 + j * 3) % 10) as f64 / 10.0);
+    /// let y: Vec<f64> = (0..30).map(|i| (x[(i, 0)] + x[(i, 1)]).powi(2)).collect();
+    /// let kernel = PolyKernel::new(2, 1.0, 1.0)?;
+    /// let k = kernel.gram(x.as_ref(), x.as_ref(), Par::Seq)?;
+    /// let model = KernelRidge::fit(k.as_ref(), &y, 1e-6, Par::Seq)?;
+    /// let fitted = model.predict(k.as_ref(), Par::Seq)?;
+    /// assert!((fitted[3] - y[3]).abs() < 1e-3);
+    /// assert!(KernelRidge::fit(k.as_ref(), &y[..29], 1e-6, Par::Seq).is_err());
+    /// # Ok::<(), KernelError>(())
+    /// ```
     pub fn fit(k: MatRef<'_, f64>, y: &[f64], lambda: f64, par: Par) -> Result<Self> {
         const OP: &str = "KernelRidge::fit";
         same(OP, "kernel columns", k.nrows(), k.ncols())?;

@@ -310,11 +310,29 @@ impl LowTri {
     /// \\(\mathrm{out} = \mathrm{lt}(S)\,C\\) for one problem.
     ///
     /// # Shapes
-    /// `out: [n, k]`.
+    /// `A, B: [n, m]` (or the inputs of the self-tensored and local forms), `C: [n, k]`
+    /// → `out: [n, k]`.
     ///
     /// # Errors
     /// Those of [`Problem::validate`], and [`SketchError::TooLarge`] if the saved prefixes
     /// would exceed 4 GiB.
+    ///
+    /// ```
+    /// use faer::{Mat, Par};
+    /// use polysketch_lowtri::{LowTri, Problem, SketchError};
+    ///
+    /// // lt(A Bᵀ) C with A = B = 1 (n × 1), C = 1: row i sums i + 1 ones
+    /// let ones = Mat::<f64>::ones(5, 1);
+    /// let problem = Problem::general(ones.as_ref(), ones.as_ref(), ones.as_ref());
+    /// let (out, _saved) = LowTri::new(2)?.forward(&problem, Par::Seq)?;
+    /// assert_eq!(out[(4, 0)], 5.0);
+    ///
+    /// // C with another number of rows than A is refused, naming the input
+    /// let short = Mat::<f64>::ones(4, 1);
+    /// let bad = Problem::general(ones.as_ref(), ones.as_ref(), short.as_ref());
+    /// assert!(matches!(LowTri::new(2)?.forward(&bad, Par::Seq), Err(SketchError::ShapeMismatch { .. })));
+    /// # Ok::<(), SketchError>(())
+    /// ```
     pub fn forward<T: Scalar>(
         &self,
         problem: &Problem<'_, T>,
