@@ -1,6 +1,5 @@
 //! The block algorithm, forward and backward, batched over independent problems.
 
-use crate::prefix::exclusive_scan_step;
 use faer::linalg::matmul::triangular::{BlockStructure, matmul as tri_matmul};
 use faer::prelude::ReborrowMut;
 use faer::{Accum, Mat, MatMut, MatRef, Par};
@@ -11,7 +10,8 @@ use polysketch_core::{
 };
 use rayon::prelude::*;
 
-use crate::Problem;
+use crate::prefix::exclusive_block_prefix;
+use crate::{Grads, Problem, Saved};
 
 /// The block lower-triangular product engine with block size \\(b\\).
 ///
@@ -33,117 +33,6 @@ use crate::Problem;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LowTri {
     block: usize,
-}
-
-/// What the backward needs from the forward: the exclusive block prefixes \\(Z_l\\).
-///
-/// Reusable: [`LowTri::forward_batch_into`] fills it (reallocating only when the shape
-/// changes) and [`LowTri::backward_batch_into`] uses its memory for the reverse prefixes,
-/// leaving it *consumed* — a second backward on it is refused until a forward refills it. A
-/// training loop that keeps one `Saved` per problem allocates nothing after its first step.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Saved<T> {
-    /// `[m, t·k]`: block `l` (columns `l·k .. (l+1)·k`, contiguous in memory) is \\(Z_l\\).
-    prefixes: Mat<T>,
-    block: usize,
-    ready: bool,
-}
-
-impl<T: Scalar> Saved<T> {
-    /// An empty state, to be filled by a forward.
-    pub fn new() -> Self {
-        Self {
-            prefixes: Mat::new(),
-            block: 0,
-            ready: false,
-        }
-    }
-
-    /// The prefixes \\(Z_l\\), `[m, t·k]` (block `l` is columns `l·k .. (l+1)·k`).
-    pub fn prefixes(&self) -> MatRef<'_, T> {
-        self.prefixes.as_ref()
-    }
-
-    /// The block size of the forward that filled it.
-    pub fn block(&self) -> usize {
-        self.block
-    }
-
-    /// Whether it holds a forward's prefixes that no backward has used yet.
-    pub fn is_ready(&self) -> bool {
-        self.ready
-    }
-
-    /// Makes the buffer `[m, cols]`, reusing its memory when the shape is unchanged.
-    fn shape_for(&mut self, m: usize, cols: usize) {
-        if (self.prefixes.nrows(), self.prefixes.ncols()) != (m, cols) {
-            self.prefixes = Mat::zeros(m, cols);
-        }
-    }
-}
-
-impl<T: Scalar> Default for Saved<T> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-/// Gradients of \\(\langle \partial\mathrm{out}, \mathrm{out}\rangle\\) with respect to every input.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Grads<T> {
-    /// \\(\partial/\partial A\\) (`[n, m]`) for explicit features, \\(\partial/\partial L\\)
-    /// (`[n, r]`) for self-tensored ones.
-    pub d_a: Mat<T>,
-    /// \\(\partial/\partial B\\) or \\(\partial/\partial R\\), like `d_a`.
-    pub d_b: Mat<T>,
-    /// \\(\partial/\partial C\\), `[n, k]`.
-    pub d_c: Mat<T>,
-    /// \\(\partial/\partial Q\\), `[n, h]`, for an exact diagonal.
-    pub d_q: Option<Mat<T>>,
-    /// \\(\partial/\partial K\\), `[n, h]`, for an exact diagonal.
-    pub d_k: Option<Mat<T>>,
-}
-
-impl<T: Scalar> Grads<T> {
-    /// Empty gradients, to be filled by [`LowTri::backward_batch_into`].
-    pub fn new() -> Self {
-        Self {
-            d_a: Mat::new(),
-            d_b: Mat::new(),
-            d_c: Mat::new(),
-            d_q: None,
-            d_k: None,
-        }
-    }
-
-    /// Zeroed gradients for `problem`, reusing `self`'s memory where the shapes match.
-    fn reset_for(&mut self, problem: &Problem<'_, T>) {
-        let (n, w, k) = (problem.n(), problem.feature_input_width(), problem.k());
-        let zeroed = |m: &mut Mat<T>, rows: usize, cols: usize| {
-            if (m.nrows(), m.ncols()) == (rows, cols) {
-                m.fill(T::zero());
-            } else {
-                *m = Mat::zeros(rows, cols);
-            }
-        };
-        zeroed(&mut self.d_a, n, w);
-        zeroed(&mut self.d_b, n, w);
-        zeroed(&mut self.d_c, n, k);
-        if problem.has_exact_diagonal() {
-            let h = problem.diagonal_width();
-            zeroed(self.d_q.get_or_insert_with(Mat::new), n, h);
-            zeroed(self.d_k.get_or_insert_with(Mat::new), n, h);
-        } else {
-            self.d_q = None;
-            self.d_k = None;
-        }
-    }
-}
-
-impl<T: Scalar> Default for Grads<T> {
-    fn default() -> Self {
-        Self::new()
-    }
 }
 
 /// Per-worker scratch, allocated once per rayon split, never per block.
@@ -224,32 +113,6 @@ fn run<T: Scalar, J: Send>(
                 chunk.into_iter().for_each(|t| f(&mut s, t));
             });
         }
-    }
-}
-
-/// In place, over the `t` blocks of `k` columns of `h` (`[m, t·k]`): block `l` becomes
-/// \\(\\sum_{j<l} H_j\\) (or \\(\\sum_{j>l} H_j\\) when `reverse`), summed in `f64` in a fixed
-/// order, in parallel over the `k` column positions.
-fn exclusive_block_prefix<T: Scalar>(h: &mut Mat<T>, k: usize, reverse: bool, par: Par) {
-    let m = h.nrows();
-    // group j holds column j of every block, in block order (columns of an owned matrix are
-    // contiguous slices)
-    let mut groups: Vec<Vec<&mut [T]>> = (0..k).map(|_| Vec::new()).collect();
-    for (c, col) in h.as_mut().col_iter_mut().enumerate() {
-        if let Some(col) = col.try_as_col_major_mut() {
-            groups[c % k].push(col.as_slice_mut());
-        }
-    }
-    let prefix = |group: &mut Vec<&mut [T]>| {
-        let mut acc = vec![0.0f64; m];
-        let t = group.len();
-        for i in 0..t {
-            exclusive_scan_step(group[if reverse { t - 1 - i } else { i }], &mut acc);
-        }
-    };
-    match par {
-        Par::Seq => groups.iter_mut().for_each(prefix),
-        Par::Rayon(_) => groups.par_iter_mut().for_each(prefix),
     }
 }
 

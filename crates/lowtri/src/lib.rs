@@ -56,7 +56,9 @@ mod engine;
 mod prefix;
 mod problem;
 pub mod reference;
+mod saved;
 
-pub use engine::{Grads, LowTri, Saved};
+pub use engine::LowTri;
 pub use polysketch_core::{Error as SketchError, Result, Scalar};
 pub use problem::{Diagonal, Features, Problem};
+pub use saved::{Grads, Saved};

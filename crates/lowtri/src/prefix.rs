@@ -1,4 +1,8 @@
-//! The exclusive prefix step that walks the blocks of lt(A Bᵀ) C in order.
+//! Exclusive prefix sums over the blocks of lt(A Bᵀ) C, in `f64`, in a fixed order.
+
+use faer::{Mat, Par};
+use polysketch_core::Scalar;
+use rayon::prelude::*;
 
 polysketch_core::multiversion! {
     /// One step of an exclusive running sum kept in `f64`: `v[i] ← acc[i]` (rounded to `T`),
@@ -14,5 +18,31 @@ polysketch_core::multiversion! {
             *v = T::of(*a);
             *a += x.as_f64();
         }
+    }
+}
+
+/// In place, over the `t` blocks of `k` columns of `h` (`[m, t·k]`): block `l` becomes
+/// \\(\\sum_{j<l} H_j\\) (or \\(\\sum_{j>l} H_j\\) when `reverse`), summed in `f64` in a fixed
+/// order, in parallel over the `k` column positions.
+pub(crate) fn exclusive_block_prefix<T: Scalar>(h: &mut Mat<T>, k: usize, reverse: bool, par: Par) {
+    let m = h.nrows();
+    // group j holds column j of every block, in block order (columns of an owned matrix are
+    // contiguous slices)
+    let mut groups: Vec<Vec<&mut [T]>> = (0..k).map(|_| Vec::new()).collect();
+    for (c, col) in h.as_mut().col_iter_mut().enumerate() {
+        if let Some(col) = col.try_as_col_major_mut() {
+            groups[c % k].push(col.as_slice_mut());
+        }
+    }
+    let prefix = |group: &mut Vec<&mut [T]>| {
+        let mut acc = vec![0.0f64; m];
+        let t = group.len();
+        for i in 0..t {
+            exclusive_scan_step(group[if reverse { t - 1 - i } else { i }], &mut acc);
+        }
+    };
+    match par {
+        Par::Seq => groups.iter_mut().for_each(prefix),
+        Par::Rayon(_) => groups.par_iter_mut().for_each(prefix),
     }
 }
