@@ -41,14 +41,9 @@ fn lowtri(c: &mut Criterion) {
         // FLOPs of the forward: 4mk + b(r + k) per row (see the lowtri chapter of the book)
         let flops = n as f64 * (4.0 * (M * K) as f64 + (B * (R + K)) as f64);
         let mut group = c.benchmark_group(format!("lowtri/n{n}_m{M}_k{K}_b{B}"));
-        group
-            .sample_size(10)
-            .throughput(Throughput::Elements(flops as u64));
-        let (mut out, mut saved, mut grads) = (
-            Mat::<f32>::zeros(n, K),
-            vec![Saved::new()],
-            vec![Grads::new()],
-        );
+        group.sample_size(10).throughput(Throughput::Elements(flops as u64));
+        let (mut out, mut saved, mut grads) =
+            (Mat::<f32>::zeros(n, K), vec![Saved::new()], vec![Grads::new()]);
         group.bench_function("block_forward_self_tensored", |bench| {
             bench.iter(|| {
                 engine
@@ -102,14 +97,7 @@ fn lowtri(c: &mut Criterion) {
         let mut dense_out = Mat::<f32>::zeros(n, s);
         group.bench_function(format!("faer_dense_{n}x{M}x{s} (same FLOPs)"), |bench| {
             bench.iter(|| {
-                gemm(
-                    dense_out.as_mut(),
-                    fl.as_ref(),
-                    w.as_ref(),
-                    1.0,
-                    false,
-                    Par::rayon(0),
-                )
+                gemm(dense_out.as_mut(), fl.as_ref(), w.as_ref(), 1.0, false, Par::rayon(0))
             })
         });
         group.finish();

@@ -29,38 +29,18 @@ fn sketches(c: &mut Criterion) {
     let a = input();
     for r in [32usize, 64, 256, 1024] {
         let mut group = c.benchmark_group(format!("sketch/{N}x{H}->r{r}"));
-        group
-            .sample_size(10)
-            .throughput(Throughput::Elements(N as u64));
+        group.sample_size(10).throughput(Throughput::Elements(N as u64));
         let all: Vec<(&str, Box<dyn PolySketch<f32>>)> = vec![
-            (
-                "gaussian_jl_p1 (dense baseline)",
-                Box::new(GaussianJl::new(H, r, 0).unwrap()),
-            ),
-            (
-                "countsketch_p1",
-                Box::new(CountSketch::new(H, r, 0).unwrap()),
-            ),
-            (
-                "tensorsketch_p4",
-                Box::new(TensorSketch::new(H, r, 4, 0).unwrap()),
-            ),
-            (
-                "tree_gaussian_p4",
-                Box::new(TreeSketch::gaussian(H, r, 4, 0).unwrap()),
-            ),
-            (
-                "tree_srht_p4",
-                Box::new(TreeSketch::srht(H, r, 4, 0).unwrap()),
-            ),
+            ("gaussian_jl_p1 (dense baseline)", Box::new(GaussianJl::new(H, r, 0).unwrap())),
+            ("countsketch_p1", Box::new(CountSketch::new(H, r, 0).unwrap())),
+            ("tensorsketch_p4", Box::new(TensorSketch::new(H, r, 4, 0).unwrap())),
+            ("tree_gaussian_p4", Box::new(TreeSketch::gaussian(H, r, 4, 0).unwrap())),
+            ("tree_srht_p4", Box::new(TreeSketch::srht(H, r, 4, 0).unwrap())),
         ];
         let mut out = Mat::<f32>::zeros(N, r);
         for (name, s) in &all {
             group.bench_function(BenchmarkId::from_parameter(name), |b| {
-                b.iter(|| {
-                    s.apply_into(a.as_ref(), out.as_mut(), Par::rayon(0))
-                        .unwrap()
-                })
+                b.iter(|| s.apply_into(a.as_ref(), out.as_mut(), Par::rayon(0)).unwrap())
             });
         }
         group.finish();
@@ -71,25 +51,17 @@ fn phi_prime(c: &mut Criterion) {
     let a = input();
     for r in [32usize, 64] {
         let mut group = c.benchmark_group(format!("phi_prime_p4/{N}x{H}->r{r}"));
-        group
-            .sample_size(10)
-            .throughput(Throughput::Elements(N as u64));
+        group.sample_size(10).throughput(Throughput::Elements(N as u64));
         let base = TreeSketch::<f32>::gaussian(H, r, 2, 0).unwrap();
         let mut l = Mat::<f32>::zeros(N, r);
         group.bench_function("tree_gaussian_p2 (base only)", |b| {
-            b.iter(|| {
-                base.apply_into(a.as_ref(), l.as_mut(), Par::rayon(0))
-                    .unwrap()
-            })
+            b.iter(|| base.apply_into(a.as_ref(), l.as_mut(), Par::rayon(0)).unwrap())
         });
         for layout in [Layout::Symmetric, Layout::Full] {
             let phi = SelfTensored::new(&base, layout);
             let mut out = Mat::<f32>::zeros(N, phi.sketch_dim());
             group.bench_function(format!("self_tensored_{layout:?}"), |b| {
-                b.iter(|| {
-                    phi.apply_into(a.as_ref(), out.as_mut(), Par::rayon(0))
-                        .unwrap()
-                })
+                b.iter(|| phi.apply_into(a.as_ref(), out.as_mut(), Par::rayon(0)).unwrap())
             });
         }
         group.finish();

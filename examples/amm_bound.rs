@@ -44,11 +44,7 @@ fn main() {
 }
 
 fn run(args: Args) -> polysketch::Result<()> {
-    let mut config = if args.quick {
-        Config::quick()
-    } else {
-        Config::full()
-    };
+    let mut config = if args.quick { Config::quick() } else { Config::full() };
     config.seed = args.seed;
     if let Some(d) = args.draws {
         config.draws = d;
@@ -83,11 +79,7 @@ fn run(args: Args) -> polysketch::Result<()> {
         bar.inc(1);
     }
     bar.finish_and_clear();
-    println!(
-        "ran {} cases in {:.1} s",
-        results.len(),
-        start.elapsed().as_secs_f64()
-    );
+    println!("ran {} cases in {:.1} s", results.len(), start.elapsed().as_secs_f64());
 
     let in_regime: Vec<_> = results.iter().filter(|c| c.in_regime()).collect();
     if in_regime.is_empty() {
@@ -102,9 +94,7 @@ fn run(args: Args) -> polysketch::Result<()> {
     }
     let ratios: Vec<f64> = results.iter().filter_map(|c| c.ratio()).collect();
     if !ratios.is_empty() {
-        let (lo, hi) = ratios
-            .iter()
-            .fold((f64::MAX, 0f64), |(a, b), &x| (a.min(x), b.max(x)));
+        let (lo, hi) = ratios.iter().fold((f64::MAX, 0f64), |(a, b), &x| (a.min(x), b.max(x)));
         println!("self-tensored / degree-p tree mean error: {lo:.3} .. {hi:.3}");
     }
     std::fs::create_dir_all(&args.out)?;

@@ -65,11 +65,7 @@ impl Block {
         let scale = 1.0 / (D_MODEL as f64).sqrt();
         let mut w = || Mat::from_fn(D_MODEL, D_MODEL, |_, _| (scale * normal(&mut rng)) as f32);
         Ok(Self {
-            attention: Attention::new(AttentionConfig {
-                heads: HEADS,
-                head_dim: HEAD_DIM,
-                kind,
-            })?,
+            attention: Attention::new(AttentionConfig { heads: HEADS, head_dim: HEAD_DIM, kind })?,
             w: [w(), w(), w(), w()],
         })
     }
@@ -79,26 +75,18 @@ impl Block {
         let (o, saved) = self.attention.forward(&q, &k, &v, 1, N, Par::rayon(0))?;
         let heads_out = merge_heads(&o);
         let y = x + &heads_out * &self.w[3];
-        let saved = BlockSaved {
-            x: x.clone(),
-            heads_out,
-            saved,
-        };
+        let saved = BlockSaved { x: x.clone(), heads_out, saved };
         Ok((y, saved))
     }
 
     /// Given `dy`, returns `dx` and applies the SGD step to every weight of the block.
     fn backward_and_step(
-        &mut self,
-        s: &mut BlockSaved,
-        dy: &Mat<f32>,
+        &mut self, s: &mut BlockSaved, dy: &Mat<f32>,
     ) -> polysketch::attention::Result<Mat<f32>> {
         // y = x + O Wo
         let d_wo = s.heads_out.transpose() * dy;
         let d_o = dy * self.w[3].transpose();
-        let g = self
-            .attention
-            .backward(&mut s.saved, &split_heads(d_o.as_ref()), Par::rayon(0))?;
+        let g = self.attention.backward(&mut s.saved, &split_heads(d_o.as_ref()), Par::rayon(0))?;
         let mut dx = dy.clone();
         let mut d_w = Vec::new();
         for (i, d) in [&g.dq, &g.dk, &g.dv].into_iter().enumerate() {
@@ -112,10 +100,7 @@ impl Block {
         }
         // the attention layer's own parameters, by name (layer norm, learned sketch)
         for (p, (name, d)) in self.attention.parameters_mut().into_iter().zip(&g.params) {
-            assert_eq!(
-                &p.name, name,
-                "gradients come in the order of the parameters"
-            );
+            assert_eq!(&p.name, name, "gradients come in the order of the parameters");
             p.data.iter_mut().zip(d).for_each(|(w, d)| *w -= LR * d);
         }
         Ok(dx)
@@ -172,16 +157,8 @@ fn run(name: &str, kind: AttentionKind) -> Result<(), Box<dyn std::error::Error>
     }
     for (a, b) in blocks.iter().zip(&fresh) {
         assert_eq!(
-            a.attention
-                .parameters()
-                .iter()
-                .map(|p| p.data)
-                .collect::<Vec<_>>(),
-            b.attention
-                .parameters()
-                .iter()
-                .map(|p| p.data)
-                .collect::<Vec<_>>()
+            a.attention.parameters().iter().map(|p| p.data).collect::<Vec<_>>(),
+            b.attention.parameters().iter().map(|p| p.data).collect::<Vec<_>>()
         );
     }
     println!(
@@ -214,13 +191,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
     };
     run("softmax", AttentionKind::Softmax)?;
-    run(
-        "polysketch random+local",
-        polysketch(SketchKind::Random, true),
-    )?;
-    run(
-        "polysketch learned+local",
-        polysketch(SketchKind::Learned, true),
-    )?;
+    run("polysketch random+local", polysketch(SketchKind::Random, true))?;
+    run("polysketch learned+local", polysketch(SketchKind::Learned, true))?;
     Ok(())
 }

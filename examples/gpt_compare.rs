@@ -83,11 +83,7 @@ fn real_main(args: Args) -> polysketch::Result<()> {
             p: 4,
             r: r,
             block: block,
-            sketch: if learned {
-                SketchKind::Learned
-            } else {
-                SketchKind::Random
-            },
+            sketch: if learned { SketchKind::Learned } else { SketchKind::Random },
             local: local,
             seed: 0,
         })
@@ -119,10 +115,7 @@ fn real_main(args: Args) -> polysketch::Result<()> {
             8,
             steps,
             2e-3,
-            Source::Text {
-                path: run::default_data(),
-                val_fraction: 0.1,
-            },
+            Source::Text { path: run::default_data(), val_fraction: 0.1 },
             25,
             128,
             4,
@@ -142,10 +135,7 @@ fn real_main(args: Args) -> polysketch::Result<()> {
             32,
             steps,
             1e-3,
-            Source::Task {
-                task: Task::Induction,
-                held_out: 512,
-            },
+            Source::Task { task: Task::Induction, held_out: 512 },
             50,
             64,
             2,
@@ -161,15 +151,8 @@ fn real_main(args: Args) -> polysketch::Result<()> {
         "kind", "val loss", "ppl", "accuracy", "solved at", "tokens/s"
     );
     for spec in kinds {
-        let model = GptConfig {
-            vocab,
-            context: seq,
-            d_model,
-            layers,
-            heads,
-            attention: spec,
-            seed: 0,
-        };
+        let model =
+            GptConfig { vocab, context: seq, d_model, layers, heads, attention: spec, seed: 0 };
         let cfg = RunConfig {
             train: TrainConfig {
                 batch,

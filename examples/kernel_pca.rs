@@ -74,51 +74,29 @@ struct Comparison {
 }
 
 fn compare(
-    method: &str,
-    dim: usize,
-    pca: KernelPca,
-    exact: &KernelPca,
-    k: usize,
+    method: &str, dim: usize, pca: KernelPca, exact: &KernelPca, k: usize,
 ) -> polysketch::Result<Comparison> {
-    let value_errors = pca
-        .values
-        .iter()
-        .zip(&exact.values)
-        .map(|(a, e)| (a - e).abs() / e.abs())
-        .collect();
-    let angles = principal_angles(
-        exact.scores.as_ref().subcols(0, k),
-        pca.scores.as_ref().subcols(0, k),
-    )?
-    .iter()
-    .map(|a| a.to_degrees())
-    .collect();
-    Ok(Comparison {
-        method: method.into(),
-        dim,
-        pca,
-        value_errors,
-        angles,
-    })
+    let value_errors =
+        pca.values.iter().zip(&exact.values).map(|(a, e)| (a - e).abs() / e.abs()).collect();
+    let angles =
+        principal_angles(exact.scores.as_ref().subcols(0, k), pca.scores.as_ref().subcols(0, k))?
+            .iter()
+            .map(|a| a.to_degrees())
+            .collect();
+    Ok(Comparison { method: method.into(), dim, pca, value_errors, angles })
 }
 
 /// Scores of the first two components with each sign chosen to match `reference` (components
 /// are defined up to sign).
 fn aligned_2d(
-    scores: MatRef<'_, f64>,
-    reference: MatRef<'_, f64>,
-    classes: &[usize],
+    scores: MatRef<'_, f64>, reference: MatRef<'_, f64>, classes: &[usize],
 ) -> Vec<(f64, f64, usize)> {
     let sign = |c: usize| {
-        let dot: f64 = (0..scores.nrows())
-            .map(|i| scores[(i, c)] * reference[(i, c)])
-            .sum();
+        let dot: f64 = (0..scores.nrows()).map(|i| scores[(i, c)] * reference[(i, c)]).sum();
         if dot < 0.0 { -1.0 } else { 1.0 }
     };
     let (s0, s1) = (sign(0), sign(1));
-    (0..scores.nrows())
-        .map(|i| (s0 * scores[(i, 0)], s1 * scores[(i, 1)], classes[i]))
-        .collect()
+    (0..scores.nrows()).map(|i| (s0 * scores[(i, 0)], s1 * scores[(i, 1)], classes[i])).collect()
 }
 
 fn run(args: Args) -> polysketch::Result<()> {
@@ -159,16 +137,10 @@ fn run(args: Args) -> polysketch::Result<()> {
     drop(kmat);
     bar.inc(1);
     let fmt = |v: &[f64], digits: usize| {
-        v.iter()
-            .map(|x| format!("{x:.digits$}"))
-            .collect::<Vec<_>>()
-            .join(" ")
+        v.iter().map(|x| format!("{x:.digits$}")).collect::<Vec<_>>().join(" ")
     };
     bar.suspend(|| {
-        println!(
-            "exact eigenvalues (variance along the component): {}",
-            fmt(&exact.values, 4)
-        );
+        println!("exact eigenvalues (variance along the component): {}", fmt(&exact.values, 4));
         println!(
             "exact explained variance: {} (top {k}: {:.3})",
             fmt(&exact.explained, 3),
@@ -264,10 +236,7 @@ fn run(args: Args) -> polysketch::Result<()> {
     // the classes are the data set's integer labels (the digits 0–9 for the default data)
     scatter_panels(&panels, "component 1", "component 2", &[], &svg_path)?;
     println!("wrote {} and {}", csv_path.display(), svg_path.display());
-    println!(
-        "best sketch at D = {top}: {} (largest angle of the top-{k} subspaces)",
-        best.method
-    );
+    println!("best sketch at D = {top}: {} (largest angle of the top-{k} subspaces)", best.method);
     println!("angle {:.2}", max_angle(best));
     Ok(())
 }

@@ -128,30 +128,20 @@ fn load(args: &Args, n_train: usize) -> polysketch::Result<Splits> {
             args.target
         )));
     }
-    let y: Vec<f64> = y
-        .iter()
-        .map(|v| if args.raw_target { *v } else { v.ln() })
-        .collect();
+    let y: Vec<f64> = y.iter().map(|v| if args.raw_target { *v } else { v.ln() }).collect();
     let n = x.nrows();
     let n_val = (n / 10).min(4000);
     let n_test = (n / 5).min(10_000);
     let n_train = n_train.min(n - n_val - n_test);
     let parts = split_indices(n, &[n_train, n_val, n_test], args.seed)?;
     let pick = |idx: &[usize]| {
-        (
-            select_rows(x.as_ref(), idx),
-            idx.iter().map(|&i| y[i]).collect::<Vec<f64>>(),
-        )
+        (select_rows(x.as_ref(), idx), idx.iter().map(|&i| y[i]).collect::<Vec<f64>>())
     };
     let (train, val, test) = (pick(&parts[0]), pick(&parts[1]), pick(&parts[2]));
     let scaler = Standardizer::fit(train.0.as_ref()).and_then(|s| s.with_clip(args.clip))?;
     let std = |m: &Mat<f64>| scaler.transform(m.as_ref());
-    let range = (!args.no_clip_predictions).then(|| {
-        train
-            .1
-            .iter()
-            .fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v)))
-    });
+    let range = (!args.no_clip_predictions)
+        .then(|| train.1.iter().fold((f64::MAX, f64::MIN), |(a, b), &v| (a.min(v), b.max(v))));
     Ok(Splits {
         train: (std(&train.0)?, train.1),
         val: (std(&val.0)?, val.1),
@@ -162,12 +152,9 @@ fn load(args: &Args, n_train: usize) -> polysketch::Result<Splits> {
 
 /// Ridge in a feature space: fit the λ path on train, pick λ on validation, report on test.
 fn feature_method(
-    name: &str,
-    dim: usize,
-    featurize: &dyn Fn(MatRef<'_, f64>) -> polysketch::kernel::Result<Mat<f64>>,
-    fit_extra_s: f64,
-    s: &Splits,
-    par: Par,
+    name: &str, dim: usize,
+    featurize: &dyn Fn(MatRef<'_, f64>) -> polysketch::kernel::Result<Mat<f64>>, fit_extra_s: f64,
+    s: &Splits, par: Par,
 ) -> polysketch::Result<Row> {
     let base = ALLOC.current();
     ALLOC.reset_peak();
@@ -206,15 +193,9 @@ fn exact_method(kernel: PolyKernel, n: usize, s: &Splits, par: Par) -> polysketc
     let start = Instant::now();
     let k = kernel.gram(xt, xt, par)?;
     let kv = kernel.gram(s.val.0.as_ref(), xt, par)?;
-    let fits = EXACT_LAMBDAS
-        .iter()
-        .map(|&lambda| KernelRidge::fit(k.as_ref(), yt, lambda, par));
+    let fits = EXACT_LAMBDAS.iter().map(|&lambda| KernelRidge::fit(k.as_ref(), yt, lambda, par));
     let (model, val_r2) =
-        select_by_r2(
-            fits,
-            &s.val.1,
-            |m| Ok(s.clamp(m.predict(kv.as_ref(), par)?)),
-        )?;
+        select_by_r2(fits, &s.val.1, |m| Ok(s.clamp(m.predict(kv.as_ref(), par)?)))?;
     // the time of one fit at the chosen λ: the kernel matrix and one Cholesky (the grid search
     // multiplies it by the grid size for every method alike)
     let fit_s = start.elapsed().as_secs_f64() / EXACT_LAMBDAS.len() as f64;
@@ -260,9 +241,7 @@ fn run(mut args: Args) -> polysketch::Result<()> {
         args.exact_max = args.exact_max.min(3000);
     }
     if args.dims.is_empty() || args.dims.contains(&0) {
-        return Err(polysketch::Error::Config(
-            "--dims needs positive feature counts".into(),
-        ));
+        return Err(polysketch::Error::Config("--dims needs positive feature counts".into()));
     }
     let par = Par::rayon(0);
     let s = load(&args, if args.quick { 8000 } else { 40_000 })?;
@@ -308,13 +287,8 @@ fn run(mut args: Args) -> polysketch::Result<()> {
         }
         bar.set_message(format!("nystrom D = {dim}"));
         let start = Instant::now();
-        let ny = Nystrom::fit(
-            kernel,
-            s.train.0.as_ref(),
-            dim.min(s.train.0.nrows()),
-            args.seed,
-            par,
-        )?;
+        let ny =
+            Nystrom::fit(kernel, s.train.0.as_ref(), dim.min(s.train.0.nrows()), args.seed, par)?;
         let setup_s = start.elapsed().as_secs_f64();
         let featurize = |x: MatRef<'_, f64>| ny.transform(x, par);
         let row = feature_method("nystrom", ny.dim(), &featurize, setup_s, &s, par)?;
@@ -337,34 +311,22 @@ fn run(mut args: Args) -> polysketch::Result<()> {
         })
         .unwrap_or(FeatureKind::Tree);
     let subset = Splits {
-        train: (
-            s.train.0.subrows(0, n_exact).to_owned(),
-            s.train.1[..n_exact].to_vec(),
-        ),
+        train: (s.train.0.subrows(0, n_exact).to_owned(), s.train.1[..n_exact].to_vec()),
         val: s.val.clone(),
         test: s.test.clone(),
         range: s.range,
     };
     let features = SketchFeatures::new(kernel, d, best_kind, top, args.seed)?;
     let featurize = |x: MatRef<'_, f64>| features.transform(x, par);
-    let mut same_rows = feature_method(
-        best_kind.name(),
-        features.dim(),
-        &featurize,
-        0.0,
-        &subset,
-        par,
-    )?;
+    let mut same_rows =
+        feature_method(best_kind.name(), features.dim(), &featurize, 0.0, &subset, par)?;
     same_rows.method = format!("{} ({n_exact} rows)", best_kind.name());
     print_row(&bar, &same_rows);
     bar.finish_and_clear();
 
     std::fs::create_dir_all(&args.out)?;
     let mut csv = String::from("method,D,rmse,r2,val_r2,fit_s,predict_s,peak_bytes,lambda\n");
-    for r in std::iter::once(&exact)
-        .chain(&rows)
-        .chain(std::iter::once(&same_rows))
-    {
+    for r in std::iter::once(&exact).chain(&rows).chain(std::iter::once(&same_rows)) {
         csv.push_str(&format!(
             "{},{},{:.6},{:.6},{:.6},{:.4},{:.4},{},{}\n",
             r.method,
@@ -404,22 +366,13 @@ fn run(mut args: Args) -> polysketch::Result<()> {
         log_x: true,
         log_y: false,
     };
-    line_plot(
-        &lines,
-        &[(exact.method.clone(), exact.rmse)],
-        &axes,
-        &svg_path,
-    )?;
+    line_plot(&lines, &[(exact.method.clone(), exact.rmse)], &axes, &svg_path)?;
     println!("wrote {} and {}", csv_path.display(), svg_path.display());
     // what the numbers say, computed from them
     let ratio = |a: f64, b: f64| a / b.max(f64::MIN_POSITIVE);
     let speed = |exact_s: f64, sketch_s: f64| {
         let r = ratio(exact_s, sketch_s);
-        if r >= 1.0 {
-            format!("{r:.1}x faster")
-        } else {
-            format!("{:.1}x slower", 1.0 / r)
-        }
+        if r >= 1.0 { format!("{r:.1}x faster") } else { format!("{:.1}x slower", 1.0 / r) }
     };
     println!(
         "same {n_exact} rows, {} at D = {}: R2 {:+.4} against exact, fit {}, {:.1}x less peak memory",
@@ -429,10 +382,8 @@ fn run(mut args: Args) -> polysketch::Result<()> {
         speed(exact.fit_s, same_rows.fit_s),
         ratio(exact.peak_bytes as f64, same_rows.peak_bytes as f64)
     );
-    if let Some(small) = rows
-        .iter()
-        .filter(|r| r.method != "nystrom")
-        .min_by(|a, b| a.fit_s.total_cmp(&b.fit_s))
+    if let Some(small) =
+        rows.iter().filter(|r| r.method != "nystrom").min_by(|a, b| a.fit_s.total_cmp(&b.fit_s))
     {
         println!(
             "cheapest sketch ({} at D = {}, all {} rows): R2 {:+.4} against exact, fit {}, {:.0}x less peak memory",
@@ -444,15 +395,10 @@ fn run(mut args: Args) -> polysketch::Result<()> {
             ratio(exact.peak_bytes as f64, small.peak_bytes as f64)
         );
     }
-    if let Some(ny) = rows
-        .iter()
-        .filter(|r| r.method == "nystrom")
-        .max_by(|a, b| a.r2.total_cmp(&b.r2))
+    if let Some(ny) =
+        rows.iter().filter(|r| r.method == "nystrom").max_by(|a, b| a.r2.total_cmp(&b.r2))
     {
-        let sk = rows
-            .iter()
-            .filter(|r| r.method != "nystrom")
-            .max_by(|a, b| a.r2.total_cmp(&b.r2));
+        let sk = rows.iter().filter(|r| r.method != "nystrom").max_by(|a, b| a.r2.total_cmp(&b.r2));
         if let Some(sk) = sk {
             println!(
                 "best Nystrom R2 {:.4} with D = {}; best sketch R2 {:.4} with D = {} ({})",
@@ -469,11 +415,7 @@ fn run(mut args: Args) -> polysketch::Result<()> {
         .filter(|r| r.method != "nystrom" && r.dim.is_some_and(|d| d >= top * 9 / 10))
         .map(|r| r.r2)
         .fold(f64::MIN, f64::max);
-    let sketched = if best_top > f64::MIN {
-        format!("{best_top:.4}")
-    } else {
-        "na".into()
-    };
+    let sketched = if best_top > f64::MIN { format!("{best_top:.4}") } else { "na".into() };
     println!("r2 {:.4} {sketched}", exact.r2);
     Ok(())
 }

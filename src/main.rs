@@ -230,15 +230,15 @@ fn main() {
         Command::Sample(args) => sample(&args),
         Command::Eval(args) => eval(&args),
         Command::Task(args) => task(args),
-        Command::Bench {
-            what: Bench::Attention(args),
-        } => polysketch::bench::attention::run(&args).map_err(Into::into),
-        Command::Bench {
-            what: Bench::Train(args),
-        } => polysketch::bench::train::run(&args).map_err(Into::into),
-        Command::Bench {
-            what: Bench::Lowtri(args),
-        } => polysketch::bench::lowtri::run(&args).map_err(Into::into),
+        Command::Bench { what: Bench::Attention(args) } => {
+            polysketch::bench::attention::run(&args).map_err(Into::into)
+        }
+        Command::Bench { what: Bench::Train(args) } => {
+            polysketch::bench::train::run(&args).map_err(Into::into)
+        }
+        Command::Bench { what: Bench::Lowtri(args) } => {
+            polysketch::bench::lowtri::run(&args).map_err(Into::into)
+        }
     };
     if let Err(e) = result {
         eprintln!("error: {e}");
@@ -262,9 +262,7 @@ fn quiet_on_closed_pipe() {
 fn set_threads(threads: Option<usize>) -> polysketch::Result<()> {
     let Some(t) = threads else { return Ok(()) };
     if t == 0 {
-        return Err(polysketch::Error::Config(
-            "--threads must be at least 1".into(),
-        ));
+        return Err(polysketch::Error::Config("--threads must be at least 1".into()));
     }
     rayon::ThreadPoolBuilder::new()
         .num_threads(t)
@@ -276,9 +274,7 @@ fn set_threads(threads: Option<usize>) -> polysketch::Result<()> {
 /// library's default model and run (`GptConfig::default()`/`RunConfig::default()` for `train`,
 /// `GptConfig::task`/`RunConfig::task` for `task`).
 fn configs(
-    m: &ModelArgs,
-    model: GptConfig,
-    mut run: run::RunConfig,
+    m: &ModelArgs, model: GptConfig, mut run: run::RunConfig,
 ) -> polysketch::Result<(GptConfig, run::RunConfig)> {
     let AttentionKind::PolySketch(sketch) = model.attention else {
         unreachable!("the default models use PolySketch attention")
@@ -327,26 +323,16 @@ fn configs(
 fn train(args: TrainArgs) -> polysketch::Result<()> {
     let m = &args.model;
     if args.eval_batches == 0 {
-        return Err(polysketch::Error::Config(
-            "--eval-batches must be at least 1".into(),
-        ));
+        return Err(polysketch::Error::Config("--eval-batches must be at least 1".into()));
     }
     let data = args.data.clone().unwrap_or_else(run::default_data);
-    let source = run::Source::Text {
-        path: data,
-        val_fraction: 0.1,
-    };
-    let defaults = run::RunConfig {
-        source,
-        eval_batches: args.eval_batches,
-        ..run::RunConfig::default()
-    };
+    let source = run::Source::Text { path: data, val_fraction: 0.1 };
+    let defaults =
+        run::RunConfig { source, eval_batches: args.eval_batches, ..run::RunConfig::default() };
     let (model, mut cfg) = configs(m, GptConfig::default(), defaults)?;
     cfg.tokenizer = match args.tokenizer.as_str() {
         "bytes" => TokenizerSpec::Bytes,
-        "bpe" => TokenizerSpec::Bpe {
-            vocab: args.bpe_vocab,
-        },
+        "bpe" => TokenizerSpec::Bpe { vocab: args.bpe_vocab },
         other => {
             return Err(polysketch::Error::Config(format!(
                 "unknown tokenizer {other:?} (bytes, bpe)"
@@ -360,14 +346,7 @@ fn train(args: TrainArgs) -> polysketch::Result<()> {
             .map_or_else(|| PathBuf::from("."), |p| p.to_path_buf()),
         (None, None) => run::new_run_dir("train"),
     };
-    let s = run::train(
-        model,
-        cfg,
-        &out,
-        args.resume.as_deref(),
-        m.stop_after,
-        m.quiet,
-    )?;
+    let s = run::train(model, cfg, &out, args.resume.as_deref(), m.stop_after, m.quiet)?;
     println!(
         "{} ({} parameters, {}): step {}, validation loss {:.4}, perplexity {:.2}, {:.0} tokens/s",
         out.display(),
@@ -378,10 +357,7 @@ fn train(args: TrainArgs) -> polysketch::Result<()> {
         s.val_loss.exp(),
         s.tokens_per_s
     );
-    println!(
-        "wrote {0}/checkpoint, {0}/metrics.csv, {0}/loss.svg",
-        out.display()
-    );
+    println!("wrote {0}/checkpoint, {0}/metrics.csv, {0}/loss.svg", out.display());
     if args.sample_len > 0 {
         let text = run::generate(&s.model, &s.tokenizer, "\n", args.sample_len, 0.8, 0)?;
         println!("--- sample ---\n{text}\n---");
@@ -402,23 +378,15 @@ fn sample(args: &SampleArgs) -> polysketch::Result<()> {
             "sample needs a text (byte) model, not a task model".into(),
         ));
     }
-    let text = run::generate(
-        &model,
-        &tokenizer,
-        &args.prompt,
-        args.tokens,
-        args.temperature,
-        args.seed,
-    )?;
+    let text =
+        run::generate(&model, &tokenizer, &args.prompt, args.tokens, args.temperature, args.seed)?;
     println!("{}{text}", args.prompt);
     Ok(())
 }
 
 fn eval(args: &EvalArgs) -> polysketch::Result<()> {
     if args.batches == 0 {
-        return Err(polysketch::Error::Config(
-            "--batches must be at least 1".into(),
-        ));
+        return Err(polysketch::Error::Config("--batches must be at least 1".into()));
     }
     let r = run::eval(&args.checkpoint, args.data.as_deref(), args.batches)?;
     println!(
@@ -444,26 +412,14 @@ fn task(args: TaskArgs) -> polysketch::Result<()> {
         }
     };
     let m = &args.model;
-    let source = run::Source::Task {
-        task,
-        held_out: args.held_out,
-    };
-    let defaults = run::RunConfig {
-        source,
-        ..run::RunConfig::task(task)
-    };
+    let source = run::Source::Task { task, held_out: args.held_out };
+    let defaults = run::RunConfig { source, ..run::RunConfig::task(task) };
     let (model, mut cfg) = configs(m, GptConfig::task(task.vocab()), defaults)?;
     if !(0.0..=1.0).contains(&args.until) {
-        return Err(polysketch::Error::Config(format!(
-            "--until {} must be in [0, 1]",
-            args.until
-        )));
+        return Err(polysketch::Error::Config(format!("--until {} must be in [0, 1]", args.until)));
     }
     cfg.stop_at_accuracy = (args.until > 0.0).then_some(args.until);
-    let out = m
-        .out
-        .clone()
-        .unwrap_or_else(|| run::new_run_dir(&format!("task-{}", args.task)));
+    let out = m.out.clone().unwrap_or_else(|| run::new_run_dir(&format!("task-{}", args.task)));
     let s = run::train(model, cfg, &out, None, m.stop_after, m.quiet)?;
     println!(
         "{} {}: step {}, held-out loss {:.4}, {}",
@@ -471,9 +427,7 @@ fn task(args: TaskArgs) -> polysketch::Result<()> {
         model.attention.name(),
         s.step,
         s.val_loss,
-        s.solved_at.map_or("not solved (99 %)".into(), |t| format!(
-            "solved (99 %) at step {t}"
-        ))
+        s.solved_at.map_or("not solved (99 %)".into(), |t| format!("solved (99 %) at step {t}"))
     );
     println!("accuracy {:.4}", s.accuracy.unwrap_or(0.0));
     Ok(())

@@ -19,11 +19,7 @@ use crate::plot::{Axes, Line, line_plot, line_plot_capped};
 /// Resolves the default corpus: the path as given, else under the source tree.
 pub fn default_data() -> PathBuf {
     let here = PathBuf::from(DEFAULT_DATA);
-    if here.exists() {
-        here
-    } else {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_DATA)
-    }
+    if here.exists() { here } else { Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_DATA) }
 }
 
 /// Progress of a run: a bar on a terminal; one plain line per evaluation (step, loss,
@@ -67,20 +63,14 @@ impl Progress for Shown {
                 bar.set_message(format!(
                     "loss {:.4} val {} {:.0} tok/s",
                     r.loss,
-                    if r.val_loss.is_nan() {
-                        "-".into()
-                    } else {
-                        format!("{:.4}", r.val_loss)
-                    },
+                    if r.val_loss.is_nan() { "-".into() } else { format!("{:.4}", r.val_loss) },
                     r.tokens_per_s
                 ));
                 bar.inc(1);
             }
             Shown::Lines if r.evaluated.is_some() => {
                 let left = r.elapsed / (r.step - r.start) as f64 * (r.end - r.step) as f64;
-                let acc = r
-                    .accuracy
-                    .map_or(String::new(), |a| format!(", accuracy {a:.4}"));
+                let acc = r.accuracy.map_or(String::new(), |a| format!(", accuracy {a:.4}"));
                 eprintln!(
                     "step {}/{}: loss {:.4}, val {:.4}{acc}, {:.0} tokens/s, elapsed {}, eta {}",
                     r.step,
@@ -109,12 +99,8 @@ impl Progress for Shown {
 /// # Errors
 /// Those of the run; a plot that cannot be written.
 pub fn train(
-    model_config: GptConfig,
-    run: RunConfig,
-    out: &Path,
-    resume: Option<&Path>,
-    stop_after: Option<usize>,
-    quiet: bool,
+    model_config: GptConfig, run: RunConfig, out: &Path, resume: Option<&Path>,
+    stop_after: Option<usize>, quiet: bool,
 ) -> Result<RunSummary> {
     let mut shown = Shown::new(quiet);
     let summary =
@@ -144,29 +130,15 @@ fn plot_losses(csv: &str, path: &Path) -> Result<()> {
         }
     }
     let lines = vec![
-        Line {
-            name: "train".into(),
-            points: train,
-            ..Line::default()
-        },
-        Line {
-            name: "validation".into(),
-            points: val,
-            ..Line::default()
-        },
+        Line { name: "train".into(), points: train, ..Line::default() },
+        Line { name: "validation".into(), points: val, ..Line::default() },
     ];
     // the first steps fall fast from the initial loss and would squash the rest: the axis ends
     // at the lowest loss plus three times the distance from it to the median training loss
     let mut sorted: Vec<f64> = lines[0].points.iter().map(|p| p.1).collect();
     sorted.sort_by(f64::total_cmp);
-    let lo = lines
-        .iter()
-        .flat_map(|l| &l.points)
-        .map(|p| p.1)
-        .fold(f64::INFINITY, f64::min);
-    let y_cap = sorted
-        .get(sorted.len() / 2)
-        .map(|median| lo + 3.0 * (median - lo).max(0.05));
+    let lo = lines.iter().flat_map(|l| &l.points).map(|p| p.1).fold(f64::INFINITY, f64::min);
+    let y_cap = sorted.get(sorted.len() / 2).map(|median| lo + 3.0 * (median - lo).max(0.05));
     let title = match y_cap {
         Some(c) if sorted.last().is_some_and(|&m| m > c) => {
             format!("loss (first steps above {c:.2} cut off)")
@@ -204,11 +176,7 @@ pub fn plot_runs(runs: &[(String, PathBuf)], title: &str, path: &Path) -> Result
                 Some((f[0].parse().ok()?, f[3].parse().ok()?))
             })
             .collect();
-        lines.push(Line {
-            name: name.clone(),
-            points,
-            ..Line::default()
-        });
+        lines.push(Line { name: name.clone(), points, ..Line::default() });
     }
     Ok(line_plot(
         &lines,

@@ -77,15 +77,7 @@ fn training_into_a_log_prints_a_line_per_evaluation_and_run_folders_work_as_chec
             out.contains("over 1 batches") && out.contains("training evaluated over 1"),
             "{out}"
         );
-        let o = run(&[
-            "sample",
-            "--checkpoint",
-            ckpt,
-            "--tokens",
-            "8",
-            "--prompt",
-            "The",
-        ]);
+        let o = run(&["sample", "--checkpoint", ckpt, "--tokens", "8", "--prompt", "The"]);
         assert!(o.status.success(), "sample {ckpt}: {}", text(&o.stderr));
         assert!(text(&o.stdout).starts_with("The") && o.stdout.ends_with(b"\n"));
     }
@@ -106,16 +98,7 @@ fn training_into_a_log_prints_a_line_per_evaluation_and_run_folders_work_as_chec
 fn a_closed_pipe_ends_the_program_quietly() {
     // `polysketch bench attention … | head -1`
     let mut child = program()
-        .args([
-            "bench",
-            "attention",
-            "--n",
-            "64,128",
-            "--heads",
-            "1",
-            "--reps",
-            "1",
-        ])
+        .args(["bench", "attention", "--n", "64,128", "--heads", "1", "--reps", "1"])
         .args(["--threads", "1", "--out"])
         .arg(scratch("pipe"))
         .stdout(Stdio::piped())
@@ -123,31 +106,22 @@ fn a_closed_pipe_ends_the_program_quietly() {
         .spawn()
         .expect("the program starts");
     let mut first = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap();
     assert!(first.starts_with("causal attention"), "{first}");
     // the reader is dropped: the pipe is closed
     let o = child.wait_with_output().unwrap();
     let err = text(&o.stderr);
-    assert!(
-        !err.contains("panicked") && !err.contains("Broken pipe"),
-        "{err}"
-    );
+    assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{err}");
 }
 
 #[test]
 fn bad_thread_counts_and_batch_counts_are_refused() {
-    for args in [
-        &["--threads", "0", "bench", "attention"][..],
-        &["train", "--eval-batches", "0"][..],
-    ] {
+    for args in
+        [&["--threads", "0", "bench", "attention"][..], &["train", "--eval-batches", "0"][..]]
+    {
         let o = run(args);
         let err = text(&o.stderr);
         assert!(!o.status.success(), "{args:?}");
-        assert!(
-            err.starts_with("error:") && err.contains("at least 1"),
-            "{args:?}: {err}"
-        );
+        assert!(err.starts_with("error:") && err.contains("at least 1"), "{args:?}: {err}");
     }
 }

@@ -9,15 +9,7 @@ use polysketch::gpt::{AttentionKind, Decay, GptConfig, TrainConfig};
 use polysketch::run::{self, RunConfig, Source};
 
 fn tiny(attention: AttentionKind, vocab: usize) -> GptConfig {
-    GptConfig {
-        vocab,
-        context: 32,
-        d_model: 16,
-        layers: 2,
-        heads: 2,
-        attention,
-        seed: 3,
-    }
+    GptConfig { vocab, context: 32, d_model: 16, layers: 2, heads: 2, attention, seed: 3 }
 }
 
 fn run_config(source: Source, steps: usize) -> RunConfig {
@@ -45,10 +37,7 @@ fn run_config(source: Source, steps: usize) -> RunConfig {
 }
 
 fn text_source() -> Source {
-    Source::Text {
-        path: run::default_data(),
-        val_fraction: 0.1,
-    }
+    Source::Text { path: run::default_data(), val_fraction: 0.1 }
 }
 
 fn scratch(name: &str) -> PathBuf {
@@ -99,11 +88,7 @@ fn a_resumed_run_reproduces_the_uninterrupted_one() {
     let g1 = run::generate(&model, &tok, "Emma", 40, 0.8, 1).unwrap();
     assert_eq!(g1, run::generate(&model, &tok, "Emma", 40, 0.8, 1).unwrap());
     let run::EvalReport { loss, tokens, .. } = run::eval(&a.join("checkpoint"), None, 2).unwrap();
-    assert!(
-        (loss - full.val_loss).abs() < 1e-9,
-        "{loss} vs {}",
-        full.val_loss
-    );
+    assert!((loss - full.val_loss).abs() < 1e-9, "{loss} vs {}", full.val_loss);
     assert_eq!(tokens, 2 * 4 * 32);
     for d in [a, b] {
         let _ = std::fs::remove_dir_all(d);
@@ -114,15 +99,7 @@ fn a_resumed_run_reproduces_the_uninterrupted_one() {
 fn missing_and_corrupt_checkpoints_get_errors() {
     let dir = scratch("corrupt");
     let cfg = run_config(text_source(), 2);
-    run::train(
-        tiny(AttentionKind::Softmax, 256),
-        cfg,
-        &dir,
-        None,
-        None,
-        true,
-    )
-    .unwrap();
+    run::train(tiny(AttentionKind::Softmax, 256), cfg, &dir, None, None, true).unwrap();
     let ckpt = dir.join("checkpoint");
     let load = |p: &Path| polysketch::gpt::checkpoint::load(p, None).map(|_| ());
     assert!(load(&dir.join("nothing")).is_err());
@@ -146,10 +123,7 @@ fn missing_and_corrupt_checkpoints_get_errors() {
 #[test]
 fn task_runs_report_exact_accuracy() {
     let dir = scratch("task");
-    let source = Source::Task {
-        task: Task::Induction,
-        held_out: 16,
-    };
+    let source = Source::Task { task: Task::Induction, held_out: 16 };
     let cfg = run_config(source, 3);
     let model = tiny(AttentionKind::Softmax, Task::Induction.vocab());
     let s = run::train(model, cfg.clone(), &dir, None, None, true).unwrap();
@@ -173,15 +147,7 @@ fn a_bpe_run_trains_its_tokenizer_and_keeps_it_in_the_checkpoint() {
     let dir = scratch("bpe");
     let mut cfg = run_config(text_source(), 2);
     cfg.tokenizer = TokenizerSpec::Bpe { vocab: 400 };
-    let s = run::train(
-        tiny(AttentionKind::Softmax, 256),
-        cfg,
-        &dir,
-        None,
-        None,
-        true,
-    )
-    .unwrap();
+    let s = run::train(tiny(AttentionKind::Softmax, 256), cfg, &dir, None, None, true).unwrap();
     assert!(s.val_loss.is_finite());
     let (meta, model, tok) = run::load_model(&dir.join("checkpoint")).unwrap();
     assert_eq!(meta.tokenizer, "bpe");

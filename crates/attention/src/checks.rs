@@ -24,11 +24,7 @@ pub(crate) fn shape_of(config: &AttentionConfig, batch: usize, n: usize) -> Stri
 
 /// Checks that `q`, `k`, `v` are `[batch, heads, n, h]` and finite; returns their length.
 pub(crate) fn check_qkv<T: Scalar>(
-    op: &'static str,
-    config: &AttentionConfig,
-    [q, k, v]: [&[T]; 3],
-    batch: usize,
-    n: usize,
+    op: &'static str, config: &AttentionConfig, [q, k, v]: [&[T]; 3], batch: usize, n: usize,
 ) -> Result<usize> {
     let total = batch * config.heads * n * config.head_dim;
     for (name, x) in [("q", q), ("k", k), ("v", v)] {
@@ -39,28 +35,16 @@ pub(crate) fn check_qkv<T: Scalar>(
 }
 
 pub(crate) fn check_len<T>(
-    op: &'static str,
-    input: &'static str,
-    x: &[T],
-    expected: usize,
-    shape: String,
+    op: &'static str, input: &'static str, x: &[T], expected: usize, shape: String,
 ) -> Result<()> {
     if x.len() != expected {
-        return Err(AttentionError::ShapeMismatch {
-            op,
-            input,
-            expected,
-            got: x.len(),
-            shape,
-        });
+        return Err(AttentionError::ShapeMismatch { op, input, expected, got: x.len(), shape });
     }
     Ok(())
 }
 
 pub(crate) fn check_finite<T: Scalar>(
-    op: &'static str,
-    input: &'static str,
-    x: &[T],
+    op: &'static str, input: &'static str, x: &[T],
 ) -> Result<()> {
     if polysketch_core::all_finite(x) {
         return Ok(());
@@ -79,10 +63,7 @@ pub(crate) fn head_matrix<T>(x: &[T], idx: usize, n: usize, h: usize) -> MatRef<
 /// Checks that what a forward keeps for `batch` sequences of `n` tokens stays under
 /// [`MAX_STATE_BYTES`], estimated before anything is allocated.
 pub(crate) fn check_state_bytes<T>(
-    op: &'static str,
-    config: &AttentionConfig,
-    batch: usize,
-    n: usize,
+    op: &'static str, config: &AttentionConfig, batch: usize, n: usize,
 ) -> Result<()> {
     let (heads, h) = (config.heads, config.head_dim);
     // what the forward keeps per token and head
@@ -110,11 +91,7 @@ pub(crate) fn check_state_bytes<T>(
     };
     let bytes = (batch * heads) as u128 * n as u128 * per_token as u128 * size_of::<T>() as u128;
     if bytes > MAX_STATE_BYTES {
-        return Err(AttentionError::TooLarge {
-            op,
-            bytes,
-            limit: MAX_STATE_BYTES,
-        });
+        return Err(AttentionError::TooLarge { op, bytes, limit: MAX_STATE_BYTES });
     }
     Ok(())
 }

@@ -78,11 +78,7 @@ impl Attention<f32> {
     /// [`AttentionError::InvalidConfig`] for kinds the device does not run (polynomial,
     /// softmax); [`AttentionError::Gpu`] if the upload fails.
     pub fn to_device<R: Runtime>(&self, gpu: &Gpu<R>) -> Result<DeviceAttention<R>> {
-        let AttentionConfig {
-            heads,
-            head_dim,
-            kind,
-        } = self.config;
+        let AttentionConfig { heads, head_dim, kind } = self.config;
         let AttentionKind::PolySketch(c) = kind else {
             return Err(AttentionError::InvalidConfig(format!(
                 "Attention::to_device: the device runs PolySketch attention; {kind:?} runs on the \
@@ -121,14 +117,8 @@ impl Attention<f32> {
                 });
             }
         };
-        let config = PolySketchGpuConfig {
-            heads,
-            head_dim,
-            p: c.p,
-            r: c.r,
-            block: c.block,
-            local: c.local,
-        };
+        let config =
+            PolySketchGpuConfig { heads, head_dim, p: c.p, r: c.r, block: c.block, local: c.local };
         let layer = PolySketchGpu::new(gpu, config, &self.ln_gain, &self.ln_bias, weights)?;
         Ok(DeviceAttention {
             gpu: gpu.clone(),
@@ -158,12 +148,7 @@ impl<R: Runtime> DeviceAttention<R> {
     /// [`AttentionError::ShapeMismatch`], [`AttentionError::NonFinite`];
     /// [`AttentionError::Gpu`] past the kernels' limits or on a device failure.
     pub fn forward(
-        &self,
-        q: &[f32],
-        k: &[f32],
-        v: &[f32],
-        batch: usize,
-        n: usize,
+        &self, q: &[f32], k: &[f32], v: &[f32], batch: usize, n: usize,
     ) -> Result<(Vec<f32>, DeviceSaved<R>)> {
         const OP: &str = "DeviceAttention::forward";
         check_positive(OP, batch, n)?;
@@ -180,12 +165,7 @@ impl<R: Runtime> DeviceAttention<R> {
     /// As [`forward`](Self::forward), except that values are not checked for finiteness
     /// (they would have to be read back).
     pub fn forward_buffers<E: Float + CubeElement>(
-        &self,
-        q: &Buffer<R, E>,
-        k: &Buffer<R, E>,
-        v: &Buffer<R, E>,
-        batch: usize,
-        n: usize,
+        &self, q: &Buffer<R, E>, k: &Buffer<R, E>, v: &Buffer<R, E>, batch: usize, n: usize,
     ) -> Result<(Buffer<R, E>, DeviceSaved<R>)> {
         check_positive("DeviceAttention::forward", batch, n)?;
         let (out, inner) = self.layer.forward(&self.gpu, q, k, v, batch, n)?;
@@ -220,15 +200,8 @@ impl<R: Runtime> DeviceAttention<R> {
     /// As [`backward`](Self::backward), without the finiteness check.
     #[allow(clippy::type_complexity)]
     pub fn backward_buffers<E: Float + CubeElement>(
-        &self,
-        saved: &DeviceSaved<R>,
-        d_out: &Buffer<R, E>,
-    ) -> Result<(
-        Buffer<R, E>,
-        Buffer<R, E>,
-        Buffer<R, E>,
-        Vec<(String, Vec<f32>)>,
-    )> {
+        &self, saved: &DeviceSaved<R>, d_out: &Buffer<R, E>,
+    ) -> Result<(Buffer<R, E>, Buffer<R, E>, Buffer<R, E>, Vec<(String, Vec<f32>)>)> {
         let g = self.layer.backward(&self.gpu, &saved.inner, d_out)?;
         let values = [g.d_gain, g.d_bias].into_iter().chain(g.d_sketch);
         let params = self.names.iter().cloned().zip(values).collect();

@@ -22,9 +22,7 @@ pub(crate) fn normalise<T: Scalar, A: Scalar>(raw: &[A], out: &mut [T]) -> A {
     let h = out.len();
     let den = A::one() + raw[h];
     let inv = A::one() / den;
-    out.iter_mut()
-        .zip(&raw[..h])
-        .for_each(|(o, x)| *o = T::of((*x * inv).as_f64()));
+    out.iter_mut().zip(&raw[..h]).for_each(|(o, x)| *o = T::of((*x * inv).as_f64()));
     den
 }
 
@@ -35,10 +33,7 @@ fn add_assign<T: Scalar>(dst: MatMut<'_, T>, src: MatRef<'_, T>) {
 /// The lowtri problem of one head: self-tensored features, exact local blocks if asked.
 fn problem<'a, T: Scalar>(c: &PolySketchConfig, s: &'a HeadSaved<T>) -> Problem<'a, T> {
     if c.local {
-        let features = Features::SelfTensored {
-            l: s.l.as_ref(),
-            r: s.r.as_ref(),
-        };
+        let features = Features::SelfTensored { l: s.l.as_ref(), r: s.r.as_ref() };
         Problem::local_exact(features, s.qt.as_ref(), s.kt.as_ref(), c.p, s.c.as_ref())
     } else {
         Problem::self_tensored(s.l.as_ref(), s.r.as_ref(), s.c.as_ref())
@@ -47,28 +42,18 @@ fn problem<'a, T: Scalar>(c: &PolySketchConfig, s: &'a HeadSaved<T>) -> Problem<
 
 /// Runs `f` on every head, in parallel under `Par::Rayon`.
 fn each_head<T: Scalar, R: Send>(
-    heads: &mut [HeadSaved<T>],
-    par: Par,
-    f: impl Fn(usize, &mut HeadSaved<T>) -> R + Sync + Send,
+    heads: &mut [HeadSaved<T>], par: Par, f: impl Fn(usize, &mut HeadSaved<T>) -> R + Sync + Send,
 ) -> Vec<R> {
     match par {
         Par::Seq => heads.iter_mut().enumerate().map(|(i, s)| f(i, s)).collect(),
-        Par::Rayon(_) => heads
-            .par_iter_mut()
-            .enumerate()
-            .map(|(i, s)| f(i, s))
-            .collect(),
+        Par::Rayon(_) => heads.par_iter_mut().enumerate().map(|(i, s)| f(i, s)).collect(),
     }
 }
 
 impl<T: Scalar> Attention<T> {
     /// Kernel (PolySketch or exact polynomial) forward of every head.
     pub(crate) fn kernel_forward(
-        &self,
-        views: &[HeadViews<'_, T>],
-        out: &mut [T],
-        saved: &mut Saved<T>,
-        par: Par,
+        &self, views: &[HeadViews<'_, T>], out: &mut [T], saved: &mut Saved<T>, par: Par,
     ) -> Result<()> {
         let (h, count, n) = (self.config.head_dim, views.len(), views[0].q.nrows());
         let scale = self.scale();
@@ -132,10 +117,7 @@ impl<T: Scalar> Attention<T> {
                 let row = s.c.row_mut(i);
                 match x.v.row(i).try_as_row_major() {
                     Some(v) => row[..h].copy_from_slice(v.as_slice()),
-                    None => row[..h]
-                        .iter_mut()
-                        .enumerate()
-                        .for_each(|(j, c)| *c = x.v[(i, j)]),
+                    None => row[..h].iter_mut().enumerate().for_each(|(j, c)| *c = x.v[(i, j)]),
                 }
                 row[h] = T::one();
             }
@@ -152,21 +134,10 @@ impl<T: Scalar> Attention<T> {
                 let (problems, outs): (Vec<Problem<'_, T>>, Vec<MatMut<'_, T>>) = heads
                     .iter_mut()
                     .map(|s| {
-                        let HeadSaved {
-                            l,
-                            r,
-                            qt,
-                            kt,
-                            c: cm,
-                            raw,
-                            ..
-                        } = s;
+                        let HeadSaved { l, r, qt, kt, c: cm, raw, .. } = s;
                         let problem = if c.local {
                             Problem::local_exact(
-                                Features::SelfTensored {
-                                    l: l.as_ref(),
-                                    r: r.as_ref(),
-                                },
+                                Features::SelfTensored { l: l.as_ref(), r: r.as_ref() },
                                 qt.as_ref(),
                                 kt.as_ref(),
                                 c.p,
@@ -186,14 +157,8 @@ impl<T: Scalar> Attention<T> {
                 let mut raws: Vec<MatMut<'_, T>> = Vec::with_capacity(count);
                 let mut pv = Vec::with_capacity(count);
                 for s in heads.iter_mut() {
-                    let HeadSaved {
-                        qt, kt, c: cm, raw, ..
-                    } = s;
-                    pv.push(PolyViews {
-                        q: qt.as_ref(),
-                        k: kt.as_ref(),
-                        c: cm.as_ref(),
-                    });
+                    let HeadSaved { qt, kt, c: cm, raw, .. } = s;
+                    pv.push(PolyViews { q: qt.as_ref(), k: kt.as_ref(), c: cm.as_ref() });
                     raws.push(raw.as_mut());
                 }
                 for (idx, m) in raws.into_iter().enumerate() {
@@ -232,11 +197,7 @@ impl<T: Scalar> Attention<T> {
 
     /// Kernel (PolySketch or exact polynomial) backward of every head.
     pub(crate) fn kernel_backward(
-        &self,
-        heads: &mut [HeadSaved<T>],
-        core: &mut Core<T>,
-        d_out: &[T],
-        grads: &mut Grads<T>,
+        &self, heads: &mut [HeadSaved<T>], core: &mut Core<T>, d_out: &[T], grads: &mut Grads<T>,
         par: Par,
     ) -> Result<()> {
         let (h, n) = (self.config.head_dim, heads[0].out.nrows());
@@ -248,11 +209,8 @@ impl<T: Scalar> Attention<T> {
             for i in 0..n {
                 let d = &d_out[(idx * n + i) * h..(idx * n + i + 1) * h];
                 let inv = T::one() / s.den[i];
-                let dden = -d
-                    .iter()
-                    .zip(s.out.row(i))
-                    .fold(T::zero(), |acc, (a, b)| acc + *a * *b)
-                    * inv;
+                let dden =
+                    -d.iter().zip(s.out.row(i)).fold(T::zero(), |acc, (a, b)| acc + *a * *b) * inv;
                 let row = s.draw.row_mut(i);
                 row[..h].iter_mut().zip(d).for_each(|(r, d)| *r = *d * inv);
                 row[h] = dden;
@@ -316,22 +274,9 @@ impl<T: Scalar> Attention<T> {
                 let mut key_tasks = Vec::new();
                 let mut query_tasks = Vec::new();
                 for (idx, s) in heads.iter_mut().enumerate() {
-                    let HeadSaved {
-                        qt,
-                        kt,
-                        c: cm,
-                        draw,
-                        dqt,
-                        dkt,
-                        dc,
-                        ..
-                    } = s;
+                    let HeadSaved { qt, kt, c: cm, draw, dqt, dkt, dc, .. } = s;
                     views.push((
-                        PolyViews {
-                            q: qt.as_ref(),
-                            k: kt.as_ref(),
-                            c: cm.as_ref(),
-                        },
+                        PolyViews { q: qt.as_ref(), k: kt.as_ref(), c: cm.as_ref() },
                         draw.as_ref(),
                     ));
                     for (t, (k, c)) in row_blocks(dkt.as_mut(), TILE)
@@ -413,12 +358,7 @@ impl<T: Scalar> Attention<T> {
                     t.iter_mut().zip(g).for_each(|(a, b)| *a += *b);
                 }
             }
-            grads.params.extend(
-                ls.parameters()
-                    .into_iter()
-                    .zip(total)
-                    .map(|(p, g)| (p.name, g)),
-            );
+            grads.params.extend(ls.parameters().into_iter().zip(total).map(|(p, g)| (p.name, g)));
         }
         Ok(())
     }

@@ -39,14 +39,7 @@ pub struct PolySketchConfig {
 
 impl Default for PolySketchConfig {
     fn default() -> Self {
-        Self {
-            p: 4,
-            r: 32,
-            block: 256,
-            sketch: SketchKind::Random,
-            local: false,
-            seed: 0,
-        }
+        Self { p: 4, r: 32, block: 256, sketch: SketchKind::Random, local: false, seed: 0 }
     }
 }
 
@@ -100,16 +93,8 @@ pub enum AttentionKind {
 #[serde(tag = "kind", rename_all = "snake_case")]
 enum Wire {
     Softmax,
-    Polynomial {
-        p: usize,
-    },
-    Polysketch {
-        p: usize,
-        r: usize,
-        block: usize,
-        learned: bool,
-        local: bool,
-    },
+    Polynomial { p: usize },
+    Polysketch { p: usize, r: usize, block: usize, learned: bool, local: bool },
 }
 
 impl From<AttentionKind> for Wire {
@@ -133,24 +118,16 @@ impl From<Wire> for AttentionKind {
         match w {
             Wire::Softmax => AttentionKind::Softmax,
             Wire::Polynomial { p } => AttentionKind::Polynomial { p },
-            Wire::Polysketch {
-                p,
-                r,
-                block,
-                learned,
-                local,
-            } => AttentionKind::PolySketch(PolySketchConfig {
-                p,
-                r,
-                block,
-                local,
-                sketch: if learned {
-                    SketchKind::Learned
-                } else {
-                    SketchKind::Random
-                },
-                seed: 0,
-            }),
+            Wire::Polysketch { p, r, block, learned, local } => {
+                AttentionKind::PolySketch(PolySketchConfig {
+                    p,
+                    r,
+                    block,
+                    local,
+                    sketch: if learned { SketchKind::Learned } else { SketchKind::Random },
+                    seed: 0,
+                })
+            }
         }
     }
 }
@@ -162,11 +139,7 @@ impl AttentionKind {
     /// PolySketch with the given sketch and local blocks, other options at their defaults
     /// (p = 4, r = 32, b = 256, seed 0).
     pub fn polysketch(sketch: SketchKind, local: bool) -> Self {
-        AttentionKind::PolySketch(PolySketchConfig {
-            sketch,
-            local,
-            ..PolySketchConfig::default()
-        })
+        AttentionKind::PolySketch(PolySketchConfig { sketch, local, ..PolySketchConfig::default() })
     }
 
     /// The same kind with the PolySketch seed set to `seed` (other kinds have none).
@@ -190,9 +163,7 @@ impl AttentionKind {
             AttentionKind::Softmax => Ok(()),
             AttentionKind::Polynomial { p } => {
                 if p == 0 || !p.is_multiple_of(2) || p > 64 {
-                    return bad(format!(
-                        "polynomial attention needs an even p in 2..=64, got {p}"
-                    ));
+                    return bad(format!("polynomial attention needs an even p in 2..=64, got {p}"));
                 }
                 Ok(())
             }
@@ -210,10 +181,7 @@ impl AttentionKind {
                     ));
                 }
                 if c.r == 0 || c.block == 0 {
-                    return bad(format!(
-                        "r ({}) and block ({}) must be at least 1",
-                        c.r, c.block
-                    ));
+                    return bad(format!("r ({}) and block ({}) must be at least 1", c.r, c.block));
                 }
                 Ok(())
             }
@@ -240,11 +208,9 @@ impl AttentionKind {
         match *self {
             AttentionKind::Softmax => "softmax".into(),
             AttentionKind::Polynomial { p } => format!("polynomial p={p}"),
-            AttentionKind::PolySketch(c) => format!(
-                "polysketch {}{}",
-                word(c.sketch),
-                if c.local { "+local" } else { "" }
-            ),
+            AttentionKind::PolySketch(c) => {
+                format!("polysketch {}{}", word(c.sketch), if c.local { "+local" } else { "" })
+            }
         }
     }
 
@@ -302,9 +268,7 @@ impl AttentionKind {
                 .split_once('=')
                 .ok_or_else(|| bad(format!("attention option {opt:?} is not key=value")))?;
             let value: usize = value.trim().parse().map_err(|_| {
-                bad(format!(
-                    "attention option {key}: {value:?} is not a whole number"
-                ))
+                bad(format!("attention option {key}: {value:?} is not a whole number"))
             })?;
             match (word, key.trim()) {
                 ("polynomial", "p") => poly_p = value,
@@ -317,14 +281,12 @@ impl AttentionKind {
         let kind = match (word, head.ends_with("+local")) {
             ("softmax", false) => AttentionKind::Softmax,
             ("polynomial", false) => AttentionKind::Polynomial { p: poly_p },
-            ("random", _) => AttentionKind::PolySketch(PolySketchConfig {
-                sketch: SketchKind::Random,
-                ..c
-            }),
-            ("learned", _) => AttentionKind::PolySketch(PolySketchConfig {
-                sketch: SketchKind::Learned,
-                ..c
-            }),
+            ("random", _) => {
+                AttentionKind::PolySketch(PolySketchConfig { sketch: SketchKind::Random, ..c })
+            }
+            ("learned", _) => {
+                AttentionKind::PolySketch(PolySketchConfig { sketch: SketchKind::Learned, ..c })
+            }
             _ => {
                 return Err(bad(format!(
                     "unknown attention kind {head:?} (one of: {WORDS}, with options as in \

@@ -48,9 +48,7 @@ pub struct Attention<T: Scalar> {
 
 impl<T: Scalar> core::fmt::Debug for Attention<T> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Attention")
-            .field("config", &self.config)
-            .finish()
+        f.debug_struct("Attention").field("config", &self.config).finish()
     }
 }
 
@@ -111,16 +109,8 @@ impl<T: Scalar> Attention<T> {
         }
         let h = self.config.head_dim;
         let mut out = vec![
-            Param {
-                name: "ln.gain".into(),
-                shape: vec![h],
-                data: &self.ln_gain,
-            },
-            Param {
-                name: "ln.bias".into(),
-                shape: vec![h],
-                data: &self.ln_bias,
-            },
+            Param { name: "ln.gain".into(), shape: vec![h], data: &self.ln_gain },
+            Param { name: "ln.bias".into(), shape: vec![h], data: &self.ln_bias },
         ];
         if let Some(l) = &self.learned {
             out.extend(l.parameters());
@@ -136,16 +126,8 @@ impl<T: Scalar> Attention<T> {
         }
         let h = self.config.head_dim;
         let mut out = vec![
-            ParamMut {
-                name: "ln.gain".into(),
-                shape: vec![h],
-                data: self.ln_gain.as_mut_slice(),
-            },
-            ParamMut {
-                name: "ln.bias".into(),
-                shape: vec![h],
-                data: self.ln_bias.as_mut_slice(),
-            },
+            ParamMut { name: "ln.gain".into(), shape: vec![h], data: self.ln_gain.as_mut_slice() },
+            ParamMut { name: "ln.bias".into(), shape: vec![h], data: self.ln_bias.as_mut_slice() },
         ];
         if let Some(l) = &mut self.learned {
             out.extend(l.parameters_mut());
@@ -184,13 +166,7 @@ impl<T: Scalar> Attention<T> {
     /// # Ok::<(), AttentionError>(())
     /// ```
     pub fn forward(
-        &self,
-        q: &[T],
-        k: &[T],
-        v: &[T],
-        batch: usize,
-        n: usize,
-        par: Par,
+        &self, q: &[T], k: &[T], v: &[T], batch: usize, n: usize, par: Par,
     ) -> Result<(Vec<T>, Saved<T>)> {
         let mut out = vec![T::zero(); q.len()];
         let mut saved = Saved::new();
@@ -206,15 +182,8 @@ impl<T: Scalar> Attention<T> {
     /// [`MAX_STATE_BYTES`] (estimated before anything is allocated).
     #[allow(clippy::too_many_arguments)]
     pub fn forward_into(
-        &self,
-        q: &[T],
-        k: &[T],
-        v: &[T],
-        batch: usize,
-        n: usize,
-        out: &mut [T],
-        saved: &mut Saved<T>,
-        par: Par,
+        &self, q: &[T], k: &[T], v: &[T], batch: usize, n: usize, out: &mut [T],
+        saved: &mut Saved<T>, par: Par,
     ) -> Result<()> {
         const OP: &str = "Attention::forward";
         let (heads, h) = (self.config.heads, self.config.head_dim);
@@ -244,14 +213,7 @@ impl<T: Scalar> Attention<T> {
                         used: true,
                     };
                 }
-                if let Inner::Softmax {
-                    q: sq,
-                    k: sk,
-                    v: sv,
-                    out: so,
-                    lse,
-                    used,
-                } = &mut saved.inner
+                if let Inner::Softmax { q: sq, k: sk, v: sv, out: so, lse, used } = &mut saved.inner
                 {
                     lse.resize(lse_len, T::zero());
                     softmax::forward(&views, out, lse, par);
@@ -287,11 +249,7 @@ impl<T: Scalar> Attention<T> {
     /// Wrong length or non-finite `d_out`; a state that is empty, already used by a backward, or
     /// from a layer of another kind.
     pub fn backward_into(
-        &self,
-        saved: &mut Saved<T>,
-        d_out: &[T],
-        grads: &mut Grads<T>,
-        par: Par,
+        &self, saved: &mut Saved<T>, d_out: &[T], grads: &mut Grads<T>, par: Par,
     ) -> Result<()> {
         const OP: &str = "Attention::backward";
         let (heads, h, n) = (self.config.heads, self.config.head_dim, saved.n);
@@ -321,17 +279,7 @@ impl<T: Scalar> Attention<T> {
                 }
                 self.kernel_backward(heads, core, d_out, grads, par)
             }
-            (
-                Inner::Softmax {
-                    q,
-                    k,
-                    v,
-                    out,
-                    lse,
-                    used: consumed,
-                },
-                AttentionKind::Softmax,
-            ) => {
+            (Inner::Softmax { q, k, v, out, lse, used: consumed }, AttentionKind::Softmax) => {
                 if *consumed {
                     return Err(used());
                 }

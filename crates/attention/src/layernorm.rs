@@ -30,18 +30,10 @@ pub struct LnSaved<T> {
 /// # Panics
 /// If the shapes differ (an unchecked kernel: the layers validate).
 pub fn layernorm_forward<T: Scalar>(
-    x: MatRef<'_, T>,
-    gain: &[T],
-    bias: &[T],
-    scale: T,
-    out: &mut [T],
-    saved: &mut LnSaved<T>,
+    x: MatRef<'_, T>, gain: &[T], bias: &[T], scale: T, out: &mut [T], saved: &mut LnSaved<T>,
 ) {
     let (n, h) = (x.nrows(), x.ncols());
-    assert!(
-        gain.len() == h && bias.len() == h && out.len() == n * h,
-        "layernorm_forward: shapes"
-    );
+    assert!(gain.len() == h && bias.len() == h && out.len() == n * h, "layernorm_forward: shapes");
     saved.xhat.resize(n * h, T::zero());
     saved.rstd.resize(n, T::zero());
     for i in 0..n {
@@ -91,12 +83,7 @@ polysketch_core::multiversion! {
 /// # Panics
 /// If the shapes differ.
 pub fn layernorm_backward<T: Scalar>(
-    dy: &[T],
-    saved: &LnSaved<T>,
-    gain: &[T],
-    scale: T,
-    dx: &mut [T],
-    dgain: &mut [T],
+    dy: &[T], saved: &LnSaved<T>, gain: &[T], scale: T, dx: &mut [T], dgain: &mut [T],
     dbias: &mut [T],
 ) {
     let (n, h) = (saved.rstd.len(), gain.len());
@@ -104,29 +91,17 @@ pub fn layernorm_backward<T: Scalar>(
         dy.len() == n * h && dx.len() == n * h && saved.xhat.len() == n * h,
         "layernorm_backward: shapes"
     );
-    assert!(
-        dgain.len() == h && dbias.len() == h,
-        "layernorm_backward: parameter shapes"
-    );
+    assert!(dgain.len() == h && dbias.len() == h, "layernorm_backward: parameter shapes");
     let hf = T::of(h as f64);
     let (mut d, mut dxhat) = (vec![T::zero(); h], vec![T::zero(); h]);
     for i in 0..n {
-        let (dyr, xh, dxr) = (
-            &dy[i * h..(i + 1) * h],
-            &saved.xhat[i * h..(i + 1) * h],
-            &mut dx[i * h..(i + 1) * h],
-        );
+        let (dyr, xh, dxr) =
+            (&dy[i * h..(i + 1) * h], &saved.xhat[i * h..(i + 1) * h], &mut dx[i * h..(i + 1) * h]);
         // in the forward pass y = s (g x̂ + β), so dβ += s dy, dg += s dy x̂, dx̂ = s g dy
         d.iter_mut().zip(dyr).for_each(|(a, b)| *a = scale * *b);
         dbias.iter_mut().zip(&d).for_each(|(a, b)| *a += *b);
-        dgain
-            .iter_mut()
-            .zip(d.iter().zip(xh))
-            .for_each(|(a, (b, x))| *a += *b * *x);
-        dxhat
-            .iter_mut()
-            .zip(d.iter().zip(gain))
-            .for_each(|(a, (b, g))| *a = *b * *g);
+        dgain.iter_mut().zip(d.iter().zip(xh)).for_each(|(a, (b, x))| *a += *b * *x);
+        dxhat.iter_mut().zip(d.iter().zip(gain)).for_each(|(a, (b, g))| *a = *b * *g);
         let mean_d = dxhat.iter().fold(T::zero(), |s, v| s + *v) / hf;
         let mean_dx = dot(&dxhat, xh) / hf;
         let r = saved.rstd[i];

@@ -85,14 +85,7 @@ fn rm_mut<T>(x: &mut [T], rows: usize, cols: usize) -> MatMut<'_, T> {
 /// `y = x W + b` for row-major `x: [n, din]`, `W: [din, dout]`, `y: [n, dout]`.
 fn dense<T: Scalar>(x: &[T], n: usize, din: usize, w: &[T], b: &[T], y: &mut [T]) {
     let dout = b.len();
-    gemm(
-        rm_mut(y, n, dout),
-        rm(x, n, din),
-        rm(w, din, dout),
-        T::one(),
-        false,
-        Par::Seq,
-    );
+    gemm(rm_mut(y, n, dout), rm(x, n, din), rm(w, din, dout), T::one(), false, Par::Seq);
     add_bias(&mut y[..n * dout], b);
 }
 
@@ -141,10 +134,7 @@ polysketch_core::multiversion! {
 
 /// `y = g ∘ x̂ + b` row by row (the layer norm's output, recomputed from what it saved).
 fn affine<T: Scalar>(xhat: &[T], gain: &[T], bias: &[T], y: &mut [T]) {
-    for (yr, xr) in y
-        .chunks_exact_mut(gain.len())
-        .zip(xhat.chunks_exact(gain.len()))
-    {
+    for (yr, xr) in y.chunks_exact_mut(gain.len()).zip(xhat.chunks_exact(gain.len())) {
         for ((y, x), (g, b)) in yr.iter_mut().zip(xr).zip(gain.iter().zip(bias)) {
             *y = *g * *x + *b;
         }
@@ -330,15 +320,7 @@ impl<T: Scalar> Mlp<T> {
             seq,
         );
         let (dg0, db0) = pair_mut(g, G0, B0);
-        layernorm_backward(
-            &sc.y[..n * d],
-            &s.ln0,
-            &p[G0],
-            one,
-            &mut sc.din[..n * d],
-            dg0,
-            db0,
-        );
+        layernorm_backward(&sc.y[..n * d], &s.ln0, &p[G0], one, &mut sc.din[..n * d], dg0, db0);
     }
 }
 
@@ -384,14 +366,12 @@ impl<T: Scalar> LearnedSketch<T> {
     /// [`AttentionError::InvalidConfig`] if `h` or `r` is 0, or `degree` is not a power of two
     /// in 2..=64 (degree 1 has no network: \\(L = x\\)).
     pub fn new(h: usize, r: usize, degree: usize, seed: u64) -> Result<Self> {
-        let nodes = tree_nodes(degree)
-            .filter(|_| h > 0 && r > 0)
-            .ok_or_else(|| {
-                AttentionError::InvalidConfig(format!(
-                    "a learned sketch needs h, r ≥ 1 and a degree p/2 that is a power of two in \
+        let nodes = tree_nodes(degree).filter(|_| h > 0 && r > 0).ok_or_else(|| {
+            AttentionError::InvalidConfig(format!(
+                "a learned sketch needs h, r ≥ 1 and a degree p/2 that is a power of two in \
                  2..=64 (p ≥ 4), got h = {h}, r = {r}, degree = {degree}"
-                ))
-            })?;
+            ))
+        })?;
         let mut rng = seeded_rng(seed);
         let dim = |s: Src| if s == Src::Input { h } else { r };
         let mlps = nodes
@@ -399,13 +379,7 @@ impl<T: Scalar> LearnedSketch<T> {
             .flat_map(|&(a, b)| [dim(a), dim(b)])
             .map(|d| Mlp::new(d, r, &mut rng))
             .collect();
-        Ok(Self {
-            h,
-            r,
-            degree,
-            nodes,
-            mlps,
-        })
+        Ok(Self { h, r, degree, nodes, mlps })
     }
 
     /// The named parameters, `sketch.node{i}.f{1,2}.{ln0.gain, ln0.bias, w1, b1, w2, b2,
@@ -418,15 +392,11 @@ impl<T: Scalar> LearnedSketch<T> {
             .enumerate()
             .flat_map(|(m, mlp)| {
                 let shapes = shapes(mlp.d, self.r);
-                mlp.p
-                    .iter()
-                    .zip(shapes)
-                    .enumerate()
-                    .map(move |(i, (data, shape))| Param {
-                        name: param_name(m, i),
-                        shape,
-                        data,
-                    })
+                mlp.p.iter().zip(shapes).enumerate().map(move |(i, (data, shape))| Param {
+                    name: param_name(m, i),
+                    shape,
+                    data,
+                })
             })
             .collect()
     }
@@ -439,25 +409,18 @@ impl<T: Scalar> LearnedSketch<T> {
             .enumerate()
             .flat_map(|(m, mlp)| {
                 let shapes = shapes(mlp.d, r);
-                mlp.p
-                    .iter_mut()
-                    .zip(shapes)
-                    .enumerate()
-                    .map(move |(i, (data, shape))| ParamMut {
-                        name: param_name(m, i),
-                        shape,
-                        data,
-                    })
+                mlp.p.iter_mut().zip(shapes).enumerate().map(move |(i, (data, shape))| ParamMut {
+                    name: param_name(m, i),
+                    shape,
+                    data,
+                })
             })
             .collect()
     }
 
     /// Zeroed gradients for [`backward`](Self::backward), one vector per parameter.
     pub fn zero_grads(&self) -> Vec<Vec<T>> {
-        self.mlps
-            .iter()
-            .flat_map(|m| m.p.iter().map(|p| vec![T::zero(); p.len()]))
-            .collect()
+        self.mlps.iter().flat_map(|m| m.p.iter().map(|p| vec![T::zero(); p.len()])).collect()
     }
 
     /// Unchecked sequential forward: `out = L(x)` for every row, keeping in `saved` what the
@@ -478,14 +441,7 @@ impl<T: Scalar> LearnedSketch<T> {
         saved.t.resize_with(nodes, Vec::new);
         saved.out.resize_with(nodes, Vec::new);
         let sqrt_r = T::of((r as f64).sqrt());
-        let LearnedSaved {
-            mlps,
-            m,
-            t,
-            out: outs,
-            scratch,
-            ..
-        } = saved;
+        let LearnedSaved { mlps, m, t, out: outs, scratch, .. } = saved;
         for (i, &(a, b)) in self.nodes.iter().enumerate() {
             for (k, src) in [(2 * i, a), (2 * i + 1, b)] {
                 m[k].resize(n * r, T::zero());
@@ -511,10 +467,7 @@ impl<T: Scalar> LearnedSketch<T> {
     /// # Panics
     /// If the shapes differ from the forward's.
     pub fn backward(
-        &self,
-        saved: &mut LearnedSaved<T>,
-        dout: MatRef<'_, T>,
-        mut dx: MatMut<'_, T>,
+        &self, saved: &mut LearnedSaved<T>, dout: MatRef<'_, T>, mut dx: MatMut<'_, T>,
         grads: &mut [Vec<T>],
     ) {
         let (n, r, h) = (saved.n, self.r, self.h);
@@ -522,25 +475,12 @@ impl<T: Scalar> LearnedSketch<T> {
             dout.nrows() == n && dout.ncols() == r && dx.nrows() == n && dx.ncols() == h,
             "LearnedSketch::backward: shapes"
         );
-        assert_eq!(
-            grads.len(),
-            12 * self.mlps.len(),
-            "LearnedSketch::backward: grads"
-        );
-        let LearnedSaved {
-            mlps,
-            m,
-            t,
-            out: douts,
-            scratch: sc,
-            ..
-        } = saved;
+        assert_eq!(grads.len(), 12 * self.mlps.len(), "LearnedSketch::backward: grads");
+        let LearnedSaved { mlps, m, t, out: douts, scratch: sc, .. } = saved;
         let root = self.nodes.len() - 1;
         // the root's gradient, row-major, in the buffer of its output
         for (i, row) in douts[root].chunks_exact_mut(r).enumerate() {
-            row.iter_mut()
-                .enumerate()
-                .for_each(|(c, v)| *v = dout[(i, c)]);
+            row.iter_mut().enumerate().for_each(|(c, v)| *v = dout[(i, c)]);
         }
         sc.dx.clear();
         sc.dx.resize(n * h, T::zero());

@@ -49,28 +49,17 @@ fn check_offsets(op: &'static str, offsets: &[usize], total: usize) -> Result<()
 /// For every head, the range of rows `start..end` in a packed `[heads, total, h]` buffer and
 /// the matching range in a sequence's own `[heads, end - start, h]` buffer.
 fn head_ranges(
-    heads: usize,
-    total: usize,
-    h: usize,
-    (start, end): (usize, usize),
+    heads: usize, total: usize, h: usize, (start, end): (usize, usize),
 ) -> impl Iterator<Item = (core::ops::Range<usize>, core::ops::Range<usize>)> {
     let len = end - start;
     (0..heads).map(move |head| {
-        (
-            (head * total + start) * h..(head * total + end) * h,
-            head * len * h..(head + 1) * len * h,
-        )
+        ((head * total + start) * h..(head * total + end) * h, head * len * h..(head + 1) * len * h)
     })
 }
 
 /// One sequence's rows out of a packed buffer into `seg` (resized to fit).
 fn gather<T: Scalar>(
-    packed: &[T],
-    seg: &mut Vec<T>,
-    heads: usize,
-    total: usize,
-    h: usize,
-    span: (usize, usize),
+    packed: &[T], seg: &mut Vec<T>, heads: usize, total: usize, h: usize, span: (usize, usize),
 ) {
     seg.resize(heads * (span.1 - span.0) * h, T::zero());
     for (p, s) in head_ranges(heads, total, h, span) {
@@ -80,12 +69,7 @@ fn gather<T: Scalar>(
 
 /// One sequence's rows back into a packed buffer.
 fn scatter<T: Scalar>(
-    seg: &[T],
-    packed: &mut [T],
-    heads: usize,
-    total: usize,
-    h: usize,
-    span: (usize, usize),
+    seg: &[T], packed: &mut [T], heads: usize, total: usize, h: usize, span: (usize, usize),
 ) {
     for (p, s) in head_ranges(heads, total, h, span) {
         packed[p].copy_from_slice(&seg[s]);
@@ -105,14 +89,8 @@ impl<T: Scalar> Attention<T> {
     /// Offsets that do not rise from 0 to `total`; those of [`forward_into`](Self::forward_into).
     #[allow(clippy::too_many_arguments)]
     pub fn forward_packed(
-        &self,
-        q: &[T],
-        k: &[T],
-        v: &[T],
-        offsets: &[usize],
-        out: &mut [T],
-        saved: &mut PackedSaved<T>,
-        par: Par,
+        &self, q: &[T], k: &[T], v: &[T], offsets: &[usize], out: &mut [T],
+        saved: &mut PackedSaved<T>, par: Par,
     ) -> Result<()> {
         const OP: &str = "Attention::forward_packed";
         let (heads, h) = (self.config.heads, self.config.head_dim);
@@ -128,11 +106,8 @@ impl<T: Scalar> Attention<T> {
         }
         check_len(OP, "out", out, len, shape)?;
         saved.offsets = offsets.to_vec();
-        let spans: Vec<(usize, usize)> = offsets
-            .windows(2)
-            .map(|w| (w[0], w[1]))
-            .filter(|(a, b)| b > a)
-            .collect();
+        let spans: Vec<(usize, usize)> =
+            offsets.windows(2).map(|w| (w[0], w[1])).filter(|(a, b)| b > a).collect();
         saved.segments.resize_with(spans.len(), Saved::new);
         let [bq, bk, bv, bo] = &mut saved.buf;
         for (&span, seg) in spans.iter().zip(saved.segments.iter_mut()) {
@@ -152,11 +127,7 @@ impl<T: Scalar> Attention<T> {
     /// # Errors
     /// Wrong length or non-finite `d_out`; a state that is empty or used.
     pub fn backward_packed(
-        &self,
-        saved: &mut PackedSaved<T>,
-        d_out: &[T],
-        grads: &mut Grads<T>,
-        par: Par,
+        &self, saved: &mut PackedSaved<T>, d_out: &[T], grads: &mut Grads<T>, par: Par,
     ) -> Result<()> {
         const OP: &str = "Attention::backward_packed";
         let (heads, h) = (self.config.heads, self.config.head_dim);
@@ -168,25 +139,15 @@ impl<T: Scalar> Attention<T> {
             });
         }
         let len = heads * total * h;
-        check_len(
-            OP,
-            "d_out",
-            d_out,
-            len,
-            format!("[heads {heads}, total {total}, h {h}]"),
-        )?;
+        check_len(OP, "d_out", d_out, len, format!("[heads {heads}, total {total}, h {h}]"))?;
         check_finite(OP, "d_out", d_out)?;
         for g in [&mut grads.dq, &mut grads.dk, &mut grads.dv] {
             g.clear();
             g.resize(len, T::zero());
         }
         grads.params.clear();
-        let spans: Vec<(usize, usize)> = saved
-            .offsets
-            .windows(2)
-            .map(|w| (w[0], w[1]))
-            .filter(|(a, b)| b > a)
-            .collect();
+        let spans: Vec<(usize, usize)> =
+            saved.offsets.windows(2).map(|w| (w[0], w[1])).filter(|(a, b)| b > a).collect();
         let [bd, ..] = &mut saved.buf;
         for (&span, seg) in spans.iter().zip(saved.segments.iter_mut()) {
             gather(d_out, bd, heads, total, h, span);

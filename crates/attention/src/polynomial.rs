@@ -26,10 +26,7 @@ pub(crate) struct PolyViews<'a, T> {
 
 /// `s ← Q̃_I K̃_Jᵀ` (zero above the diagonal on the diagonal tile); returns `(bi, bj)`.
 fn products<T: Scalar>(
-    x: &PolyViews<'_, T>,
-    i: usize,
-    j: usize,
-    mut s: MatMut<'_, T>,
+    x: &PolyViews<'_, T>, i: usize, j: usize, mut s: MatMut<'_, T>,
 ) -> (usize, usize) {
     let n = x.q.nrows();
     let (i0, j0) = (i * TILE, j * TILE);
@@ -55,19 +52,13 @@ fn products<T: Scalar>(
 
 /// Forward of query tile `i`: `out` (`[bi, h+1]`) = \\(\sum_{J \le I} S_{IJ}C_J\\).
 pub(crate) fn forward_tile<T: Scalar>(
-    x: &PolyViews<'_, T>,
-    p: usize,
-    i: usize,
-    mut out: MatMut<'_, T>,
-    sc: &mut TileScratch<T>,
+    x: &PolyViews<'_, T>, p: usize, i: usize, mut out: MatMut<'_, T>, sc: &mut TileScratch<T>,
 ) {
     out.fill(T::zero());
     for j in 0..=i {
         let (bi, bj) = products(x, i, j, sc.s.as_mut());
         for c in 0..bj {
-            sc.s.col_as_slice_mut(c)[..bi]
-                .iter_mut()
-                .for_each(|g| *g = ipow(*g, p as u32));
+            sc.s.col_as_slice_mut(c)[..bi].iter_mut().for_each(|g| *g = ipow(*g, p as u32));
         }
         gemm(
             out.rb_mut(),
@@ -82,12 +73,7 @@ pub(crate) fn forward_tile<T: Scalar>(
 
 /// `s ← S = G^p`, `dp ← dX = p G^{p-1} ∘ (G_I C_Jᵀ)` for the tile pair `(i, j)`.
 fn scores_and_dx<T: Scalar>(
-    x: &PolyViews<'_, T>,
-    g: MatRef<'_, T>,
-    p: usize,
-    i: usize,
-    j: usize,
-    sc: &mut TileScratch<T>,
+    x: &PolyViews<'_, T>, g: MatRef<'_, T>, p: usize, i: usize, j: usize, sc: &mut TileScratch<T>,
 ) -> (usize, usize) {
     let (bi, bj) = products(x, i, j, sc.s.as_mut());
     let mut dp = sc.dp.as_mut().submatrix_mut(0, 0, bi, bj);
@@ -105,11 +91,8 @@ fn scores_and_dx<T: Scalar>(
         for r in 0..bi {
             let gv = sc.s[(r, c)];
             // forward: S = G^p elementwise (G = Q̃ K̃ᵀ), so dG = p G^{p-1} dS
-            dp[(r, c)] = if i == j && r < c {
-                T::zero()
-            } else {
-                pf * ipow(gv, p as u32 - 1) * dp[(r, c)]
-            };
+            dp[(r, c)] =
+                if i == j && r < c { T::zero() } else { pf * ipow(gv, p as u32 - 1) * dp[(r, c)] };
             sc.s[(r, c)] = ipow(gv, p as u32);
         }
     }
@@ -119,13 +102,8 @@ fn scores_and_dx<T: Scalar>(
 /// Backward pass A for key tile `j`: `dc` (`[bj, h+1]`) and `dk` (`[bj, h]`).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn backward_key_tile<T: Scalar>(
-    x: &PolyViews<'_, T>,
-    g: MatRef<'_, T>,
-    p: usize,
-    j: usize,
-    mut dc: MatMut<'_, T>,
-    mut dk: MatMut<'_, T>,
-    sc: &mut TileScratch<T>,
+    x: &PolyViews<'_, T>, g: MatRef<'_, T>, p: usize, j: usize, mut dc: MatMut<'_, T>,
+    mut dk: MatMut<'_, T>, sc: &mut TileScratch<T>,
 ) {
     dc.fill(T::zero());
     dk.fill(T::zero());
@@ -154,11 +132,7 @@ pub(crate) fn backward_key_tile<T: Scalar>(
 
 /// Backward pass B for query tile `i`: `dq` (`[bi, h]`).
 pub(crate) fn backward_query_tile<T: Scalar>(
-    x: &PolyViews<'_, T>,
-    g: MatRef<'_, T>,
-    p: usize,
-    i: usize,
-    mut dq: MatMut<'_, T>,
+    x: &PolyViews<'_, T>, g: MatRef<'_, T>, p: usize, i: usize, mut dq: MatMut<'_, T>,
     sc: &mut TileScratch<T>,
 ) {
     dq.fill(T::zero());

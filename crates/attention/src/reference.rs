@@ -7,10 +7,7 @@ use polysketch_sketch::PolySketch;
 /// \\(\tilde x = s\,(g \circ \hat x + \beta)\\) of every row, in `f64` (layer norm with
 /// \\(\epsilon\\) = [`crate::layernorm::LN_EPS`]).
 pub fn layernorm_reference<T: Scalar>(
-    x: MatRef<'_, T>,
-    gain: &[T],
-    bias: &[T],
-    scale: f64,
+    x: MatRef<'_, T>, gain: &[T], bias: &[T], scale: f64,
 ) -> Mat<f64> {
     let (n, h) = (x.nrows(), x.ncols());
     Mat::from_fn(n, h, |i, j| {
@@ -26,8 +23,7 @@ pub fn layernorm_reference<T: Scalar>(
 /// Causal normalised kernel attention from explicit scores: \\(\mathrm{out}_i = \sum_{j \le i}
 /// s_{ij} v_j / (1 + \sum_{j \le i} s_{ij})\\).
 pub fn normalised_attention_reference<T: Scalar>(
-    v: MatRef<'_, T>,
-    score: impl Fn(usize, usize) -> f64,
+    v: MatRef<'_, T>, score: impl Fn(usize, usize) -> f64,
 ) -> Mat<f64> {
     let (n, h) = (v.nrows(), v.ncols());
     let mut out = Mat::zeros(n, h);
@@ -53,26 +49,14 @@ pub fn normalised_attention_reference<T: Scalar>(
 /// a block of `block` tokens.
 #[allow(clippy::too_many_arguments)]
 pub fn polysketch_reference<S: PolySketch<f64> + ?Sized>(
-    sketch: &S,
-    q: MatRef<'_, f64>,
-    k: MatRef<'_, f64>,
-    v: MatRef<'_, f64>,
-    gain: &[f64],
-    bias: &[f64],
-    p: usize,
-    local: Option<usize>,
+    sketch: &S, q: MatRef<'_, f64>, k: MatRef<'_, f64>, v: MatRef<'_, f64>, gain: &[f64],
+    bias: &[f64], p: usize, local: Option<usize>,
 ) -> Mat<f64> {
     let scale = (q.ncols() as f64).powf(-0.25);
-    let (qt, kt) = (
-        layernorm_reference(q, gain, bias, scale),
-        layernorm_reference(k, gain, bias, scale),
-    );
-    let l = sketch
-        .apply(qt.as_ref(), faer::Par::Seq)
-        .expect("reference inputs are valid");
-    let r = sketch
-        .apply(kt.as_ref(), faer::Par::Seq)
-        .expect("reference inputs are valid");
+    let (qt, kt) =
+        (layernorm_reference(q, gain, bias, scale), layernorm_reference(k, gain, bias, scale));
+    let l = sketch.apply(qt.as_ref(), faer::Par::Seq).expect("reference inputs are valid");
+    let r = sketch.apply(kt.as_ref(), faer::Par::Seq).expect("reference inputs are valid");
     let dot = |a: &Mat<f64>, i: usize, b: &Mat<f64>, j: usize| {
         (0..a.ncols()).map(|c| a[(i, c)] * b[(j, c)]).sum::<f64>()
     };
@@ -86,21 +70,14 @@ pub fn polysketch_reference<S: PolySketch<f64> + ?Sized>(
 /// e^{s_{ij}} v_j / \\sum_{j \\le i} e^{s_{ij}}\\), \\(s_{ij} = \\langle q_i, k_j\\rangle/\\sqrt h\\)
 /// (shifted by the row maximum for stability).
 pub fn softmax_reference<T: Scalar>(
-    q: MatRef<'_, T>,
-    k: MatRef<'_, T>,
-    v: MatRef<'_, T>,
+    q: MatRef<'_, T>, k: MatRef<'_, T>, v: MatRef<'_, T>,
 ) -> Mat<f64> {
     let (n, h) = (q.nrows(), q.ncols());
     let scale = 1.0 / (h as f64).sqrt();
     let mut out = Mat::zeros(n, v.ncols());
     for i in 0..n {
         let s: Vec<f64> = (0..=i)
-            .map(|j| {
-                scale
-                    * (0..h)
-                        .map(|c| q[(i, c)].as_f64() * k[(j, c)].as_f64())
-                        .sum::<f64>()
-            })
+            .map(|j| scale * (0..h).map(|c| q[(i, c)].as_f64() * k[(j, c)].as_f64()).sum::<f64>())
             .collect();
         let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let w: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
@@ -118,23 +95,13 @@ pub fn softmax_reference<T: Scalar>(
 /// \\tilde k_j\\rangle^p\\) with \\(\\tilde x = \\mathrm{LN}(x)/h^{1/4}\\), normalised by
 /// [`normalised_attention_reference`].
 pub fn polynomial_reference<T: Scalar>(
-    q: MatRef<'_, T>,
-    k: MatRef<'_, T>,
-    v: MatRef<'_, T>,
-    gain: &[T],
-    bias: &[T],
-    p: usize,
+    q: MatRef<'_, T>, k: MatRef<'_, T>, v: MatRef<'_, T>, gain: &[T], bias: &[T], p: usize,
 ) -> Mat<f64> {
     let scale = (q.ncols() as f64).powf(-0.25);
-    let (qt, kt) = (
-        layernorm_reference(q, gain, bias, scale),
-        layernorm_reference(k, gain, bias, scale),
-    );
+    let (qt, kt) =
+        (layernorm_reference(q, gain, bias, scale), layernorm_reference(k, gain, bias, scale));
     normalised_attention_reference(v, |i, j| {
-        (0..qt.ncols())
-            .map(|c| qt[(i, c)] * kt[(j, c)])
-            .sum::<f64>()
-            .powi(p as i32)
+        (0..qt.ncols()).map(|c| qt[(i, c)] * kt[(j, c)]).sum::<f64>().powi(p as i32)
     })
 }
 
@@ -147,16 +114,12 @@ pub fn polynomial_reference<T: Scalar>(
 /// # Shapes
 /// `x: [n, h]` → `[n, r]`.
 pub fn learned_sketch_reference<T: Scalar>(
-    sketch: &crate::LearnedSketch<T>,
-    x: MatRef<'_, T>,
+    sketch: &crate::LearnedSketch<T>, x: MatRef<'_, T>,
 ) -> Mat<f64> {
     use polysketch_sketch::PolySketch;
     let params = sketch.parameters();
     let get = |name: String| -> Vec<f64> {
-        let p = params
-            .iter()
-            .find(|p| p.name == name)
-            .expect("every network parameter is named");
+        let p = params.iter().find(|p| p.name == name).expect("every network parameter is named");
         p.data.iter().map(|v| v.as_f64()).collect()
     };
     let layernorm = |row: &[f64], gain: &[f64], bias: &[f64]| -> Vec<f64> {
@@ -164,9 +127,7 @@ pub fn learned_sketch_reference<T: Scalar>(
         let mean = row.iter().sum::<f64>() / d;
         let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / d;
         let inv = 1.0 / (var + crate::layernorm::LN_EPS).sqrt();
-        (0..row.len())
-            .map(|j| gain[j] * (row[j] - mean) * inv + bias[j])
-            .collect()
+        (0..row.len()).map(|j| gain[j] * (row[j] - mean) * inv + bias[j]).collect()
     };
     let dense = |x: &[f64], w: &[f64], b: &[f64]| -> Vec<f64> {
         (0..b.len())
@@ -175,9 +136,7 @@ pub fn learned_sketch_reference<T: Scalar>(
     };
     let gelu = |v: Vec<f64>| -> Vec<f64> {
         let c = (2.0 / core::f64::consts::PI).sqrt();
-        v.into_iter()
-            .map(|a| 0.5 * a * (1.0 + (c * (a + 0.044715 * a * a * a)).tanh()))
-            .collect()
+        v.into_iter().map(|a| 0.5 * a * (1.0 + (c * (a + 0.044715 * a * a * a)).tanh())).collect()
     };
     let network = |m: usize, input: &[f64]| -> Vec<f64> {
         let name = |p: &str| format!("sketch.node{}.f{}.{p}", m / 2, m % 2 + 1);
@@ -191,10 +150,7 @@ pub fn learned_sketch_reference<T: Scalar>(
     let r = sketch.sketch_dim();
     // the tree of degree d: two subtrees of degree d/2 (numbered first), then this node
     fn node(
-        d: usize,
-        next: &mut usize,
-        x: &[f64],
-        r: usize,
+        d: usize, next: &mut usize, x: &[f64], r: usize,
         network: &dyn Fn(usize, &[f64]) -> Vec<f64>,
     ) -> Vec<f64> {
         if d == 1 {
@@ -206,10 +162,7 @@ pub fn learned_sketch_reference<T: Scalar>(
         *next += 1;
         let (f1, f2) = (network(2 * i, &m1), network(2 * i + 1, &m2));
         let s = (r as f64).sqrt();
-        f1.iter()
-            .zip(&f2)
-            .map(|(a, b)| s * (a * b / s).tanh())
-            .collect()
+        f1.iter().zip(&f2).map(|(a, b)| s * (a * b / s).tanh()).collect()
     }
     let mut out = Mat::zeros(x.nrows(), r);
     for i in 0..x.nrows() {

@@ -16,19 +16,12 @@ use crate::nn::{Param, ParamMut};
 use crate::{AttentionError, Result};
 
 fn file_error(path: &Path, reason: impl core::fmt::Display) -> AttentionError {
-    AttentionError::File {
-        path: path.display().to_string(),
-        reason: reason.to_string(),
-    }
+    AttentionError::File { path: path.display().to_string(), reason: reason.to_string() }
 }
 
 /// The safetensors type of `T`.
 fn dtype<T>() -> Dtype {
-    if size_of::<T>() == 8 {
-        Dtype::F64
-    } else {
-        Dtype::F32
-    }
+    if size_of::<T>() == 8 { Dtype::F64 } else { Dtype::F32 }
 }
 
 /// Writes `params` to `path` (little-endian, in the precision of `T`), atomically.
@@ -41,11 +34,7 @@ pub fn save_safetensors<T: Scalar>(path: &Path, params: &[Param<'_, T>]) -> Resu
     let mut bytes: Vec<Vec<u8>> = Vec::with_capacity(params.len());
     for p in params {
         if let Some(index) = p.data.iter().position(|v| !v.is_finite()) {
-            return Err(AttentionError::NonFinite {
-                op: OP,
-                input: "params",
-                index,
-            });
+            return Err(AttentionError::NonFinite { op: OP, input: "params", index });
         }
         bytes.push(
             p.data
@@ -63,10 +52,7 @@ pub fn save_safetensors<T: Scalar>(path: &Path, params: &[Param<'_, T>]) -> Resu
     let mut names: Vec<&str> = params.iter().map(|p| p.name.as_str()).collect();
     names.sort_unstable();
     if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
-        return Err(file_error(
-            path,
-            format!("two parameters are named {:?}", w[0]),
-        ));
+        return Err(file_error(path, format!("two parameters are named {:?}", w[0])));
     }
     let views = params
         .iter()
@@ -128,11 +114,7 @@ pub fn load_safetensors<T: Scalar>(path: &Path, params: &mut [ParamMut<'_, T>]) 
             }
         };
         if let Some(index) = v.iter().position(|x| !x.is_finite()) {
-            return Err(AttentionError::NonFinite {
-                op: OP,
-                input: "file",
-                index,
-            });
+            return Err(AttentionError::NonFinite { op: OP, input: "file", index });
         }
         values.push(v);
     }

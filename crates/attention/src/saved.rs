@@ -113,10 +113,7 @@ pub struct Saved<T: Scalar> {
 
 impl<T: Scalar> core::fmt::Debug for Saved<T> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.debug_struct("Saved")
-            .field("batch", &self.batch)
-            .field("n", &self.n)
-            .finish()
+        f.debug_struct("Saved").field("batch", &self.batch).field("n", &self.n).finish()
     }
 }
 
@@ -129,11 +126,7 @@ impl<T: Scalar> Default for Saved<T> {
 impl<T: Scalar> Saved<T> {
     /// An empty state, to be filled by a forward.
     pub fn new() -> Self {
-        Self {
-            batch: 0,
-            n: 0,
-            inner: Inner::Empty,
-        }
+        Self { batch: 0, n: 0, inner: Inner::Empty }
     }
 }
 
@@ -160,10 +153,7 @@ pub(crate) enum Inner<T: Scalar> {
 /// The causal product's own state.
 pub(crate) enum Core<T: Scalar> {
     /// The lowtri engine's prefixes and gradients, one per head.
-    Sketch {
-        lowtri: Vec<LtSaved<T>>,
-        grads: Vec<LtGrads<T>>,
-    },
+    Sketch { lowtri: Vec<LtSaved<T>>, grads: Vec<LtGrads<T>> },
     /// The exact tiled product keeps nothing but its degree; `used` once a backward ran.
     Exact { p: usize, used: bool },
 }

@@ -27,24 +27,13 @@ fn tiles(n: usize) -> usize {
 /// `S = scale · Q_I K_Jᵀ` into the top-left `[bi, bj]` of `s`, with `-∞` above the diagonal
 /// when `I = J`.
 fn scores<T: Scalar>(
-    x: &HeadViews<'_, T>,
-    i: usize,
-    j: usize,
-    scale: T,
-    s: &mut Mat<T>,
+    x: &HeadViews<'_, T>, i: usize, j: usize, scale: T, s: &mut Mat<T>,
 ) -> (usize, usize) {
     let n = x.q.nrows();
     let (i0, j0) = (i * TILE, j * TILE);
     let (bi, bj) = (TILE.min(n - i0), TILE.min(n - j0));
     let mut st = s.as_mut().submatrix_mut(0, 0, bi, bj);
-    gemm(
-        st.rb_mut(),
-        x.q.subrows(i0, bi),
-        x.k.subrows(j0, bj).transpose(),
-        scale,
-        false,
-        Par::Seq,
-    );
+    gemm(st.rb_mut(), x.q.subrows(i0, bi), x.k.subrows(j0, bj).transpose(), scale, false, Par::Seq);
     if i == j {
         for c in 0..bj {
             for r in 0..c.min(bi) {
@@ -66,18 +55,12 @@ fn exp_rows<T: Scalar>(s: &mut Mat<T>, bi: usize, bj: usize, shift: &[T]) {
 
 /// Forward of query tile `i` of one head into `out` (`[bi, h]`) and `lse` (`[bi]`).
 pub(crate) fn forward_tile<T: Scalar>(
-    x: &HeadViews<'_, T>,
-    i: usize,
-    scale: T,
-    mut out: MatMut<'_, T>,
-    lse: &mut [T],
+    x: &HeadViews<'_, T>, i: usize, scale: T, mut out: MatMut<'_, T>, lse: &mut [T],
     sc: &mut TileScratch<T>,
 ) {
     let h = x.q.ncols();
     let bi = out.nrows();
-    let TileScratch {
-        s, acc, m, l, tmp, ..
-    } = sc;
+    let TileScratch { s, acc, m, l, tmp, .. } = sc;
     let mut acc = acc.as_mut().submatrix_mut(0, 0, bi, h);
     acc.fill(T::zero());
     m[..bi].fill(T::neg_infinity());
@@ -88,10 +71,7 @@ pub(crate) fn forward_tile<T: Scalar>(
         tmp[..bi].copy_from_slice(&m[..bi]);
         for c in 0..bj {
             let col = &s.col_as_slice(c)[..bi];
-            tmp[..bi]
-                .iter_mut()
-                .zip(col)
-                .for_each(|(t, v)| *t = if *v > *t { *v } else { *t });
+            tmp[..bi].iter_mut().zip(col).for_each(|(t, v)| *t = if *v > *t { *v } else { *t });
         }
         for r in 0..bi {
             m[r] -= tmp[r];
@@ -135,15 +115,8 @@ pub(crate) fn forward_tile<T: Scalar>(
 /// Backward pass A for key tile `j`: `dK_J` and `dV_J` (`[bj, h]` each).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn backward_key_tile<T: Scalar>(
-    x: &HeadViews<'_, T>,
-    d_out: MatRef<'_, T>,
-    lse: &[T],
-    dsum: &[T],
-    j: usize,
-    scale: T,
-    mut dk: MatMut<'_, T>,
-    mut dv: MatMut<'_, T>,
-    sc: &mut TileScratch<T>,
+    x: &HeadViews<'_, T>, d_out: MatRef<'_, T>, lse: &[T], dsum: &[T], j: usize, scale: T,
+    mut dk: MatMut<'_, T>, mut dv: MatMut<'_, T>, sc: &mut TileScratch<T>,
 ) {
     let n = x.q.nrows();
     dk.fill(T::zero());
@@ -157,39 +130,19 @@ pub(crate) fn backward_key_tile<T: Scalar>(
         // forward: O_I += P V_J, so dV_J += Pᵀ dO_I and dP = dO_I V_Jᵀ
         gemm(dv.rb_mut(), p.transpose(), dout, T::one(), true, Par::Seq);
         let mut dp = sc.dp.as_mut().submatrix_mut(0, 0, bi, bj);
-        gemm(
-            dp.rb_mut(),
-            dout,
-            x.v.subrows(j * TILE, bj).transpose(),
-            T::one(),
-            false,
-            Par::Seq,
-        );
+        gemm(dp.rb_mut(), dout, x.v.subrows(j * TILE, bj).transpose(), T::one(), false, Par::Seq);
         // softmax: dS = P ∘ (dP - D)
         ds_in_place(dp.rb_mut(), p, &dsum[i0..i0 + bi]);
         // forward: S = scale Q_I K_Jᵀ, so dK_J += scale dSᵀ Q_I
-        gemm(
-            dk.rb_mut(),
-            dp.as_ref().transpose(),
-            x.q.subrows(i0, bi),
-            scale,
-            true,
-            Par::Seq,
-        );
+        gemm(dk.rb_mut(), dp.as_ref().transpose(), x.q.subrows(i0, bi), scale, true, Par::Seq);
     }
 }
 
 /// Backward pass B for query tile `i`: `dQ_I` (`[bi, h]`).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn backward_query_tile<T: Scalar>(
-    x: &HeadViews<'_, T>,
-    d_out: MatRef<'_, T>,
-    lse: &[T],
-    dsum: &[T],
-    i: usize,
-    scale: T,
-    mut dq: MatMut<'_, T>,
-    sc: &mut TileScratch<T>,
+    x: &HeadViews<'_, T>, d_out: MatRef<'_, T>, lse: &[T], dsum: &[T], i: usize, scale: T,
+    mut dq: MatMut<'_, T>, sc: &mut TileScratch<T>,
 ) {
     dq.fill(T::zero());
     let i0 = i * TILE;
@@ -208,14 +161,7 @@ pub(crate) fn backward_query_tile<T: Scalar>(
         );
         ds_in_place(dp.rb_mut(), p, &dsum[i0..i0 + bi]);
         // forward: S = scale Q_I K_Jᵀ, so dQ_I += scale dS K_J
-        gemm(
-            dq.rb_mut(),
-            dp.as_ref(),
-            x.k.subrows(j * TILE, bj),
-            scale,
-            true,
-            Par::Seq,
-        );
+        gemm(dq.rb_mut(), dp.as_ref(), x.k.subrows(j * TILE, bj), scale, true, Par::Seq);
     }
 }
 
@@ -231,10 +177,7 @@ fn ds_in_place<T: Scalar>(mut dp: MatMut<'_, T>, p: MatRef<'_, T>, d: &[T]) {
 /// Forward of every head: `views[h]` → `out` (row-major `[heads·n, h]` blocks) and
 /// `lse` (`[heads·n]`), parallel over (head, tile) pairs.
 pub(crate) fn forward<T: Scalar>(
-    views: &[HeadViews<'_, T>],
-    out: &mut [T],
-    lse: &mut [T],
-    par: Par,
+    views: &[HeadViews<'_, T>], out: &mut [T], lse: &mut [T], par: Par,
 ) {
     let (n, h) = (views[0].q.nrows(), views[0].q.ncols());
     let scale = T::of(1.0 / (h as f64).sqrt());
@@ -246,14 +189,7 @@ pub(crate) fn forward<T: Scalar>(
     }
     let work = |sc: &mut TileScratch<T>, (idx, t, o, l): (usize, usize, &mut [T], &mut [T])| {
         let rows = l.len();
-        forward_tile(
-            &views[idx],
-            t,
-            scale,
-            MatMut::from_row_major_slice_mut(o, rows, h),
-            l,
-            sc,
-        );
+        forward_tile(&views[idx], t, scale, MatMut::from_row_major_slice_mut(o, rows, h), l, sc);
     };
     run_tasks(tasks, h, par, work);
 }
@@ -261,11 +197,7 @@ pub(crate) fn forward<T: Scalar>(
 /// Backward of every head, given the forward's output and lse; returns `dq`, `dk`, `dv` (row-major
 /// like the inputs).
 pub(crate) fn backward<T: Scalar>(
-    views: &[HeadViews<'_, T>],
-    out: &[T],
-    lse: &[T],
-    d_out: &[T],
-    par: Par,
+    views: &[HeadViews<'_, T>], out: &[T], lse: &[T], d_out: &[T], par: Par,
 ) -> (Vec<T>, Vec<T>, Vec<T>) {
     let (n, h) = (views[0].q.nrows(), views[0].q.ncols());
     let scale = T::of(1.0 / (h as f64).sqrt());
@@ -276,21 +208,14 @@ pub(crate) fn backward<T: Scalar>(
         .zip(d_out.chunks(h))
         .map(|(o, d)| o.iter().zip(d).fold(T::zero(), |s, (a, b)| s + *a * *b))
         .collect();
-    let (mut dq, mut dk, mut dv) = (
-        vec![T::zero(); total],
-        vec![T::zero(); total],
-        vec![T::zero(); total],
-    );
+    let (mut dq, mut dk, mut dv) =
+        (vec![T::zero(); total], vec![T::zero(); total], vec![T::zero(); total]);
     let dview =
         |idx: usize| MatRef::from_row_major_slice(&d_out[idx * n * h..(idx + 1) * n * h], n, h);
     {
         let mut tasks = Vec::new();
         for (idx, (k, v)) in dk.chunks_mut(n * h).zip(dv.chunks_mut(n * h)).enumerate() {
-            for (t, (kt, vt)) in k
-                .chunks_mut(TILE * h)
-                .zip(v.chunks_mut(TILE * h))
-                .enumerate()
-            {
+            for (t, (kt, vt)) in k.chunks_mut(TILE * h).zip(v.chunks_mut(TILE * h)).enumerate() {
                 tasks.push((idx, t, kt, vt));
             }
         }

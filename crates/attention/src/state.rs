@@ -128,10 +128,7 @@ impl<T: Scalar> Attention<T> {
                 open_r: Vec::new(),
                 open_v: Vec::new(),
             }),
-            _ => HeadState::Cache {
-                k: Vec::new(),
-                v: Vec::new(),
-            },
+            _ => HeadState::Cache { k: Vec::new(), v: Vec::new() },
         };
         Ok(State {
             kind: self.config.kind,
@@ -149,12 +146,7 @@ impl<T: Scalar> Attention<T> {
     /// # Errors
     /// As [`forward_chunk`](Self::forward_chunk).
     pub fn decode_step(
-        &self,
-        q: &[T],
-        k: &[T],
-        v: &[T],
-        out: &mut [T],
-        state: &mut State<T>,
+        &self, q: &[T], k: &[T], v: &[T], out: &mut [T], state: &mut State<T>,
     ) -> Result<()> {
         let batch = state.batch;
         self.forward_chunk(q, k, v, batch, 1, out, state, Par::Seq)
@@ -172,15 +164,8 @@ impl<T: Scalar> Attention<T> {
     /// batch, a KV cache that would grow past [`MAX_STATE_BYTES`].
     #[allow(clippy::too_many_arguments)]
     pub fn forward_chunk(
-        &self,
-        q: &[T],
-        k: &[T],
-        v: &[T],
-        batch: usize,
-        n: usize,
-        out: &mut [T],
-        state: &mut State<T>,
-        par: Par,
+        &self, q: &[T], k: &[T], v: &[T], batch: usize, n: usize, out: &mut [T],
+        state: &mut State<T>, par: Par,
     ) -> Result<()> {
         const OP: &str = "Attention::forward_chunk";
         let (heads, h) = (self.config.heads, self.config.head_dim);
@@ -198,9 +183,7 @@ impl<T: Scalar> Attention<T> {
             });
         }
         if n == 0 {
-            return Err(AttentionError::InvalidConfig(format!(
-                "{OP}: n must be at least 1"
-            )));
+            return Err(AttentionError::InvalidConfig(format!("{OP}: n must be at least 1")));
         }
         let total = batch * heads * n * h;
         let shape = format!("[batch {batch}, heads {heads}, n {n}, h {h}]");
@@ -212,26 +195,15 @@ impl<T: Scalar> Attention<T> {
         if !matches!(self.config.kind, AttentionKind::PolySketch(_)) {
             let bytes = ((state.position + n) * batch * heads * 2 * h * size_of::<T>()) as u128;
             if bytes > MAX_STATE_BYTES {
-                return Err(AttentionError::TooLarge {
-                    op: OP,
-                    bytes,
-                    limit: MAX_STATE_BYTES,
-                });
+                return Err(AttentionError::TooLarge { op: OP, bytes, limit: MAX_STATE_BYTES });
             }
         }
         let position = state.position;
-        let work: Vec<HeadWork<'_, T>> = state
-            .per_head
-            .iter_mut()
-            .zip(out.chunks_mut(n * h))
-            .enumerate()
-            .collect();
+        let work: Vec<HeadWork<'_, T>> =
+            state.per_head.iter_mut().zip(out.chunks_mut(n * h)).enumerate().collect();
         let run = |(idx, (st, o)): HeadWork<'_, T>| -> Result<()> {
-            let (qh, kh, vh) = (
-                head_matrix(q, idx, n, h),
-                head_matrix(k, idx, n, h),
-                head_matrix(v, idx, n, h),
-            );
+            let (qh, kh, vh) =
+                (head_matrix(q, idx, n, h), head_matrix(k, idx, n, h), head_matrix(v, idx, n, h));
             match (st, self.config.kind) {
                 (HeadState::Sketch(s), AttentionKind::PolySketch(c)) => {
                     self.sketch_chunk(&c, qh, kh, vh, s, o)
@@ -288,20 +260,12 @@ impl<T: Scalar> Attention<T> {
     /// One head's chunk of PolySketch attention (see the module documentation).
     #[allow(clippy::too_many_arguments)]
     fn sketch_chunk(
-        &self,
-        c: &PolySketchConfig,
-        q: MatRef<'_, T>,
-        k: MatRef<'_, T>,
-        v: MatRef<'_, T>,
-        st: &mut SketchState<T>,
-        out: &mut [T],
+        &self, c: &PolySketchConfig, q: MatRef<'_, T>, k: MatRef<'_, T>, v: MatRef<'_, T>,
+        st: &mut SketchState<T>, out: &mut [T],
     ) -> Result<()> {
         let (n, h, r, b) = (q.nrows(), q.ncols(), c.r, c.block);
         let (qt, kt) = (self.normalised(q), self.normalised(k));
-        let (l, rk) = (
-            self.sketch_of(rows(&qt, h), r)?,
-            self.sketch_of(rows(&kt, h), r)?,
-        );
+        let (l, rk) = (self.sketch_of(rows(&qt, h), r)?, self.sketch_of(rows(&kt, h), r)?);
         // with local blocks, the tokens that finish the open block go one by one
         let mut start = 0;
         if c.local {
@@ -331,30 +295,19 @@ impl<T: Scalar> Attention<T> {
         // the rest starts a block: the lowtri engine within it, φ'(Q̃) S from before it
         let count = n - start;
         let (qs, ks) = (rows(&qt[start * h..], h), rows(&kt[start * h..], h));
-        let (ls, rs) = (
-            l.as_ref().subrows(start, count),
-            rk.as_ref().subrows(start, count),
-        );
-        let cm = Mat::from_fn(count, h + 1, |i, j| {
-            if j < h { v[(start + i, j)] } else { T::one() }
-        });
+        let (ls, rs) = (l.as_ref().subrows(start, count), rk.as_ref().subrows(start, count));
+        let cm =
+            Mat::from_fn(count, h + 1, |i, j| if j < h { v[(start + i, j)] } else { T::one() });
         let problem = if c.local {
-            Problem::local_exact(
-                Features::SelfTensored { l: ls, r: rs },
-                qs,
-                ks,
-                c.p,
-                cm.as_ref(),
-            )
+            Problem::local_exact(Features::SelfTensored { l: ls, r: rs }, qs, ks, c.p, cm.as_ref())
         } else {
             Problem::self_tensored(ls, rs, cm.as_ref())
         };
         let (raw, _) = LowTri::new(b)?.forward(&problem, Par::Seq)?;
         let from_state = self.read_state_rows(st, ls, h);
         for i in 0..count {
-            let num: Vec<f64> = (0..=h)
-                .map(|j| raw[(i, j)].as_f64() + from_state[(i, j)])
-                .collect();
+            let num: Vec<f64> =
+                (0..=h).map(|j| raw[(i, j)].as_f64() + from_state[(i, j)]).collect();
             normalise(&num, &mut out[(start + i) * h..(start + i + 1) * h]);
         }
         // fold the finished blocks (every token, without local blocks); keep the rest open
@@ -363,8 +316,7 @@ impl<T: Scalar> Attention<T> {
             fold(&mut st.s, rs.subrows(0, folded), v.subrows(start, folded));
         }
         for i in folded..count {
-            st.open_k
-                .extend_from_slice(&kt[(start + i) * h..(start + i + 1) * h]);
+            st.open_k.extend_from_slice(&kt[(start + i) * h..(start + i + 1) * h]);
             st.open_r.extend((0..r).map(|j| rs[(i, j)]));
             st.open_v.extend((0..h).map(|j| v[(start + i, j)]));
         }
@@ -385,38 +337,22 @@ impl<T: Scalar> Attention<T> {
         tensor_square(l, Layout::Symmetric, f.as_mut());
         let f64s = Mat::<f64>::from_fn(n, m, |i, j| f[(i, j)].as_f64());
         let mut out = Mat::<f64>::zeros(n, h + 1);
-        gemm(
-            out.as_mut(),
-            f64s.as_ref(),
-            rows(&st.s, h + 1),
-            1.0,
-            false,
-            Par::Seq,
-        );
+        gemm(out.as_mut(), f64s.as_ref(), rows(&st.s, h + 1), 1.0, false, Par::Seq);
         out
     }
 
     /// One head's chunk with a KV cache: softmax, or polynomial attention.
     #[allow(clippy::too_many_arguments)]
     fn cache_chunk(
-        &self,
-        kind: AttentionKind,
-        q: MatRef<'_, T>,
-        k: MatRef<'_, T>,
-        v: MatRef<'_, T>,
-        position: usize,
-        ck: &mut Vec<T>,
-        cv: &mut Vec<T>,
-        out: &mut [T],
+        &self, kind: AttentionKind, q: MatRef<'_, T>, k: MatRef<'_, T>, v: MatRef<'_, T>,
+        position: usize, ck: &mut Vec<T>, cv: &mut Vec<T>, out: &mut [T],
     ) {
         let (n, h) = (q.nrows(), q.ncols());
         let (qs, ks) = match kind {
             AttentionKind::Polynomial { .. } => (self.normalised(q), self.normalised(k)),
             _ => {
                 let copy = |x: MatRef<'_, T>| -> Vec<T> {
-                    (0..n)
-                        .flat_map(|i| (0..h).map(move |j| x[(i, j)]))
-                        .collect()
+                    (0..n).flat_map(|i| (0..h).map(move |j| x[(i, j)])).collect()
                 };
                 (copy(q), copy(k))
             }
@@ -437,16 +373,11 @@ impl<T: Scalar> Attention<T> {
                     for (sj, vj) in s.iter().zip(vals) {
                         let w = (sj - max).exp();
                         num[h] += w;
-                        num[..h]
-                            .iter_mut()
-                            .zip(vj)
-                            .for_each(|(a, x)| *a += w * x.as_f64());
+                        num[..h].iter_mut().zip(vj).for_each(|(a, x)| *a += w * x.as_f64());
                     }
                     // softmax normalises by the sum alone (no 1 +)
                     let o = &mut out[i * h..(i + 1) * h];
-                    o.iter_mut()
-                        .zip(&num[..h])
-                        .for_each(|(o, a)| *o = T::of(a / num[h]));
+                    o.iter_mut().zip(&num[..h]).for_each(|(o, a)| *o = T::of(a / num[h]));
                 }
                 AttentionKind::Polynomial { p } => {
                     add_exact(&mut num, qi, keys.zip(vals), p);
@@ -460,19 +391,13 @@ impl<T: Scalar> Attention<T> {
 
 /// `num[..h] += Σ_j ⟨q, k_j⟩^p v_j` and `num[h] += Σ_j ⟨q, k_j⟩^p` over `(k_j, v_j)`, in `f64`.
 fn add_exact<'a, T: Scalar>(
-    num: &mut [f64],
-    q: &[T],
-    keys_values: impl Iterator<Item = (&'a [T], &'a [T])>,
-    p: usize,
+    num: &mut [f64], q: &[T], keys_values: impl Iterator<Item = (&'a [T], &'a [T])>, p: usize,
 ) {
     let h = q.len();
     for (kj, vj) in keys_values {
         let s = ipow(dot(q, kj), p as u32).as_f64();
         num[h] += s;
-        num[..h]
-            .iter_mut()
-            .zip(vj)
-            .for_each(|(a, x)| *a += s * x.as_f64());
+        num[..h].iter_mut().zip(vj).for_each(|(a, x)| *a += s * x.as_f64());
     }
 }
 
@@ -484,13 +409,7 @@ fn fold<T: Scalar>(s: &mut [f64], r: MatRef<'_, T>, v: MatRef<'_, T>) {
     let mut f = Mat::<T>::zeros(n, m);
     tensor_square(r, Layout::Symmetric, f.as_mut());
     let f64s = Mat::<f64>::from_fn(n, m, |i, j| f[(i, j)].as_f64());
-    let c = Mat::<f64>::from_fn(
-        n,
-        h + 1,
-        |i, j| {
-            if j < h { v[(i, j)].as_f64() } else { 1.0 }
-        },
-    );
+    let c = Mat::<f64>::from_fn(n, h + 1, |i, j| if j < h { v[(i, j)].as_f64() } else { 1.0 });
     let s = faer::MatMut::from_row_major_slice_mut(s, m, h + 1);
     gemm(s, f64s.transpose(), c.as_ref(), 1.0, true, Par::Seq);
 }

@@ -42,10 +42,7 @@ pub(crate) struct HeadViews<'a, T> {
 /// Runs tile tasks, in parallel under `Par::Rayon` with one scratch per group of tasks. The
 /// causal triangle makes later tiles costlier, so tasks are dealt round-robin into the groups.
 pub(crate) fn run_tasks<T: Scalar, J: Send>(
-    tasks: Vec<J>,
-    h: usize,
-    par: Par,
-    work: impl Fn(&mut TileScratch<T>, J) + Sync + Send,
+    tasks: Vec<J>, h: usize, par: Par, work: impl Fn(&mut TileScratch<T>, J) + Sync + Send,
 ) {
     match par {
         Par::Seq => {

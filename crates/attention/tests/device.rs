@@ -17,18 +17,9 @@ use polysketch_attention::{Attention, AttentionConfig, AttentionError, Attention
 
 fn assert_close(got: &[f32], expected: &[f64], rtol: f64, what: &str) {
     assert_eq!(got.len(), expected.len(), "{what}: length");
-    let scale = expected
-        .iter()
-        .fold(0.0f64, |m, x| m.max(x.abs()))
-        .max(1e-30);
-    let diff = got
-        .iter()
-        .zip(expected)
-        .fold(0.0f64, |m, (a, b)| m.max((f64::from(*a) - b).abs()));
-    assert!(
-        diff <= rtol * scale,
-        "{what}: max difference {diff:e} > {rtol:e} × {scale:e}"
-    );
+    let scale = expected.iter().fold(0.0f64, |m, x| m.max(x.abs())).max(1e-30);
+    let diff = got.iter().zip(expected).fold(0.0f64, |m, (a, b)| m.max((f64::from(*a) - b).abs()));
+    assert!(diff <= rtol * scale, "{what}: max difference {diff:e} > {rtol:e} × {scale:e}");
 }
 
 fn device_layer_matches_cpu_layer<R: Runtime>(gpu: &Gpu<R>) {
@@ -67,9 +58,8 @@ fn device_layer_matches_cpu_layer<R: Runtime>(gpu: &Gpu<R>) {
         let narrow = |x: &[f64]| x.iter().map(|v| *v as f32).collect::<Vec<f32>>();
         let (out, mut saved) = cpu.forward(&q, &k, &v, batch, n, Par::Seq).unwrap();
         let grads = cpu.backward(&mut saved, &g, Par::Seq).unwrap();
-        let (dout, dsaved) = device
-            .forward(&narrow(&q), &narrow(&k), &narrow(&v), batch, n)
-            .unwrap();
+        let (dout, dsaved) =
+            device.forward(&narrow(&q), &narrow(&k), &narrow(&v), batch, n).unwrap();
         let what =
             format!("p {p} r {r} b {block} local {local} learned {learned} batch {batch} n {n}");
         assert_close(&dout, &out, 1e-4, &format!("{what}: output"));
@@ -87,16 +77,8 @@ fn device_layer_matches_cpu_layer<R: Runtime>(gpu: &Gpu<R>) {
 
 fn device_rejects_what_it_does_not_run<R: Runtime>(gpu: &Gpu<R>) {
     for kind in [AttentionKind::Softmax, AttentionKind::Polynomial { p: 4 }] {
-        let layer = Attention::<f32>::new(AttentionConfig {
-            heads: 1,
-            head_dim: 8,
-            kind,
-        })
-        .unwrap();
-        assert!(
-            matches!(layer.to_device(gpu), Err(AttentionError::InvalidConfig(_))),
-            "{kind:?}"
-        );
+        let layer = Attention::<f32>::new(AttentionConfig { heads: 1, head_dim: 8, kind }).unwrap();
+        assert!(matches!(layer.to_device(gpu), Err(AttentionError::InvalidConfig(_))), "{kind:?}");
     }
 }
 
@@ -104,10 +86,7 @@ fn device_rejects_bad_input<R: Runtime>(gpu: &Gpu<R>) {
     let layer = Attention::<f32>::new(config(2, 4, 4, 4, 8, true)).unwrap();
     let device = layer.to_device(gpu).unwrap();
     let x = vec![0.5f32; 2 * 4 * 10];
-    assert!(matches!(
-        device.forward(&x, &x, &x, 1, 0),
-        Err(AttentionError::InvalidConfig(_))
-    ));
+    assert!(matches!(device.forward(&x, &x, &x, 1, 0), Err(AttentionError::InvalidConfig(_))));
     assert!(matches!(
         device.forward(&x[1..], &x, &x, 1, 10),
         Err(AttentionError::ShapeMismatch { input: "q", .. })
@@ -116,11 +95,7 @@ fn device_rejects_bad_input<R: Runtime>(gpu: &Gpu<R>) {
     bad[7] = f32::NAN;
     assert!(matches!(
         device.forward(&x, &bad, &x, 1, 10),
-        Err(AttentionError::NonFinite {
-            input: "k",
-            index: 7,
-            ..
-        })
+        Err(AttentionError::NonFinite { input: "k", index: 7, .. })
     ));
     let (_, saved) = device.forward(&x, &x, &x, 1, 10).unwrap();
     assert!(matches!(

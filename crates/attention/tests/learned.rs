@@ -39,10 +39,7 @@ fn forward_matches_the_reference() {
         let fast = s.apply(x.as_ref(), Par::Seq).unwrap();
         let naive = learned_sketch_reference(&s, x.as_ref());
         let err = max_abs((&fast - &naive).as_ref());
-        assert!(
-            err <= 1e-12 * max_abs(naive.as_ref()),
-            "h={h} r={r} degree={degree}: {err:e}"
-        );
+        assert!(err <= 1e-12 * max_abs(naive.as_ref()), "h={h} r={r} degree={degree}: {err:e}");
     }
 }
 
@@ -63,12 +60,7 @@ fn counts_and_shapes_follow_appendix_d() {
             "degree {degree}"
         );
         for p in s.parameters() {
-            assert_eq!(
-                p.shape.iter().product::<usize>(),
-                p.data.len(),
-                "{}",
-                p.name
-            );
+            assert_eq!(p.shape.iter().product::<usize>(), p.data.len(), "{}", p.name);
         }
     }
 }
@@ -84,15 +76,11 @@ fn same_seed_same_sketch_and_f32_follows_f64() {
     let s32 = LearnedSketch::<f32>::new(h, r, 2, 3).unwrap();
     let x = random(50, h, 5);
     let x32 = Mat::from_fn(50, h, |i, j| x[(i, j)] as f32);
-    let (l64, l32) = (
-        a.apply(x.as_ref(), Par::Seq).unwrap(),
-        s32.apply(x32.as_ref(), Par::Seq).unwrap(),
-    );
+    let (l64, l32) =
+        (a.apply(x.as_ref(), Par::Seq).unwrap(), s32.apply(x32.as_ref(), Par::Seq).unwrap());
     let err = (0..50)
         .flat_map(|i| (0..r).map(move |j| (i, j)))
-        .fold(0.0f64, |m, (i, j)| {
-            m.max((l32[(i, j)] as f64 - l64[(i, j)]).abs())
-        });
+        .fold(0.0f64, |m, (i, j)| m.max((l32[(i, j)] as f64 - l64[(i, j)]).abs()));
     assert!(err < 1e-4 * max_abs(l64.as_ref()), "f32 vs f64: {err:e}");
 }
 

@@ -13,11 +13,7 @@ use polysketch_attention::{
 /// Rows `a..b` of every head of a `[heads, total, h]` buffer, as `[1, heads, b - a, h]`.
 fn rows(x: &[f64], heads: usize, total: usize, h: usize, (a, b): (usize, usize)) -> Vec<f64> {
     (0..heads)
-        .flat_map(|hd| {
-            x[(hd * total + a) * h..(hd * total + b) * h]
-                .iter()
-                .copied()
-        })
+        .flat_map(|hd| x[(hd * total + a) * h..(hd * total + b) * h].iter().copied())
         .collect()
 }
 
@@ -45,12 +41,7 @@ fn packed_sequences_match_running_each_alone() {
         AttentionKind::Softmax,
     ];
     for kind in kinds {
-        let layer = Attention::<f64>::new(AttentionConfig {
-            heads,
-            head_dim: h,
-            kind,
-        })
-        .unwrap();
+        let layer = Attention::<f64>::new(AttentionConfig { heads, head_dim: h, kind }).unwrap();
         let len = heads * total * h;
         let (q, k, v, d) = (
             random::<f64>(len, 1.0, 1),
@@ -60,21 +51,16 @@ fn packed_sequences_match_running_each_alone() {
         );
         let mut out = vec![0.0; len];
         let mut saved = PackedSaved::new();
-        layer
-            .forward_packed(&q, &k, &v, &offsets, &mut out, &mut saved, Par::rayon(2))
-            .unwrap();
+        layer.forward_packed(&q, &k, &v, &offsets, &mut out, &mut saved, Par::rayon(2)).unwrap();
         let mut grads = Grads::default();
-        layer
-            .backward_packed(&mut saved, &d, &mut grads, Par::rayon(2))
-            .unwrap();
+        layer.backward_packed(&mut saved, &d, &mut grads, Par::rayon(2)).unwrap();
         let mut params: Option<Vec<(String, Vec<f64>)>> = None;
         for w in offsets.windows(2).filter(|w| w[1] > w[0]) {
             let span = (w[0], w[1]);
             let n = span.1 - span.0;
             let pick = |x: &[f64]| rows(x, heads, total, h, span);
-            let (o, mut s) = layer
-                .forward(&pick(&q), &pick(&k), &pick(&v), 1, n, Par::Seq)
-                .unwrap();
+            let (o, mut s) =
+                layer.forward(&pick(&q), &pick(&k), &pick(&v), 1, n, Par::Seq).unwrap();
             assert_eq!(pick(&out), o, "{kind:?} output of {span:?}");
             let g = layer.backward(&mut s, &pick(&d), Par::Seq).unwrap();
             assert_eq!(pick(&grads.dq), g.dq, "{kind:?} dq of {span:?}");
@@ -90,11 +76,7 @@ fn packed_sequences_match_running_each_alone() {
                 }
             });
         }
-        assert_eq!(
-            grads.params,
-            params.unwrap(),
-            "{kind:?} parameter gradients"
-        );
+        assert_eq!(grads.params, params.unwrap(), "{kind:?} parameter gradients");
     }
 }
 

@@ -9,12 +9,8 @@ use polysketch_attention::{Attention, AttentionConfig, AttentionKind};
 use polysketch_core::Scalar;
 
 fn layer<T: Scalar>(heads: usize, h: usize, p: usize) -> Attention<T> {
-    Attention::new(AttentionConfig {
-        heads,
-        head_dim: h,
-        kind: AttentionKind::Polynomial { p },
-    })
-    .unwrap()
+    Attention::new(AttentionConfig { heads, head_dim: h, kind: AttentionKind::Polynomial { p } })
+        .unwrap()
 }
 
 #[test]
@@ -28,9 +24,8 @@ fn forward_matches_the_definition() {
                 random::<f64>(len, 1.0, 2),
                 random::<f64>(len, 1.0, 3),
             );
-            let (out, _) = layer::<f64>(heads, h, p)
-                .forward(&q, &k, &v, batch, n, Par::rayon(2))
-                .unwrap();
+            let (out, _) =
+                layer::<f64>(heads, h, p).forward(&q, &k, &v, batch, n, Par::rayon(2)).unwrap();
             let (g, b) = (vec![1.0; h], vec![0.0; h]);
             for idx in 0..batch * heads {
                 let e = polynomial_reference(
@@ -62,11 +57,7 @@ fn backward_matches_finite_differences() {
         let mut l = layer::<f64>(heads, h, p);
         for param in l.parameters_mut() {
             for (i, x) in param.data.iter_mut().enumerate() {
-                *x = if param.name == "ln.gain" {
-                    0.9 + 0.05 * i as f64
-                } else {
-                    0.02 * i as f64
-                };
+                *x = if param.name == "ln.gain" { 0.9 + 0.05 * i as f64 } else { 0.02 * i as f64 };
             }
         }
         let len = batch * heads * n * h;
@@ -139,10 +130,6 @@ fn results_do_not_depend_on_thread_count() {
     };
     let reference = run(Par::Seq);
     for threads in [1, 2, 3] {
-        assert_eq!(
-            in_pool(threads, || run(Par::rayon(0))),
-            reference,
-            "{threads} threads"
-        );
+        assert_eq!(in_pool(threads, || run(Par::rayon(0))), reference, "{threads} threads");
     }
 }

@@ -107,11 +107,8 @@ fn backward_matches_finite_differences() {
         let mut layer = Attention::<f64>::new(if is_learned { learned(c) } else { c }).unwrap();
         perturb_parameters(&mut layer, 40);
         let len = batch * heads * n * h;
-        let (q, k, v) = (
-            random::<f64>(len, 1.0, 4),
-            random::<f64>(len, 1.0, 5),
-            random::<f64>(len, 1.0, 6),
-        );
+        let (q, k, v) =
+            (random::<f64>(len, 1.0, 4), random::<f64>(len, 1.0, 5), random::<f64>(len, 1.0, 6));
         let g = random::<f64>(len, 1.0, 7);
         let loss = |layer: &Attention<f64>, q: &[f64], k: &[f64], v: &[f64]| -> f64 {
             let (out, _) = layer.forward(q, k, v, batch, n, Par::Seq).unwrap();
@@ -208,21 +205,10 @@ fn long_sequences_stay_finite_and_accurate_in_f32() {
         .unwrap();
     let (o32, _) = Attention::<f32>::new(c)
         .unwrap()
-        .forward(
-            &narrow(&q64),
-            &narrow(&k64),
-            &narrow(&v64),
-            batch,
-            n,
-            Par::rayon(0),
-        )
+        .forward(&narrow(&q64), &narrow(&k64), &narrow(&v64), batch, n, Par::rayon(0))
         .unwrap();
     assert!(o32.iter().all(|x| x.is_finite()));
-    let num: f64 = o32
-        .iter()
-        .zip(&o64)
-        .map(|(a, b)| (*a as f64 - b).powi(2))
-        .sum();
+    let num: f64 = o32.iter().zip(&o64).map(|(a, b)| (*a as f64 - b).powi(2)).sum();
     let den: f64 = o64.iter().map(|b| b * b).sum();
     let err = (num / den).sqrt();
     assert!(err < 1e-4, "relative error {err:e}");
@@ -239,13 +225,7 @@ fn bad_input_gets_typed_errors() {
         config(1, 4, 4, 4, 0, false),
     ];
     for c in bad_configs {
-        assert!(
-            matches!(
-                Attention::<f32>::new(c),
-                Err(AttentionError::InvalidConfig(_))
-            ),
-            "{c:?}"
-        );
+        assert!(matches!(Attention::<f32>::new(c), Err(AttentionError::InvalidConfig(_))), "{c:?}");
     }
     // a learned sketch of p = 2 would have no network (Algorithm 2 returns the input)
     assert!(matches!(
@@ -266,11 +246,7 @@ fn bad_input_gets_typed_errors() {
     nan[17] = f32::NAN;
     assert!(matches!(
         layer.forward(&x, &nan, &x, 2, 5, Par::Seq),
-        Err(AttentionError::NonFinite {
-            input: "k",
-            index: 17,
-            ..
-        })
+        Err(AttentionError::NonFinite { input: "k", index: 17, .. })
     ));
     let (_, mut saved) = layer.forward(&x, &x, &x, 2, 5, Par::Seq).unwrap();
     assert!(matches!(
@@ -284,8 +260,6 @@ fn bad_input_gets_typed_errors() {
     ));
     // a sequence far too long for memory is refused before anything is allocated
     let huge = Attention::<f32>::new(config(64, 64, 4, 32, 256, false)).unwrap();
-    let err = huge
-        .forward(&x, &x, &x, 1 << 10, 1 << 20, Par::Seq)
-        .unwrap_err();
+    let err = huge.forward(&x, &x, &x, 1 << 10, 1 << 20, Par::Seq).unwrap_err();
     assert!(matches!(err, AttentionError::TooLarge { .. }), "{err}");
 }

@@ -22,12 +22,7 @@ fn kinds() -> Vec<AttentionKind> {
             sketch: SketchKind::Random,
         })
     };
-    vec![
-        ps(2, false),
-        ps(4, true),
-        AttentionKind::Polynomial { p: 4 },
-        AttentionKind::Softmax,
-    ]
+    vec![ps(2, false), ps(4, true), AttentionKind::Polynomial { p: 4 }, AttentionKind::Softmax]
 }
 
 /// Output and gradients with fresh buffers.
@@ -46,11 +41,7 @@ fn fresh(layer: &Attention<f64>, batch: usize, n: usize, seed: u64) -> (Vec<f64>
 
 /// The same through one carried `Saved` and `Grads`.
 fn reused(
-    layer: &Attention<f64>,
-    batch: usize,
-    n: usize,
-    seed: u64,
-    saved: &mut Saved<f64>,
+    layer: &Attention<f64>, batch: usize, n: usize, seed: u64, saved: &mut Saved<f64>,
     grads: &mut Grads<f64>,
 ) -> Vec<f64> {
     let len = batch * layer.config().heads * n * layer.config().head_dim;
@@ -61,9 +52,7 @@ fn reused(
         random::<f64>(len, 1.0, seed + 3),
     );
     let mut out = vec![0.0; len];
-    layer
-        .forward_into(&q, &k, &v, batch, n, &mut out, saved, Par::Seq)
-        .unwrap();
+    layer.forward_into(&q, &k, &v, batch, n, &mut out, saved, Par::Seq).unwrap();
     layer.backward_into(saved, &d, grads, Par::Seq).unwrap();
     out
 }
@@ -75,12 +64,7 @@ fn reused_buffers_give_the_same_numbers_as_fresh_ones() {
     let mut saved = Saved::new();
     let mut grads = Grads::default();
     for kind in kinds() {
-        let layer = Attention::<f64>::new(AttentionConfig {
-            heads: 2,
-            head_dim: 5,
-            kind,
-        })
-        .unwrap();
+        let layer = Attention::<f64>::new(AttentionConfig { heads: 2, head_dim: 5, kind }).unwrap();
         for (step, (batch, n)) in [(1, 13), (2, 8), (1, 13), (2, 21)].into_iter().enumerate() {
             let seed = 100 + step as u64;
             let (out, expected) = fresh(&layer, batch, n, seed);
@@ -94,20 +78,12 @@ fn reused_buffers_give_the_same_numbers_as_fresh_ones() {
 #[test]
 fn a_state_is_used_once() {
     for kind in kinds() {
-        let layer = Attention::<f64>::new(AttentionConfig {
-            heads: 1,
-            head_dim: 4,
-            kind,
-        })
-        .unwrap();
+        let layer = Attention::<f64>::new(AttentionConfig { heads: 1, head_dim: 4, kind }).unwrap();
         let x = random::<f64>(4 * 6, 1.0, 1);
         let (_, mut saved) = layer.forward(&x, &x, &x, 1, 6, Par::Seq).unwrap();
         layer.backward(&mut saved, &x, Par::Seq).unwrap();
         let err = layer.backward(&mut saved, &x, Par::Seq).unwrap_err();
-        assert!(
-            matches!(err, AttentionError::InvalidState { .. }),
-            "{kind:?}: {err}"
-        );
+        assert!(matches!(err, AttentionError::InvalidState { .. }), "{kind:?}: {err}");
         let err = layer.backward(&mut Saved::new(), &x, Par::Seq).unwrap_err();
         assert!(
             matches!(

@@ -40,11 +40,7 @@ fn parameters_round_trip_in_f32_and_f64() {
     let mut c = layer::<f32>(3);
     load_safetensors(&path, &mut c.parameters_mut()).unwrap();
     for (p, q) in a.parameters().iter().zip(c.parameters()) {
-        assert!(
-            p.data.iter().zip(q.data).all(|(x, y)| (*x as f32) == *y),
-            "{}",
-            p.name
-        );
+        assert!(p.data.iter().zip(q.data).all(|(x, y)| (*x as f32) == *y), "{}", p.name);
     }
     let path32 = dir().join("b.safetensors");
     save_safetensors(&path32, &c.parameters()).unwrap();
@@ -57,11 +53,7 @@ fn parameters_round_trip_in_f32_and_f64() {
 fn bad_files_get_typed_errors_and_change_nothing() {
     let d = dir();
     let mut target = layer::<f32>(5);
-    let before: Vec<Vec<f32>> = target
-        .parameters()
-        .iter()
-        .map(|p| p.data.to_vec())
-        .collect();
+    let before: Vec<Vec<f32>> = target.parameters().iter().map(|p| p.data.to_vec()).collect();
     let unchanged = |t: &Attention<f32>| {
         let now: Vec<Vec<f32>> = t.parameters().iter().map(|p| p.data.to_vec()).collect();
         assert_eq!(now, before);
@@ -76,11 +68,7 @@ fn bad_files_get_typed_errors_and_change_nothing() {
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
     for path in [d.join("missing.safetensors"), garbage, truncated] {
         let err = load_safetensors(&path, &mut target.parameters_mut()).unwrap_err();
-        assert!(
-            matches!(err, AttentionError::File { .. }),
-            "{}: {err}",
-            path.display()
-        );
+        assert!(matches!(err, AttentionError::File { .. }), "{}: {err}", path.display());
         unchanged(&target);
     }
     // a file of another model: other shapes (r = 4), or missing names (a softmax layer)

@@ -9,12 +9,7 @@ use polysketch_attention::{Attention, AttentionConfig, AttentionError, Attention
 use polysketch_core::Scalar;
 
 fn layer<T: Scalar>(heads: usize, h: usize) -> Attention<T> {
-    Attention::new(AttentionConfig {
-        heads,
-        head_dim: h,
-        kind: AttentionKind::Softmax,
-    })
-    .unwrap()
+    Attention::new(AttentionConfig { heads, head_dim: h, kind: AttentionKind::Softmax }).unwrap()
 }
 
 #[test]
@@ -23,20 +18,12 @@ fn forward_matches_the_definition() {
     for n in [1usize, 5, 128, 129, 300] {
         let len = batch * heads * n * h;
         // large scores (scale 3) exercise the running maximum
-        let (q, k, v) = (
-            random::<f64>(len, 3.0, 1),
-            random::<f64>(len, 3.0, 2),
-            random::<f64>(len, 1.0, 3),
-        );
-        let (out, _) = layer::<f64>(heads, h)
-            .forward(&q, &k, &v, batch, n, Par::rayon(2))
-            .unwrap();
+        let (q, k, v) =
+            (random::<f64>(len, 3.0, 1), random::<f64>(len, 3.0, 2), random::<f64>(len, 1.0, 3));
+        let (out, _) = layer::<f64>(heads, h).forward(&q, &k, &v, batch, n, Par::rayon(2)).unwrap();
         for idx in 0..batch * heads {
-            let e = softmax_reference(
-                head(&q, idx, n, h),
-                head(&k, idx, n, h),
-                head(&v, idx, n, h),
-            );
+            let e =
+                softmax_reference(head(&q, idx, n, h), head(&k, idx, n, h), head(&v, idx, n, h));
             let got = head(&out, idx, n, h);
             for i in 0..n {
                 for c in 0..h {
@@ -52,19 +39,9 @@ fn forward_matches_the_definition() {
         // f32, through the fast exp: within 1e-5 of the f64 result
         let narrow = |x: &[f64]| x.iter().map(|v| *v as f32).collect::<Vec<f32>>();
         let (o32, _) = layer::<f32>(heads, h)
-            .forward(
-                &narrow(&q),
-                &narrow(&k),
-                &narrow(&v),
-                batch,
-                n,
-                Par::rayon(2),
-            )
+            .forward(&narrow(&q), &narrow(&k), &narrow(&v), batch, n, Par::rayon(2))
             .unwrap();
-        let worst = o32
-            .iter()
-            .zip(&out)
-            .fold(0.0f64, |m, (a, b)| m.max((*a as f64 - b).abs()));
+        let worst = o32.iter().zip(&out).fold(0.0f64, |m, (a, b)| m.max((*a as f64 - b).abs()));
         assert!(worst < 1e-5, "n={n}: f32 off by {worst:e}");
     }
 }
@@ -130,10 +107,6 @@ fn results_do_not_depend_on_thread_count() {
     };
     let reference = run(Par::Seq);
     for threads in [1, 2, 3] {
-        assert_eq!(
-            in_pool(threads, || run(Par::rayon(0))),
-            reference,
-            "{threads} threads"
-        );
+        assert_eq!(in_pool(threads, || run(Par::rayon(0))), reference, "{threads} threads");
     }
 }

@@ -13,14 +13,7 @@ use polysketch_core::Scalar;
 
 fn kinds() -> Vec<AttentionKind> {
     let ps = |p, local, sketch| {
-        AttentionKind::PolySketch(PolySketchConfig {
-            p,
-            r: 6,
-            block: 5,
-            local,
-            seed: 2,
-            sketch,
-        })
+        AttentionKind::PolySketch(PolySketchConfig { p, r: 6, block: 5, local, seed: 2, sketch })
     };
     vec![
         ps(4, false, SketchKind::Random),
@@ -35,30 +28,17 @@ fn kinds() -> Vec<AttentionKind> {
 
 /// Rows `start..start + len` of every (batch, head) of a `[batch·heads, n, h]` buffer.
 fn slice_rows<T: Copy>(
-    x: &[T],
-    groups: usize,
-    n: usize,
-    h: usize,
-    start: usize,
-    len: usize,
+    x: &[T], groups: usize, n: usize, h: usize, start: usize, len: usize,
 ) -> Vec<T> {
     (0..groups)
-        .flat_map(|g| {
-            x[(g * n + start) * h..(g * n + start + len) * h]
-                .iter()
-                .copied()
-        })
+        .flat_map(|g| x[(g * n + start) * h..(g * n + start + len) * h].iter().copied())
         .collect()
 }
 
 /// Runs the sequence through `forward_chunk` in pieces of the given lengths and reassembles
 /// the output as `[batch, heads, n, h]`.
 fn chunked<T: Scalar>(
-    layer: &Attention<T>,
-    (q, k, v): (&[T], &[T], &[T]),
-    batch: usize,
-    n: usize,
-    pieces: &[usize],
+    layer: &Attention<T>, (q, k, v): (&[T], &[T], &[T]), batch: usize, n: usize, pieces: &[usize],
 ) -> Vec<T> {
     let (heads, h) = (layer.config().heads, layer.config().head_dim);
     let groups = batch * heads;
@@ -73,21 +53,10 @@ fn chunked<T: Scalar>(
         );
         let mut oc = vec![T::zero(); qc.len()];
         if len == 1 {
-            layer
-                .decode_step(&qc, &kc, &vc, &mut oc, &mut state)
-                .unwrap();
+            layer.decode_step(&qc, &kc, &vc, &mut oc, &mut state).unwrap();
         } else {
             layer
-                .forward_chunk(
-                    &qc,
-                    &kc,
-                    &vc,
-                    batch,
-                    len,
-                    &mut oc,
-                    &mut state,
-                    Par::rayon(2),
-                )
+                .forward_chunk(&qc, &kc, &vc, batch, len, &mut oc, &mut state, Par::rayon(2))
                 .unwrap();
         }
         for g in 0..groups {
@@ -103,37 +72,22 @@ fn chunked<T: Scalar>(
 
 fn max_rel_err(a: &[f64], b: &[f64]) -> f64 {
     let scale = b.iter().fold(0.0f64, |m, x| m.max(x.abs())).max(1e-300);
-    a.iter()
-        .zip(b)
-        .fold(0.0f64, |m, (x, y)| m.max((x - y).abs()))
-        / scale
+    a.iter().zip(b).fold(0.0f64, |m, (x, y)| m.max((x - y).abs())) / scale
 }
 
 #[test]
 fn token_by_token_and_chunks_match_the_full_forward_in_f64() {
     let (batch, heads, h, n) = (2, 2, 4, 23);
     for kind in kinds() {
-        let layer = Attention::<f64>::new(AttentionConfig {
-            heads,
-            head_dim: h,
-            kind,
-        })
-        .unwrap();
+        let layer = Attention::<f64>::new(AttentionConfig { heads, head_dim: h, kind }).unwrap();
         let len = batch * heads * n * h;
-        let (q, k, v) = (
-            random::<f64>(len, 1.0, 1),
-            random::<f64>(len, 1.0, 2),
-            random::<f64>(len, 1.0, 3),
-        );
+        let (q, k, v) =
+            (random::<f64>(len, 1.0, 1), random::<f64>(len, 1.0, 2), random::<f64>(len, 1.0, 3));
         let (full, _) = layer.forward(&q, &k, &v, batch, n, Par::Seq).unwrap();
         // one token at a time; chunks that start mid-block, end mid-block, span blocks
-        for pieces in [
-            vec![1; n],
-            vec![3, 1, 7, 2, 10],
-            vec![5, 5, 13],
-            vec![23],
-            vec![12, 1, 1, 9],
-        ] {
+        for pieces in
+            [vec![1; n], vec![3, 1, 7, 2, 10], vec![5, 5, 13], vec![23], vec![12, 1, 1, 9]]
+        {
             let got = chunked(&layer, (&q, &k, &v), batch, n, &pieces);
             let err = max_rel_err(&got, &full);
             assert!(err < 1e-10, "{kind:?} pieces {pieces:?}: {err:e}");
@@ -145,18 +99,10 @@ fn token_by_token_and_chunks_match_the_full_forward_in_f64() {
 fn decoding_in_f32_follows_the_f32_forward() {
     let (batch, heads, h, n) = (1, 2, 16, 70);
     for kind in kinds() {
-        let layer = Attention::<f32>::new(AttentionConfig {
-            heads,
-            head_dim: h,
-            kind,
-        })
-        .unwrap();
+        let layer = Attention::<f32>::new(AttentionConfig { heads, head_dim: h, kind }).unwrap();
         let len = batch * heads * n * h;
-        let (q, k, v) = (
-            random::<f32>(len, 1.0, 4),
-            random::<f32>(len, 1.0, 5),
-            random::<f32>(len, 1.0, 6),
-        );
+        let (q, k, v) =
+            (random::<f32>(len, 1.0, 4), random::<f32>(len, 1.0, 5), random::<f32>(len, 1.0, 6));
         let (full, _) = layer.forward(&q, &k, &v, batch, n, Par::Seq).unwrap();
         let got = chunked(&layer, (&q, &k, &v), batch, n, &[40, 1, 1, 1, 27]);
         let widen = |x: &[f32]| x.iter().map(|v| *v as f64).collect::<Vec<f64>>();
@@ -173,12 +119,7 @@ fn polysketch_state_stays_constant_in_size() {
         local: true,
         ..Default::default()
     });
-    let layer = Attention::<f32>::new(AttentionConfig {
-        heads: 1,
-        head_dim: 8,
-        kind,
-    })
-    .unwrap();
+    let layer = Attention::<f32>::new(AttentionConfig { heads: 1, head_dim: 8, kind }).unwrap();
     let mut state = layer.new_state(1).unwrap();
     let x = random::<f32>(8, 1.0, 7);
     let mut out = vec![0.0; 8];
@@ -188,20 +129,13 @@ fn polysketch_state_stays_constant_in_size() {
         largest = largest.max(state.bytes());
     }
     // S (10 × 9 f64) and at most one block of 8 tokens (k̃, sketch, v)
-    assert!(
-        largest <= 10 * 9 * 8 + 8 * (8 + 4 + 8) * 4,
-        "{largest} bytes"
-    );
+    assert!(largest <= 10 * 9 * 8 + 8 * (8 + 4 + 8) * 4, "{largest} bytes");
     assert!(out.iter().all(|x| x.is_finite()));
 }
 
 #[test]
 fn bad_states_and_inputs_get_typed_errors() {
-    let cfg = |kind| AttentionConfig {
-        heads: 1,
-        head_dim: 4,
-        kind,
-    };
+    let cfg = |kind| AttentionConfig { heads: 1, head_dim: 4, kind };
     let ps = Attention::<f64>::new(cfg(AttentionKind::PolySketch(PolySketchConfig {
         r: 3,
         block: 4,
@@ -209,10 +143,7 @@ fn bad_states_and_inputs_get_typed_errors() {
     })))
     .unwrap();
     let soft = Attention::<f64>::new(cfg(AttentionKind::Softmax)).unwrap();
-    assert!(matches!(
-        ps.new_state(0),
-        Err(AttentionError::InvalidConfig(_))
-    ));
+    assert!(matches!(ps.new_state(0), Err(AttentionError::InvalidConfig(_))));
     let x = vec![0.5; 4];
     let mut out = vec![0.0; 4];
     // a state from a layer of another kind, or for another batch
@@ -234,10 +165,7 @@ fn bad_states_and_inputs_get_typed_errors() {
         ps.decode_step(&nan, &x, &x, &mut out, &mut st),
         Err(AttentionError::NonFinite { .. })
     ));
-    assert!(
-        ps.forward_chunk(&[], &[], &[], 1, 0, &mut [], &mut st, Par::Seq)
-            .is_err()
-    );
+    assert!(ps.forward_chunk(&[], &[], &[], 1, 0, &mut [], &mut st, Par::Seq).is_err());
     // nothing was consumed by the refused calls
     assert_eq!(st.position(), 0);
 }

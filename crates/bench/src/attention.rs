@@ -101,23 +101,13 @@ pub(crate) struct Case {
 }
 
 fn run_case(
-    kind: &AttentionKind,
-    heads: usize,
-    h: usize,
-    n: usize,
-    reps: usize,
-    par: Par,
+    kind: &AttentionKind, heads: usize, h: usize, n: usize, reps: usize, par: Par,
 ) -> Result<Case> {
-    let layer = Attention::<f32>::new(AttentionConfig {
-        heads,
-        head_dim: h,
-        kind: *kind,
-    })
-    .map_err(attention_err)?;
+    let layer = Attention::<f32>::new(AttentionConfig { heads, head_dim: h, kind: *kind })
+        .map_err(attention_err)?;
     let len = heads * n * h;
-    let x: Vec<f32> = (0..len)
-        .map(|i| ((i.wrapping_mul(2_654_435_761) % 2001) as f32 / 1000.0) - 1.0)
-        .collect();
+    let x: Vec<f32> =
+        (0..len).map(|i| ((i.wrapping_mul(2_654_435_761) % 2001) as f32 / 1000.0) - 1.0).collect();
     let meter = memory::meter();
     let base = meter.map(|m| {
         let base = m.current();
@@ -129,31 +119,17 @@ fn run_case(
     let mut out = vec![0.0f32; len];
     let mut saved = Saved::new();
     let mut grads = Grads::default();
-    layer
-        .forward_into(&x, &x, &x, 1, n, &mut out, &mut saved, par)
-        .map_err(attention_err)?;
-    layer
-        .backward_into(&mut saved, &x, &mut grads, par)
-        .map_err(attention_err)?;
+    layer.forward_into(&x, &x, &x, 1, n, &mut out, &mut saved, par).map_err(attention_err)?;
+    layer.backward_into(&mut saved, &x, &mut grads, par).map_err(attention_err)?;
     let peak = meter.zip(base).map(|(m, base)| m.peak_since_reset(base));
     let forward = median(reps, || {
-        layer
-            .forward_into(&x, &x, &x, 1, n, &mut out, &mut saved, par)
-            .map_err(attention_err)
+        layer.forward_into(&x, &x, &x, 1, n, &mut out, &mut saved, par).map_err(attention_err)
     })?;
     let forward_backward = median(reps, || {
-        layer
-            .forward_into(&x, &x, &x, 1, n, &mut out, &mut saved, par)
-            .map_err(attention_err)?;
-        layer
-            .backward_into(&mut saved, &x, &mut grads, par)
-            .map_err(attention_err)
+        layer.forward_into(&x, &x, &x, 1, n, &mut out, &mut saved, par).map_err(attention_err)?;
+        layer.backward_into(&mut saved, &x, &mut grads, par).map_err(attention_err)
     })?;
-    Ok(Case {
-        forward,
-        forward_backward,
-        peak,
-    })
+    Ok(Case { forward, forward_backward, peak })
 }
 
 /// The plotted series of `kind` with `heads` heads: one colour per kind, solid for the fewest
@@ -176,12 +152,7 @@ fn replot_attention(csv: &std::path::Path, out: &std::path::Path) -> Result<()> 
             .position(|h| *h == name)
             .ok_or_else(|| Error::Config(format!("{}: no column {name:?}", csv.display())))
     };
-    let cols = [
-        column("kind")?,
-        column("heads")?,
-        column("n")?,
-        column("forward_backward_s")?,
-    ];
+    let cols = [column("kind")?, column("heads")?, column("n")?, column("forward_backward_s")?];
     for (i, line) in text.lines().enumerate().skip(1) {
         let f: Vec<&str> = line.split(',').collect();
         let bad = || Error::Config(format!("{}:{}: not a bench row", csv.display(), i + 1));
@@ -232,9 +203,7 @@ pub fn run(args: &AttentionBench) -> Result<()> {
         || args.heads.contains(&0)
         || args.head_dim == 0
     {
-        return Err(Error::Config(
-            "--n, --heads and --head-dim need positive values".into(),
-        ));
+        return Err(Error::Config("--n, --heads and --head-dim need positive values".into()));
     }
     match args.device.as_str() {
         "cpu" => {}
@@ -291,10 +260,8 @@ pub fn run(args: &AttentionBench) -> Result<()> {
             let mut previous: Option<(usize, f64)> = None;
             for (ni, &n) in args.n.iter().enumerate() {
                 bar.set_message(format!("{} heads={heads} n={n}", name));
-                let quadratic = matches!(
-                    *k,
-                    AttentionKind::Softmax | AttentionKind::Polynomial { .. }
-                );
+                let quadratic =
+                    matches!(*k, AttentionKind::Softmax | AttentionKind::Polynomial { .. });
                 // a case runs a warm-up forward+backward, then `reps` forwards (≈ ¼ of it) and
                 // `reps` forward+backwards; one rep only when the previous n took over 5 s
                 let projected = previous.map(|(pn, t)| {
@@ -317,11 +284,7 @@ pub fn run(args: &AttentionBench) -> Result<()> {
                     bar.inc(1);
                     continue;
                 }
-                let reps = if previous.is_some_and(|(_, t)| t > 5.0) {
-                    1
-                } else {
-                    args.reps
-                };
+                let reps = if previous.is_some_and(|(_, t)| t > 5.0) { 1 } else { args.reps };
                 let case = match run_case(k, heads, h, n, reps, par) {
                     Ok(c) => c,
                     Err(e) => {
@@ -409,11 +372,7 @@ impl Report {
 
     /// One measured case: printed and added to the CSV (tokens/s count the whole batch).
     pub(crate) fn row(
-        &mut self,
-        name: &str,
-        (batch, heads, n): (usize, usize, usize),
-        case: &Case,
-        gflops: f64,
+        &mut self, name: &str, (batch, heads, n): (usize, usize, usize), case: &Case, gflops: f64,
         ratio: Option<f64>,
     ) {
         let tokens = (batch * n) as f64 / case.forward_backward;
@@ -427,10 +386,7 @@ impl Report {
             case.forward_backward * 1e3,
             tokens,
             gflops,
-            case.peak.map_or("-".into(), |p| format!(
-                "{:.1}",
-                p as f64 / (1 << 20) as f64
-            )),
+            case.peak.map_or("-".into(), |p| format!("{:.1}", p as f64 / (1 << 20) as f64)),
             ratio.map_or("-".into(), |r| format!("{r:.1}x")),
         );
         self.csv.push_str(&format!(
@@ -446,10 +402,7 @@ impl Report {
 
     /// Writes attention_bench.csv and attention_bench.svg into `out`.
     pub(crate) fn write(
-        &self,
-        out: &std::path::Path,
-        series: &[Series],
-        title: &str,
+        &self, out: &std::path::Path, series: &[Series], title: &str,
     ) -> Result<()> {
         std::fs::create_dir_all(out)?;
         let csv_path = out.join("attention_bench.csv");

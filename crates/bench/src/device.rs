@@ -14,8 +14,7 @@ use crate::{Error, Result};
 /// inputs of `--dtype`. Times include a device synchronisation; peak is the device memory in
 /// use while the forward's state is held.
 pub(crate) fn run<R: polysketch_attention::device::Runtime>(
-    args: &AttentionBench,
-    gpu: &polysketch_attention::device::Gpu<R>,
+    args: &AttentionBench, gpu: &polysketch_attention::device::Gpu<R>,
 ) -> Result<()> {
     use polysketch_attention::device::bf16;
     if args.batch == 0 || args.r.is_empty() || args.r.contains(&0) {
@@ -29,8 +28,7 @@ pub(crate) fn run<R: polysketch_attention::device::Runtime>(
 }
 
 fn device_cases<R, E>(
-    args: &AttentionBench,
-    gpu: &polysketch_attention::device::Gpu<R>,
+    args: &AttentionBench, gpu: &polysketch_attention::device::Gpu<R>,
 ) -> Result<()>
 where
     R: polysketch_attention::device::Runtime,
@@ -104,26 +102,17 @@ where
 /// One device case: a warm-up forward+backward, then the medians of `reps` forwards and
 /// forward+backwards, each ending in a device synchronisation.
 fn device_case<R, E>(
-    gpu: &polysketch_attention::device::Gpu<R>,
-    kind: &AttentionKind,
-    batch: usize,
-    heads: usize,
-    h: usize,
-    n: usize,
-    reps: usize,
+    gpu: &polysketch_attention::device::Gpu<R>, kind: &AttentionKind, batch: usize, heads: usize,
+    h: usize, n: usize, reps: usize,
 ) -> Result<Case>
 where
     R: polysketch_attention::device::Runtime,
     E: polysketch_attention::device::Float + polysketch_attention::device::CubeElement,
 {
-    let layer = Attention::<f32>::new(AttentionConfig {
-        heads,
-        head_dim: h,
-        kind: *kind,
-    })
-    .map_err(attention_err)?
-    .to_device(gpu)
-    .map_err(attention_err)?;
+    let layer = Attention::<f32>::new(AttentionConfig { heads, head_dim: h, kind: *kind })
+        .map_err(attention_err)?
+        .to_device(gpu)
+        .map_err(attention_err)?;
     let len = batch * heads * n * h;
     let x: Vec<E> = (0..len)
         .map(|i| E::new(((i.wrapping_mul(2_654_435_761) % 2001) as f32 / 1000.0) - 1.0))
@@ -131,9 +120,7 @@ where
     let device = |e: polysketch_attention::device::GpuError| attention_err(e.into());
     let x = gpu.upload(&x).map_err(device)?;
     let step = |backward: bool| -> Result<u64> {
-        let (_, saved) = layer
-            .forward_buffers(&x, &x, &x, batch, n)
-            .map_err(attention_err)?;
+        let (_, saved) = layer.forward_buffers(&x, &x, &x, batch, n).map_err(attention_err)?;
         let held = gpu.memory().map_err(device)?.0;
         if backward {
             layer.backward_buffers(&saved, &x).map_err(attention_err)?;
@@ -144,9 +131,5 @@ where
     let peak = step(true)? as usize;
     let forward = median(reps, || step(false).map(|_| ()))?;
     let forward_backward = median(reps, || step(true).map(|_| ()))?;
-    Ok(Case {
-        forward,
-        forward_backward,
-        peak: Some(peak),
-    })
+    Ok(Case { forward, forward_backward, peak: Some(peak) })
 }

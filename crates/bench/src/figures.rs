@@ -25,20 +25,13 @@ pub fn amm_error(results: &[CaseResult], path: &Path) -> Result<()> {
             .into_drawing_area();
         root.fill(&WHITE).map_err(plot_err)?;
         let panels = root.split_evenly((1, degrees.len().max(1)));
-        let colours = [
-            RGBColor(31, 119, 180),
-            RGBColor(214, 39, 40),
-            RGBColor(44, 160, 44),
-        ];
+        let colours = [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44)];
         for (panel, &p) in panels.iter().zip(&degrees) {
             let cases: Vec<&CaseResult> = results.iter().filter(|c| c.p == p).collect();
-            let (rmin, rmax) = cases.iter().fold((f64::MAX, 0f64), |(lo, hi), c| {
-                (lo.min(c.r as f64), hi.max(c.r as f64))
-            });
-            let errs = cases
+            let (rmin, rmax) = cases
                 .iter()
-                .flat_map(|c| [Some(c.self_mean), c.tree_mean])
-                .flatten();
+                .fold((f64::MAX, 0f64), |(lo, hi), c| (lo.min(c.r as f64), hi.max(c.r as f64)));
+            let errs = cases.iter().flat_map(|c| [Some(c.self_mean), c.tree_mean]).flatten();
             let (emin, emax) = errs.fold((f64::MAX, 0f64), |(lo, hi), e| (lo.min(e), hi.max(e)));
             let mut chart = ChartBuilder::on(panel)
                 .caption(format!("p = {p}: AMM error vs r"), ("sans-serif", 18))
@@ -86,10 +79,7 @@ pub fn amm_error(results: &[CaseResult], path: &Path) -> Result<()> {
                         PathElement::new(vec![(x, y), (x + 16, y)], colour.stroke_width(1))
                     });
                 chart
-                    .draw_series(
-                        tree.iter()
-                            .map(|&pt| Cross::new(pt, 4, colour.stroke_width(1))),
-                    )
+                    .draw_series(tree.iter().map(|&pt| Cross::new(pt, 4, colour.stroke_width(1))))
                     .map_err(plot_err)?;
             }
             chart

@@ -103,12 +103,8 @@ fn rel_diff(a: &Mat<f32>, b: &Mat<f32>) -> f64 {
 }
 
 fn measure(n: usize, b: usize, reps: usize, baselines: bool, par: Par) -> Result<Row> {
-    let (l, r, c, g) = (
-        random(n, R, 0.25, 1),
-        random(n, R, 0.25, 2),
-        random(n, K, 1.0, 3),
-        random(n, K, 1.0, 4),
-    );
+    let (l, r, c, g) =
+        (random(n, R, 0.25, 1), random(n, R, 0.25, 2), random(n, K, 1.0, 3), random(n, K, 1.0, 4));
     let problem = Problem::self_tensored(l.as_ref(), r.as_ref(), c.as_ref());
     let engine = LowTri::new(b)?;
     // validate once (the timed closures then cannot fail) and keep the result to compare
@@ -119,17 +115,11 @@ fn measure(n: usize, b: usize, reps: usize, baselines: bool, par: Par) -> Result
     let mut out = Mat::<f32>::zeros(n, K);
     let (mut saved, mut grads) = (vec![Saved::new()], vec![Grads::new()]);
     let forward = median_time(reps, || {
-        engine
-            .forward_batch_into(problems, vec![out.as_mut()], &mut saved, par)
-            .ok();
+        engine.forward_batch_into(problems, vec![out.as_mut()], &mut saved, par).ok();
     });
     let forward_backward = median_time(reps, || {
-        engine
-            .forward_batch_into(problems, vec![out.as_mut()], &mut saved, par)
-            .ok();
-        engine
-            .backward_batch_into(problems, &mut saved, &[g.as_ref()], &mut grads, par)
-            .ok();
+        engine.forward_batch_into(problems, vec![out.as_mut()], &mut saved, par).ok();
+        engine.backward_batch_into(problems, &mut saved, &[g.as_ref()], &mut grads, par).ok();
     });
     let mut row = Row {
         forward,
@@ -146,10 +136,8 @@ fn measure(n: usize, b: usize, reps: usize, baselines: bool, par: Par) -> Result
         // accuracy: the same product in f64
         let wide = |m: &Mat<f32>| Mat::from_fn(m.nrows(), m.ncols(), |i, j| m[(i, j)] as f64);
         let (l64, r64, c64) = (wide(&l), wide(&r), wide(&c));
-        let (exact, _) = engine.forward(
-            &Problem::self_tensored(l64.as_ref(), r64.as_ref(), c64.as_ref()),
-            par,
-        )?;
+        let (exact, _) = engine
+            .forward(&Problem::self_tensored(l64.as_ref(), r64.as_ref(), c64.as_ref()), par)?;
         row.f32_error = Some((&wide(&reference) - &exact).norm_l2() / exact.norm_l2());
         // the explicit n x 528 features, formed once outside the timings
         let (mut fl, mut fr) = (Mat::<f32>::zeros(n, M), Mat::<f32>::zeros(n, M));
@@ -206,9 +194,7 @@ fn ms(t: Option<f64>) -> String {
 pub fn run(args: &LowtriBench) -> Result<()> {
     let par = Par::rayon(0);
     let threads = rayon::current_num_threads();
-    let ns: Vec<usize> = (10..=if args.quick { 13 } else { 16 })
-        .map(|e| 1usize << e)
-        .collect();
+    let ns: Vec<usize> = (10..=if args.quick { 13 } else { 16 }).map(|e| 1usize << e).collect();
     let reps = if args.quick { 3 } else { 5 };
     let sweep_n = if args.quick { 8192 } else { 16_384 };
     let sweep = [64usize, 128, 512, 1024];
@@ -250,9 +236,7 @@ pub fn run(args: &LowtriBench) -> Result<()> {
     let print_row = |n: usize, b: usize, r: &Row| {
         let gf = forward_flops(n, b) / r.forward / 1e9;
         let gfb = (forward_flops(n, b) + backward_flops(n, b)) / r.forward_backward / 1e9;
-        let ggf = r.general.map_or("-".into(), |t| {
-            format!("{:.1}", general_flops(n, b) / t / 1e9)
-        });
+        let ggf = r.general.map_or("-".into(), |t| format!("{:.1}", general_flops(n, b) / t / 1e9));
         bar.suspend(|| {
             println!(
                 "{n:>6} {b:>5} {:>7.2} ms {:>7.2} ms {gf:>7.1} {gfb:>7.1} {:>11} {ggf:>7} {:>11} {:>11} {:>11} {:>11} {:>9} {:>9}",
@@ -296,11 +280,7 @@ pub fn run(args: &LowtriBench) -> Result<()> {
         print_row(sweep_n, b, &r);
     }
     bar.finish_and_clear();
-    let from_4k: Vec<f64> = rates
-        .iter()
-        .filter(|(n, _)| *n >= 4096)
-        .map(|(_, g)| *g)
-        .collect();
+    let from_4k: Vec<f64> = rates.iter().filter(|(n, _)| *n >= 4096).map(|(_, g)| *g).collect();
     let mean = from_4k.iter().sum::<f64>() / from_4k.len().max(1) as f64;
     println!(
         "block forward (self-tensored, b = {B}) from n = 4096 on: {mean:.1} GFLOP/s on average = {:.0} % of faer's product rate in this run",
@@ -310,11 +290,7 @@ pub fn run(args: &LowtriBench) -> Result<()> {
     let csv = args.out.join("lowtri_scaling.csv");
     let svg = args.out.join("lowtri_scaling.svg");
     polysketch_core::io::write_atomic(&csv, scaling::to_csv(&series).as_bytes())?;
-    scaling::plot_svg(
-        &series,
-        "lt(A Bᵀ) C against n (m = 528, k = 64, b = 256, f32)",
-        &svg,
-    )?;
+    scaling::plot_svg(&series, "lt(A Bᵀ) C against n (m = 528, k = 64, b = 256, f32)", &svg)?;
     println!("wrote {} and {}", csv.display(), svg.display());
     let fwd = &series[0].points;
     let (n1, t1) = fwd[fwd.len() - 1];

@@ -22,10 +22,7 @@ pub struct CountingAlloc {
 impl CountingAlloc {
     /// A counter at zero.
     pub const fn new() -> Self {
-        Self {
-            current: AtomicUsize::new(0),
-            peak: AtomicUsize::new(0),
-        }
+        Self { current: AtomicUsize::new(0), peak: AtomicUsize::new(0) }
     }
 
     /// Bytes allocated now.
@@ -85,15 +82,12 @@ unsafe impl GlobalAlloc for CountingAlloc {
         let p = unsafe { System.realloc(ptr, layout, new_size) };
         if !p.is_null() {
             if new_size >= layout.size() {
-                let now = self
-                    .current
-                    .fetch_add(new_size - layout.size(), Ordering::Relaxed)
+                let now = self.current.fetch_add(new_size - layout.size(), Ordering::Relaxed)
                     + new_size
                     - layout.size();
                 self.peak.fetch_max(now, Ordering::Relaxed);
             } else {
-                self.current
-                    .fetch_sub(layout.size() - new_size, Ordering::Relaxed);
+                self.current.fetch_sub(layout.size() - new_size, Ordering::Relaxed);
             }
         }
         p

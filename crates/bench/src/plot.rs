@@ -95,10 +95,7 @@ fn clip_above(points: &[(f64, f64)], cap: f64) -> Vec<Vec<(f64, f64)>> {
 /// [`Error::Config`] with nothing to draw or non-positive values on a log axis; [`Error::Plot`],
 /// [`Error::Io`].
 pub fn line_plot(
-    lines: &[Line],
-    hlines: &[(String, f64)],
-    axes: &Axes<'_>,
-    path: &Path,
+    lines: &[Line], hlines: &[(String, f64)], axes: &Axes<'_>, path: &Path,
 ) -> Result<()> {
     line_plot_capped(lines, hlines, axes, None, path)
 }
@@ -108,23 +105,15 @@ pub fn line_plot(
 /// # Errors
 /// As [`line_plot`].
 pub fn line_plot_capped(
-    lines: &[Line],
-    hlines: &[(String, f64)],
-    axes: &Axes<'_>,
-    y_cap: Option<f64>,
-    path: &Path,
+    lines: &[Line], hlines: &[(String, f64)], axes: &Axes<'_>, y_cap: Option<f64>, path: &Path,
 ) -> Result<()> {
     let xs = lines.iter().flat_map(|l| l.points.iter().map(|p| p.0));
-    let ys = lines
-        .iter()
-        .flat_map(|l| l.points.iter().map(|p| p.1))
-        .chain(hlines.iter().map(|h| h.1));
+    let ys =
+        lines.iter().flat_map(|l| l.points.iter().map(|p| p.1)).chain(hlines.iter().map(|h| h.1));
     let (x0, x1) = xs.fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(x), b.max(x)));
     let (y0, y1) = ys.fold((f64::MAX, f64::MIN), |(a, b), y| (a.min(y), b.max(y)));
     if x0 > x1 || y0 > y1 || (axes.log_x && x0 <= 0.0) || (axes.log_y && y0 <= 0.0) {
-        return Err(Error::Config(
-            "nothing to plot, or a non-positive value on a log axis".into(),
-        ));
+        return Err(Error::Config("nothing to plot, or a non-positive value on a log axis".into()));
     }
     let cap = y_cap.filter(|&c| c > y0 && c < y1);
     // the padding below is a share of the drawn range; the top stays at the cap itself
@@ -152,12 +141,7 @@ pub fn line_plot_capped(
             })
             .collect()
     };
-    let legend_width = 40
-        + 7 * lines
-            .iter()
-            .map(|l| l.name.chars().count())
-            .max()
-            .unwrap_or(0);
+    let legend_width = 40 + 7 * lines.iter().map(|l| l.name.chars().count()).max().unwrap_or(0);
     let legend_width = legend_width.clamp(120, 320) as u32;
     let mut svg = String::new();
     {
@@ -193,9 +177,7 @@ pub fn line_plot_capped(
                                 .draw_series(DashedLineSeries::new(piece, 8, 5, style))
                                 .map_err(plot_err)?;
                         } else {
-                            chart
-                                .draw_series(LineSeries::new(piece, style))
-                                .map_err(plot_err)?;
+                            chart.draw_series(LineSeries::new(piece, style)).map_err(plot_err)?;
                         }
                     }
                     let inside = l.points.iter().filter(|p| cap.is_none_or(|c| p.1 <= c));
@@ -206,11 +188,7 @@ pub fn line_plot_capped(
                 for (_, y) in hlines {
                     // evenly spaced on screen: geometric steps on a log axis
                     let at = |t: f64| {
-                        if axes.log_x {
-                            x0 * (x1 / x0).powf(t)
-                        } else {
-                            x0 + (x1 - x0) * t
-                        }
+                        if axes.log_x { x0 * (x1 / x0).powf(t) } else { x0 + (x1 - x0) * t }
                     };
                     let dashes: Vec<(f64, f64)> =
                         (0..40).map(|k| (at(k as f64 / 39.0), *y)).collect();
@@ -270,15 +248,12 @@ pub struct Panel {
 }
 
 fn scatter(
-    area: &DrawingArea<SVGBackend<'_>, Shift>,
-    panel: &Panel,
-    x_label: &str,
-    y_label: &str,
+    area: &DrawingArea<SVGBackend<'_>, Shift>, panel: &Panel, x_label: &str, y_label: &str,
 ) -> Result<()> {
-    let (x0, x1, y0, y1) = panel.points.iter().fold(
-        (f64::MAX, f64::MIN, f64::MAX, f64::MIN),
-        |(a, b, c, d), p| (a.min(p.0), b.max(p.0), c.min(p.1), d.max(p.1)),
-    );
+    let (x0, x1, y0, y1) =
+        panel.points.iter().fold((f64::MAX, f64::MIN, f64::MAX, f64::MIN), |(a, b, c, d), p| {
+            (a.min(p.0), b.max(p.0), c.min(p.1), d.max(p.1))
+        });
     let (dx, dy) = ((x1 - x0).max(1e-12) * 0.05, (y1 - y0).max(1e-12) * 0.05);
     let mut chart = ChartBuilder::on(area)
         .caption(&panel.title, ("sans-serif", 16))
@@ -297,10 +272,7 @@ fn scatter(
         .map_err(plot_err)?;
     chart
         .draw_series(
-            panel
-                .points
-                .iter()
-                .map(|&(x, y, c)| Circle::new((x, y), 2, colour(c).filled())),
+            panel.points.iter().map(|&(x, y, c)| Circle::new((x, y), 2, colour(c).filled())),
         )
         .map_err(plot_err)?;
     Ok(())
@@ -312,20 +284,12 @@ fn scatter(
 /// # Errors
 /// [`Error::Config`] with no panel or an empty one; [`Error::Plot`], [`Error::Io`].
 pub fn scatter_panels(
-    panels: &[Panel],
-    x_label: &str,
-    y_label: &str,
-    class_names: &[String],
-    path: &Path,
+    panels: &[Panel], x_label: &str, y_label: &str, class_names: &[String], path: &Path,
 ) -> Result<()> {
     if panels.is_empty() || panels.iter().any(|p| p.points.is_empty()) {
         return Err(Error::Config("nothing to plot".into()));
     }
-    let classes = panels
-        .iter()
-        .flat_map(|p| p.points.iter().map(|q| q.2 + 1))
-        .max()
-        .unwrap_or(0);
+    let classes = panels.iter().flat_map(|p| p.points.iter().map(|q| q.2 + 1)).max().unwrap_or(0);
     let mut svg = String::new();
     {
         let width = 460 * panels.len() as u32;
@@ -337,18 +301,12 @@ pub fn scatter_panels(
         }
         let font = ("sans-serif", 13).into_font();
         let step = (width as i32 - 80) / classes.max(1) as i32;
-        legend
-            .draw(&Text::new("class:", (10, 8), font.clone()))
-            .map_err(plot_err)?;
+        legend.draw(&Text::new("class:", (10, 8), font.clone())).map_err(plot_err)?;
         for c in 0..classes {
             let x = 60 + step * c as i32;
             let name = class_names.get(c).cloned().unwrap_or_else(|| c.to_string());
-            legend
-                .draw(&Circle::new((x, 15), 5, colour(c).filled()))
-                .map_err(plot_err)?;
-            legend
-                .draw(&Text::new(name, (x + 9, 8), font.clone()))
-                .map_err(plot_err)?;
+            legend.draw(&Circle::new((x, 15), 5, colour(c).filled())).map_err(plot_err)?;
+            legend.draw(&Text::new(name, (x + 9, 8), font.clone())).map_err(plot_err)?;
         }
         root.present().map_err(plot_err)?;
     }

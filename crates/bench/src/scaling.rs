@@ -25,10 +25,7 @@ pub struct Series {
 impl Series {
     /// An empty series.
     pub fn new(name: &str) -> Self {
-        Self {
-            name: name.into(),
-            ..Self::default()
-        }
+        Self { name: name.into(), ..Self::default() }
     }
 
     /// Appends a point.
@@ -80,12 +77,6 @@ pub fn plot_svg(series: &[Series], title: &str, path: &Path) -> Result<()> {
             dashed: s.dashed,
         })
         .collect();
-    let axes = Axes {
-        title,
-        x_label: "n",
-        y_label: "seconds",
-        log_x: true,
-        log_y: true,
-    };
+    let axes = Axes { title, x_label: "n", y_label: "seconds", log_x: true, log_y: true };
     line_plot(&lines, &[], &axes, path)
 }

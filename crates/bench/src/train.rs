@@ -46,20 +46,13 @@ pub fn run(args: &TrainBench) -> Result<()> {
         args.tokens,
         rayon::current_num_threads()
     );
-    println!(
-        "{:<28} {:>6} {:>6} {:>10} {:>10}",
-        "kind", "n", "batch", "step", "tokens/s"
-    );
+    println!("{:<28} {:>6} {:>6} {:>10} {:>10}", "kind", "n", "batch", "step", "tokens/s");
     let mut csv = String::from("kind,n,batch,step_s,tokens_per_s\n");
     let mut all = Vec::new();
     for kind in &args.kinds {
         let spec = AttentionKind::parse_with(
             kind,
-            PolySketchConfig {
-                block: args.block,
-                local: true,
-                ..PolySketchConfig::default()
-            },
+            PolySketchConfig { block: args.block, local: true, ..PolySketchConfig::default() },
         )?;
         let mut series = Series::new(&spec.name());
         for &n in &args.n {
@@ -93,11 +86,7 @@ pub fn run(args: &TrainBench) -> Result<()> {
             }
             let step = t0.elapsed().as_secs_f64() / args.steps as f64;
             let tps = (batch * n) as f64 / step;
-            println!(
-                "{:<28} {n:>6} {batch:>6} {:>8.3} s {tps:>10.0}",
-                spec.name(),
-                step
-            );
+            println!("{:<28} {n:>6} {batch:>6} {:>8.3} s {tps:>10.0}", spec.name(), step);
             csv.push_str(&format!("{},{n},{batch},{step:.4},{tps:.1}\n", spec.name()));
             series.push(n, tps);
         }
@@ -125,20 +114,14 @@ pub fn run(args: &TrainBench) -> Result<()> {
         },
         &args.out.join("train_bench.svg"),
     )?;
-    println!(
-        "wrote {0}/train_bench.csv and {0}/train_bench.svg",
-        args.out.display()
-    );
+    println!("wrote {0}/train_bench.csv and {0}/train_bench.svg", args.out.display());
     let softmax = all.iter().find(|s| s.name == "softmax");
     let sketch = all.iter().find(|s| s.name.starts_with("polysketch"));
-    if let (Some(a), Some(b)) = (
-        softmax.and_then(|s| s.points.last()),
-        sketch.and_then(|s| s.points.last()),
-    ) {
+    if let (Some(a), Some(b)) =
+        (softmax.and_then(|s| s.points.last()), sketch.and_then(|s| s.points.last()))
+    {
         // polysketch tokens/s at the longest n over the shortest, then against softmax
-        let first = sketch
-            .and_then(|s| s.points.first())
-            .map_or((b.0, b.1), |x| *x);
+        let first = sketch.and_then(|s| s.points.first()).map_or((b.0, b.1), |x| *x);
         let name = sketch.map_or("", |s| s.name.as_str());
         println!(
             "flatness {:.3}  ({name} tokens/s at n = {} over n = {})",

@@ -47,9 +47,7 @@ pub fn check_nonempty<T>(op: &'static str, input: &'static str, m: MatRef<'_, T>
 /// [`Error::NonFinite`] with the position of the first NaN or infinity (in column-major
 /// order).
 pub fn check_finite<T: Scalar>(
-    op: &'static str,
-    input: &'static str,
-    m: MatRef<'_, T>,
+    op: &'static str, input: &'static str, m: MatRef<'_, T>,
 ) -> Result<()> {
     // fast path over contiguous slices, columns or rows whichever are contiguous
     let fine = if m.row_stride() == 1 || m.nrows() <= 1 {
@@ -76,12 +74,7 @@ pub fn check_finite<T: Scalar>(
     for col in 0..m.ncols() {
         for (row, &x) in m.col(col).iter().enumerate() {
             if !x.is_finite() {
-                return Err(Error::NonFinite {
-                    op,
-                    input,
-                    row,
-                    col,
-                });
+                return Err(Error::NonFinite { op, input, row, col });
             }
         }
     }
@@ -112,11 +105,7 @@ pub fn all_finite<T: Scalar>(xs: &[T]) -> bool {
 pub fn check_param_bytes(sketch: &'static str, count: u128, elem_bytes: usize) -> Result<()> {
     let bytes = count.saturating_mul(elem_bytes as u128);
     if bytes > MAX_PARAMETER_BYTES {
-        return Err(Error::TooLarge {
-            sketch,
-            bytes,
-            limit: MAX_PARAMETER_BYTES,
-        });
+        return Err(Error::TooLarge { sketch, bytes, limit: MAX_PARAMETER_BYTES });
     }
     Ok(())
 }

@@ -13,18 +13,10 @@ use crate::Scalar;
 /// If the shapes do not chain: `lhs: [m, k]`, `rhs: [k, n]`, `dst: [m, n]`.
 #[inline]
 pub fn gemm<T: Scalar>(
-    dst: MatMut<'_, T>,
-    lhs: MatRef<'_, T>,
-    rhs: MatRef<'_, T>,
-    alpha: T,
-    accumulate: bool,
+    dst: MatMut<'_, T>, lhs: MatRef<'_, T>, rhs: MatRef<'_, T>, alpha: T, accumulate: bool,
     par: Par,
 ) {
-    let beta = if accumulate {
-        Accum::Add
-    } else {
-        Accum::Replace
-    };
+    let beta = if accumulate { Accum::Add } else { Accum::Replace };
     faer::linalg::matmul::matmul(dst, beta, lhs, rhs, alpha, par);
 }
 
@@ -94,11 +86,8 @@ pub fn dot<T: Scalar>(x: &[T], y: &[T]) -> T {
     const LANES: usize = 16;
     let mut acc = [T::zero(); LANES];
     let (xc, yc) = (x.chunks_exact(LANES), y.chunks_exact(LANES));
-    let tail: T = xc
-        .remainder()
-        .iter()
-        .zip(yc.remainder())
-        .fold(T::zero(), |s, (&a, &b)| s + a * b);
+    let tail: T =
+        xc.remainder().iter().zip(yc.remainder()).fold(T::zero(), |s, (&a, &b)| s + a * b);
     for (xs, ys) in xc.zip(yc) {
         for ((a, &u), &v) in acc.iter_mut().zip(xs).zip(ys) {
             *a += u * v;
@@ -230,10 +219,7 @@ mod tests {
         for e in 0..12u32 {
             for x in [-1.7f64, -0.3, 0.0, 0.9, 2.5] {
                 let (a, b) = (ipow(x, e), x.powi(e as i32));
-                assert!(
-                    (a - b).abs() <= 1e-14 * b.abs().max(1.0),
-                    "{x}^{e}: {a} vs {b}"
-                );
+                assert!((a - b).abs() <= 1e-14 * b.abs().max(1.0), "{x}^{e}: {a} vs {b}");
             }
         }
     }

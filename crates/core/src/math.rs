@@ -113,10 +113,7 @@ mod tests {
         super::tanh_f32(&mut v);
         for (x, t) in xs.iter().zip(&v) {
             let exact = (*x as f64).tanh();
-            assert!(
-                (*t as f64 - exact).abs() < 1e-6,
-                "tanh({x}) = {t}, exact {exact}"
-            );
+            assert!((*t as f64 - exact).abs() < 1e-6, "tanh({x}) = {t}, exact {exact}");
         }
         let mut big = vec![100.0f32, -100.0, 0.0];
         super::tanh_f32(&mut big);
@@ -135,10 +132,7 @@ mod tests {
         assert_eq!(super::fast_exp_f32(-100.0), 0.0);
         let mut v = vec![0.0f32, 1.0, -1.0, 2.5];
         super::exp_shifted_f32(&mut v, 1.0);
-        for (x, e) in v
-            .iter()
-            .zip([(-1.0f32).exp(), 1.0, (-2.0f32).exp(), 1.5f32.exp()])
-        {
+        for (x, e) in v.iter().zip([(-1.0f32).exp(), 1.0, (-2.0f32).exp(), 1.5f32.exp()]) {
             assert!((x - e).abs() <= 3e-7 * e);
         }
     }

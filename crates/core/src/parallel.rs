@@ -16,9 +16,7 @@ pub const CHUNK_ROWS: usize = 256;
 /// `first_row` is the index in `out` of the chunk's first row, so `f` can take the matching rows
 /// of its inputs with `subrows(first_row, chunk.nrows())`.
 pub fn for_each_row_chunk<T: Send>(
-    out: MatMut<'_, T>,
-    par: Par,
-    f: impl Fn(usize, MatMut<'_, T>) + Sync + Send,
+    out: MatMut<'_, T>, par: Par, f: impl Fn(usize, MatMut<'_, T>) + Sync + Send,
 ) {
     if out.nrows() == 0 {
         return;

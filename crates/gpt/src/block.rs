@@ -69,9 +69,7 @@ pub(crate) fn resize<T: Scalar>(v: &mut Vec<T>, len: usize) {
 
 /// Two disjoint tensors of a flat buffer, mutably (`a` before `b`).
 pub(crate) fn two_mut<'a, T>(
-    flat: &'a mut [T],
-    a: &ParamInfo,
-    b: &ParamInfo,
+    flat: &'a mut [T], a: &ParamInfo, b: &ParamInfo,
 ) -> (&'a mut [T], &'a mut [T]) {
     debug_assert!(a.offset + a.len() <= b.offset);
     let (lo, hi) = flat.split_at_mut(b.offset);
@@ -81,23 +79,11 @@ pub(crate) fn two_mut<'a, T>(
 impl<T: Scalar> Gpt<T> {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn block_forward(
-        &self,
-        l: usize,
-        x: &mut [T],
-        batch: usize,
-        n: usize,
-        pos0: usize,
-        ba: &mut BlockActs<T>,
-        mode: Mode<'_, T>,
-        s: &mut Scratch<T>,
-        par: Par,
+        &self, l: usize, x: &mut [T], batch: usize, n: usize, pos0: usize, ba: &mut BlockActs<T>,
+        mode: Mode<'_, T>, s: &mut Scratch<T>, par: Par,
     ) -> Result<()> {
-        let (c, f, heads, h) = (
-            self.config.d_model,
-            self.config.hidden(),
-            self.config.heads,
-            self.config.head_dim(),
-        );
+        let (c, f, heads, h) =
+            (self.config.d_model, self.config.hidden(), self.config.heads, self.config.head_dim());
         let rows = batch * n;
         let b = &self.blocks[l];
         let p = |id: usize| self.table[id].of(&self.params);
@@ -115,9 +101,7 @@ impl<T: Scalar> Gpt<T> {
         for buf in [&mut s.q, &mut s.k, &mut s.v, &mut s.att] {
             resize(buf, rows * c);
         }
-        ops::split_heads_forward(
-            &s.qkv, batch, n, heads, h, pos0, &mut s.q, &mut s.k, &mut s.v,
-        );
+        ops::split_heads_forward(&s.qkv, batch, n, heads, h, pos0, &mut s.q, &mut s.k, &mut s.v);
         match mode {
             Mode::Train(saved) => {
                 self.attn[l].forward_into(&s.q, &s.k, &s.v, batch, n, &mut s.att, saved, par)?
@@ -156,22 +140,11 @@ impl<T: Scalar> Gpt<T> {
     /// `grads`.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn block_backward(
-        &self,
-        l: usize,
-        batch: usize,
-        n: usize,
-        ba: &mut BlockActs<T>,
-        dx: &mut [T],
-        s: &mut Scratch<T>,
-        grads: &mut [T],
-        par: Par,
+        &self, l: usize, batch: usize, n: usize, ba: &mut BlockActs<T>, dx: &mut [T],
+        s: &mut Scratch<T>, grads: &mut [T], par: Par,
     ) -> Result<()> {
-        let (c, f, heads, h) = (
-            self.config.d_model,
-            self.config.hidden(),
-            self.config.heads,
-            self.config.head_dim(),
-        );
+        let (c, f, heads, h) =
+            (self.config.d_model, self.config.hidden(), self.config.heads, self.config.head_dim());
         let rows = batch * n;
         let p = |id: usize| self.table[id].of(&self.params);
         let b = &self.blocks[l];
@@ -217,15 +190,7 @@ impl<T: Scalar> Gpt<T> {
         );
         {
             let (dgain, dbias) = two_mut(grads, &self.table[b.ln2_gain], &self.table[b.ln2_bias]);
-            layernorm_backward(
-                &s.dln,
-                &ba.ln2,
-                p(b.ln2_gain),
-                T::one(),
-                &mut s.tmp,
-                dgain,
-                dbias,
-            );
+            layernorm_backward(&s.dln, &ba.ln2, p(b.ln2_gain), T::one(), &mut s.tmp, dgain, dbias);
         }
         ops::add_assign(dx, &s.tmp);
         // x' = x + y·W_oᵀ
@@ -245,11 +210,7 @@ impl<T: Scalar> Gpt<T> {
         ops::unmerge_heads(&s.dln, batch, n, heads, h, &mut s.att);
         self.attn[l].backward_into(&mut ba.attn, &s.att, &mut s.grads, par)?;
         for ((_, g), &id) in s.grads.params.iter().zip(&b.attn) {
-            self.table[id]
-                .of_mut(grads)
-                .iter_mut()
-                .zip(g)
-                .for_each(|(d, g)| *d += *g);
+            self.table[id].of_mut(grads).iter_mut().zip(g).for_each(|(d, g)| *d += *g);
         }
         let Grads { dq, dk, dv, .. } = &mut s.grads;
         ops::split_heads_backward(dq, dk, dv, batch, n, heads, h, 0, &mut s.dqkv);
@@ -267,15 +228,7 @@ impl<T: Scalar> Gpt<T> {
         );
         {
             let (dgain, dbias) = two_mut(grads, &self.table[b.ln1_gain], &self.table[b.ln1_bias]);
-            layernorm_backward(
-                &s.dln,
-                &ba.ln1,
-                p(b.ln1_gain),
-                T::one(),
-                &mut s.tmp,
-                dgain,
-                dbias,
-            );
+            layernorm_backward(&s.dln, &ba.ln1, p(b.ln1_gain), T::one(), &mut s.tmp, dgain, dbias);
         }
         ops::add_assign(dx, &s.tmp);
         Ok(())

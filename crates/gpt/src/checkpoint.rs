@@ -39,10 +39,7 @@ pub struct Meta {
 }
 
 fn file_err(path: &Path, reason: impl ToString) -> GptError {
-    GptError::File {
-        path: path.display().to_string(),
-        reason: reason.to_string(),
-    }
+    GptError::File { path: path.display().to_string(), reason: reason.to_string() }
 }
 
 /// Writes a checkpoint folder at `dir` (replacing one that is there).
@@ -50,11 +47,7 @@ fn file_err(path: &Path, reason: impl ToString) -> GptError {
 /// # Errors
 /// [`GptError::File`] if a file cannot be written; non-finite parameters.
 pub fn save(
-    dir: &Path,
-    model: &Gpt<f32>,
-    opt: &AdamW<f32>,
-    tokenizer: &Tokenizer,
-    meta: &Meta,
+    dir: &Path, model: &Gpt<f32>, opt: &AdamW<f32>, tokenizer: &Tokenizer, meta: &Meta,
 ) -> Result<()> {
     let tmp = PathBuf::from(format!("{}.tmp", dir.display()));
     let old = PathBuf::from(format!("{}.old", dir.display()));
@@ -90,10 +83,7 @@ pub fn save(
 fn interrupted_write(dir: &Path) -> Option<String> {
     let old = PathBuf::from(format!("{}.old", dir.display()));
     old.is_dir().then(|| {
-        format!(
-            " (a write was interrupted: the previous checkpoint is at {})",
-            old.display()
-        )
+        format!(" (a write was interrupted: the previous checkpoint is at {})", old.display())
     })
 }
 
@@ -173,8 +163,7 @@ pub fn read_meta(dir: &Path) -> Result<Meta> {
 /// # Errors
 /// [`GptError::File`] for a missing or corrupt file or tensors that do not fit the configuration.
 pub fn load(
-    dir: &Path,
-    with_optimizer: Option<(f64, f64, f64, f64)>,
+    dir: &Path, with_optimizer: Option<(f64, f64, f64, f64)>,
 ) -> Result<(Meta, Gpt<f32>, Option<AdamW<f32>>)> {
     let meta = read_meta(dir)?;
     let mut model = Gpt::<f32>::new(meta.model)?;

@@ -125,10 +125,7 @@ impl GptConfig {
             ));
         }
         if !self.head_dim().is_multiple_of(2) {
-            return bad(format!(
-                "head size {} must be even (RoPE rotates pairs)",
-                self.head_dim()
-            ));
+            return bad(format!("head size {} must be even (RoPE rotates pairs)", self.head_dim()));
         }
         Ok(())
     }

@@ -29,10 +29,7 @@ impl ByteTokenizer {
     /// Tokens back to text (invalid UTF-8, e.g. a cut multi-byte character, becomes U+FFFD;
     /// tokens ≥ 256 are skipped).
     pub fn decode(&self, tokens: &[u32]) -> String {
-        let bytes: Vec<u8> = tokens
-            .iter()
-            .filter_map(|&t| u8::try_from(t).ok())
-            .collect();
+        let bytes: Vec<u8> = tokens.iter().filter_map(|&t| u8::try_from(t).ok()).collect();
         String::from_utf8_lossy(&bytes).into_owned()
     }
 }
@@ -95,8 +92,7 @@ impl Tokenizer {
         .with_decoder(Some(DecoderWrapper::ByteLevel(byte_level)))
         .build()
         .map_err(tok_err)?;
-        tok.train(&mut trainer, text.split_inclusive('\n'))
-            .map_err(tok_err)?;
+        tok.train(&mut trainer, text.split_inclusive('\n')).map_err(tok_err)?;
         Ok(Tokenizer::Bpe(Box::new(tokenizers::Tokenizer::from(tok))))
     }
 
@@ -174,10 +170,8 @@ pub struct Corpus {
 /// # Errors
 /// [`GptError::File`] if it cannot be read or is not UTF-8.
 pub fn read_text(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path).map_err(|e| GptError::File {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    })?;
+    let bytes = std::fs::read(path)
+        .map_err(|e| GptError::File { path: path.display().to_string(), reason: e.to_string() })?;
     String::from_utf8(bytes).map_err(|e| GptError::File {
         path: path.display().to_string(),
         reason: format!("not UTF-8 text ({e})"),
@@ -208,10 +202,7 @@ impl Corpus {
     /// [`GptError::Data`] if `val_fraction` is not in (0, 1) or either part has fewer than
     /// `context + 1` tokens.
     pub fn from_text(
-        text: &str,
-        tokenizer: &Tokenizer,
-        val_fraction: f64,
-        context: usize,
+        text: &str, tokenizer: &Tokenizer, val_fraction: f64, context: usize,
     ) -> Result<Self> {
         let (train_text, val_text) = Self::split_text(text, val_fraction)?;
         let (train, val) = (tokenizer.encode(train_text)?, tokenizer.encode(val_text)?);
@@ -229,11 +220,7 @@ impl Corpus {
     /// from `split_seed(seed, step)`, as (inputs, targets), each `[batch, n]`. A function of
     /// `(seed, step)` only, so a resumed run sees the same batches.
     pub fn train_batch(
-        &self,
-        seed: u64,
-        step: usize,
-        batch: usize,
-        n: usize,
+        &self, seed: u64, step: usize, batch: usize, n: usize,
     ) -> (Vec<u32>, Vec<u32>) {
         let mut rng = seeded_rng(split_seed(seed, step as u64));
         let hi = self.train.len() - n;
@@ -249,10 +236,7 @@ impl Corpus {
     /// Validation batches: consecutive windows of `n + 1` tokens from the start of the
     /// validation part, `batch` per batch, at most `max_batches` batches (at least one).
     pub fn val_batches(
-        &self,
-        batch: usize,
-        n: usize,
-        max_batches: usize,
+        &self, batch: usize, n: usize, max_batches: usize,
     ) -> Vec<(Vec<u32>, Vec<u32>)> {
         let windows = ((self.val.len() - 1) / n).max(1);
         let count = (windows / batch).clamp(1, max_batches.max(1));

@@ -138,12 +138,7 @@ impl<T: Scalar> Gpt<T> {
         let mut table = Vec::new();
         let mut push = |name: String, shape: Vec<usize>, decay: bool| {
             let offset = table.last().map_or(0, |p: &ParamInfo| p.offset + p.len());
-            table.push(ParamInfo {
-                name,
-                shape,
-                offset,
-                decay,
-            });
+            table.push(ParamInfo { name, shape, offset, decay });
             table.len() - 1
         };
         let wte = push("wte".into(), vec![v, c], true);
@@ -159,13 +154,7 @@ impl<T: Scalar> Gpt<T> {
             let attn_ids = layer
                 .parameters()
                 .iter()
-                .map(|p| {
-                    push(
-                        format!("{pre}attn.{}", p.name),
-                        p.shape.clone(),
-                        p.shape.len() > 1,
-                    )
-                })
+                .map(|p| push(format!("{pre}attn.{}", p.name), p.shape.clone(), p.shape.len() > 1))
                 .collect();
             let ln2_gain = push(format!("{pre}ln2.gain"), vec![c], false);
             let ln2_bias = push(format!("{pre}ln2.bias"), vec![c], false);
@@ -219,16 +208,7 @@ impl<T: Scalar> Gpt<T> {
                 table[id].of_mut(&mut params).copy_from_slice(p.data);
             }
         }
-        Ok(Self {
-            config,
-            params,
-            table,
-            blocks,
-            attn,
-            wte,
-            lnf_gain,
-            lnf_bias,
-        })
+        Ok(Self { config, params, table, blocks, attn, wte, lnf_gain, lnf_bias })
     }
 
     /// The configuration.
@@ -282,22 +262,15 @@ impl<T: Scalar> Gpt<T> {
             });
         }
         if let Some(&t) = tokens.iter().find(|&&t| t as usize >= self.config.vocab) {
-            return Err(GptError::Token {
-                op,
-                token: t,
-                vocab: self.config.vocab,
-            });
+            return Err(GptError::Token { op, token: t, vocab: self.config.vocab });
         }
         Ok(())
     }
 
     /// Estimated bytes of the activations of a training forward over `batch × n` tokens.
     pub fn activation_bytes(&self, batch: usize, n: usize) -> u128 {
-        let (c, f, v) = (
-            self.config.d_model as u128,
-            self.config.hidden() as u128,
-            self.config.vocab as u128,
-        );
+        let (c, f, v) =
+            (self.config.d_model as u128, self.config.hidden() as u128, self.config.vocab as u128);
         let rows = (batch * n) as u128;
         let per_block = rows * (5 * c + 4 * f) + rows * c * 8; // saved + the attention's own
         let size = core::mem::size_of::<T>() as u128;
@@ -333,12 +306,7 @@ impl<T: Scalar> Gpt<T> {
     /// # Ok::<(), GptError>(())
     /// ```
     pub fn forward(
-        &self,
-        tokens: &[u32],
-        targets: &[u32],
-        batch: usize,
-        n: usize,
-        acts: &mut Activations<T>,
+        &self, tokens: &[u32], targets: &[u32], batch: usize, n: usize, acts: &mut Activations<T>,
         par: Par,
     ) -> Result<f64> {
         const OP: &str = "Gpt::forward";
@@ -349,15 +317,9 @@ impl<T: Scalar> Gpt<T> {
                 what: format!("{} targets for {} tokens", targets.len(), tokens.len()),
             });
         }
-        if let Some(&t) = targets
-            .iter()
-            .find(|&&t| t != IGNORE && t as usize >= self.config.vocab)
+        if let Some(&t) = targets.iter().find(|&&t| t != IGNORE && t as usize >= self.config.vocab)
         {
-            return Err(GptError::Token {
-                op: OP,
-                token: t,
-                vocab: self.config.vocab,
-            });
+            return Err(GptError::Token { op: OP, token: t, vocab: self.config.vocab });
         }
         if n > self.config.context {
             return Err(GptError::Shape {
@@ -367,18 +329,11 @@ impl<T: Scalar> Gpt<T> {
         }
         let bytes = self.activation_bytes(batch, n);
         if bytes > MAX_ACTIVATION_BYTES {
-            return Err(GptError::TooLarge {
-                op: OP,
-                bytes,
-                limit: MAX_ACTIVATION_BYTES,
-            });
+            return Err(GptError::TooLarge { op: OP, bytes, limit: MAX_ACTIVATION_BYTES });
         }
         let count = targets.iter().filter(|&&t| t != IGNORE).count();
         if count == 0 {
-            return Err(GptError::Shape {
-                op: OP,
-                what: "no position has a target".into(),
-            });
+            return Err(GptError::Shape { op: OP, what: "no position has a target".into() });
         }
         acts.batch = batch;
         acts.n = n;
@@ -387,8 +342,7 @@ impl<T: Scalar> Gpt<T> {
         acts.targets.clear();
         acts.targets.extend_from_slice(targets);
         acts.count = count;
-        acts.blocks
-            .resize_with(self.config.layers, Default::default);
+        acts.blocks.resize_with(self.config.layers, Default::default);
         let mut x = core::mem::take(&mut acts.x);
         self.trunk(tokens, batch, n, 0, &mut x, acts, None, par)?;
         acts.x = x;
@@ -405,15 +359,8 @@ impl<T: Scalar> Gpt<T> {
     /// (`states` = None) each block saves into `acts.blocks`.
     #[allow(clippy::too_many_arguments)]
     fn trunk(
-        &self,
-        tokens: &[u32],
-        batch: usize,
-        n: usize,
-        pos0: usize,
-        x: &mut Vec<T>,
-        acts: &mut Activations<T>,
-        mut states: Option<&mut [State<T>]>,
-        par: Par,
+        &self, tokens: &[u32], batch: usize, n: usize, pos0: usize, x: &mut Vec<T>,
+        acts: &mut Activations<T>, mut states: Option<&mut [State<T>]>, par: Par,
     ) -> Result<()> {
         let (c, v) = (self.config.d_model, self.config.vocab);
         let rows = batch * n;
@@ -470,11 +417,7 @@ impl<T: Scalar> Gpt<T> {
         if grads.len() != self.params.len() {
             return Err(GptError::Shape {
                 op: OP,
-                what: format!(
-                    "{} gradients for {} parameters",
-                    grads.len(),
-                    self.params.len()
-                ),
+                what: format!("{} gradients for {} parameters", grads.len(), self.params.len()),
             });
         }
         if !acts.ready {
@@ -516,11 +459,7 @@ impl<T: Scalar> Gpt<T> {
             self.table[self.wte].of_mut(grads),
             par,
         );
-        let (dg, db) = two_mut(
-            grads,
-            &self.table[self.lnf_gain],
-            &self.table[self.lnf_bias],
-        );
+        let (dg, db) = two_mut(grads, &self.table[self.lnf_gain], &self.table[self.lnf_bias]);
         layernorm_backward(&s.dln, &a.lnf, p(self.lnf_gain), T::one(), &mut dx, dg, db);
         for l in (0..self.config.layers).rev() {
             self.block_backward(
@@ -564,11 +503,7 @@ impl<T: Scalar> Gpt<T> {
     /// # Errors
     /// Shapes, tokens outside the vocabulary, the attention layers' errors.
     pub fn forward_chunk(
-        &self,
-        tokens: &[u32],
-        n: usize,
-        state: &mut InferState<T>,
-        scratch: &mut Activations<T>,
+        &self, tokens: &[u32], n: usize, state: &mut InferState<T>, scratch: &mut Activations<T>,
         par: Par,
     ) -> Result<Vec<T>> {
         let batch = state.batch;
@@ -605,11 +540,7 @@ impl<T: Scalar> Gpt<T> {
 }
 
 fn prefixed(prefix: &str, name: &str) -> String {
-    if prefix.is_empty() {
-        name.to_string()
-    } else {
-        format!("{prefix}.{name}")
-    }
+    if prefix.is_empty() { name.to_string() } else { format!("{prefix}.{name}") }
 }
 
 /// The named tensors of a flat buffer laid out by `table` (as [`Gpt::params`] is, or an
@@ -627,20 +558,14 @@ pub fn views<'a, T>(flat: &'a [T], table: &[ParamInfo], prefix: &str) -> Vec<Par
 
 /// Mutable [`views`] (the table's tensors are disjoint and in offset order).
 pub fn views_mut<'a, T>(
-    flat: &'a mut [T],
-    table: &[ParamInfo],
-    prefix: &str,
+    flat: &'a mut [T], table: &[ParamInfo], prefix: &str,
 ) -> Vec<ParamMut<'a, T>> {
     let mut out = Vec::with_capacity(table.len());
     let (mut rest, mut at) = (flat, 0);
     for p in table {
         let (_, tail) = rest.split_at_mut(p.offset - at);
         let (mine, tail) = tail.split_at_mut(p.len());
-        out.push(ParamMut {
-            name: prefixed(prefix, &p.name),
-            shape: p.shape.clone(),
-            data: mine,
-        });
+        out.push(ParamMut { name: prefixed(prefix, &p.name), shape: p.shape.clone(), data: mine });
         rest = tail;
         at = p.offset + p.len();
     }

@@ -37,22 +37,14 @@ pub fn sinusoid<T: Scalar>(t: usize, c: usize, out: &mut [T]) {
 /// Embedding: row \\((b, t)\\) of `out` (`[batch·n, C]`) is
 /// \\(\sqrt C\,W_{te}[\text{tok}_{b,t}] + e_{\text{pos0}+t}\\). `wte`: `[V, C]`.
 pub fn embed_forward<T: Scalar>(
-    tokens: &[u32],
-    n: usize,
-    pos0: usize,
-    wte: &[T],
-    c: usize,
-    out: &mut [T],
+    tokens: &[u32], n: usize, pos0: usize, wte: &[T], c: usize, out: &mut [T],
 ) {
     let scale = T::of((c as f64).sqrt());
-    out.par_chunks_mut(c)
-        .zip(tokens.par_iter())
-        .enumerate()
-        .for_each(|(row, (o, &tok))| {
-            sinusoid(pos0 + row % n, c, o);
-            let e = &wte[tok as usize * c..(tok as usize + 1) * c];
-            o.iter_mut().zip(e).for_each(|(o, e)| *o += scale * *e);
-        });
+    out.par_chunks_mut(c).zip(tokens.par_iter()).enumerate().for_each(|(row, (o, &tok))| {
+        sinusoid(pos0 + row % n, c, o);
+        let e = &wte[tok as usize * c..(tok as usize + 1) * c];
+        o.iter_mut().zip(e).for_each(|(o, e)| *o += scale * *e);
+    });
 }
 
 /// Backward of [`embed_forward`]: `dwte[tok] += √C · dout[row]`, rows in order.
@@ -66,54 +58,19 @@ pub fn embed_backward<T: Scalar>(dout: &[T], tokens: &[u32], c: usize, dwte: &mu
 
 /// Dense layer without bias: `out [rows, o] = x [rows, i] · Wᵀ`, `w: [o, i]` (PyTorch layout).
 pub fn linear_forward<T: Scalar>(
-    x: &[T],
-    w: &[T],
-    rows: usize,
-    i: usize,
-    o: usize,
-    out: &mut [T],
-    par: Par,
+    x: &[T], w: &[T], rows: usize, i: usize, o: usize, out: &mut [T], par: Par,
 ) {
-    gemm(
-        mat_mut(out, rows, o),
-        mat(x, rows, i),
-        mat(w, o, i).transpose(),
-        T::one(),
-        false,
-        par,
-    );
+    gemm(mat_mut(out, rows, o), mat(x, rows, i), mat(w, o, i).transpose(), T::one(), false, par);
 }
 
 /// Backward of [`linear_forward`]: `dx (+)= dout · W` (added when `accumulate_dx`) and
 /// `dw += doutᵀ · x`.
 pub fn linear_backward<T: Scalar>(
-    dout: &[T],
-    x: &[T],
-    w: &[T],
-    rows: usize,
-    i: usize,
-    o: usize,
-    dx: &mut [T],
-    accumulate_dx: bool,
-    dw: &mut [T],
-    par: Par,
+    dout: &[T], x: &[T], w: &[T], rows: usize, i: usize, o: usize, dx: &mut [T],
+    accumulate_dx: bool, dw: &mut [T], par: Par,
 ) {
-    gemm(
-        mat_mut(dx, rows, i),
-        mat(dout, rows, o),
-        mat(w, o, i),
-        T::one(),
-        accumulate_dx,
-        par,
-    );
-    gemm(
-        mat_mut(dw, o, i),
-        mat(dout, rows, o).transpose(),
-        mat(x, rows, i),
-        T::one(),
-        true,
-        par,
-    );
+    gemm(mat_mut(dx, rows, i), mat(dout, rows, o), mat(w, o, i), T::one(), accumulate_dx, par);
+    gemm(mat_mut(dw, o, i), mat(dout, rows, o).transpose(), mat(x, rows, i), T::one(), true, par);
 }
 
 /// The RoPE angles' cosines and sines for positions `pos0 .. pos0 + n` and head size `h`:
@@ -121,19 +78,14 @@ pub fn linear_backward<T: Scalar>(
 /// \\(\theta = 10000\\).
 pub fn rope_table<T: Scalar>(pos0: usize, n: usize, h: usize) -> Vec<(T, T)> {
     let half = h / 2;
-    let freq: Vec<f64> = (0..half)
-        .map(|i| 10000f64.powf(-2.0 * i as f64 / h as f64))
-        .collect();
+    let freq: Vec<f64> = (0..half).map(|i| 10000f64.powf(-2.0 * i as f64 / h as f64)).collect();
     let mut table = vec![(T::zero(), T::zero()); n * half];
-    table
-        .par_chunks_mut(half.max(1))
-        .enumerate()
-        .for_each(|(t, row)| {
-            for (r, w) in row.iter_mut().zip(&freq) {
-                let (s, c) = ((pos0 + t) as f64 * w).sin_cos();
-                *r = (T::of(c), T::of(s));
-            }
-        });
+    table.par_chunks_mut(half.max(1)).enumerate().for_each(|(t, row)| {
+        for (r, w) in row.iter_mut().zip(&freq) {
+            let (s, c) = ((pos0 + t) as f64 * w).sin_cos();
+            *r = (T::of(c), T::of(s));
+        }
+    });
     table
 }
 
@@ -154,15 +106,8 @@ fn rotate<T: Scalar>(x: &mut [T], cs: &[(T, T)], inverse: bool) {
 /// Splits `qkv` (`[batch, n, 3C]`: q, then k, then v) into heads `[batch, heads, n, h]` and
 /// applies RoPE at positions `pos0 + t` to q and k.
 pub fn split_heads_forward<T: Scalar>(
-    qkv: &[T],
-    batch: usize,
-    n: usize,
-    heads: usize,
-    h: usize,
-    pos0: usize,
-    q: &mut [T],
-    k: &mut [T],
-    v: &mut [T],
+    qkv: &[T], batch: usize, n: usize, heads: usize, h: usize, pos0: usize, q: &mut [T],
+    k: &mut [T], v: &mut [T],
 ) {
     let c = heads * h;
     let per = n * h;
@@ -186,15 +131,8 @@ pub fn split_heads_forward<T: Scalar>(
 /// Backward of [`split_heads_forward`]: gathers `dq`, `dk` (rotated back) and `dv` into
 /// `dqkv` (`[batch, n, 3C]`). `dq` and `dk` are overwritten (rotated in place).
 pub fn split_heads_backward<T: Scalar>(
-    dq: &mut [T],
-    dk: &mut [T],
-    dv: &[T],
-    batch: usize,
-    n: usize,
-    heads: usize,
-    h: usize,
-    pos0: usize,
-    dqkv: &mut [T],
+    dq: &mut [T], dk: &mut [T], dv: &[T], batch: usize, n: usize, heads: usize, h: usize,
+    pos0: usize, dqkv: &mut [T],
 ) {
     let c = heads * h;
     let table = rope_table::<T>(pos0, n, h);
@@ -205,28 +143,21 @@ pub fn split_heads_backward<T: Scalar>(
             rotate(x, &table[t * half..(t + 1) * half], true);
         });
     }
-    dqkv.par_chunks_mut(3 * c)
-        .enumerate()
-        .for_each(|(bt, dst)| {
-            let (b, t) = (bt / n, bt % n);
-            for (which, src) in [&*dq, &*dk, dv].into_iter().enumerate() {
-                for hd in 0..heads {
-                    let s = &src[((b * heads + hd) * n + t) * h..][..h];
-                    dst[which * c + hd * h..][..h].copy_from_slice(s);
-                }
+    dqkv.par_chunks_mut(3 * c).enumerate().for_each(|(bt, dst)| {
+        let (b, t) = (bt / n, bt % n);
+        for (which, src) in [&*dq, &*dk, dv].into_iter().enumerate() {
+            for hd in 0..heads {
+                let s = &src[((b * heads + hd) * n + t) * h..][..h];
+                dst[which * c + hd * h..][..h].copy_from_slice(s);
             }
-        });
+        }
+    });
     debug_assert_eq!(dqkv.len(), batch * n * 3 * c);
 }
 
 /// Merges heads: `y [batch, n, C]` from `att [batch, heads, n, h]`.
 pub fn merge_heads<T: Scalar>(
-    att: &[T],
-    batch: usize,
-    n: usize,
-    heads: usize,
-    h: usize,
-    y: &mut [T],
+    att: &[T], batch: usize, n: usize, heads: usize, h: usize, y: &mut [T],
 ) {
     let c = heads * h;
     y.par_chunks_mut(c).enumerate().for_each(|(bt, dst)| {
@@ -240,12 +171,7 @@ pub fn merge_heads<T: Scalar>(
 
 /// The inverse of [`merge_heads`] (its backward): `att [batch, heads, n, h]` from `y [batch, n, C]`.
 pub fn unmerge_heads<T: Scalar>(
-    y: &[T],
-    batch: usize,
-    n: usize,
-    heads: usize,
-    h: usize,
-    att: &mut [T],
+    y: &[T], batch: usize, n: usize, heads: usize, h: usize, att: &mut [T],
 ) {
     let c = heads * h;
     att.par_chunks_mut(n * h).enumerate().for_each(|(bh, dst)| {
@@ -259,27 +185,16 @@ pub fn unmerge_heads<T: Scalar>(
 
 /// GLU with GELU: `g = gelu(a) ∘ u`, saving `gelu(a)` in `ga` and `gelu'(a)` in `dga`.
 pub fn glu_forward<T: Scalar>(
-    a: &[T],
-    u: &[T],
-    ga: &mut [T],
-    dga: &mut [T],
-    g: &mut [T],
-    width: usize,
+    a: &[T], u: &[T], ga: &mut [T], dga: &mut [T], g: &mut [T], width: usize,
 ) {
     let chunk = ROWS * width;
-    (
-        g.par_chunks_mut(chunk),
-        ga.par_chunks_mut(chunk),
-        dga.par_chunks_mut(chunk),
-    )
+    (g.par_chunks_mut(chunk), ga.par_chunks_mut(chunk), dga.par_chunks_mut(chunk))
         .into_par_iter()
         .enumerate()
         .for_each(|(i, (g, ga, dga))| {
             let (a, u) = (&a[i * chunk..][..g.len()], &u[i * chunk..][..g.len()]);
             polysketch_attention::gelu_with_grad(a, ga, dga);
-            g.iter_mut()
-                .zip(ga.iter().zip(u))
-                .for_each(|(g, (x, y))| *g = *x * *y);
+            g.iter_mut().zip(ga.iter().zip(u)).for_each(|(g, (x, y))| *g = *x * *y);
         });
 }
 
@@ -303,10 +218,7 @@ pub fn glu_backward<T: Scalar>(dg: &[T], u: &[T], ga: &[T], dga: &[T], da: &mut 
 
 /// `x += y` (the residual connections; their backward is the identity).
 pub fn add_assign<T: Scalar>(x: &mut [T], y: &[T]) {
-    x.par_iter_mut()
-        .zip(y.par_iter())
-        .with_min_len(ROWS * 64)
-        .for_each(|(x, y)| *x += *y);
+    x.par_iter_mut().zip(y.par_iter()).with_min_len(ROWS * 64).for_each(|(x, y)| *x += *y);
 }
 
 /// Token id that marks a position without a target (no loss there).
@@ -316,16 +228,11 @@ pub const IGNORE: u32 = u32::MAX;
 /// for none): returns \\(\sum_i -\log p_{i, y_i}\\) over rows with a target (summed in f64,
 /// rows in order) and how many there were. `logits` is overwritten by the probabilities.
 pub fn cross_entropy_forward<T: Scalar>(
-    logits: &mut [T],
-    targets: &[u32],
-    v: usize,
+    logits: &mut [T], targets: &[u32], v: usize,
 ) -> (f64, usize) {
     let mut losses = vec![0.0f64; targets.len()];
-    logits
-        .par_chunks_mut(v)
-        .zip(losses.par_iter_mut())
-        .zip(targets.par_iter())
-        .for_each(|((row, loss), &y)| {
+    logits.par_chunks_mut(v).zip(losses.par_iter_mut()).zip(targets.par_iter()).for_each(
+        |((row, loss), &y)| {
             let max = row.iter().fold(T::neg_infinity(), |m, x| m.max(*x));
             let mut s = 0.0f64;
             row.iter_mut().for_each(|x| {
@@ -335,13 +242,10 @@ pub fn cross_entropy_forward<T: Scalar>(
             let inv = T::of(1.0 / s);
             row.iter_mut().for_each(|x| *x *= inv);
             if y != IGNORE {
-                *loss = -(row[y as usize]
-                    .to_f64()
-                    .unwrap_or(0.0)
-                    .max(f64::MIN_POSITIVE))
-                .ln();
+                *loss = -(row[y as usize].to_f64().unwrap_or(0.0).max(f64::MIN_POSITIVE)).ln();
             }
-        });
+        },
+    );
     let count = targets.iter().filter(|&&y| y != IGNORE).count();
     (losses.iter().sum(), count)
 }
@@ -350,15 +254,12 @@ pub fn cross_entropy_forward<T: Scalar>(
 /// `probs` (its output) becomes \\(\partial L/\partial\text{logits} = \text{scale}(p - e_{y})\\),
 /// zero on rows without a target.
 pub fn cross_entropy_backward<T: Scalar>(probs: &mut [T], targets: &[u32], v: usize, scale: T) {
-    probs
-        .par_chunks_mut(v)
-        .zip(targets.par_iter())
-        .for_each(|(row, &y)| {
-            if y == IGNORE {
-                row.iter_mut().for_each(|x| *x = T::zero());
-            } else {
-                row.iter_mut().for_each(|x| *x *= scale);
-                row[y as usize] -= scale;
-            }
-        });
+    probs.par_chunks_mut(v).zip(targets.par_iter()).for_each(|(row, &y)| {
+        if y == IGNORE {
+            row.iter_mut().for_each(|x| *x = T::zero());
+        } else {
+            row.iter_mut().for_each(|x| *x *= scale);
+            row[y as usize] -= scale;
+        }
+    });
 }

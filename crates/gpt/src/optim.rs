@@ -95,12 +95,7 @@ impl<T: Scalar> AdamW<T> {
     /// [`GptError::Shape`] for lengths that differ; [`GptError::NonFinite`] for a non-finite
     /// gradient (nothing is changed then).
     pub fn step(
-        &mut self,
-        params: &mut [T],
-        grads: &[T],
-        table: &[ParamInfo],
-        lr: f64,
-        clip: f64,
+        &mut self, params: &mut [T], grads: &[T], table: &[ParamInfo], lr: f64, clip: f64,
     ) -> Result<f64> {
         if params.len() != grads.len() || params.len() != self.m.len() {
             return Err(GptError::Shape {
@@ -114,19 +109,11 @@ impl<T: Scalar> AdamW<T> {
             });
         }
         // the norm in f64, in order: the same whatever the threads
-        let norm = grads
-            .iter()
-            .map(|g| g.to_f64().unwrap_or(f64::NAN).powi(2))
-            .sum::<f64>()
-            .sqrt();
+        let norm = grads.iter().map(|g| g.to_f64().unwrap_or(f64::NAN).powi(2)).sum::<f64>().sqrt();
         if !norm.is_finite() {
             return Err(GptError::NonFinite("gradient"));
         }
-        let scale = if clip > 0.0 && norm > clip {
-            clip / norm
-        } else {
-            1.0
-        };
+        let scale = if clip > 0.0 && norm > clip { clip / norm } else { 1.0 };
         self.t += 1;
         let (b1, b2) = (self.beta1, self.beta2);
         let c1 = 1.0 - b1.powi(self.t as i32);
@@ -134,18 +121,9 @@ impl<T: Scalar> AdamW<T> {
         let (b1, b2, scale, eps) = (T::of(b1), T::of(b2), T::of(scale), T::of(self.eps));
         let (step_m, step_v) = (T::of(lr / c1), T::of(1.0 / c2));
         for info in table {
-            let decay = T::of(if info.decay {
-                lr * self.weight_decay
-            } else {
-                0.0
-            });
+            let decay = T::of(if info.decay { lr * self.weight_decay } else { 0.0 });
             let r = info.offset..info.offset + info.len();
-            (
-                &mut params[r.clone()],
-                &grads[r.clone()],
-                &mut self.m[r.clone()],
-                &mut self.v[r],
-            )
+            (&mut params[r.clone()], &grads[r.clone()], &mut self.m[r.clone()], &mut self.v[r])
                 .into_par_iter()
                 .with_min_len(4096)
                 .for_each(|(p, g, m, v)| {

@@ -48,10 +48,7 @@ impl Default for RunConfig {
     fn default() -> Self {
         Self {
             train: TrainConfig::default(),
-            source: Source::Text {
-                path: PathBuf::from(DEFAULT_DATA),
-                val_fraction: 0.1,
-            },
+            source: Source::Text { path: PathBuf::from(DEFAULT_DATA), val_fraction: 0.1 },
             eval_every: 50,
             eval_batches: 8,
             tokenizer: TokenizerSpec::Bytes,
@@ -66,10 +63,7 @@ impl RunConfig {
     pub fn task(task: Task) -> Self {
         Self {
             train: TrainConfig::task(),
-            source: Source::Task {
-                task,
-                held_out: 256,
-            },
+            source: Source::Task { task, held_out: 256 },
             eval_every: 250,
             eval_batches: 1,
             tokenizer: TokenizerSpec::Bytes,
@@ -164,9 +158,7 @@ impl Data {
                 let batches = held_out.div_ceil(t.batch);
                 Ok(Data::Task(
                     *task,
-                    (0..batches)
-                        .map(|_| task.generate(&mut rng, t.batch, t.seq))
-                        .collect(),
+                    (0..batches).map(|_| task.generate(&mut rng, t.batch, t.seq)).collect(),
                 ))
             }
         }
@@ -176,11 +168,8 @@ impl Data {
         match self {
             Data::Text(c, _) => c.train_batch(t.seed, step, t.batch, t.seq),
             Data::Task(task, _) => {
-                let b = task.generate(
-                    &mut seeded_rng(split_seed(t.seed, step as u64)),
-                    t.batch,
-                    t.seq,
-                );
+                let b =
+                    task.generate(&mut seeded_rng(split_seed(t.seed, step as u64)), t.batch, t.seq);
                 (b.tokens, b.targets)
             }
         }
@@ -188,16 +177,12 @@ impl Data {
 
     /// Held-out loss and, for tasks, exact accuracy.
     fn evaluate(
-        &self,
-        model: &Gpt<f32>,
-        t: &TrainConfig,
-        acts: &mut Activations<f32>,
+        &self, model: &Gpt<f32>, t: &TrainConfig, acts: &mut Activations<f32>,
     ) -> Result<(f64, Option<f64>)> {
         match self {
-            Data::Text(_, val) => Ok((
-                evaluate(model, val, t.batch, t.seq, acts, Par::rayon(0))?,
-                None,
-            )),
+            Data::Text(_, val) => {
+                Ok((evaluate(model, val, t.batch, t.seq, acts, Par::rayon(0))?, None))
+            }
             Data::Task(_, held) => {
                 let (mut loss, mut acc) = (0.0, 0.0);
                 for b in held {
@@ -264,12 +249,8 @@ impl Progress for Quiet {}
 /// # Errors
 /// Bad configurations, data or checkpoints; a diverged loss; files that cannot be written.
 pub fn train(
-    model_config: GptConfig,
-    run: RunConfig,
-    out: &Path,
-    resume: Option<&Path>,
-    stop_after: Option<usize>,
-    progress: &mut dyn Progress,
+    model_config: GptConfig, run: RunConfig, out: &Path, resume: Option<&Path>,
+    stop_after: Option<usize>, progress: &mut dyn Progress,
 ) -> Result<RunSummary> {
     let (mut trainer, run, start, tokenizer) = match resume {
         Some(ckpt) => {
@@ -287,12 +268,7 @@ pub fn train(
                 )));
             }
             let tokenizer = checkpoint::load_tokenizer(ckpt, &meta)?;
-            (
-                Trainer::new(model, opt, t, meta.step)?,
-                run,
-                meta.step,
-                tokenizer,
-            )
+            (Trainer::new(model, opt, t, meta.step)?, run, meta.step, tokenizer)
         }
         None => {
             let mut model_config = model_config;
@@ -315,11 +291,7 @@ pub fn train(
     let model_config = *trainer.model.config();
     let bytes = trainer.model.activation_bytes(t.batch, t.seq);
     if bytes > crate::MAX_ACTIVATION_BYTES {
-        return Err(GptError::TooLarge {
-            op: "train",
-            bytes,
-            limit: crate::MAX_ACTIVATION_BYTES,
-        });
+        return Err(GptError::TooLarge { op: "train", bytes, limit: crate::MAX_ACTIVATION_BYTES });
     }
     let data = Data::load(&run, &model_config, &tokenizer)?;
     std::fs::create_dir_all(out).map_err(|e| file_err(out, e))?;
@@ -404,18 +376,11 @@ pub fn train(
 }
 
 fn file_err(path: &Path, reason: impl ToString) -> GptError {
-    GptError::File {
-        path: path.display().to_string(),
-        reason: reason.to_string(),
-    }
+    GptError::File { path: path.display().to_string(), reason: reason.to_string() }
 }
 
 fn fmt_opt(x: f64) -> String {
-    if x.is_nan() {
-        String::new()
-    } else {
-        format!("{x:.6}")
-    }
+    if x.is_nan() { String::new() } else { format!("{x:.6}") }
 }
 
 /// The CSV rows of an earlier invocation up to `step` (resume keeps them), or the header.
@@ -486,10 +451,7 @@ pub fn eval(ckpt: &Path, data: Option<&Path>, batches: usize) -> Result<EvalRepo
     let (meta, model, tokenizer) = load_model(ckpt)?;
     let mut run = meta.run;
     if let Some(p) = data {
-        run.source = Source::Text {
-            path: p.to_path_buf(),
-            val_fraction: 0.1,
-        };
+        run.source = Source::Text { path: p.to_path_buf(), val_fraction: 0.1 };
     }
     let training_batches = run.eval_batches;
     run.eval_batches = batches;

@@ -14,12 +14,7 @@ use crate::{Activations, Gpt, Result};
 /// # Errors
 /// The model's errors.
 pub fn generate(
-    model: &Gpt<f32>,
-    tok: &Tokenizer,
-    prompt: &str,
-    count: usize,
-    temperature: f64,
-    seed: u64,
+    model: &Gpt<f32>, tok: &Tokenizer, prompt: &str, count: usize, temperature: f64, seed: u64,
 ) -> Result<String> {
     let mut ids = tok.encode(prompt)?;
     if ids.is_empty() {
@@ -47,10 +42,7 @@ fn pick(logits: &[f32], temperature: f64, u: f64) -> u32 {
         return arg as u32;
     }
     let max = f64::from(logits[arg]);
-    let w: Vec<f64> = logits
-        .iter()
-        .map(|&l| ((f64::from(l) - max) / temperature).exp())
-        .collect();
+    let w: Vec<f64> = logits.iter().map(|&l| ((f64::from(l) - max) / temperature).exp()).collect();
     let mut target = u * w.iter().sum::<f64>();
     for (i, wi) in w.iter().enumerate() {
         target -= wi;

@@ -61,11 +61,7 @@ impl Task {
     /// # Panics
     /// If `n` is below `min_len` (the callers check).
     pub fn generate(&self, rng: &mut SketchRng, batch: usize, n: usize) -> TaskBatch {
-        assert!(
-            n >= self.min_len(),
-            "Task::generate: n {n} below {}",
-            self.min_len()
-        );
+        assert!(n >= self.min_len(), "Task::generate: n {n} below {}", self.min_len());
         let (mut tokens, mut targets) =
             (Vec::with_capacity(batch * n), Vec::with_capacity(batch * n));
         for _ in 0..batch {
@@ -89,9 +85,8 @@ impl Task {
                     let mut s = vec![0u32; n];
                     let mut places = rand::seq::index::sample(rng, memory, COPY_COUNT).into_vec();
                     places.sort_unstable();
-                    let colors: Vec<u32> = (0..COPY_COUNT)
-                        .map(|_| rng.random_range(1..=COPY_COLORS as u32))
-                        .collect();
+                    let colors: Vec<u32> =
+                        (0..COPY_COUNT).map(|_| rng.random_range(1..=COPY_COLORS as u32)).collect();
                     for (p, c) in places.iter().zip(&colors) {
                         s[*p] = *c;
                     }
@@ -102,12 +97,7 @@ impl Task {
                 }
             }
         }
-        TaskBatch {
-            tokens,
-            targets,
-            batch,
-            n,
-        }
+        TaskBatch { tokens, targets, batch, n }
     }
 }
 

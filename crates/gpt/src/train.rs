@@ -63,14 +63,7 @@ impl TrainConfig {
     /// `polysketch task`'s settings: 10,000 steps of 32 sequences of 128 tokens, peak
     /// learning rate 1e-3 after 1,000 warm-up steps; the rest as [`Default`].
     pub fn task() -> Self {
-        Self {
-            batch: 32,
-            seq: 128,
-            steps: 10_000,
-            lr: 1e-3,
-            warmup: 1_000,
-            ..Self::default()
-        }
+        Self { batch: 32, seq: 128, steps: 10_000, lr: 1e-3, warmup: 1_000, ..Self::default() }
     }
 
     /// The learning-rate schedule.
@@ -110,9 +103,7 @@ impl TrainConfig {
             && self.clip >= 0.0
             && (0.0..=1.0).contains(&self.min_lr_ratio))
         {
-            return bad(
-                "weight decay and clip must be ≥ 0 and the final lr ratio in [0, 1]".into(),
-            );
+            return bad("weight decay and clip must be ≥ 0 and the final lr ratio in [0, 1]".into());
         }
         Ok(())
     }
@@ -157,14 +148,7 @@ impl Trainer {
     pub fn new(model: Gpt<f32>, opt: AdamW<f32>, config: TrainConfig, step: usize) -> Result<Self> {
         config.validate(model.config())?;
         let grads = vec![0.0; model.num_params()];
-        Ok(Self {
-            model,
-            opt,
-            config,
-            step,
-            acts: Activations::new(),
-            grads,
-        })
+        Ok(Self { model, opt, config, step, acts: Activations::new(), grads })
     }
 
     /// One step on `tokens`/`targets` (`[batch, n]`): forward, backward, AdamW at the
@@ -173,29 +157,16 @@ impl Trainer {
     /// # Errors
     /// The model's errors; a non-finite loss or gradient (nothing is changed then).
     pub fn step(
-        &mut self,
-        tokens: &[u32],
-        targets: &[u32],
-        batch: usize,
-        n: usize,
-        par: Par,
+        &mut self, tokens: &[u32], targets: &[u32], batch: usize, n: usize, par: Par,
     ) -> Result<StepStats> {
-        let loss = self
-            .model
-            .forward(tokens, targets, batch, n, &mut self.acts, par)?;
+        let loss = self.model.forward(tokens, targets, batch, n, &mut self.acts, par)?;
         self.grads.fill(0.0);
         self.model.backward(&mut self.acts, &mut self.grads, par)?;
         let lr = self.config.schedule().lr(self.step);
         let (opt, grads, clip) = (&mut self.opt, &self.grads, self.config.clip);
-        let grad_norm = self
-            .model
-            .update_params(|p, table| opt.step(p, grads, table, lr, clip))?;
+        let grad_norm = self.model.update_params(|p, table| opt.step(p, grads, table, lr, clip))?;
         self.step += 1;
-        Ok(StepStats {
-            loss,
-            grad_norm,
-            lr,
-        })
+        Ok(StepStats { loss, grad_norm, lr })
     }
 
     /// Mean loss over `batches` (each `(tokens, targets)` of `[batch, n]`), weighted by targets.
@@ -203,11 +174,7 @@ impl Trainer {
     /// # Errors
     /// The model's errors.
     pub fn eval(
-        &mut self,
-        batches: &[(Vec<u32>, Vec<u32>)],
-        batch: usize,
-        n: usize,
-        par: Par,
+        &mut self, batches: &[(Vec<u32>, Vec<u32>)], batch: usize, n: usize, par: Par,
     ) -> Result<f64> {
         evaluate(&self.model, batches, batch, n, &mut self.acts, par)
     }
@@ -218,12 +185,8 @@ impl Trainer {
 /// # Errors
 /// The model's errors.
 pub fn evaluate(
-    model: &Gpt<f32>,
-    batches: &[(Vec<u32>, Vec<u32>)],
-    batch: usize,
-    n: usize,
-    acts: &mut Activations<f32>,
-    par: Par,
+    model: &Gpt<f32>, batches: &[(Vec<u32>, Vec<u32>)], batch: usize, n: usize,
+    acts: &mut Activations<f32>, par: Par,
 ) -> Result<f64> {
     let (mut sum, mut count) = (0.0, 0usize);
     for (x, y) in batches {

@@ -13,11 +13,7 @@ fn specs() -> Vec<AttentionKind> {
             p: 4,
             r: 4,
             block: 4,
-            sketch: if learned {
-                SketchKind::Learned
-            } else {
-                SketchKind::Random
-            },
+            sketch: if learned { SketchKind::Learned } else { SketchKind::Random },
             local: local,
             seed: 0,
         })
@@ -33,15 +29,7 @@ fn specs() -> Vec<AttentionKind> {
 }
 
 fn config(attention: AttentionKind) -> GptConfig {
-    GptConfig {
-        vocab: 11,
-        context: 16,
-        d_model: 8,
-        layers: 2,
-        heads: 2,
-        attention,
-        seed: 5,
-    }
+    GptConfig { vocab: 11, context: 16, d_model: 8, layers: 2, heads: 2, attention, seed: 5 }
 }
 
 fn tokens(rng: &mut SketchRng, len: usize, vocab: u32) -> Vec<u32> {
@@ -50,17 +38,10 @@ fn tokens(rng: &mut SketchRng, len: usize, vocab: u32) -> Vec<u32> {
 
 /// The loss at the model's parameters with `params` put in their place.
 fn loss_at(
-    model: &mut Gpt<f64>,
-    params: &[f64],
-    x: &[u32],
-    y: &[u32],
-    batch: usize,
-    n: usize,
+    model: &mut Gpt<f64>, params: &[f64], x: &[u32], y: &[u32], batch: usize, n: usize,
 ) -> f64 {
     model.update_params(|p, _| p.copy_from_slice(params));
-    model
-        .forward(x, y, batch, n, &mut Activations::new(), Par::Seq)
-        .unwrap()
+    model.forward(x, y, batch, n, &mut Activations::new(), Par::Seq).unwrap()
 }
 
 #[test]
@@ -70,19 +51,14 @@ fn gradients_match_finite_differences_for_every_attention_kind() {
         let mut model = Gpt::<f64>::new(config(spec)).unwrap();
         // perturb the initialisation so gains, biases and all weights matter
         let mut rng = seeded_rng(9);
-        let base: Vec<f64> = model
-            .params()
-            .iter()
-            .map(|p| p + 0.1 * (rng.random::<f64>() - 0.5))
-            .collect();
+        let base: Vec<f64> =
+            model.params().iter().map(|p| p + 0.1 * (rng.random::<f64>() - 0.5)).collect();
         model.update_params(|p, _| p.copy_from_slice(&base));
         let x = tokens(&mut rng, batch * n, 11);
         let mut y = tokens(&mut rng, batch * n, 11);
         y[3] = IGNORE;
         let mut acts = Activations::new();
-        model
-            .forward(&x, &y, batch, n, &mut acts, Par::Seq)
-            .unwrap();
+        model.forward(&x, &y, batch, n, &mut acts, Par::Seq).unwrap();
         let mut grads = vec![0.0; model.num_params()];
         model.backward(&mut acts, &mut grads, Par::Seq).unwrap();
         // two entries of every tensor
@@ -103,12 +79,7 @@ fn gradients_match_finite_differences_for_every_attention_kind() {
                 / (2.0 * eps);
             let err = (fd - grads[i]).abs() / (fd.abs() + grads[i].abs()).max(1e-3);
             worst = worst.max(err);
-            assert!(
-                err < 1e-5,
-                "{}: param {i} fd {fd:e} analytic {:e}",
-                spec.name(),
-                grads[i]
-            );
+            assert!(err < 1e-5, "{}: param {i} fd {fd:e} analytic {:e}", spec.name(), grads[i]);
         }
         assert!(picks.len() > 30, "{}", spec.name());
         eprintln!(
@@ -127,9 +98,7 @@ fn chunked_inference_matches_the_training_forward() {
         let mut rng = seeded_rng(3);
         let x = tokens(&mut rng, batch * n, 11);
         let mut acts = Activations::new();
-        model
-            .forward(&x, &x, batch, n, &mut acts, Par::Seq)
-            .unwrap();
+        model.forward(&x, &x, batch, n, &mut acts, Par::Seq).unwrap();
         let probs = acts.probs().to_vec();
         // prefill 5 tokens, then one at a time
         let mut state = model.new_state(batch).unwrap();
@@ -137,12 +106,10 @@ fn chunked_inference_matches_the_training_forward() {
         let mut t = 0;
         while t < n {
             let m = if t == 0 { 5 } else { 1 };
-            let chunk: Vec<u32> = (0..batch)
-                .flat_map(|b| x[b * n + t..b * n + t + m].to_vec())
-                .collect();
-            let logits = model
-                .forward_chunk(&chunk, m, &mut state, &mut scratch, Par::Seq)
-                .unwrap();
+            let chunk: Vec<u32> =
+                (0..batch).flat_map(|b| x[b * n + t..b * n + t + m].to_vec()).collect();
+            let logits =
+                model.forward_chunk(&chunk, m, &mut state, &mut scratch, Par::Seq).unwrap();
             t += m;
             for b in 0..batch {
                 let l = &logits[b * 11..(b + 1) * 11];
@@ -196,20 +163,15 @@ fn a_training_step_does_not_depend_on_the_thread_count() {
     let mut rng = seeded_rng(4);
     let x = tokens(&mut rng, 4 * 64, 64);
     let run = |threads: usize| {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap()
-            .install(|| {
-                let model = Gpt::<f32>::new(cfg).unwrap();
-                let opt = tc.optimizer(model.num_params());
-                let mut tr = Trainer::new(model, opt, tc, 0).unwrap();
-                let y: Vec<u32> = x[1..].iter().chain([&0]).cloned().collect();
-                let losses: Vec<f64> = (0..3)
-                    .map(|_| tr.step(&x, &y, 4, 64, Par::rayon(0)).unwrap().loss)
-                    .collect();
-                (losses, tr.model.params().to_vec())
-            })
+        rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(|| {
+            let model = Gpt::<f32>::new(cfg).unwrap();
+            let opt = tc.optimizer(model.num_params());
+            let mut tr = Trainer::new(model, opt, tc, 0).unwrap();
+            let y: Vec<u32> = x[1..].iter().chain([&0]).cloned().collect();
+            let losses: Vec<f64> =
+                (0..3).map(|_| tr.step(&x, &y, 4, 64, Par::rayon(0)).unwrap().loss).collect();
+            (losses, tr.model.params().to_vec())
+        })
     };
     let (l1, p1) = run(1);
     let (l3, p3) = run(3);
@@ -221,22 +183,13 @@ fn a_training_step_does_not_depend_on_the_thread_count() {
 #[test]
 fn bad_input_gets_typed_errors() {
     let bad = [
-        GptConfig {
-            d_model: 9,
-            ..config(AttentionKind::Softmax)
-        },
+        GptConfig { d_model: 9, ..config(AttentionKind::Softmax) },
         GptConfig {
             heads: 8, // head size 1: RoPE needs an even one
             ..config(AttentionKind::Softmax)
         },
-        GptConfig {
-            vocab: 0,
-            ..config(AttentionKind::Softmax)
-        },
-        GptConfig {
-            layers: 0,
-            ..config(AttentionKind::Softmax)
-        },
+        GptConfig { vocab: 0, ..config(AttentionKind::Softmax) },
+        GptConfig { layers: 0, ..config(AttentionKind::Softmax) },
         config(AttentionKind::Polynomial { p: 3 }),
         config(AttentionKind::PolySketch(PolySketchConfig {
             p: 4,
@@ -276,16 +229,8 @@ fn bad_input_gets_typed_errors() {
         Err(GptError::Shape { .. })
     ));
     let mut grads = vec![0.0; model.num_params()];
-    assert!(
-        model
-            .backward(&mut Activations::new(), &mut grads, Par::Seq)
-            .is_err()
-    );
-    assert!(
-        model
-            .backward(&mut acts, &mut grads[1..], Par::Seq)
-            .is_err()
-    );
+    assert!(model.backward(&mut Activations::new(), &mut grads, Par::Seq).is_err());
+    assert!(model.backward(&mut acts, &mut grads[1..], Par::Seq).is_err());
     let big = GptConfig {
         context: 1 << 20,
         d_model: 1024,

@@ -9,13 +9,7 @@ use proptest::prelude::*;
 #[test]
 fn schedule_warms_up_then_decays_to_the_floor() {
     for decay in [Decay::Linear, Decay::Cosine] {
-        let s = Schedule {
-            peak: 1.0,
-            warmup: 10,
-            total: 110,
-            decay,
-            min_ratio: 0.1,
-        };
+        let s = Schedule { peak: 1.0, warmup: 10, total: 110, decay, min_ratio: 0.1 };
         assert!((s.lr(0) - 0.1).abs() < 1e-12 && (s.lr(9) - 1.0).abs() < 1e-12);
         assert!((s.lr(10) - 1.0).abs() < 1e-12 && (s.lr(110) - 0.1).abs() < 1e-12);
         assert!((1..110).all(|t| t < 10 || s.lr(t + 1) <= s.lr(t)));
@@ -25,18 +19,8 @@ fn schedule_warms_up_then_decays_to_the_floor() {
 #[test]
 fn adamw_takes_the_textbook_step_and_refuses_nan() {
     let table = vec![
-        ParamInfo {
-            name: "w".into(),
-            shape: vec![2],
-            offset: 0,
-            decay: true,
-        },
-        ParamInfo {
-            name: "b".into(),
-            shape: vec![1],
-            offset: 2,
-            decay: false,
-        },
+        ParamInfo { name: "w".into(), shape: vec![2], offset: 0, decay: true },
+        ParamInfo { name: "b".into(), shape: vec![1], offset: 2, decay: false },
     ];
     let mut p = vec![1.0f64, -2.0, 0.5];
     let g = vec![0.3, -0.1, 0.2];
@@ -48,16 +32,12 @@ fn adamw_takes_the_textbook_step_and_refuses_nan() {
     assert!((p[1] - (-2.0 + 0.01 + 0.01 * 0.1 * 2.0)).abs() < 1e-9);
     assert!((p[2] - (0.5 - 0.01)).abs() < 1e-9);
     let before = p.clone();
-    assert!(
-        opt.step(&mut p, &[f64::NAN, 0.0, 0.0], &table, 0.01, 1.0)
-            .is_err()
-    );
+    assert!(opt.step(&mut p, &[f64::NAN, 0.0, 0.0], &table, 0.01, 1.0).is_err());
     assert_eq!(p, before);
     // clipping scales the gradient to the clip norm: with a tiny clip the moments are tiny
     let mut q = vec![0.0f64; 3];
     let mut o2 = AdamW::new(3, 0.9, 0.999, 1e-8, 0.0);
-    o2.step(&mut q, &[30.0, 40.0, 0.0], &table, 0.01, 5.0)
-        .unwrap();
+    o2.step(&mut q, &[30.0, 40.0, 0.0], &table, 0.01, 5.0).unwrap();
     assert!((o2.m[0] - 0.1 * 3.0).abs() < 1e-12 && (o2.m[1] - 0.1 * 4.0).abs() < 1e-12);
 }
 
@@ -75,10 +55,7 @@ fn corpus_split_and_batches_are_deterministic() {
     }
     assert!(Corpus::from_text("short", &Tokenizer::Bytes, 0.1, 16).is_err());
     assert!(Corpus::from_text(&text, &Tokenizer::Bytes, 1.5, 16).is_err());
-    assert_eq!(
-        ByteTokenizer.decode(&ByteTokenizer.encode("Emma — é")),
-        "Emma — é"
-    );
+    assert_eq!(ByteTokenizer.decode(&ByteTokenizer.encode("Emma — é")), "Emma — é");
 }
 
 proptest! {

@@ -47,11 +47,7 @@ pub struct Buffer<R: Runtime, E = f32> {
 
 impl<R: Runtime, E> Clone for Buffer<R, E> {
     fn clone(&self) -> Self {
-        Self {
-            handle: self.handle.clone(),
-            len: self.len,
-            _marker: PhantomData,
-        }
+        Self { handle: self.handle.clone(), len: self.len, _marker: PhantomData }
     }
 }
 
@@ -97,10 +93,7 @@ impl<R: Runtime> Gpu<R> {
     /// Metal or DX12 driver; CUDA without the driver or NVRTC): the runtime is asked first, and
     /// a panic of the runtime while it creates its client is caught and returned as this error.
     pub fn new(device: &R::Device) -> Result<Self> {
-        Ok(Self {
-            client: crate::probe::client::<R>(device)?,
-            state_limit: crate::MAX_ELEMENTS,
-        })
+        Ok(Self { client: crate::probe::client::<R>(device)?, state_limit: crate::MAX_ELEMENTS })
     }
 
     /// The same device with block-state buffers of at most `limit` elements (default and
@@ -120,11 +113,7 @@ impl<R: Runtime> Gpu<R> {
 
     /// A buffer of `len` elements of `E`, contents unspecified.
     pub fn empty<E: CubeElement>(&self, len: usize) -> Buffer<R, E> {
-        Buffer {
-            handle: self.client.empty(len.max(1) * size_of::<E>()),
-            len,
-            _marker: PhantomData,
-        }
+        Buffer { handle: self.client.empty(len.max(1) * size_of::<E>()), len, _marker: PhantomData }
     }
 
     /// A buffer of `len` zeros.
@@ -147,11 +136,7 @@ impl<R: Runtime> Gpu<R> {
         } else {
             self.client.create_from_slice(bytes)
         };
-        Ok(Buffer {
-            handle,
-            len: data.len(),
-            _marker: PhantomData,
-        })
+        Ok(Buffer { handle, len: data.len(), _marker: PhantomData })
     }
 
     /// Copies a buffer back to the host (waits for the kernels that write it).
@@ -182,11 +167,7 @@ impl<R: Runtime> Gpu<R> {
         }
         Err(GpuError::Unsupported {
             op,
-            what: format!(
-                "{} elements on {}",
-                core::any::type_name::<E>(),
-                self.name()
-            ),
+            what: format!("{} elements on {}", core::any::type_name::<E>(), self.name()),
         })
     }
 
@@ -195,10 +176,7 @@ impl<R: Runtime> Gpu<R> {
     /// # Errors
     /// [`GpuError::Device`] if the device reports an error.
     pub fn memory(&self) -> Result<(u64, u64)> {
-        let m = self
-            .client
-            .memory_usage()
-            .map_err(|e| GpuError::Device(format!("{e:?}")))?;
+        let m = self.client.memory_usage().map_err(|e| GpuError::Device(format!("{e:?}")))?;
         Ok((m.bytes_in_use, m.bytes_reserved))
     }
 

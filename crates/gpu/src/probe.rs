@@ -29,10 +29,7 @@ pub(crate) fn runtime_label<R: Runtime>() -> &'static str {
 /// how (wgpu: is there an adapter for this device?), and a panic of the runtime while it
 /// creates the client (any runtime) is caught and returned as the same error.
 pub(crate) fn client<R: Runtime>(device: &R::Device) -> Result<ComputeClient<R>> {
-    let no_device = |reason: String| GpuError::NoDevice {
-        runtime: runtime_label::<R>(),
-        reason,
-    };
+    let no_device = |reason: String| GpuError::NoDevice { runtime: runtime_label::<R>(), reason };
     ask::<R>(device).map_err(no_device)?;
     catch_unwind(AssertUnwindSafe(|| R::client(device))).map_err(|panic| {
         let message = panic
@@ -84,9 +81,7 @@ fn wgpu_adapter(device: &cubecl::wgpu::WgpuDevice) -> core::result::Result<(), S
     if of(kind) > index || of(DeviceType::Other) > index {
         Ok(())
     } else {
-        Err(format!(
-            "no {kind:?} adapter number {index} on {backend:?} (adapters: {types:?})"
-        ))
+        Err(format!("no {kind:?} adapter number {index} on {backend:?} (adapters: {types:?})"))
     }
 }
 
@@ -107,17 +102,15 @@ fn default_adapter(backend: wgpu::Backend) -> core::result::Result<(), String> {
         force_fallback_adapter: false,
         compatible_surface: None,
     };
-    cubecl::future::block_on(instance(backend).request_adapter(&options))
-        .map(|_| ())
-        .map_err(|e| {
-            // wgpu goes on to list every backend it did not try: keep the cause
-            let e = e.to_string();
-            let cause = e.split(';').next().unwrap_or(&e);
-            format!(
-                "no {backend:?} adapter ({cause}); a software driver is Mesa's lavapipe \
+    cubecl::future::block_on(instance(backend).request_adapter(&options)).map(|_| ()).map_err(|e| {
+        // wgpu goes on to list every backend it did not try: keep the cause
+        let e = e.to_string();
+        let cause = e.split(';').next().unwrap_or(&e);
+        format!(
+            "no {backend:?} adapter ({cause}); a software driver is Mesa's lavapipe \
                  (Debian: mesa-vulkan-drivers libvulkan1)"
-            )
-        })
+        )
+    })
 }
 
 /// The default device of runtime `R` for a test or an example, or `None` after one line on

@@ -29,24 +29,14 @@ fn normal(len: usize, seed: u64) -> Vec<f32> {
 }
 
 fn download<R: Runtime>(gpu: &Gpu<R>, b: &Buffer<R>) -> Vec<f64> {
-    gpu.download(b)
-        .expect("download")
-        .into_iter()
-        .map(f64::from)
-        .collect()
+    gpu.download(b).expect("download").into_iter().map(f64::from).collect()
 }
 
 /// `max |got − expected| ≤ rtol · max |expected|`.
 fn assert_close(got: &[f64], expected: &[f64], rtol: f64, what: &str) {
     assert_eq!(got.len(), expected.len(), "{what}: length");
-    let scale = expected
-        .iter()
-        .fold(0.0f64, |m, x| m.max(x.abs()))
-        .max(1e-30);
-    let diff = got
-        .iter()
-        .zip(expected)
-        .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+    let scale = expected.iter().fold(0.0f64, |m, x| m.max(x.abs())).max(1e-30);
+    let diff = got.iter().zip(expected).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
     assert!(
         got.iter().all(|x| x.is_finite()) && diff <= rtol * scale,
         "{what}: max difference {diff:e} > {rtol:e} × {scale:e}"
@@ -54,9 +44,7 @@ fn assert_close(got: &[f64], expected: &[f64], rtol: f64, what: &str) {
 }
 
 fn mat_rows(m: MatRef<'_, f64>) -> Vec<f64> {
-    (0..m.nrows())
-        .flat_map(|i| (0..m.ncols()).map(move |j| m[(i, j)]))
-        .collect()
+    (0..m.nrows()).flat_map(|i| (0..m.ncols()).map(move |j| m[(i, j)])).collect()
 }
 
 fn of_rows(x: &[f32], rows: usize, cols: usize) -> Mat<f64> {
@@ -66,14 +54,8 @@ fn of_rows(x: &[f32], rows: usize, cols: usize) -> Mat<f64> {
 // ---------------------------------------------------------------- matmul
 
 fn matmul<R: Runtime>(gpu: &Gpu<R>) {
-    for (case, &(m, n, k, count)) in [
-        (1, 1, 1, 1),
-        (17, 33, 5, 1),
-        (40, 3, 64, 3),
-        (16, 16, 16, 2),
-    ]
-    .iter()
-    .enumerate()
+    for (case, &(m, n, k, count)) in
+        [(1, 1, 1, 1), (17, 33, 5, 1), (40, 3, 64, 3), (16, 16, 16, 2)].iter().enumerate()
     {
         for (ta, tb, beta) in [(false, false, 0.0), (true, false, 1.0), (false, true, 0.5)] {
             let seed = 10 * case as u64;
@@ -83,21 +65,10 @@ fn matmul<R: Runtime>(gpu: &Gpu<R>) {
                 normal(count * m * n, seed + 2),
             );
             // A stored as [m, k] or, transposed, as [k, m]
-            let sa = if ta {
-                Strided::row_major(k, m).t()
-            } else {
-                Strided::row_major(m, k)
-            };
-            let sb = if tb {
-                Strided::row_major(n, k).t()
-            } else {
-                Strided::row_major(k, n)
-            };
-            let (ga, gb, gc) = (
-                gpu.upload(&a).unwrap(),
-                gpu.upload(&b).unwrap(),
-                gpu.upload(&c0).unwrap(),
-            );
+            let sa = if ta { Strided::row_major(k, m).t() } else { Strided::row_major(m, k) };
+            let sb = if tb { Strided::row_major(n, k).t() } else { Strided::row_major(k, n) };
+            let (ga, gb, gc) =
+                (gpu.upload(&a).unwrap(), gpu.upload(&b).unwrap(), gpu.upload(&c0).unwrap());
             gpu.matmul(
                 (m, n, k, count),
                 (&ga, sa),
@@ -202,17 +173,11 @@ fn layernorm<R: Runtime>(gpu: &Gpu<R>) {
         let yref = layernorm_ref(&xw, &gw, &bw, f64::from(s));
         assert_close(&download(gpu, &y), &yref, 1e-5, "layernorm forward");
         let (dx, dgain, dbias) = gpu.layernorm_backward(&gdy, &state, &gg).unwrap();
-        let dx_fd = fd_grad(&xw, &dyw, 1e-6, |x| {
-            layernorm_ref(x, &gw, &bw, f64::from(s))
-        });
+        let dx_fd = fd_grad(&xw, &dyw, 1e-6, |x| layernorm_ref(x, &gw, &bw, f64::from(s)));
         assert_close(&download(gpu, &dx), &dx_fd, 1e-4, "layernorm dx");
-        let dg_fd = fd_grad(&gw, &dyw, 1e-6, |g| {
-            layernorm_ref(&xw, g, &bw, f64::from(s))
-        });
+        let dg_fd = fd_grad(&gw, &dyw, 1e-6, |g| layernorm_ref(&xw, g, &bw, f64::from(s)));
         assert_close(&wide(&dgain), &dg_fd, 1e-4, "layernorm dgain");
-        let db_fd = fd_grad(&bw, &dyw, 1e-6, |b| {
-            layernorm_ref(&xw, &gw, b, f64::from(s))
-        });
+        let db_fd = fd_grad(&bw, &dyw, 1e-6, |b| layernorm_ref(&xw, &gw, b, f64::from(s)));
         assert_close(&wide(&dbias), &db_fd, 1e-4, "layernorm dbias");
     }
 }
@@ -253,12 +218,8 @@ fn tree_sketch<R: Runtime>(gpu: &Gpu<R>) {
             1e-4,
             &format!("sketch degree {q} forward"),
         );
-        let dx = sk
-            .backward(gpu, &saved, &gpu.upload(&dout).unwrap())
-            .unwrap();
-        let vjp = cpu
-            .vjp(xm.as_ref(), of_rows(&dout, rows, r).as_ref(), Par::Seq)
-            .unwrap();
+        let dx = sk.backward(gpu, &saved, &gpu.upload(&dout).unwrap()).unwrap();
+        let vjp = cpu.vjp(xm.as_ref(), of_rows(&dout, rows, r).as_ref(), Par::Seq).unwrap();
         assert_close(
             &download(gpu, &dx),
             &mat_rows(vjp.as_ref()),
@@ -286,10 +247,7 @@ fn tree_sketch_rejects_bad_input<R: Runtime>(gpu: &Gpu<R>) {
     ));
     let sk = TreeSketchGpu::new(gpu, 4, 2, 2, &[vec![0.5; 16]]).unwrap();
     let x = gpu.upload(&[1.0f32; 7]).unwrap();
-    assert!(matches!(
-        sk.forward(gpu, &x).unwrap_err(),
-        GpuError::Shape { .. }
-    ));
+    assert!(matches!(sk.forward(gpu, &x).unwrap_err(), GpuError::Shape { .. }));
 }
 
 fn refs(v: &[Vec<f32>]) -> Vec<&[f32]> {
@@ -327,16 +285,10 @@ fn learned_sketch_rejects_bad_input<R: Runtime>(gpu: &Gpu<R>) {
     ));
     let sk = LearnedSketchGpu::new(gpu, h, r, 2, &refs(&good)).unwrap();
     let x = gpu.upload(&[1.0f32; 7]).unwrap();
-    assert!(matches!(
-        sk.forward(gpu, &x).unwrap_err(),
-        GpuError::Shape { .. }
-    ));
+    assert!(matches!(sk.forward(gpu, &x).unwrap_err(), GpuError::Shape { .. }));
     let (_, saved) = sk.forward(gpu, &gpu.upload(&[1.0f32; 9]).unwrap()).unwrap();
     let bad = gpu.upload(&[1.0f32; 5]).unwrap();
-    assert!(matches!(
-        sk.backward(gpu, &saved, &bad).unwrap_err(),
-        GpuError::Shape { .. }
-    ));
+    assert!(matches!(sk.backward(gpu, &saved, &bad).unwrap_err(), GpuError::Shape { .. }));
 }
 
 // ---------------------------------------------------------------- block products
@@ -358,36 +310,20 @@ fn lowtri<R: Runtime>(gpu: &Gpu<R>) {
             let up = |x: &[f32]| gpu.upload(x).unwrap();
             let (gl, gr, gc, gq, gk, gg) = (up(&l), up(&rr), up(&c), up(&q), up(&kk), up(&g));
             let diag = if local {
-                DiagonalGpu::LocalExact {
-                    q: &gq,
-                    k: &gk,
-                    d,
-                    p,
-                }
+                DiagonalGpu::LocalExact { q: &gq, k: &gk, d, p }
             } else {
                 DiagonalGpu::SelfTensored
             };
-            let shape = LtShape {
-                heads,
-                n,
-                r,
-                k,
-                block,
-            };
+            let shape = LtShape { heads, n, r, k, block };
             let (out, saved) = gpu.lowtri_forward(&shape, &gl, &gr, &gc, diag).unwrap();
-            let grads = gpu
-                .lowtri_backward(&shape, &gl, &gr, &gc, diag, &saved, &gg)
-                .unwrap();
+            let grads = gpu.lowtri_backward(&shape, &gl, &gr, &gc, diag, &saved, &gg).unwrap();
             let got = [
                 download(gpu, &out),
                 download(gpu, &grads.dl),
                 download(gpu, &grads.dr),
                 download(gpu, &grads.dc),
             ];
-            let got_local = grads
-                .dq_dk
-                .as_ref()
-                .map(|(a, b)| (download(gpu, a), download(gpu, b)));
+            let got_local = grads.dq_dk.as_ref().map(|(a, b)| (download(gpu, a), download(gpu, b)));
             assert_eq!(got_local.is_some(), local);
             for z in 0..heads {
                 let part = |x: &[f32], w: usize| of_rows(&x[z * n * w..(z + 1) * n * w], n, w);
@@ -399,10 +335,7 @@ fn lowtri<R: Runtime>(gpu: &Gpu<R>) {
                     part(&kk, d),
                     part(&g, k),
                 );
-                let features = Features::SelfTensored {
-                    l: lm.as_ref(),
-                    r: rm.as_ref(),
-                };
+                let features = Features::SelfTensored { l: lm.as_ref(), r: rm.as_ref() };
                 let problem = if local {
                     Problem::local_exact(features, qm.as_ref(), km.as_ref(), p, cm.as_ref())
                 } else {
@@ -427,18 +360,8 @@ fn lowtri<R: Runtime>(gpu: &Gpu<R>) {
                 }
                 if let Some((dq, dk)) = &got_local {
                     let (eq, ek) = (eg.d_q.as_ref().unwrap(), eg.d_k.as_ref().unwrap());
-                    assert_close(
-                        &head(dq, d),
-                        &mat_rows(eq.as_ref()),
-                        1e-4,
-                        &format!("{what} dq"),
-                    );
-                    assert_close(
-                        &head(dk, d),
-                        &mat_rows(ek.as_ref()),
-                        1e-4,
-                        &format!("{what} dk"),
-                    );
+                    assert_close(&head(dq, d), &mat_rows(eq.as_ref()), 1e-4, &format!("{what} dq"));
+                    assert_close(&head(dk, d), &mat_rows(ek.as_ref()), 1e-4, &format!("{what} dk"));
                 }
             }
         }
@@ -449,33 +372,12 @@ fn lowtri<R: Runtime>(gpu: &Gpu<R>) {
 /// layout, formed explicitly on the CPU (the device never forms it).
 fn block_states_are_tensored_prefixes<R: Runtime>(gpu: &Gpu<R>) {
     let (heads, n, r, k, block) = (2, 45, 3, 4, 8);
-    let (l, rr, c) = (
-        normal(heads * n * r, 1),
-        normal(heads * n * r, 2),
-        normal(heads * n * k, 3),
-    );
+    let (l, rr, c) = (normal(heads * n * r, 1), normal(heads * n * r, 2), normal(heads * n * k, 3));
     let up = |x: &[f32]| gpu.upload(x).unwrap();
-    let shape = LtShape {
-        heads,
-        n,
-        r,
-        k,
-        block,
-    };
-    let (_, saved) = gpu
-        .lowtri_forward(
-            &shape,
-            &up(&l),
-            &up(&rr),
-            &up(&c),
-            DiagonalGpu::SelfTensored,
-        )
-        .unwrap();
-    let got: Vec<f64> = saved
-        .prefixes()
-        .iter()
-        .flat_map(|b| download(gpu, b))
-        .collect();
+    let shape = LtShape { heads, n, r, k, block };
+    let (_, saved) =
+        gpu.lowtri_forward(&shape, &up(&l), &up(&rr), &up(&c), DiagonalGpu::SelfTensored).unwrap();
+    let got: Vec<f64> = saved.prefixes().iter().flat_map(|b| download(gpu, b)).collect();
     let blocks = n.div_ceil(block);
     let size = r * r * k;
     assert_eq!(got.len(), heads * blocks * size);
@@ -511,22 +413,14 @@ fn state_groups_give_the_same_numbers<R: Runtime>(gpu: &Gpu<R>) {
         normal(heads * n * k, 3),
         normal(heads * n * k, 4),
     );
-    let shape = LtShape {
-        heads,
-        n,
-        r,
-        k,
-        block,
-    };
+    let shape = LtShape { heads, n, r, k, block };
     let run = |gpu: &Gpu<R>| {
         let up = |x: &[f32]| gpu.upload(x).unwrap();
         let (gl, gr, gc, gg) = (up(&l), up(&rr), up(&c), up(&g));
         let d = DiagonalGpu::SelfTensored;
         let (out, saved) = gpu.lowtri_forward(&shape, &gl, &gr, &gc, d).unwrap();
         let groups = saved.prefixes().len();
-        let grads = gpu
-            .lowtri_backward(&shape, &gl, &gr, &gc, d, &saved, &gg)
-            .unwrap();
+        let grads = gpu.lowtri_backward(&shape, &gl, &gr, &gc, d, &saved, &gg).unwrap();
         let got: Vec<Vec<f32>> = [&out, &grads.dl, &grads.dr, &grads.dc]
             .iter()
             .map(|b| gpu.download(b).unwrap())
@@ -547,73 +441,28 @@ fn state_groups_give_the_same_numbers<R: Runtime>(gpu: &Gpu<R>) {
 /// reference in its crate).
 fn lowtri_many_row_tiles<R: Runtime>(gpu: &Gpu<R>) {
     let (n, r, k, block) = (8 * 65_535 + 40, 2, 2, 16);
-    let (l, rr, c, g) = (
-        normal(n * r, 1),
-        normal(n * r, 2),
-        normal(n * k, 3),
-        normal(n * k, 4),
-    );
+    let (l, rr, c, g) = (normal(n * r, 1), normal(n * r, 2), normal(n * k, 3), normal(n * k, 4));
     let up = |x: &[f32]| gpu.upload(x).unwrap();
     let (gl, gr, gc, gg) = (up(&l), up(&rr), up(&c), up(&g));
-    let shape = LtShape {
-        heads: 1,
-        n,
-        r,
-        k,
-        block,
-    };
+    let shape = LtShape { heads: 1, n, r, k, block };
     let d = DiagonalGpu::SelfTensored;
     let (out, saved) = gpu.lowtri_forward(&shape, &gl, &gr, &gc, d).unwrap();
-    let grads = gpu
-        .lowtri_backward(&shape, &gl, &gr, &gc, d, &saved, &gg)
-        .unwrap();
-    let (lm, rm, cm, gm) = (
-        of_rows(&l, n, r),
-        of_rows(&rr, n, r),
-        of_rows(&c, n, k),
-        of_rows(&g, n, k),
-    );
+    let grads = gpu.lowtri_backward(&shape, &gl, &gr, &gc, d, &saved, &gg).unwrap();
+    let (lm, rm, cm, gm) =
+        (of_rows(&l, n, r), of_rows(&rr, n, r), of_rows(&c, n, k), of_rows(&g, n, k));
     let problem = Problem::self_tensored(lm.as_ref(), rm.as_ref(), cm.as_ref());
     let engine = polysketch_lowtri::LowTri::new(block).unwrap();
     let (expected, mut cpu_saved) = engine.forward(&problem, Par::Seq).unwrap();
-    let eg = engine
-        .backward(&problem, &mut cpu_saved, gm.as_ref(), Par::Seq)
-        .unwrap();
+    let eg = engine.backward(&problem, &mut cpu_saved, gm.as_ref(), Par::Seq).unwrap();
     // the prefixes sum up to n/b blocks in f32: relative 1e-3 of the largest entry
-    assert_close(
-        &download(gpu, &out),
-        &mat_rows(expected.as_ref()),
-        1e-3,
-        "many tiles: out",
-    );
-    assert_close(
-        &download(gpu, &grads.dl),
-        &mat_rows(eg.d_a.as_ref()),
-        1e-3,
-        "many tiles: dl",
-    );
-    assert_close(
-        &download(gpu, &grads.dr),
-        &mat_rows(eg.d_b.as_ref()),
-        1e-3,
-        "many tiles: dr",
-    );
-    assert_close(
-        &download(gpu, &grads.dc),
-        &mat_rows(eg.d_c.as_ref()),
-        1e-3,
-        "many tiles: dc",
-    );
+    assert_close(&download(gpu, &out), &mat_rows(expected.as_ref()), 1e-3, "many tiles: out");
+    assert_close(&download(gpu, &grads.dl), &mat_rows(eg.d_a.as_ref()), 1e-3, "many tiles: dl");
+    assert_close(&download(gpu, &grads.dr), &mat_rows(eg.d_b.as_ref()), 1e-3, "many tiles: dr");
+    assert_close(&download(gpu, &grads.dc), &mat_rows(eg.d_c.as_ref()), 1e-3, "many tiles: dc");
 }
 
 fn lowtri_rejects_bad_input<R: Runtime>(gpu: &Gpu<R>) {
-    let shape = LtShape {
-        heads: 2,
-        n: 5,
-        r: 3,
-        k: 2,
-        block: 4,
-    };
+    let shape = LtShape { heads: 2, n: 5, r: 3, k: 2, block: 4 };
     let ok = gpu.upload(&[0.5f32; 30]).unwrap();
     let c = gpu.upload(&[0.5f32; 20]).unwrap();
     let short = gpu.upload(&[0.5f32; 29]).unwrap();
@@ -627,12 +476,7 @@ fn lowtri_rejects_bad_input<R: Runtime>(gpu: &Gpu<R>) {
         gpu.lowtri_forward(&zero, &ok, &ok, &c, d).unwrap_err(),
         GpuError::InvalidArgument(_)
     ));
-    let bad_p = DiagonalGpu::LocalExact {
-        q: &ok,
-        k: &ok,
-        d: 3,
-        p: 0,
-    };
+    let bad_p = DiagonalGpu::LocalExact { q: &ok, k: &ok, d: 3, p: 0 };
     assert!(matches!(
         gpu.lowtri_forward(&shape, &ok, &ok, &c, bad_p).unwrap_err(),
         GpuError::InvalidArgument(_)
@@ -651,11 +495,7 @@ struct LayerCase {
 /// The layer in f64 from the CPU crates: layer norm, the CPU sketch, the lowtri reference sum,
 /// normalisation. `x = [q, k, v]` concatenated.
 fn layer_ref(
-    case: &LayerCase,
-    sketch: &dyn PolySketch<f64>,
-    gain: &[f64],
-    bias: &[f64],
-    x: &[f64],
+    case: &LayerCase, sketch: &dyn PolySketch<f64>, gain: &[f64], bias: &[f64], x: &[f64],
 ) -> Vec<f64> {
     let c = case.config;
     let (h, n) = (c.head_dim, case.n);
@@ -668,17 +508,10 @@ fn layer_ref(
     for z in 0..case.batch * c.heads {
         let part = |y: &[f64]| Mat::from_fn(n, h, |i, j| y[(z * n + i) * h + j]);
         let (qm, km) = (part(&qt), part(&kt));
-        let cm = Mat::from_fn(
-            n,
-            h + 1,
-            |i, j| if j < h { v[(z * n + i) * h + j] } else { 1.0 },
-        );
+        let cm = Mat::from_fn(n, h + 1, |i, j| if j < h { v[(z * n + i) * h + j] } else { 1.0 });
         let lm = sketch.apply(qm.as_ref(), Par::Seq).unwrap();
         let rm = sketch.apply(km.as_ref(), Par::Seq).unwrap();
-        let features = Features::SelfTensored {
-            l: lm.as_ref(),
-            r: rm.as_ref(),
-        };
+        let features = Features::SelfTensored { l: lm.as_ref(), r: rm.as_ref() };
         let problem = if c.local {
             Problem::local_exact(features, qm.as_ref(), km.as_ref(), c.p, cm.as_ref())
         } else {
@@ -704,14 +537,7 @@ fn layer<R: Runtime>(gpu: &Gpu<R>) {
     ];
     for (i, &(p, r, block, local, batch, n)) in cases.iter().enumerate() {
         let case = LayerCase {
-            config: PolySketchGpuConfig {
-                heads: 2,
-                head_dim: 4,
-                p,
-                r,
-                block,
-                local,
-            },
+            config: PolySketchGpuConfig { heads: 2, head_dim: 4, p, r, block, local },
             batch,
             n,
             seed: 100 + i as u64,
@@ -719,19 +545,11 @@ fn layer<R: Runtime>(gpu: &Gpu<R>) {
         let h = case.config.head_dim;
         let len = batch * case.config.heads * n * h;
         let (cpu, levels) = levels_of(h, r, p / 2, case.seed);
-        let gain: Vec<f32> = normal(h, case.seed + 1)
-            .iter()
-            .map(|v| 1.0 + 0.2 * v)
-            .collect();
+        let gain: Vec<f32> = normal(h, case.seed + 1).iter().map(|v| 1.0 + 0.2 * v).collect();
         let bias: Vec<f32> = normal(h, case.seed + 2).iter().map(|v| 0.1 * v).collect();
-        let layer = PolySketchGpu::new(
-            gpu,
-            case.config,
-            &gain,
-            &bias,
-            SketchWeights::Random(&levels),
-        )
-        .unwrap();
+        let layer =
+            PolySketchGpu::new(gpu, case.config, &gain, &bias, SketchWeights::Random(&levels))
+                .unwrap();
         let x = normal(3 * len, case.seed + 3);
         let w = normal(len, case.seed + 4);
         let up = |y: &[f32]| gpu.upload(y).unwrap();
@@ -740,42 +558,22 @@ fn layer<R: Runtime>(gpu: &Gpu<R>) {
         let (xw, gw, bw) = (wide(&x), wide(&gain), wide(&bias));
         let expected = layer_ref(&case, cpu.as_ref(), &gw, &bw, &xw);
         let what = format!("layer p {p} r {r} b {block} local {local} batch {batch} n {n}");
-        assert_close(
-            &download(gpu, &out),
-            &expected,
-            1e-4,
-            &format!("{what} forward"),
-        );
+        assert_close(&download(gpu, &out), &expected, 1e-4, &format!("{what} forward"));
         let grads = layer.backward(gpu, &saved, &up(&w)).unwrap();
         let ww = wide(&w);
-        let dx = fd_grad(&xw, &ww, 1e-5, |x| {
-            layer_ref(&case, cpu.as_ref(), &gw, &bw, x)
-        });
-        let got: Vec<f64> = [&grads.dq, &grads.dk, &grads.dv]
-            .iter()
-            .flat_map(|b| download(gpu, b))
-            .collect();
+        let dx = fd_grad(&xw, &ww, 1e-5, |x| layer_ref(&case, cpu.as_ref(), &gw, &bw, x));
+        let got: Vec<f64> =
+            [&grads.dq, &grads.dk, &grads.dv].iter().flat_map(|b| download(gpu, b)).collect();
         assert_close(&got, &dx, 1e-3, &format!("{what} dq, dk, dv"));
-        let dg = fd_grad(&gw, &ww, 1e-5, |g| {
-            layer_ref(&case, cpu.as_ref(), g, &bw, &xw)
-        });
+        let dg = fd_grad(&gw, &ww, 1e-5, |g| layer_ref(&case, cpu.as_ref(), g, &bw, &xw));
         assert_close(&wide(&grads.d_gain), &dg, 1e-3, &format!("{what} d_gain"));
-        let db = fd_grad(&bw, &ww, 1e-5, |b| {
-            layer_ref(&case, cpu.as_ref(), &gw, b, &xw)
-        });
+        let db = fd_grad(&bw, &ww, 1e-5, |b| layer_ref(&case, cpu.as_ref(), &gw, b, &xw));
         assert_close(&wide(&grads.d_bias), &db, 1e-3, &format!("{what} d_bias"));
     }
 }
 
 fn layer_rejects_bad_input<R: Runtime>(gpu: &Gpu<R>) {
-    let config = PolySketchGpuConfig {
-        heads: 1,
-        head_dim: 2,
-        p: 4,
-        r: 2,
-        block: 4,
-        local: false,
-    };
+    let config = PolySketchGpuConfig { heads: 1, head_dim: 2, p: 4, r: 2, block: 4, local: false };
     let w = vec![vec![0.5f32; 8]];
     let bad = PolySketchGpuConfig { p: 6, ..config };
     assert!(matches!(
@@ -785,10 +583,7 @@ fn layer_rejects_bad_input<R: Runtime>(gpu: &Gpu<R>) {
     assert!(matches!(
         PolySketchGpu::new(gpu, config, &[1.0; 3], &[0.0; 2], SketchWeights::Random(&w))
             .unwrap_err(),
-        GpuError::Shape {
-            input: "ln_gain",
-            ..
-        }
+        GpuError::Shape { input: "ln_gain", .. }
     ));
     assert!(matches!(
         PolySketchGpu::new(
@@ -824,28 +619,14 @@ fn layer_rejects_bad_input<R: Runtime>(gpu: &Gpu<R>) {
 /// (CUDA); elsewhere (the software Vulkan driver) a typed `Unsupported` error, not a panic.
 fn layer_bf16<R: Runtime>(gpu: &Gpu<R>) {
     use polysketch_gpu::bf16;
-    let config = PolySketchGpuConfig {
-        heads: 2,
-        head_dim: 8,
-        p: 4,
-        r: 4,
-        block: 8,
-        local: true,
-    };
+    let config = PolySketchGpuConfig { heads: 2, head_dim: 8, p: 4, r: 4, block: 8, local: true };
     let (_, levels) = levels_of(8, 4, 2, 3);
-    let layer = PolySketchGpu::new(
-        gpu,
-        config,
-        &[1.0; 8],
-        &[0.0; 8],
-        SketchWeights::Random(&levels),
-    )
-    .unwrap();
+    let layer =
+        PolySketchGpu::new(gpu, config, &[1.0; 8], &[0.0; 8], SketchWeights::Random(&levels))
+            .unwrap();
     let n = 50;
-    let x: Vec<f32> = normal(2 * n * 8, 9)
-        .into_iter()
-        .map(|v| bf16::from_f32(v).to_f32())
-        .collect();
+    let x: Vec<f32> =
+        normal(2 * n * 8, 9).into_iter().map(|v| bf16::from_f32(v).to_f32()).collect();
     let xb: Vec<bf16> = x.iter().map(|v| bf16::from_f32(*v)).collect();
     let xf = gpu.upload(&x).unwrap();
     let xh = gpu.upload(&xb).unwrap();
@@ -856,12 +637,8 @@ fn layer_bf16<R: Runtime>(gpu: &Gpu<R>) {
     }
     let (out32, _) = layer.forward(gpu, &xf, &xf, &xf, 1, n).unwrap();
     let (out16, _) = layer.forward(gpu, &xh, &xh, &xh, 1, n).unwrap();
-    let got: Vec<f64> = gpu
-        .download(&out16)
-        .unwrap()
-        .iter()
-        .map(|v| f64::from(v.to_f32()))
-        .collect();
+    let got: Vec<f64> =
+        gpu.download(&out16).unwrap().iter().map(|v| f64::from(v.to_f32())).collect();
     assert_close(&got, &download(gpu, &out32), 1e-2, "bf16 layer");
 }
 

@@ -25,19 +25,11 @@ impl Table {
     /// line number).
     pub fn from_csv(path: &Path) -> Result<Self> {
         let shown = path.display().to_string();
-        let io = |source: std::io::Error| KernelError::Io {
-            path: shown.clone(),
-            source,
-        };
+        let io = |source: std::io::Error| KernelError::Io { path: shown.clone(), source };
         let file = std::fs::File::open(path).map_err(io)?;
-        let parse = |line: usize, reason: String| KernelError::Parse {
-            path: shown.clone(),
-            line,
-            reason,
-        };
-        let mut reader = csv::ReaderBuilder::new()
-            .has_headers(true)
-            .from_reader(file);
+        let parse =
+            |line: usize, reason: String| KernelError::Parse { path: shown.clone(), line, reason };
+        let mut reader = csv::ReaderBuilder::new().has_headers(true).from_reader(file);
         let names: Vec<String> = reader
             .headers()
             .map_err(|e| parse(1, e.to_string()))?
@@ -59,10 +51,7 @@ impl Table {
             }
             for (j, field) in record.iter().enumerate() {
                 let v: f64 = field.trim().parse().map_err(|_| {
-                    parse(
-                        line,
-                        format!("column `{}`: `{field}` is not a number", names[j]),
-                    )
+                    parse(line, format!("column `{}`: `{field}` is not a number", names[j]))
                 })?;
                 if !v.is_finite() {
                     return Err(parse(
@@ -77,10 +66,7 @@ impl Table {
         if rows == 0 {
             return Err(parse(2, "no data rows".into()));
         }
-        Ok(Self {
-            names,
-            data: Mat::from_fn(rows, cols, |i, j| values[i * cols + j]),
-        })
+        Ok(Self { names, data: Mat::from_fn(rows, cols, |i, j| values[i * cols + j]) })
     }
 
     /// Splits off the column named `target`: `(features [rows, columns - 1], target [rows])`.
@@ -91,16 +77,11 @@ impl Table {
         let t = self.names.iter().position(|n| n == target).ok_or_else(|| {
             KernelError::InvalidParameter {
                 op: "Table::split_target",
-                reason: format!(
-                    "no column named `{target}` (columns: {})",
-                    self.names.join(", ")
-                ),
+                reason: format!("no column named `{target}` (columns: {})", self.names.join(", ")),
             }
         })?;
         let keep: Vec<usize> = (0..self.names.len()).filter(|&j| j != t).collect();
-        let x = Mat::from_fn(self.data.nrows(), keep.len(), |i, j| {
-            self.data[(i, keep[j])]
-        });
+        let x = Mat::from_fn(self.data.nrows(), keep.len(), |i, j| self.data[(i, keep[j])]);
         let y = (0..self.data.nrows()).map(|i| self.data[(i, t)]).collect();
         Ok((x, y))
     }
@@ -155,20 +136,14 @@ impl Standardizer {
         enough_rows(OP, 2, x.nrows())?;
         finite(OP, "x", x)?;
         let n = x.nrows() as f64;
-        let mean: Vec<f64> = (0..x.ncols())
-            .map(|j| x.col(j).iter().sum::<f64>() / n)
-            .collect();
+        let mean: Vec<f64> = (0..x.ncols()).map(|j| x.col(j).iter().sum::<f64>() / n).collect();
         let std = (0..x.ncols())
             .map(|j| {
                 let var = x.col(j).iter().map(|v| (v - mean[j]).powi(2)).sum::<f64>() / (n - 1.0);
                 if var > 0.0 { var.sqrt() } else { 1.0 }
             })
             .collect();
-        Ok(Self {
-            mean,
-            std,
-            clip: None,
-        })
+        Ok(Self { mean, std, clip: None })
     }
 
     /// The same standardisation, clipping standardised values to `[-limit, limit]`.
@@ -182,10 +157,7 @@ impl Standardizer {
                 reason: format!("limit must be positive, got {limit}"),
             });
         }
-        Ok(Self {
-            clip: Some(limit),
-            ..self
-        })
+        Ok(Self { clip: Some(limit), ..self })
     }
 
     /// The standardised copy of `x` (`[n, d]`).

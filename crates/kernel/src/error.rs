@@ -88,19 +88,12 @@ pub type Result<T, E = KernelError> = core::result::Result<T, E>;
 
 /// Checks that every entry of `m` is finite.
 pub(crate) fn finite(
-    op: &'static str,
-    input: &'static str,
-    m: faer::MatRef<'_, f64>,
+    op: &'static str, input: &'static str, m: faer::MatRef<'_, f64>,
 ) -> Result<()> {
     for col in 0..m.ncols() {
         for row in 0..m.nrows() {
             if !m[(row, col)].is_finite() {
-                return Err(KernelError::NonFinite {
-                    op,
-                    input,
-                    row,
-                    col,
-                });
+                return Err(KernelError::NonFinite { op, input, row, col });
             }
         }
     }
@@ -109,18 +102,10 @@ pub(crate) fn finite(
 
 /// Checks `got == expected`.
 pub(crate) fn same(
-    op: &'static str,
-    what: &'static str,
-    expected: usize,
-    got: usize,
+    op: &'static str, what: &'static str, expected: usize, got: usize,
 ) -> Result<()> {
     if expected != got {
-        return Err(KernelError::Mismatch {
-            op,
-            what,
-            expected,
-            got,
-        });
+        return Err(KernelError::Mismatch { op, what, expected, got });
     }
     Ok(())
 }

@@ -25,11 +25,7 @@ impl Nystrom {
     /// # Errors
     /// [`KernelError::TooFewRows`] if `m > n`; `m = 0`; eigendecomposition failure.
     pub fn fit(
-        kernel: PolyKernel,
-        x: MatRef<'_, f64>,
-        m: usize,
-        seed: u64,
-        par: Par,
+        kernel: PolyKernel, x: MatRef<'_, f64>, m: usize, seed: u64, par: Par,
     ) -> Result<Self> {
         const OP: &str = "Nystrom::fit";
         enough_rows(OP, m, x.nrows())?;
@@ -44,16 +40,10 @@ impl Nystrom {
         let landmarks = Mat::from_fn(m, x.ncols(), |i, j| x[(idx[i], j)]);
         let kzz = kernel.gram(landmarks.as_ref(), landmarks.as_ref(), par)?;
         let (values, vectors) = top_eigenpairs(kzz.as_ref(), m, par)?;
-        let keep = values
-            .iter()
-            .take_while(|&&v| v > 1e-10 * values[0].max(f64::MIN_POSITIVE))
-            .count();
+        let keep =
+            values.iter().take_while(|&&v| v > 1e-10 * values[0].max(f64::MIN_POSITIVE)).count();
         let map = Mat::from_fn(m, keep, |i, c| vectors[(i, c)] / values[c].sqrt());
-        Ok(Self {
-            kernel,
-            landmarks,
-            map,
-        })
+        Ok(Self { kernel, landmarks, map })
     }
 
     /// The number of features (landmarks kept after dropping null directions).
@@ -66,22 +56,10 @@ impl Nystrom {
     /// # Errors
     /// Width mismatch, non-finite input.
     pub fn transform(&self, x: MatRef<'_, f64>, par: Par) -> Result<Mat<f64>> {
-        same(
-            "Nystrom::transform",
-            "columns",
-            self.landmarks.ncols(),
-            x.ncols(),
-        )?;
+        same("Nystrom::transform", "columns", self.landmarks.ncols(), x.ncols())?;
         let kxz = self.kernel.gram(x, self.landmarks.as_ref(), par)?;
         let mut out = Mat::zeros(x.nrows(), self.map.ncols());
-        gemm(
-            out.as_mut(),
-            kxz.as_ref(),
-            self.map.as_ref(),
-            1.0,
-            false,
-            par,
-        );
+        gemm(out.as_mut(), kxz.as_ref(), self.map.as_ref(), 1.0, false, par);
         Ok(out)
     }
 }

@@ -10,13 +10,8 @@ use crate::error::{KernelError, Result, enough_rows, finite, same};
 /// Subtracts each column's mean: returns the centred copy and the means.
 pub fn center_columns(m: MatRef<'_, f64>) -> (Mat<f64>, Vec<f64>) {
     let n = m.nrows().max(1) as f64;
-    let means: Vec<f64> = (0..m.ncols())
-        .map(|j| m.col(j).iter().sum::<f64>() / n)
-        .collect();
-    (
-        Mat::from_fn(m.nrows(), m.ncols(), |i, j| m[(i, j)] - means[j]),
-        means,
-    )
+    let means: Vec<f64> = (0..m.ncols()).map(|j| m.col(j).iter().sum::<f64>() / n).collect();
+    (Mat::from_fn(m.nrows(), m.ncols(), |i, j| m[(i, j)] - means[j]), means)
 }
 
 /// The doubly centred kernel matrix \\(HKH\\), \\(H = I - \frac1n\mathbf 1\mathbf 1^\top\\): the
@@ -27,16 +22,10 @@ pub fn center_columns(m: MatRef<'_, f64>) -> (Mat<f64>, Vec<f64>) {
 pub fn center_gram(k: MatRef<'_, f64>) -> Result<Mat<f64>> {
     same("center_gram", "columns", k.nrows(), k.ncols())?;
     let n = k.nrows().max(1) as f64;
-    let row: Vec<f64> = (0..k.nrows())
-        .map(|i| k.row(i).iter().sum::<f64>() / n)
-        .collect();
-    let col: Vec<f64> = (0..k.ncols())
-        .map(|j| k.col(j).iter().sum::<f64>() / n)
-        .collect();
+    let row: Vec<f64> = (0..k.nrows()).map(|i| k.row(i).iter().sum::<f64>() / n).collect();
+    let col: Vec<f64> = (0..k.ncols()).map(|j| k.col(j).iter().sum::<f64>() / n).collect();
     let all = row.iter().sum::<f64>() / n;
-    Ok(Mat::from_fn(k.nrows(), k.ncols(), |i, j| {
-        k[(i, j)] - row[i] - col[j] + all
-    }))
+    Ok(Mat::from_fn(k.nrows(), k.ncols(), |i, j| k[(i, j)] - row[i] - col[j] + all))
 }
 
 /// The `k` largest eigenvalues (descending) and their eigenvectors (`[n, k]`) of a symmetric
@@ -123,14 +112,7 @@ pub fn kernel_pca_features(phi: MatRef<'_, f64>, components: usize, par: Par) ->
     gemm(cov.as_mut(), pc.transpose(), pc.as_ref(), 1.0, false, par);
     let (values, vectors) = top_eigenpairs(cov.as_ref(), components, par)?;
     let mut scores = Mat::zeros(phi.nrows(), components);
-    gemm(
-        scores.as_mut(),
-        pc.as_ref(),
-        vectors.as_ref(),
-        1.0,
-        false,
-        par,
-    );
+    gemm(scores.as_mut(), pc.as_ref(), vectors.as_ref(), 1.0, false, par);
     let n = phi.nrows() as f64;
     let total: f64 = (0..cov.nrows()).map(|i| cov[(i, i)]).sum();
     Ok(KernelPca {
@@ -152,14 +134,8 @@ fn orthonormal(op: &'static str, a: MatRef<'_, f64>) -> Result<Mat<f64>> {
                 }
             }
         }
-        let norm = (0..q.nrows())
-            .map(|r| q[(r, j)].powi(2))
-            .sum::<f64>()
-            .sqrt();
-        let scale = (0..a.nrows())
-            .map(|r| a[(r, j)].powi(2))
-            .sum::<f64>()
-            .sqrt();
+        let norm = (0..q.nrows()).map(|r| q[(r, j)].powi(2)).sum::<f64>().sqrt();
+        let scale = (0..a.nrows()).map(|r| a[(r, j)].powi(2)).sum::<f64>().sqrt();
         if norm.is_nan() || norm <= 1e-12 * scale.max(f64::MIN_POSITIVE) {
             return Err(KernelError::InvalidParameter {
                 op,
@@ -187,14 +163,7 @@ pub fn principal_angles(a: MatRef<'_, f64>, b: MatRef<'_, f64>) -> Result<Vec<f6
     finite(OP, "b", b)?;
     let (qa, qb) = (orthonormal(OP, a)?, orthonormal(OP, b)?);
     let mut m = Mat::zeros(qa.ncols(), qb.ncols());
-    gemm(
-        m.as_mut(),
-        qa.transpose(),
-        qb.as_ref(),
-        1.0,
-        false,
-        Par::Seq,
-    );
+    gemm(m.as_mut(), qa.transpose(), qb.as_ref(), 1.0, false, Par::Seq);
     // singular values of m: square roots of the eigenvalues of the smaller of m mᵀ, mᵀ m
     let mut g = Mat::zeros(m.nrows().min(m.ncols()), m.nrows().min(m.ncols()));
     if m.nrows() <= m.ncols() {
@@ -204,8 +173,5 @@ pub fn principal_angles(a: MatRef<'_, f64>, b: MatRef<'_, f64>) -> Result<Vec<f6
     }
     let (values, _) = top_eigenpairs(g.as_ref(), g.nrows(), Par::Seq)?;
     // descending singular values give ascending angles
-    Ok(values
-        .iter()
-        .map(|v| v.max(0.0).sqrt().min(1.0).acos())
-        .collect())
+    Ok(values.iter().map(|v| v.max(0.0).sqrt().min(1.0).acos()).collect())
 }

@@ -26,12 +26,8 @@ impl PolyKernel {
     /// [`KernelError::InvalidParameter`] unless `1 <= p <= 64`, `gamma > 0` and `coef0 >= 0`,
     /// both finite.
     pub fn new(degree: usize, gamma: f64, coef0: f64) -> Result<Self> {
-        let bad = |reason: String| {
-            Err(KernelError::InvalidParameter {
-                op: "PolyKernel::new",
-                reason,
-            })
-        };
+        let bad =
+            |reason: String| Err(KernelError::InvalidParameter { op: "PolyKernel::new", reason });
         if degree == 0 || degree > MAX_DEGREE {
             return bad(format!("degree must be in 1..=64, got {degree}"));
         }
@@ -40,11 +36,7 @@ impl PolyKernel {
                 "need gamma > 0 and coef0 >= 0, got gamma = {gamma}, coef0 = {coef0}"
             ));
         }
-        Ok(Self {
-            degree,
-            gamma,
-            coef0,
-        })
+        Ok(Self { degree, gamma, coef0 })
     }
 
     /// The default of the examples for `d` standardised features: \\(p = 4\\), \\(\gamma = 1/d\\),
@@ -85,9 +77,13 @@ impl PolyKernel {
     pub fn homogenize(&self, x: MatRef<'_, f64>) -> Result<Mat<f64>> {
         finite("PolyKernel::homogenize", "x", x)?;
         let (sg, sc) = (self.gamma.sqrt(), self.coef0.sqrt());
-        Ok(Mat::from_fn(x.nrows(), x.ncols() + 1, |i, j| {
-            if j < x.ncols() { sg * x[(i, j)] } else { sc }
-        }))
+        Ok(Mat::from_fn(
+            x.nrows(),
+            x.ncols() + 1,
+            |i, j| {
+                if j < x.ncols() { sg * x[(i, j)] } else { sc }
+            },
+        ))
     }
 
     /// The kernel matrix \\(K_{ij} = k(a_i, b_j)\\), `[n, m]`, from one product \\(AB^\top\\).
@@ -138,11 +134,8 @@ pub enum FeatureKind {
 
 impl FeatureKind {
     /// All kinds, in table order.
-    pub const ALL: [FeatureKind; 3] = [
-        FeatureKind::Tree,
-        FeatureKind::TensorSketch,
-        FeatureKind::SelfTensored,
-    ];
+    pub const ALL: [FeatureKind; 3] =
+        [FeatureKind::Tree, FeatureKind::TensorSketch, FeatureKind::SelfTensored];
 
     /// Short name for tables.
     pub fn name(self) -> &'static str {
@@ -180,11 +173,7 @@ impl SketchFeatures {
     /// [`KernelError::InvalidParameter`] for a zero dimension, a tree with \\(p\\) not a power of
     /// two, or a self-tensored map with odd \\(p\\); sketch errors.
     pub fn new(
-        kernel: PolyKernel,
-        d: usize,
-        kind: FeatureKind,
-        target_dim: usize,
-        seed: u64,
+        kernel: PolyKernel, d: usize, kind: FeatureKind, target_dim: usize, seed: u64,
     ) -> Result<Self> {
         let p = kernel.degree();
         if d == 0 || target_dim == 0 {
@@ -208,11 +197,7 @@ impl SketchFeatures {
                 )?)
             }
         };
-        Ok(Self {
-            kernel,
-            kind,
-            sketch,
-        })
+        Ok(Self { kernel, kind, sketch })
     }
 
     /// The number of features.
@@ -230,12 +215,7 @@ impl SketchFeatures {
     /// # Errors
     /// Width mismatch, non-finite input.
     pub fn transform(&self, x: MatRef<'_, f64>, par: Par) -> Result<Mat<f64>> {
-        same(
-            "SketchFeatures::transform",
-            "columns",
-            self.sketch.input_dim() - 1,
-            x.ncols(),
-        )?;
+        same("SketchFeatures::transform", "columns", self.sketch.input_dim() - 1, x.ncols())?;
         let lifted = self.kernel.homogenize(x)?;
         Ok(self.sketch.apply(lifted.as_ref(), par)?)
     }

@@ -13,11 +13,7 @@ use crate::error::{KernelError, Result, enough_rows, finite, same};
 /// Solves \\((M + \lambda I)X = R\\) for symmetric positive semi-definite \\(M\\) by Cholesky
 /// (faer, explicit `par`), overwriting `rhs` with \\(X\\).
 pub(crate) fn solve_regularised(
-    op: &'static str,
-    m: MatRef<'_, f64>,
-    lambda: f64,
-    rhs: &mut Mat<f64>,
-    par: Par,
+    op: &'static str, m: MatRef<'_, f64>, lambda: f64, rhs: &mut Mat<f64>, par: Par,
 ) -> Result<()> {
     let n = m.nrows();
     let mut a = m.to_owned();
@@ -30,14 +26,8 @@ pub(crate) fn solve_regularised(
     ]);
     let mut buf = MemBuffer::new(req);
     let stack = MemStack::new(&mut buf);
-    cholesky_in_place(
-        a.as_mut(),
-        LltRegularization::default(),
-        par,
-        stack,
-        Default::default(),
-    )
-    .map_err(|_| KernelError::NotPositiveDefinite { op })?;
+    cholesky_in_place(a.as_mut(), LltRegularization::default(), par, stack, Default::default())
+        .map_err(|_| KernelError::NotPositiveDefinite { op })?;
     solve_in_place_with_conj(a.as_ref(), Conj::No, rhs.as_mut(), par, stack);
     Ok(())
 }
@@ -76,10 +66,7 @@ impl Ridge {
     /// # Errors
     /// Length mismatch, fewer than 2 rows, non-finite values, a non-positive \\(\lambda\\).
     pub fn fit_path(
-        features: MatRef<'_, f64>,
-        y: &[f64],
-        lambdas: &[f64],
-        par: Par,
+        features: MatRef<'_, f64>, y: &[f64], lambdas: &[f64], par: Par,
     ) -> Result<Vec<Ridge>> {
         const OP: &str = "Ridge::fit_path";
         same(OP, "targets", features.nrows(), y.len())?;
@@ -93,33 +80,15 @@ impl Ridge {
         let mean = y.iter().sum::<f64>() / y.len() as f64;
         let yc = Mat::from_fn(y.len(), 1, |i, _| y[i] - mean);
         let mut gram = Mat::zeros(d, d);
-        gemm(
-            gram.as_mut(),
-            features.transpose(),
-            features,
-            1.0,
-            false,
-            par,
-        );
+        gemm(gram.as_mut(), features.transpose(), features, 1.0, false, par);
         let mut rhs = Mat::zeros(d, 1);
-        gemm(
-            rhs.as_mut(),
-            features.transpose(),
-            yc.as_ref(),
-            1.0,
-            false,
-            par,
-        );
+        gemm(rhs.as_mut(), features.transpose(), yc.as_ref(), 1.0, false, par);
         lambdas
             .iter()
             .map(|&lambda| {
                 let mut w = rhs.clone();
                 solve_regularised(OP, gram.as_ref(), lambda, &mut w, par)?;
-                Ok(Ridge {
-                    weights: (0..d).map(|i| w[(i, 0)]).collect(),
-                    intercept: mean,
-                    lambda,
-                })
+                Ok(Ridge { weights: (0..d).map(|i| w[(i, 0)]).collect(), intercept: mean, lambda })
             })
             .collect()
     }
@@ -135,9 +104,7 @@ impl Ridge {
         let w = MatRef::from_column_major_slice(&self.weights, self.weights.len(), 1);
         let mut out = Mat::zeros(features.nrows(), 1);
         gemm(out.as_mut(), features, w, 1.0, false, par);
-        Ok((0..features.nrows())
-            .map(|i| out[(i, 0)] + self.intercept)
-            .collect())
+        Ok((0..features.nrows()).map(|i| out[(i, 0)] + self.intercept).collect())
     }
 }
 
@@ -189,11 +156,7 @@ impl KernelRidge {
         let mean = y.iter().sum::<f64>() / y.len() as f64;
         let mut alpha = Mat::from_fn(y.len(), 1, |i, _| y[i] - mean);
         solve_regularised(OP, k, lambda, &mut alpha, par)?;
-        Ok(Self {
-            alpha: (0..y.len()).map(|i| alpha[(i, 0)]).collect(),
-            intercept: mean,
-            lambda,
-        })
+        Ok(Self { alpha: (0..y.len()).map(|i| alpha[(i, 0)]).collect(), intercept: mean, lambda })
     }
 
     /// \\(\hat y = K_\text{test,train}\,\alpha + \bar y\\) for `k_test: [m, n]`.
@@ -207,9 +170,7 @@ impl KernelRidge {
         let a = MatRef::from_column_major_slice(&self.alpha, self.alpha.len(), 1);
         let mut out = Mat::zeros(k_test.nrows(), 1);
         gemm(out.as_mut(), k_test, a, 1.0, false, par);
-        Ok((0..k_test.nrows())
-            .map(|i| out[(i, 0)] + self.intercept)
-            .collect())
+        Ok((0..k_test.nrows()).map(|i| out[(i, 0)] + self.intercept).collect())
     }
 }
 
@@ -220,13 +181,7 @@ impl KernelRidge {
 pub fn rmse(pred: &[f64], y: &[f64]) -> Result<f64> {
     same("rmse", "lengths", y.len(), pred.len())?;
     enough_rows("rmse", 1, y.len())?;
-    Ok((pred
-        .iter()
-        .zip(y)
-        .map(|(p, t)| (p - t).powi(2))
-        .sum::<f64>()
-        / y.len() as f64)
-        .sqrt())
+    Ok((pred.iter().zip(y).map(|(p, t)| (p - t).powi(2)).sum::<f64>() / y.len() as f64).sqrt())
 }
 
 /// Coefficient of determination \\(R^2 = 1 - \sum(\hat y - y)^2/\sum(y - \bar y)^2\\).
@@ -272,8 +227,7 @@ pub fn r2(pred: &[f64], y: &[f64]) -> Result<f64> {
 /// # Ok::<(), polysketch_kernel::KernelError>(())
 /// ```
 pub fn select_by_r2<M>(
-    models: impl IntoIterator<Item = Result<M>>,
-    y: &[f64],
+    models: impl IntoIterator<Item = Result<M>>, y: &[f64],
     mut predict: impl FnMut(&M) -> Result<Vec<f64>>,
 ) -> Result<(M, f64)> {
     let mut best: Option<(M, f64)> = None;

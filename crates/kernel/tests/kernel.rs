@@ -36,10 +36,7 @@ fn kernel_matrix_matches_its_definition_and_the_lifted_inputs() {
     let kernel = PolyKernel::new(3, 0.4, 0.7).unwrap();
     let (a, b) = (data(9, 4, 1), data(6, 4, 2));
     let k = kernel.gram(a.as_ref(), b.as_ref(), Par::Seq).unwrap();
-    let (ta, tb) = (
-        kernel.homogenize(a.as_ref()).unwrap(),
-        kernel.homogenize(b.as_ref()).unwrap(),
-    );
+    let (ta, tb) = (kernel.homogenize(a.as_ref()).unwrap(), kernel.homogenize(b.as_ref()).unwrap());
     for i in 0..9 {
         for j in 0..6 {
             let dot: f64 = (0..4).map(|c| a[(i, c)] * b[(j, c)]).sum();
@@ -74,11 +71,7 @@ fn sketched_features_approximate_the_kernel() {
         // only s = 90 columns: its error is that of a size-90 sketch (and it is biased upward by
         // the base variance), so it is much less accurate per feature on these nearly parallel
         // lifted rows. Tree and TensorSketch use all D columns.
-        let bound = if kind == FeatureKind::SelfTensored {
-            1.0
-        } else {
-            0.1
-        };
+        let bound = if kind == FeatureKind::SelfTensored { 1.0 } else { 0.1 };
         assert!(
             large < small / 3.0 && large < bound,
             "{}: relative error {small} at D = 64, {large} at D = 4096",
@@ -102,26 +95,13 @@ fn feature_ridge_equals_kernel_ridge_on_exact_features() {
         let ridge = &Ridge::fit_path(phi.as_ref(), &y, &[lambda], Par::Seq).unwrap()[0];
         let krr = KernelRidge::fit(k.as_ref(), &y, lambda, Par::Seq).unwrap();
         let xt = data(20, 3, 5);
-        let p1 = ridge
-            .predict(
-                exact_degree2_features(&kernel, xt.as_ref()).as_ref(),
-                Par::Seq,
-            )
-            .unwrap();
+        let p1 =
+            ridge.predict(exact_degree2_features(&kernel, xt.as_ref()).as_ref(), Par::Seq).unwrap();
         let p2 = krr
-            .predict(
-                kernel
-                    .gram(xt.as_ref(), x.as_ref(), Par::Seq)
-                    .unwrap()
-                    .as_ref(),
-                Par::Seq,
-            )
+            .predict(kernel.gram(xt.as_ref(), x.as_ref(), Par::Seq).unwrap().as_ref(), Par::Seq)
             .unwrap();
         for (a, b) in p1.iter().zip(&p2) {
-            assert!(
-                (a - b).abs() < 1e-8 * (1.0 + b.abs()),
-                "lambda {lambda}: {a} vs {b}"
-            );
+            assert!((a - b).abs() < 1e-8 * (1.0 + b.abs()), "lambda {lambda}: {a} vs {b}");
         }
     }
 }
@@ -150,10 +130,8 @@ fn centring_the_gram_matrix_centres_the_features() {
     assert!(means.len() == 4 && (0..4).all(|j| fc.col(j).iter().sum::<f64>().abs() < 1e-12));
     let k = &f * f.transpose();
     assert!(
-        max_abs_diff(
-            center_gram(k.as_ref()).unwrap().as_ref(),
-            (&fc * fc.transpose()).as_ref()
-        ) < 1e-12
+        max_abs_diff(center_gram(k.as_ref()).unwrap().as_ref(), (&fc * fc.transpose()).as_ref())
+            < 1e-12
     );
 }
 
@@ -169,10 +147,7 @@ fn principal_angles_of_known_subspaces() {
         _ => 0.0,
     });
     let angles = principal_angles(a.as_ref(), b.as_ref()).unwrap();
-    assert!(
-        angles[0].abs() < 1e-7 && (angles[1] - t).abs() < 1e-12,
-        "{angles:?}"
-    );
+    assert!(angles[0].abs() < 1e-7 && (angles[1] - t).abs() < 1e-12, "{angles:?}");
     let c = Mat::from_fn(3, 1, |i, _| if i == 2 { 1.0 } else { 0.0 });
     let right = principal_angles(a.as_ref(), c.as_ref()).unwrap();
     assert!((right[0] - std::f64::consts::FRAC_PI_2).abs() < 1e-12);
@@ -217,14 +192,8 @@ fn symmetric_base_sizes() {
 fn metrics() {
     assert_eq!(rmse(&[1.0, 3.0], &[1.0, 1.0]).unwrap(), 2f64.sqrt());
     assert!((r2(&[1.0, 2.0, 3.0], &[1.0, 2.0, 3.0]).unwrap() - 1.0).abs() < 1e-15);
-    assert!(matches!(
-        r2(&[1.0], &[1.0, 2.0]),
-        Err(KernelError::Mismatch { .. })
-    ));
-    assert!(matches!(
-        r2(&[1.0, 1.0], &[2.0, 2.0]),
-        Err(KernelError::InvalidParameter { .. })
-    ));
+    assert!(matches!(r2(&[1.0], &[1.0, 2.0]), Err(KernelError::Mismatch { .. })));
+    assert!(matches!(r2(&[1.0, 1.0], &[2.0, 2.0]), Err(KernelError::InvalidParameter { .. })));
 }
 
 #[test]
@@ -240,10 +209,7 @@ fn csv_tables_load_and_refuse_corrupt_files() {
     assert_eq!(t.names, ["a", "b", "y"]);
     let (x, y) = t.split_target("y").unwrap();
     assert_eq!((x.nrows(), x.ncols(), y), (2, 2, vec![3.0, 6.0]));
-    assert!(matches!(
-        t.split_target("z"),
-        Err(KernelError::InvalidParameter { .. })
-    ));
+    assert!(matches!(t.split_target("z"), Err(KernelError::InvalidParameter { .. })));
     for (name, text, line) in [
         ("text.csv", "a,b\n1,x\n", 2),
         ("short.csv", "a,b\n1,2\n3\n", 3),
@@ -255,29 +221,19 @@ fn csv_tables_load_and_refuse_corrupt_files() {
             other => panic!("{name}: {other:?}"),
         }
     }
-    assert!(matches!(
-        Table::from_csv(&dir.join("missing.csv")),
-        Err(KernelError::Io { .. })
-    ));
+    assert!(matches!(Table::from_csv(&dir.join("missing.csv")), Err(KernelError::Io { .. })));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn splits_and_standardisation() {
     let parts = split_indices(10, &[6, 3], 5).unwrap();
-    assert_eq!(
-        parts,
-        split_indices(10, &[6, 3], 5).unwrap(),
-        "deterministic"
-    );
+    assert_eq!(parts, split_indices(10, &[6, 3], 5).unwrap(), "deterministic");
     let mut all: Vec<usize> = parts.concat();
     all.sort_unstable();
     all.dedup();
     assert_eq!(all.len(), 9, "disjoint");
-    assert!(matches!(
-        split_indices(5, &[4, 2], 0),
-        Err(KernelError::TooFewRows { .. })
-    ));
+    assert!(matches!(split_indices(5, &[4, 2], 0), Err(KernelError::TooFewRows { .. })));
     let x = data(50, 3, 9);
     let s = Standardizer::fit(x.as_ref()).unwrap();
     let z = s.transform(x.as_ref()).unwrap();
@@ -292,24 +248,15 @@ fn splits_and_standardisation() {
 #[test]
 fn bad_input_gets_typed_errors() {
     let kernel = PolyKernel::standard(3).unwrap();
-    assert!(matches!(
-        PolyKernel::new(0, 1.0, 1.0),
-        Err(KernelError::InvalidParameter { .. })
-    ));
-    assert!(matches!(
-        PolyKernel::new(2, -1.0, 1.0),
-        Err(KernelError::InvalidParameter { .. })
-    ));
+    assert!(matches!(PolyKernel::new(0, 1.0, 1.0), Err(KernelError::InvalidParameter { .. })));
+    assert!(matches!(PolyKernel::new(2, -1.0, 1.0), Err(KernelError::InvalidParameter { .. })));
     let mut x = data(20, 3, 10);
     x[(4, 2)] = f64::NAN;
     assert!(matches!(
         kernel.gram(x.as_ref(), x.as_ref(), Par::Seq),
         Err(KernelError::NonFinite { row: 4, col: 2, .. })
     ));
-    assert!(matches!(
-        Standardizer::fit(x.as_ref()),
-        Err(KernelError::NonFinite { .. })
-    ));
+    assert!(matches!(Standardizer::fit(x.as_ref()), Err(KernelError::NonFinite { .. })));
     let x = data(20, 3, 10);
     let f = SketchFeatures::new(kernel, 3, FeatureKind::Tree, 16, 0).unwrap();
     assert!(matches!(
@@ -348,13 +295,7 @@ fn bad_input_gets_typed_errors() {
         Err(KernelError::Sketch(_))
     ));
     assert!(matches!(
-        SketchFeatures::new(
-            PolyKernel::new(3, 1.0, 1.0).unwrap(),
-            3,
-            FeatureKind::Tree,
-            16,
-            0
-        ),
+        SketchFeatures::new(PolyKernel::new(3, 1.0, 1.0).unwrap(), 3, FeatureKind::Tree, 16, 0),
         Err(KernelError::Sketch(_))
     ));
 }

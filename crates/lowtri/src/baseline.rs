@@ -21,18 +21,11 @@ pub fn naive_fits<T>(n: usize) -> bool {
 /// Validation errors of the problem (general form only); `SketchError::TooLarge` when the
 /// \\(n \times n\\) matrix would exceed 4 GiB.
 pub fn naive_forward<T: Scalar>(
-    a: MatRef<'_, T>,
-    b: MatRef<'_, T>,
-    c: MatRef<'_, T>,
-    par: Par,
+    a: MatRef<'_, T>, b: MatRef<'_, T>, c: MatRef<'_, T>, par: Par,
 ) -> Result<Mat<T>> {
     Problem::general(a, b, c).validate("lowtri::naive_forward")?;
     let n = a.nrows();
-    check_param_bytes(
-        "lowtri::naive_forward",
-        (n as u128) * (n as u128),
-        size_of::<T>(),
-    )?;
+    check_param_bytes("lowtri::naive_forward", (n as u128) * (n as u128), size_of::<T>())?;
     let mut s = Mat::<T>::zeros(n, n);
     tri_matmul(
         s.as_mut(),
@@ -69,10 +62,7 @@ pub fn naive_forward<T: Scalar>(
 /// # Errors
 /// Validation errors of the problem (general form only).
 pub fn cumsum_forward<T: Scalar>(
-    a: MatRef<'_, T>,
-    b: MatRef<'_, T>,
-    c: MatRef<'_, T>,
-    par: Par,
+    a: MatRef<'_, T>, b: MatRef<'_, T>, c: MatRef<'_, T>, par: Par,
 ) -> Result<Mat<T>> {
     Problem::general(a, b, c).validate("lowtri::cumsum_forward")?;
     let (n, m, k) = (a.nrows(), a.ncols(), c.ncols());
@@ -119,11 +109,7 @@ pub fn cumsum_forward<T: Scalar>(
 
 /// The checks shared by the baselines' backward passes.
 fn validate_backward<T: Scalar>(
-    op: &'static str,
-    a: MatRef<'_, T>,
-    b: MatRef<'_, T>,
-    c: MatRef<'_, T>,
-    g: MatRef<'_, T>,
+    op: &'static str, a: MatRef<'_, T>, b: MatRef<'_, T>, c: MatRef<'_, T>, g: MatRef<'_, T>,
 ) -> Result<()> {
     Problem::general(a, b, c).validate(op)?;
     check_shape(op, g, (c.nrows(), c.ncols()))?;
@@ -138,11 +124,7 @@ fn validate_backward<T: Scalar>(
 /// # Errors
 /// As [`naive_forward`], and a shape mismatch or non-finite value in `g`.
 pub fn naive_backward<T: Scalar>(
-    a: MatRef<'_, T>,
-    b: MatRef<'_, T>,
-    c: MatRef<'_, T>,
-    g: MatRef<'_, T>,
-    par: Par,
+    a: MatRef<'_, T>, b: MatRef<'_, T>, c: MatRef<'_, T>, g: MatRef<'_, T>, par: Par,
 ) -> Result<Grads<T>> {
     const OP: &str = "lowtri::naive_backward";
     validate_backward(OP, a, b, c, g)?;
@@ -166,13 +148,7 @@ pub fn naive_backward<T: Scalar>(
         )
     };
     let mut s = Mat::<T>::zeros(n, n);
-    tri(
-        s.as_mut(),
-        BlockStructure::TriangularLower,
-        a,
-        BlockStructure::Rectangular,
-        b.transpose(),
-    );
+    tri(s.as_mut(), BlockStructure::TriangularLower, a, BlockStructure::Rectangular, b.transpose());
     let mut d_c = Mat::zeros(n, c.ncols());
     tri(
         d_c.as_mut(),
@@ -182,21 +158,9 @@ pub fn naive_backward<T: Scalar>(
         g,
     );
     // s now becomes dS = lt(G Cᵀ)
-    tri(
-        s.as_mut(),
-        BlockStructure::TriangularLower,
-        g,
-        BlockStructure::Rectangular,
-        c.transpose(),
-    );
+    tri(s.as_mut(), BlockStructure::TriangularLower, g, BlockStructure::Rectangular, c.transpose());
     let (mut d_a, mut d_b) = (Mat::zeros(n, a.ncols()), Mat::zeros(n, a.ncols()));
-    tri(
-        d_a.as_mut(),
-        BlockStructure::Rectangular,
-        s.as_ref(),
-        BlockStructure::TriangularLower,
-        b,
-    );
+    tri(d_a.as_mut(), BlockStructure::Rectangular, s.as_ref(), BlockStructure::TriangularLower, b);
     tri(
         d_b.as_mut(),
         BlockStructure::Rectangular,
@@ -204,13 +168,7 @@ pub fn naive_backward<T: Scalar>(
         BlockStructure::TriangularUpper,
         a,
     );
-    Ok(Grads {
-        d_a,
-        d_b,
-        d_c,
-        d_q: None,
-        d_k: None,
-    })
+    Ok(Grads { d_a, d_b, d_c, d_q: None, d_k: None })
 }
 
 /// Backward of [`cumsum_forward`] by running sums: a forward sweep rebuilds
@@ -223,11 +181,7 @@ pub fn naive_backward<T: Scalar>(
 /// # Errors
 /// As [`naive_backward`], without the memory limit.
 pub fn cumsum_backward<T: Scalar>(
-    a: MatRef<'_, T>,
-    b: MatRef<'_, T>,
-    c: MatRef<'_, T>,
-    g: MatRef<'_, T>,
-    par: Par,
+    a: MatRef<'_, T>, b: MatRef<'_, T>, c: MatRef<'_, T>, g: MatRef<'_, T>, par: Par,
 ) -> Result<Grads<T>> {
     validate_backward("lowtri::cumsum_backward", a, b, c, g)?;
     let n = a.nrows();
@@ -271,16 +225,7 @@ pub fn cumsum_backward<T: Scalar>(
         }
         out_t.transpose().to_owned()
     };
-    let (d_a, d_b, d_c) = (
-        sweep(&bt, &ct, &gt, false),
-        sweep(&at, &gt, &ct, true),
-        sweep(&gt, &at, &bt, true),
-    );
-    Ok(Grads {
-        d_a,
-        d_b,
-        d_c,
-        d_q: None,
-        d_k: None,
-    })
+    let (d_a, d_b, d_c) =
+        (sweep(&bt, &ct, &gt, false), sweep(&at, &gt, &ct, true), sweep(&gt, &at, &bt, true));
+    Ok(Grads { d_a, d_b, d_c, d_q: None, d_k: None })
 }

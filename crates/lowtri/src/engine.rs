@@ -75,9 +75,7 @@ fn col_blocks<T>(m: MatMut<'_, T>, size: usize) -> Vec<MatMut<'_, T>> {
 
 /// Row blocks of an optional matrix, or `count` `None`s.
 fn optional_row_blocks<T>(
-    m: Option<&mut Mat<T>>,
-    size: usize,
-    count: usize,
+    m: Option<&mut Mat<T>>, size: usize, count: usize,
 ) -> Vec<Option<MatMut<'_, T>>> {
     match m {
         Some(m) => row_blocks(m.as_mut(), size).into_iter().map(Some).collect(),
@@ -87,9 +85,7 @@ fn optional_row_blocks<T>(
 
 /// Runs `f` on every task, in parallel under `Par::Rayon`, with per-worker scratch.
 fn run<T: Scalar, J: Send>(
-    tasks: Vec<J>,
-    par: Par,
-    scratch: impl Fn() -> Scratch<T> + Sync + Send,
+    tasks: Vec<J>, par: Par, scratch: impl Fn() -> Scratch<T> + Sync + Send,
     f: impl Fn(&mut Scratch<T>, J) + Sync + Send,
 ) {
     match par {
@@ -142,10 +138,7 @@ impl LowTri {
     /// [`SketchError::ZeroDimension`] if `block` is 0.
     pub fn new(block: usize) -> Result<Self> {
         if block == 0 {
-            return Err(SketchError::ZeroDimension {
-                sketch: "LowTri",
-                what: "block size b",
-            });
+            return Err(SketchError::ZeroDimension { sketch: "LowTri", what: "block size b" });
         }
         Ok(Self { block })
     }
@@ -162,11 +155,7 @@ impl LowTri {
 
     fn widths<T: Scalar>(&self, problems: &[Problem<'_, T>]) -> (usize, usize) {
         let m = problems.iter().map(|p| p.m()).max().unwrap_or(0);
-        let r = problems
-            .iter()
-            .map(|p| p.feature_input_width())
-            .max()
-            .unwrap_or(0);
+        let r = problems.iter().map(|p| p.feature_input_width()).max().unwrap_or(0);
         (m, r)
     }
 
@@ -197,9 +186,7 @@ impl LowTri {
     /// # Ok::<(), SketchError>(())
     /// ```
     pub fn forward<T: Scalar>(
-        &self,
-        problem: &Problem<'_, T>,
-        par: Par,
+        &self, problem: &Problem<'_, T>, par: Par,
     ) -> Result<(Mat<T>, Saved<T>)> {
         let mut out = Mat::zeros(problem.n(), problem.k());
         let mut saved = Saved::new();
@@ -218,10 +205,7 @@ impl LowTri {
     /// # Errors
     /// As [`forward_batch_into`](Self::forward_batch_into).
     pub fn forward_batch<T: Scalar>(
-        &self,
-        problems: &[Problem<'_, T>],
-        outs: Vec<MatMut<'_, T>>,
-        par: Par,
+        &self, problems: &[Problem<'_, T>], outs: Vec<MatMut<'_, T>>, par: Par,
     ) -> Result<Vec<Saved<T>>> {
         let mut saved: Vec<Saved<T>> = problems.iter().map(|_| Saved::new()).collect();
         self.forward_batch_into(problems, outs, &mut saved, par)?;
@@ -237,10 +221,7 @@ impl LowTri {
     /// As [`forward`](Self::forward) for each problem; a shape mismatch if `outs` or `saved`
     /// does not have one entry per problem, or an output has the wrong shape.
     pub fn forward_batch_into<T: Scalar>(
-        &self,
-        problems: &[Problem<'_, T>],
-        mut outs: Vec<MatMut<'_, T>>,
-        saved: &mut [Saved<T>],
+        &self, problems: &[Problem<'_, T>], mut outs: Vec<MatMut<'_, T>>, saved: &mut [Saved<T>],
         par: Par,
     ) -> Result<()> {
         const OP: &str = "lowtri::forward";
@@ -273,16 +254,10 @@ impl LowTri {
         let mut tasks = Vec::new();
         for (pi, (out, s)) in outs.iter_mut().zip(saved.iter_mut()).enumerate() {
             let k = problems[pi].k();
-            let blocks = row_blocks(out.rb_mut(), b)
-                .into_iter()
-                .zip(col_blocks(s.prefixes.as_mut(), k));
+            let blocks =
+                row_blocks(out.rb_mut(), b).into_iter().zip(col_blocks(s.prefixes.as_mut(), k));
             for (l, (o, hb)) in blocks.enumerate() {
-                tasks.push(ForwardTask {
-                    problem: pi,
-                    block: l,
-                    out: o,
-                    h: hb,
-                });
+                tasks.push(ForwardTask { problem: pi, block: l, out: o, h: hb });
             }
         }
         run(
@@ -358,11 +333,7 @@ impl LowTri {
     /// Those of [`Problem::validate`]; shape mismatch or non-finite `d_out`; a `saved` that is
     /// empty, already consumed, or from another shape or block size.
     pub fn backward<T: Scalar>(
-        &self,
-        problem: &Problem<'_, T>,
-        saved: &mut Saved<T>,
-        d_out: MatRef<'_, T>,
-        par: Par,
+        &self, problem: &Problem<'_, T>, saved: &mut Saved<T>, d_out: MatRef<'_, T>, par: Par,
     ) -> Result<Grads<T>> {
         let mut grads = Grads::new();
         let one = core::slice::from_mut(&mut grads);
@@ -382,10 +353,7 @@ impl LowTri {
     /// # Errors
     /// As [`backward_batch_into`](Self::backward_batch_into).
     pub fn backward_batch<T: Scalar>(
-        &self,
-        problems: &[Problem<'_, T>],
-        saved: &mut [Saved<T>],
-        d_outs: &[MatRef<'_, T>],
+        &self, problems: &[Problem<'_, T>], saved: &mut [Saved<T>], d_outs: &[MatRef<'_, T>],
         par: Par,
     ) -> Result<Vec<Grads<T>>> {
         let mut grads: Vec<Grads<T>> = problems.iter().map(|_| Grads::new()).collect();
@@ -409,22 +377,14 @@ impl LowTri {
     /// # Errors
     /// As [`backward`](Self::backward).
     pub fn backward_batch_into<T: Scalar>(
-        &self,
-        problems: &[Problem<'_, T>],
-        saved: &mut [Saved<T>],
-        d_outs: &[MatRef<'_, T>],
-        grads: &mut [Grads<T>],
-        par: Par,
+        &self, problems: &[Problem<'_, T>], saved: &mut [Saved<T>], d_outs: &[MatRef<'_, T>],
+        grads: &mut [Grads<T>], par: Par,
     ) -> Result<()> {
         const OP: &str = "lowtri::backward";
         let count = problems.len();
         if saved.len() != count || d_outs.len() != count || grads.len() != count {
             let got = saved.len().min(d_outs.len()).min(grads.len());
-            return Err(SketchError::ShapeMismatch {
-                op: OP,
-                expected: (count, 1),
-                got: (got, 1),
-            });
+            return Err(SketchError::ShapeMismatch { op: OP, expected: (count, 1), got: (got, 1) });
         }
         let b = self.block;
         for ((p, s), d) in problems.iter().zip(saved.iter()).zip(d_outs) {
@@ -491,39 +451,18 @@ impl LowTri {
                 let p = &problems[t.problem];
                 let (m, s, len) = (p.m(), t.block * b, t.d_out.nrows());
                 let c = p.c.subrows(s, len);
-                let Scratch {
-                    feat,
-                    dfeat,
-                    vjp,
-                    s: sbuf,
-                    g: gbuf,
-                    ds,
-                } = sc;
+                let Scratch { feat, dfeat, vjp, s: sbuf, g: gbuf, ds } = sc;
                 let (mut w, mut d_a, d_b, mut d_c) = (t.w, t.d_a, t.d_b, t.d_c);
                 if t.block > 0 {
                     // in the forward pass out_l += A_l Z_l, so dA_l = dout_l Z_lᵀ ...
                     let mut dfl = dfeat.as_mut().submatrix_mut(0, 0, len, m);
-                    gemm(
-                        dfl.rb_mut(),
-                        t.d_out,
-                        w.as_ref().transpose(),
-                        T::one(),
-                        false,
-                        Par::Seq,
-                    );
+                    gemm(dfl.rb_mut(), t.d_out, w.as_ref().transpose(), T::one(), false, Par::Seq);
                     p.feature_vjp(false, s, len, dfl.as_ref(), d_a.rb_mut(), vjp);
                 }
                 {
                     // ... and dZ_l = A_lᵀ dout_l, written where Z_l was
                     let al = p.a_rows(s, len, feat);
-                    gemm(
-                        w.rb_mut(),
-                        al.transpose(),
-                        t.d_out,
-                        T::one(),
-                        false,
-                        Par::Seq,
-                    );
+                    gemm(w.rb_mut(), al.transpose(), t.d_out, T::one(), false, Par::Seq);
                 }
                 // in the forward pass out_l = lt(S) C_l, so dC_l = lt(S)ᵀ dout_l and dS = lt(dout_l C_lᵀ)
                 let mut sb = sbuf.as_mut().submatrix_mut(0, 0, len, len);
@@ -568,9 +507,8 @@ impl LowTri {
         let mut tasks = Vec::new();
         for (pi, g) in grads.iter_mut().enumerate() {
             let t = problems[pi].n().div_ceil(b);
-            let parts = row_blocks(g.d_b.as_mut(), b)
-                .into_iter()
-                .zip(row_blocks(g.d_c.as_mut(), b));
+            let parts =
+                row_blocks(g.d_b.as_mut(), b).into_iter().zip(row_blocks(g.d_c.as_mut(), b));
             for (l, (d_b, d_c)) in parts.enumerate().take(t - 1) {
                 tasks.push((pi, l, d_b, d_c));
             }
@@ -590,14 +528,7 @@ impl LowTri {
                     gemm(d_c, bl, w, T::one(), true, Par::Seq);
                 }
                 let mut dfl = sc.dfeat.as_mut().submatrix_mut(0, 0, len, m);
-                gemm(
-                    dfl.rb_mut(),
-                    p.c.subrows(s, len),
-                    w.transpose(),
-                    T::one(),
-                    false,
-                    Par::Seq,
-                );
+                gemm(dfl.rb_mut(), p.c.subrows(s, len), w.transpose(), T::one(), false, Par::Seq);
                 p.feature_vjp(true, s, len, dfl.as_ref(), d_b.rb_mut(), &mut sc.vjp);
             },
         );

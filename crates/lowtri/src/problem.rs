@@ -68,35 +68,19 @@ pub struct Problem<'a, T> {
 impl<'a, T: Scalar> Problem<'a, T> {
     /// \\(\mathrm{lt}(AB^\top)\,C\\).
     pub fn general(a: MatRef<'a, T>, b: MatRef<'a, T>, c: MatRef<'a, T>) -> Self {
-        Self {
-            features: Features::Explicit { a, b },
-            diagonal: Diagonal::FromFeatures,
-            c,
-        }
+        Self { features: Features::Explicit { a, b }, diagonal: Diagonal::FromFeatures, c }
     }
 
     /// \\(\mathrm{lt}(L^{\otimes 2}(R^{\otimes 2})^\top)\,C = \mathrm{lt}((LR^\top)^{\circ 2})\,C\\).
     pub fn self_tensored(l: MatRef<'a, T>, r: MatRef<'a, T>, c: MatRef<'a, T>) -> Self {
-        Self {
-            features: Features::SelfTensored { l, r },
-            diagonal: Diagonal::FromFeatures,
-            c,
-        }
+        Self { features: Features::SelfTensored { l, r }, diagonal: Diagonal::FromFeatures, c }
     }
 
     /// Features off the diagonal blocks, exact \\((Q_lK_l^\top)^{\circ p}\\) on them.
     pub fn local_exact(
-        features: Features<'a, T>,
-        q: MatRef<'a, T>,
-        k: MatRef<'a, T>,
-        p: usize,
-        c: MatRef<'a, T>,
+        features: Features<'a, T>, q: MatRef<'a, T>, k: MatRef<'a, T>, p: usize, c: MatRef<'a, T>,
     ) -> Self {
-        Self {
-            features,
-            diagonal: Diagonal::ExactPower { q, k, p },
-            c,
-        }
+        Self { features, diagonal: Diagonal::ExactPower { q, k, p }, c }
     }
 
     /// Number of rows \\(n\\).
@@ -155,10 +139,7 @@ impl<'a, T: Scalar> Problem<'a, T> {
     /// Rows `s..s+len` of \\(A\\): a view of the input, or the tensor square of \\(L\\)'s rows
     /// written into `scratch` (`[b, m]`).
     pub(crate) fn a_rows<'s>(
-        &'s self,
-        s: usize,
-        len: usize,
-        scratch: &'s mut Mat<T>,
+        &'s self, s: usize, len: usize, scratch: &'s mut Mat<T>,
     ) -> MatRef<'s, T> {
         match self.features {
             Features::Explicit { a, .. } => a.subrows(s, len),
@@ -168,10 +149,7 @@ impl<'a, T: Scalar> Problem<'a, T> {
 
     /// Rows `s..s+len` of \\(B\\), like [`a_rows`](Self::a_rows).
     pub(crate) fn b_rows<'s>(
-        &'s self,
-        s: usize,
-        len: usize,
-        scratch: &'s mut Mat<T>,
+        &'s self, s: usize, len: usize, scratch: &'s mut Mat<T>,
     ) -> MatRef<'s, T> {
         match self.features {
             Features::Explicit { b, .. } => b.subrows(s, len),
@@ -197,11 +175,7 @@ impl<'a, T: Scalar> Problem<'a, T> {
     /// \\(S = (XY^\top)^{\circ e}\\), into `s_out: [len, len]`; `g_out` receives the lower
     /// triangle of \\(XY^\top\\) itself when the backward needs it (`e > 1`).
     pub(crate) fn diagonal_scores(
-        &self,
-        s: usize,
-        len: usize,
-        mut s_out: MatMut<'_, T>,
-        g_out: Option<MatMut<'_, T>>,
+        &self, s: usize, len: usize, mut s_out: MatMut<'_, T>, g_out: Option<MatMut<'_, T>>,
     ) {
         let (x, y, e) = self.diagonal_inputs(s, len);
         tri_matmul(
@@ -223,10 +197,9 @@ impl<'a, T: Scalar> Problem<'a, T> {
                 let mut col = s_out.rb_mut().col_mut(j).subrows_mut(j, len - j);
                 match (col.rb_mut().try_as_col_major_mut(), e) {
                     (Some(c), 2) => c.as_slice_mut().iter_mut().for_each(|v| *v = *v * *v),
-                    (Some(c), _) => c
-                        .as_slice_mut()
-                        .iter_mut()
-                        .for_each(|v| *v = ipow(*v, e as u32)),
+                    (Some(c), _) => {
+                        c.as_slice_mut().iter_mut().for_each(|v| *v = ipow(*v, e as u32))
+                    }
                     (None, _) => zip!(col).for_each(|unzip!(v)| *v = ipow(*v, e as u32)),
                 }
             }
@@ -238,12 +211,7 @@ impl<'a, T: Scalar> Problem<'a, T> {
     /// and \\(dY = \mathrm{tril}(dG)^\top X\\) with \\(dG = e\,G^{\circ(e-1)} \circ dS\\) into
     /// `dx`, `dy`. Overwrites `ds` with \\(dG\\).
     pub(crate) fn diagonal_backward(
-        &self,
-        s: usize,
-        len: usize,
-        mut ds: MatMut<'_, T>,
-        g: MatRef<'_, T>,
-        dx: MatMut<'_, T>,
+        &self, s: usize, len: usize, mut ds: MatMut<'_, T>, g: MatRef<'_, T>, dx: MatMut<'_, T>,
         dy: MatMut<'_, T>,
     ) {
         let (x, y, e) = self.diagonal_inputs(s, len);
@@ -251,11 +219,8 @@ impl<'a, T: Scalar> Problem<'a, T> {
             // in the forward pass S = G^∘e, so dG = e G^∘(e-1) ∘ dS
             let ef = T::of(e as f64);
             for j in 0..len {
-                zip!(
-                    ds.rb_mut().col_mut(j).subrows_mut(j, len - j),
-                    g.col(j).subrows(j, len - j)
-                )
-                .for_each(|unzip!(d, g)| *d = ef * ipow(*g, e as u32 - 1) * *d);
+                zip!(ds.rb_mut().col_mut(j).subrows_mut(j, len - j), g.col(j).subrows(j, len - j))
+                    .for_each(|unzip!(d, g)| *d = ef * ipow(*g, e as u32 - 1) * *d);
             }
         }
         // in the forward pass G = X Yᵀ (lower part), so dX = tril(dG) Y and dY = tril(dG)ᵀ X
@@ -305,12 +270,7 @@ impl<'a, T: Scalar> Problem<'a, T> {
     /// `b_side`) to the input rows: the identity for explicit features (added into `out`), the
     /// tensor-square VJP for self-tensored ones (added, via `scratch`).
     pub(crate) fn feature_vjp(
-        &self,
-        b_side: bool,
-        s: usize,
-        len: usize,
-        dfeat: MatRef<'_, T>,
-        mut out: MatMut<'_, T>,
+        &self, b_side: bool, s: usize, len: usize, dfeat: MatRef<'_, T>, mut out: MatMut<'_, T>,
         scratch: &mut Mat<T>,
     ) {
         match self.features {
@@ -330,11 +290,7 @@ impl<'a, T: Scalar> Problem<'a, T> {
 /// Tensor square of `rows` (symmetric layout) into the first rows of `scratch`.
 fn square_into<'s, T: Scalar>(rows: MatRef<'_, T>, scratch: &'s mut Mat<T>) -> MatRef<'s, T> {
     let (len, m) = (rows.nrows(), feature_dim(rows.ncols(), Layout::Symmetric));
-    tensor_square(
-        rows,
-        Layout::Symmetric,
-        scratch.as_mut().submatrix_mut(0, 0, len, m),
-    );
+    tensor_square(rows, Layout::Symmetric, scratch.as_mut().submatrix_mut(0, 0, len, m));
     scratch.as_ref().submatrix(0, 0, len, m)
 }
 
@@ -342,9 +298,6 @@ fn square_into<'s, T: Scalar>(rows: MatRef<'_, T>, scratch: &'s mut Mat<T>) -> M
 fn copy_lower<T: Scalar>(src: MatRef<'_, T>, mut dst: MatMut<'_, T>) {
     let len = src.nrows();
     for j in 0..len {
-        dst.rb_mut()
-            .col_mut(j)
-            .subrows_mut(j, len - j)
-            .copy_from(src.col(j).subrows(j, len - j));
+        dst.rb_mut().col_mut(j).subrows_mut(j, len - j).copy_from(src.col(j).subrows(j, len - j));
     }
 }

@@ -7,18 +7,13 @@ use polysketch_core::Scalar;
 use crate::{Diagonal, Features, Grads, Problem};
 
 fn dot<T: Scalar>(x: MatRef<'_, T>, i: usize, y: MatRef<'_, T>, j: usize) -> f64 {
-    (0..x.ncols())
-        .map(|c| x[(i, c)].as_f64() * y[(j, c)].as_f64())
-        .sum()
+    (0..x.ncols()).map(|c| x[(i, c)].as_f64() * y[(j, c)].as_f64()).sum()
 }
 
 /// How entry \\(S_{ij}\\) is made: the pair of inputs, the row indices and the power \\(e\\),
 /// \\(S_{ij} = \langle x_i, y_j\rangle^e\\).
 fn score_rule<'p, T: Scalar>(
-    p: &'p Problem<'_, T>,
-    block: usize,
-    i: usize,
-    j: usize,
+    p: &'p Problem<'_, T>, block: usize, i: usize, j: usize,
 ) -> (MatRef<'p, T>, MatRef<'p, T>, i32) {
     match (p.diagonal, p.features) {
         (Diagonal::ExactPower { q, k, p }, _) if i / block == j / block => (q, k, p as i32),
@@ -51,14 +46,10 @@ pub fn forward_reference<T: Scalar>(p: &Problem<'_, T>, block: usize) -> Mat<f64
 /// y_j\rangle^{e-1}\partial S_{ij}\, y_j\\), \\(\partial y_j \mathrel{+}= e\langle x_i,
 /// y_j\rangle^{e-1}\partial S_{ij}\, x_i\\).
 pub fn backward_reference<T: Scalar>(
-    p: &Problem<'_, T>,
-    block: usize,
-    g: MatRef<'_, T>,
+    p: &Problem<'_, T>, block: usize, g: MatRef<'_, T>,
 ) -> Grads<f64> {
     let (n, k, w) = (p.n(), p.k(), p.feature_input_width());
-    let exact = p
-        .has_exact_diagonal()
-        .then(|| Mat::zeros(n, p.diagonal_width()));
+    let exact = p.has_exact_diagonal().then(|| Mat::zeros(n, p.diagonal_width()));
     let mut grads = Grads {
         d_a: Mat::zeros(n, w),
         d_b: Mat::zeros(n, w),
@@ -71,9 +62,7 @@ pub fn backward_reference<T: Scalar>(
             let (x, y, e) = score_rule(p, block, i, j);
             let xy = dot(x, i, y, j);
             let s = xy.powi(e);
-            let ds: f64 = (0..k)
-                .map(|c| g[(i, c)].as_f64() * p.c[(j, c)].as_f64())
-                .sum();
+            let ds: f64 = (0..k).map(|c| g[(i, c)].as_f64() * p.c[(j, c)].as_f64()).sum();
             for c in 0..k {
                 grads.d_c[(j, c)] += s * g[(i, c)].as_f64();
             }

@@ -23,11 +23,7 @@ pub struct Saved<T> {
 impl<T: Scalar> Saved<T> {
     /// An empty state, to be filled by a forward.
     pub fn new() -> Self {
-        Self {
-            prefixes: Mat::new(),
-            block: 0,
-            ready: false,
-        }
+        Self { prefixes: Mat::new(), block: 0, ready: false }
     }
 
     /// The prefixes \\(Z_l\\), `[m, t·k]` (block `l` is columns `l·k .. (l+1)·k`).
@@ -78,13 +74,7 @@ pub struct Grads<T> {
 impl<T: Scalar> Grads<T> {
     /// Empty gradients, to be filled by [`LowTri::backward_batch_into`].
     pub fn new() -> Self {
-        Self {
-            d_a: Mat::new(),
-            d_b: Mat::new(),
-            d_c: Mat::new(),
-            d_q: None,
-            d_k: None,
-        }
+        Self { d_a: Mat::new(), d_b: Mat::new(), d_c: Mat::new(), d_q: None, d_k: None }
     }
 
     /// Zeroed gradients for `problem`, reusing `self`'s memory where the shapes match.

@@ -31,17 +31,10 @@ fn max_abs(m: MatRef<'_, f64>) -> f64 {
 }
 
 fn assert_close(got: MatRef<'_, f64>, expected: MatRef<'_, f64>, rtol: f64, what: &str) {
-    assert_eq!(
-        (got.nrows(), got.ncols()),
-        (expected.nrows(), expected.ncols()),
-        "{what}: shape"
-    );
+    assert_eq!((got.nrows(), got.ncols()), (expected.nrows(), expected.ncols()), "{what}: shape");
     let diff = max_abs((got.to_owned() - expected.to_owned()).as_ref());
     let scale = max_abs(expected).max(1e-300);
-    assert!(
-        diff <= rtol * scale,
-        "{what}: max difference {diff:e} > {rtol:e} x {scale:e}"
-    );
+    assert!(diff <= rtol * scale, "{what}: max difference {diff:e} > {rtol:e} x {scale:e}");
 }
 
 fn rel_frobenius(got: MatRef<'_, f64>, expected: MatRef<'_, f64>) -> f64 {
@@ -53,24 +46,9 @@ fn widen<T: Scalar>(m: MatRef<'_, T>) -> Mat<f64> {
 }
 
 fn compare_grads(got: &Grads<f64>, exp: &Grads<f64>, rtol: f64, what: &str) {
-    assert_close(
-        got.d_a.as_ref(),
-        exp.d_a.as_ref(),
-        rtol,
-        &format!("{what} d_a"),
-    );
-    assert_close(
-        got.d_b.as_ref(),
-        exp.d_b.as_ref(),
-        rtol,
-        &format!("{what} d_b"),
-    );
-    assert_close(
-        got.d_c.as_ref(),
-        exp.d_c.as_ref(),
-        rtol,
-        &format!("{what} d_c"),
-    );
+    assert_close(got.d_a.as_ref(), exp.d_a.as_ref(), rtol, &format!("{what} d_a"));
+    assert_close(got.d_b.as_ref(), exp.d_b.as_ref(), rtol, &format!("{what} d_b"));
+    assert_close(got.d_c.as_ref(), exp.d_c.as_ref(), rtol, &format!("{what} d_c"));
     assert_eq!(got.d_q.is_some(), exp.d_q.is_some(), "{what}: d_q presence");
     if let (Some(g), Some(e)) = (&got.d_q, &exp.d_q) {
         assert_close(g.as_ref(), e.as_ref(), rtol, &format!("{what} d_q"));
@@ -108,19 +86,10 @@ impl Inputs {
     }
 
     fn problems(&self) -> Vec<(&'static str, Problem<'_, f64>)> {
-        let explicit = Features::Explicit {
-            a: self.a.as_ref(),
-            b: self.b.as_ref(),
-        };
-        let tensored = Features::SelfTensored {
-            l: self.l.as_ref(),
-            r: self.r.as_ref(),
-        };
+        let explicit = Features::Explicit { a: self.a.as_ref(), b: self.b.as_ref() };
+        let tensored = Features::SelfTensored { l: self.l.as_ref(), r: self.r.as_ref() };
         vec![
-            (
-                "general",
-                Problem::general(self.a.as_ref(), self.b.as_ref(), self.c.as_ref()),
-            ),
+            ("general", Problem::general(self.a.as_ref(), self.b.as_ref(), self.c.as_ref())),
             (
                 "self_tensored",
                 Problem::self_tensored(self.l.as_ref(), self.r.as_ref(), self.c.as_ref()),
@@ -193,9 +162,7 @@ fn reference_gradients_match_finite_differences() {
     let g = gaussian::<f64>(n, 2, 1.0, 6);
     let loss = |p: &Problem<'_, f64>| -> f64 {
         let out = reference::forward_reference(p, b);
-        (0..n)
-            .map(|i| (0..2).map(|c| out[(i, c)] * g[(i, c)]).sum::<f64>())
-            .sum()
+        (0..n).map(|i| (0..2).map(|c| out[(i, c)] * g[(i, c)]).sum::<f64>()).sum()
     };
     let eps = 1e-6;
     for (name, problem) in inputs.problems() {
@@ -223,24 +190,16 @@ fn reference_gradients_match_finite_differences() {
                 }
             }
         };
-        check("c", inputs.c.as_ref(), grads.d_c.as_ref(), &|c| {
-            loss(&Problem { c, ..problem })
-        });
+        check("c", inputs.c.as_ref(), grads.d_c.as_ref(), &|c| loss(&Problem { c, ..problem }));
         let (fa, fb) = match problem.features {
             Features::Explicit { a, b } => (a, b),
             Features::SelfTensored { l, r } => (l, r),
         };
         check("a", fa, grads.d_a.as_ref(), &|x| {
-            loss(&Problem {
-                features: with_first(problem.features, x),
-                ..problem
-            })
+            loss(&Problem { features: with_first(problem.features, x), ..problem })
         });
         check("b", fb, grads.d_b.as_ref(), &|y| {
-            loss(&Problem {
-                features: with_second(problem.features, y),
-                ..problem
-            })
+            loss(&Problem { features: with_second(problem.features, y), ..problem })
         });
         if let polysketch_lowtri::Diagonal::ExactPower { q, k, p } = problem.diagonal {
             check("q", q, grads.d_q.as_ref().unwrap().as_ref(), &|x| {
@@ -260,11 +219,7 @@ fn reference_gradients_match_finite_differences() {
 }
 
 fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .unwrap()
-        .install(f)
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(f)
 }
 
 /// Bitwise the same outputs and gradients whatever the number of threads.
@@ -278,18 +233,11 @@ fn results_do_not_depend_on_thread_count() {
     let problem = Problem::self_tensored(l.as_ref(), r.as_ref(), c.as_ref());
     let engine = LowTri::new(b).unwrap();
     let (out, mut saved) = engine.forward(&problem, Par::Seq).unwrap();
-    let grads = engine
-        .backward(&problem, &mut saved, g.as_ref(), Par::Seq)
-        .unwrap();
+    let grads = engine.backward(&problem, &mut saved, g.as_ref(), Par::Seq).unwrap();
     for threads in [1, 2, 3] {
         let (o, gr) = in_pool(threads, || {
             let (o, mut s) = engine.forward(&problem, Par::rayon(0)).unwrap();
-            (
-                o,
-                engine
-                    .backward(&problem, &mut s, g.as_ref(), Par::rayon(0))
-                    .unwrap(),
-            )
+            (o, engine.backward(&problem, &mut s, g.as_ref(), Par::rayon(0)).unwrap())
         });
         assert_eq!(o, out, "forward with {threads} threads");
         assert_eq!(gr, grads, "backward with {threads} threads");
@@ -314,12 +262,8 @@ fn f32_is_accurate_at_long_lengths() {
     let (o32, mut s32) = engine.forward(&p32, Par::rayon(0)).unwrap();
     let err = rel_frobenius(widen(o32.as_ref()).as_ref(), o64.as_ref());
     assert!(err <= 1e-5, "forward relative error {err:e}");
-    let g64r = engine
-        .backward(&p64, &mut s64, g64.as_ref(), Par::rayon(0))
-        .unwrap();
-    let g32r = engine
-        .backward(&p32, &mut s32, g32.as_ref(), Par::rayon(0))
-        .unwrap();
+    let g64r = engine.backward(&p64, &mut s64, g64.as_ref(), Par::rayon(0)).unwrap();
+    let g32r = engine.backward(&p32, &mut s32, g32.as_ref(), Par::rayon(0)).unwrap();
     for (name, a, e) in [
         ("d_l", &g32r.d_a, &g64r.d_a),
         ("d_r", &g32r.d_b, &g64r.d_b),
@@ -338,10 +282,7 @@ fn block_form_matches_naive_at_a_few_thousand_rows() {
     let bb = gaussian::<f64>(n, 40, 0.3, 21);
     let c = gaussian::<f64>(n, 8, 1.0, 22);
     let problem = Problem::general(a.as_ref(), bb.as_ref(), c.as_ref());
-    let (out, _) = LowTri::new(b)
-        .unwrap()
-        .forward(&problem, Par::rayon(0))
-        .unwrap();
+    let (out, _) = LowTri::new(b).unwrap().forward(&problem, Par::rayon(0)).unwrap();
     let naive =
         baseline::naive_forward(a.as_ref(), bb.as_ref(), c.as_ref(), Par::rayon(0)).unwrap();
     assert!(rel_frobenius(out.as_ref(), naive.as_ref()) < 1e-13);
@@ -387,13 +328,10 @@ fn baselines_match_the_reference() {
 /// A batch gives the same results as each problem alone, written into views of one buffer.
 #[test]
 fn batches_match_single_problems() {
-    let inputs: Vec<Inputs> = (0..3)
-        .map(|s| Inputs::new(50 + 13 * s as usize, 4, 3, 2, 3, 2, 40 + s))
-        .collect();
-    let problems: Vec<Problem<'_, f64>> = inputs
-        .iter()
-        .flat_map(|i| i.problems().into_iter().map(|(_, p)| p))
-        .collect();
+    let inputs: Vec<Inputs> =
+        (0..3).map(|s| Inputs::new(50 + 13 * s as usize, 4, 3, 2, 3, 2, 40 + s)).collect();
+    let problems: Vec<Problem<'_, f64>> =
+        inputs.iter().flat_map(|i| i.problems().into_iter().map(|(_, p)| p)).collect();
     let engine = LowTri::new(16).unwrap();
     let rows: usize = problems.iter().map(|p| p.n()).sum();
     let mut buffer = Mat::<f64>::zeros(rows, 3);
@@ -404,81 +342,50 @@ fn batches_match_single_problems() {
         views.push(head);
         rest = tail;
     }
-    let mut saved = engine
-        .forward_batch(&problems, views, Par::rayon(2))
-        .unwrap();
-    let d_outs: Vec<Mat<f64>> = problems
-        .iter()
-        .map(|p| gaussian(p.n(), 3, 1.0, p.n() as u64))
-        .collect();
+    let mut saved = engine.forward_batch(&problems, views, Par::rayon(2)).unwrap();
+    let d_outs: Vec<Mat<f64>> =
+        problems.iter().map(|p| gaussian(p.n(), 3, 1.0, p.n() as u64)).collect();
     let d_refs: Vec<MatRef<'_, f64>> = d_outs.iter().map(|d| d.as_ref()).collect();
-    let grads = engine
-        .backward_batch(&problems, &mut saved, &d_refs, Par::rayon(2))
-        .unwrap();
+    let grads = engine.backward_batch(&problems, &mut saved, &d_refs, Par::rayon(2)).unwrap();
     let mut start = 0;
     for (i, p) in problems.iter().enumerate() {
         let (single, mut s) = engine.forward(p, Par::Seq).unwrap();
         assert_eq!(buffer.as_ref().subrows(start, p.n()).to_owned(), single);
-        assert_eq!(
-            grads[i],
-            engine.backward(p, &mut s, d_refs[i], Par::Seq).unwrap()
-        );
+        assert_eq!(grads[i], engine.backward(p, &mut s, d_refs[i], Par::Seq).unwrap());
         start += p.n();
     }
 }
 
 #[test]
 fn bad_input_gets_typed_errors() {
-    assert!(matches!(
-        LowTri::new(0),
-        Err(SketchError::ZeroDimension { .. })
-    ));
+    assert!(matches!(LowTri::new(0), Err(SketchError::ZeroDimension { .. })));
     let engine = LowTri::new(4).unwrap();
     let a = Mat::<f64>::zeros(10, 3);
     let short = Mat::<f64>::zeros(9, 3);
     let c = Mat::<f64>::zeros(10, 2);
     assert!(matches!(
-        engine.forward(
-            &Problem::general(a.as_ref(), short.as_ref(), c.as_ref()),
-            Par::Seq
-        ),
+        engine.forward(&Problem::general(a.as_ref(), short.as_ref(), c.as_ref()), Par::Seq),
         Err(SketchError::ShapeMismatch { .. })
     ));
     let narrow = Mat::<f64>::zeros(10, 2);
     assert!(matches!(
-        engine.forward(
-            &Problem::general(a.as_ref(), narrow.as_ref(), c.as_ref()),
-            Par::Seq
-        ),
+        engine.forward(&Problem::general(a.as_ref(), narrow.as_ref(), c.as_ref()), Par::Seq),
         Err(SketchError::ShapeMismatch { .. })
     ));
     let mut nan = a.clone();
     nan[(4, 1)] = f64::NAN;
     assert!(matches!(
-        engine.forward(
-            &Problem::general(nan.as_ref(), a.as_ref(), c.as_ref()),
-            Par::Seq
-        ),
-        Err(SketchError::NonFinite {
-            input: "a",
-            row: 4,
-            col: 1,
-            ..
-        })
+        engine.forward(&Problem::general(nan.as_ref(), a.as_ref(), c.as_ref()), Par::Seq),
+        Err(SketchError::NonFinite { input: "a", row: 4, col: 1, .. })
     ));
     let empty = Mat::<f64>::zeros(0, 3);
     let empty_c = Mat::<f64>::zeros(0, 2);
     assert!(matches!(
-        engine.forward(
-            &Problem::general(empty.as_ref(), empty.as_ref(), empty_c.as_ref()),
-            Par::Seq
-        ),
+        engine
+            .forward(&Problem::general(empty.as_ref(), empty.as_ref(), empty_c.as_ref()), Par::Seq),
         Err(SketchError::EmptyInput { .. })
     ));
-    let tensored = Features::SelfTensored {
-        l: a.as_ref(),
-        r: a.as_ref(),
-    };
+    let tensored = Features::SelfTensored { l: a.as_ref(), r: a.as_ref() };
     assert!(matches!(
         engine.forward(
             &Problem::local_exact(tensored, a.as_ref(), a.as_ref(), 0, c.as_ref()),
@@ -490,12 +397,7 @@ fn bad_input_gets_typed_errors() {
     let problem = Problem::general(a.as_ref(), a.as_ref(), c.as_ref());
     let (_, mut saved) = engine.forward(&problem, Par::Seq).unwrap();
     assert!(matches!(
-        engine.backward(
-            &problem,
-            &mut saved,
-            Mat::<f64>::zeros(10, 3).as_ref(),
-            Par::Seq
-        ),
+        engine.backward(&problem, &mut saved, Mat::<f64>::zeros(10, 3).as_ref(), Par::Seq),
         Err(SketchError::ShapeMismatch { .. })
     ));
     let mut bad = Mat::<f64>::zeros(10, 2);
@@ -506,22 +408,11 @@ fn bad_input_gets_typed_errors() {
     ));
     let other = LowTri::new(3).unwrap();
     assert!(
-        other
-            .backward(
-                &problem,
-                &mut saved,
-                Mat::<f64>::zeros(10, 2).as_ref(),
-                Par::Seq
-            )
-            .is_err()
+        other.backward(&problem, &mut saved, Mat::<f64>::zeros(10, 2).as_ref(), Par::Seq).is_err()
     );
     // a saved state serves one backward; a second is refused until a forward refills it
     let zero = Mat::<f64>::zeros(10, 2);
-    assert!(
-        engine
-            .backward(&problem, &mut saved, zero.as_ref(), Par::Seq)
-            .is_ok()
-    );
+    assert!(engine.backward(&problem, &mut saved, zero.as_ref(), Par::Seq).is_ok());
     assert!(matches!(
         engine.backward(&problem, &mut saved, zero.as_ref(), Par::Seq),
         Err(SketchError::InvalidArgument { .. })
@@ -559,9 +450,7 @@ fn reused_workspaces_give_the_same_results() {
                 .unwrap();
             let (fresh_out, mut fresh_saved) = engine.forward(&problem, Par::Seq).unwrap();
             assert_eq!(out, fresh_out, "{name} step {step}");
-            let fresh = engine
-                .backward(&problem, &mut fresh_saved, g.as_ref(), Par::Seq)
-                .unwrap();
+            let fresh = engine.backward(&problem, &mut fresh_saved, g.as_ref(), Par::Seq).unwrap();
             assert_eq!(grads[0], fresh, "{name} step {step}");
         }
     }

@@ -65,11 +65,7 @@ impl<T: Scalar> CountSketch<T> {
         let mut sign = Vec::with_capacity(h);
         for _ in 0..h {
             bucket.push(rng.random_range(0..r as u32));
-            sign.push(if rng.random_bool(0.5) {
-                T::one()
-            } else {
-                -T::one()
-            });
+            sign.push(if rng.random_bool(0.5) { T::one() } else { -T::one() });
         }
         Ok(Self { r, bucket, sign })
     }
@@ -119,10 +115,7 @@ impl<T: Scalar> PolySketch<T> for CountSketch<T> {
         self.r
     }
     fn apply_rows(&self, a: MatRef<'_, T>, out: MatMut<'_, T>) {
-        assert_eq!(
-            (a.ncols(), out.ncols(), a.nrows()),
-            (self.input_dim(), self.r, out.nrows())
-        );
+        assert_eq!((a.ncols(), out.ncols(), a.nrows()), (self.input_dim(), self.r, out.nrows()));
         self.forward(a, out);
     }
     fn vjp_rows(&self, _a: MatRef<'_, T>, grad: MatRef<'_, T>, out: MatMut<'_, T>) {

@@ -10,10 +10,7 @@ use crate::{
 /// Draws a `rows x cols` matrix of independent \\(\mathcal N(0, 1)\\) entries times `scale`,
 /// column by column (the order in which the stream of `rng` is consumed).
 pub(crate) fn gaussian_matrix<T: Scalar>(
-    rng: &mut SketchRng,
-    rows: usize,
-    cols: usize,
-    scale: f64,
+    rng: &mut SketchRng, rows: usize, cols: usize, scale: f64,
 ) -> Mat<T> {
     let mut g = Mat::zeros(rows, cols);
     for j in 0..cols {
@@ -94,8 +91,6 @@ impl<T: Scalar> PolySketch<T> for GaussianJl<T> {
     }
     fn dense_levels(&self) -> Option<Vec<Mat<f64>>> {
         let s = self.s.as_ref();
-        Some(vec![Mat::from_fn(s.nrows(), s.ncols(), |i, j| {
-            s[(i, j)].as_f64()
-        })])
+        Some(vec![Mat::from_fn(s.nrows(), s.ncols(), |i, j| s[(i, j)].as_f64())])
     }
 }

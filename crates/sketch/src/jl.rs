@@ -116,10 +116,8 @@ pub fn mean_interval(samples: &[f64], level: f64) -> Result<MeanInterval> {
     let mean = samples.iter().sum::<f64>() / nf;
     let var = samples.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (nf - 1.0);
     let std_err = (var / nf).sqrt();
-    let student = StudentsT::new(0.0, 1.0, nf - 1.0).map_err(|e| SketchError::InvalidArgument {
-        op: OP,
-        reason: e.to_string(),
-    })?;
+    let student = StudentsT::new(0.0, 1.0, nf - 1.0)
+        .map_err(|e| SketchError::InvalidArgument { op: OP, reason: e.to_string() })?;
     let q = student.inverse_cdf(0.5 + level / 2.0);
     Ok(MeanInterval {
         mean,
@@ -178,9 +176,7 @@ pub fn epsilon_from_moments(m_t: f64, m_2t: f64, t: f64, delta: f64) -> f64 {
 /// Shape mismatch if the row counts differ; [`InvalidArgument`](SketchError::InvalidArgument)
 /// if a row of `a` is zero (it has no direction).
 pub fn sq_norm_deviations<T: Scalar>(
-    a: MatRef<'_, T>,
-    sa: MatRef<'_, T>,
-    p: usize,
+    a: MatRef<'_, T>, sa: MatRef<'_, T>, p: usize,
 ) -> Result<Vec<f64>> {
     const OP: &str = "jl::sq_norm_deviations";
     check_shape(OP, sa, (a.nrows(), sa.ncols()))?;
@@ -213,11 +209,7 @@ pub fn sq_norm_deviations<T: Scalar>(
 /// Whatever `make` returns; input errors of [`PolySketch::apply`]; a zero row;
 /// [`InvalidArgument`](SketchError::InvalidArgument) if `draws == 0`.
 pub fn jl_deviations<T, S, F>(
-    make: F,
-    x: MatRef<'_, T>,
-    draws: usize,
-    seed: u64,
-    par: Par,
+    make: F, x: MatRef<'_, T>, draws: usize, seed: u64, par: Par,
 ) -> Result<Mat<f64>>
 where
     T: Scalar,
@@ -254,18 +246,12 @@ where
 /// # Errors
 /// Shape mismatch if the column counts differ.
 pub fn exact_poly_gram<T: Scalar>(
-    a: MatRef<'_, T>,
-    b: MatRef<'_, T>,
-    p: usize,
+    a: MatRef<'_, T>, b: MatRef<'_, T>, p: usize,
 ) -> Result<Mat<f64>> {
     check_cols("jl::exact_poly_gram", b, a.ncols())?;
     Ok(Mat::from_fn(a.nrows(), b.nrows(), |i, j| {
-        let dot: f64 = a
-            .row(i)
-            .iter()
-            .zip(b.row(j).iter())
-            .map(|(x, y)| x.as_f64() * y.as_f64())
-            .sum();
+        let dot: f64 =
+            a.row(i).iter().zip(b.row(j).iter()).map(|(x, y)| x.as_f64() * y.as_f64()).sum();
         dot.powi(p as i32)
     }))
 }
@@ -273,13 +259,7 @@ pub fn exact_poly_gram<T: Scalar>(
 /// \\(\|A^{\otimes p}\|_F = \big(\sum_i \|a_i\|^{2p}\big)^{1/2}\\), in `f64`.
 pub fn tensor_power_norm<T: Scalar>(a: MatRef<'_, T>, p: usize) -> f64 {
     (0..a.nrows())
-        .map(|i| {
-            a.row(i)
-                .iter()
-                .map(|x| x.as_f64().powi(2))
-                .sum::<f64>()
-                .powi(p as i32)
-        })
+        .map(|i| a.row(i).iter().map(|x| x.as_f64().powi(2)).sum::<f64>().powi(p as i32))
         .sum::<f64>()
         .sqrt()
 }
@@ -294,20 +274,14 @@ pub fn tensor_power_norm<T: Scalar>(a: MatRef<'_, T>, p: usize) -> f64 {
 /// Shape mismatches; [`InvalidArgument`](SketchError::InvalidArgument) if \\(A\\) or \\(B\\) is
 /// all zeros (the error is undefined).
 pub fn amm_error_from_gram<T: Scalar>(
-    gram: MatRef<'_, T>,
-    a: MatRef<'_, T>,
-    b: MatRef<'_, T>,
-    p: usize,
+    gram: MatRef<'_, T>, a: MatRef<'_, T>, b: MatRef<'_, T>, p: usize,
 ) -> Result<f64> {
     const OP: &str = "jl::amm_error_from_gram";
     check_shape(OP, gram, (a.nrows(), b.nrows()))?;
     let exact = exact_poly_gram(a, b, p)?;
     let denom = tensor_power_norm(a, p) * tensor_power_norm(b, p);
     if denom == 0.0 {
-        return Err(SketchError::InvalidArgument {
-            op: OP,
-            reason: "A or B is all zeros".into(),
-        });
+        return Err(SketchError::InvalidArgument { op: OP, reason: "A or B is all zeros".into() });
     }
     let mut num = 0.0;
     for j in 0..gram.ncols() {
@@ -326,10 +300,7 @@ pub fn amm_error_from_gram<T: Scalar>(
 /// # Errors
 /// Input errors of [`PolySketch::gram`]; see [`amm_error_from_gram`].
 pub fn amm_error<T: Scalar, S: PolySketch<T> + ?Sized>(
-    sketch: &S,
-    a: MatRef<'_, T>,
-    b: MatRef<'_, T>,
-    par: Par,
+    sketch: &S, a: MatRef<'_, T>, b: MatRef<'_, T>, par: Par,
 ) -> Result<f64> {
     let gram = sketch.gram(a, b, par)?;
     amm_error_from_gram(gram.as_ref(), a, b, sketch.degree())
@@ -362,10 +333,7 @@ pub fn log_log_slope(x: &[f64], y: &[f64]) -> Result<f64> {
     let sxy: f64 = lx.iter().zip(&ly).map(|(a, b)| (a - mx) * (b - my)).sum();
     let sxx: f64 = lx.iter().map(|a| (a - mx).powi(2)).sum();
     if sxx == 0.0 {
-        return Err(SketchError::InvalidArgument {
-            op: OP,
-            reason: "all x are equal".into(),
-        });
+        return Err(SketchError::InvalidArgument { op: OP, reason: "all x are equal".into() });
     }
     Ok(sxy / sxx)
 }

@@ -12,25 +12,15 @@ use crate::{CountSketch, GaussianJl, PolySketch, Scalar, TensorSketch, TreeSketc
 pub fn gaussian_jl_reference<T: Scalar>(s: &GaussianJl<T>, x: MatRef<'_, T>) -> Mat<f64> {
     let m = s.matrix();
     Mat::from_fn(x.nrows(), m.ncols(), |i, c| {
-        (0..m.nrows())
-            .map(|j| x[(i, j)].as_f64() * m[(j, c)].as_f64())
-            .sum()
+        (0..m.nrows()).map(|j| x[(i, j)].as_f64() * m[(j, c)].as_f64()).sum()
     })
 }
 
 /// CountSketch through its explicit matrix: \\(S_{j, \beta(j)} = \sigma(j)\\), zero elsewhere.
 pub fn countsketch_reference<T: Scalar>(s: &CountSketch<T>, x: MatRef<'_, T>) -> Mat<f64> {
     let (h, r) = (s.input_dim(), s.sketch_dim());
-    let dense = Mat::from_fn(h, r, |j, c| {
-        if s.bucket(j) == c {
-            s.sign(j).as_f64()
-        } else {
-            0.0
-        }
-    });
-    Mat::from_fn(x.nrows(), r, |i, c| {
-        (0..h).map(|j| x[(i, j)].as_f64() * dense[(j, c)]).sum()
-    })
+    let dense = Mat::from_fn(h, r, |j, c| if s.bucket(j) == c { s.sign(j).as_f64() } else { 0.0 });
+    Mat::from_fn(x.nrows(), r, |i, c| (0..h).map(|j| x[(i, j)].as_f64() * dense[(j, c)]).sum())
 }
 
 /// TensorSketch as a CountSketch of the explicit tensor power: index \\((i_1, \dots, i_p)\\) of
@@ -62,13 +52,10 @@ pub fn tensorsketch_reference<T: Scalar>(s: &TensorSketch<T>, x: MatRef<'_, T>) 
 pub fn tree_reference<T: Scalar>(s: &TreeSketch<T>, x: MatRef<'_, T>) -> Mat<f64> {
     let r = s.sketch_dim();
     let scale = 1.0 / (r as f64).sqrt();
-    let levels: Vec<Vec<Mat<f64>>> = (0..s.levels())
-        .map(|l| s.dense_projections(l).unwrap_or_default())
-        .collect();
+    let levels: Vec<Vec<Mat<f64>>> =
+        (0..s.levels()).map(|l| s.dense_projections(l).unwrap_or_default()).collect();
     let project = |pi: &Mat<f64>, v: &[f64]| -> Vec<f64> {
-        (0..pi.ncols())
-            .map(|c| v.iter().enumerate().map(|(j, vj)| vj * pi[(j, c)]).sum())
-            .collect()
+        (0..pi.ncols()).map(|c| v.iter().enumerate().map(|(j, vj)| vj * pi[(j, c)]).sum()).collect()
     };
     let mut out = Mat::zeros(x.nrows(), r);
     for i in 0..x.nrows() {

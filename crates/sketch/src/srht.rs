@@ -27,18 +27,9 @@ pub(crate) struct Srht<T: Scalar> {
 impl<T: Scalar> Srht<T> {
     pub(crate) fn draw(d: usize, r: usize, rng: &mut SketchRng) -> Self {
         let padded = d.next_power_of_two();
-        let signs = (0..d)
-            .map(|_| {
-                if rng.random_bool(0.5) {
-                    T::one()
-                } else {
-                    -T::one()
-                }
-            })
-            .collect();
-        let idx = (0..r)
-            .map(|_| rng.random_range(0..padded as u64) as u32)
-            .collect();
+        let signs =
+            (0..d).map(|_| if rng.random_bool(0.5) { T::one() } else { -T::one() }).collect();
+        let idx = (0..r).map(|_| rng.random_range(0..padded as u64) as u32).collect();
         Self { signs, padded, idx }
     }
 

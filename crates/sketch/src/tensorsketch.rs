@@ -72,16 +72,10 @@ impl<T: Scalar> TensorSketch<T> {
         check_nonzero(NAME, "sketch size r", r)?;
         check_param_bytes(NAME, p as u128 * h as u128, 4 + size_of::<T>())?;
         let mut rng = seeded_rng(seed);
-        let hashes = (0..p)
-            .map(|_| CountSketch::from_rng(h, r, &mut rng))
-            .collect::<Result<Vec<_>>>()?;
+        let hashes =
+            (0..p).map(|_| CountSketch::from_rng(h, r, &mut rng)).collect::<Result<Vec<_>>>()?;
         let mut planner = FftPlanner::new();
-        Ok(Self {
-            r,
-            hashes,
-            fft: planner.plan_fft_forward(r),
-            ifft: planner.plan_fft_inverse(r),
-        })
+        Ok(Self { r, hashes, fft: planner.plan_fft_forward(r), ifft: planner.plan_fft_inverse(r) })
     }
 
     /// The `k`-th CountSketch \\(C_{k+1}\\).
@@ -102,20 +96,13 @@ impl<T: Scalar> TensorSketch<T> {
     }
 
     fn scratch(&self) -> Vec<Complex<T>> {
-        let len = self
-            .fft
-            .get_inplace_scratch_len()
-            .max(self.ifft.get_inplace_scratch_len());
+        let len = self.fft.get_inplace_scratch_len().max(self.ifft.get_inplace_scratch_len());
         vec![Complex::default(); len]
     }
 
     /// Loads row `i` of `m` into `buf` and transforms it.
     fn load_fft(
-        &self,
-        m: MatRef<'_, T>,
-        i: usize,
-        buf: &mut [Complex<T>],
-        scratch: &mut [Complex<T>],
+        &self, m: MatRef<'_, T>, i: usize, buf: &mut [Complex<T>], scratch: &mut [Complex<T>],
     ) {
         for (c, z) in buf.iter_mut().enumerate() {
             *z = Complex::new(m[(i, c)], T::zero());
@@ -139,10 +126,7 @@ impl<T: Scalar> PolySketch<T> for TensorSketch<T> {
     }
 
     fn apply_rows(&self, a: MatRef<'_, T>, mut out: MatMut<'_, T>) {
-        assert_eq!(
-            (a.ncols(), out.ncols(), a.nrows()),
-            (self.input_dim(), self.r, out.nrows())
-        );
+        assert_eq!((a.ncols(), out.ncols(), a.nrows()), (self.input_dim(), self.r, out.nrows()));
         if self.hashes.len() == 1 {
             self.hashes[0].forward(a, out);
             return;

@@ -113,11 +113,7 @@ pub trait PolySketch<T: Scalar>: Send + Sync {
     /// # Errors
     /// As [`vjp`](Self::vjp), and a shape mismatch if `out` is not `[n, h]`.
     fn vjp_into(
-        &self,
-        a: MatRef<'_, T>,
-        grad: MatRef<'_, T>,
-        out: MatMut<'_, T>,
-        par: Par,
+        &self, a: MatRef<'_, T>, grad: MatRef<'_, T>, out: MatMut<'_, T>, par: Par,
     ) -> Result<()> {
         const OP: &str = "PolySketch::vjp";
         check_cols(OP, a, self.input_dim())?;
@@ -148,14 +144,7 @@ pub trait PolySketch<T: Scalar>: Send + Sync {
         let sa = self.apply(a, par)?;
         let sb = self.apply(b, par)?;
         let mut g = Mat::zeros(sa.nrows(), sb.nrows());
-        crate::linalg::gemm(
-            g.as_mut(),
-            sa.as_ref(),
-            sb.transpose(),
-            T::one(),
-            false,
-            par,
-        );
+        crate::linalg::gemm(g.as_mut(), sa.as_ref(), sb.transpose(), T::one(), false, par);
         Ok(g)
     }
 }

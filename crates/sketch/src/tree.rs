@@ -129,20 +129,12 @@ impl<T: Scalar> TreeSketch<T> {
                 (0..levels)
                     .map(|l| {
                         let d = if l == 0 { h } else { r };
-                        (0..2 * (p >> (l + 1)))
-                            .map(|_| Srht::draw(d, r, &mut rng))
-                            .collect()
+                        (0..2 * (p >> (l + 1))).map(|_| Srht::draw(d, r, &mut rng)).collect()
                     })
                     .collect(),
             ),
         };
-        Ok(Self {
-            h,
-            r,
-            p,
-            kind,
-            weights,
-        })
+        Ok(Self { h, r, p, kind, weights })
     }
 
     /// The kind of projection in the nodes.
@@ -201,23 +193,12 @@ impl<T: Scalar> TreeSketch<T> {
                 for k in 0..2 * self.nodes(l) {
                     let g = w[l].subcols(k * r, r);
                     let child = input.subcols(k * r, r);
-                    gemm(
-                        proj.rb_mut().subcols_mut(k * r, r),
-                        child,
-                        g,
-                        T::one(),
-                        false,
-                        Par::Seq,
-                    );
+                    gemm(proj.rb_mut().subcols_mut(k * r, r), child, g, T::one(), false, Par::Seq);
                 }
             }
             Weights::Srht(w) => {
                 for (k, s) in w[l].iter().enumerate() {
-                    let child = if l == 0 {
-                        input
-                    } else {
-                        input.subcols(k * r, r)
-                    };
+                    let child = if l == 0 { input } else { input.subcols(k * r, r) };
                     s.forward(child, proj.rb_mut().subcols_mut(k * r, r));
                 }
             }
@@ -239,14 +220,7 @@ impl<T: Scalar> TreeSketch<T> {
                 for k in 0..2 * self.nodes(l) {
                     let g = w[l].subcols(k * r, r);
                     let dchild = dinput.rb_mut().subcols_mut(k * r, r);
-                    gemm(
-                        dchild,
-                        dproj.subcols(k * r, r),
-                        g.transpose(),
-                        T::one(),
-                        false,
-                        Par::Seq,
-                    );
+                    gemm(dchild, dproj.subcols(k * r, r), g.transpose(), T::one(), false, Par::Seq);
                 }
             }
             Weights::Srht(w) => {
@@ -276,10 +250,7 @@ impl<T: Scalar> TreeSketch<T> {
     /// projections `[rows, 2·nodes_l·r]` if `keep_projections` (the backward needs them), else
     /// nothing.
     fn run(
-        &self,
-        a: MatRef<'_, T>,
-        mut root: MatMut<'_, T>,
-        keep_projections: bool,
+        &self, a: MatRef<'_, T>, mut root: MatMut<'_, T>, keep_projections: bool,
     ) -> Vec<Mat<T>> {
         let (rows, r, top) = (a.nrows(), self.r, self.levels() - 1);
         let mut kept = Vec::new();
@@ -317,18 +288,12 @@ impl<T: Scalar> PolySketch<T> for TreeSketch<T> {
     }
 
     fn apply_rows(&self, a: MatRef<'_, T>, out: MatMut<'_, T>) {
-        assert_eq!(
-            (a.ncols(), out.ncols(), a.nrows()),
-            (self.h, self.r, out.nrows())
-        );
+        assert_eq!((a.ncols(), out.ncols(), a.nrows()), (self.h, self.r, out.nrows()));
         self.run(a, out, false);
     }
 
     fn vjp_rows(&self, a: MatRef<'_, T>, grad: MatRef<'_, T>, out: MatMut<'_, T>) {
-        assert_eq!(
-            (grad.ncols(), grad.nrows(), out.ncols()),
-            (self.r, a.nrows(), self.h)
-        );
+        assert_eq!((grad.ncols(), grad.nrows(), out.ncols()), (self.r, a.nrows(), self.h));
         let (rows, r, s) = (a.nrows(), self.r, self.scale());
         let mut root = Mat::zeros(rows, r);
         let proj = self.run(a, root.as_mut(), true);
@@ -341,10 +306,7 @@ impl<T: Scalar> PolySketch<T> for TreeSketch<T> {
             let mut dproj = Mat::zeros(rows, 2 * self.nodes(l) * r);
             for j in 0..self.nodes(l) {
                 let dn = dout.subcols(j * r, r);
-                let (p1, p2) = (
-                    proj[l].subcols(2 * j * r, r),
-                    proj[l].subcols((2 * j + 1) * r, r),
-                );
+                let (p1, p2) = (proj[l].subcols(2 * j * r, r), proj[l].subcols((2 * j + 1) * r, r));
                 hadamard(dproj.as_mut().subcols_mut(2 * j * r, r), dn, p2, s);
                 hadamard(dproj.as_mut().subcols_mut((2 * j + 1) * r, r), dn, p1, s);
             }

@@ -19,11 +19,7 @@ fn all_sketches(h: usize, r: usize, seed: u64) -> Vec<Box<dyn PolySketch<f32>>> 
 }
 
 fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .unwrap()
-        .install(f)
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(f)
 }
 
 /// apply and vjp give bitwise the same result with 1, 2 or 3 threads and sequentially.

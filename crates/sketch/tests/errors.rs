@@ -15,10 +15,7 @@ fn bad_degrees_are_refused() {
     }
     for p in [0, 65] {
         assert!(
-            matches!(
-                TensorSketch::<f32>::new(4, 4, p, 0),
-                Err(SketchError::InvalidDegree { .. })
-            ),
+            matches!(TensorSketch::<f32>::new(4, 4, p, 0), Err(SketchError::InvalidDegree { .. })),
             "tensorsketch p={p}"
         );
     }
@@ -26,26 +23,11 @@ fn bad_degrees_are_refused() {
 
 #[test]
 fn zero_dimensions_are_refused() {
-    assert!(matches!(
-        GaussianJl::<f32>::new(0, 4, 0),
-        Err(SketchError::ZeroDimension { .. })
-    ));
-    assert!(matches!(
-        GaussianJl::<f32>::new(4, 0, 0),
-        Err(SketchError::ZeroDimension { .. })
-    ));
-    assert!(matches!(
-        CountSketch::<f32>::new(4, 0, 0),
-        Err(SketchError::ZeroDimension { .. })
-    ));
-    assert!(matches!(
-        TensorSketch::<f32>::new(0, 4, 2, 0),
-        Err(SketchError::ZeroDimension { .. })
-    ));
-    assert!(matches!(
-        TreeSketch::<f32>::srht(4, 0, 2, 0),
-        Err(SketchError::ZeroDimension { .. })
-    ));
+    assert!(matches!(GaussianJl::<f32>::new(0, 4, 0), Err(SketchError::ZeroDimension { .. })));
+    assert!(matches!(GaussianJl::<f32>::new(4, 0, 0), Err(SketchError::ZeroDimension { .. })));
+    assert!(matches!(CountSketch::<f32>::new(4, 0, 0), Err(SketchError::ZeroDimension { .. })));
+    assert!(matches!(TensorSketch::<f32>::new(0, 4, 2, 0), Err(SketchError::ZeroDimension { .. })));
+    assert!(matches!(TreeSketch::<f32>::srht(4, 0, 2, 0), Err(SketchError::ZeroDimension { .. })));
 }
 
 #[test]
@@ -66,11 +48,7 @@ fn shape_mismatches_are_refused() {
     let err = s.apply(a.as_ref(), Par::Seq).unwrap_err();
     assert_eq!(
         err,
-        SketchError::ShapeMismatch {
-            op: "PolySketch::apply",
-            expected: (3, 4),
-            got: (3, 5)
-        }
+        SketchError::ShapeMismatch { op: "PolySketch::apply", expected: (3, 4), got: (3, 5) }
     );
     let a = Mat::<f64>::zeros(3, 4);
     let mut out = Mat::<f64>::zeros(3, 7);
@@ -106,12 +84,7 @@ fn non_finite_input_is_refused_with_its_position() {
         a[(3, 2)] = bad;
         assert_eq!(
             s.apply(a.as_ref(), Par::Seq).unwrap_err(),
-            SketchError::NonFinite {
-                op: "PolySketch::apply",
-                input: "a",
-                row: 3,
-                col: 2
-            }
+            SketchError::NonFinite { op: "PolySketch::apply", input: "a", row: 3, col: 2 }
         );
         let good = Mat::<f32>::zeros(5, 4);
         let mut g = Mat::<f32>::zeros(5, 8);
@@ -125,10 +98,7 @@ fn non_finite_input_is_refused_with_its_position() {
 
 #[test]
 fn statistics_utilities_refuse_bad_arguments() {
-    assert!(matches!(
-        jl::mean_interval(&[1.0], 0.95),
-        Err(SketchError::InvalidArgument { .. })
-    ));
+    assert!(matches!(jl::mean_interval(&[1.0], 0.95), Err(SketchError::InvalidArgument { .. })));
     assert!(matches!(
         jl::mean_interval(&[1.0, 2.0], 1.5),
         Err(SketchError::InvalidArgument { .. })
@@ -137,14 +107,8 @@ fn statistics_utilities_refuse_bad_arguments() {
         jl::mean_interval(&[1.0, f64::NAN], 0.9),
         Err(SketchError::InvalidArgument { .. })
     ));
-    assert!(matches!(
-        jl::lt_norm(&[1.0, 2.0], 0.5, 0.9),
-        Err(SketchError::InvalidArgument { .. })
-    ));
-    assert!(matches!(
-        jl::log_log_slope(&[1.0], &[1.0]),
-        Err(SketchError::InvalidArgument { .. })
-    ));
+    assert!(matches!(jl::lt_norm(&[1.0, 2.0], 0.5, 0.9), Err(SketchError::InvalidArgument { .. })));
+    assert!(matches!(jl::log_log_slope(&[1.0], &[1.0]), Err(SketchError::InvalidArgument { .. })));
     let zero = Mat::<f64>::zeros(2, 3);
     let s = GaussianJl::<f64>::new(3, 4, 0).unwrap();
     assert!(matches!(
@@ -152,13 +116,7 @@ fn statistics_utilities_refuse_bad_arguments() {
         Err(SketchError::InvalidArgument { .. })
     ));
     assert!(matches!(
-        jl::jl_deviations(
-            |seed| GaussianJl::<f64>::new(3, 4, seed),
-            zero.as_ref(),
-            3,
-            0,
-            Par::Seq
-        ),
+        jl::jl_deviations(|seed| GaussianJl::<f64>::new(3, 4, seed), zero.as_ref(), 3, 0, Par::Seq),
         Err(SketchError::InvalidArgument { .. })
     ));
     assert!(matches!(
@@ -175,9 +133,7 @@ fn statistics_utilities_refuse_bad_arguments() {
 
 #[test]
 fn errors_say_what_went_wrong() {
-    let msg = TreeSketch::<f32>::gaussian(4, 4, 3, 0)
-        .unwrap_err()
-        .to_string();
+    let msg = TreeSketch::<f32>::gaussian(4, 4, 3, 0).unwrap_err().to_string();
     assert!(
         msg.contains("TreeSketch") && msg.contains("p = 3") && msg.contains("power of two"),
         "{msg}"

@@ -20,13 +20,7 @@ fn matrix(n: usize, h: usize, values: &[f64]) -> Mat<f64> {
 }
 
 fn shapes() -> impl Strategy<Value = (usize, usize, usize, u64, Vec<f64>)> {
-    (
-        1usize..24,
-        1usize..7,
-        1usize..40,
-        any::<u64>(),
-        prop::collection::vec(-2.0f64..2.0, 1..64),
-    )
+    (1usize..24, 1usize..7, 1usize..40, any::<u64>(), prop::collection::vec(-2.0f64..2.0, 1..64))
 }
 
 fn check_f32<S32: PolySketch<f32>>(s: &S32, a: &Mat<f64>, expected: &Mat<f64>, what: &str) {
@@ -91,20 +85,13 @@ proptest! {
 fn srht_projection_is_a_signed_sampled_hadamard() {
     let (h, r) = (8, 12);
     let sylvester = |k: usize, j: usize| {
-        if (k & j).count_ones().is_multiple_of(2) {
-            1.0
-        } else {
-            -1.0
-        }
+        if (k & j).count_ones().is_multiple_of(2) { 1.0 } else { -1.0 }
     };
     let s = TreeSketch::<f64>::srht(h, r, 4, 5).unwrap();
     for l in 0..2 {
         let d = if l == 0 { h } else { r };
         for pi in s.dense_projections(l).unwrap() {
-            assert!(
-                common::values(pi.as_ref()).iter().all(|x| x.abs() == 1.0),
-                "entries are ±1"
-            );
+            assert!(common::values(pi.as_ref()).iter().all(|x| x.abs() == 1.0), "entries are ±1");
             for c in 0..r {
                 let prod: Vec<f64> = (0..d).map(|j| pi[(j, c)] * pi[(j, 0)]).collect();
                 let rows = d.next_power_of_two();
@@ -144,10 +131,8 @@ fn many_rows_in_parallel_match_reference() {
 #[test]
 fn strided_views_are_handled() {
     let a = common::gaussian::<f64>(40, 6, 3);
-    let row_major: Vec<f64> = (0..40)
-        .flat_map(|i| (0..6).map(move |j| (i, j)))
-        .map(|(i, j)| a[(i, j)])
-        .collect();
+    let row_major: Vec<f64> =
+        (0..40).flat_map(|i| (0..6).map(move |j| (i, j))).map(|(i, j)| a[(i, j)]).collect();
     let view = faer::MatRef::from_row_major_slice(&row_major, 40, 6);
     for s in [
         Box::new(TreeSketch::<f64>::gaussian(6, 10, 2, 4).unwrap()) as Box<dyn PolySketch<f64>>,
@@ -159,14 +144,8 @@ fn strided_views_are_handled() {
         let got = s.apply(view, Par::Seq).unwrap();
         assert_eq!(got, e, "{}", s.name());
         let mut out = Mat::<f64>::zeros(10, 40);
-        s.apply_into(view, out.as_mut().transpose_mut(), Par::Seq)
-            .unwrap();
-        assert_eq!(
-            out.transpose().to_owned(),
-            e,
-            "{} transposed output",
-            s.name()
-        );
+        s.apply_into(view, out.as_mut().transpose_mut(), Par::Seq).unwrap();
+        assert_eq!(out.transpose().to_owned(), e, "{} transposed output", s.name());
     }
 }
 

@@ -17,9 +17,7 @@ const LEVEL: f64 = 0.999;
 
 /// Samples of <S^T x^{⊗p}, S^T y^{⊗p}> for rows x = a_0, y = a_1 over `draws` sketches.
 fn inner_products<S: PolySketch<f64>>(
-    make: impl Fn(u64) -> Result<S>,
-    a: MatRef<'_, f64>,
-    draws: usize,
+    make: impl Fn(u64) -> Result<S>, a: MatRef<'_, f64>, draws: usize,
 ) -> Vec<f64> {
     (0..draws)
         .map(|d| {
@@ -113,10 +111,7 @@ fn slope_of_error<S: PolySketch<f64>>(name: &str, make: impl Fn(usize, u64) -> R
         .collect();
     let rsf: Vec<f64> = rs.iter().map(|&r| r as f64).collect();
     let slope = jl::log_log_slope(&rsf, &means).unwrap();
-    assert!(
-        (-0.62..=-0.38).contains(&slope),
-        "{name}: slope {slope}, mean errors {means:?}"
-    );
+    assert!((-0.62..=-0.38).contains(&slope), "{name}: slope {slope}, mean errors {means:?}");
     slope
 }
 
@@ -125,12 +120,8 @@ fn amm_error_falls_as_inverse_square_root_of_r() {
     slope_of_error("GaussianJl", |r, s| GaussianJl::new(64, r, s));
     slope_of_error("CountSketch", |r, s| CountSketch::new(64, r, s));
     slope_of_error("TensorSketch p=2", |r, s| TensorSketch::new(64, r, 2, s));
-    slope_of_error("Tree(Gaussian) p=2", |r, s| {
-        TreeSketch::gaussian(64, r, 2, s)
-    });
-    slope_of_error("Tree(Gaussian) p=4", |r, s| {
-        TreeSketch::gaussian(64, r, 4, s)
-    });
+    slope_of_error("Tree(Gaussian) p=2", |r, s| TreeSketch::gaussian(64, r, 2, s));
+    slope_of_error("Tree(Gaussian) p=4", |r, s| TreeSketch::gaussian(64, r, 4, s));
     slope_of_error("Tree(SRHT) p=4", |r, s| TreeSketch::srht(64, r, 4, s));
 }
 
@@ -153,18 +144,9 @@ fn jl_moments_match_closed_forms() {
         let samples: Vec<f64> = dev.col(i).iter().copied().collect();
         let m2 = jl::lt_norm(&samples, 2.0, LEVEL).unwrap();
         let m4 = jl::lt_norm(&samples, 4.0, LEVEL).unwrap();
-        let (e2, e4) = (
-            (2.0 / r).sqrt(),
-            (12.0 / (r * r) + 48.0 / (r * r * r)).powf(0.25),
-        );
-        assert!(
-            m2.lower <= e2 && e2 <= m2.upper,
-            "GaussianJl L2: {m2:?} vs {e2}"
-        );
-        assert!(
-            m4.lower <= e4 && e4 <= m4.upper,
-            "GaussianJl L4: {m4:?} vs {e4}"
-        );
+        let (e2, e4) = ((2.0 / r).sqrt(), (12.0 / (r * r) + 48.0 / (r * r * r)).powf(0.25));
+        assert!(m2.lower <= e2 && e2 <= m2.upper, "GaussianJl L2: {m2:?} vs {e2}");
+        assert!(m4.lower <= e4 && e4 <= m4.upper, "GaussianJl L4: {m4:?} vs {e4}");
     }
     let dev = jl::jl_deviations(
         |s| TreeSketch::<f64>::gaussian(10, 32, 2, s),
@@ -177,10 +159,7 @@ fn jl_moments_match_closed_forms() {
     let samples: Vec<f64> = dev.col(0).iter().copied().collect();
     let m2 = jl::lt_norm(&samples, 2.0, LEVEL).unwrap();
     let e2 = (8.0 / r).sqrt();
-    assert!(
-        m2.lower <= e2 && e2 <= m2.upper,
-        "Tree p=2 L2: {m2:?} vs {e2}"
-    );
+    assert!(m2.lower <= e2 && e2 <= m2.upper, "Tree p=2 L2: {m2:?} vs {e2}");
 }
 
 #[test]

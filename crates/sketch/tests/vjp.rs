@@ -33,11 +33,7 @@ fn countsketch_vjp() {
 fn tensorsketch_vjp() {
     for p in 1..=4 {
         for r in [1, 6, 16] {
-            check(
-                &TensorSketch::<f64>::new(5, r, p, 3 + p as u64).unwrap(),
-                3,
-                30,
-            );
+            check(&TensorSketch::<f64>::new(5, r, p, 3 + p as u64).unwrap(), 3, 30);
         }
     }
 }

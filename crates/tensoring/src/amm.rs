@@ -48,11 +48,7 @@ pub enum Family {
 
 impl Family {
     /// All families, in table order.
-    pub const ALL: [Family; 3] = [
-        Family::Gaussian,
-        Family::UnequalNorms,
-        Family::NearlyParallel,
-    ];
+    pub const ALL: [Family; 3] = [Family::Gaussian, Family::UnequalNorms, Family::NearlyParallel];
 
     /// Short name used in tables and CSV.
     pub fn name(self) -> &'static str {
@@ -140,21 +136,14 @@ impl Config {
     }
 
     fn limit(table: &[(usize, usize)], p: usize) -> usize {
-        table
-            .iter()
-            .find(|(q, _)| *q == p)
-            .map_or(usize::MAX, |(_, r)| *r)
+        table.iter().find(|(q, _)| *q == p).map_or(usize::MAX, |(_, r)| *r)
     }
 
     /// The cases of the grid, in run order.
     pub fn cases(&self) -> Vec<(usize, usize, Family)> {
         let mut out = Vec::new();
         for &p in &self.degrees {
-            for &r in self
-                .sizes
-                .iter()
-                .filter(|&&r| r <= Self::limit(&self.max_base_size, p))
-            {
+            for &r in self.sizes.iter().filter(|&&r| r <= Self::limit(&self.max_base_size, p)) {
                 for family in Family::ALL {
                     out.push((p, r, family));
                 }
@@ -170,15 +159,10 @@ impl Config {
     /// dimension or size, \\(t < 1\\), or \\(\delta \notin (0, 1)\\).
     pub fn validate(&self) -> Result<()> {
         let bad = |reason: String| {
-            Err(SketchError::InvalidArgument {
-                op: "amm::Config::validate",
-                reason,
-            })
+            Err(SketchError::InvalidArgument { op: "amm::Config::validate", reason })
         };
-        if let Some(p) = self
-            .degrees
-            .iter()
-            .find(|&&p| p < 2 || p % 2 != 0 || !(p / 2).is_power_of_two())
+        if let Some(p) =
+            self.degrees.iter().find(|&&p| p < 2 || p % 2 != 0 || !(p / 2).is_power_of_two())
         {
             return bad(format!("degree {p}: needs p = 2 or p/2 a power of two"));
         }
@@ -259,12 +243,7 @@ fn base_sketch(h: usize, r: usize, q: usize, seed: u64) -> Result<Box<dyn PolySk
 
 /// One draw: (self-tensored error, tree error, JL deviations of every input direction).
 fn one_draw(
-    config: &Config,
-    p: usize,
-    r: usize,
-    a: MatRef<'_, f64>,
-    b: MatRef<'_, f64>,
-    seed: u64,
+    config: &Config, p: usize, r: usize, a: MatRef<'_, f64>, b: MatRef<'_, f64>, seed: u64,
 ) -> Result<(f64, Option<f64>, Vec<f64>)> {
     let base = base_sketch(config.dim, r, p / 2, seed)?;
     let (l, rr) = (base.apply(a, Par::Seq)?, base.apply(b, Par::Seq)?);
@@ -288,38 +267,21 @@ fn one_draw(
 /// # Errors
 /// Invalid configuration, or a sketch error.
 pub fn run_case(
-    config: &Config,
-    p: usize,
-    r: usize,
-    family: Family,
-    par: Par,
+    config: &Config, p: usize, r: usize, family: Family, par: Par,
 ) -> Result<CaseResult> {
     config.validate()?;
     let fam = Family::ALL.iter().position(|f| *f == family).unwrap_or(0) as u64;
     // A and B are the two halves of one sample, so they share the family's structure (the
     // common direction of the nearly parallel family in particular).
     let ab = family.generate(2 * config.rows, config.dim, split_seed(config.seed, fam));
-    let (a, b) = (
-        ab.subrows(0, config.rows).to_owned(),
-        ab.subrows(config.rows, config.rows).to_owned(),
-    );
+    let (a, b) =
+        (ab.subrows(0, config.rows).to_owned(), ab.subrows(config.rows, config.rows).to_owned());
     let case_seed = split_seed(config.seed, ((p as u64) << 40) | ((r as u64) << 8) | fam);
-    let draw = |d: usize| {
-        one_draw(
-            config,
-            p,
-            r,
-            a.as_ref(),
-            b.as_ref(),
-            split_seed(case_seed, d as u64),
-        )
-    };
+    let draw =
+        |d: usize| one_draw(config, p, r, a.as_ref(), b.as_ref(), split_seed(case_seed, d as u64));
     let draws: Vec<_> = match par {
         Par::Seq => (0..config.draws).map(draw).collect::<Result<_>>()?,
-        Par::Rayon(_) => (0..config.draws)
-            .into_par_iter()
-            .map(draw)
-            .collect::<Result<_>>()?,
+        Par::Rayon(_) => (0..config.draws).into_par_iter().map(draw).collect::<Result<_>>()?,
     };
     let self_errs: Vec<f64> = draws.iter().map(|d| d.0).collect();
     let tree_errs: Option<Vec<f64>> = draws.iter().map(|d| d.1).collect();
@@ -400,11 +362,7 @@ pub fn table_row(c: &CaseResult) -> String {
         c.ratio().map_or("-".into(), |v| format!("{v:.3}")),
         c.eps,
         if c.in_regime() { "yes" } else { "no" },
-        if c.in_regime() {
-            format!("{:.3}", c.violations)
-        } else {
-            "-".into()
-        },
+        if c.in_regime() { format!("{:.3}", c.violations) } else { "-".into() },
     )
 }
 
@@ -492,31 +450,13 @@ mod tests {
     #[test]
     fn bad_configurations_are_refused() {
         for cfg in [
-            Config {
-                degrees: vec![3],
-                ..Config::quick()
-            },
-            Config {
-                degrees: vec![12],
-                ..Config::quick()
-            },
-            Config {
-                draws: 1,
-                ..Config::quick()
-            },
-            Config {
-                delta: 1.5,
-                ..Config::quick()
-            },
-            Config {
-                sizes: vec![0],
-                ..Config::quick()
-            },
+            Config { degrees: vec![3], ..Config::quick() },
+            Config { degrees: vec![12], ..Config::quick() },
+            Config { draws: 1, ..Config::quick() },
+            Config { delta: 1.5, ..Config::quick() },
+            Config { sizes: vec![0], ..Config::quick() },
         ] {
-            assert!(
-                matches!(cfg.validate(), Err(SketchError::InvalidArgument { .. })),
-                "{cfg:?}"
-            );
+            assert!(matches!(cfg.validate(), Err(SketchError::InvalidArgument { .. })), "{cfg:?}");
         }
     }
 }

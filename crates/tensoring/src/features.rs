@@ -38,20 +38,8 @@ pub fn feature_dim(r: usize, layout: Layout) -> usize {
 fn symmetric_blocks(r: usize) -> impl Iterator<Item = (usize, usize, f64)> {
     let shifts = r / 2 + 1; // s = 0..=r/2 for even r, 0..=(r-1)/2 for odd r
     (0..shifts).map(move |s| {
-        let len = if r.is_multiple_of(2) && s == r / 2 {
-            r / 2
-        } else {
-            r
-        };
-        (
-            s,
-            len,
-            if s == 0 {
-                1.0
-            } else {
-                core::f64::consts::SQRT_2
-            },
-        )
+        let len = if r.is_multiple_of(2) && s == r / 2 { r / 2 } else { r };
+        (s, len, if s == 0 { 1.0 } else { core::f64::consts::SQRT_2 })
     })
 }
 
@@ -88,10 +76,7 @@ pub fn tensor_square<T: Scalar>(l: MatRef<'_, T>, layout: Layout, mut out: MatMu
 /// # Panics
 /// If the shapes do not match.
 pub fn tensor_square_vjp<T: Scalar>(
-    l: MatRef<'_, T>,
-    dphi: MatRef<'_, T>,
-    layout: Layout,
-    mut dl: MatMut<'_, T>,
+    l: MatRef<'_, T>, dphi: MatRef<'_, T>, layout: Layout, mut dl: MatMut<'_, T>,
 ) {
     let r = l.ncols();
     assert_eq!(
@@ -99,11 +84,7 @@ pub fn tensor_square_vjp<T: Scalar>(
         (l.nrows(), feature_dim(r, layout)),
         "tensor_square_vjp: dphi shape"
     );
-    assert_eq!(
-        (dl.nrows(), dl.ncols()),
-        (l.nrows(), r),
-        "tensor_square_vjp: dl shape"
-    );
+    assert_eq!((dl.nrows(), dl.ncols()), (l.nrows(), r), "tensor_square_vjp: dl shape");
     dl.fill(T::zero());
     for (f, a, b, w) in features(r, layout) {
         let w = T::of(w);
@@ -130,10 +111,7 @@ fn features(r: usize, layout: Layout) -> Box<dyn Iterator<Item = (usize, usize, 
 /// else element by element.
 #[inline(always)]
 fn column_op<T: Scalar>(
-    out: faer::ColMut<'_, T>,
-    x: faer::ColRef<'_, T>,
-    y: faer::ColRef<'_, T>,
-    w: T,
+    out: faer::ColMut<'_, T>, x: faer::ColRef<'_, T>, y: faer::ColRef<'_, T>, w: T,
     accumulate: bool,
 ) {
     if let (Some(xs), Some(ys)) = (x.try_as_col_major(), y.try_as_col_major())

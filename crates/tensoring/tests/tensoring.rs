@@ -92,9 +92,7 @@ fn gram_identity_matches_explicit_features() {
         gram_block(l.as_ref(), r.as_ref(), g.as_mut(), Par::Seq);
         assert_close(g.as_ref(), explicit.as_ref(), 1e-13, "gram_block");
         assert_close(
-            phi.gram(q.as_ref(), k.as_ref(), Par::rayon(2))
-                .unwrap()
-                .as_ref(),
+            phi.gram(q.as_ref(), k.as_ref(), Par::rayon(2)).unwrap().as_ref(),
             explicit.as_ref(),
             1e-13,
             "gram",
@@ -135,12 +133,7 @@ fn vjp_matches_finite_differences() {
                 work[(i, j)] = x;
                 (up - down) / (2.0 * eps)
             });
-            assert_close(
-                got.as_ref(),
-                fd.as_ref(),
-                1e-6,
-                &format!("{name} {layout:?}"),
-            );
+            assert_close(got.as_ref(), fd.as_ref(), 1e-6, &format!("{name} {layout:?}"));
         }
     }
 }
@@ -191,17 +184,11 @@ fn bias_is_nonnegative_and_falls_as_one_over_r() {
     let x = gaussian(2, 6, 6);
     let small = jl::mean_interval(&bias_samples(4, 8, 20000, &x), 0.999).unwrap();
     let large = jl::mean_interval(&bias_samples(4, 32, 20000, &x), 0.999).unwrap();
-    assert!(
-        small.lower > 0.0 && large.lower > 0.0,
-        "bias must be positive: {small:?} {large:?}"
-    );
+    assert!(small.lower > 0.0 && large.lower > 0.0, "bias must be positive: {small:?} {large:?}");
     // ratio of means within the intervals' reach of 4 (the O(1/r²) term makes it a bit above 4
     // at r = 8)
     let (lo, hi) = (small.lower / large.upper, small.upper / large.lower);
-    assert!(
-        lo < 4.6 && hi > 3.4,
-        "bias ratio r=8 / r=32 in [{lo}, {hi}], expected ≈ 4"
-    );
+    assert!(lo < 4.6 && hi > 3.4, "bias ratio r=8 / r=32 in [{lo}, {hi}], expected ≈ 4");
 }
 
 #[test]

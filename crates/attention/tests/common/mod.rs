@@ -27,21 +27,12 @@ pub fn head<T>(x: &[T], idx: usize, n: usize, h: usize) -> MatRef<'_, T> {
 
 /// Runs `f` in a rayon pool of `threads` threads.
 pub fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .unwrap()
-        .install(f)
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(f)
 }
 
 /// PolySketch attention with random sketches drawn from seed 11.
 pub fn config(
-    heads: usize,
-    h: usize,
-    p: usize,
-    r: usize,
-    block: usize,
-    local: bool,
+    heads: usize, h: usize, p: usize, r: usize, block: usize, local: bool,
 ) -> AttentionConfig {
     AttentionConfig {
         heads,

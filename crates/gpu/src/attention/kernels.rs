@@ -52,11 +52,7 @@ pub fn normalise_forward(raw: &Array<f32>, out: &mut Array<f32>, den: &mut Array
 /// `draw[i, h] = −Σ_j dout[i, j]·out[i, j]/den[i]`. One unit per row.
 #[cube(launch_unchecked)]
 pub fn normalise_backward(
-    dout: &Array<f32>,
-    out: &Array<f32>,
-    den: &Array<f32>,
-    draw: &mut Array<f32>,
-    h: u32,
+    dout: &Array<f32>, out: &Array<f32>, den: &Array<f32>, draw: &mut Array<f32>, h: u32,
 ) {
     let i = ABSOLUTE_POS;
     let h = h as usize;

@@ -51,10 +51,7 @@ impl<R: Runtime> Sketch<R> {
 
     /// `∂x`, and the parameter gradients of a learned sketch (none for a random one).
     fn backward(
-        &self,
-        gpu: &Gpu<R>,
-        state: &SketchState<R>,
-        dout: &Buffer<R>,
+        &self, gpu: &Gpu<R>, state: &SketchState<R>, dout: &Buffer<R>,
     ) -> Result<(Buffer<R>, Vec<Vec<f32>>)> {
         match (self, state) {
             (Sketch::Random(s), SketchState::Random(st)) => {
@@ -145,21 +142,11 @@ impl<R: Runtime> PolySketchGpu<R> {
     /// \\(p/2\\) not a power of two; [`GpuError::Shape`] / [`GpuError::NonFinite`] for
     /// parameters of the wrong size or with NaNs.
     pub fn new(
-        gpu: &Gpu<R>,
-        config: PolySketchGpuConfig,
-        ln_gain: &[f32],
-        ln_bias: &[f32],
+        gpu: &Gpu<R>, config: PolySketchGpuConfig, ln_gain: &[f32], ln_bias: &[f32],
         sketch: SketchWeights<'_>,
     ) -> Result<Self> {
         const OP: &str = "PolySketchGpu::new";
-        let PolySketchGpuConfig {
-            heads,
-            head_dim: h,
-            p,
-            r,
-            block,
-            ..
-        } = config;
+        let PolySketchGpuConfig { heads, head_dim: h, p, r, block, .. } = config;
         if heads == 0 || h == 0 || r == 0 || block == 0 {
             return Err(GpuError::InvalidArgument(format!(
                 "{OP}: heads, head_dim, r and block must be positive, got {config:?}"
@@ -172,19 +159,10 @@ impl<R: Runtime> PolySketchGpu<R> {
         }
         for (name, x) in [("ln_gain", ln_gain), ("ln_bias", ln_bias)] {
             if x.len() != h {
-                return Err(GpuError::Shape {
-                    op: OP,
-                    input: name,
-                    expected: h,
-                    got: x.len(),
-                });
+                return Err(GpuError::Shape { op: OP, input: name, expected: h, got: x.len() });
             }
             if let Some(index) = x.iter().position(|v| !v.is_finite()) {
-                return Err(GpuError::NonFinite {
-                    op: OP,
-                    input: name,
-                    index,
-                });
+                return Err(GpuError::NonFinite { op: OP, input: name, index });
             }
         }
         Ok(Self {
@@ -219,12 +197,7 @@ impl<R: Runtime> PolySketchGpu<R> {
 
     fn diagonal<'a>(&self, qt: &'a Buffer<R>, kt: &'a Buffer<R>) -> DiagonalGpu<'a, R> {
         if self.config.local {
-            DiagonalGpu::LocalExact {
-                q: qt,
-                k: kt,
-                d: self.config.head_dim,
-                p: self.config.p,
-            }
+            DiagonalGpu::LocalExact { q: qt, k: kt, d: self.config.head_dim, p: self.config.p }
         } else {
             DiagonalGpu::SelfTensored
         }
@@ -236,12 +209,7 @@ impl<R: Runtime> PolySketchGpu<R> {
     /// [`GpuError::InvalidArgument`] for `batch = 0` or `n = 0`; [`GpuError::Shape`] for
     /// inputs of the wrong length; [`GpuError::TooLarge`] past the kernels' limits.
     pub fn forward<E: Float + CubeElement>(
-        &self,
-        gpu: &Gpu<R>,
-        q: &Buffer<R, E>,
-        k: &Buffer<R, E>,
-        v: &Buffer<R, E>,
-        batch: usize,
+        &self, gpu: &Gpu<R>, q: &Buffer<R, E>, k: &Buffer<R, E>, v: &Buffer<R, E>, batch: usize,
         n: usize,
     ) -> Result<(Buffer<R, E>, PolySketchGpuSaved<R>)> {
         const OP: &str = "PolySketchGpu::forward";
@@ -269,22 +237,7 @@ impl<R: Runtime> PolySketchGpu<R> {
         let result = gpu.from_f32::<E>(&out)?;
         Ok((
             result,
-            PolySketchGpuSaved {
-                batch,
-                n,
-                qt,
-                kt,
-                ln_q,
-                ln_k,
-                l,
-                r,
-                sk_q,
-                sk_k,
-                c,
-                lt,
-                out,
-                den,
-            },
+            PolySketchGpuSaved { batch, n, qt, kt, ln_q, ln_k, l, r, sk_q, sk_k, c, lt, out, den },
         ))
     }
 
@@ -294,10 +247,7 @@ impl<R: Runtime> PolySketchGpu<R> {
     /// # Errors
     /// [`GpuError::Shape`] if `d_out` differs from the forward's output shape.
     pub fn backward<E: Float + CubeElement>(
-        &self,
-        gpu: &Gpu<R>,
-        saved: &PolySketchGpuSaved<R>,
-        d_out: &Buffer<R, E>,
+        &self, gpu: &Gpu<R>, saved: &PolySketchGpuSaved<R>, d_out: &Buffer<R, E>,
     ) -> Result<PolySketchGpuGrads<R, E>> {
         const OP: &str = "PolySketchGpu::backward";
         gpu.require::<E>(OP)?;
@@ -379,9 +329,7 @@ impl<R: Runtime> Gpu<R> {
 
     /// `out = raw[:, :h] / (1 + raw[:, h])` and the denominators.
     pub(crate) fn normalise_forward(
-        &self,
-        raw: &Buffer<R>,
-        h: usize,
+        &self, raw: &Buffer<R>, h: usize,
     ) -> Result<(Buffer<R>, Buffer<R>)> {
         let rows = raw.len() / (h + 1);
         let (out, den) = (self.empty(rows * h), self.empty(rows));
@@ -403,11 +351,7 @@ impl<R: Runtime> Gpu<R> {
 
     /// Backward of [`normalise_forward`](Self::normalise_forward): the gradient of `raw`.
     pub(crate) fn normalise_backward(
-        &self,
-        dout: &Buffer<R>,
-        out: &Buffer<R>,
-        den: &Buffer<R>,
-        h: usize,
+        &self, dout: &Buffer<R>, out: &Buffer<R>, den: &Buffer<R>, h: usize,
     ) -> Result<Buffer<R>> {
         let draw = self.empty(den.len() * (h + 1));
         // SAFETY: one unit per row, bounds checked.

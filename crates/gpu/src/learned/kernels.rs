@@ -9,11 +9,7 @@ use cubecl::prelude::*;
 /// A learned node: `t = tanh(m₁ ∘ m₂/√r)`, `out = √r·t`. One unit per element.
 #[cube(launch_unchecked)]
 pub fn node_forward(
-    m1: &Array<f32>,
-    m2: &Array<f32>,
-    t: &mut Array<f32>,
-    out: &mut Array<f32>,
-    sqrt_r: f32,
+    m1: &Array<f32>, m2: &Array<f32>, t: &mut Array<f32>, out: &mut Array<f32>, sqrt_r: f32,
 ) {
     let e = ABSOLUTE_POS;
     if e < out.len() {
@@ -27,11 +23,7 @@ pub fn node_forward(
 /// `dm₂ = gate ∘ m₁`. One unit per element.
 #[cube(launch_unchecked)]
 pub fn node_backward(
-    dout: &Array<f32>,
-    t: &Array<f32>,
-    m1: &Array<f32>,
-    m2: &Array<f32>,
-    dm1: &mut Array<f32>,
+    dout: &Array<f32>, t: &Array<f32>, m1: &Array<f32>, m2: &Array<f32>, dm1: &mut Array<f32>,
     dm2: &mut Array<f32>,
 ) {
     let e = ABSOLUTE_POS;

@@ -92,10 +92,7 @@ impl<R: Runtime> Gpu<R> {
     /// The gradients of a dense layer given `dy: [rows, dout]`: `(∂x = dy Wᵀ, ∂W = xᵀ dy,
     /// ∂b = Σ_rows dy)`, the last two on the host.
     fn dense_backward(
-        &self,
-        x: &Buffer<R>,
-        w: &Buffer<R>,
-        dy: &Buffer<R>,
+        &self, x: &Buffer<R>, w: &Buffer<R>, dy: &Buffer<R>,
         (rows, din, dout): (usize, usize, usize),
     ) -> Result<(Buffer<R>, Vec<f32>, Vec<f32>)> {
         let dx = self.empty(rows * din);
@@ -122,10 +119,7 @@ impl<R: Runtime> Gpu<R> {
 
 impl<R: Runtime> Network<R> {
     fn forward(
-        &self,
-        gpu: &Gpu<R>,
-        x: &Buffer<R>,
-        rows: usize,
+        &self, gpu: &Gpu<R>, x: &Buffer<R>, rows: usize,
     ) -> Result<(Buffer<R>, NetworkSaved<R>)> {
         let p = &self.p;
         let (y0, ln0) = gpu.layernorm_forward(x, &p[0], &p[1], 1.0, LN_EPS)?;
@@ -134,26 +128,12 @@ impl<R: Runtime> Network<R> {
         let (y2, ln1) = gpu.layernorm_forward(&a2, &p[6], &p[7], 1.0, LN_EPS)?;
         let a3 = gpu.dense(&y2, rows, &p[8], &p[9])?;
         let out = gpu.dense(&gpu.gelu_forward(&a3), rows, &p[10], &p[11])?;
-        Ok((
-            out,
-            NetworkSaved {
-                y0,
-                ln0,
-                a1,
-                y2,
-                ln1,
-                a3,
-            },
-        ))
+        Ok((out, NetworkSaved { y0, ln0, a1, y2, ln1, a3 }))
     }
 
     /// `∂x` on the device and the 12 parameter gradients on the host.
     fn backward(
-        &self,
-        gpu: &Gpu<R>,
-        s: &NetworkSaved<R>,
-        dout: &Buffer<R>,
-        (rows, r): (usize, usize),
+        &self, gpu: &Gpu<R>, s: &NetworkSaved<R>, dout: &Buffer<R>, (rows, r): (usize, usize),
     ) -> Result<(Buffer<R>, Vec<Vec<f32>>)> {
         let (p, d, w) = (&self.p, self.d, WIDE * r);
         let mut g = vec![Vec::new(); PARAMS_PER_NETWORK];
@@ -198,14 +178,12 @@ impl<R: Runtime> LearnedSketchGpu<R> {
     /// the wrong size; [`GpuError::NonFinite`] for a NaN or infinity.
     pub fn new(gpu: &Gpu<R>, h: usize, r: usize, degree: usize, params: &[&[f32]]) -> Result<Self> {
         const OP: &str = "LearnedSketchGpu::new";
-        let nodes = tree_nodes(degree)
-            .filter(|_| h > 0 && r > 0)
-            .ok_or_else(|| {
-                GpuError::InvalidArgument(format!(
-                    "{OP}: need h, r > 0 and a degree that is a power of two in 2..=64, got h {h}, \
+        let nodes = tree_nodes(degree).filter(|_| h > 0 && r > 0).ok_or_else(|| {
+            GpuError::InvalidArgument(format!(
+                "{OP}: need h, r > 0 and a degree that is a power of two in 2..=64, got h {h}, \
                  r {r}, degree {degree}"
-                ))
-            })?;
+            ))
+        })?;
         let dims: Vec<usize> = nodes
             .iter()
             .flat_map(|&(a, b)| [a, b])
@@ -232,22 +210,13 @@ impl<R: Runtime> LearnedSketchGpu<R> {
                     });
                 }
                 if let Some(index) = x.iter().position(|v| !v.is_finite()) {
-                    return Err(GpuError::NonFinite {
-                        op: OP,
-                        input: "params",
-                        index,
-                    });
+                    return Err(GpuError::NonFinite { op: OP, input: "params", index });
                 }
                 p.push(gpu.upload(x)?);
             }
             networks.push(Network { d, p });
         }
-        Ok(Self {
-            h,
-            r,
-            nodes,
-            networks,
-        })
+        Ok(Self { h, r, nodes, networks })
     }
 
     /// Number of parameter tensors (12 per network).
@@ -287,10 +256,7 @@ impl<R: Runtime> LearnedSketchGpu<R> {
     /// # Errors
     /// [`GpuError::Shape`] if `dout` does not match the forward.
     pub fn backward(
-        &self,
-        gpu: &Gpu<R>,
-        s: &LearnedSavedGpu<R>,
-        dout: &Buffer<R>,
+        &self, gpu: &Gpu<R>, s: &LearnedSavedGpu<R>, dout: &Buffer<R>,
     ) -> Result<(Buffer<R>, Vec<Vec<f32>>)> {
         let (rows, r) = (s.rows, self.r);
         check_len("LearnedSketchGpu::backward", "dout", dout, rows * r)?;
@@ -299,9 +265,7 @@ impl<R: Runtime> LearnedSketchGpu<R> {
         let dx = gpu.zeros(rows * self.h);
         let mut grads = vec![Vec::new(); self.parameter_count()];
         for (i, &(a, b)) in self.nodes.iter().enumerate().rev() {
-            let d = douts[i]
-                .take()
-                .expect("a parent sets its children's gradients first");
+            let d = douts[i].take().expect("a parent sets its children's gradients first");
             let (dm1, dm2) = gpu.node_backward(&d, &s.t[i], &s.m[2 * i], &s.m[2 * i + 1]);
             for (k, dm, src) in [(2 * i, dm1, a), (2 * i + 1, dm2, b)] {
                 let (din, g) = self.networks[k].backward(gpu, &s.saved[k], &dm, (rows, r))?;
@@ -321,10 +285,7 @@ impl<R: Runtime> LearnedSketchGpu<R> {
 impl<R: Runtime> Gpu<R> {
     /// A learned node: `(t, √r·t)` with `t = tanh(m₁ ∘ m₂/√r)`.
     pub(crate) fn node_forward(
-        &self,
-        m1: &Buffer<R>,
-        m2: &Buffer<R>,
-        r: usize,
+        &self, m1: &Buffer<R>, m2: &Buffer<R>, r: usize,
     ) -> (Buffer<R>, Buffer<R>) {
         let (t, out) = (self.empty(m1.len()), self.empty(m1.len()));
         // SAFETY: equal lengths, bounds checked.
@@ -346,11 +307,7 @@ impl<R: Runtime> Gpu<R> {
 
     /// Backward of [`node_forward`](Self::node_forward): `(∂m₁, ∂m₂)`.
     pub(crate) fn node_backward(
-        &self,
-        dout: &Buffer<R>,
-        t: &Buffer<R>,
-        m1: &Buffer<R>,
-        m2: &Buffer<R>,
+        &self, dout: &Buffer<R>, t: &Buffer<R>, m1: &Buffer<R>, m2: &Buffer<R>,
     ) -> (Buffer<R>, Buffer<R>) {
         let (dm1, dm2) = (self.empty(m1.len()), self.empty(m1.len()));
         // SAFETY: equal lengths, bounds checked.

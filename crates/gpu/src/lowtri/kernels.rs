@@ -23,14 +23,7 @@ pub const COLS: u32 = 32;
 /// features of a row exist only in registers.
 #[cube(launch_unchecked)]
 pub fn block_states(
-    f: &Array<f32>,
-    x: &Array<f32>,
-    st: &mut Array<f32>,
-    n: u32,
-    r: u32,
-    k: u32,
-    b: u32,
-    z0: u32,
+    f: &Array<f32>, x: &Array<f32>, st: &mut Array<f32>, n: u32, r: u32, k: u32, b: u32, z0: u32,
 ) {
     let (n, r, k, b, z0) = (n as usize, r as usize, k as usize, b as usize, z0 as usize);
     let size = r * r * k;
@@ -86,14 +79,7 @@ pub fn scan_blocks(st: &mut Array<f32>, nb: u32, size: u32, #[comptime] reverse:
 /// `UNIT_POS_X` strides the `k` columns, `_Y` picks the row of the cube's tile.
 #[cube(launch_unchecked)]
 pub fn feature_apply(
-    f: &Array<f32>,
-    st: &Array<f32>,
-    out: &mut Array<f32>,
-    n: u32,
-    r: u32,
-    k: u32,
-    b: u32,
-    z0: u32,
+    f: &Array<f32>, st: &Array<f32>, out: &mut Array<f32>, n: u32, r: u32, k: u32, b: u32, z0: u32,
 ) {
     let (n, r, k, b, z0) = (n as usize, r as usize, k as usize, b as usize, z0 as usize);
     let i = row_tile() * CUBE_DIM_Y as usize + UNIT_POS_Y as usize;
@@ -124,15 +110,8 @@ pub fn feature_apply(
 /// `COLS × DIAG_ROWS`: `UNIT_POS_X` strides the `r` columns.
 #[cube(launch_unchecked)]
 pub fn feature_grad(
-    f: &Array<f32>,
-    g: &Array<f32>,
-    st: &Array<f32>,
-    df: &mut Array<f32>,
-    n: u32,
-    r: u32,
-    k: u32,
-    b: u32,
-    z0: u32,
+    f: &Array<f32>, g: &Array<f32>, st: &Array<f32>, df: &mut Array<f32>, n: u32, r: u32, k: u32,
+    b: u32, z0: u32,
 ) {
     let (n, r, k, b, z0) = (n as usize, r as usize, k as usize, b as usize, z0 as usize);
     let i = row_tile() * CUBE_DIM_Y as usize + UNIT_POS_Y as usize;
@@ -190,27 +169,11 @@ fn score(x: &Array<f32>, y: &Array<f32>, xi: usize, yj: usize, d: usize, deg: u3
 /// rows; the weights of a chunk of `DIAG_CHUNK` keys sit in shared memory.
 #[cube(launch_unchecked)]
 pub fn diag_rows(
-    x: &Array<f32>,
-    y: &Array<f32>,
-    g: &Array<f32>,
-    c: &Array<f32>,
-    m: &Array<f32>,
-    out: &mut Array<f32>,
-    n: u32,
-    d: u32,
-    k: u32,
-    width: u32,
-    b: u32,
-    deg: u32,
+    x: &Array<f32>, y: &Array<f32>, g: &Array<f32>, c: &Array<f32>, m: &Array<f32>,
+    out: &mut Array<f32>, n: u32, d: u32, k: u32, width: u32, b: u32, deg: u32,
     #[comptime] grad: bool,
 ) {
-    let (n, d, k, w, b) = (
-        n as usize,
-        d as usize,
-        k as usize,
-        width as usize,
-        b as usize,
-    );
+    let (n, d, k, w, b) = (n as usize, d as usize, k as usize, width as usize, b as usize);
     let tr = DIAG_ROWS as usize;
     let ch = DIAG_CHUNK as usize;
     let mut s = SharedMemory::<f32>::new(DIAG_ROWS as usize * DIAG_CHUNK as usize);
@@ -279,17 +242,8 @@ pub fn diag_rows(
 /// `COLS × DIAG_ROWS` on `DIAG_ROWS` key rows.
 #[cube(launch_unchecked)]
 pub fn diag_backward_key(
-    x: &Array<f32>,
-    y: &Array<f32>,
-    g: &Array<f32>,
-    c: &Array<f32>,
-    dy: &mut Array<f32>,
-    dc: &mut Array<f32>,
-    n: u32,
-    d: u32,
-    k: u32,
-    b: u32,
-    deg: u32,
+    x: &Array<f32>, y: &Array<f32>, g: &Array<f32>, c: &Array<f32>, dy: &mut Array<f32>,
+    dc: &mut Array<f32>, n: u32, d: u32, k: u32, b: u32, deg: u32,
 ) {
     let (n, d, k, b) = (n as usize, d as usize, k as usize, b as usize);
     let tr = DIAG_ROWS as usize;

@@ -40,13 +40,7 @@ impl LtShape {
         self.r * self.r * self.k
     }
     fn validate(&self, op: &'static str) -> Result<()> {
-        let LtShape {
-            heads,
-            n,
-            r,
-            k,
-            block,
-        } = *self;
+        let LtShape { heads, n, r, k, block } = *self;
         if heads == 0 || n == 0 || r == 0 || k == 0 || block == 0 {
             return Err(GpuError::InvalidArgument(format!(
                 "{op}: heads, n, r, k and the block size must be positive, got {self:?}"
@@ -59,11 +53,7 @@ impl LtShape {
             });
         }
         let per_head = self.blocks() as u128 * self.state_size() as u128;
-        check_size(
-            op,
-            "one head's block states",
-            per_head.min(u128::from(u64::MAX)) as usize,
-        )?;
+        check_size(op, "one head's block states", per_head.min(u128::from(u64::MAX)) as usize)?;
         check_size(op, "C", heads * n * k.max(r))?;
         Ok(())
     }
@@ -73,10 +63,7 @@ impl LtShape {
     fn groups(&self, limit: usize) -> Vec<(usize, usize)> {
         let per_head = (self.blocks() * self.state_size()).max(1);
         let size = (limit / per_head).clamp(1, self.heads);
-        (0..self.heads)
-            .step_by(size)
-            .map(|z0| (z0, size.min(self.heads - z0)))
-            .collect()
+        (0..self.heads).step_by(size).map(|z0| (z0, size.min(self.heads - z0))).collect()
     }
 }
 
@@ -135,11 +122,7 @@ pub struct LtGrads<R: Runtime> {
 }
 
 fn check_inputs<R: Runtime>(
-    op: &'static str,
-    s: &LtShape,
-    l: &Buffer<R>,
-    r: &Buffer<R>,
-    c: &Buffer<R>,
+    op: &'static str, s: &LtShape, l: &Buffer<R>, r: &Buffer<R>, c: &Buffer<R>,
     diag: &DiagonalGpu<'_, R>,
 ) -> Result<()> {
     s.validate(op)?;
@@ -164,12 +147,7 @@ impl<R: Runtime> Gpu<R> {
     /// exclusive prefixes (`reverse = false`) or suffixes: one buffer `[count, blocks, r², k]`
     /// per group of heads (see [`Gpu::with_state_limit`]).
     fn scanned_states(
-        &self,
-        op: &'static str,
-        s: &LtShape,
-        f: &Buffer<R>,
-        x: &Buffer<R>,
-        reverse: bool,
+        &self, op: &'static str, s: &LtShape, f: &Buffer<R>, x: &Buffer<R>, reverse: bool,
     ) -> Result<Vec<Buffer<R>>> {
         let (nb, size) = (s.blocks(), s.state_size());
         let tiles = u32_of(op, "state tiles", size.div_ceil(256))?;
@@ -212,12 +190,7 @@ impl<R: Runtime> Gpu<R> {
 
     /// `out[i] += Σ_{a,c} f[i,a] f[i,c] st[block(i), a·r + c, :]`, group by group.
     fn feature_apply(
-        &self,
-        op: &'static str,
-        s: &LtShape,
-        f: &Buffer<R>,
-        states: &[Buffer<R>],
-        out: &Buffer<R>,
+        &self, op: &'static str, s: &LtShape, f: &Buffer<R>, states: &[Buffer<R>], out: &Buffer<R>,
     ) -> Result<()> {
         let u = |w, v| u32_of(op, w, v);
         for ((z0, count), st) in s.groups(self.state_limit).into_iter().zip(states) {
@@ -244,12 +217,7 @@ impl<R: Runtime> Gpu<R> {
 
     /// `df[i, a] += Σ_c f[i,c] Σ_j g[i,j] (st[ac, j] + st[ca, j])`, group by group.
     fn feature_grad(
-        &self,
-        op: &'static str,
-        s: &LtShape,
-        f: &Buffer<R>,
-        g: &Buffer<R>,
-        states: &[Buffer<R>],
+        &self, op: &'static str, s: &LtShape, f: &Buffer<R>, g: &Buffer<R>, states: &[Buffer<R>],
         df: &Buffer<R>,
     ) -> Result<()> {
         let u = |w, v| u32_of(op, w, v);
@@ -280,14 +248,9 @@ impl<R: Runtime> Gpu<R> {
     /// scores (`grad = false`) or their gradients (`grad = true`) as `W`.
     #[allow(clippy::too_many_arguments)]
     fn diag_rows(
-        &self,
-        op: &'static str,
-        s: &LtShape,
-        (x, y, d, deg): (&Buffer<R>, &Buffer<R>, usize, usize),
-        (g, c): (&Buffer<R>, &Buffer<R>),
-        (m, width): (&Buffer<R>, usize),
-        out: &Buffer<R>,
-        grad: bool,
+        &self, op: &'static str, s: &LtShape,
+        (x, y, d, deg): (&Buffer<R>, &Buffer<R>, usize, usize), (g, c): (&Buffer<R>, &Buffer<R>),
+        (m, width): (&Buffer<R>, usize), out: &Buffer<R>, grad: bool,
     ) -> Result<()> {
         let u = |w, v| u32_of(op, w, v);
         // SAFETY: x, y [heads·n, d]; g, c [heads·n, k]; m, out [heads·n, width]; validated by
@@ -325,12 +288,7 @@ impl<R: Runtime> Gpu<R> {
     /// zero sizes or a local degree out of `1..=64`, [`GpuError::TooLarge`] past the kernels'
     /// indices or launch limits.
     pub fn lowtri_forward(
-        &self,
-        s: &LtShape,
-        l: &Buffer<R>,
-        r: &Buffer<R>,
-        c: &Buffer<R>,
-        diag: DiagonalGpu<'_, R>,
+        &self, s: &LtShape, l: &Buffer<R>, r: &Buffer<R>, c: &Buffer<R>, diag: DiagonalGpu<'_, R>,
     ) -> Result<(Buffer<R>, LtSaved<R>)> {
         const OP: &str = "Gpu::lowtri_forward";
         check_inputs(OP, s, l, r, c, &diag)?;
@@ -351,14 +309,8 @@ impl<R: Runtime> Gpu<R> {
     /// from the output's shape.
     #[allow(clippy::too_many_arguments)]
     pub fn lowtri_backward(
-        &self,
-        s: &LtShape,
-        l: &Buffer<R>,
-        r: &Buffer<R>,
-        c: &Buffer<R>,
-        diag: DiagonalGpu<'_, R>,
-        saved: &LtSaved<R>,
-        g: &Buffer<R>,
+        &self, s: &LtShape, l: &Buffer<R>, r: &Buffer<R>, c: &Buffer<R>, diag: DiagonalGpu<'_, R>,
+        saved: &LtSaved<R>, g: &Buffer<R>,
     ) -> Result<LtGrads<R>> {
         const OP: &str = "Gpu::lowtri_backward";
         check_inputs(OP, s, l, r, c, &diag)?;
@@ -377,11 +329,7 @@ impl<R: Runtime> Gpu<R> {
         let rows = s.heads * s.n;
         // Y_l = Σ_{m > l} L_m^{⊗2 ᵀ} G_m
         let suffixes = self.scanned_states(OP, s, l, g, true)?;
-        let (dl, dr, dc) = (
-            self.zeros(rows * s.r),
-            self.zeros(rows * s.r),
-            self.zeros(rows * s.k),
-        );
+        let (dl, dr, dc) = (self.zeros(rows * s.r), self.zeros(rows * s.r), self.zeros(rows * s.k));
         self.feature_grad(OP, s, l, g, &saved.prefixes, &dl)?;
         self.feature_grad(OP, s, r, c, &suffixes, &dr)?;
         self.feature_apply(OP, s, r, &suffixes, &dc)?;
@@ -421,10 +369,7 @@ impl<R: Runtime> Gpu<R> {
 
 /// The rows and degree the diagonal scores come from: `(x, y, width, degree)`.
 fn diag_inputs<'a, R: Runtime>(
-    s: &LtShape,
-    l: &'a Buffer<R>,
-    r: &'a Buffer<R>,
-    diag: &DiagonalGpu<'a, R>,
+    s: &LtShape, l: &'a Buffer<R>, r: &'a Buffer<R>, diag: &DiagonalGpu<'a, R>,
 ) -> (&'a Buffer<R>, &'a Buffer<R>, usize, usize) {
     match *diag {
         DiagonalGpu::SelfTensored => (l, r, s.r, 2),

@@ -40,21 +40,8 @@ pub fn axpy(x: &Array<f32>, y: &mut Array<f32>, a: f32) {
 /// not propagated). Cube `TILE × TILE`; `CUBE_POS_X` tiles columns, `_Y` rows, `_Z` the batch.
 #[cube(launch_unchecked)]
 pub fn matmul(
-    a: &Array<f32>,
-    b: &Array<f32>,
-    c: &mut Array<f32>,
-    m: u32,
-    n: u32,
-    k: u32,
-    a_rs: u32,
-    a_cs: u32,
-    a_bs: u32,
-    b_rs: u32,
-    b_cs: u32,
-    b_bs: u32,
-    c_rs: u32,
-    c_bs: u32,
-    alpha: f32,
+    a: &Array<f32>, b: &Array<f32>, c: &mut Array<f32>, m: u32, n: u32, k: u32, a_rs: u32,
+    a_cs: u32, a_bs: u32, b_rs: u32, b_cs: u32, b_bs: u32, c_rs: u32, c_bs: u32, alpha: f32,
     beta: f32,
 ) {
     let (m, n, k) = (m as usize, n as usize, k as usize);
@@ -104,15 +91,8 @@ pub fn matmul(
 /// `y = s·(g ∘ xhat + β)`; `rstd[i] = 1/√(σ² + ε)`. One unit per row.
 #[cube(launch_unchecked)]
 pub fn layernorm_forward(
-    x: &Array<f32>,
-    gain: &Array<f32>,
-    bias: &Array<f32>,
-    y: &mut Array<f32>,
-    xhat: &mut Array<f32>,
-    rstd: &mut Array<f32>,
-    h: u32,
-    scale: f32,
-    eps: f32,
+    x: &Array<f32>, gain: &Array<f32>, bias: &Array<f32>, y: &mut Array<f32>,
+    xhat: &mut Array<f32>, rstd: &mut Array<f32>, h: u32, scale: f32, eps: f32,
 ) {
     let i = ABSOLUTE_POS;
     let h = h as usize;
@@ -143,13 +123,8 @@ pub fn layernorm_forward(
 /// `dx = rstd·(d − mean(d) − xhat·mean(d ∘ xhat))`. One unit per row.
 #[cube(launch_unchecked)]
 pub fn layernorm_backward(
-    dy: &Array<f32>,
-    xhat: &Array<f32>,
-    rstd: &Array<f32>,
-    gain: &Array<f32>,
-    dx: &mut Array<f32>,
-    h: u32,
-    scale: f32,
+    dy: &Array<f32>, xhat: &Array<f32>, rstd: &Array<f32>, gain: &Array<f32>, dx: &mut Array<f32>,
+    h: u32, scale: f32,
 ) {
     let i = ABSOLUTE_POS;
     let h = h as usize;
@@ -216,12 +191,7 @@ pub fn gelu_backward(a: &Array<f32>, dz: &Array<f32>, da: &mut Array<f32>) {
 /// `(c, j)`; the host adds the chunks in a fixed order.
 #[cube(launch_unchecked)]
 pub fn column_partials(
-    x: &Array<f32>,
-    w: &Array<f32>,
-    part: &mut Array<f32>,
-    cols: u32,
-    rows: u32,
-    chunk: u32,
+    x: &Array<f32>, w: &Array<f32>, part: &mut Array<f32>, cols: u32, rows: u32, chunk: u32,
     #[comptime] weighted: bool,
 ) {
     let e = ABSOLUTE_POS;

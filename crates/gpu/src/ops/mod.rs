@@ -19,18 +19,10 @@ pub(crate) fn u32_of(op: &'static str, what: &str, v: usize) -> Result<u32> {
 }
 
 pub(crate) fn check_len<R: Runtime, E>(
-    op: &'static str,
-    name: &'static str,
-    b: &Buffer<R, E>,
-    expected: usize,
+    op: &'static str, name: &'static str, b: &Buffer<R, E>, expected: usize,
 ) -> Result<()> {
     if b.len() != expected {
-        return Err(GpuError::Shape {
-            op,
-            input: name,
-            expected,
-            got: b.len(),
-        });
+        return Err(GpuError::Shape { op, input: name, expected, got: b.len() });
     }
     Ok(())
 }
@@ -38,18 +30,10 @@ pub(crate) fn check_len<R: Runtime, E>(
 /// The number of rows of width `h > 0` in `x`, or [`GpuError::Shape`] if its length is not a
 /// multiple of `h`.
 pub(crate) fn rows_of<R: Runtime, E>(
-    op: &'static str,
-    name: &'static str,
-    x: &Buffer<R, E>,
-    h: usize,
+    op: &'static str, name: &'static str, x: &Buffer<R, E>, h: usize,
 ) -> Result<usize> {
     if !x.len().is_multiple_of(h) {
-        return Err(GpuError::Shape {
-            op,
-            input: name,
-            expected: x.len() / h * h,
-            got: x.len(),
-        });
+        return Err(GpuError::Shape { op, input: name, expected: x.len() / h * h, got: x.len() });
     }
     Ok(x.len() / h)
 }
@@ -87,19 +71,11 @@ pub struct Strided {
 impl Strided {
     /// Row-major `[rows, cols]` matrices stored one after the other.
     pub fn row_major(rows: usize, cols: usize) -> Self {
-        Self {
-            row: cols,
-            col: 1,
-            batch: rows * cols,
-        }
+        Self { row: cols, col: 1, batch: rows * cols }
     }
     /// The transpose of the same storage.
     pub fn t(self) -> Self {
-        Self {
-            row: self.col,
-            col: self.row,
-            batch: self.batch,
-        }
+        Self { row: self.col, col: self.row, batch: self.batch }
     }
     /// Largest index touched by a `[rows, cols]` batch of `count`, plus one.
     fn extent(&self, rows: usize, cols: usize, count: usize) -> usize {
@@ -123,16 +99,7 @@ impl<R: Runtime> Gpu<R> {
         self.require::<E>("Gpu::to_f32")?;
         let y = self.empty::<f32>(x.len());
         // SAFETY: both buffers hold `len` elements; the kernel checks `ABSOLUTE_POS < len`.
-        unsafe {
-            launch_1d!(
-                self,
-                kernels::to_f32::<E, R>,
-                x.len(),
-                256,
-                x.arg(),
-                y.arg()
-            )
-        };
+        unsafe { launch_1d!(self, kernels::to_f32::<E, R>, x.len(), 256, x.arg(), y.arg()) };
         Ok(y)
     }
 
@@ -148,16 +115,7 @@ impl<R: Runtime> Gpu<R> {
         self.require::<E>("Gpu::from_f32")?;
         let y = self.empty::<E>(x.len());
         // SAFETY: as in `to_f32`.
-        unsafe {
-            launch_1d!(
-                self,
-                kernels::from_f32::<E, R>,
-                x.len(),
-                256,
-                x.arg(),
-                y.arg()
-            )
-        };
+        unsafe { launch_1d!(self, kernels::from_f32::<E, R>, x.len(), 256, x.arg(), y.arg()) };
         Ok(y)
     }
 
@@ -180,13 +138,8 @@ impl<R: Runtime> Gpu<R> {
     /// stride is not 1; [`GpuError::TooLarge`] past 32-bit indices or 65,535 matrices.
     #[allow(clippy::too_many_arguments)]
     pub fn matmul(
-        &self,
-        (m, n, k, count): (usize, usize, usize, usize),
-        a: (&Buffer<R>, Strided),
-        b: (&Buffer<R>, Strided),
-        c: (&Buffer<R>, Strided),
-        alpha: f32,
-        beta: f32,
+        &self, (m, n, k, count): (usize, usize, usize, usize), a: (&Buffer<R>, Strided),
+        b: (&Buffer<R>, Strided), c: (&Buffer<R>, Strided), alpha: f32, beta: f32,
     ) -> Result<()> {
         const OP: &str = "Gpu::matmul";
         for (name, (buf, s), rows, cols) in [("a", a, m, k), ("b", b, k, n), ("c", c, m, n)] {
@@ -257,12 +210,7 @@ impl<R: Runtime> Gpu<R> {
     /// [`GpuError::Shape`] if `x.len()` is not a multiple of `h = gain.len()` or the bias
     /// length differs; [`GpuError::InvalidArgument`] for `h = 0`.
     pub fn layernorm_forward(
-        &self,
-        x: &Buffer<R>,
-        gain: &Buffer<R>,
-        bias: &Buffer<R>,
-        scale: f32,
-        eps: f32,
+        &self, x: &Buffer<R>, gain: &Buffer<R>, bias: &Buffer<R>, scale: f32, eps: f32,
     ) -> Result<(Buffer<R>, LnState<R>)> {
         const OP: &str = "Gpu::layernorm_forward";
         let h = gain.len();
@@ -300,10 +248,7 @@ impl<R: Runtime> Gpu<R> {
     /// # Errors
     /// [`GpuError::Shape`] if `dy` does not match the forward's input.
     pub fn layernorm_backward(
-        &self,
-        dy: &Buffer<R>,
-        state: &LnState<R>,
-        gain: &Buffer<R>,
+        &self, dy: &Buffer<R>, state: &LnState<R>, gain: &Buffer<R>,
     ) -> Result<(Buffer<R>, Vec<f32>, Vec<f32>)> {
         const OP: &str = "Gpu::layernorm_backward";
         let h = gain.len();
@@ -346,16 +291,7 @@ impl<R: Runtime> Gpu<R> {
     pub(crate) fn gelu_forward(&self, a: &Buffer<R>) -> Buffer<R> {
         let z = self.empty(a.len());
         // SAFETY: equal lengths, bounds checked.
-        unsafe {
-            launch_1d!(
-                self,
-                kernels::gelu_forward::<R>,
-                a.len(),
-                256,
-                a.arg(),
-                z.arg()
-            )
-        };
+        unsafe { launch_1d!(self, kernels::gelu_forward::<R>, a.len(), 256, a.arg(), z.arg()) };
         z
     }
 
@@ -364,15 +300,7 @@ impl<R: Runtime> Gpu<R> {
         let da = self.empty(a.len());
         // SAFETY: equal lengths, bounds checked.
         unsafe {
-            launch_1d!(
-                self,
-                kernels::gelu_backward::<R>,
-                a.len(),
-                256,
-                a.arg(),
-                dz.arg(),
-                da.arg()
-            )
+            launch_1d!(self, kernels::gelu_backward::<R>, a.len(), 256, a.arg(), dz.arg(), da.arg())
         };
         da
     }
@@ -383,10 +311,7 @@ impl<R: Runtime> Gpu<R> {
     /// # Errors
     /// [`GpuError::Device`] if reading back fails.
     pub(crate) fn column_sums(
-        &self,
-        x: &Buffer<R>,
-        w: Option<&Buffer<R>>,
-        cols: usize,
+        &self, x: &Buffer<R>, w: Option<&Buffer<R>>, cols: usize,
     ) -> Result<Vec<f32>> {
         const CHUNK: usize = 256;
         let rows = x.len() / cols;

@@ -28,12 +28,7 @@ pub fn hadamard_forward(p: &Array<f32>, out: &mut Array<f32>, nodes: u32, r: u32
 /// mirror for the second child. One unit per output element.
 #[cube(launch_unchecked)]
 pub fn hadamard_backward(
-    p: &Array<f32>,
-    dout: &Array<f32>,
-    dp: &mut Array<f32>,
-    nodes: u32,
-    r: u32,
-    s: f32,
+    p: &Array<f32>, dout: &Array<f32>, dp: &mut Array<f32>, nodes: u32, r: u32, s: f32,
 ) {
     let e = ABSOLUTE_POS;
     if e < dout.len() {

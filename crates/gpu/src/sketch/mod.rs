@@ -43,11 +43,7 @@ impl<R: Runtime> TreeSketchGpu<R> {
     /// or the number of levels differs from \\(\max(1, \log_2 q)\\); [`GpuError::Shape`] if a
     /// level's size is wrong; [`GpuError::NonFinite`] for a NaN or infinite weight.
     pub fn new(
-        gpu: &Gpu<R>,
-        h: usize,
-        r: usize,
-        degree: usize,
-        levels: &[Vec<f32>],
+        gpu: &Gpu<R>, h: usize, r: usize, degree: usize, levels: &[Vec<f32>],
     ) -> Result<Self> {
         const OP: &str = "TreeSketchGpu::new";
         if !(1..=64).contains(&degree) || !degree.is_power_of_two() || h == 0 || r == 0 {
@@ -66,11 +62,7 @@ impl<R: Runtime> TreeSketchGpu<R> {
         let mut bufs = Vec::with_capacity(count);
         for (l, w) in levels.iter().enumerate() {
             let d = if l == 0 { h } else { r };
-            let width = if degree == 1 {
-                r
-            } else {
-                2 * (degree >> (l + 1)) * r
-            };
+            let width = if degree == 1 { r } else { 2 * (degree >> (l + 1)) * r };
             if w.len() != d * width {
                 return Err(GpuError::Shape {
                     op: OP,
@@ -80,20 +72,11 @@ impl<R: Runtime> TreeSketchGpu<R> {
                 });
             }
             if let Some(index) = w.iter().position(|x| !x.is_finite()) {
-                return Err(GpuError::NonFinite {
-                    op: OP,
-                    input: "levels",
-                    index,
-                });
+                return Err(GpuError::NonFinite { op: OP, input: "levels", index });
             }
             bufs.push(gpu.upload(w)?);
         }
-        Ok(Self {
-            h,
-            r,
-            degree,
-            levels: bufs,
-        })
+        Ok(Self { h, r, degree, levels: bufs })
     }
 
     /// Input dimension \\(h\\).
@@ -110,20 +93,12 @@ impl<R: Runtime> TreeSketchGpu<R> {
     }
 
     fn nodes(&self, l: usize) -> usize {
-        if self.degree == 1 {
-            1
-        } else {
-            self.degree >> (l + 1)
-        }
+        if self.degree == 1 { 1 } else { self.degree >> (l + 1) }
     }
 
     /// Projection widths `2·nodes_l·r` (`r` for degree 1).
     fn width(&self, l: usize) -> usize {
-        if self.degree == 1 {
-            self.r
-        } else {
-            2 * self.nodes(l) * self.r
-        }
+        if self.degree == 1 { self.r } else { 2 * self.nodes(l) * self.r }
     }
 
     /// Applies the sketch to each row of `x: [rows, h]`, giving `[rows, r]` and what the
@@ -155,11 +130,7 @@ impl<R: Runtime> TreeSketchGpu<R> {
                 )?;
             } else {
                 // P_k = M_k G_k for each child k (column blocks of width r)
-                let blocks = Strided {
-                    row: width,
-                    col: 1,
-                    batch: r,
-                };
+                let blocks = Strided { row: width, col: 1, batch: r };
                 gpu.matmul(
                     (rows, r, r, width / r),
                     (&cur, blocks),
@@ -185,10 +156,7 @@ impl<R: Runtime> TreeSketchGpu<R> {
     /// # Errors
     /// [`GpuError::Shape`] if `dout` does not match the forward.
     pub fn backward(
-        &self,
-        gpu: &Gpu<R>,
-        saved: &SketchSaved<R>,
-        dout: &Buffer<R>,
+        &self, gpu: &Gpu<R>, saved: &SketchSaved<R>, dout: &Buffer<R>,
     ) -> Result<Buffer<R>> {
         const OP: &str = "TreeSketchGpu::backward";
         let (h, r, rows) = (self.h, self.r, saved.rows);
@@ -217,11 +185,7 @@ impl<R: Runtime> TreeSketchGpu<R> {
                 g = dx;
             } else {
                 // dM_k = dP_k G_kᵀ
-                let blocks = Strided {
-                    row: width,
-                    col: 1,
-                    batch: r,
-                };
+                let blocks = Strided { row: width, col: 1, batch: r };
                 let dm = gpu.empty::<f32>(rows * width);
                 gpu.matmul(
                     (rows, r, r, width / r),
@@ -242,11 +206,7 @@ impl<R: Runtime> Gpu<R> {
     /// A tree level's combination, node `j` = `s · p[2j] ∘ p[2j+1]` (`p: [rows, 2·nodes·r]`
     /// → `[rows, nodes·r]`).
     pub(crate) fn hadamard_forward(
-        &self,
-        p: &Buffer<R>,
-        nodes: usize,
-        r: usize,
-        s: f32,
+        &self, p: &Buffer<R>, nodes: usize, r: usize, s: f32,
     ) -> Result<Buffer<R>> {
         const OP: &str = "Gpu::hadamard_forward";
         let out = self.empty(p.len() / 2);
@@ -269,12 +229,7 @@ impl<R: Runtime> Gpu<R> {
 
     /// Backward of [`hadamard_forward`](Self::hadamard_forward).
     pub(crate) fn hadamard_backward(
-        &self,
-        p: &Buffer<R>,
-        dout: &Buffer<R>,
-        nodes: usize,
-        r: usize,
-        s: f32,
+        &self, p: &Buffer<R>, dout: &Buffer<R>, nodes: usize, r: usize, s: f32,
     ) -> Result<Buffer<R>> {
         const OP: &str = "Gpu::hadamard_backward";
         let dp = self.empty(p.len());

@@ -21,9 +21,7 @@ pub fn gaussian<T: Scalar>(n: usize, h: usize, seed: u64) -> Mat<T> {
 
 /// All entries of a matrix, column by column.
 pub fn values<T: Scalar>(m: MatRef<'_, T>) -> Vec<f64> {
-    (0..m.ncols())
-        .flat_map(|j| m.col(j).iter().map(|x| x.as_f64()).collect::<Vec<_>>())
-        .collect()
+    (0..m.ncols()).flat_map(|j| m.col(j).iter().map(|x| x.as_f64()).collect::<Vec<_>>()).collect()
 }
 
 /// Widens any matrix to f64.
@@ -39,10 +37,7 @@ pub fn assert_close(actual: MatRef<'_, f64>, expected: MatRef<'_, f64>, rtol: f6
         (expected.nrows(), expected.ncols()),
         "{what}: shape"
     );
-    let scale = values(expected)
-        .iter()
-        .fold(0.0f64, |m, x| m.max(x.abs()))
-        .max(f64::MIN_POSITIVE);
+    let scale = values(expected).iter().fold(0.0f64, |m, x| m.max(x.abs())).max(f64::MIN_POSITIVE);
     for j in 0..expected.ncols() {
         for i in 0..expected.nrows() {
             let (a, e) = (actual[(i, j)], expected[(i, j)]);
@@ -56,18 +51,11 @@ pub fn assert_close(actual: MatRef<'_, f64>, expected: MatRef<'_, f64>, rtol: f6
 
 /// Central finite-difference gradient of `L(a) = <g, sketch.apply(a)>` in f64.
 pub fn fd_gradient<S: PolySketch<f64>>(
-    s: &S,
-    a: MatRef<'_, f64>,
-    g: MatRef<'_, f64>,
-    eps: f64,
+    s: &S, a: MatRef<'_, f64>, g: MatRef<'_, f64>, eps: f64,
 ) -> Mat<f64> {
     let loss = |a: MatRef<'_, f64>| -> f64 {
         let y = s.apply(a, Par::Seq).expect("apply");
-        values(y.as_ref())
-            .iter()
-            .zip(values(g))
-            .map(|(y, g)| y * g)
-            .sum()
+        values(y.as_ref()).iter().zip(values(g)).map(|(y, g)| y * g).sum()
     };
     let mut work = a.to_owned();
     Mat::from_fn(a.nrows(), a.ncols(), |i, j| {
@@ -83,7 +71,5 @@ pub fn fd_gradient<S: PolySketch<f64>>(
 
 /// Inner products `<S^T x^{⊗p}, S^T y^{⊗p}>` of rows 0 and 1 of `sa`.
 pub fn row_dot<T: Scalar>(sa: MatRef<'_, T>, i: usize, j: usize) -> f64 {
-    (0..sa.ncols())
-        .map(|c| sa[(i, c)].as_f64() * sa[(j, c)].as_f64())
-        .sum()
+    (0..sa.ncols()).map(|c| sa[(i, c)].as_f64() * sa[(j, c)].as_f64()).sum()
 }
