@@ -87,6 +87,18 @@ struct Row {
     lambda: f64,
 }
 
+impl Row {
+    /// A method's row: test RMSE and R² of `pred` against `y`, and `(fit_s, predict_s,
+    /// peak_bytes)`.
+    fn scored(
+        method: String, dim: Option<usize>, pred: &[f64], y: &[f64], val_r2: f64,
+        (fit_s, predict_s, peak_bytes): (f64, f64, usize), lambda: f64,
+    ) -> polysketch::Result<Self> {
+        let (rmse, r2) = (rmse(pred, y)?, r2(pred, y)?);
+        Ok(Self { method, dim, rmse, r2, val_r2, fit_s, predict_s, peak_bytes, lambda })
+    }
+}
+
 fn mib(bytes: usize) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
@@ -170,18 +182,8 @@ fn feature_method(
     let start = Instant::now();
     let phi_test = featurize(s.test.0.as_ref())?;
     let pred = s.clamp(model.predict(phi_test.as_ref(), par)?);
-    let predict_s = start.elapsed().as_secs_f64();
-    Ok(Row {
-        method: name.into(),
-        dim: Some(dim),
-        rmse: rmse(&pred, &s.test.1)?,
-        r2: r2(&pred, &s.test.1)?,
-        val_r2,
-        fit_s,
-        predict_s,
-        peak_bytes: ALLOC.peak_since_reset(base),
-        lambda: model.lambda,
-    })
+    let timing = (fit_s, start.elapsed().as_secs_f64(), ALLOC.peak_since_reset(base));
+    Row::scored(name.into(), Some(dim), &pred, &s.test.1, val_r2, timing, model.lambda)
 }
 
 /// Exact kernel ridge regression on the first `n` training rows.
@@ -203,18 +205,8 @@ fn exact_method(kernel: PolyKernel, n: usize, s: &Splits, par: Par) -> polysketc
     let start = Instant::now();
     let kt = kernel.gram(s.test.0.as_ref(), xt, par)?;
     let pred = s.clamp(model.predict(kt.as_ref(), par)?);
-    let predict_s = start.elapsed().as_secs_f64();
-    Ok(Row {
-        method: format!("exact ({n} rows)"),
-        dim: None,
-        rmse: rmse(&pred, &s.test.1)?,
-        r2: r2(&pred, &s.test.1)?,
-        val_r2,
-        fit_s,
-        predict_s,
-        peak_bytes: ALLOC.peak_since_reset(base),
-        lambda: model.lambda,
-    })
+    let timing = (fit_s, start.elapsed().as_secs_f64(), ALLOC.peak_since_reset(base));
+    Row::scored(format!("exact ({n} rows)"), None, &pred, &s.test.1, val_r2, timing, model.lambda)
 }
 
 fn print_row(bar: &ProgressBar, r: &Row) {

@@ -21,12 +21,8 @@ fn run_config(source: Source, steps: usize) -> RunConfig {
             lr: 3e-3,
             warmup: 2,
             decay: Decay::Linear,
-            min_lr_ratio: 0.1,
-            weight_decay: 0.1,
-            beta1: 0.9,
-            beta2: 0.95,
-            clip: 1.0,
             seed: 7,
+            ..TrainConfig::default()
         },
         source,
         eval_every: 3,

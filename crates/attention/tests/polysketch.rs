@@ -107,12 +107,9 @@ fn backward_matches_finite_differences() {
         let mut layer = Attention::<f64>::new(if is_learned { learned(c) } else { c }).unwrap();
         perturb_parameters(&mut layer, 40);
         let len = batch * heads * n * h;
-        let (q, k, v) =
-            (random::<f64>(len, 1.0, 4), random::<f64>(len, 1.0, 5), random::<f64>(len, 1.0, 6));
-        let g = random::<f64>(len, 1.0, 7);
-        let loss = |layer: &Attention<f64>, q: &[f64], k: &[f64], v: &[f64]| -> f64 {
-            let (out, _) = layer.forward(q, k, v, batch, n, Par::Seq).unwrap();
-            out.iter().zip(&g).map(|(o, g)| o * g).sum()
+        let [q, k, v, g] = qkvg::<f64>(len, 4);
+        let loss = |layer: &Attention<f64>, q: &[f64], k: &[f64], v: &[f64]| {
+            weighted_loss(layer, [q, k, v], &g, batch, n)
         };
         let (_, mut saved) = layer.forward(&q, &k, &v, batch, n, Par::Seq).unwrap();
         let grads = layer.backward(&mut saved, &g, Par::Seq).unwrap();
@@ -165,27 +162,8 @@ fn results_do_not_depend_on_thread_count() {
         Attention::<f32>::new(config(heads, h, 4, 6, 64, true)).unwrap(),
         Attention::<f32>::new(learned(config(heads, h, 4, 6, 64, true))).unwrap(),
     ];
-    let len = batch * heads * n * h;
-    let (q, k, v, g) = (
-        random::<f32>(len, 1.0, 8),
-        random::<f32>(len, 1.0, 9),
-        random::<f32>(len, 1.0, 10),
-        random::<f32>(len, 1.0, 11),
-    );
     for layer in &layers {
-        let run = |par: Par| {
-            let (out, mut s) = layer.forward(&q, &k, &v, batch, n, par).unwrap();
-            (out, layer.backward(&mut s, &g, par).unwrap())
-        };
-        let reference = run(Par::Seq);
-        for threads in [1, 2, 3] {
-            assert_eq!(
-                in_pool(threads, || run(Par::rayon(0))),
-                reference,
-                "{threads} threads, {:?}",
-                layer.config().kind
-            );
-        }
+        assert_thread_invariant(layer, batch, n);
     }
 }
 

@@ -28,12 +28,7 @@ fn kinds() -> Vec<AttentionKind> {
 /// Output and gradients with fresh buffers.
 fn fresh(layer: &Attention<f64>, batch: usize, n: usize, seed: u64) -> (Vec<f64>, Grads<f64>) {
     let len = batch * layer.config().heads * n * layer.config().head_dim;
-    let (q, k, v, d) = (
-        random::<f64>(len, 1.0, seed),
-        random::<f64>(len, 1.0, seed + 1),
-        random::<f64>(len, 1.0, seed + 2),
-        random::<f64>(len, 1.0, seed + 3),
-    );
+    let [q, k, v, d] = qkvg::<f64>(len, seed);
     let (out, mut saved) = layer.forward(&q, &k, &v, batch, n, Par::Seq).unwrap();
     let grads = layer.backward(&mut saved, &d, Par::Seq).unwrap();
     (out, grads)
@@ -45,12 +40,7 @@ fn reused(
     grads: &mut Grads<f64>,
 ) -> Vec<f64> {
     let len = batch * layer.config().heads * n * layer.config().head_dim;
-    let (q, k, v, d) = (
-        random::<f64>(len, 1.0, seed),
-        random::<f64>(len, 1.0, seed + 1),
-        random::<f64>(len, 1.0, seed + 2),
-        random::<f64>(len, 1.0, seed + 3),
-    );
+    let [q, k, v, d] = qkvg::<f64>(len, seed);
     let mut out = vec![0.0; len];
     layer.forward_into(&q, &k, &v, batch, n, &mut out, saved, Par::Seq).unwrap();
     layer.backward_into(saved, &d, grads, Par::Seq).unwrap();

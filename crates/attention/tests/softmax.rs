@@ -52,16 +52,8 @@ fn backward_matches_finite_differences() {
     for n in [3usize, 130] {
         let l = layer::<f64>(heads, h);
         let len = batch * heads * n * h;
-        let (q, k, v, g) = (
-            random::<f64>(len, 1.0, 4),
-            random::<f64>(len, 1.0, 5),
-            random::<f64>(len, 1.0, 6),
-            random::<f64>(len, 1.0, 7),
-        );
-        let loss = |q: &[f64], k: &[f64], v: &[f64]| -> f64 {
-            let (out, _) = l.forward(q, k, v, batch, n, Par::Seq).unwrap();
-            out.iter().zip(&g).map(|(o, g)| o * g).sum()
-        };
+        let [q, k, v, g] = qkvg::<f64>(len, 4);
+        let loss = |q: &[f64], k: &[f64], v: &[f64]| weighted_loss(&l, [q, k, v], &g, batch, n);
         let (_, mut saved) = l.forward(&q, &k, &v, batch, n, Par::Seq).unwrap();
         let grads = l.backward(&mut saved, &g, Par::Seq).unwrap();
         let eps = 1e-6;
@@ -93,20 +85,5 @@ fn backward_matches_finite_differences() {
 #[test]
 fn results_do_not_depend_on_thread_count() {
     let (batch, heads, h, n) = (1, 3, 16, 400);
-    let l = layer::<f32>(heads, h);
-    let len = batch * heads * n * h;
-    let (q, k, v, g) = (
-        random::<f32>(len, 1.0, 8),
-        random::<f32>(len, 1.0, 9),
-        random::<f32>(len, 1.0, 10),
-        random::<f32>(len, 1.0, 11),
-    );
-    let run = |par: Par| {
-        let (out, mut s) = l.forward(&q, &k, &v, batch, n, par).unwrap();
-        (out, l.backward(&mut s, &g, par).unwrap())
-    };
-    let reference = run(Par::Seq);
-    for threads in [1, 2, 3] {
-        assert_eq!(in_pool(threads, || run(Par::rayon(0))), reference, "{threads} threads");
-    }
+    assert_thread_invariant(&layer::<f32>(heads, h), batch, n);
 }

@@ -314,12 +314,8 @@ pub fn run(args: &AttentionBench) -> Result<()> {
             series.push(line);
         }
     }
-    bar.finish_and_clear();
-    report.write(
-        &args.out,
-        &series,
-        &format!("causal attention, forward+backward, h = {h}, f32"),
-    )?;
+    let title = format!("causal attention, forward+backward, h = {h}, f32");
+    report.write(&bar, &args.out, &series, &title)?;
 
     let heads = args.heads.iter().max().unwrap_or(&1);
     match last_speedup {
@@ -400,10 +396,11 @@ impl Report {
         ));
     }
 
-    /// Writes attention_bench.csv and attention_bench.svg into `out`.
+    /// Clears the cases' bar and writes attention_bench.csv and attention_bench.svg into `out`.
     pub(crate) fn write(
-        &self, out: &std::path::Path, series: &[Series], title: &str,
+        &self, bar: &ProgressBar, out: &std::path::Path, series: &[Series], title: &str,
     ) -> Result<()> {
+        bar.finish_and_clear();
         std::fs::create_dir_all(out)?;
         let csv_path = out.join("attention_bench.csv");
         polysketch_core::io::write_atomic(&csv_path, self.csv.as_bytes())?;

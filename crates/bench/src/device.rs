@@ -87,16 +87,9 @@ where
             series.push(line);
         }
     }
-    bar.finish_and_clear();
-    report.write(
-        &args.out,
-        &series,
-        &format!(
-            "PolySketch attention on {}, forward+backward, h = {h}, {}",
-            gpu.name(),
-            args.dtype
-        ),
-    )
+    let (gpu, dtype) = (gpu.name(), &args.dtype);
+    let title = format!("PolySketch attention on {gpu}, forward+backward, h = {h}, {dtype}");
+    report.write(&bar, &args.out, &series, &title)
 }
 
 /// One device case: a warm-up forward+backward, then the medians of `reps` forwards and

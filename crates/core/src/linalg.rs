@@ -127,7 +127,8 @@ pub fn row_blocks<T>(m: MatMut<'_, T>, size: usize) -> Vec<MatMut<'_, T>> {
     out
 }
 
-/// Defines a slice kernel, generic over [`Scalar`](crate::Scalar), compiled three times
+/// Defines a slice kernel (generic over [`Scalar`](crate::Scalar) as `fn name<T: Scalar>`, or
+/// not generic), compiled three times
 /// (AVX-512F, AVX2+FMA, baseline) with a runtime choice of the widest the CPU has, so its loop
 /// vectorises to full width without building the whole crate for one CPU. Every version rounds
 /// identically (Rust never contracts `a * b + c` into a fused multiply-add), so results do not
@@ -146,20 +147,20 @@ pub fn row_blocks<T>(m: MatMut<'_, T>, size: usize) -> Vec<MatMut<'_, T>> {
 /// ```
 #[macro_export]
 macro_rules! multiversion {
-    ($(#[$doc:meta])* $vis:vis fn $name:ident<T: Scalar>($($arg:ident: $ty:ty),*) $body:block) => {
+    ($(#[$doc:meta])* $vis:vis fn $name:ident $(<$t:ident: Scalar>)? ($($arg:ident: $ty:ty),*) $body:block) => {
         $(#[$doc])*
         #[inline]
-        $vis fn $name<T: $crate::Scalar>($($arg: $ty),*) {
+        $vis fn $name $(<$t: $crate::Scalar>)? ($($arg: $ty),*) {
             #[inline(always)]
-            fn body<T: $crate::Scalar>($($arg: $ty),*) $body
+            fn body $(<$t: $crate::Scalar>)? ($($arg: $ty),*) $body
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f")]
-                fn avx512<T: $crate::Scalar>($($arg: $ty),*) {
+                fn avx512 $(<$t: $crate::Scalar>)? ($($arg: $ty),*) {
                     body($($arg),*)
                 }
                 #[target_feature(enable = "avx2,fma")]
-                fn avx2<T: $crate::Scalar>($($arg: $ty),*) {
+                fn avx2 $(<$t: $crate::Scalar>)? ($($arg: $ty),*) {
                     body($($arg),*)
                 }
                 if std::arch::is_x86_feature_detected!("avx512f") {

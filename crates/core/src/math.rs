@@ -1,38 +1,6 @@
 //! Fast elementwise math for `f32`: `exp` and `tanh` by polynomials that vectorise, each
 //! compiled for the widest vector extension the CPU has.
 
-/// Like `multiversion!`, for a private non-generic kernel.
-macro_rules! multiversion_f32 {
-    ($(#[$doc:meta])* fn $name:ident($($arg:ident: $ty:ty),*) $body:block) => {
-        $(#[$doc])*
-        #[inline]
-        fn $name($($arg: $ty),*) {
-            #[inline(always)]
-            fn body($($arg: $ty),*) $body
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f")]
-                fn avx512($($arg: $ty),*) {
-                    body($($arg),*)
-                }
-                #[target_feature(enable = "avx2,fma")]
-                fn avx2($($arg: $ty),*) {
-                    body($($arg),*)
-                }
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU supports AVX-512F, checked just above.
-                    return unsafe { avx512($($arg),*) };
-                }
-                if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                    // SAFETY: the CPU supports AVX2 and FMA, checked just above.
-                    return unsafe { avx2($($arg),*) };
-                }
-            }
-            body($($arg),*)
-        }
-    };
-}
-
 /// `exp(x)` for `f32` by range reduction and a degree-6 polynomial (Cephes' `expf`: relative
 /// error below 2 ulp on the normal range), written so that loops over it vectorise; arguments
 /// below -87.3 give 0, and the result saturates at `exp(88.37)` ≈ 2.4e38 above.
@@ -54,7 +22,7 @@ pub fn fast_exp_f32(x: f32) -> f32 {
     if x < -87.3 { 0.0 } else { scaled }
 }
 
-multiversion_f32! {
+crate::multiversion! {
     /// The body of [`exp_shifted_f32`].
     fn exp_shifted_f32_impl(v: &mut [f32], shift: f32) {
         for x in v.iter_mut() {
@@ -90,7 +58,7 @@ pub fn fast_tanh_f32(x: f32) -> f32 {
     x * p / q
 }
 
-multiversion_f32! {
+crate::multiversion! {
     /// The body of [`tanh_f32`].
     fn tanh_f32_impl(v: &mut [f32]) {
         for x in v.iter_mut() {

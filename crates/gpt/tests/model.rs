@@ -128,7 +128,7 @@ fn chunked_inference_matches_the_training_forward() {
 
 #[test]
 fn a_training_step_does_not_depend_on_the_thread_count() {
-    use polysketch_gpt::{Decay, TrainConfig, Trainer};
+    use polysketch_gpt::{TrainConfig, Trainer};
     let spec = AttentionKind::PolySketch(PolySketchConfig {
         p: 4,
         r: 8,
@@ -152,13 +152,8 @@ fn a_training_step_does_not_depend_on_the_thread_count() {
         steps: 3,
         lr: 1e-3,
         warmup: 1,
-        decay: Decay::Cosine,
-        min_lr_ratio: 0.1,
-        weight_decay: 0.1,
-        beta1: 0.9,
-        beta2: 0.95,
-        clip: 1.0,
         seed: 2,
+        ..TrainConfig::default()
     };
     let mut rng = seeded_rng(4);
     let x = tokens(&mut rng, 4 * 64, 64);

@@ -121,7 +121,7 @@ impl<R: Runtime> Gpu<R> {
         // filled on the device: the allocator's fresh memory is not guaranteed to be zero
         let x = self.empty::<f32>(len);
         // SAFETY: `x` holds `len` elements; the kernel checks bounds.
-        unsafe { launch_1d!(self, crate::ops::kernels::fill::<R>, len, 256, x.arg(), 0.0) };
+        unsafe { launch_1d!(self, crate::ops::kernels::fill::<R>, (len, 256); x.arg(), 0.0) };
         x
     }
 

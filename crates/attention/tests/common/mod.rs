@@ -64,3 +64,39 @@ pub fn perturb_parameters<T: Scalar>(layer: &mut Attention<T>, seed: u64) {
         }
     }
 }
+
+/// `q`, `k`, `v` and an output gradient `g` of `len` values each: N(0, 1) from seeds `seed`,
+/// `seed + 1`, `seed + 2`, `seed + 3`.
+pub fn qkvg<T: Scalar>(len: usize, seed: u64) -> [Vec<T>; 4] {
+    [0, 1, 2, 3].map(|i| random::<T>(len, 1.0, seed + i))
+}
+
+/// \\(\langle \mathrm{out}, g\rangle\\) of a layer's forward: the loss whose gradient a
+/// finite-difference check compares with the backward given `g`.
+pub fn weighted_loss(
+    layer: &Attention<f64>, [q, k, v]: [&[f64]; 3], g: &[f64], batch: usize, n: usize,
+) -> f64 {
+    let (out, _) = layer.forward(q, k, v, batch, n, faer::Par::Seq).unwrap();
+    out.iter().zip(g).map(|(o, g)| o * g).sum()
+}
+
+/// Checks that a layer's forward and backward give the same numbers, bit for bit, sequentially
+/// and in pools of 1, 2 and 3 threads, on inputs drawn from seed 8.
+pub fn assert_thread_invariant(layer: &Attention<f32>, batch: usize, n: usize) {
+    use faer::Par;
+    let (heads, h) = (layer.config().heads, layer.config().head_dim);
+    let [q, k, v, g] = qkvg::<f32>(batch * heads * n * h, 8);
+    let run = |par: Par| {
+        let (out, mut s) = layer.forward(&q, &k, &v, batch, n, par).unwrap();
+        (out, layer.backward(&mut s, &g, par).unwrap())
+    };
+    let reference = run(Par::Seq);
+    for threads in [1, 2, 3] {
+        assert_eq!(
+            in_pool(threads, || run(Par::rayon(0))),
+            reference,
+            "{threads} threads, {:?}",
+            layer.config().kind
+        );
+    }
+}

@@ -296,15 +296,8 @@ impl<R: Runtime> Gpu<R> {
         let c = self.empty(v.len() / h * (h + 1));
         // SAFETY: c holds rows·(h+1) entries, v rows·h.
         unsafe {
-            launch_1d!(
-                self,
-                kernels::append_ones::<R>,
-                c.len(),
-                256,
-                v.arg(),
-                c.arg(),
-                u32_of("Gpu::append_ones", "h", h)?
-            )
+            launch_1d!(self, kernels::append_ones::<R>, (c.len(), 256);
+                v.arg(), c.arg(), u32_of("Gpu::append_ones", "h", h)?)
         };
         Ok(c)
     }
@@ -314,15 +307,8 @@ impl<R: Runtime> Gpu<R> {
         let dv = self.empty(dc.len() / (h + 1) * h);
         // SAFETY: as in `append_ones`.
         unsafe {
-            launch_1d!(
-                self,
-                kernels::drop_last_column::<R>,
-                dv.len(),
-                256,
-                dc.arg(),
-                dv.arg(),
-                u32_of("Gpu::drop_last_column", "h", h)?
-            )
+            launch_1d!(self, kernels::drop_last_column::<R>, (dv.len(), 256);
+                dc.arg(), dv.arg(), u32_of("Gpu::drop_last_column", "h", h)?)
         };
         Ok(dv)
     }
@@ -335,16 +321,8 @@ impl<R: Runtime> Gpu<R> {
         let (out, den) = (self.empty(rows * h), self.empty(rows));
         // SAFETY: one unit per row, bounds checked.
         unsafe {
-            launch_1d!(
-                self,
-                kernels::normalise_forward::<R>,
-                rows,
-                64,
-                raw.arg(),
-                out.arg(),
-                den.arg(),
-                u32_of("Gpu::normalise_forward", "h", h)?
-            )
+            launch_1d!(self, kernels::normalise_forward::<R>, (rows, 64);
+                raw.arg(), out.arg(), den.arg(), u32_of("Gpu::normalise_forward", "h", h)?)
         };
         Ok((out, den))
     }
@@ -356,17 +334,9 @@ impl<R: Runtime> Gpu<R> {
         let draw = self.empty(den.len() * (h + 1));
         // SAFETY: one unit per row, bounds checked.
         unsafe {
-            launch_1d!(
-                self,
-                kernels::normalise_backward::<R>,
-                den.len(),
-                64,
-                dout.arg(),
-                out.arg(),
-                den.arg(),
-                draw.arg(),
-                u32_of("Gpu::normalise_backward", "h", h)?
-            )
+            launch_1d!(self, kernels::normalise_backward::<R>, (den.len(), 64);
+                dout.arg(), out.arg(), den.arg(), draw.arg(),
+                u32_of("Gpu::normalise_backward", "h", h)?)
         };
         Ok(draw)
     }

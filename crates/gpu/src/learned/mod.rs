@@ -290,17 +290,8 @@ impl<R: Runtime> Gpu<R> {
         let (t, out) = (self.empty(m1.len()), self.empty(m1.len()));
         // SAFETY: equal lengths, bounds checked.
         unsafe {
-            launch_1d!(
-                self,
-                kernels::node_forward::<R>,
-                m1.len(),
-                256,
-                m1.arg(),
-                m2.arg(),
-                t.arg(),
-                out.arg(),
-                (r as f32).sqrt()
-            )
+            launch_1d!(self, kernels::node_forward::<R>, (m1.len(), 256);
+                m1.arg(), m2.arg(), t.arg(), out.arg(), (r as f32).sqrt())
         };
         (t, out)
     }
@@ -312,18 +303,8 @@ impl<R: Runtime> Gpu<R> {
         let (dm1, dm2) = (self.empty(m1.len()), self.empty(m1.len()));
         // SAFETY: equal lengths, bounds checked.
         unsafe {
-            launch_1d!(
-                self,
-                kernels::node_backward::<R>,
-                dout.len(),
-                256,
-                dout.arg(),
-                t.arg(),
-                m1.arg(),
-                m2.arg(),
-                dm1.arg(),
-                dm2.arg()
-            )
+            launch_1d!(self, kernels::node_backward::<R>, (dout.len(), 256);
+                dout.arg(), t.arg(), m1.arg(), m2.arg(), dm1.arg(), dm2.arg())
         };
         (dm1, dm2)
     }

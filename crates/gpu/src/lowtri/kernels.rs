@@ -81,13 +81,9 @@ pub fn scan_blocks(st: &mut Array<f32>, nb: u32, size: u32, #[comptime] reverse:
 pub fn feature_apply(
     f: &Array<f32>, st: &Array<f32>, out: &mut Array<f32>, n: u32, r: u32, k: u32, b: u32, z0: u32,
 ) {
-    let (n, r, k, b, z0) = (n as usize, r as usize, k as usize, b as usize, z0 as usize);
-    let i = row_tile() * CUBE_DIM_Y as usize + UNIT_POS_Y as usize;
-    let z = CUBE_POS_Z as usize;
-    let nb = n.div_ceil(b);
+    let (n, r, k) = (n as usize, r as usize, k as usize);
+    let (i, row, base) = feature_row(n, r, k, b as usize, z0 as usize);
     if i < n {
-        let row = (z0 + z) * n + i;
-        let base = (z * nb + i / b) * r * r * k;
         let mut j = UNIT_POS_X as usize;
         while j < k {
             let mut acc = 0.0f32;
@@ -113,13 +109,9 @@ pub fn feature_grad(
     f: &Array<f32>, g: &Array<f32>, st: &Array<f32>, df: &mut Array<f32>, n: u32, r: u32, k: u32,
     b: u32, z0: u32,
 ) {
-    let (n, r, k, b, z0) = (n as usize, r as usize, k as usize, b as usize, z0 as usize);
-    let i = row_tile() * CUBE_DIM_Y as usize + UNIT_POS_Y as usize;
-    let z = CUBE_POS_Z as usize;
-    let nb = n.div_ceil(b);
+    let (n, r, k) = (n as usize, r as usize, k as usize);
+    let (i, row, base) = feature_row(n, r, k, b as usize, z0 as usize);
     if i < n {
-        let row = (z0 + z) * n + i;
-        let base = (z * nb + i / b) * r * r * k;
         let mut a = UNIT_POS_X as usize;
         while a < r {
             let mut acc = 0.0f32;
@@ -146,6 +138,31 @@ fn row_tile() -> usize {
 
 /// The score `(x_i · y_j)^deg` and its derivative `deg·(x_i · y_j)^(deg−1)` for rows
 /// `xi`, `yj` (offsets into `x`, `y`) of width `d`.
+/// `min(hi, n)`, and the chunks of `ch` columns that cover `lo .. min(hi, n)`: none for the
+/// tiles past the last row that the grid rounds up to (there `lo ≥ hi`).
+/// This unit's row `i` of its head (`CUBE_POS_Z` counts heads from `z0`), that row's index in
+/// the stacked features, and the offset of its block's state `[r·r, k]`.
+#[cube]
+fn feature_row(n: usize, r: usize, k: usize, b: usize, z0: usize) -> (usize, usize, usize) {
+    let i = row_tile() * CUBE_DIM_Y as usize + UNIT_POS_Y as usize;
+    let z = CUBE_POS_Z as usize;
+    let nb = n.div_ceil(b);
+    (i, (z0 + z) * n + i, (z * nb + i / b) * r * r * k)
+}
+
+#[cube]
+fn clamp_chunks(lo: usize, hi: usize, n: usize, ch: usize) -> (usize, usize) {
+    let mut end = hi;
+    if end > n {
+        end = n;
+    }
+    let mut chunks = 0usize;
+    if lo < end {
+        chunks = (end - lo).div_ceil(ch);
+    }
+    (end, chunks)
+}
+
 #[cube]
 fn score(x: &Array<f32>, y: &Array<f32>, xi: usize, yj: usize, d: usize, deg: u32) -> (f32, f32) {
     let mut u = 0.0f32;
@@ -183,16 +200,8 @@ pub fn diag_rows(
     let i = i0 + ty;
     // the keys any row of the tile sees: from the first row's block start to the last row
     let lo = (i0 / b) * b;
-    let mut hi = i0 + tr;
-    if hi > n {
-        hi = n;
-    }
+    let (hi, chunks) = clamp_chunks(lo, i0 + tr, n, ch);
     let units = (CUBE_DIM_X * CUBE_DIM_Y) as usize;
-    // tiles past the last row (the grid rounds up) may have lo ≥ hi: nothing to do
-    let mut chunks = 0usize;
-    if lo < hi {
-        chunks = (hi - lo).div_ceil(ch);
-    }
     for cidx in 0..chunks {
         let c0 = lo + cidx * ch;
         // weights of the tile's rows against keys c0 .. c0 + ch
@@ -260,16 +269,8 @@ pub fn diag_backward_key(
         last = n - 1;
     }
     let lo = j0;
-    let mut hi = (last / b + 1) * b;
-    if hi > n {
-        hi = n;
-    }
+    let (hi, chunks) = clamp_chunks(lo, (last / b + 1) * b, n, ch);
     let units = (CUBE_DIM_X * CUBE_DIM_Y) as usize;
-    // tiles past the last row (the grid rounds up) may have lo ≥ hi: nothing to do
-    let mut chunks = 0usize;
-    if lo < hi {
-        chunks = (hi - lo).div_ceil(ch);
-    }
     for cidx in 0..chunks {
         let c0 = lo + cidx * ch;
         let mut e = UNIT_POS as usize;

@@ -158,61 +158,46 @@ impl<R: Runtime> Gpu<R> {
             // SAFETY: shapes validated by the caller; heads z0 .. z0 + count exist, and every
             // state index is inside [count, nb, size].
             unsafe {
-                launch!(
-                    self,
-                    kernels::block_states::<R>,
-                    CubeCount::Static(tiles, nb as u32, count as u32),
-                    CubeDim::new_1d(256),
-                    f.arg(),
-                    x.arg(),
-                    st.arg(),
-                    u("n", s.n)?,
-                    u("r", s.r)?,
-                    u("k", s.k)?,
-                    u("block", s.block)?,
-                    z0 as u32,
-                );
-                launch!(
-                    self,
-                    kernels::scan_blocks::<R>,
-                    CubeCount::Static(tiles, 1, count as u32),
-                    CubeDim::new_1d(256),
-                    st.arg(),
-                    nb as u32,
-                    u("state size", size)?,
-                    reverse,
-                );
+                launch!(self, kernels::block_states::<R>,
+                    CubeCount::Static(tiles, nb as u32, count as u32), CubeDim::new_1d(256);
+                    f.arg(), x.arg(), st.arg(), u("n", s.n)?, u("r", s.r)?, u("k", s.k)?,
+                    u("block", s.block)?, z0 as u32);
+                launch!(self, kernels::scan_blocks::<R>,
+                    CubeCount::Static(tiles, 1, count as u32), CubeDim::new_1d(256);
+                    st.arg(), nb as u32, u("state size", size)?, reverse);
             }
             out.push(st);
         }
         Ok(out)
     }
 
+    /// Calls `launch(state, cube count, [n, r, k, block, first head])` for every group of
+    /// heads whose states are `states`, the sizes as kernel arguments.
+    fn each_group(
+        &self, op: &'static str, s: &LtShape, states: &[Buffer<R>],
+        mut launch: impl FnMut(&Buffer<R>, CubeCount, [u32; 5]),
+    ) -> Result<()> {
+        let u = |w, v| u32_of(op, w, v);
+        let sizes = [u("n", s.n)?, u("r", s.r)?, u("k", s.k)?, u("block", s.block)?];
+        for ((z0, count), st) in s.groups(self.state_limit).into_iter().zip(states) {
+            let [n, r, k, block] = sizes;
+            launch(st, row_tiles(op, s, count)?, [n, r, k, block, z0 as u32]);
+        }
+        Ok(())
+    }
+
     /// `out[i] += Σ_{a,c} f[i,a] f[i,c] st[block(i), a·r + c, :]`, group by group.
     fn feature_apply(
         &self, op: &'static str, s: &LtShape, f: &Buffer<R>, states: &[Buffer<R>], out: &Buffer<R>,
     ) -> Result<()> {
-        let u = |w, v| u32_of(op, w, v);
-        for ((z0, count), st) in s.groups(self.state_limit).into_iter().zip(states) {
+        self.each_group(op, s, states, |st, tiles, [n, r, k, block, z0]| {
+            let dim = CubeDim::new_2d(kernels::COLS, kernels::DIAG_ROWS);
             // SAFETY: f [heads·n, r], st [count, nb, r²k], out [heads·n, k], validated.
             unsafe {
-                launch!(
-                    self,
-                    kernels::feature_apply::<R>,
-                    row_tiles(op, s, count)?,
-                    CubeDim::new_2d(kernels::COLS, kernels::DIAG_ROWS),
-                    f.arg(),
-                    st.arg(),
-                    out.arg(),
-                    u("n", s.n)?,
-                    u("r", s.r)?,
-                    u("k", s.k)?,
-                    u("block", s.block)?,
-                    z0 as u32,
-                )
+                launch!(self, kernels::feature_apply::<R>, tiles, dim;
+                    f.arg(), st.arg(), out.arg(), n, r, k, block, z0)
             };
-        }
-        Ok(())
+        })
     }
 
     /// `df[i, a] += Σ_c f[i,c] Σ_j g[i,j] (st[ac, j] + st[ca, j])`, group by group.
@@ -220,28 +205,14 @@ impl<R: Runtime> Gpu<R> {
         &self, op: &'static str, s: &LtShape, f: &Buffer<R>, g: &Buffer<R>, states: &[Buffer<R>],
         df: &Buffer<R>,
     ) -> Result<()> {
-        let u = |w, v| u32_of(op, w, v);
-        for ((z0, count), st) in s.groups(self.state_limit).into_iter().zip(states) {
+        self.each_group(op, s, states, |st, tiles, [n, r, k, block, z0]| {
+            let dim = CubeDim::new_2d(kernels::COLS, kernels::DIAG_ROWS);
             // SAFETY: as in `feature_apply`, df like f.
             unsafe {
-                launch!(
-                    self,
-                    kernels::feature_grad::<R>,
-                    row_tiles(op, s, count)?,
-                    CubeDim::new_2d(kernels::COLS, kernels::DIAG_ROWS),
-                    f.arg(),
-                    g.arg(),
-                    st.arg(),
-                    df.arg(),
-                    u("n", s.n)?,
-                    u("r", s.r)?,
-                    u("k", s.k)?,
-                    u("block", s.block)?,
-                    z0 as u32,
-                )
+                launch!(self, kernels::feature_grad::<R>, tiles, dim;
+                    f.arg(), g.arg(), st.arg(), df.arg(), n, r, k, block, z0)
             };
-        }
-        Ok(())
+        })
     }
 
     /// The query side of the diagonal blocks ([`kernels::diag_rows`]): `out += W m` with the
@@ -256,25 +227,10 @@ impl<R: Runtime> Gpu<R> {
         // SAFETY: x, y [heads·n, d]; g, c [heads·n, k]; m, out [heads·n, width]; validated by
         // the callers.
         unsafe {
-            launch!(
-                self,
-                kernels::diag_rows::<R>,
-                row_tiles(op, s, s.heads)?,
-                CubeDim::new_2d(kernels::COLS, kernels::DIAG_ROWS),
-                x.arg(),
-                y.arg(),
-                g.arg(),
-                c.arg(),
-                m.arg(),
-                out.arg(),
-                u("n", s.n)?,
-                u("d", d)?,
-                u("k", s.k)?,
-                u("width", width)?,
-                u("block", s.block)?,
-                u("degree", deg)?,
-                grad,
-            )
+            launch!(self, kernels::diag_rows::<R>,
+                row_tiles(op, s, s.heads)?, CubeDim::new_2d(kernels::COLS, kernels::DIAG_ROWS);
+                x.arg(), y.arg(), g.arg(), c.arg(), m.arg(), out.arg(), u("n", s.n)?, u("d", d)?,
+                u("k", s.k)?, u("width", width)?, u("block", s.block)?, u("degree", deg)?, grad)
         };
         Ok(())
     }
@@ -345,23 +301,10 @@ impl<R: Runtime> Gpu<R> {
         let u = |w, v| u32_of(OP, w, v);
         // SAFETY: x, y, dy [heads·n, d]; g, c, dc [heads·n, k]; validated.
         unsafe {
-            launch!(
-                self,
-                kernels::diag_backward_key::<R>,
-                row_tiles(OP, s, s.heads)?,
-                CubeDim::new_2d(kernels::COLS, kernels::DIAG_ROWS),
-                x.arg(),
-                y.arg(),
-                g.arg(),
-                c.arg(),
-                dy.arg(),
-                dc.arg(),
-                u("n", s.n)?,
-                u("d", d)?,
-                u("k", s.k)?,
-                u("block", s.block)?,
-                u("degree", deg)?,
-            );
+            launch!(self, kernels::diag_backward_key::<R>,
+                row_tiles(OP, s, s.heads)?, CubeDim::new_2d(kernels::COLS, kernels::DIAG_ROWS);
+                x.arg(), y.arg(), g.arg(), c.arg(), dy.arg(), dc.arg(), u("n", s.n)?, u("d", d)?,
+                u("k", s.k)?, u("block", s.block)?, u("degree", deg)?);
         }
         Ok(LtGrads { dl, dr, dc, dq_dk })
     }

@@ -99,7 +99,7 @@ impl<R: Runtime> Gpu<R> {
         self.require::<E>("Gpu::to_f32")?;
         let y = self.empty::<f32>(x.len());
         // SAFETY: both buffers hold `len` elements; the kernel checks `ABSOLUTE_POS < len`.
-        unsafe { launch_1d!(self, kernels::to_f32::<E, R>, x.len(), 256, x.arg(), y.arg()) };
+        unsafe { launch_1d!(self, kernels::to_f32::<E, R>, (x.len(), 256); x.arg(), y.arg()) };
         Ok(y)
     }
 
@@ -115,7 +115,7 @@ impl<R: Runtime> Gpu<R> {
         self.require::<E>("Gpu::from_f32")?;
         let y = self.empty::<E>(x.len());
         // SAFETY: as in `to_f32`.
-        unsafe { launch_1d!(self, kernels::from_f32::<E, R>, x.len(), 256, x.arg(), y.arg()) };
+        unsafe { launch_1d!(self, kernels::from_f32::<E, R>, (x.len(), 256); x.arg(), y.arg()) };
         Ok(y)
     }
 
@@ -126,7 +126,7 @@ impl<R: Runtime> Gpu<R> {
     pub fn axpy(&self, a: f32, x: &Buffer<R>, y: &Buffer<R>) -> Result<()> {
         check_len("Gpu::axpy", "x", x, y.len())?;
         // SAFETY: equal lengths, bounds checked in the kernel.
-        unsafe { launch_1d!(self, kernels::axpy::<R>, y.len(), 256, x.arg(), y.arg(), a) };
+        unsafe { launch_1d!(self, kernels::axpy::<R>, (y.len(), 256); x.arg(), y.arg(), a) };
         Ok(())
     }
 
@@ -177,28 +177,12 @@ impl<R: Runtime> Gpu<R> {
         );
         // SAFETY: every index the kernel forms is below the extents checked above.
         unsafe {
-            launch!(
-                self,
-                kernels::matmul::<R>,
-                count_cubes,
-                CubeDim::new_2d(kernels::TILE, kernels::TILE),
-                a.0.arg(),
-                b.0.arg(),
-                c.0.arg(),
-                u("m", m)?,
-                u("n", n)?,
-                u("k", k)?,
-                u("stride", a.1.row)?,
-                u("stride", a.1.col)?,
-                u("stride", a.1.batch)?,
-                u("stride", b.1.row)?,
-                u("stride", b.1.col)?,
-                u("stride", b.1.batch)?,
-                u("stride", c.1.row)?,
-                u("stride", c.1.batch)?,
-                alpha,
-                beta
-            )
+            launch!(self, kernels::matmul::<R>,
+                count_cubes, CubeDim::new_2d(kernels::TILE, kernels::TILE);
+                a.0.arg(), b.0.arg(), c.0.arg(), u("m", m)?, u("n", n)?, u("k", k)?,
+                u("stride", a.1.row)?, u("stride", a.1.col)?, u("stride", a.1.batch)?,
+                u("stride", b.1.row)?, u("stride", b.1.col)?, u("stride", b.1.batch)?,
+                u("stride", c.1.row)?, u("stride", c.1.batch)?, alpha, beta)
         };
         Ok(())
     }
@@ -222,21 +206,9 @@ impl<R: Runtime> Gpu<R> {
         let (y, xhat, rstd) = (self.empty(x.len()), self.empty(x.len()), self.empty(rows));
         // SAFETY: shapes checked above; one unit per row, bounds checked.
         unsafe {
-            launch_1d!(
-                self,
-                kernels::layernorm_forward::<R>,
-                rows,
-                64,
-                x.arg(),
-                gain.arg(),
-                bias.arg(),
-                y.arg(),
-                xhat.arg(),
-                rstd.arg(),
-                u32_of(OP, "h", h)?,
-                scale,
-                eps
-            )
+            launch_1d!(self, kernels::layernorm_forward::<R>, (rows, 64);
+                x.arg(), gain.arg(), bias.arg(), y.arg(), xhat.arg(), rstd.arg(),
+                u32_of(OP, "h", h)?, scale, eps)
         };
         Ok((y, LnState { xhat, rstd, scale }))
     }
@@ -258,19 +230,9 @@ impl<R: Runtime> Gpu<R> {
         let u = |w, v| u32_of(OP, w, v);
         // SAFETY: shapes as in the forward.
         unsafe {
-            launch_1d!(
-                self,
-                kernels::layernorm_backward::<R>,
-                rows,
-                64,
-                dy.arg(),
-                state.xhat.arg(),
-                state.rstd.arg(),
-                gain.arg(),
-                dx.arg(),
-                u("h", h)?,
-                state.scale
-            )
+            launch_1d!(self, kernels::layernorm_backward::<R>, (rows, 64);
+                dy.arg(), state.xhat.arg(), state.rstd.arg(), gain.arg(), dx.arg(), u("h", h)?,
+                state.scale)
         };
         // in the forward y = s (g x̂ + β): dβ = s Σ dy, dg = s Σ dy ∘ x̂
         let scaled = |v: Vec<f32>| v.into_iter().map(|x| state.scale * x).collect::<Vec<_>>();
@@ -284,14 +246,14 @@ impl<R: Runtime> Gpu<R> {
     /// `y[i, :] += b` for `y: [rows, b.len()]`.
     pub(crate) fn add_bias(&self, y: &Buffer<R>, b: &Buffer<R>) {
         // SAFETY: y.len() is a multiple of b.len() (callers' shapes); bounds checked.
-        unsafe { launch_1d!(self, kernels::add_bias::<R>, y.len(), 256, y.arg(), b.arg()) };
+        unsafe { launch_1d!(self, kernels::add_bias::<R>, (y.len(), 256); y.arg(), b.arg()) };
     }
 
     /// `gelu(a)` elementwise (tanh form).
     pub(crate) fn gelu_forward(&self, a: &Buffer<R>) -> Buffer<R> {
         let z = self.empty(a.len());
         // SAFETY: equal lengths, bounds checked.
-        unsafe { launch_1d!(self, kernels::gelu_forward::<R>, a.len(), 256, a.arg(), z.arg()) };
+        unsafe { launch_1d!(self, kernels::gelu_forward::<R>, (a.len(), 256); a.arg(), z.arg()) };
         z
     }
 
@@ -300,7 +262,7 @@ impl<R: Runtime> Gpu<R> {
         let da = self.empty(a.len());
         // SAFETY: equal lengths, bounds checked.
         unsafe {
-            launch_1d!(self, kernels::gelu_backward::<R>, a.len(), 256, a.arg(), dz.arg(), da.arg())
+            launch_1d!(self, kernels::gelu_backward::<R>, (a.len(), 256); a.arg(), dz.arg(), da.arg())
         };
         da
     }
@@ -320,19 +282,10 @@ impl<R: Runtime> Gpu<R> {
         // SAFETY: part holds chunks·cols entries; rows beyond `rows` are not read; w, when
         // given, has x's shape.
         unsafe {
-            launch_1d!(
-                self,
-                kernels::column_partials::<R>,
-                part.len(),
-                64,
-                x.arg(),
-                w.unwrap_or(x).arg(),
-                part.arg(),
+            launch_1d!(self, kernels::column_partials::<R>, (part.len(), 64);
+                x.arg(), w.unwrap_or(x).arg(), part.arg(),
                 u32_of("Gpu::column_sums", "cols", cols)?,
-                u32_of("Gpu::column_sums", "rows", rows)?,
-                CHUNK as u32,
-                w.is_some()
-            )
+                u32_of("Gpu::column_sums", "rows", rows)?, CHUNK as u32, w.is_some())
         };
         let mut s = vec![0.0f32; cols];
         for c in self.download(&part)?.chunks_exact(cols) {

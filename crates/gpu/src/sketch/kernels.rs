@@ -7,20 +7,26 @@
 use cubecl::prelude::*;
 
 /// A tree level's combination: node `j` of row `i` is
+/// The indices in `p` of the two children of output element `e = i·nodes·r + j·r + c`:
+/// `p[i, 2j·r + c]` and `p[i, (2j+1)·r + c]`.
+#[cube]
+fn children(e: usize, nodes: u32, r: u32) -> (usize, usize) {
+    let w = (nodes * r) as usize;
+    let r = r as usize;
+    let (i, jc) = (e / w, e % w);
+    let (j, c) = (jc / r, jc % r);
+    let base = i * 2 * w;
+    (base + 2 * j * r + c, base + (2 * j + 1) * r + c)
+}
+
 /// `out[i, j·r + c] = s · p[i, 2j·r + c] · p[i, (2j+1)·r + c]`, with `p: [rows, 2·nodes·r]`,
 /// `out: [rows, nodes·r]`. One unit per output element.
 #[cube(launch_unchecked)]
 pub fn hadamard_forward(p: &Array<f32>, out: &mut Array<f32>, nodes: u32, r: u32, s: f32) {
     let e = ABSOLUTE_POS;
     if e < out.len() {
-        let w = (nodes * r) as usize;
-        let r = r as usize;
-        let i = e / w;
-        let jc = e % w;
-        let j = jc / r;
-        let c = jc % r;
-        let base = i * 2 * w;
-        out[e] = s * p[base + 2 * j * r + c] * p[base + (2 * j + 1) * r + c];
+        let (first, second) = children(e, nodes, r);
+        out[e] = s * p[first] * p[second];
     }
 }
 
@@ -32,16 +38,8 @@ pub fn hadamard_backward(
 ) {
     let e = ABSOLUTE_POS;
     if e < dout.len() {
-        let w = (nodes * r) as usize;
-        let r = r as usize;
-        let i = e / w;
-        let jc = e % w;
-        let j = jc / r;
-        let c = jc % r;
-        let base = i * 2 * w;
         let g = s * dout[e];
-        let first = base + 2 * j * r + c;
-        let second = base + (2 * j + 1) * r + c;
+        let (first, second) = children(e, nodes, r);
         dp[first] = g * p[second];
         dp[second] = g * p[first];
     }

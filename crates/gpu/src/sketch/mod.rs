@@ -212,17 +212,8 @@ impl<R: Runtime> Gpu<R> {
         let out = self.empty(p.len() / 2);
         // SAFETY: p holds rows·2·nodes·r, out rows·nodes·r; bounds checked per element.
         unsafe {
-            launch_1d!(
-                self,
-                kernels::hadamard_forward::<R>,
-                out.len(),
-                256,
-                p.arg(),
-                out.arg(),
-                u32_of(OP, "nodes", nodes)?,
-                u32_of(OP, "r", r)?,
-                s
-            )
+            launch_1d!(self, kernels::hadamard_forward::<R>, (out.len(), 256);
+                p.arg(), out.arg(), u32_of(OP, "nodes", nodes)?, u32_of(OP, "r", r)?, s)
         };
         Ok(out)
     }
@@ -235,18 +226,8 @@ impl<R: Runtime> Gpu<R> {
         let dp = self.empty(p.len());
         // SAFETY: as in the forward.
         unsafe {
-            launch_1d!(
-                self,
-                kernels::hadamard_backward::<R>,
-                dout.len(),
-                256,
-                p.arg(),
-                dout.arg(),
-                dp.arg(),
-                u32_of(OP, "nodes", nodes)?,
-                u32_of(OP, "r", r)?,
-                s
-            )
+            launch_1d!(self, kernels::hadamard_backward::<R>, (dout.len(), 256);
+                p.arg(), dout.arg(), dp.arg(), u32_of(OP, "nodes", nodes)?, u32_of(OP, "r", r)?, s)
         };
         Ok(dp)
     }
