@@ -28,12 +28,18 @@ pub(crate) struct Block {
 /// What the backward needs from one block.
 #[derive(Debug, Default)]
 pub(crate) struct BlockActs<T: Scalar> {
+    /// The first layer norm's state, and its output `[rows, C]`.
     pub(crate) ln1: LnSaved<T>,
     pub(crate) ln1_out: Vec<T>,
+    /// The attention layer's own saved state.
     pub(crate) attn: Saved<T>,
+    /// `[rows, C]`: the attention output, heads merged (the input of `W_o`).
     pub(crate) y: Vec<T>,
+    /// The second layer norm's state, and its output `[rows, C]`.
     pub(crate) ln2: LnSaved<T>,
     pub(crate) ln2_out: Vec<T>,
+    /// `[rows, F]` each: the up projection `u`, gelu of the gate `ga` and its derivative
+    /// `dga`, and the GLU output `g = ga ∘ u` (the input of `W_d`).
     pub(crate) u: Vec<T>,
     pub(crate) ga: Vec<T>,
     pub(crate) dga: Vec<T>,
@@ -43,14 +49,21 @@ pub(crate) struct BlockActs<T: Scalar> {
 /// The blocks' scratch buffers, reused across blocks and steps.
 #[derive(Debug, Default)]
 pub(crate) struct Scratch<T: Scalar> {
+    /// `[rows, 3C]`: the fused q, k, v projection; then `[batch, heads, n, h]` each, RoPE
+    /// applied to q and k; and the attention output in that layout.
     pub(crate) qkv: Vec<T>,
     pub(crate) q: Vec<T>,
     pub(crate) k: Vec<T>,
     pub(crate) v: Vec<T>,
     pub(crate) att: Vec<T>,
+    /// `[rows, C]`: a projection's output before it is added to the residual stream.
     pub(crate) tmp: Vec<T>,
+    /// `[rows, F]`: the gate before gelu (forward), the GLU output's gradient (backward).
     pub(crate) a: Vec<T>,
+    /// The attention layer's gradients.
     pub(crate) grads: Grads<T>,
+    /// Backward: `[rows, C]` a layer norm output's gradient, `[rows, F]` the gate's and the up
+    /// projection's, `[rows, 3C]` the fused projection's.
     pub(crate) dln: Vec<T>,
     pub(crate) da: Vec<T>,
     pub(crate) du: Vec<T>,
@@ -143,69 +156,24 @@ impl<T: Scalar> Gpt<T> {
         &self, l: usize, batch: usize, n: usize, ba: &mut BlockActs<T>, dx: &mut [T],
         s: &mut Scratch<T>, grads: &mut [T], par: Par,
     ) -> Result<()> {
-        let (c, f, heads, h) =
-            (self.config.d_model, self.config.hidden(), self.config.heads, self.config.head_dim());
+        let (c, heads, h) = (self.config.d_model, self.config.heads, self.config.head_dim());
         let rows = batch * n;
         let p = |id: usize| self.table[id].of(&self.params);
         let b = &self.blocks[l];
         // x'' = x' + g·W_dᵀ
         let mut dg = core::mem::take(&mut s.a);
-        ops::linear_backward(
-            dx,
-            &ba.g,
-            p(b.wdown),
-            rows,
-            f,
-            c,
-            &mut dg,
-            false,
-            self.table[b.wdown].of_mut(grads),
-            par,
-        );
+        self.dense_backward(b.wdown, dx, &ba.g, &mut dg, false, grads, par);
         ops::glu_backward(&dg, &ba.u, &ba.ga, &ba.dga, &mut s.da, &mut s.du);
         s.a = dg;
-        ops::linear_backward(
-            &s.da,
-            &ba.ln2_out,
-            p(b.wgate),
-            rows,
-            c,
-            f,
-            &mut s.dln,
-            false,
-            self.table[b.wgate].of_mut(grads),
-            par,
-        );
-        ops::linear_backward(
-            &s.du,
-            &ba.ln2_out,
-            p(b.wup),
-            rows,
-            c,
-            f,
-            &mut s.dln,
-            true,
-            self.table[b.wup].of_mut(grads),
-            par,
-        );
+        self.dense_backward(b.wgate, &s.da, &ba.ln2_out, &mut s.dln, false, grads, par);
+        self.dense_backward(b.wup, &s.du, &ba.ln2_out, &mut s.dln, true, grads, par);
         {
             let (dgain, dbias) = two_mut(grads, &self.table[b.ln2_gain], &self.table[b.ln2_bias]);
             layernorm_backward(&s.dln, &ba.ln2, p(b.ln2_gain), T::one(), &mut s.tmp, dgain, dbias);
         }
         ops::add_assign(dx, &s.tmp);
         // x' = x + y·W_oᵀ
-        ops::linear_backward(
-            dx,
-            &ba.y,
-            p(b.wo),
-            rows,
-            c,
-            c,
-            &mut s.dln,
-            false,
-            self.table[b.wo].of_mut(grads),
-            par,
-        );
+        self.dense_backward(b.wo, dx, &ba.y, &mut s.dln, false, grads, par);
         resize(&mut s.att, rows * c);
         ops::unmerge_heads(&s.dln, batch, n, heads, h, &mut s.att);
         self.attn[l].backward_into(&mut ba.attn, &s.att, &mut s.grads, par)?;
@@ -214,23 +182,25 @@ impl<T: Scalar> Gpt<T> {
         }
         let Grads { dq, dk, dv, .. } = &mut s.grads;
         ops::split_heads_backward(dq, dk, dv, batch, n, heads, h, 0, &mut s.dqkv);
-        ops::linear_backward(
-            &s.dqkv,
-            &ba.ln1_out,
-            p(b.wqkv),
-            rows,
-            c,
-            3 * c,
-            &mut s.dln,
-            false,
-            self.table[b.wqkv].of_mut(grads),
-            par,
-        );
+        self.dense_backward(b.wqkv, &s.dqkv, &ba.ln1_out, &mut s.dln, false, grads, par);
         {
             let (dgain, dbias) = two_mut(grads, &self.table[b.ln1_gain], &self.table[b.ln1_bias]);
             layernorm_backward(&s.dln, &ba.ln1, p(b.ln1_gain), T::one(), &mut s.tmp, dgain, dbias);
         }
         ops::add_assign(dx, &s.tmp);
         Ok(())
+    }
+
+    /// Backward of the dense layer `id` (`out = x · Wᵀ`, `x: [rows, i]`, `W: [o, i]`):
+    /// `dx (+)= dy · W` (added when `accumulate`) and `∂W += dyᵀ · x` into `grads`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn dense_backward(
+        &self, id: usize, dy: &[T], x: &[T], dx: &mut [T], accumulate: bool, grads: &mut [T],
+        par: Par,
+    ) {
+        let info = &self.table[id];
+        let (o, i) = (info.shape[0], info.shape[1]);
+        let w = info.of(&self.params);
+        ops::linear_backward(dy, x, w, dy.len() / o, i, o, dx, accumulate, info.of_mut(grads), par);
     }
 }

@@ -447,18 +447,7 @@ impl<T: Scalar> Gpt<T> {
             resize(buf, len);
         }
         // logits = lnf_out · wteᵀ
-        ops::linear_backward(
-            &a.probs,
-            &a.lnf_out,
-            p(self.wte),
-            rows,
-            c,
-            v,
-            &mut s.dln,
-            false,
-            self.table[self.wte].of_mut(grads),
-            par,
-        );
+        self.dense_backward(self.wte, &a.probs, &a.lnf_out, &mut s.dln, false, grads, par);
         let (dg, db) = two_mut(grads, &self.table[self.lnf_gain], &self.table[self.lnf_bias]);
         layernorm_backward(&s.dln, &a.lnf, p(self.lnf_gain), T::one(), &mut dx, dg, db);
         for l in (0..self.config.layers).rev() {
