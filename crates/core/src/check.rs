@@ -120,3 +120,20 @@ pub fn check_nonzero(sketch: &'static str, what: &'static str, value: usize) -> 
     }
     Ok(())
 }
+
+/// Checks a sketch's sizes: its degree `p` (`degree_ok` says whether the sketch supports it),
+/// its input dimension `h` and its sketch size `r`.
+///
+/// # Errors
+/// [`Error::InvalidDegree`] with `requirement` when `degree_ok` is false,
+/// [`Error::ZeroDimension`] when `h` or `r` is 0.
+pub fn check_sketch_sizes(
+    sketch: &'static str, (p, degree_ok, requirement): (usize, bool, &'static str), h: usize,
+    r: usize,
+) -> Result<()> {
+    if !degree_ok {
+        return Err(Error::InvalidDegree { sketch, degree: p, requirement });
+    }
+    check_nonzero(sketch, "input dimension h", h)?;
+    check_nonzero(sketch, "sketch size r", r)
+}

@@ -4,7 +4,9 @@ use faer::prelude::ReborrowMut;
 use faer::{MatMut, MatRef, unzip, zip};
 use rand::RngExt;
 
-use crate::{PolySketch, Result, Scalar, SketchRng, check_nonzero, check_param_bytes, seeded_rng};
+use crate::{
+    PolySketch, Result, Scalar, SketchRng, check_param_bytes, check_sketch_sizes, seeded_rng,
+};
 
 /// CountSketch of degree 1: coordinate \\(j\\) of the input goes to bucket
 /// \\(\beta(j) \in \{0, \dots, r-1\}\\) with sign \\(\sigma(j) \in \{\pm 1\}\\):
@@ -51,8 +53,7 @@ impl<T: Scalar> CountSketch<T> {
     /// Draws from an existing generator (how TensorSketch draws its `p` independent hashes).
     pub(crate) fn from_rng(h: usize, r: usize, rng: &mut SketchRng) -> Result<Self> {
         const NAME: &str = "CountSketch";
-        check_nonzero(NAME, "input dimension h", h)?;
-        check_nonzero(NAME, "sketch size r", r)?;
+        check_sketch_sizes(NAME, (1, true, ""), h, r)?;
         if r > u32::MAX as usize {
             return Err(crate::SketchError::TooLarge {
                 sketch: NAME,

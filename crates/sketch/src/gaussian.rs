@@ -3,8 +3,8 @@
 use faer::{Mat, MatMut, MatRef, Par};
 
 use crate::{
-    PolySketch, Result, Scalar, SketchRng, check_nonzero, check_param_bytes, linalg::gemm, normal,
-    seeded_rng,
+    PolySketch, Result, Scalar, SketchRng, check_param_bytes, check_sketch_sizes, linalg::gemm,
+    normal, seeded_rng,
 };
 
 /// Draws a `rows x cols` matrix of independent \\(\mathcal N(0, 1)\\) entries times `scale`,
@@ -54,8 +54,7 @@ impl<T: Scalar> GaussianJl<T> {
     /// [`TooLarge`](crate::SketchError::TooLarge) if `h * r` values would not fit.
     pub fn new(h: usize, r: usize, seed: u64) -> Result<Self> {
         const NAME: &str = "GaussianJl";
-        check_nonzero(NAME, "input dimension h", h)?;
-        check_nonzero(NAME, "sketch size r", r)?;
+        check_sketch_sizes(NAME, (1, true, ""), h, r)?;
         check_param_bytes(NAME, h as u128 * r as u128, size_of::<T>())?;
         let mut rng = seeded_rng(seed);
         let s = gaussian_matrix(&mut rng, h, r, 1.0 / (r as f64).sqrt());

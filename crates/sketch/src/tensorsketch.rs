@@ -7,8 +7,8 @@ use faer::{Mat, MatMut, MatRef};
 use rustfft::{Fft, FftPlanner, num_complex::Complex};
 
 use crate::{
-    CountSketch, MAX_DEGREE, PolySketch, Result, Scalar, SketchError, check_nonzero,
-    check_param_bytes, seeded_rng,
+    CountSketch, MAX_DEGREE, PolySketch, Result, Scalar, check_param_bytes, check_sketch_sizes,
+    seeded_rng,
 };
 
 /// TensorSketch of degree \\(p \ge 1\\): with independent CountSketches \\(C_1, \dots, C_p\\)
@@ -61,15 +61,8 @@ impl<T: Scalar> TensorSketch<T> {
     /// [`TooLarge`](SketchError::TooLarge) if the tables would not fit.
     pub fn new(h: usize, r: usize, p: usize, seed: u64) -> Result<Self> {
         const NAME: &str = "TensorSketch";
-        if p == 0 || p > MAX_DEGREE {
-            return Err(SketchError::InvalidDegree {
-                sketch: NAME,
-                degree: p,
-                requirement: "1 <= p <= 64",
-            });
-        }
-        check_nonzero(NAME, "input dimension h", h)?;
-        check_nonzero(NAME, "sketch size r", r)?;
+        let degree = (p, (1..=MAX_DEGREE).contains(&p), "1 <= p <= 64");
+        check_sketch_sizes(NAME, degree, h, r)?;
         check_param_bytes(NAME, p as u128 * h as u128, 4 + size_of::<T>())?;
         let mut rng = seeded_rng(seed);
         let hashes =

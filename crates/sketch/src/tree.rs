@@ -4,7 +4,7 @@ use faer::prelude::ReborrowMut;
 use faer::{Mat, MatMut, MatRef, Par};
 
 use crate::{
-    MAX_DEGREE, PolySketch, Result, Scalar, SketchError, check_nonzero, check_param_bytes,
+    MAX_DEGREE, PolySketch, Result, Scalar, check_param_bytes, check_sketch_sizes,
     gaussian::gaussian_matrix,
     linalg::{gemm, hadamard},
     seeded_rng,
@@ -99,15 +99,9 @@ impl<T: Scalar> TreeSketch<T> {
     /// [`TooLarge`](SketchError::TooLarge) if the projections would not fit in memory.
     pub fn new(h: usize, r: usize, p: usize, kind: NodeKind, seed: u64) -> Result<Self> {
         const NAME: &str = "TreeSketch";
-        if !(2..=MAX_DEGREE).contains(&p) || !p.is_power_of_two() {
-            return Err(SketchError::InvalidDegree {
-                sketch: NAME,
-                degree: p,
-                requirement: "a power of two with 2 <= p <= 64 (use GaussianJl for p = 1)",
-            });
-        }
-        check_nonzero(NAME, "input dimension h", h)?;
-        check_nonzero(NAME, "sketch size r", r)?;
+        let ok = (2..=MAX_DEGREE).contains(&p) && p.is_power_of_two();
+        let degree = (p, ok, "a power of two with 2 <= p <= 64 (use GaussianJl for p = 1)");
+        check_sketch_sizes(NAME, degree, h, r)?;
         let (h128, r128, p128) = (h as u128, r as u128, p as u128);
         let count = match kind {
             NodeKind::Gaussian => p128 * h128 * r128 + (p128 - 2) * r128 * r128,
