@@ -81,10 +81,10 @@ fn real_main(args: Args) -> polysketch::Result<()> {
     let ps = |r, block, learned, local| {
         AttentionKind::PolySketch(PolySketchConfig {
             p: 4,
-            r: r,
-            block: block,
+            r,
+            block,
             sketch: if learned { SketchKind::Learned } else { SketchKind::Random },
-            local: local,
+            local,
             seed: 0,
         })
     };

@@ -14,7 +14,7 @@ fn specs() -> Vec<AttentionKind> {
             r: 4,
             block: 4,
             sketch: if learned { SketchKind::Learned } else { SketchKind::Random },
-            local: local,
+            local,
             seed: 0,
         })
     };
