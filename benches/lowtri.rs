@@ -73,14 +73,7 @@ fn lowtri(c: &mut Criterion) {
         let general = Problem::general(fl.as_ref(), fr.as_ref(), cm.as_ref());
         group.bench_function("block_forward_general", |bench| {
             bench.iter(|| {
-                engine
-                    .forward_batch_into(
-                        std::slice::from_ref(&general),
-                        vec![out.as_mut()],
-                        &mut saved,
-                        Par::rayon(0),
-                    )
-                    .unwrap()
+                engine.forward_into(&general, out.as_mut(), &mut saved[0], Par::rayon(0)).unwrap()
             })
         });
         if n <= 4096 {

@@ -64,10 +64,7 @@ fn parse_run(s: &str) -> Result<(String, PathBuf), String> {
 }
 
 fn main() {
-    if let Err(e) = real_main(Args::parse()) {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
+    polysketch::exit_on_error(real_main(Args::parse()));
 }
 
 fn real_main(args: Args) -> polysketch::Result<()> {

@@ -56,10 +56,7 @@ struct Args {
 }
 
 fn main() {
-    if let Err(e) = run(Args::parse()) {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
+    polysketch::exit_on_error(run(Args::parse()));
 }
 
 /// One approximate method's comparison with the exact kernel PCA.

@@ -104,10 +104,7 @@ fn mib(bytes: usize) -> f64 {
 }
 
 fn main() {
-    if let Err(e) = run(Args::parse()) {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
+    polysketch::exit_on_error(run(Args::parse()));
 }
 
 /// The splits: standardised features and targets of train / validation / test.

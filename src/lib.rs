@@ -87,3 +87,13 @@ pub enum Error {
 
 /// Result alias of the facade.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Ends a command-line program as such programs end: on an error, `error: <message>` on
+/// standard error and exit status 1; nothing on success. The `polysketch` program and every
+/// example's `main` go through it.
+pub fn exit_on_error(result: Result<()>) {
+    if let Err(e) = result {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}

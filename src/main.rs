@@ -221,11 +221,8 @@ fn main() {
     #[cfg(feature = "peak-memory")]
     polysketch::memory::install_meter(&ALLOC);
     let cli = Cli::parse();
-    if let Err(e) = set_threads(cli.threads) {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
-    let result = match cli.command {
+    polysketch::exit_on_error(set_threads(cli.threads));
+    polysketch::exit_on_error(match cli.command {
         Command::Train(args) => train(args),
         Command::Sample(args) => sample(&args),
         Command::Eval(args) => eval(&args),
@@ -239,11 +236,7 @@ fn main() {
         Command::Bench { what: Bench::Lowtri(args) } => {
             polysketch::bench::lowtri::run(&args).map_err(Into::into)
         }
-    };
-    if let Err(e) = result {
-        eprintln!("error: {e}");
-        std::process::exit(1);
-    }
+    });
 }
 
 /// A closed standard output (`polysketch … | head -1`) ends the program quietly, as it ends

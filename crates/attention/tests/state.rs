@@ -70,6 +70,18 @@ fn chunked<T: Scalar>(
     out
 }
 
+/// A layer of `kind`, inputs q, k, v drawn from seeds `seed`, `seed + 1`, `seed + 2`, and its
+/// full (training) forward.
+#[allow(clippy::type_complexity)]
+fn full_forward<T: Scalar>(
+    kind: AttentionKind, (batch, heads, h, n): (usize, usize, usize, usize), seed: u64,
+) -> (Attention<T>, [Vec<T>; 3], Vec<T>) {
+    let layer = Attention::<T>::new(AttentionConfig { heads, head_dim: h, kind }).unwrap();
+    let [q, k, v, _] = qkvg::<T>(batch * heads * n * h, seed);
+    let (full, _) = layer.forward(&q, &k, &v, batch, n, Par::Seq).unwrap();
+    (layer, [q, k, v], full)
+}
+
 fn max_rel_err(a: &[f64], b: &[f64]) -> f64 {
     let scale = b.iter().fold(0.0f64, |m, x| m.max(x.abs())).max(1e-300);
     a.iter().zip(b).fold(0.0f64, |m, (x, y)| m.max((x - y).abs())) / scale
@@ -79,11 +91,7 @@ fn max_rel_err(a: &[f64], b: &[f64]) -> f64 {
 fn token_by_token_and_chunks_match_the_full_forward_in_f64() {
     let (batch, heads, h, n) = (2, 2, 4, 23);
     for kind in kinds() {
-        let layer = Attention::<f64>::new(AttentionConfig { heads, head_dim: h, kind }).unwrap();
-        let len = batch * heads * n * h;
-        let (q, k, v) =
-            (random::<f64>(len, 1.0, 1), random::<f64>(len, 1.0, 2), random::<f64>(len, 1.0, 3));
-        let (full, _) = layer.forward(&q, &k, &v, batch, n, Par::Seq).unwrap();
+        let (layer, [q, k, v], full) = full_forward::<f64>(kind, (batch, heads, h, n), 1);
         // one token at a time; chunks that start mid-block, end mid-block, span blocks
         for pieces in
             [vec![1; n], vec![3, 1, 7, 2, 10], vec![5, 5, 13], vec![23], vec![12, 1, 1, 9]]
@@ -99,11 +107,7 @@ fn token_by_token_and_chunks_match_the_full_forward_in_f64() {
 fn decoding_in_f32_follows_the_f32_forward() {
     let (batch, heads, h, n) = (1, 2, 16, 70);
     for kind in kinds() {
-        let layer = Attention::<f32>::new(AttentionConfig { heads, head_dim: h, kind }).unwrap();
-        let len = batch * heads * n * h;
-        let (q, k, v) =
-            (random::<f32>(len, 1.0, 4), random::<f32>(len, 1.0, 5), random::<f32>(len, 1.0, 6));
-        let (full, _) = layer.forward(&q, &k, &v, batch, n, Par::Seq).unwrap();
+        let (layer, [q, k, v], full) = full_forward::<f32>(kind, (batch, heads, h, n), 4);
         let got = chunked(&layer, (&q, &k, &v), batch, n, &[40, 1, 1, 1, 27]);
         let widen = |x: &[f32]| x.iter().map(|v| *v as f64).collect::<Vec<f64>>();
         let err = max_rel_err(&widen(&got), &widen(&full));

@@ -51,33 +51,27 @@ pub fn amm_error(results: &[CaseResult], path: &Path) -> Result<()> {
                 .draw()
                 .map_err(plot_err)?;
             for (family, colour) in Family::ALL.iter().zip(colours) {
-                let line: Vec<(f64, f64)> = cases
-                    .iter()
-                    .filter(|c| c.family == *family)
-                    .map(|c| (c.r as f64, c.self_mean))
-                    .collect();
-                chart
-                    .draw_series(LineSeries::new(line.clone(), colour.stroke_width(2)))
-                    .map_err(plot_err)?
-                    .label(format!("{} (self-tensored)", family.name()))
-                    .legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 16, y)], colour.stroke_width(2))
-                    });
+                let of_family = || cases.iter().filter(|c| c.family == *family);
+                // solid with dots: self-tensored; thin with crosses: the degree-p tree
+                let line: Vec<(f64, f64)> =
+                    of_family().map(|c| (c.r as f64, c.self_mean)).collect();
+                let tree: Vec<(f64, f64)> =
+                    of_family().filter_map(|c| c.tree_mean.map(|t| (c.r as f64, t))).collect();
+                let name = family.name();
+                for (points, width, label) in [
+                    (&line, 2, format!("{name} (self-tensored)")),
+                    (&tree, 1, format!("{name} (degree-{p} tree)")),
+                ] {
+                    let style = colour.stroke_width(width);
+                    chart
+                        .draw_series(LineSeries::new(points.clone(), style))
+                        .map_err(plot_err)?
+                        .label(label)
+                        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], style));
+                }
                 chart
                     .draw_series(line.iter().map(|&pt| Circle::new(pt, 3, colour.filled())))
                     .map_err(plot_err)?;
-                let tree: Vec<(f64, f64)> = cases
-                    .iter()
-                    .filter(|c| c.family == *family)
-                    .filter_map(|c| c.tree_mean.map(|t| (c.r as f64, t)))
-                    .collect();
-                chart
-                    .draw_series(LineSeries::new(tree.clone(), colour.stroke_width(1)))
-                    .map_err(plot_err)?
-                    .label(format!("{} (degree-{p} tree)", family.name()))
-                    .legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 16, y)], colour.stroke_width(1))
-                    });
                 chart
                     .draw_series(tree.iter().map(|&pt| Cross::new(pt, 4, colour.stroke_width(1))))
                     .map_err(plot_err)?;

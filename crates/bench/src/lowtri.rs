@@ -147,35 +147,33 @@ fn measure(n: usize, b: usize, reps: usize, baselines: bool, par: Par) -> Result
         let (out_general, _) = engine.forward(&general, par)?;
         row.disagreement = rel_diff(&out_general, &reference);
         row.general = Some(median_time(reps, || {
-            engine
-                .forward_batch_into(
-                    std::slice::from_ref(&general),
-                    vec![out.as_mut()],
-                    &mut saved,
-                    par,
-                )
-                .ok();
+            engine.forward_into(&general, out.as_mut(), &mut saved[0], par).ok();
         }));
-        let cs = baseline::cumsum_forward(fl.as_ref(), fr.as_ref(), c.as_ref(), par)?;
-        row.disagreement = row.disagreement.max(rel_diff(&cs, &reference));
-        row.cumsum = Some(median_time(reps.min(3), || {
-            baseline::cumsum_forward(fl.as_ref(), fr.as_ref(), c.as_ref(), par).ok();
-        }));
-        row.cumsum_fb = Some(median_time(reps.min(3), || {
-            baseline::cumsum_forward(fl.as_ref(), fr.as_ref(), c.as_ref(), par).ok();
-            baseline::cumsum_backward(fl.as_ref(), fr.as_ref(), c.as_ref(), g.as_ref(), par).ok();
-        }));
+        // a baseline's disagreement with the block forward, and its median times
+        let (fl, fr, c, g) = (fl.as_ref(), fr.as_ref(), c.as_ref(), g.as_ref());
+        let measure_baseline =
+            |fwd: &dyn Fn() -> polysketch_core::Result<Mat<f32>>, bwd: &dyn Fn()| -> Result<_> {
+                let disagreement = rel_diff(&fwd()?, &reference);
+                let forward = median_time(reps.min(3), || {
+                    let _ = fwd();
+                });
+                let both = median_time(reps.min(3), || {
+                    let _ = fwd();
+                    bwd();
+                });
+                Ok((disagreement, Some(forward), Some(both)))
+            };
+        let (d, forward, both) =
+            measure_baseline(&|| baseline::cumsum_forward(fl, fr, c, par), &|| {
+                drop(baseline::cumsum_backward(fl, fr, c, g, par))
+            })?;
+        (row.disagreement, row.cumsum, row.cumsum_fb) = (row.disagreement.max(d), forward, both);
         if n <= NAIVE_MAX && baseline::naive_fits::<f32>(n) {
-            let nv = baseline::naive_forward(fl.as_ref(), fr.as_ref(), c.as_ref(), par)?;
-            row.disagreement = row.disagreement.max(rel_diff(&nv, &reference));
-            row.naive = Some(median_time(reps.min(3), || {
-                baseline::naive_forward(fl.as_ref(), fr.as_ref(), c.as_ref(), par).ok();
-            }));
-            row.naive_fb = Some(median_time(reps.min(3), || {
-                baseline::naive_forward(fl.as_ref(), fr.as_ref(), c.as_ref(), par).ok();
-                baseline::naive_backward(fl.as_ref(), fr.as_ref(), c.as_ref(), g.as_ref(), par)
-                    .ok();
-            }));
+            let (d, forward, both) =
+                measure_baseline(&|| baseline::naive_forward(fl, fr, c, par), &|| {
+                    drop(baseline::naive_backward(fl, fr, c, g, par))
+                })?;
+            (row.disagreement, row.naive, row.naive_fb) = (row.disagreement.max(d), forward, both);
         }
     }
     Ok(row)

@@ -98,13 +98,7 @@ impl Ridge {
     /// # Errors
     /// Width mismatch, non-finite features.
     pub fn predict(&self, features: MatRef<'_, f64>, par: Par) -> Result<Vec<f64>> {
-        const OP: &str = "Ridge::predict";
-        same(OP, "features", self.weights.len(), features.ncols())?;
-        finite(OP, "features", features)?;
-        let w = MatRef::from_column_major_slice(&self.weights, self.weights.len(), 1);
-        let mut out = Mat::zeros(features.nrows(), 1);
-        gemm(out.as_mut(), features, w, 1.0, false, par);
-        Ok((0..features.nrows()).map(|i| out[(i, 0)] + self.intercept).collect())
+        affine_predict(("Ridge::predict", "features"), features, &self.weights, self.intercept, par)
     }
 }
 
@@ -164,14 +158,22 @@ impl KernelRidge {
     /// # Errors
     /// Width mismatch, non-finite values.
     pub fn predict(&self, k_test: MatRef<'_, f64>, par: Par) -> Result<Vec<f64>> {
-        const OP: &str = "KernelRidge::predict";
-        same(OP, "kernel columns", self.alpha.len(), k_test.ncols())?;
-        finite(OP, "k_test", k_test)?;
-        let a = MatRef::from_column_major_slice(&self.alpha, self.alpha.len(), 1);
-        let mut out = Mat::zeros(k_test.nrows(), 1);
-        gemm(out.as_mut(), k_test, a, 1.0, false, par);
-        Ok((0..k_test.nrows()).map(|i| out[(i, 0)] + self.intercept).collect())
+        affine_predict(("KernelRidge::predict", "k_test"), k_test, &self.alpha, self.intercept, par)
     }
+}
+
+/// `x · w + intercept` for the rows of `x: [m, d]`, `w: [d]`: the predictions of both ridge
+/// forms (features against weights, or test-against-train kernel rows against \\(\alpha\\)).
+fn affine_predict(
+    (op, input): (&'static str, &'static str), x: MatRef<'_, f64>, w: &[f64], intercept: f64,
+    par: Par,
+) -> Result<Vec<f64>> {
+    same(op, input, w.len(), x.ncols())?;
+    finite(op, input, x)?;
+    let w = MatRef::from_column_major_slice(w, w.len(), 1);
+    let mut out = Mat::zeros(x.nrows(), 1);
+    gemm(out.as_mut(), x, w, 1.0, false, par);
+    Ok((0..x.nrows()).map(|i| out[(i, 0)] + intercept).collect())
 }
 
 /// Root mean squared error.

@@ -190,13 +190,20 @@ impl LowTri {
     ) -> Result<(Mat<T>, Saved<T>)> {
         let mut out = Mat::zeros(problem.n(), problem.k());
         let mut saved = Saved::new();
-        self.forward_batch_into(
-            core::slice::from_ref(problem),
-            vec![out.as_mut()],
-            core::slice::from_mut(&mut saved),
-            par,
-        )?;
+        self.forward_into(problem, out.as_mut(), &mut saved, par)?;
         Ok((out, saved))
+    }
+
+    /// Like [`forward`](Self::forward), into `out: [n, k]` and `saved`, whose memory is reused
+    /// when the shapes are unchanged (what a training loop calls for one problem).
+    ///
+    /// # Errors
+    /// As [`forward_batch_into`](Self::forward_batch_into).
+    pub fn forward_into<T: Scalar>(
+        &self, problem: &Problem<'_, T>, out: MatMut<'_, T>, saved: &mut Saved<T>, par: Par,
+    ) -> Result<()> {
+        let (problems, saved) = (core::slice::from_ref(problem), core::slice::from_mut(saved));
+        self.forward_batch_into(problems, vec![out], saved, par)
     }
 
     /// Forward of many independent problems (e.g. batch × heads) at once, into new

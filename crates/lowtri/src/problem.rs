@@ -141,19 +141,25 @@ impl<'a, T: Scalar> Problem<'a, T> {
     pub(crate) fn a_rows<'s>(
         &'s self, s: usize, len: usize, scratch: &'s mut Mat<T>,
     ) -> MatRef<'s, T> {
-        match self.features {
-            Features::Explicit { a, .. } => a.subrows(s, len),
-            Features::SelfTensored { l, .. } => square_into(l.subrows(s, len), scratch),
-        }
+        self.side_rows(false, s, len, scratch)
     }
 
     /// Rows `s..s+len` of \\(B\\), like [`a_rows`](Self::a_rows).
     pub(crate) fn b_rows<'s>(
         &'s self, s: usize, len: usize, scratch: &'s mut Mat<T>,
     ) -> MatRef<'s, T> {
+        self.side_rows(true, s, len, scratch)
+    }
+
+    /// Rows of \\(A\\) (`right` false) or \\(B\\) (`right` true).
+    fn side_rows<'s>(
+        &'s self, right: bool, s: usize, len: usize, scratch: &'s mut Mat<T>,
+    ) -> MatRef<'s, T> {
         match self.features {
-            Features::Explicit { b, .. } => b.subrows(s, len),
-            Features::SelfTensored { r, .. } => square_into(r.subrows(s, len), scratch),
+            Features::Explicit { a, b } => (if right { b } else { a }).subrows(s, len),
+            Features::SelfTensored { l, r } => {
+                square_into((if right { r } else { l }).subrows(s, len), scratch)
+            }
         }
     }
 

@@ -88,32 +88,23 @@ impl Inputs {
     fn problems(&self) -> Vec<(&'static str, Problem<'_, f64>)> {
         let explicit = Features::Explicit { a: self.a.as_ref(), b: self.b.as_ref() };
         let tensored = Features::SelfTensored { l: self.l.as_ref(), r: self.r.as_ref() };
+        let local = |features| {
+            Problem::local_exact(
+                features,
+                self.q.as_ref(),
+                self.k.as_ref(),
+                self.p,
+                self.c.as_ref(),
+            )
+        };
         vec![
             ("general", Problem::general(self.a.as_ref(), self.b.as_ref(), self.c.as_ref())),
             (
                 "self_tensored",
                 Problem::self_tensored(self.l.as_ref(), self.r.as_ref(), self.c.as_ref()),
             ),
-            (
-                "local_explicit",
-                Problem::local_exact(
-                    explicit,
-                    self.q.as_ref(),
-                    self.k.as_ref(),
-                    self.p,
-                    self.c.as_ref(),
-                ),
-            ),
-            (
-                "local_tensored",
-                Problem::local_exact(
-                    tensored,
-                    self.q.as_ref(),
-                    self.k.as_ref(),
-                    self.p,
-                    self.c.as_ref(),
-                ),
-            ),
+            ("local_explicit", local(explicit)),
+            ("local_tensored", local(tensored)),
         ]
     }
 }
