@@ -62,15 +62,7 @@ impl<T: Scalar> Scratch<T> {
 
 /// Cuts `m` into consecutive column blocks of `size`.
 fn col_blocks<T>(m: MatMut<'_, T>, size: usize) -> Vec<MatMut<'_, T>> {
-    let mut out = Vec::with_capacity(m.ncols().div_ceil(size.max(1)));
-    let mut rest = m;
-    while rest.ncols() > 0 {
-        let len = size.min(rest.ncols());
-        let (head, tail) = rest.split_at_col_mut(len);
-        out.push(head);
-        rest = tail;
-    }
-    out
+    row_blocks(m.transpose_mut(), size).into_iter().map(|b| b.transpose_mut()).collect()
 }
 
 /// Row blocks of an optional matrix, or `count` `None`s.
@@ -267,31 +259,27 @@ impl LowTri {
                 tasks.push(ForwardTask { problem: pi, block: l, out: o, h: hb });
             }
         }
-        run(
-            tasks,
-            par,
-            || Scratch::new(b, m_max, r_max, false),
-            |sc, t| {
-                let p = &problems[t.problem];
-                let (s, len) = (t.block * b, t.out.nrows());
-                let c = p.c.subrows(s, len);
-                let bl = p.b_rows(s, len, &mut sc.feat);
-                gemm(t.h, bl.transpose(), c, T::one(), false, Par::Seq);
-                let mut sb = sc.s.as_mut().submatrix_mut(0, 0, len, len);
-                p.diagonal_scores(s, len, sb.rb_mut(), None);
-                tri_matmul(
-                    t.out,
-                    BlockStructure::Rectangular,
-                    Accum::Replace,
-                    sb.as_ref(),
-                    BlockStructure::TriangularLower,
-                    c,
-                    BlockStructure::Rectangular,
-                    T::one(),
-                    Par::Seq,
-                );
-            },
-        );
+        let scratch = || Scratch::new(b, m_max, r_max, false);
+        run(tasks, par, scratch, |sc, t| {
+            let p = &problems[t.problem];
+            let (s, len) = (t.block * b, t.out.nrows());
+            let c = p.c.subrows(s, len);
+            let bl = p.b_rows(s, len, &mut sc.feat);
+            gemm(t.h, bl.transpose(), c, T::one(), false, Par::Seq);
+            let mut sb = sc.s.as_mut().submatrix_mut(0, 0, len, len);
+            p.diagonal_scores(s, len, sb.rb_mut(), None);
+            tri_matmul(
+                t.out,
+                BlockStructure::Rectangular,
+                Accum::Replace,
+                sb.as_ref(),
+                BlockStructure::TriangularLower,
+                c,
+                BlockStructure::Rectangular,
+                T::one(),
+                Par::Seq,
+            );
+        });
 
         // Phase 2: Z_l = Σ_{j<l} H_j.
         for (p, s) in problems.iter().zip(saved.iter_mut()) {
@@ -450,60 +438,56 @@ impl LowTri {
                 });
             }
         }
-        run(
-            tasks,
-            par,
-            || Scratch::new(b, m_max, r_max, true),
-            |sc, t| {
-                let p = &problems[t.problem];
-                let (m, s, len) = (p.m(), t.block * b, t.d_out.nrows());
-                let c = p.c.subrows(s, len);
-                let Scratch { feat, dfeat, vjp, s: sbuf, g: gbuf, ds } = sc;
-                let (mut w, mut d_a, d_b, mut d_c) = (t.w, t.d_a, t.d_b, t.d_c);
-                if t.block > 0 {
-                    // in the forward pass out_l += A_l Z_l, so dA_l = dout_l Z_lᵀ ...
-                    let mut dfl = dfeat.as_mut().submatrix_mut(0, 0, len, m);
-                    gemm(dfl.rb_mut(), t.d_out, w.as_ref().transpose(), T::one(), false, Par::Seq);
-                    p.feature_vjp(false, s, len, dfl.as_ref(), d_a.rb_mut(), vjp);
-                }
-                {
-                    // ... and dZ_l = A_lᵀ dout_l, written where Z_l was
-                    let al = p.a_rows(s, len, feat);
-                    gemm(w.rb_mut(), al.transpose(), t.d_out, T::one(), false, Par::Seq);
-                }
-                // in the forward pass out_l = lt(S) C_l, so dC_l = lt(S)ᵀ dout_l and dS = lt(dout_l C_lᵀ)
-                let mut sb = sbuf.as_mut().submatrix_mut(0, 0, len, len);
-                let mut gb = gbuf.as_mut().submatrix_mut(0, 0, len, len);
-                p.diagonal_scores(s, len, sb.rb_mut(), Some(gb.rb_mut()));
-                tri_matmul(
-                    d_c.rb_mut(),
-                    BlockStructure::Rectangular,
-                    Accum::Replace,
-                    sb.as_ref().transpose(),
-                    BlockStructure::TriangularUpper,
-                    t.d_out,
-                    BlockStructure::Rectangular,
-                    T::one(),
-                    Par::Seq,
-                );
-                let mut dsb = ds.as_mut().submatrix_mut(0, 0, len, len);
-                tri_matmul(
-                    dsb.rb_mut(),
-                    BlockStructure::TriangularLower,
-                    Accum::Replace,
-                    t.d_out,
-                    BlockStructure::Rectangular,
-                    c.transpose(),
-                    BlockStructure::Rectangular,
-                    T::one(),
-                    Par::Seq,
-                );
-                match (t.d_q, t.d_k) {
-                    (Some(dq), Some(dk)) => p.diagonal_backward(s, len, dsb, gb.as_ref(), dq, dk),
-                    _ => p.diagonal_backward(s, len, dsb, gb.as_ref(), d_a, d_b),
-                }
-            },
-        );
+        let scratch = || Scratch::new(b, m_max, r_max, true);
+        run(tasks, par, scratch, |sc, t| {
+            let p = &problems[t.problem];
+            let (m, s, len) = (p.m(), t.block * b, t.d_out.nrows());
+            let c = p.c.subrows(s, len);
+            let Scratch { feat, dfeat, vjp, s: sbuf, g: gbuf, ds } = sc;
+            let (mut w, mut d_a, d_b, mut d_c) = (t.w, t.d_a, t.d_b, t.d_c);
+            if t.block > 0 {
+                // in the forward pass out_l += A_l Z_l, so dA_l = dout_l Z_lᵀ ...
+                let mut dfl = dfeat.as_mut().submatrix_mut(0, 0, len, m);
+                gemm(dfl.rb_mut(), t.d_out, w.as_ref().transpose(), T::one(), false, Par::Seq);
+                p.feature_vjp(false, s, len, dfl.as_ref(), d_a.rb_mut(), vjp);
+            }
+            {
+                // ... and dZ_l = A_lᵀ dout_l, written where Z_l was
+                let al = p.a_rows(s, len, feat);
+                gemm(w.rb_mut(), al.transpose(), t.d_out, T::one(), false, Par::Seq);
+            }
+            // in the forward pass out_l = lt(S) C_l, so dC_l = lt(S)ᵀ dout_l and dS = lt(dout_l C_lᵀ)
+            let mut sb = sbuf.as_mut().submatrix_mut(0, 0, len, len);
+            let mut gb = gbuf.as_mut().submatrix_mut(0, 0, len, len);
+            p.diagonal_scores(s, len, sb.rb_mut(), Some(gb.rb_mut()));
+            tri_matmul(
+                d_c.rb_mut(),
+                BlockStructure::Rectangular,
+                Accum::Replace,
+                sb.as_ref().transpose(),
+                BlockStructure::TriangularUpper,
+                t.d_out,
+                BlockStructure::Rectangular,
+                T::one(),
+                Par::Seq,
+            );
+            let mut dsb = ds.as_mut().submatrix_mut(0, 0, len, len);
+            tri_matmul(
+                dsb.rb_mut(),
+                BlockStructure::TriangularLower,
+                Accum::Replace,
+                t.d_out,
+                BlockStructure::Rectangular,
+                c.transpose(),
+                BlockStructure::Rectangular,
+                T::one(),
+                Par::Seq,
+            );
+            match (t.d_q, t.d_k) {
+                (Some(dq), Some(dk)) => p.diagonal_backward(s, len, dsb, gb.as_ref(), dq, dk),
+                _ => p.diagonal_backward(s, len, dsb, gb.as_ref(), d_a, d_b),
+            }
+        });
 
         // Phase 2: W_l = Σ_{j>l} dZ_j, in place.
         for (p, s) in problems.iter().zip(saved.iter_mut()) {

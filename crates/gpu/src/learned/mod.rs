@@ -138,20 +138,16 @@ impl<R: Runtime> Network<R> {
         let (p, d, w) = (&self.p, self.d, WIDE * r);
         let mut g = vec![Vec::new(); PARAMS_PER_NETWORK];
         // out = gelu(a3) W4 + b4
-        let (dz3, dw4, db4) =
-            gpu.dense_backward(&gpu.gelu_forward(&s.a3), &p[10], dout, (rows, w, r))?;
+        let (da3, dw4, db4) = gelu_dense_backward(gpu, &s.a3, &p[10], dout, (rows, w, r))?;
         (g[10], g[11]) = (dw4, db4);
-        let da3 = gpu.gelu_backward(&s.a3, &dz3);
         // a3 = y2 W3 + b3, y2 = LN1(a2)
         let (dy2, dw3, db3) = gpu.dense_backward(&s.y2, &p[8], &da3, (rows, r, w))?;
         (g[8], g[9]) = (dw3, db3);
         let (da2, dg1, dbeta1) = gpu.layernorm_backward(&dy2, &s.ln1, &p[6])?;
         (g[6], g[7]) = (dg1, dbeta1);
         // a2 = gelu(a1) W2 + b2
-        let (dz1, dw2, db2) =
-            gpu.dense_backward(&gpu.gelu_forward(&s.a1), &p[4], &da2, (rows, w, r))?;
+        let (da1, dw2, db2) = gelu_dense_backward(gpu, &s.a1, &p[4], &da2, (rows, w, r))?;
         (g[4], g[5]) = (dw2, db2);
-        let da1 = gpu.gelu_backward(&s.a1, &dz1);
         // a1 = y0 W1 + b1, y0 = LN0(x)
         let (dy0, dw1, db1) = gpu.dense_backward(&s.y0, &p[2], &da1, (rows, d, w))?;
         (g[2], g[3]) = (dw1, db1);
@@ -280,6 +276,15 @@ impl<R: Runtime> LearnedSketchGpu<R> {
         }
         Ok((dx, grads))
     }
+}
+
+/// Backward of `gelu(a) W + b` (the networks' wide-to-narrow layers) given `dout`:
+/// `(∂a, ∂W, ∂b)`; gelu is recomputed from `a`.
+fn gelu_dense_backward<R: Runtime>(
+    gpu: &Gpu<R>, a: &Buffer<R>, w: &Buffer<R>, dout: &Buffer<R>, dims: (usize, usize, usize),
+) -> Result<(Buffer<R>, Vec<f32>, Vec<f32>)> {
+    let (dz, dw, db) = gpu.dense_backward(&gpu.gelu_forward(a), w, dout, dims)?;
+    Ok((gpu.gelu_backward(a, &dz), dw, db))
 }
 
 impl<R: Runtime> Gpu<R> {

@@ -7,6 +7,8 @@
 
 use cubecl::prelude::*;
 
+use crate::ops::kernels::at_most;
+
 /// Rows of the query tile of the diagonal-block kernels.
 pub const DIAG_ROWS: u32 = 8;
 
@@ -37,10 +39,7 @@ pub fn block_states(
         let a = ac / r;
         let c = ac % r;
         let start = l * b;
-        let mut end = start + b;
-        if end > n {
-            end = n;
-        }
+        let end = at_most(start + b, n);
         let mut acc = 0.0f32;
         for i in start..end {
             let row = (z0 + z) * n + i;
@@ -152,10 +151,7 @@ fn feature_row(n: usize, r: usize, k: usize, b: usize, z0: usize) -> (usize, usi
 
 #[cube]
 fn clamp_chunks(lo: usize, hi: usize, n: usize, ch: usize) -> (usize, usize) {
-    let mut end = hi;
-    if end > n {
-        end = n;
-    }
+    let end = at_most(hi, n);
     let mut chunks = 0usize;
     if lo < end {
         chunks = (end - lo).div_ceil(ch);

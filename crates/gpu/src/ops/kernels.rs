@@ -10,6 +10,16 @@ use cubecl::prelude::*;
 /// Side of the matmul tile.
 pub const TILE: u32 = 16;
 
+/// `min(x, limit)` (the end of a range cut at the array's end).
+#[cube]
+pub(crate) fn at_most(x: usize, limit: usize) -> usize {
+    let mut y = x;
+    if y > limit {
+        y = limit;
+    }
+    y
+}
+
 /// `y[i] = x[i]` as `f32` (inputs of any float type enter the kernels here).
 #[cube(launch_unchecked)]
 pub fn to_f32<F: Float>(x: &Array<F>, y: &mut Array<f32>) {
@@ -200,10 +210,7 @@ pub fn column_partials(
         let c = e / cols;
         let j = e % cols;
         let start = c * chunk;
-        let mut end = start + chunk;
-        if end > rows {
-            end = rows;
-        }
+        let end = at_most(start + chunk, rows);
         let mut s = 0.0f32;
         for i in start..end {
             if weighted {
