@@ -85,6 +85,8 @@ fn real_main(args: Args) -> polysketch::Result<()> {
             seed: 0,
         })
     };
+    // the exact kinds every comparison includes, then the PolySketch variants
+    let exact = [AttentionKind::Softmax, AttentionKind::Polynomial { p: 4 }];
     let (kinds, vocab, seq, batch, steps, lr, source, eval_every, d_model, layers, heads): (
         Vec<AttentionKind>,
         _,
@@ -99,14 +101,15 @@ fn real_main(args: Args) -> polysketch::Result<()> {
         _,
     ) = match what {
         "corpus" => (
-            vec![
-                AttentionKind::Softmax,
-                AttentionKind::Polynomial { p: 4 },
-                ps(32, 64, false, false),
-                ps(32, 64, true, false),
-                ps(32, 64, false, true),
-                ps(32, 64, true, true),
-            ],
+            exact
+                .into_iter()
+                .chain(
+                    [false, true]
+                        .map(|local| [false, true].map(|learned| ps(32, 64, learned, local)))
+                        .into_iter()
+                        .flatten(),
+                )
+                .collect(),
             256,
             256,
             8,
@@ -119,14 +122,15 @@ fn real_main(args: Args) -> polysketch::Result<()> {
             4,
         ),
         _ => (
-            vec![
-                AttentionKind::Softmax,
-                AttentionKind::Polynomial { p: 4 },
-                ps(16, 32, true, false),
-                ps(32, 32, true, false),
-                ps(16, 32, true, true),
-                ps(32, 32, true, true),
-            ],
+            exact
+                .into_iter()
+                .chain(
+                    [false, true]
+                        .map(|local| [16, 32].map(|r| ps(r, 32, true, local)))
+                        .into_iter()
+                        .flatten(),
+                )
+                .collect(),
             Task::Induction.vocab(),
             128,
             32,

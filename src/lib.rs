@@ -65,9 +65,6 @@ pub enum Error {
     /// Reading or writing a file failed.
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
-    /// Drawing a plot failed.
-    #[error("plot: {0}")]
-    Plot(String),
     /// The model, its training or a checkpoint refused.
     #[error(transparent)]
     Gpt(#[from] gpt::GptError),

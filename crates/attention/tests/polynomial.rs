@@ -69,22 +69,13 @@ fn backward_matches_finite_differences() {
         let grads = l.backward(&mut saved, &g, Par::Seq).unwrap();
         let eps = 1e-6;
         let step = if n > 20 { 29 } else { 1 };
-        for (which, analytic) in [(0, &grads.dq), (1, &grads.dk), (2, &grads.dv)] {
-            let scale = analytic.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-            for i in (0..len).step_by(step) {
-                let mut inputs = [q.clone(), k.clone(), v.clone()];
-                inputs[which][i] += eps;
-                let up = loss(&l, &inputs[0], &inputs[1], &inputs[2]);
-                inputs[which][i] -= 2.0 * eps;
-                let down = loss(&l, &inputs[0], &inputs[1], &inputs[2]);
-                let fd = (up - down) / (2.0 * eps);
-                assert!(
-                    (analytic[i] - fd).abs() <= 1e-6 * scale + 1e-9,
-                    "p={p} n={n} input {which}[{i}]: {} vs {fd}",
-                    analytic[i]
-                );
-            }
-        }
+        assert_input_gradients(
+            &|q, k, v| loss(&l, q, k, v),
+            [&q, &k, &v],
+            [&grads.dq, &grads.dk, &grads.dv],
+            step,
+            &format!("p={p} n={n}"),
+        );
         for (pi, (name, analytic)) in grads.params.iter().enumerate() {
             let scale = analytic.iter().fold(0.0f64, |m, x| m.max(x.abs()));
             for i in 0..analytic.len() {

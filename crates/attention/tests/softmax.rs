@@ -56,25 +56,10 @@ fn backward_matches_finite_differences() {
         let loss = |q: &[f64], k: &[f64], v: &[f64]| weighted_loss(&l, [q, k, v], &g, batch, n);
         let (_, mut saved) = l.forward(&q, &k, &v, batch, n, Par::Seq).unwrap();
         let grads = l.backward(&mut saved, &g, Par::Seq).unwrap();
-        let eps = 1e-6;
         // every entry for small n; a spread of entries (across tiles) for n = 130
         let step = if n > 10 { 37 } else { 1 };
-        for (which, analytic) in [(0, &grads.dq), (1, &grads.dk), (2, &grads.dv)] {
-            let scale = analytic.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-            for i in (0..len).step_by(step) {
-                let mut inputs = [q.clone(), k.clone(), v.clone()];
-                inputs[which][i] += eps;
-                let up = loss(&inputs[0], &inputs[1], &inputs[2]);
-                inputs[which][i] -= 2.0 * eps;
-                let down = loss(&inputs[0], &inputs[1], &inputs[2]);
-                let fd = (up - down) / (2.0 * eps);
-                assert!(
-                    (analytic[i] - fd).abs() <= 1e-6 * scale + 1e-9,
-                    "n={n} input {which}[{i}]: {} vs {fd}",
-                    analytic[i]
-                );
-            }
-        }
+        let (inputs, analytic) = ([&q[..], &k, &v], [&grads.dq[..], &grads.dk, &grads.dv]);
+        assert_input_gradients(&loss, inputs, analytic, step, &format!("n={n}"));
         assert!(matches!(
             l.backward(&mut saved, &g, Par::Seq),
             Err(AttentionError::InvalidState { .. })

@@ -62,9 +62,7 @@ proptest! {
     #[test]
     fn induction_examples_have_one_answer_after_a_special_token(seed in 0u64..1000, n in 4usize..80) {
         let b = Task::Induction.generate(&mut seeded_rng(seed), 3, n);
-        for e in 0..3 {
-            let x = &b.tokens[e * n..(e + 1) * n];
-            let y = &b.targets[e * n..(e + 1) * n];
+        for (x, y) in b.tokens.chunks(n).zip(b.targets.chunks(n)) {
             prop_assert_eq!(x[n - 1], 16);
             prop_assert_eq!(x.iter().filter(|&&t| t == 16).count(), 2);
             let first = x.iter().position(|&t| t == 16).unwrap();
@@ -77,9 +75,8 @@ proptest! {
     #[test]
     fn copying_examples_ask_for_the_colours_in_order(seed in 0u64..1000, n in 16usize..80) {
         let b = Task::Copying.generate(&mut seeded_rng(seed), 2, n);
-        for e in 0..2 {
-            let x = &b.tokens[e * n..(e + 1) * n];
-            let y = &b.targets[e * n..(e + 1) * n];
+        prop_assert_eq!(b.tokens.len(), 2 * n);
+        for (x, y) in b.tokens.chunks(n).zip(b.targets.chunks(n)) {
             let colours: Vec<u32> = x[..n - COPY_COUNT].iter().cloned().filter(|&t| t != 0).collect();
             prop_assert_eq!(&colours[..], &y[n - COPY_COUNT..]);
             prop_assert!(x[n - COPY_COUNT..].iter().all(|&t| t == 9));

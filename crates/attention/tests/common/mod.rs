@@ -100,3 +100,29 @@ pub fn assert_thread_invariant(layer: &Attention<f32>, batch: usize, n: usize) {
         );
     }
 }
+
+/// Checks the input gradients `[dq, dk, dv]` of a layer against central differences of
+/// `loss(q, k, v)` (step `1e-6`) at every `step`-th entry, within `1e-6` of the largest
+/// gradient entry plus `1e-9`; `what` names the case in a failure.
+pub fn assert_input_gradients(
+    loss: &dyn Fn(&[f64], &[f64], &[f64]) -> f64, [q, k, v]: [&[f64]; 3], analytic: [&[f64]; 3],
+    step: usize, what: &str,
+) {
+    let eps = 1e-6;
+    for (which, analytic) in analytic.into_iter().enumerate() {
+        let scale = analytic.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        for i in (0..q.len()).step_by(step) {
+            let mut inputs = [q.to_vec(), k.to_vec(), v.to_vec()];
+            inputs[which][i] += eps;
+            let up = loss(&inputs[0], &inputs[1], &inputs[2]);
+            inputs[which][i] -= 2.0 * eps;
+            let down = loss(&inputs[0], &inputs[1], &inputs[2]);
+            let fd = (up - down) / (2.0 * eps);
+            assert!(
+                (analytic[i] - fd).abs() <= 1e-6 * scale + 1e-9,
+                "{what} input {which}[{i}]: {} vs {fd}",
+                analytic[i]
+            );
+        }
+    }
+}

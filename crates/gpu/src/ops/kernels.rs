@@ -136,11 +136,9 @@ pub fn layernorm_backward(
     dy: &Array<f32>, xhat: &Array<f32>, rstd: &Array<f32>, gain: &Array<f32>, dx: &mut Array<f32>,
     h: u32, scale: f32,
 ) {
-    let i = ABSOLUTE_POS;
-    let h = h as usize;
+    let (i, h) = (ABSOLUTE_POS, h as usize);
     if i < rstd.len() {
-        let base = i * h;
-        let hf = f32::cast_from(h);
+        let (base, hf) = (i * h, f32::cast_from(h));
         let mut md = 0.0f32;
         let mut mdx = 0.0f32;
         for j in 0..h {
