@@ -101,12 +101,14 @@ pub fn assert_thread_invariant(layer: &Attention<f32>, batch: usize, n: usize) {
     }
 }
 
+/// A loss of a layer's inputs `(q, k, v)`.
+pub type InputLoss<'a> = dyn Fn(&[f64], &[f64], &[f64]) -> f64 + 'a;
+
 /// Checks the input gradients `[dq, dk, dv]` of a layer against central differences of
 /// `loss(q, k, v)` (step `1e-6`) at every `step`-th entry, within `1e-6` of the largest
 /// gradient entry plus `1e-9`; `what` names the case in a failure.
 pub fn assert_input_gradients(
-    loss: &dyn Fn(&[f64], &[f64], &[f64]) -> f64, [q, k, v]: [&[f64]; 3], analytic: [&[f64]; 3],
-    step: usize, what: &str,
+    loss: &InputLoss<'_>, [q, k, v]: [&[f64]; 3], analytic: [&[f64]; 3], step: usize, what: &str,
 ) {
     let eps = 1e-6;
     for (which, analytic) in analytic.into_iter().enumerate() {
