@@ -157,3 +157,35 @@ fn a_bpe_run_trains_its_tokenizer_and_keeps_it_in_the_checkpoint() {
     assert!(run::eval(&dir.join("checkpoint"), None, 1).is_ok());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn checkpoints_are_versioned_and_format_1_is_still_read() {
+    let dir = scratch("format");
+    let cfg = run_config(text_source(), 2);
+    run::train(tiny(AttentionKind::Softmax, 256), cfg, &dir, None, None, true).unwrap();
+    let ckpt = dir.join("checkpoint");
+    let json_path = ckpt.join("checkpoint.json");
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
+    assert_eq!(json["format"], 2);
+    let (meta, _, opt) =
+        polysketch::gpt::checkpoint::load(&ckpt, Some((0.9, 0.95, 1e-8, 0.1))).unwrap();
+    let adam_t = opt.unwrap().t;
+    assert_eq!((meta.step as u64, meta.adam_t), (adam_t, adam_t));
+    // the layout of format 1: AdamW's step count inside the run configuration
+    let mut old = json.clone();
+    old["format"] = 1.into();
+    old["train"]["adam_t"] = old["adam_t"].clone();
+    old.as_object_mut().unwrap().remove("adam_t");
+    std::fs::write(&json_path, serde_json::to_vec(&old).unwrap()).unwrap();
+    let (meta1, _, opt1) =
+        polysketch::gpt::checkpoint::load(&ckpt, Some((0.9, 0.95, 1e-8, 0.1))).unwrap();
+    assert_eq!((meta1.run.clone(), opt1.unwrap().t), (meta.run.clone(), adam_t));
+    // a format this version does not know is refused, saying which it reads
+    let mut future = json;
+    future["format"] = 99.into();
+    std::fs::write(&json_path, serde_json::to_vec(&future).unwrap()).unwrap();
+    let err = polysketch::gpt::checkpoint::load(&ckpt, None).unwrap_err().to_string();
+    assert!(err.contains("format 99") && err.contains("reads formats 1 and 2"), "{err}");
+    let _ = std::fs::remove_dir_all(dir);
+}

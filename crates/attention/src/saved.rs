@@ -102,9 +102,9 @@ impl<T: Scalar> Default for HeadSaved<T> {
     }
 }
 
-/// What [`Attention::backward`] needs from [`Attention::forward`]; reusable: a training loop
+/// What [`Attention::backward`](crate::Attention::backward) needs from [`Attention::forward`](crate::Attention::forward); reusable: a training loop
 /// that keeps one `Saved` (and one [`Grads`]) per layer allocates nothing after its first step
-/// ([`Attention::forward_into`], [`Attention::backward_into`]).
+/// ([`Attention::forward_into`](crate::Attention::forward_into), [`Attention::backward_into`](crate::Attention::backward_into)).
 pub struct Saved<T: Scalar> {
     pub(crate) batch: usize,
     pub(crate) n: usize,
@@ -176,6 +176,6 @@ pub struct Grads<T> {
     pub dk: Vec<T>,
     /// \\(\partial L/\partial v\\), same shape.
     pub dv: Vec<T>,
-    /// Gradients of the named parameters, in the order of [`Attention::parameters`].
+    /// Gradients of the named parameters, in the order of [`Attention::parameters`](crate::Attention::parameters).
     pub params: Vec<(String, Vec<T>)>,
 }

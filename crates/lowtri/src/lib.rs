@@ -20,7 +20,7 @@
 //!   rest from either kind of features.
 //!
 //! Every form has a backward ([`LowTri::backward`]) giving the gradients with respect to every
-//! input, checked against [`reference`] (the \\(O(n^2)\\) sum in `f64` and its hand-derived
+//! input, checked against [`reference`](mod@reference) (the \\(O(n^2)\\) sum in `f64` and its hand-derived
 //! gradients) and finite differences. [`baseline`] has the naive masked product and the
 //! cumulative-sum algorithm.
 //!

@@ -8,8 +8,8 @@ use crate::Problem;
 
 /// What the backward needs from the forward: the exclusive block prefixes \\(Z_l\\).
 ///
-/// Reusable: [`LowTri::forward_batch_into`] fills it (reallocating only when the shape
-/// changes) and [`LowTri::backward_batch_into`] uses its memory for the reverse prefixes,
+/// Reusable: [`LowTri::forward_batch_into`](crate::LowTri::forward_batch_into) fills it (reallocating only when the shape
+/// changes) and [`LowTri::backward_batch_into`](crate::LowTri::backward_batch_into) uses its memory for the reverse prefixes,
 /// leaving it *consumed* — a second backward on it is refused until a forward refills it. A
 /// training loop that keeps one `Saved` per problem allocates nothing after its first step.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,7 +72,7 @@ pub struct Grads<T> {
 }
 
 impl<T: Scalar> Grads<T> {
-    /// Empty gradients, to be filled by [`LowTri::backward_batch_into`].
+    /// Empty gradients, to be filled by [`LowTri::backward_batch_into`](crate::LowTri::backward_batch_into).
     pub fn new() -> Self {
         Self { d_a: Mat::new(), d_b: Mat::new(), d_c: Mat::new(), d_q: None, d_k: None }
     }

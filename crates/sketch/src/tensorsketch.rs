@@ -56,9 +56,9 @@ impl<T: Scalar> TensorSketch<T> {
     /// Draws a degree-`p` TensorSketch from `R^{h^p}` to `R^r` from `seed`.
     ///
     /// # Errors
-    /// [`InvalidDegree`](SketchError::InvalidDegree) unless `1 <= p <= MAX_DEGREE`,
-    /// [`ZeroDimension`](SketchError::ZeroDimension) if `h` or `r` is 0,
-    /// [`TooLarge`](SketchError::TooLarge) if the tables would not fit.
+    /// [`InvalidDegree`](crate::SketchError::InvalidDegree) unless `1 <= p <= MAX_DEGREE`,
+    /// [`ZeroDimension`](crate::SketchError::ZeroDimension) if `h` or `r` is 0,
+    /// [`TooLarge`](crate::SketchError::TooLarge) if the tables would not fit.
     pub fn new(h: usize, r: usize, p: usize, seed: u64) -> Result<Self> {
         const NAME: &str = "TensorSketch";
         let degree = (p, (1..=MAX_DEGREE).contains(&p), "1 <= p <= 64");

@@ -93,10 +93,10 @@ impl<T: Scalar> TreeSketch<T> {
     /// then \\(\pi_2\\) of each node, all from one ChaCha stream.
     ///
     /// # Errors
-    /// [`InvalidDegree`](SketchError::InvalidDegree) unless `p` is a power of two with
+    /// [`InvalidDegree`](crate::SketchError::InvalidDegree) unless `p` is a power of two with
     /// `2 <= p <= MAX_DEGREE` (for degree 1 use [`GaussianJl`](crate::GaussianJl)),
-    /// [`ZeroDimension`](SketchError::ZeroDimension) if `h` or `r` is 0,
-    /// [`TooLarge`](SketchError::TooLarge) if the projections would not fit in memory.
+    /// [`ZeroDimension`](crate::SketchError::ZeroDimension) if `h` or `r` is 0,
+    /// [`TooLarge`](crate::SketchError::TooLarge) if the projections would not fit in memory.
     pub fn new(h: usize, r: usize, p: usize, kind: NodeKind, seed: u64) -> Result<Self> {
         const NAME: &str = "TreeSketch";
         let ok = (2..=MAX_DEGREE).contains(&p) && p.is_power_of_two();
