@@ -61,7 +61,8 @@ enum Command {
 /// The model and optimisation options shared by `train` and `task`.
 #[derive(clap::Args, Debug, Clone)]
 struct ModelArgs {
-    /// Attention kind: softmax, polynomial, random or learned (PolySketch sketches).
+    /// Attention kind: softmax, polynomial, random or learned (PolySketch sketches), optionally
+    /// with options (`learned:r=64,block=128`), which win over the flags below.
     #[arg(long, default_value = "learned")]
     attention: String,
     /// PolySketch without exact local blocks (default: with them).
