@@ -16,6 +16,25 @@ pub(crate) fn check_positive(op: &'static str, batch: usize, n: usize) -> Result
     Ok(())
 }
 
+/// `batch · heads · n · h`, the values of each of q, k, v and the output, computed without
+/// wrapping: [`AttentionError::TooLarge`] when the product does not fit in a `usize` (no buffer
+/// of that length can exist).
+pub(crate) fn elements<T>(
+    op: &'static str, config: &AttentionConfig, batch: usize, n: usize,
+) -> Result<usize> {
+    let (heads, h) = (config.heads, config.head_dim);
+    let total =
+        batch.checked_mul(heads).and_then(|x| x.checked_mul(n)).and_then(|x| x.checked_mul(h));
+    total.ok_or_else(|| AttentionError::TooLarge {
+        op,
+        bytes: [batch, heads, n, h, size_of::<T>()]
+            .iter()
+            .map(|&x| x as u128)
+            .fold(1, u128::saturating_mul),
+        limit: usize::MAX as u128,
+    })
+}
+
 /// `[batch, heads, n, h]` spelled out for error messages.
 pub(crate) fn shape_of(config: &AttentionConfig, batch: usize, n: usize) -> String {
     let (heads, h) = (config.heads, config.head_dim);
@@ -26,7 +45,7 @@ pub(crate) fn shape_of(config: &AttentionConfig, batch: usize, n: usize) -> Stri
 pub(crate) fn check_qkv<T: Scalar>(
     op: &'static str, config: &AttentionConfig, [q, k, v]: [&[T]; 3], batch: usize, n: usize,
 ) -> Result<usize> {
-    let total = batch * config.heads * n * config.head_dim;
+    let total = elements::<T>(op, config, batch, n)?;
     for (name, x) in [("q", q), ("k", k), ("v", v)] {
         check_len(op, name, x, total, shape_of(config, batch, n))?;
         check_finite(op, name, x)?;
@@ -89,7 +108,11 @@ pub(crate) fn check_state_bytes<T>(
         // copies of q, k, v, the output and its log-sum-exp
         AttentionKind::Softmax => 4 * h + 1,
     };
-    let bytes = (batch * heads) as u128 * n as u128 * per_token as u128 * size_of::<T>() as u128;
+    // in u128 from the start: batch · heads may not fit in a usize
+    let bytes = [batch, heads, n, per_token, size_of::<T>()]
+        .iter()
+        .map(|&x| x as u128)
+        .fold(1, u128::saturating_mul);
     if bytes > MAX_STATE_BYTES {
         return Err(AttentionError::TooLarge { op, bytes, limit: MAX_STATE_BYTES });
     }

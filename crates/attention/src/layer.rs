@@ -198,8 +198,7 @@ impl<T: Scalar> Attention<T> {
                 v: head_matrix(v, idx, n, h),
             })
             .collect();
-        saved.batch = batch;
-        saved.n = n;
+        (saved.batch, saved.n, saved.layer) = (batch, n, (heads, h));
         match self.config.kind {
             AttentionKind::Softmax => {
                 let lse_len = batch * heads * n;
@@ -253,6 +252,7 @@ impl<T: Scalar> Attention<T> {
     ) -> Result<()> {
         const OP: &str = "Attention::backward";
         let (heads, h, n) = (self.config.heads, self.config.head_dim, saved.n);
+        self.check_saved(OP, saved)?;
         let total = saved.batch * heads * n * h;
         check_len(
             OP,
@@ -304,5 +304,36 @@ impl<T: Scalar> Attention<T> {
                 reason: "the saved state comes from a layer of another kind".into(),
             }),
         }
+    }
+
+    /// Checks that `saved` was filled by a forward of a layer of this kind and these sizes
+    /// (a state from another layer would index past its buffers).
+    fn check_saved(&self, op: &'static str, saved: &Saved<T>) -> Result<()> {
+        let bad = |reason: String| Err(AttentionError::InvalidState { op, reason });
+        let (heads, h) = (self.config.heads, self.config.head_dim);
+        // products in checked arithmetic: the state may come from a layer of other sizes
+        let count = |sizes: &[usize]| sizes.iter().try_fold(1usize, |a, &x| a.checked_mul(x));
+        if !matches!(saved.inner, Inner::Empty) && saved.layer != (heads, h) {
+            let (their_heads, their_h) = saved.layer;
+            return bad(format!(
+                "the saved state comes from a layer with {their_heads} heads of {their_h}, \
+                 this layer has {heads} heads of {h}"
+            ));
+        }
+        let fits = match &saved.inner {
+            Inner::Empty => return bad("the saved state is empty: run a forward first".into()),
+            Inner::Softmax { q, .. } => count(&[saved.batch, saved.n, heads, h]) == Some(q.len()),
+            Inner::Kernel { heads: per_head, .. } => {
+                count(&[saved.batch, heads]) == Some(per_head.len())
+                    && per_head.iter().all(|s| s.qt.nrows() == saved.n && s.qt.cols == h)
+            }
+        };
+        if !fits {
+            return bad(format!(
+                "the saved state comes from a layer of other sizes than this one's {heads} \
+                 heads of {h}"
+            ));
+        }
+        Ok(())
     }
 }

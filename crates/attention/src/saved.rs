@@ -108,6 +108,8 @@ impl<T: Scalar> Default for HeadSaved<T> {
 pub struct Saved<T: Scalar> {
     pub(crate) batch: usize,
     pub(crate) n: usize,
+    /// `(heads, head_dim)` of the layer whose forward filled it.
+    pub(crate) layer: (usize, usize),
     pub(crate) inner: Inner<T>,
 }
 
@@ -126,7 +128,7 @@ impl<T: Scalar> Default for Saved<T> {
 impl<T: Scalar> Saved<T> {
     /// An empty state, to be filled by a forward.
     pub fn new() -> Self {
-        Self { batch: 0, n: 0, inner: Inner::Empty }
+        Self { batch: 0, n: 0, layer: (0, 0), inner: Inner::Empty }
     }
 }
 
