@@ -61,6 +61,8 @@ impl<T: Scalar> Attention<T> {
     pub fn new(config: AttentionConfig) -> Result<Self> {
         config.validate()?;
         let h = config.head_dim;
+        // the layer norm's gain and bias, before they are allocated (the sketches check theirs)
+        polysketch_core::check_param_bytes("Attention::new", 2 * h as u128, size_of::<T>())?;
         let (mut sketch, mut learned) = (None, None);
         if let AttentionKind::PolySketch(c) = config.kind {
             match c.sketch {

@@ -57,7 +57,7 @@ struct Mlp<T> {
 
 /// The shapes of the parameters of a network \\(\mathbb R^d \to \mathbb R^r\\), in `NAMES` order.
 fn shapes(d: usize, r: usize) -> [Vec<usize>; 12] {
-    let w = WIDE * r;
+    let w = WIDE.saturating_mul(r);
     [
         vec![d],
         vec![d],
@@ -372,6 +372,14 @@ impl<T: Scalar> LearnedSketch<T> {
                  2..=64 (p ≥ 4), got h = {h}, r = {r}, degree = {degree}"
             ))
         })?;
+        // the networks' parameters, estimated before anything is allocated: 2(d - 1) networks
+        // of at most (max(h, r) + 2) · 8r + 8r · r + … values each
+        let per_network: u128 = shapes(h.max(r), r)
+            .iter()
+            .map(|s| s.iter().fold(1u128, |a, &x| a.saturating_mul(x as u128)))
+            .fold(0, u128::saturating_add);
+        let count = per_network.saturating_mul(2 * nodes.len() as u128);
+        polysketch_core::check_param_bytes("LearnedSketch", count, size_of::<T>())?;
         let mut rng = seeded_rng(seed);
         let dim = |s: Src| if s == Src::Input { h } else { r };
         let mlps = nodes

@@ -51,3 +51,20 @@ fn an_empty_state_says_so() {
         assert!(err.to_string().contains("the saved state is empty"), "{kind:?}: {err}");
     }
 }
+
+#[test]
+fn huge_sizes_are_refused_before_anything_is_allocated() {
+    use polysketch_attention::LearnedSketch;
+    use polysketch_sketch::SketchError;
+    let too_large =
+        |e: &AttentionError| matches!(e, AttentionError::Sketch(SketchError::TooLarge { .. }));
+    for kind in kinds() {
+        let err = Attention::<f32>::new(AttentionConfig { heads: 1, head_dim: 1 << 40, kind })
+            .unwrap_err();
+        assert!(too_large(&err), "{kind:?}: {err}");
+    }
+    for (h, r) in [(8, 1usize << 40), (1 << 40, 8), (8, usize::MAX / 2)] {
+        let err = LearnedSketch::<f32>::new(h, r, 2, 0).unwrap_err();
+        assert!(too_large(&err), "h {h}, r {r}: {err}");
+    }
+}

@@ -105,6 +105,15 @@ fn run_case(
 ) -> Result<Case> {
     let layer = Attention::<f32>::new(AttentionConfig { heads, head_dim: h, kind: *kind })
         .map_err(attention_err)?;
+    // the case's own buffers (the input, the output, three gradients), before they exist
+    let bytes = [heads, n, h, 5 * size_of::<f32>()].iter().fold(1u128, |a, &x| a * x as u128);
+    if bytes > polysketch_attention::MAX_STATE_BYTES {
+        return Err(Error::Config(format!(
+            "{heads} heads × n {n} × h {h}: the case's buffers alone would take {bytes} bytes, \
+             over the limit of {} bytes",
+            polysketch_attention::MAX_STATE_BYTES
+        )));
+    }
     let len = heads * n * h;
     let x: Vec<f32> =
         (0..len).map(|i| ((i.wrapping_mul(2_654_435_761) % 2001) as f32 / 1000.0) - 1.0).collect();

@@ -63,7 +63,11 @@ impl<T: Scalar> TensorSketch<T> {
         const NAME: &str = "TensorSketch";
         let degree = (p, (1..=MAX_DEGREE).contains(&p), "1 <= p <= 64");
         check_sketch_sizes(NAME, degree, h, r)?;
-        check_param_bytes(NAME, p as u128 * h as u128, 4 + size_of::<T>())?;
+        // the p hash tables (a bucket and a sign per input coordinate) and the two FFT plans of
+        // length r (twiddles and scratch, complex), estimated before anything is allocated
+        let sz = size_of::<T>() as u128;
+        let tables = (p as u128 * h as u128).saturating_mul(4 + sz);
+        check_param_bytes(NAME, tables.saturating_add((r as u128).saturating_mul(8 * sz)), 1)?;
         let mut rng = seeded_rng(seed);
         let hashes =
             (0..p).map(|_| CountSketch::from_rng(h, r, &mut rng)).collect::<Result<Vec<_>>>()?;

@@ -69,6 +69,9 @@ pub trait PolySketch<T: Scalar>: Send + Sync {
     /// [`EmptyInput`](crate::SketchError::EmptyInput) if it has no rows,
     /// [`NonFinite`](crate::SketchError::NonFinite) if it holds a NaN or an infinity.
     fn apply(&self, a: MatRef<'_, T>, par: Par) -> Result<Mat<T>> {
+        // the output is allocated here: refuse what could not be, before trying
+        let values = a.nrows() as u128 * self.sketch_dim() as u128;
+        crate::check_param_bytes(self.name(), values, size_of::<T>())?;
         let mut out = Mat::zeros(a.nrows(), self.sketch_dim());
         self.apply_into(a, out.as_mut(), par)?;
         Ok(out)

@@ -139,3 +139,16 @@ fn errors_say_what_went_wrong() {
         "{msg}"
     );
 }
+
+/// Sizes whose tables, plans or outputs could not be allocated are refused before trying.
+#[test]
+fn huge_sizes_are_refused_before_anything_is_allocated() {
+    use faer::{Mat, Par};
+    let too_large = |e: &SketchError| matches!(e, SketchError::TooLarge { .. });
+    let err = TensorSketch::<f32>::new(8, 1 << 31, 2, 0).unwrap_err();
+    assert!(too_large(&err), "{err}");
+    // a legal sketch whose output for one row would take 16 GiB
+    let wide = CountSketch::<f32>::new(8, u32::MAX as usize, 0).unwrap();
+    let err = wide.apply(Mat::<f32>::ones(1, 8).as_ref(), Par::Seq).unwrap_err();
+    assert!(too_large(&err), "{err}");
+}
