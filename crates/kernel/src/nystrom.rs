@@ -5,7 +5,7 @@ use polysketch_core::linalg::gemm;
 use rand::seq::index::sample;
 
 use crate::PolyKernel;
-use crate::error::{KernelError, Result, enough_rows, same};
+use crate::error::{KernelError, Result, enough_rows, finite, same};
 use crate::pca::top_eigenpairs;
 
 /// Nyström features with \\(m\\) landmarks \\(Z\\) drawn uniformly from the training rows:
@@ -29,6 +29,7 @@ impl Nystrom {
     ) -> Result<Self> {
         const OP: &str = "Nystrom::fit";
         enough_rows(OP, m, x.nrows())?;
+        finite(OP, "x", x)?;
         if m == 0 {
             return Err(KernelError::InvalidParameter {
                 op: OP,

@@ -74,9 +74,30 @@ pub struct KernelPca {
 /// \\(HKH\\), variances \\(\lambda_i/n\\), scores \\(u_i\sqrt{\lambda_i}\\).
 ///
 /// # Errors
-/// As [`top_eigenpairs`]; [`KernelError::TooFewRows`] with fewer than `k + 1` points.
+/// As [`top_eigenpairs`]; [`KernelError::TooFewRows`] with fewer than `k + 1` points;
+/// [`KernelError::NonFinite`]; [`KernelError::InvalidParameter`] if `k` is not symmetric (to
+/// `1e-10` of its largest entry: the eigensolver would read one triangle only).
 pub fn kernel_pca_exact(k: MatRef<'_, f64>, components: usize, par: Par) -> Result<KernelPca> {
-    enough_rows("kernel_pca_exact", components + 1, k.nrows())?;
+    const OP: &str = "kernel_pca_exact";
+    enough_rows(OP, components + 1, k.nrows())?;
+    same(OP, "columns", k.nrows(), k.ncols())?;
+    finite(OP, "k", k)?;
+    // the eigensolver reads one triangle: an asymmetric matrix would be used silently
+    let scale = k.norm_max();
+    for j in 0..k.ncols() {
+        for i in j + 1..k.nrows() {
+            if (k[(i, j)] - k[(j, i)]).abs() > 1e-10 * scale {
+                return Err(KernelError::InvalidParameter {
+                    op: OP,
+                    reason: format!(
+                        "k is not symmetric: k[{i}, {j}] = {} but k[{j}, {i}] = {}",
+                        k[(i, j)],
+                        k[(j, i)]
+                    ),
+                });
+            }
+        }
+    }
     let kc = center_gram(k)?;
     let (values, vectors) = top_eigenpairs(kc.as_ref(), components, par)?;
     let n = k.nrows() as f64;

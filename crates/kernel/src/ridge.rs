@@ -147,6 +147,7 @@ impl KernelRidge {
         enough_rows(OP, 2, y.len())?;
         check_lambda(OP, lambda)?;
         finite(OP, "k", k)?;
+        finite(OP, "y", MatRef::from_column_major_slice(y, y.len(), 1))?;
         let mean = y.iter().sum::<f64>() / y.len() as f64;
         let mut alpha = Mat::from_fn(y.len(), 1, |i, _| y[i] - mean);
         solve_regularised(OP, k, lambda, &mut alpha, par)?;
@@ -176,13 +177,26 @@ fn affine_predict(
     Ok((0..x.nrows()).map(|i| out[(i, 0)] + intercept).collect())
 }
 
+/// Checks that every value of each named slice is finite (a NaN in a prediction would make a
+/// score that looks like a number).
+fn finite_values<const N: usize>(
+    op: &'static str, inputs: [(&'static str, &[f64]); N],
+) -> Result<()> {
+    for (input, x) in inputs {
+        finite(op, input, MatRef::from_column_major_slice(x, x.len(), 1))?;
+    }
+    Ok(())
+}
+
 /// Root mean squared error.
 ///
 /// # Errors
-/// [`KernelError::Mismatch`] for different lengths, [`KernelError::TooFewRows`] when empty.
+/// [`KernelError::Mismatch`] for different lengths, [`KernelError::TooFewRows`] when empty,
+/// [`KernelError::NonFinite`] for a NaN or infinity in either.
 pub fn rmse(pred: &[f64], y: &[f64]) -> Result<f64> {
     same("rmse", "lengths", y.len(), pred.len())?;
     enough_rows("rmse", 1, y.len())?;
+    finite_values("rmse", [("pred", pred), ("y", y)])?;
     Ok((pred.iter().zip(y).map(|(p, t)| (p - t).powi(2)).sum::<f64>() / y.len() as f64).sqrt())
 }
 
@@ -193,6 +207,7 @@ pub fn rmse(pred: &[f64], y: &[f64]) -> Result<f64> {
 pub fn r2(pred: &[f64], y: &[f64]) -> Result<f64> {
     same("r2", "lengths", y.len(), pred.len())?;
     enough_rows("r2", 2, y.len())?;
+    finite_values("r2", [("pred", pred), ("y", y)])?;
     let mean = y.iter().sum::<f64>() / y.len() as f64;
     let tot: f64 = y.iter().map(|t| (t - mean).powi(2)).sum();
     if tot == 0.0 {

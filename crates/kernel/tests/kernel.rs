@@ -299,3 +299,26 @@ fn bad_input_gets_typed_errors() {
         Err(KernelError::Sketch(_))
     ));
 }
+
+/// Inputs that used to give NaN results or fail late now fail at once, naming the input.
+#[test]
+fn non_finite_and_asymmetric_inputs_are_refused_at_the_entry_point() {
+    let x = Mat::from_fn(20, 3, |i, j| ((i * 3 + j) as f64 * 0.37).sin());
+    let kernel = PolyKernel::new(2, 1.0, 1.0).unwrap();
+    let k = kernel.gram(x.as_ref(), x.as_ref(), Par::Seq).unwrap();
+    let mut y: Vec<f64> = (0..20).map(|i| i as f64).collect();
+    y[7] = f64::NAN;
+    let non_finite = |e: KernelError, input: &str| matches!(e, KernelError::NonFinite { input: i, .. } if i == input);
+    assert!(non_finite(KernelRidge::fit(k.as_ref(), &y, 1e-3, Par::Seq).unwrap_err(), "y"));
+    let clean: Vec<f64> = (0..20).map(|i| i as f64).collect();
+    assert!(non_finite(polysketch_kernel::rmse(&y, &clean).unwrap_err(), "pred"));
+    assert!(non_finite(polysketch_kernel::r2(&clean, &y).unwrap_err(), "y"));
+    let mut bad_x = x.clone();
+    bad_x[(4, 1)] = f64::NAN;
+    assert!(non_finite(Nystrom::fit(kernel, bad_x.as_ref(), 5, 0, Par::Seq).unwrap_err(), "x"));
+    let mut asymmetric = k.clone();
+    asymmetric[(2, 5)] += 1.0;
+    let err = kernel_pca_exact(asymmetric.as_ref(), 2, Par::Seq).unwrap_err();
+    assert!(err.to_string().contains("not symmetric"), "{err}");
+    assert!(kernel_pca_exact(k.as_ref(), 2, Par::Seq).is_ok());
+}
