@@ -42,6 +42,15 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// A two-step softmax run on the corpus in a fresh scratch folder: the folder and its checkpoint.
+fn two_step_run(name: &str) -> (PathBuf, PathBuf) {
+    let dir = scratch(name);
+    let cfg = run_config(text_source(), 2);
+    run::train(tiny(AttentionKind::Softmax, 256), cfg, &dir, None, None, true).unwrap();
+    let ckpt = dir.join("checkpoint");
+    (dir, ckpt)
+}
+
 fn column(csv: &Path, i: usize) -> Vec<String> {
     std::fs::read_to_string(csv)
         .unwrap()
@@ -93,10 +102,7 @@ fn a_resumed_run_reproduces_the_uninterrupted_one() {
 
 #[test]
 fn missing_and_corrupt_checkpoints_get_errors() {
-    let dir = scratch("corrupt");
-    let cfg = run_config(text_source(), 2);
-    run::train(tiny(AttentionKind::Softmax, 256), cfg, &dir, None, None, true).unwrap();
-    let ckpt = dir.join("checkpoint");
+    let (dir, ckpt) = two_step_run("corrupt");
     let load = |p: &Path| polysketch::gpt::checkpoint::load(p, None).map(|_| ());
     assert!(load(&dir.join("nothing")).is_err());
     // a truncated weights file
@@ -160,10 +166,7 @@ fn a_bpe_run_trains_its_tokenizer_and_keeps_it_in_the_checkpoint() {
 
 #[test]
 fn checkpoints_are_versioned_and_format_1_is_still_read() {
-    let dir = scratch("format");
-    let cfg = run_config(text_source(), 2);
-    run::train(tiny(AttentionKind::Softmax, 256), cfg, &dir, None, None, true).unwrap();
-    let ckpt = dir.join("checkpoint");
+    let (dir, ckpt) = two_step_run("format");
     let json_path = ckpt.join("checkpoint.json");
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json_path).unwrap()).unwrap();
