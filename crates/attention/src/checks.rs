@@ -6,12 +6,18 @@ use polysketch_core::Scalar;
 use crate::learned::WIDE;
 use crate::{AttentionConfig, AttentionError, AttentionKind, MAX_STATE_BYTES, Result, SketchKind};
 
-/// `batch` and `n` must be at least 1.
+/// `batch` and `n` must be at least 1: [`AttentionError::InvalidArgument`] naming the one
+/// that is not.
 pub(crate) fn check_positive(op: &'static str, batch: usize, n: usize) -> Result<()> {
-    if batch == 0 || n == 0 {
-        return Err(AttentionError::InvalidConfig(format!(
-            "{op}: batch and n must be at least 1, got {batch} and {n}"
-        )));
+    for (argument, value) in [("batch", batch), ("n", n)] {
+        if value == 0 {
+            return Err(AttentionError::InvalidArgument {
+                op,
+                argument,
+                expected: "at least 1",
+                got: "0".into(),
+            });
+        }
     }
     Ok(())
 }

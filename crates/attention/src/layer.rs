@@ -180,19 +180,32 @@ impl<T: Scalar> Attention<T> {
     /// into `saved`, whose buffers are reused when the shapes are unchanged.
     ///
     /// # Errors
-    /// Wrong lengths, `batch` or `n` of 0, non-finite values, a state over
-    /// [`MAX_STATE_BYTES`] (estimated before anything is allocated).
+    /// Wrong lengths, `batch` or `n` of 0, non-finite values in the inputs or the parameters,
+    /// a state over [`MAX_STATE_BYTES`] (estimated before anything is allocated),
+    /// [`AttentionError::Overflow`] when finite values give scores past the number format's
+    /// range (the output is then not usable; see the book's "Errors" chapter).
     #[allow(clippy::too_many_arguments)]
     pub fn forward_into(
         &self, q: &[T], k: &[T], v: &[T], batch: usize, n: usize, out: &mut [T],
         saved: &mut Saved<T>, par: Par,
     ) -> Result<()> {
         const OP: &str = "Attention::forward";
-        let (heads, h) = (self.config.heads, self.config.head_dim);
         check_positive(OP, batch, n)?;
         check_state_bytes::<T>(OP, &self.config, batch, n)?;
         let total = check_qkv(OP, &self.config, [q, k, v], batch, n)?;
         check_len(OP, "out", out, total, shape_of(&self.config, batch, n))?;
+        self.check_parameters(OP)?;
+        let result = self.forward_unchecked(q, k, v, batch, n, out, saved, par);
+        self.blame_overflow(OP, result, &[("q", q), ("k", k)], &[("out", out)])
+    }
+
+    /// The forward once the arguments are checked (sizes, finiteness, parameters).
+    #[allow(clippy::too_many_arguments)]
+    fn forward_unchecked(
+        &self, q: &[T], k: &[T], v: &[T], batch: usize, n: usize, out: &mut [T],
+        saved: &mut Saved<T>, par: Par,
+    ) -> Result<()> {
+        let (heads, h) = (self.config.heads, self.config.head_dim);
         let views: Vec<HeadViews<'_, T>> = (0..batch * heads)
             .map(|idx| HeadViews {
                 q: head_matrix(q, idx, n, h),
@@ -264,6 +277,24 @@ impl<T: Scalar> Attention<T> {
             format!("[batch {}, heads {heads}, n {n}, h {h}]", saved.batch),
         )?;
         check_finite(OP, "d_out", d_out)?;
+        self.check_parameters(OP)?;
+        let result = self.backward_unchecked(saved, d_out, grads, par);
+        let inputs = [("d_out", d_out)];
+        let outputs = [("dq", &grads.dq[..]), ("dk", &grads.dk[..]), ("dv", &grads.dv[..])];
+        self.blame_overflow(OP, result, &inputs, &outputs)?;
+        match grads.params.iter().any(|(_, g)| !polysketch_core::all_finite(g)) {
+            true => Err(self.overflow(OP, "the parameters' gradients", &inputs)),
+            false => Ok(()),
+        }
+    }
+
+    /// The backward once the arguments are checked.
+    fn backward_unchecked(
+        &self, saved: &mut Saved<T>, d_out: &[T], grads: &mut Grads<T>, par: Par,
+    ) -> Result<()> {
+        const OP: &str = "Attention::backward";
+        let (heads, h, n) = (self.config.heads, self.config.head_dim, saved.n);
+        let total = saved.batch * heads * n * h;
         let used = || AttentionError::InvalidState {
             op: OP,
             reason: "the saved state is empty or was already used by a backward".into(),
@@ -305,6 +336,58 @@ impl<T: Scalar> Attention<T> {
                 op: OP,
                 reason: "the saved state comes from a layer of another kind".into(),
             }),
+        }
+    }
+
+    /// Checks that every parameter is finite (a NaN gain would make every output NaN).
+    pub(crate) fn check_parameters(&self, op: &'static str) -> Result<()> {
+        for p in self.parameters() {
+            if let Some(index) = p.data.iter().position(|x| !x.is_finite()) {
+                return Err(AttentionError::NonFiniteParameter { op, name: p.name, index });
+            }
+        }
+        Ok(())
+    }
+
+    /// [`AttentionError::Overflow`] for `output`, with the largest magnitudes of `inputs` and of
+    /// the layer-norm gain.
+    pub(crate) fn overflow(
+        &self, op: &'static str, output: &'static str, inputs: &[(&'static str, &[T])],
+    ) -> AttentionError {
+        let max = |x: &[T]| x.iter().fold(0.0f64, |m, v| m.max(v.as_f64().abs()));
+        let gain = [("ln.gain", &self.ln_gain[..])];
+        let has_gain = self.config.kind != AttentionKind::Softmax;
+        let named = inputs.iter().chain(gain.iter().filter(|_| has_gain));
+        let magnitudes: Vec<String> =
+            named.map(|(name, x)| format!("max |{name}| = {:.3e}", max(x))).collect();
+        AttentionError::Overflow {
+            op,
+            output,
+            precision: core::any::type_name::<T>(),
+            magnitudes: magnitudes.join(", "),
+        }
+    }
+
+    /// What checked, finite inputs and parameters can still produce, turned into
+    /// [`AttentionError::Overflow`]: an internal product that a sketch or the lowtri engine
+    /// found non-finite, or a non-finite value in one of `outputs`. `inputs` are the call's
+    /// inputs, whose magnitudes the message reports.
+    pub(crate) fn blame_overflow(
+        &self, op: &'static str, result: Result<()>, inputs: &[(&'static str, &[T])],
+        outputs: &[(&'static str, &[T])],
+    ) -> Result<()> {
+        let overflow = |output| self.overflow(op, output, inputs);
+        match result {
+            // the layer checked its own inputs: a non-finite internal value is an overflow
+            Err(AttentionError::Sketch(
+                polysketch_sketch::SketchError::Overflow { .. }
+                | polysketch_sketch::SketchError::NonFinite { .. },
+            )) => Err(overflow("the scores")),
+            Err(e) => Err(e),
+            Ok(()) => match outputs.iter().find(|(_, x)| !polysketch_core::all_finite(x)) {
+                Some((name, _)) => Err(overflow(name)),
+                None => Ok(()),
+            },
         }
     }
 

@@ -40,9 +40,12 @@ fn check_offsets(op: &'static str, offsets: &[usize], total: usize) -> Result<()
     if ok {
         Ok(())
     } else {
-        Err(AttentionError::InvalidConfig(format!(
-            "{op}: offsets must rise from 0 to the {total} packed tokens, got {offsets:?}"
-        )))
+        Err(AttentionError::InvalidArgument {
+            op,
+            argument: "offsets",
+            expected: "rising from 0 to the number of packed tokens",
+            got: format!("{offsets:?} for {total} tokens"),
+        })
     }
 }
 

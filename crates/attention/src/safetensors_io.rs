@@ -28,13 +28,14 @@ fn dtype<T>() -> Dtype {
 ///
 /// # Errors
 /// [`AttentionError::File`] on an I/O failure or two parameters of the same name;
-/// [`AttentionError::NonFinite`] if a value is NaN or infinite (nothing is written).
+/// [`AttentionError::NonFiniteParameter`] naming a parameter with a NaN or an infinity
+/// (nothing is written).
 pub fn save_safetensors<T: Scalar>(path: &Path, params: &[Param<'_, T>]) -> Result<()> {
     const OP: &str = "save_safetensors";
     let mut bytes: Vec<Vec<u8>> = Vec::with_capacity(params.len());
     for p in params {
         if let Some(index) = p.data.iter().position(|v| !v.is_finite()) {
-            return Err(AttentionError::NonFinite { op: OP, input: "params", index });
+            return Err(AttentionError::NonFiniteParameter { op: OP, name: p.name.clone(), index });
         }
         bytes.push(
             p.data
@@ -73,7 +74,8 @@ pub fn save_safetensors<T: Scalar>(path: &Path, params: &[Param<'_, T>]) -> Resu
 ///
 /// # Errors
 /// [`AttentionError::File`]: the file cannot be read, is not safetensors, lacks a parameter,
-/// or holds it with another shape or type; [`AttentionError::NonFinite`] for a NaN or infinity.
+/// holds it with another shape or type, or holds a tensor that is not a parameter (another
+/// model's file); [`AttentionError::NonFiniteParameter`] for a NaN or infinity.
 pub fn load_safetensors<T: Scalar>(path: &Path, params: &mut [ParamMut<'_, T>]) -> Result<()> {
     const OP: &str = "load_safetensors";
     let raw = std::fs::read(path).map_err(|e| file_error(path, e))?;
@@ -114,9 +116,29 @@ pub fn load_safetensors<T: Scalar>(path: &Path, params: &mut [ParamMut<'_, T>]) 
             }
         };
         if let Some(index) = v.iter().position(|x| !x.is_finite()) {
-            return Err(AttentionError::NonFinite { op: OP, input: "file", index });
+            return Err(AttentionError::NonFiniteParameter { op: OP, name: p.name.clone(), index });
         }
         values.push(v);
+    }
+    // both ways: a tensor the model does not have means the file is another model's (or its
+    // configuration was edited), and loading the rest would silently drop it
+    let mut extra: Vec<&str> =
+        file.names().into_iter().filter(|name| !params.iter().any(|p| p.name == **name)).collect();
+    if !extra.is_empty() {
+        extra.sort_unstable();
+        let shown = extra[..extra.len().min(4)].join(", ");
+        let more = match extra.len() {
+            0..=4 => String::new(),
+            count => format!(" and {} more", count - 4),
+        };
+        return Err(file_error(
+            path,
+            format!(
+                "holds {} tensor(s) the model does not have ({shown}{more}): the file belongs to \
+                 a model of another configuration",
+                extra.len()
+            ),
+        ));
     }
     for (p, v) in params.iter_mut().zip(values) {
         p.data.copy_from_slice(&v);

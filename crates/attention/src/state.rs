@@ -21,7 +21,7 @@ use polysketch_lowtri::{Features, LowTri, Problem};
 use polysketch_tensoring::{Layout, feature_dim, tensor_square};
 use rayon::prelude::*;
 
-use crate::checks::{check_finite, check_len, head_matrix};
+use crate::checks::{check_len, check_positive, check_qkv, head_matrix, shape_of};
 use crate::kernel::normalise;
 use crate::layernorm::{LnSaved, layernorm_forward};
 use crate::learned::LearnedSaved;
@@ -113,13 +113,9 @@ impl<T: Scalar> Attention<T> {
     /// An empty state for `batch` sequences (position 0).
     ///
     /// # Errors
-    /// [`AttentionError::InvalidConfig`] if `batch` is 0.
+    /// [`AttentionError::InvalidArgument`] if `batch` is 0.
     pub fn new_state(&self, batch: usize) -> Result<State<T>> {
-        if batch == 0 {
-            return Err(AttentionError::InvalidConfig(
-                "Attention::new_state: batch must be at least 1".into(),
-            ));
-        }
+        check_positive("Attention::new_state", batch, 1)?;
         let (heads, h) = (self.config.heads, self.config.head_dim);
         let head = match self.config.kind {
             AttentionKind::PolySketch(c) => HeadState::Sketch(SketchState {
@@ -182,18 +178,16 @@ impl<T: Scalar> Attention<T> {
                 ),
             });
         }
-        if n == 0 {
-            return Err(AttentionError::InvalidConfig(format!("{OP}: n must be at least 1")));
-        }
-        let total = batch * heads * n * h;
-        let shape = format!("[batch {batch}, heads {heads}, n {n}, h {h}]");
-        for (name, x) in [("q", q), ("k", k), ("v", v)] {
-            check_len(OP, name, x, total, shape.clone())?;
-            check_finite(OP, name, x)?;
-        }
-        check_len(OP, "out", out, total, shape)?;
+        check_positive(OP, batch, n)?;
+        let total = check_qkv(OP, &self.config, [q, k, v], batch, n)?;
+        check_len(OP, "out", out, total, shape_of(&self.config, batch, n))?;
+        self.check_parameters(OP)?;
         if !matches!(self.config.kind, AttentionKind::PolySketch(_)) {
-            let bytes = ((state.position + n) * batch * heads * 2 * h * size_of::<T>()) as u128;
+            // the cache after this chunk, in u128: no product of sizes can wrap
+            let bytes = [state.position as u128 + n as u128, batch as u128, heads as u128]
+                .into_iter()
+                .chain([2 * h as u128, size_of::<T>() as u128])
+                .fold(1, u128::saturating_mul);
             if bytes > MAX_STATE_BYTES {
                 return Err(AttentionError::TooLarge { op: OP, bytes, limit: MAX_STATE_BYTES });
             }
@@ -222,7 +216,8 @@ impl<T: Scalar> Attention<T> {
             Par::Seq => work.into_iter().map(run).collect(),
             Par::Rayon(_) => work.into_par_iter().map(run).collect(),
         };
-        done.into_iter().collect::<Result<Vec<()>>>()?;
+        let result = done.into_iter().collect::<Result<Vec<()>>>().map(drop);
+        self.blame_overflow(OP, result, &[("q", q), ("k", k)], &[("out", out)])?;
         state.position += n;
         Ok(())
     }

@@ -68,3 +68,98 @@ fn huge_sizes_are_refused_before_anything_is_allocated() {
         assert!(too_large(&err), "h {h}, r {r}: {err}");
     }
 }
+
+/// Every kind with parameters: polynomial p = 8, PolySketch random and learned, with local
+/// blocks.
+fn kinds_with_parameters() -> Vec<AttentionKind> {
+    ["polynomial:p=8", "random+local:p=4,r=8,block=4", "learned+local:p=4,r=8,block=4"]
+        .iter()
+        .map(|s| s.parse().unwrap())
+        .collect()
+}
+
+#[test]
+fn a_non_finite_parameter_is_named() {
+    for kind in kinds_with_parameters() {
+        let mut layer =
+            Attention::<f32>::new(AttentionConfig { heads: 2, head_dim: 4, kind }).unwrap();
+        let names: Vec<String> = layer.parameters().iter().map(|p| p.name.clone()).collect();
+        let x = random::<f32>(2 * 4 * 6, 1.0, 1);
+        let (_, mut saved) = layer.forward(&x, &x, &x, 1, 6, Par::Seq).unwrap();
+        // the last parameter is a network's for the learned sketch, ln.bias otherwise
+        for (which, value) in [(0, f32::NAN), (names.len() - 1, f32::INFINITY)] {
+            let keep = layer.parameters_mut()[which].data[1];
+            layer.parameters_mut()[which].data[1] = value;
+            for err in [
+                layer.forward(&x, &x, &x, 1, 6, Par::Seq).unwrap_err(),
+                layer.backward(&mut saved, &x, Par::Seq).unwrap_err(),
+            ] {
+                assert!(
+                    matches!(&err, AttentionError::NonFiniteParameter { name, index: 1, .. } if *name == names[which]),
+                    "{kind:?}: {err}"
+                );
+            }
+            layer.parameters_mut()[which].data[1] = keep;
+        }
+    }
+}
+
+/// A layer-norm gain of 1e6 makes ⟨q̃, k̃⟩ ≈ 1e12·√h: its p-th power leaves f32's range, not
+/// f64's. f32 gets a typed error naming the overflow; f64 computes a finite result.
+#[test]
+fn scores_past_the_number_format_are_a_typed_error() {
+    fn with_gain<T: polysketch_core::Scalar>(kind: AttentionKind, gain: f64) -> Attention<T> {
+        let mut layer =
+            Attention::<T>::new(AttentionConfig { heads: 2, head_dim: 8, kind }).unwrap();
+        layer.parameters_mut()[0].data.iter_mut().for_each(|g| *g = T::of(gain));
+        layer
+    }
+    for kind in kinds_with_parameters() {
+        let x32 = random::<f32>(2 * 8 * 12, 1.0, 3);
+        let layer = with_gain::<f32>(kind, 1e6);
+        let err = layer.forward(&x32, &x32, &x32, 1, 12, Par::Seq).unwrap_err();
+        assert!(
+            matches!(&err, AttentionError::Overflow { precision: "f32", .. }),
+            "{kind:?}: {err}"
+        );
+        assert!(err.to_string().contains("max |ln.gain| = 1.000e6"), "{err}");
+        let x64 = random::<f64>(2 * 8 * 12, 1.0, 3);
+        let layer = with_gain::<f64>(kind, 1e6);
+        let (out, mut saved) = layer.forward(&x64, &x64, &x64, 1, 12, Par::Seq).unwrap();
+        assert!(out.iter().all(|v| v.is_finite()), "{kind:?}");
+        // the backward of f64 overflows in turn or gives finite gradients: never NaN silently
+        match layer.backward(&mut saved, &x64, Par::Seq) {
+            Ok(g) => assert!(g.dq.iter().chain(&g.dk).all(|v| v.is_finite())),
+            Err(e) => assert!(matches!(e, AttentionError::Overflow { .. }), "{kind:?}: {e}"),
+        }
+    }
+    // softmax has no gain: q·k of 1e20-sized rows overflows f32 before the maximum is taken
+    let layer = Attention::<f32>::new(AttentionConfig {
+        heads: 1,
+        head_dim: 4,
+        kind: AttentionKind::Softmax,
+    })
+    .unwrap();
+    let big = vec![1e20f32; 4 * 3];
+    let err = layer.forward(&big, &big, &big, 1, 3, Par::Seq).unwrap_err();
+    assert!(matches!(&err, AttentionError::Overflow { output: "out", .. }), "{err}");
+}
+
+#[test]
+fn zero_sizes_name_the_argument() {
+    let layer = Attention::<f32>::new(AttentionConfig {
+        heads: 1,
+        head_dim: 4,
+        kind: AttentionKind::Softmax,
+    })
+    .unwrap();
+    let x = vec![0.5f32; 8];
+    for (batch, n, name) in [(1, 0, "n"), (0, 2, "batch")] {
+        let err = layer.forward(&x, &x, &x, batch, n, Par::Seq).unwrap_err();
+        assert!(
+            matches!(err, AttentionError::InvalidArgument { argument, .. } if argument == name),
+            "{err}"
+        );
+        assert!(err.to_string().contains(&format!("`{name}` must be at least 1, got 0")), "{err}");
+    }
+}

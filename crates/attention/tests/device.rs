@@ -86,7 +86,10 @@ fn device_rejects_bad_input<R: Runtime>(gpu: &Gpu<R>) {
     let layer = Attention::<f32>::new(config(2, 4, 4, 4, 8, true)).unwrap();
     let device = layer.to_device(gpu).unwrap();
     let x = vec![0.5f32; 2 * 4 * 10];
-    assert!(matches!(device.forward(&x, &x, &x, 1, 0), Err(AttentionError::InvalidConfig(_))));
+    assert!(matches!(
+        device.forward(&x, &x, &x, 1, 0),
+        Err(AttentionError::InvalidArgument { argument: "n", .. })
+    ));
     assert!(matches!(
         device.forward(&x[1..], &x, &x, 1, 10),
         Err(AttentionError::ShapeMismatch { input: "q", .. })

@@ -95,7 +95,7 @@ fn bad_offsets_get_typed_errors() {
         assert!(
             matches!(
                 layer.forward_packed(&x, &x, &x, &offsets, &mut out, &mut saved, Par::Seq),
-                Err(AttentionError::InvalidConfig(_))
+                Err(AttentionError::InvalidArgument { argument: "offsets", .. })
             ),
             "{offsets:?}"
         );

@@ -218,7 +218,7 @@ fn bad_input_gets_typed_errors() {
     ));
     assert!(matches!(
         layer.forward(&x, &x, &x, 2, 0, Par::Seq),
-        Err(AttentionError::InvalidConfig(_))
+        Err(AttentionError::InvalidArgument { argument: "n", .. })
     ));
     let mut nan = x.clone();
     nan[17] = f32::NAN;

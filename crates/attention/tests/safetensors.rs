@@ -102,7 +102,26 @@ fn bad_files_get_typed_errors_and_change_nothing() {
     let nan = d.join("nan.safetensors");
     assert!(matches!(
         save_safetensors(&nan, &bad.parameters()),
-        Err(AttentionError::NonFinite { .. })
+        Err(AttentionError::NonFiniteParameter { .. })
     ));
     assert!(!nan.exists());
+}
+
+/// A learned layer's file read by a random-sketch layer of the same sizes: its `ln.*` tensors
+/// fit, but the networks' tensors would be silently dropped. Refused, naming them.
+#[test]
+fn tensors_the_layer_does_not_have_are_refused() {
+    let path = dir().join("learned.safetensors");
+    save_safetensors(&path, &layer::<f32>(1).parameters()).unwrap();
+    let mut random = Attention::<f32>::new(AttentionConfig {
+        heads: 2,
+        head_dim: 4,
+        kind: AttentionKind::PolySketch(PolySketchConfig { r: 3, block: 4, ..Default::default() }),
+    })
+    .unwrap();
+    let err = load_safetensors(&path, &mut random.parameters_mut()).unwrap_err();
+    let message = err.to_string();
+    assert!(matches!(err, AttentionError::File { .. }), "{message}");
+    assert!(message.contains("the model does not have (sketch.node0"), "{message}");
+    assert!(random.parameters()[0].data.iter().all(|&g| g == 1.0), "nothing loaded");
 }

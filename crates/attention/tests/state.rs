@@ -147,7 +147,10 @@ fn bad_states_and_inputs_get_typed_errors() {
     })))
     .unwrap();
     let soft = Attention::<f64>::new(cfg(AttentionKind::Softmax)).unwrap();
-    assert!(matches!(ps.new_state(0), Err(AttentionError::InvalidConfig(_))));
+    assert!(matches!(
+        ps.new_state(0),
+        Err(AttentionError::InvalidArgument { argument: "batch", .. })
+    ));
     let x = vec![0.5; 4];
     let mut out = vec![0.0; 4];
     // a state from a layer of another kind, or for another batch

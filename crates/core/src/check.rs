@@ -10,24 +10,28 @@ use crate::{Error, Result, Scalar};
 /// [`Error::TooLarge`] beyond this, instead of aborting on allocation failure.
 pub const MAX_PARAMETER_BYTES: u128 = 4 << 30;
 
-/// Checks that `m` has exactly `expected` = `(rows, cols)`.
+/// Checks that `m`, the argument named `input`, has exactly `expected` = `(rows, cols)`.
 ///
 /// # Errors
-/// [`Error::ShapeMismatch`] naming `op` otherwise.
-pub fn check_shape<T>(op: &'static str, m: MatRef<'_, T>, expected: (usize, usize)) -> Result<()> {
+/// [`Error::ShapeMismatch`] naming `op` and `input` otherwise.
+pub fn check_shape<T>(
+    op: &'static str, input: &'static str, m: MatRef<'_, T>, expected: (usize, usize),
+) -> Result<()> {
     let got = (m.nrows(), m.ncols());
     if got != expected {
-        return Err(Error::ShapeMismatch { op, expected, got });
+        return Err(Error::ShapeMismatch { op, input, expected, got });
     }
     Ok(())
 }
 
-/// Checks that `m` has `cols` columns (any number of rows).
+/// Checks that `m`, the argument named `input`, has `cols` columns (any number of rows).
 ///
 /// # Errors
-/// [`Error::ShapeMismatch`] naming `op` otherwise.
-pub fn check_cols<T>(op: &'static str, m: MatRef<'_, T>, cols: usize) -> Result<()> {
-    check_shape(op, m, (m.nrows(), cols))
+/// [`Error::ShapeMismatch`] naming `op` and `input` otherwise.
+pub fn check_cols<T>(
+    op: &'static str, input: &'static str, m: MatRef<'_, T>, cols: usize,
+) -> Result<()> {
+    check_shape(op, input, m, (m.nrows(), cols))
 }
 
 /// Checks that `m` has at least one row.
@@ -79,6 +83,24 @@ pub fn check_finite<T: Scalar>(
         }
     }
     Ok(())
+}
+
+/// Checks that `output`, computed by `op` from finite inputs, is finite: the one pass that
+/// turns an overflow of the number format into a typed error instead of a result full of
+/// infinities and NaNs.
+///
+/// # Errors
+/// [`Error::Overflow`] naming `op`, the `input` whose magnitude is at fault and the `output`,
+/// with the position of the first non-finite entry.
+pub fn check_overflow<T: Scalar>(
+    op: &'static str, input: &'static str, output_name: &'static str, output: MatRef<'_, T>,
+) -> Result<()> {
+    match check_finite(op, output_name, output) {
+        Err(Error::NonFinite { row, col, .. }) => {
+            Err(Error::Overflow { op, input, output: output_name, row, col })
+        }
+        other => other,
+    }
 }
 
 /// Whether every value is finite, vectorised: `x * 0` is 0 for finite `x` and NaN for NaN or

@@ -28,10 +28,12 @@ pub enum Error {
         what: &'static str,
     },
     /// A matrix has the wrong shape.
-    #[error("{op}: expected a {}x{} matrix, got {}x{}", expected.0, expected.1, got.0, got.1)]
+    #[error("{op}: `{input}` must be a {}x{} matrix, got {}x{}", expected.0, expected.1, got.0, got.1)]
     ShapeMismatch {
         /// The operation.
         op: &'static str,
+        /// Which input (or output buffer).
+        input: &'static str,
         /// The shape it needed, `(rows, cols)`.
         expected: (usize, usize),
         /// The shape it got.
@@ -47,6 +49,26 @@ pub enum Error {
         /// Row of the first non-finite entry.
         row: usize,
         /// Column of the first non-finite entry.
+        col: usize,
+    },
+    /// Finite inputs gave a result that the number format cannot hold (an infinity, or a NaN
+    /// from one): the inputs are too large in magnitude for the precision. The result is not
+    /// returned; scale the inputs down or compute in `f64`.
+    #[error(
+        "{op}: the result `{output}` overflows the number format (finite inputs, non-finite \
+         result at row {row}, column {col}): the values of `{input}` are too large in magnitude \
+         for this precision; scale them down or use f64"
+    )]
+    Overflow {
+        /// The operation.
+        op: &'static str,
+        /// The input whose magnitude is at fault.
+        input: &'static str,
+        /// The result that overflowed.
+        output: &'static str,
+        /// Row of the first non-finite entry of the result.
+        row: usize,
+        /// Column of the first non-finite entry of the result.
         col: usize,
     },
     /// An input has no rows.

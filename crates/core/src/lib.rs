@@ -26,7 +26,7 @@
 //! gemm(c.as_mut(), a.as_ref(), b.as_ref(), 1.0, false, polysketch_core::faer::Par::Seq);
 //! assert_eq!(c[(1, 1)], 1.0 * 0.0 + 2.0 * 1.0 + 3.0 * 2.0); // row 1 of A times column 1 of B
 //! assert!(matches!(
-//!     check_shape("demo", c.as_ref(), (3, 3)),
+//!     check_shape("demo", "c", c.as_ref(), (3, 3)),
 //!     Err(Error::ShapeMismatch { expected: (3, 3), got: (2, 2), .. })
 //! ));
 //! ```
@@ -46,7 +46,7 @@ pub mod tree;
 
 pub use check::{
     MAX_PARAMETER_BYTES, all_finite, check_cols, check_finite, check_nonempty, check_nonzero,
-    check_param_bytes, check_shape, check_sketch_sizes,
+    check_overflow, check_param_bytes, check_shape, check_sketch_sizes,
 };
 pub use error::{Error, Result};
 pub use parallel::{CHUNK_ROWS, for_each_row_chunk};

@@ -116,6 +116,8 @@ impl PolyKernel {
         gemm(k.as_mut(), a, b.transpose(), self.gamma, false, par);
         let (c, p) = (self.coef0, self.degree as i32);
         faer::zip!(k.as_mut()).for_each(|faer::unzip!(v)| *v = (*v + c).powi(p));
+        // (γ⟨a, b⟩ + c)^p past f64's range (|⟨a, b⟩| ≈ 1e200 squared): a typed error
+        polysketch_core::check_overflow(OP, "a and b", "k", k.as_ref())?;
         Ok(k)
     }
 }

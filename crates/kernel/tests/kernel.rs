@@ -7,6 +7,7 @@ use polysketch_kernel::{
     center_columns, center_gram, kernel_pca_exact, kernel_pca_features, principal_angles, r2, rmse,
     symmetric_base_size, top_eigenpairs,
 };
+use polysketch_sketch::SketchError;
 
 fn data(n: usize, d: usize, seed: u64) -> Mat<f64> {
     Mat::from_fn(n, d, |i, j| {
@@ -257,6 +258,13 @@ fn bad_input_gets_typed_errors() {
         Err(KernelError::NonFinite { row: 4, col: 2, .. })
     ));
     assert!(matches!(Standardizer::fit(x.as_ref()), Err(KernelError::NonFinite { .. })));
+    // finite rows of 1e200: (⟨x, y⟩ + 1)^3 leaves f64's range, a typed error names it
+    let huge = Mat::<f64>::from_fn(4, 3, |i, j| 1e200 * (1.0 + (i + j) as f64));
+    let err = kernel.gram(huge.as_ref(), huge.as_ref(), Par::Seq).unwrap_err();
+    assert!(
+        matches!(err, KernelError::Sketch(SketchError::Overflow { input: "a and b", .. })),
+        "{err}"
+    );
     let x = data(20, 3, 10);
     let f = SketchFeatures::new(kernel, 3, FeatureKind::Tree, 16, 0).unwrap();
     assert!(matches!(

@@ -112,7 +112,7 @@ fn validate_backward<T: Scalar>(
     op: &'static str, a: MatRef<'_, T>, b: MatRef<'_, T>, c: MatRef<'_, T>, g: MatRef<'_, T>,
 ) -> Result<()> {
     Problem::general(a, b, c).validate(op)?;
-    check_shape(op, g, (c.nrows(), c.ncols()))?;
+    check_shape(op, "g", g, (c.nrows(), c.ncols()))?;
     check_finite(op, "g", g)
 }
 

@@ -5,8 +5,8 @@ use faer::prelude::ReborrowMut;
 use faer::{Accum, Mat, MatMut, MatRef, Par};
 use polysketch_core::linalg::row_blocks;
 use polysketch_core::{
-    Error as SketchError, Result, Scalar, check_finite, check_param_bytes, check_shape,
-    linalg::gemm,
+    Error as SketchError, Result, Scalar, check_finite, check_overflow, check_param_bytes,
+    check_shape, linalg::gemm,
 };
 use rayon::prelude::*;
 
@@ -225,17 +225,18 @@ impl LowTri {
     ) -> Result<()> {
         const OP: &str = "lowtri::forward";
         if outs.len() != problems.len() || saved.len() != problems.len() {
-            let got = outs.len().min(saved.len());
-            return Err(SketchError::ShapeMismatch {
-                op: OP,
-                expected: (problems.len(), 1),
-                got: (got, 1),
-            });
+            let reason = format!(
+                "`outs` and `saved` must have one entry per problem ({}), got {} and {}",
+                problems.len(),
+                outs.len(),
+                saved.len()
+            );
+            return Err(SketchError::InvalidArgument { op: OP, reason });
         }
         let b = self.block;
         for (p, out) in problems.iter().zip(&outs) {
             p.validate(OP)?;
-            check_shape(OP, out.as_ref(), (p.n(), p.k()))?;
+            check_shape(OP, "out", out.as_ref(), (p.n(), p.k()))?;
             check_param_bytes(
                 "lowtri saved prefixes",
                 self.saved_bytes::<u8>(p.n(), p.m(), p.k()),
@@ -314,6 +315,11 @@ impl LowTri {
         for s in saved.iter_mut() {
             s.ready = true;
         }
+        // finite inputs whose products overflow the number format: a typed error, not a result
+        // of infinities (one pass over the output)
+        for (p, out) in problems.iter().zip(&outs) {
+            check_overflow(OP, p.inputs(), "out", out.as_ref())?;
+        }
         Ok(())
     }
 
@@ -378,13 +384,19 @@ impl LowTri {
         const OP: &str = "lowtri::backward";
         let count = problems.len();
         if saved.len() != count || d_outs.len() != count || grads.len() != count {
-            let got = saved.len().min(d_outs.len()).min(grads.len());
-            return Err(SketchError::ShapeMismatch { op: OP, expected: (count, 1), got: (got, 1) });
+            let reason = format!(
+                "`saved`, `d_outs` and `grads` must have one entry per problem ({count}), got {}, \
+                 {} and {}",
+                saved.len(),
+                d_outs.len(),
+                grads.len()
+            );
+            return Err(SketchError::InvalidArgument { op: OP, reason });
         }
         let b = self.block;
         for ((p, s), d) in problems.iter().zip(saved.iter()).zip(d_outs) {
             p.validate(OP)?;
-            check_shape(OP, *d, (p.n(), p.k()))?;
+            check_shape(OP, "d_out", *d, (p.n(), p.k()))?;
             check_finite(OP, "d_out", *d)?;
             if !s.ready {
                 let reason =
@@ -392,13 +404,18 @@ impl LowTri {
                         .into();
                 return Err(SketchError::InvalidArgument { op: OP, reason });
             }
-            check_shape(OP, s.prefixes.as_ref(), (p.m(), p.n().div_ceil(b) * p.k()))?;
-            if s.block != b {
-                return Err(SketchError::ShapeMismatch {
-                    op: OP,
-                    expected: (b, 1),
-                    got: (s.block, 1),
-                });
+            let expected = (p.m(), p.n().div_ceil(b) * p.k());
+            if s.block != b || (s.prefixes.nrows(), s.prefixes.ncols()) != expected {
+                let reason = format!(
+                    "the saved state comes from another problem or engine (block {} and prefixes \
+                     {}x{}, expected block {b} and {}x{})",
+                    s.block,
+                    s.prefixes.nrows(),
+                    s.prefixes.ncols(),
+                    expected.0,
+                    expected.1
+                );
+                return Err(SketchError::InvalidArgument { op: OP, reason });
             }
         }
         let (m_max, r_max) = self.widths(problems);
@@ -523,6 +540,15 @@ impl LowTri {
                 p.feature_vjp(true, s, len, dfl.as_ref(), d_b.rb_mut(), &mut sc.vjp);
             },
         );
+        for (p, g) in problems.iter().zip(grads.iter()) {
+            let optional = [("d_q", g.d_q.as_ref()), ("d_k", g.d_k.as_ref())];
+            let named = [("d_a", Some(&g.d_a)), ("d_b", Some(&g.d_b)), ("d_c", Some(&g.d_c))];
+            for (name, m) in named.into_iter().chain(optional) {
+                if let Some(m) = m {
+                    check_overflow(OP, p.inputs(), name, m.as_ref())?;
+                }
+            }
+        }
         Ok(())
     }
 }

@@ -83,6 +83,16 @@ impl<'a, T: Scalar> Problem<'a, T> {
         Self { features, diagonal: Diagonal::ExactPower { q, k, p }, c }
     }
 
+    /// The inputs' names, for an error that blames their magnitudes.
+    pub(crate) fn inputs(&self) -> &'static str {
+        match (self.features, self.diagonal) {
+            (Features::Explicit { .. }, Diagonal::ExactPower { .. }) => "a, b, q, k and c",
+            (Features::Explicit { .. }, _) => "a, b and c",
+            (Features::SelfTensored { .. }, Diagonal::ExactPower { .. }) => "l, r, q, k and c",
+            (Features::SelfTensored { .. }, _) => "l, r and c",
+        }
+    }
+
     /// Number of rows \\(n\\).
     pub fn n(&self) -> usize {
         self.c.nrows()
@@ -116,8 +126,8 @@ impl<'a, T: Scalar> Problem<'a, T> {
             Features::Explicit { a, b } => (a, b, ("a", "b")),
             Features::SelfTensored { l, r } => (l, r, ("l", "r")),
         };
-        check_shape(op, x, (n, x.ncols()))?;
-        check_shape(op, y, (n, x.ncols()))?;
+        check_shape(op, names.0, x, (n, x.ncols()))?;
+        check_shape(op, names.1, y, (n, x.ncols()))?;
         check_finite(op, names.0, x)?;
         check_finite(op, names.1, y)?;
         if let Diagonal::ExactPower { q, k, p } = self.diagonal {
@@ -128,8 +138,8 @@ impl<'a, T: Scalar> Problem<'a, T> {
                     requirement: "1 <= p <= 64",
                 });
             }
-            check_shape(op, q, (n, q.ncols()))?;
-            check_shape(op, k, (n, q.ncols()))?;
+            check_shape(op, "q", q, (n, q.ncols()))?;
+            check_shape(op, "k", k, (n, q.ncols()))?;
             check_finite(op, "q", q)?;
             check_finite(op, "k", k)?;
         }

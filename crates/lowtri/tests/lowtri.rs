@@ -356,12 +356,12 @@ fn bad_input_gets_typed_errors() {
     let c = Mat::<f64>::zeros(10, 2);
     assert!(matches!(
         engine.forward(&Problem::general(a.as_ref(), short.as_ref(), c.as_ref()), Par::Seq),
-        Err(SketchError::ShapeMismatch { .. })
+        Err(SketchError::ShapeMismatch { input: "b", expected: (10, 3), got: (9, 3), .. })
     ));
     let narrow = Mat::<f64>::zeros(10, 2);
     assert!(matches!(
         engine.forward(&Problem::general(a.as_ref(), narrow.as_ref(), c.as_ref()), Par::Seq),
-        Err(SketchError::ShapeMismatch { .. })
+        Err(SketchError::ShapeMismatch { input: "b", .. })
     ));
     let mut nan = a.clone();
     nan[(4, 1)] = f64::NAN;
@@ -389,7 +389,7 @@ fn bad_input_gets_typed_errors() {
     let (_, mut saved) = engine.forward(&problem, Par::Seq).unwrap();
     assert!(matches!(
         engine.backward(&problem, &mut saved, Mat::<f64>::zeros(10, 3).as_ref(), Par::Seq),
-        Err(SketchError::ShapeMismatch { .. })
+        Err(SketchError::ShapeMismatch { input: "d_out", .. })
     ));
     let mut bad = Mat::<f64>::zeros(10, 2);
     bad[(0, 0)] = f64::INFINITY;
@@ -445,4 +445,27 @@ fn reused_workspaces_give_the_same_results() {
             assert_eq!(grads[0], fresh, "{name} step {step}");
         }
     }
+}
+
+/// Finite inputs of 1e20 whose products leave f32's range: the forward and the backward return
+/// a typed error naming the inputs, not a result of infinities.
+#[test]
+fn products_past_the_number_format_are_a_typed_error() {
+    let engine = LowTri::new(4).unwrap();
+    let big = Mat::<f32>::from_fn(10, 3, |i, j| 1e20 * (1.0 + (i * 3 + j) as f32 / 30.0));
+    let c = Mat::<f32>::from_fn(10, 2, |i, _| 1.0 + i as f32);
+    for problem in [
+        Problem::general(big.as_ref(), big.as_ref(), c.as_ref()),
+        Problem::self_tensored(big.as_ref(), big.as_ref(), c.as_ref()),
+    ] {
+        let err = engine.forward(&problem, Par::Seq).unwrap_err();
+        assert!(matches!(err, SketchError::Overflow { output: "out", .. }), "{err}");
+    }
+    // a backward whose gradients overflow: moderate inputs, a huge d_out
+    let small = Mat::<f32>::from_fn(10, 3, |i, j| 1.0 + (i + j) as f32);
+    let problem = Problem::general(small.as_ref(), small.as_ref(), c.as_ref());
+    let (_, mut saved) = engine.forward(&problem, Par::Seq).unwrap();
+    let d_out = Mat::<f32>::from_fn(10, 2, |_, _| 3e37);
+    let err = engine.backward(&problem, &mut saved, d_out.as_ref(), Par::Seq).unwrap_err();
+    assert!(matches!(err, SketchError::Overflow { input: "a, b and c", .. }), "{err}");
 }

@@ -179,7 +179,7 @@ pub fn sq_norm_deviations<T: Scalar>(
     a: MatRef<'_, T>, sa: MatRef<'_, T>, p: usize,
 ) -> Result<Vec<f64>> {
     const OP: &str = "jl::sq_norm_deviations";
-    check_shape(OP, sa, (a.nrows(), sa.ncols()))?;
+    check_shape(OP, "sa", sa, (a.nrows(), sa.ncols()))?;
     (0..a.nrows())
         .map(|i| {
             let na: f64 = a.row(i).iter().map(|x| x.as_f64().powi(2)).sum();
@@ -248,7 +248,7 @@ where
 pub fn exact_poly_gram<T: Scalar>(
     a: MatRef<'_, T>, b: MatRef<'_, T>, p: usize,
 ) -> Result<Mat<f64>> {
-    check_cols("jl::exact_poly_gram", b, a.ncols())?;
+    check_cols("jl::exact_poly_gram", "b", b, a.ncols())?;
     Ok(Mat::from_fn(a.nrows(), b.nrows(), |i, j| {
         let dot: f64 =
             a.row(i).iter().zip(b.row(j).iter()).map(|(x, y)| x.as_f64() * y.as_f64()).sum();
@@ -277,7 +277,7 @@ pub fn amm_error_from_gram<T: Scalar>(
     gram: MatRef<'_, T>, a: MatRef<'_, T>, b: MatRef<'_, T>, p: usize,
 ) -> Result<f64> {
     const OP: &str = "jl::amm_error_from_gram";
-    check_shape(OP, gram, (a.nrows(), b.nrows()))?;
+    check_shape(OP, "gram", gram, (a.nrows(), b.nrows()))?;
     let exact = exact_poly_gram(a, b, p)?;
     let denom = tensor_power_norm(a, p) * tensor_power_norm(b, p);
     if denom == 0.0 {

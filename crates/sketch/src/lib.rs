@@ -54,8 +54,8 @@ pub use polysketch_core::{Error as SketchError, MAX_DEGREE, Result};
 
 // the base crate's helpers under the paths the modules here use
 pub(crate) use polysketch_core::{
-    SketchRng, check_cols, check_finite, check_nonempty, check_param_bytes, check_shape,
-    check_sketch_sizes, for_each_row_chunk, linalg, normal, seeded_rng, split_seed,
+    SketchRng, check_cols, check_finite, check_nonempty, check_overflow, check_param_bytes,
+    check_shape, check_sketch_sizes, for_each_row_chunk, linalg, normal, seeded_rng, split_seed,
 };
 
 mod countsketch;

@@ -1,9 +1,11 @@
 //! The trait every polynomial sketch implements.
 
+use faer::prelude::ReborrowMut;
 use faer::{Mat, MatMut, MatRef, Par};
 
 use crate::{
-    Result, Scalar, check_cols, check_finite, check_nonempty, check_shape, for_each_row_chunk,
+    Result, Scalar, check_cols, check_finite, check_nonempty, check_overflow, check_shape,
+    for_each_row_chunk,
 };
 
 /// A degree-`p` oblivious sketch \\(S \in \mathbb{R}^{h^p \times r}\\), applied to tensor powers
@@ -81,16 +83,17 @@ pub trait PolySketch<T: Scalar>: Send + Sync {
     ///
     /// # Errors
     /// As [`apply`](Self::apply), and a shape mismatch if `out` is not `[n, r]`.
-    fn apply_into(&self, a: MatRef<'_, T>, out: MatMut<'_, T>, par: Par) -> Result<()> {
+    fn apply_into(&self, a: MatRef<'_, T>, mut out: MatMut<'_, T>, par: Par) -> Result<()> {
         const OP: &str = "PolySketch::apply";
-        check_cols(OP, a, self.input_dim())?;
+        check_cols(OP, "a", a, self.input_dim())?;
         check_nonempty(OP, "a", a)?;
-        check_shape(OP, out.as_ref(), (a.nrows(), self.sketch_dim()))?;
+        check_shape(OP, "out", out.as_ref(), (a.nrows(), self.sketch_dim()))?;
         check_finite(OP, "a", a)?;
-        for_each_row_chunk(out, par, |start, chunk| {
+        for_each_row_chunk(out.rb_mut(), par, |start, chunk| {
             self.apply_rows(a.subrows(start, chunk.nrows()), chunk);
         });
-        Ok(())
+        // finite rows whose tensor power overflows the number format (|a|^p past its range)
+        check_overflow(OP, "a", "out", out.as_ref())
     }
 
     /// Vector-Jacobian product: \\(\partial L/\partial A\\) given \\(\partial L/\partial
@@ -116,20 +119,20 @@ pub trait PolySketch<T: Scalar>: Send + Sync {
     /// # Errors
     /// As [`vjp`](Self::vjp), and a shape mismatch if `out` is not `[n, h]`.
     fn vjp_into(
-        &self, a: MatRef<'_, T>, grad: MatRef<'_, T>, out: MatMut<'_, T>, par: Par,
+        &self, a: MatRef<'_, T>, grad: MatRef<'_, T>, mut out: MatMut<'_, T>, par: Par,
     ) -> Result<()> {
         const OP: &str = "PolySketch::vjp";
-        check_cols(OP, a, self.input_dim())?;
+        check_cols(OP, "a", a, self.input_dim())?;
         check_nonempty(OP, "a", a)?;
-        check_shape(OP, grad, (a.nrows(), self.sketch_dim()))?;
-        check_shape(OP, out.as_ref(), (a.nrows(), self.input_dim()))?;
+        check_shape(OP, "grad", grad, (a.nrows(), self.sketch_dim()))?;
+        check_shape(OP, "out", out.as_ref(), (a.nrows(), self.input_dim()))?;
         check_finite(OP, "a", a)?;
         check_finite(OP, "grad", grad)?;
-        for_each_row_chunk(out, par, |start, chunk| {
+        for_each_row_chunk(out.rb_mut(), par, |start, chunk| {
             let rows = chunk.nrows();
             self.vjp_rows(a.subrows(start, rows), grad.subrows(start, rows), chunk);
         });
-        Ok(())
+        check_overflow(OP, "a and grad", "out", out.as_ref())
     }
 
     /// The sketched Gram matrix \\((A^{\otimes p}S)(B^{\otimes p}S)^\top\\), the estimate of
@@ -148,6 +151,7 @@ pub trait PolySketch<T: Scalar>: Send + Sync {
         let sb = self.apply(b, par)?;
         let mut g = Mat::zeros(sa.nrows(), sb.nrows());
         crate::linalg::gemm(g.as_mut(), sa.as_ref(), sb.transpose(), T::one(), false, par);
+        check_overflow("PolySketch::gram", "a and b", "gram", g.as_ref())?;
         Ok(g)
     }
 }

@@ -48,7 +48,12 @@ fn shape_mismatches_are_refused() {
     let err = s.apply(a.as_ref(), Par::Seq).unwrap_err();
     assert_eq!(
         err,
-        SketchError::ShapeMismatch { op: "PolySketch::apply", expected: (3, 4), got: (3, 5) }
+        SketchError::ShapeMismatch {
+            op: "PolySketch::apply",
+            input: "a",
+            expected: (3, 4),
+            got: (3, 5)
+        }
     );
     let a = Mat::<f64>::zeros(3, 4);
     let mut out = Mat::<f64>::zeros(3, 7);
@@ -151,4 +156,29 @@ fn huge_sizes_are_refused_before_anything_is_allocated() {
     let wide = CountSketch::<f32>::new(8, u32::MAX as usize, 0).unwrap();
     let err = wide.apply(Mat::<f32>::ones(1, 8).as_ref(), Par::Seq).unwrap_err();
     assert!(too_large(&err), "{err}");
+}
+
+/// Finite rows whose tensor power leaves f32's range (|a|^p with |a| = 1e20, p = 2) give a typed
+/// error naming the input, not a sketch full of infinities; the same rows in f64 are fine.
+#[test]
+fn results_past_the_number_format_are_a_typed_error() {
+    fn sketches<T: polysketch_core::Scalar>() -> Vec<Box<dyn PolySketch<T>>> {
+        vec![
+            Box::new(TensorSketch::new(8, 16, 2, 1).unwrap()),
+            Box::new(TreeSketch::gaussian(8, 16, 2, 1).unwrap()),
+        ]
+    }
+    let value = |i: usize, j: usize| if (i + j) % 2 == 0 { 1e20 } else { -3e19 };
+    let a32 = Mat::<f32>::from_fn(3, 8, |i, j| value(i, j) as f32);
+    let a64 = Mat::<f64>::from_fn(3, 8, value);
+    for (s32, s64) in sketches::<f32>().iter().zip(sketches::<f64>()) {
+        let err = s32.apply(a32.as_ref(), Par::Seq).unwrap_err();
+        assert!(
+            matches!(err, SketchError::Overflow { input: "a", output: "out", .. }),
+            "{}: {err}",
+            s32.name()
+        );
+        let out = s64.apply(a64.as_ref(), Par::Seq).unwrap();
+        assert!(out.col_iter().all(|c| c.iter().all(|v| v.is_finite())), "{}", s64.name());
+    }
 }

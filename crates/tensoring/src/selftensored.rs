@@ -114,6 +114,7 @@ impl<T: Scalar, S: PolySketch<T>> PolySketch<T> for SelfTensored<S> {
         let r = self.base.apply(b, par)?;
         let mut g = Mat::zeros(l.nrows(), r.nrows());
         gram_block(l.as_ref(), r.as_ref(), g.as_mut(), par);
+        polysketch_core::check_overflow("SelfTensored::gram", "a and b", "gram", g.as_ref())?;
         Ok(g)
     }
 }
