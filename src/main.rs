@@ -116,9 +116,14 @@ struct ModelArgs {
     /// Evaluate and checkpoint every this many steps [default: train 50, task 250]
     #[arg(long)]
     eval_every: Option<usize>,
-    /// Folder for the run's files (default: a new runs/<name>-<n>).
+    /// Folder for the run's files (default: a new runs/<name>-<n>). A folder that already holds
+    /// a run is refused unless --force is given.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Replace the run already in --out (its checkpoint, metrics.csv and loss.svg are removed
+    /// first).
+    #[arg(long)]
+    force: bool,
     /// Stop after this step (writing a checkpoint to resume from).
     #[arg(long)]
     stop_after: Option<usize>,
@@ -340,6 +345,9 @@ fn train(args: TrainArgs) -> polysketch::Result<()> {
             .map_or_else(|| PathBuf::from("."), |p| p.to_path_buf()),
         (None, None) => run::new_run_dir("train"),
     };
+    if args.resume.is_none() {
+        clear_if_forced(m, &out)?;
+    }
     let s = run::train(model, cfg, &out, args.resume.as_deref(), m.stop_after, m.quiet)?;
     println!(
         "{} ({} parameters, {}): step {}, validation loss {:.4}, perplexity {:.2}, {:.0} tokens/s",
@@ -372,9 +380,20 @@ fn sample(args: &SampleArgs) -> polysketch::Result<()> {
             "sample needs a text (byte) model, not a task model".into(),
         ));
     }
-    let text =
-        run::generate(&model, &tokenizer, &args.prompt, args.tokens, args.temperature, args.seed)?;
-    println!("{}{text}", args.prompt);
+    // the text appears as it is generated: a long request shows its first characters at once
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    let closed = |e: std::io::Error| polysketch::gpt::GptError::File {
+        path: "standard output".into(),
+        reason: e.to_string(),
+    };
+    write!(stdout, "{}", args.prompt).and_then(|()| stdout.flush()).map_err(closed)?;
+    let (prompt, count, temperature, seed) =
+        (&args.prompt, args.tokens, args.temperature, args.seed);
+    run::generate_streaming(&model, &tokenizer, prompt, count, temperature, seed, &mut |piece| {
+        write!(stdout, "{piece}").and_then(|()| stdout.flush()).map_err(closed)
+    })?;
+    writeln!(stdout).map_err(closed)?;
     Ok(())
 }
 
@@ -414,15 +433,47 @@ fn task(args: TaskArgs) -> polysketch::Result<()> {
     }
     cfg.stop_at_accuracy = (args.until > 0.0).then_some(args.until);
     let out = m.out.clone().unwrap_or_else(|| run::new_run_dir(&format!("task-{}", args.task)));
+    clear_if_forced(m, &out)?;
     let s = run::train(model, cfg, &out, None, m.stop_after, m.quiet)?;
+    let accuracy = s.accuracy.unwrap_or(0.0);
+    let goal = if args.until == 0.0 {
+        "no accuracy goal (--until 0)".to_string()
+    } else if accuracy >= args.until {
+        format!("reached the goal {} at step {}", args.until, s.step)
+    } else {
+        format!("did not reach the goal {}", args.until)
+    };
+    let solved =
+        s.solved_at.map_or("never at 99 %".into(), |t| format!("first at 99 % at step {t}"));
     println!(
-        "{} {}: step {}, held-out loss {:.4}, {}",
+        "{} {}: step {}, held-out loss {:.4}, {goal}, {solved}",
         args.task,
         model.attention.name(),
         s.step,
         s.val_loss,
-        s.solved_at.map_or("not solved (99 %)".into(), |t| format!("solved (99 %) at step {t}"))
     );
-    println!("accuracy {:.4}", s.accuracy.unwrap_or(0.0));
+    println!("accuracy {accuracy:.4}");
+    Ok(())
+}
+
+/// `--force`: removes the files of the run already in `out` (nothing else in the folder), so
+/// that the new run may write there; without it the run refuses such a folder.
+fn clear_if_forced(m: &ModelArgs, out: &std::path::Path) -> polysketch::Result<()> {
+    if !m.force {
+        return Ok(());
+    }
+    for name in ["checkpoint", "checkpoint.old", "checkpoint.tmp", "metrics.csv", "loss.svg"] {
+        let path = out.join(name);
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else if path.exists() {
+            std::fs::remove_file(&path)
+        } else {
+            Ok(())
+        };
+        removed.map_err(|e| {
+            polysketch::Error::Config(format!("--force: cannot remove {}: {e}", path.display()))
+        })?;
+    }
     Ok(())
 }

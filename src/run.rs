@@ -11,7 +11,7 @@ pub use polysketch_gpt::run::{
     DEFAULT_DATA, EvalReport, RunConfig, RunSummary, Source, eval, load_model, new_run_dir,
 };
 use polysketch_gpt::run::{Progress, StepReport};
-pub use polysketch_gpt::sample::generate;
+pub use polysketch_gpt::sample::{generate, generate_streaming};
 
 use crate::Result;
 use crate::plot::{Axes, Line, line_plot, line_plot_capped};

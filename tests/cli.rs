@@ -125,3 +125,223 @@ fn bad_thread_counts_and_batch_counts_are_refused() {
         assert!(err.starts_with("error:") && err.contains("at least 1"), "{args:?}: {err}");
     }
 }
+
+/// The tiny run's flags (a second of training), for the bad-argument table.
+const TINY: &[&str] = &[
+    "--seq",
+    "32",
+    "--batch",
+    "2",
+    "--d-model",
+    "16",
+    "--layers",
+    "1",
+    "--heads",
+    "2",
+    "--eval-batches",
+    "1",
+    "--sample-len",
+    "0",
+    "--threads",
+    "1",
+    "--quiet",
+];
+
+/// Asserts the program refused `args`: a non-zero exit, one line on standard error that starts
+/// with `error:` and contains `expected`, no panic and no backtrace.
+fn assert_refused(args: &[&str], expected: &str) {
+    let o = run(args);
+    let err = text(&o.stderr);
+    assert!(!o.status.success(), "{args:?} succeeded: {}", text(&o.stdout));
+    assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+    assert!(err.starts_with("error:"), "{args:?}: {err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+    assert!(!err.contains("panicked") && !err.contains("backtrace"), "{args:?}: {err}");
+    assert!(err.contains(expected), "{args:?}: {expected:?} not in {err}");
+}
+
+/// Bad arguments, and bad files where a checkpoint or a text is expected: each gets a
+/// one-line error, never a panic, a NaN or a silent fallback; nothing a user made is lost.
+#[test]
+fn bad_arguments_and_files_get_a_one_line_error() {
+    let dir = scratch("bad");
+    let good = dir.join("good");
+    let o = train_tiny(&good);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let good_s = good.to_str().unwrap();
+    let fresh = dir.join("fresh");
+    let fresh_s = fresh.to_str().unwrap();
+    let tiny = |extra: &[&str]| -> Vec<String> {
+        // softmax unless the case names its own attention
+        let softmax: &[&str] =
+            if extra.contains(&"--attention") { &[] } else { &["--attention", "softmax"] };
+        // into the scratch folder unless the case names its own
+        let out: &[&str] = if extra.contains(&"--out") { &[] } else { &["--out", fresh_s] };
+        let all = ["train"].iter().chain(softmax).chain(TINY).chain(out).chain(extra);
+        all.map(|s| s.to_string()).collect()
+    };
+    let table: Vec<(Vec<String>, &str)> = vec![
+        (tiny(&["--warmup", "100", "--steps", "10"]), "warm-up of 100 steps"),
+        (tiny(&["--stop-after", "0", "--out", fresh_s]), "stop_after 0"),
+        (tiny(&["--lr", "1e30", "--steps", "20", "--out", fresh_s]), "training diverged at step"),
+        (tiny(&["--out", good_s]), "already holds a run"),
+        (tiny(&["--attention", "cubic"]), "cubic"),
+        (tiny(&["--attention", "polynomial:p=3"]), "p"),
+        (tiny(&["--decay", "wobbly"]), "unknown decay"),
+        (tiny(&["--tokenizer", "words"]), "unknown tokenizer"),
+        (tiny(&["--data", "/nonexistent/text.txt"]), "/nonexistent/text.txt"),
+        (tiny(&["--resume", "/nonexistent/run"]), "does not exist"),
+        (
+            ["task", "copying", "--held-out", "0", "--quiet"].map(String::from).to_vec(),
+            "held_out must be at least 1",
+        ),
+        (["task", "copying", "--until", "1.5"].map(String::from).to_vec(), "--until 1.5"),
+        (["task", "sorting"].map(String::from).to_vec(), "unknown task"),
+        (
+            ["eval", "--checkpoint", good_s, "--batches", "0"].map(String::from).to_vec(),
+            "at least 1",
+        ),
+        (
+            ["sample", "--checkpoint", good_s, "--temperature=-1"].map(String::from).to_vec(),
+            "temperature",
+        ),
+        (
+            ["--threads", "0", "sample", "--checkpoint", good_s].map(String::from).to_vec(),
+            "--threads",
+        ),
+    ];
+    for (args, expected) in &table {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        assert_refused(&args, expected);
+        let _ = std::fs::remove_dir_all(&fresh);
+    }
+    // the refused --out kept its run; --force replaces it
+    let before = std::fs::read_to_string(good.join("metrics.csv")).unwrap();
+    assert_eq!(before.lines().count(), 5, "{before}");
+    // diverged: the metrics up to the failing step are kept, no checkpoint was made up
+    let o = run(&tiny(&["--lr", "1e30", "--steps", "20", "--out", fresh_s])
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>());
+    assert!(!o.status.success() && fresh.join("metrics.csv").is_file());
+    assert!(!fresh.join("checkpoint").exists());
+    // checkpoint files that are missing, empty, binary, truncated or edited
+    let edit = |name: &str, f: &dyn Fn(&Path)| -> PathBuf {
+        let copy = dir.join(name);
+        copy_dir(&good, &copy);
+        f(&copy.join("checkpoint"));
+        copy
+    };
+    let cases: Vec<(PathBuf, &str)> = vec![
+        (dir.join("missing"), "does not exist"),
+        (
+            edit("empty-json", &|c| std::fs::write(c.join("checkpoint.json"), b"").unwrap()),
+            "not a checkpoint",
+        ),
+        (
+            edit("binary-json", &|c| {
+                std::fs::write(c.join("checkpoint.json"), [0u8, 159, 146, 150, 7]).unwrap()
+            }),
+            "not a checkpoint",
+        ),
+        (
+            edit("truncated-model", &|c| {
+                let p = c.join("model.safetensors");
+                let bytes = std::fs::read(&p).unwrap();
+                std::fs::write(&p, &bytes[..bytes.len() / 2]).unwrap();
+            }),
+            "not a safetensors file",
+        ),
+        (
+            edit("no-model", &|c| std::fs::remove_file(c.join("model.safetensors")).unwrap()),
+            "model.safetensors",
+        ),
+        (
+            edit("polysketch-json", &|c| {
+                let p = c.join("checkpoint.json");
+                let json = std::fs::read_to_string(&p).unwrap();
+                let edited = json.replace(
+                    "\"kind\": \"softmax\"",
+                    "\"kind\": \"polysketch\", \"p\": 4, \"r\": 8, \"block\": 8, \"learned\": false, \"local\": true",
+                );
+                assert_ne!(json, edited);
+                std::fs::write(&p, edited).unwrap();
+            }),
+            "no tensor named",
+        ),
+        (
+            edit("wider-json", &|c| {
+                let p = c.join("checkpoint.json");
+                let json = std::fs::read_to_string(&p).unwrap();
+                std::fs::write(&p, json.replace("\"d_model\": 16", "\"d_model\": 32")).unwrap();
+            }),
+            "in the file",
+        ),
+    ];
+    for (ckpt, expected) in &cases {
+        let ckpt = ckpt.to_str().unwrap();
+        assert_refused(&["sample", "--checkpoint", ckpt, "--tokens", "4"], expected);
+        assert_refused(&["eval", "--checkpoint", ckpt, "--batches", "1"], expected);
+    }
+    // text files that cannot be trained on: empty, binary
+    for (name, bytes) in [("empty.txt", &b""[..]), ("binary.txt", &[0xffu8, 0xfe, 0x00, 0x80][..])]
+    {
+        let path = dir.join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let o = run(&tiny(&["--data", path.to_str().unwrap(), "--out", fresh_s])
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>());
+        let err = text(&o.stderr);
+        assert!(!o.status.success() && err.starts_with("error:"), "{name}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{name}: {err}");
+    }
+    let o = run(&tiny(&["--out", good_s, "--force", "--steps", "2"])
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(std::fs::read_to_string(good.join("metrics.csv")).unwrap().lines().count(), 3);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// `sample` prints the text as it is generated: the first characters of a request of a
+/// billion tokens arrive at once (the process is then ended).
+#[test]
+fn sampling_streams_its_text() {
+    let dir = scratch("stream");
+    assert!(train_tiny(&dir).status.success());
+    let mut child = program()
+        .args(["sample", "--checkpoint", dir.to_str().unwrap(), "--prompt", "Emma"])
+        .args(["--tokens", "1000000000", "--threads", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the program starts");
+    let mut stdout = child.stdout.take().unwrap();
+    let (send, receive) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut first = [0u8; 24];
+        let got = std::io::Read::read_exact(&mut stdout, &mut first).map(|()| first);
+        let _ = send.send(got);
+    });
+    let first = receive.recv_timeout(std::time::Duration::from_secs(60));
+    child.kill().unwrap();
+    let _ = child.wait();
+    let first = first.expect("24 bytes within a minute").unwrap();
+    assert!(first.starts_with(b"Emma"), "{}", text(&first));
+    let _ = std::fs::remove_dir_all(&dir);
+}

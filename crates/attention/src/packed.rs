@@ -97,9 +97,15 @@ impl<T: Scalar> Attention<T> {
     ) -> Result<()> {
         const OP: &str = "Attention::forward_packed";
         let (heads, h) = (self.config.heads, self.config.head_dim);
-        // the packed length comes from q; the offsets must cover it exactly
-        let total = q.len() / (heads * h);
-        let len = heads * total * h;
+        // the packed length comes from q; the offsets must cover it exactly (heads · h may not
+        // fit in a usize: then no buffer holds even one token)
+        let width = heads.checked_mul(h).ok_or(AttentionError::TooLarge {
+            op: OP,
+            bytes: polysketch_core::saturating_product(&[heads, h, size_of::<T>()]),
+            limit: usize::MAX as u128,
+        })?;
+        let total = q.len() / width;
+        let len = total * width;
         check_len(OP, "q", q, len, format!("[heads {heads}, total, h {h}]"))?;
         check_offsets(OP, offsets, total)?;
         let shape = format!("[heads {heads}, total {total}, h {h}]");
@@ -135,13 +141,13 @@ impl<T: Scalar> Attention<T> {
         const OP: &str = "Attention::backward_packed";
         let (heads, h) = (self.config.heads, self.config.head_dim);
         let total = *saved.offsets.last().unwrap_or(&0);
-        if saved.segments.is_empty() {
+        let len = heads.checked_mul(h).and_then(|w| w.checked_mul(total));
+        let Some(len) = len.filter(|_| !saved.segments.is_empty()) else {
             return Err(AttentionError::InvalidState {
                 op: OP,
-                reason: "the saved state is empty".into(),
+                reason: "the saved state is empty (or from a layer of other sizes)".into(),
             });
-        }
-        let len = heads * total * h;
+        };
         check_len(OP, "d_out", d_out, len, format!("[heads {heads}, total {total}, h {h}]"))?;
         check_finite(OP, "d_out", d_out)?;
         for g in [&mut grads.dq, &mut grads.dk, &mut grads.dv] {

@@ -113,10 +113,23 @@ impl<T: Scalar> Attention<T> {
     /// An empty state for `batch` sequences (position 0).
     ///
     /// # Errors
-    /// [`AttentionError::InvalidArgument`] if `batch` is 0.
+    /// [`AttentionError::InvalidArgument`] if `batch` is 0; [`AttentionError::TooLarge`] if the
+    /// state of `batch · heads` heads would pass [`MAX_STATE_BYTES`] (checked before allocating).
     pub fn new_state(&self, batch: usize) -> Result<State<T>> {
-        check_positive("Attention::new_state", batch, 1)?;
+        const OP: &str = "Attention::new_state";
+        check_positive(OP, batch, 1)?;
         let (heads, h) = (self.config.heads, self.config.head_dim);
+        // per head: the running sums of PolySketch (f64), or an empty cache; in u128
+        let per_head = match self.config.kind {
+            AttentionKind::PolySketch(c) => {
+                (feature_dim(c.r, Layout::Symmetric) as u128 * (h as u128 + 1)).saturating_mul(8)
+            }
+            _ => 0,
+        } + size_of::<HeadState<T>>() as u128;
+        let bytes = (batch as u128).saturating_mul(heads as u128).saturating_mul(per_head);
+        if bytes > MAX_STATE_BYTES {
+            return Err(AttentionError::TooLarge { op: OP, bytes, limit: MAX_STATE_BYTES });
+        }
         let head = match self.config.kind {
             AttentionKind::PolySketch(c) => HeadState::Sketch(SketchState {
                 s: vec![0.0; feature_dim(c.r, Layout::Symmetric) * (h + 1)],

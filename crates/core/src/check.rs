@@ -119,6 +119,12 @@ pub fn all_finite<T: Scalar>(xs: &[T]) -> bool {
     (lanes + tail.iter().fold(T::zero(), |s, &x| s + x * T::zero())).is_finite()
 }
 
+/// The product of `sizes` in `u128`, saturating at `u128::MAX`: a size estimate that no
+/// combination of `usize` arguments can wrap (then compared against a limit).
+pub fn saturating_product(sizes: &[usize]) -> u128 {
+    sizes.iter().fold(1u128, |acc, &x| acc.saturating_mul(x as u128))
+}
+
 /// Checks that `count` parameters of `elem_bytes` bytes each stay under
 /// [`MAX_PARAMETER_BYTES`].
 ///

@@ -46,7 +46,7 @@ pub mod tree;
 
 pub use check::{
     MAX_PARAMETER_BYTES, all_finite, check_cols, check_finite, check_nonempty, check_nonzero,
-    check_overflow, check_param_bytes, check_shape, check_sketch_sizes,
+    check_overflow, check_param_bytes, check_shape, check_sketch_sizes, saturating_product,
 };
 pub use error::{Error, Result};
 pub use parallel::{CHUNK_ROWS, for_each_row_chunk};

@@ -210,7 +210,7 @@ impl Corpus {
         if train.len() <= context || val.len() <= context {
             return Err(GptError::Data(format!(
                 "{tokens} tokens are too few for a context of {context} with a validation fraction of {val_fraction} (need {} at least)",
-                ((context + 1) as f64 / val_fraction.min(1.0 - val_fraction)).ceil()
+                ((context as f64 + 1.0) / val_fraction.min(1.0 - val_fraction)).ceil()
             )));
         }
         Ok(Self { train, val })

@@ -50,6 +50,34 @@ pub enum GptError {
         /// Why.
         reason: String,
     },
+    /// Training produced a non-finite loss, gradient or parameter: the learning rate (or the
+    /// data) drove the model out of the number format's range. The run folder keeps its last
+    /// good checkpoint and the metrics up to the step that failed.
+    #[error(
+        "training diverged at step {step} ({cause}); lower the learning rate (it was {lr:.3e}) \
+         or the gradient clip; {checkpoint}"
+    )]
+    Diverged {
+        /// The step that failed (1-based).
+        step: usize,
+        /// The learning rate of that step.
+        lr: f64,
+        /// What was found non-finite.
+        cause: String,
+        /// Where the last good checkpoint is, or that there is none.
+        checkpoint: String,
+    },
+    /// A fresh run was asked to write into a folder that already holds a run.
+    #[error(
+        "{path} already holds a run ({what}): choose another folder, resume it, or remove it \
+         first (the program's --force does)"
+    )]
+    RunExists {
+        /// The folder.
+        path: String,
+        /// What is there.
+        what: String,
+    },
     /// An error of an attention layer.
     #[error(transparent)]
     Attention(#[from] AttentionError),

@@ -60,5 +60,5 @@ pub use ops::IGNORE;
 pub use optim::{AdamW, Decay, Schedule};
 /// The attention kind of a model's blocks (the attention crate's).
 pub use polysketch_attention::AttentionKind;
-pub use sample::generate;
+pub use sample::{generate, generate_streaming};
 pub use train::{StepStats, TrainConfig, Trainer, evaluate};

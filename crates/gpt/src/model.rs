@@ -255,7 +255,7 @@ impl<T: Scalar> Gpt<T> {
                 what: format!("batch {batch} and n {n} must be positive"),
             });
         }
-        if tokens.len() != batch * n {
+        if batch.checked_mul(n) != Some(tokens.len()) {
             return Err(GptError::Shape {
                 op,
                 what: format!("{} tokens for batch {batch} × n {n}", tokens.len()),
@@ -271,10 +271,12 @@ impl<T: Scalar> Gpt<T> {
     pub fn activation_bytes(&self, batch: usize, n: usize) -> u128 {
         let (c, f, v) =
             (self.config.d_model as u128, self.config.hidden() as u128, self.config.vocab as u128);
-        let rows = (batch * n) as u128;
-        let per_block = rows * (5 * c + 4 * f) + rows * c * 8; // saved + the attention's own
-        let size = core::mem::size_of::<T>() as u128;
-        size * (self.config.layers as u128 * per_block + rows * (3 * c + v) + rows * (6 * c + f))
+        // saturating: batch · n alone may pass a usize
+        let rows = polysketch_core::saturating_product(&[batch, n]);
+        let per_row = (5 * c + 4 * f + c * 8) // a block's saved values and the attention's own
+            .saturating_mul(self.config.layers as u128)
+            .saturating_add(3 * c + v + 6 * c + f);
+        rows.saturating_mul(per_row).saturating_mul(core::mem::size_of::<T>() as u128)
     }
 
     /// Training forward: the mean cross-entropy of predicting `targets` (`[batch, n]`,

@@ -72,6 +72,37 @@ impl RunConfig {
     }
 }
 
+impl RunConfig {
+    /// Checks the run against `model`: [`TrainConfig::validate`], at least one evaluation batch,
+    /// a held-out set of at least one example (tasks) or a validation fraction in (0, 1)
+    /// (text), an accuracy goal in [0, 1].
+    ///
+    /// # Errors
+    /// [`GptError::InvalidConfig`] naming the value.
+    pub fn validate(&self, model: &GptConfig) -> Result<()> {
+        let bad = |m: String| Err(GptError::InvalidConfig(m));
+        self.train.validate(model)?;
+        if self.eval_batches == 0 {
+            return bad("eval_batches must be at least 1".into());
+        }
+        match self.source {
+            Source::Task { held_out: 0, .. } => {
+                return bad("held_out must be at least 1 (the accuracy is over it)".into());
+            }
+            Source::Text { val_fraction, .. } if !(val_fraction > 0.0 && val_fraction < 1.0) => {
+                return bad(format!("validation fraction {val_fraction} must be in (0, 1)"));
+            }
+            _ => {}
+        }
+        if let Some(goal) = self.stop_at_accuracy
+            && !(0.0..=1.0).contains(&goal)
+        {
+            return bad(format!("accuracy goal {goal} must be in [0, 1]"));
+        }
+        Ok(())
+    }
+}
+
 /// Where the batches come from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -252,6 +283,10 @@ pub fn train(
     model_config: GptConfig, run: RunConfig, out: &Path, resume: Option<&Path>,
     stop_after: Option<usize>, progress: &mut dyn Progress,
 ) -> Result<RunSummary> {
+    if resume.is_none() {
+        run.validate(&model_config)?;
+        refuse_existing_run(out)?;
+    }
     let (mut trainer, run, start, tokenizer) = match resume {
         Some(ckpt) => {
             let ckpt = &checkpoint::locate(ckpt)?;
@@ -287,6 +322,11 @@ pub fn train(
             (Trainer::new(model, opt, run.train, 0)?, run, 0, tokenizer)
         }
     };
+    if let Some(stop) = stop_after.filter(|&s| s <= start) {
+        return Err(GptError::InvalidConfig(format!(
+            "stop_after {stop} must be after the step the run starts from ({start})"
+        )));
+    }
     let t = run.train;
     let model_config = *trainer.model.config();
     let bytes = trainer.model.activation_bytes(t.batch, t.seq);
@@ -307,7 +347,14 @@ pub fn train(
     let mut done = start;
     for step in start..end {
         let (x, y) = data.batch(&t, step);
-        let s = trainer.step(&x, &y, t.batch, t.seq, Par::rayon(0))?;
+        let s = match trainer.step(&x, &y, t.batch, t.seq, Par::rayon(0)) {
+            Ok(s) => s,
+            Err(e) => {
+                // the metrics so far show the climb; the last checkpoint stays as it was
+                write_atomic(&csv_path, csv.as_bytes()).map_err(|e| file_err(&csv_path, e))?;
+                return Err(diverged(e, step + 1, t.schedule().lr(step), out, run.eval_every));
+            }
+        };
         losses.push((step + 1, s.loss));
         let elapsed = began.elapsed().as_secs_f64();
         let tps = ((step + 1 - start) * tokens_per_step) as f64 / elapsed;
@@ -373,6 +420,51 @@ pub fn train(
         model: trainer.model,
         tokenizer,
     })
+}
+
+/// A fresh run must not write over a run a user made: a folder with a checkpoint or metrics.
+fn refuse_existing_run(out: &Path) -> Result<()> {
+    let found: Vec<&str> = ["checkpoint", "metrics.csv", "checkpoint.old"]
+        .into_iter()
+        .filter(|name| out.join(name).exists())
+        .collect();
+    if found.is_empty() {
+        return Ok(());
+    }
+    Err(GptError::RunExists { path: out.display().to_string(), what: found.join(", ") })
+}
+
+/// A step's error, as [`GptError::Diverged`] when it is the model leaving the number format
+/// (a non-finite loss, gradient, activation or parameter); other errors unchanged.
+fn diverged(e: GptError, step: usize, lr: f64, out: &Path, eval_every: usize) -> GptError {
+    use polysketch_attention::AttentionError as A;
+    let non_finite = match &e {
+        GptError::NonFinite(_) => true,
+        GptError::Attention(a) => matches!(
+            a,
+            A::NonFinite { .. }
+                | A::NonFiniteParameter { .. }
+                | A::Overflow { .. }
+                | A::Sketch(
+                    polysketch_core::Error::NonFinite { .. }
+                        | polysketch_core::Error::Overflow { .. }
+                )
+        ),
+        _ => false,
+    };
+    if !non_finite {
+        return e;
+    }
+    let ckpt = out.join("checkpoint");
+    let checkpoint = match checkpoint::read_meta(&ckpt) {
+        Ok(meta) => {
+            format!("the last good checkpoint, of step {}, is in {}", meta.step, ckpt.display())
+        }
+        Err(_) => format!(
+            "no checkpoint was written before (the first evaluation is at step {eval_every})"
+        ),
+    };
+    GptError::Diverged { step, lr, cause: e.to_string(), checkpoint }
 }
 
 fn file_err(path: &Path, reason: impl ToString) -> GptError {

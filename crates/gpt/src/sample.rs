@@ -16,6 +16,26 @@ use crate::{Activations, Gpt, Result};
 pub fn generate(
     model: &Gpt<f32>, tok: &Tokenizer, prompt: &str, count: usize, temperature: f64, seed: u64,
 ) -> Result<String> {
+    let mut text = String::new();
+    generate_streaming(model, tok, prompt, count, temperature, seed, &mut |piece| {
+        text.push_str(piece);
+        Ok(())
+    })?;
+    Ok(text)
+}
+
+/// Like [`generate`], handing the text to `sink` as it is generated, so that a long request
+/// shows its first characters at once. Pieces are whole characters: a token that ends inside
+/// a UTF-8 character waits for the next (at most 4 tokens; then the bytes are passed on with
+/// the replacement character, as [`Tokenizer::decode`] does). An error of `sink` (a closed
+/// output) ends the generation.
+///
+/// # Errors
+/// The model's errors, and `sink`'s.
+pub fn generate_streaming(
+    model: &Gpt<f32>, tok: &Tokenizer, prompt: &str, count: usize, temperature: f64, seed: u64,
+    sink: &mut dyn FnMut(&str) -> Result<()>,
+) -> Result<()> {
     let mut ids = tok.encode(prompt)?;
     if ids.is_empty() {
         ids = tok.encode("\n")?;
@@ -25,13 +45,20 @@ pub fn generate(
     let mut logits =
         model.forward_chunk(&ids, ids.len(), &mut state, &mut scratch, Par::rayon(0))?;
     let mut rng = seeded_rng(seed);
-    let mut out = Vec::with_capacity(count);
-    for _ in 0..count {
+    let mut pending = Vec::new();
+    for i in 0..count {
         let next = pick(&logits, temperature, rng.random::<f64>());
-        out.push(next);
-        logits = model.forward_chunk(&[next], 1, &mut state, &mut scratch, Par::Seq)?;
+        pending.push(next);
+        let text = tok.decode(&pending);
+        if !text.ends_with('\u{FFFD}') || pending.len() >= 4 || i + 1 == count {
+            sink(&text)?;
+            pending.clear();
+        }
+        if i + 1 < count {
+            logits = model.forward_chunk(&[next], 1, &mut state, &mut scratch, Par::Seq)?;
+        }
     }
-    Ok(tok.decode(&out))
+    Ok(())
 }
 
 /// A token from `logits`: arg-max at temperature 0, else the inverse CDF at `u` of

@@ -87,6 +87,12 @@ impl TrainConfig {
         if self.batch == 0 || self.seq == 0 || self.steps == 0 {
             return bad("batch, seq and steps must be positive".into());
         }
+        if self.warmup > self.steps {
+            return bad(format!(
+                "warm-up of {} steps is longer than the {} steps of training",
+                self.warmup, self.steps
+            ));
+        }
         if self.seq > model.context {
             return bad(format!(
                 "seq {} is longer than the model's context {}",

@@ -18,14 +18,18 @@ pub fn center_columns(m: MatRef<'_, f64>) -> (Mat<f64>, Vec<f64>) {
 /// Gram matrix of the centred (implicit) features.
 ///
 /// # Errors
-/// [`KernelError::Mismatch`] if `k` is not square.
+/// [`KernelError::Mismatch`] if `k` is not square, [`KernelError::NonFinite`] for a NaN or an
+/// infinity, an overflow error when the sums leave f64's range.
 pub fn center_gram(k: MatRef<'_, f64>) -> Result<Mat<f64>> {
     same("center_gram", "columns", k.nrows(), k.ncols())?;
+    finite("center_gram", "k", k)?;
     let n = k.nrows().max(1) as f64;
     let row: Vec<f64> = (0..k.nrows()).map(|i| k.row(i).iter().sum::<f64>() / n).collect();
     let col: Vec<f64> = (0..k.ncols()).map(|j| k.col(j).iter().sum::<f64>() / n).collect();
     let all = row.iter().sum::<f64>() / n;
-    Ok(Mat::from_fn(k.nrows(), k.ncols(), |i, j| k[(i, j)] - row[i] - col[j] + all))
+    let centred = Mat::from_fn(k.nrows(), k.ncols(), |i, j| k[(i, j)] - row[i] - col[j] + all);
+    polysketch_core::check_overflow("center_gram", "k", "centred", centred.as_ref())?;
+    Ok(centred)
 }
 
 /// The `k` largest eigenvalues (descending) and their eigenvectors (`[n, k]`) of a symmetric
@@ -36,7 +40,8 @@ pub fn center_gram(k: MatRef<'_, f64>) -> Result<Mat<f64>> {
 pub fn top_eigenpairs(sym: MatRef<'_, f64>, k: usize, par: Par) -> Result<(Vec<f64>, Mat<f64>)> {
     const OP: &str = "top_eigenpairs";
     same(OP, "columns", sym.nrows(), sym.ncols())?;
-    enough_rows(OP, k, sym.nrows())?;
+    // an empty matrix has no eigenpairs (and faer's decomposition needs one row)
+    enough_rows(OP, k.max(1), sym.nrows())?;
     finite(OP, "matrix", sym)?;
     let n = sym.nrows();
     let mut s = faer::diag::Diag::<f64>::zeros(n);
@@ -79,7 +84,7 @@ pub struct KernelPca {
 /// `1e-10` of its largest entry: the eigensolver would read one triangle only).
 pub fn kernel_pca_exact(k: MatRef<'_, f64>, components: usize, par: Par) -> Result<KernelPca> {
     const OP: &str = "kernel_pca_exact";
-    enough_rows(OP, components + 1, k.nrows())?;
+    enough_rows(OP, components.saturating_add(1), k.nrows())?;
     same(OP, "columns", k.nrows(), k.ncols())?;
     finite(OP, "k", k)?;
     // the eigensolver reads one triangle: an asymmetric matrix would be used silently
@@ -120,7 +125,7 @@ pub fn kernel_pca_exact(k: MatRef<'_, f64>, components: usize, par: Par) -> Resu
 /// As [`kernel_pca_exact`]; more components than features.
 pub fn kernel_pca_features(phi: MatRef<'_, f64>, components: usize, par: Par) -> Result<KernelPca> {
     const OP: &str = "kernel_pca_features";
-    enough_rows(OP, components + 1, phi.nrows())?;
+    enough_rows(OP, components.saturating_add(1), phi.nrows())?;
     if components > phi.ncols() {
         return Err(KernelError::InvalidParameter {
             op: OP,

@@ -184,7 +184,11 @@ impl SketchFeatures {
                 reason: "d and the feature count must be at least 1".into(),
             });
         }
-        let h = d + 1;
+        // the homogenised rows carry one more coordinate (the constant)
+        let h = d.checked_add(1).ok_or_else(|| KernelError::InvalidParameter {
+            op: "SketchFeatures::new",
+            reason: format!("d = {d} has no room for the constant coordinate"),
+        })?;
         let sketch: Box<dyn PolySketch<f64>> = match kind {
             FeatureKind::Tree => Box::new(TreeSketch::gaussian(h, target_dim, p, seed)?),
             FeatureKind::TensorSketch => Box::new(TensorSketch::new(h, target_dim, p, seed)?),
@@ -226,12 +230,14 @@ impl SketchFeatures {
 /// The largest \\(s\\) with \\(s(s+1)/2 \le D\\) (at least 1): the base size of a symmetric
 /// self-tensored map with about \\(D\\) features.
 pub fn symmetric_base_size(target_dim: usize) -> usize {
-    let mut s = ((2.0 * target_dim as f64).sqrt() as usize).max(1);
-    while s * (s + 1) / 2 > target_dim && s > 1 {
+    // in u128: s(s + 1)/2 for s near √(2·usize::MAX) does not fit in a usize
+    let (d, pairs) = (target_dim as u128, |s: u128| s * (s + 1) / 2);
+    let mut s = ((2.0 * target_dim as f64).sqrt() as u128).max(1);
+    while pairs(s) > d && s > 1 {
         s -= 1;
     }
-    while (s + 1) * (s + 2) / 2 <= target_dim {
+    while pairs(s + 1) <= d {
         s += 1;
     }
-    s
+    s as usize
 }

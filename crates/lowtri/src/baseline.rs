@@ -3,7 +3,9 @@
 use faer::linalg::matmul::triangular::{BlockStructure, matmul as tri_matmul};
 use faer::{Accum, Mat, MatMut, MatRef, Par};
 use polysketch_core::linalg::dot;
-use polysketch_core::{Result, Scalar, check_finite, check_param_bytes, check_shape};
+use polysketch_core::{
+    Result, Scalar, check_finite, check_overflow, check_param_bytes, check_shape,
+};
 use rayon::prelude::*;
 
 use crate::{Grads, Problem};
@@ -50,6 +52,7 @@ pub fn naive_forward<T: Scalar>(
         T::one(),
         par,
     );
+    check_overflow("lowtri baseline forward", "a, b and c", "out", out.as_ref())?;
     Ok(out)
 }
 
@@ -104,7 +107,16 @@ pub fn cumsum_forward<T: Scalar>(
         Par::Seq => groups.into_iter().for_each(group),
         Par::Rayon(_) => groups.into_par_iter().for_each(group),
     }
+    check_overflow("lowtri baseline forward", "a, b and c", "out", out.as_ref())?;
     Ok(out)
+}
+
+/// Finite inputs whose gradients leave the number format: a typed error.
+fn overflowed<T: Scalar>(grads: [(&'static str, &Mat<T>); 3]) -> Result<()> {
+    for (name, g) in grads {
+        check_overflow("lowtri baseline backward", "a, b, c and g", name, g.as_ref())?;
+    }
+    Ok(())
 }
 
 /// The checks shared by the baselines' backward passes.
@@ -168,6 +180,7 @@ pub fn naive_backward<T: Scalar>(
         BlockStructure::TriangularUpper,
         a,
     );
+    overflowed([("d_a", &d_a), ("d_b", &d_b), ("d_c", &d_c)])?;
     Ok(Grads { d_a, d_b, d_c, d_q: None, d_k: None })
 }
 
@@ -227,5 +240,6 @@ pub fn cumsum_backward<T: Scalar>(
     };
     let (d_a, d_b, d_c) =
         (sweep(&bt, &ct, &gt, false), sweep(&at, &gt, &ct, true), sweep(&gt, &at, &bt, true));
+    overflowed([("d_a", &d_a), ("d_b", &d_b), ("d_c", &d_c)])?;
     Ok(Grads { d_a, d_b, d_c, d_q: None, d_k: None })
 }

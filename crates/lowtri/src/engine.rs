@@ -142,13 +142,22 @@ impl LowTri {
 
     /// Bytes of [`Saved`] for a problem of `n` rows, width `m` and `k` columns.
     pub fn saved_bytes<T>(&self, n: usize, m: usize, k: usize) -> u128 {
-        n.div_ceil(self.block) as u128 * m as u128 * k as u128 * size_of::<T>() as u128
+        polysketch_core::saturating_product(&[n.div_ceil(self.block), m, k, size_of::<T>()])
     }
 
-    fn widths<T: Scalar>(&self, problems: &[Problem<'_, T>]) -> (usize, usize) {
+    /// The scratch a worker needs for `problems`: the block rows it holds at once (the block
+    /// size, or the longest problem when that is shorter), the widest features and feature
+    /// inputs; refused when its `b × b` score tiles and `b × m` feature rows would pass
+    /// [`MAX_PARAMETER_BYTES`](polysketch_core::MAX_PARAMETER_BYTES).
+    fn widths<T: Scalar>(
+        &self, op: &'static str, problems: &[Problem<'_, T>],
+    ) -> Result<(usize, usize, usize)> {
         let m = problems.iter().map(|p| p.m()).max().unwrap_or(0);
         let r = problems.iter().map(|p| p.feature_input_width()).max().unwrap_or(0);
-        (m, r)
+        let rows = problems.iter().map(|p| p.n()).max().unwrap_or(0).min(self.block);
+        let (b, m128, r128) = (rows as u128, m as u128, r as u128);
+        check_param_bytes(op, 4 * b * b + 2 * b * m128 + b * r128, size_of::<T>())?;
+        Ok((rows, m, r))
     }
 
     /// \\(\mathrm{out} = \mathrm{lt}(S)\,C\\) for one problem.
@@ -243,7 +252,7 @@ impl LowTri {
                 size_of::<T>(),
             )?;
         }
-        let (m_max, r_max) = self.widths(problems);
+        let (rows, m_max, r_max) = self.widths(OP, problems)?;
         for (p, s) in problems.iter().zip(saved.iter_mut()) {
             s.shape_for(p.m(), p.n().div_ceil(b) * p.k());
             s.block = b;
@@ -260,7 +269,7 @@ impl LowTri {
                 tasks.push(ForwardTask { problem: pi, block: l, out: o, h: hb });
             }
         }
-        let scratch = || Scratch::new(b, m_max, r_max, false);
+        let scratch = || Scratch::new(rows, m_max, r_max, false);
         run(tasks, par, scratch, |sc, t| {
             let p = &problems[t.problem];
             let (s, len) = (t.block * b, t.out.nrows());
@@ -298,7 +307,7 @@ impl LowTri {
         run(
             tasks,
             par,
-            || Scratch::new(b, m_max, r_max, false),
+            || Scratch::new(rows, m_max, r_max, false),
             |sc, (pi, l, o)| {
                 let p = &problems[pi];
                 let al = p.a_rows(l * b, o.nrows(), &mut sc.feat);
@@ -418,7 +427,7 @@ impl LowTri {
                 return Err(SketchError::InvalidArgument { op: OP, reason });
             }
         }
-        let (m_max, r_max) = self.widths(problems);
+        let (rows, m_max, r_max) = self.widths(OP, problems)?;
         for (g, p) in grads.iter_mut().zip(problems) {
             g.reset_for(p);
         }
@@ -455,7 +464,7 @@ impl LowTri {
                 });
             }
         }
-        let scratch = || Scratch::new(b, m_max, r_max, true);
+        let scratch = || Scratch::new(rows, m_max, r_max, true);
         run(tasks, par, scratch, |sc, t| {
             let p = &problems[t.problem];
             let (m, s, len) = (p.m(), t.block * b, t.d_out.nrows());
@@ -525,7 +534,7 @@ impl LowTri {
         run(
             tasks,
             par,
-            || Scratch::new(b, m_max, r_max, true),
+            || Scratch::new(rows, m_max, r_max, true),
             |sc, (pi, l, mut d_b, d_c)| {
                 let p = &problems[pi];
                 let (m, s, len) = (p.m(), l * b, d_c.nrows());

@@ -5,7 +5,8 @@ use faer::prelude::ReborrowMut;
 use faer::{Accum, Mat, MatMut, MatRef, Par, unzip, zip};
 use polysketch_core::linalg::ipow;
 use polysketch_core::{
-    Error as SketchError, MAX_DEGREE, Result, Scalar, check_finite, check_nonempty, check_shape,
+    Error as SketchError, MAX_DEGREE, Result, Scalar, check_finite, check_nonempty, check_nonzero,
+    check_shape,
 };
 use polysketch_tensoring::{Layout, feature_dim, tensor_square, tensor_square_vjp};
 
@@ -114,13 +115,16 @@ impl<'a, T: Scalar> Problem<'a, T> {
     /// Checks every shape and value.
     ///
     /// # Errors
-    /// [`SketchError::EmptyInput`] if `n = 0`, [`SketchError::ShapeMismatch`] for inputs of
+    /// [`SketchError::EmptyInput`] if `n = 0`, [`SketchError::ZeroDimension`] if `C` has no
+    /// columns, [`SketchError::ShapeMismatch`] for inputs of
     /// different lengths or `A`, `B` (or `L`, `R`, or `Q`, `K`) of different widths,
     /// [`SketchError::InvalidDegree`] for `p` outside `1..=64`,
     /// [`SketchError::NonFinite`] for a NaN or infinity anywhere.
     pub fn validate(&self, op: &'static str) -> Result<()> {
         let n = self.n();
         check_nonempty(op, "c", self.c)?;
+        // zero widths: the product is empty or zero, and the blocks of width 0 do not exist
+        check_nonzero(op, "the columns of c", self.c.ncols())?;
         check_finite(op, "c", self.c)?;
         let (x, y, names) = match self.features {
             Features::Explicit { a, b } => (a, b, ("a", "b")),

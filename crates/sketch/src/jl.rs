@@ -34,8 +34,8 @@ use rayon::prelude::*;
 use statrs::distribution::{ContinuousCDF, StudentsT};
 
 use crate::{
-    PolySketch, Result, Scalar, SketchError, check_cols, check_finite, check_nonempty, check_shape,
-    split_seed,
+    PolySketch, Result, Scalar, SketchError, check_cols, check_finite, check_nonempty,
+    check_overflow, check_shape, split_seed,
 };
 
 /// A two-sided confidence interval for a mean, from the Student t distribution.
@@ -180,7 +180,9 @@ pub fn sq_norm_deviations<T: Scalar>(
 ) -> Result<Vec<f64>> {
     const OP: &str = "jl::sq_norm_deviations";
     check_shape(OP, "sa", sa, (a.nrows(), sa.ncols()))?;
-    (0..a.nrows())
+    check_finite(OP, "a", a)?;
+    check_finite(OP, "sa", sa)?;
+    let deviations = (0..a.nrows())
         .map(|i| {
             let na: f64 = a.row(i).iter().map(|x| x.as_f64().powi(2)).sum();
             if na == 0.0 {
@@ -192,7 +194,10 @@ pub fn sq_norm_deviations<T: Scalar>(
             let ns: f64 = sa.row(i).iter().map(|x| x.as_f64().powi(2)).sum();
             Ok(ns / na.powi(p as i32) - 1.0)
         })
-        .collect()
+        .collect::<Result<Vec<f64>>>()?;
+    let column = MatRef::from_column_major_slice(&deviations, deviations.len(), 1);
+    check_overflow(OP, "a and sa", "deviations", column)?;
+    Ok(deviations)
 }
 
 /// Draws `draws` independent sketches, sketch `d` from `make(split_seed(seed, d))`, and returns
@@ -248,12 +253,17 @@ where
 pub fn exact_poly_gram<T: Scalar>(
     a: MatRef<'_, T>, b: MatRef<'_, T>, p: usize,
 ) -> Result<Mat<f64>> {
-    check_cols("jl::exact_poly_gram", "b", b, a.ncols())?;
-    Ok(Mat::from_fn(a.nrows(), b.nrows(), |i, j| {
+    const OP: &str = "jl::exact_poly_gram";
+    check_cols(OP, "b", b, a.ncols())?;
+    check_finite(OP, "a", a)?;
+    check_finite(OP, "b", b)?;
+    let gram = Mat::from_fn(a.nrows(), b.nrows(), |i, j| {
         let dot: f64 =
             a.row(i).iter().zip(b.row(j).iter()).map(|(x, y)| x.as_f64() * y.as_f64()).sum();
         dot.powi(p as i32)
-    }))
+    });
+    check_overflow(OP, "a and b", "gram", gram.as_ref())?;
+    Ok(gram)
 }
 
 /// \\(\|A^{\otimes p}\|_F = \big(\sum_i \|a_i\|^{2p}\big)^{1/2}\\), in `f64`.
@@ -278,6 +288,7 @@ pub fn amm_error_from_gram<T: Scalar>(
 ) -> Result<f64> {
     const OP: &str = "jl::amm_error_from_gram";
     check_shape(OP, "gram", gram, (a.nrows(), b.nrows()))?;
+    check_finite(OP, "gram", gram)?;
     let exact = exact_poly_gram(a, b, p)?;
     let denom = tensor_power_norm(a, p) * tensor_power_norm(b, p);
     if denom == 0.0 {
@@ -289,7 +300,9 @@ pub fn amm_error_from_gram<T: Scalar>(
             num += (gram[(i, j)].as_f64() - exact[(i, j)]).powi(2);
         }
     }
-    Ok(num.sqrt() / denom)
+    let error = num.sqrt() / denom;
+    check_overflow(OP, "gram, a and b", "error", MatRef::from_column_major_slice(&[error], 1, 1))?;
+    Ok(error)
 }
 
 /// The AMM error of `sketch` on \\((A, B)\\) (Definition 2.1), using [`PolySketch::gram`].

@@ -71,7 +71,9 @@ pub trait PolySketch<T: Scalar>: Send + Sync {
     /// [`EmptyInput`](crate::SketchError::EmptyInput) if it has no rows,
     /// [`NonFinite`](crate::SketchError::NonFinite) if it holds a NaN or an infinity.
     fn apply(&self, a: MatRef<'_, T>, par: Par) -> Result<Mat<T>> {
-        // the output is allocated here: refuse what could not be, before trying
+        // the output is allocated here: refuse what could not be, before trying (an empty `a`
+        // too: a 0 × r matrix of huge r still costs r column visits)
+        check_nonempty("PolySketch::apply", "a", a)?;
         let values = a.nrows() as u128 * self.sketch_dim() as u128;
         crate::check_param_bytes(self.name(), values, size_of::<T>())?;
         let mut out = Mat::zeros(a.nrows(), self.sketch_dim());
@@ -108,6 +110,9 @@ pub trait PolySketch<T: Scalar>: Send + Sync {
     /// # Errors
     /// As [`apply`](Self::apply) for `a`, and the same checks for `grad`.
     fn vjp(&self, a: MatRef<'_, T>, grad: MatRef<'_, T>, par: Par) -> Result<Mat<T>> {
+        // checked before the output is allocated
+        check_cols("PolySketch::vjp", "a", a, self.input_dim())?;
+        check_nonempty("PolySketch::vjp", "a", a)?;
         let mut out = Mat::zeros(a.nrows(), self.input_dim());
         self.vjp_into(a, grad, out.as_mut(), par)?;
         Ok(out)

@@ -103,8 +103,11 @@ impl<T: Scalar> TreeSketch<T> {
         let degree = (p, ok, "a power of two with 2 <= p <= 64 (use GaussianJl for p = 1)");
         check_sketch_sizes(NAME, degree, h, r)?;
         let (h128, r128, p128) = (h as u128, r as u128, p as u128);
+        // saturating: (p - 2) r² for r near 2^64 passes even u128
         let count = match kind {
-            NodeKind::Gaussian => p128 * h128 * r128 + (p128 - 2) * r128 * r128,
+            NodeKind::Gaussian => (p128 * h128)
+                .saturating_mul(r128)
+                .saturating_add((p128 - 2).saturating_mul(r128).saturating_mul(r128)),
             NodeKind::Srht => p128 * (h128 + r128) + (p128 - 2) * 2 * r128,
         };
         check_param_bytes(NAME, count, size_of::<T>().max(4))?;
