@@ -23,36 +23,29 @@ fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// The tiny model's flags (a second of training), shared by the runs below.
+const TINY: &[&str] = &[
+    "--seq",
+    "32",
+    "--batch",
+    "2",
+    "--d-model",
+    "16",
+    "--layers",
+    "1",
+    "--heads",
+    "2",
+    "--eval-batches",
+    "1",
+    "--threads",
+    "1",
+];
+
 /// A tiny training run into `out` (a second or two).
 fn train_tiny(out: &Path) -> Output {
-    let out = out.to_str().unwrap();
-    run(&[
-        "train",
-        "--attention",
-        "softmax",
-        "--steps",
-        "4",
-        "--eval-every",
-        "2",
-        "--seq",
-        "32",
-        "--batch",
-        "2",
-        "--d-model",
-        "16",
-        "--layers",
-        "1",
-        "--heads",
-        "2",
-        "--eval-batches",
-        "1",
-        "--sample-len",
-        "5",
-        "--threads",
-        "1",
-        "--out",
-        out,
-    ])
+    let head = ["train", "--attention", "softmax", "--steps", "4", "--eval-every", "2"];
+    let tail = ["--sample-len", "5", "--out", out.to_str().unwrap()];
+    run(&head.iter().chain(TINY).chain(&tail).copied().collect::<Vec<_>>())
 }
 
 #[test]
@@ -126,27 +119,6 @@ fn bad_thread_counts_and_batch_counts_are_refused() {
     }
 }
 
-/// The tiny run's flags (a second of training), for the bad-argument table.
-const TINY: &[&str] = &[
-    "--seq",
-    "32",
-    "--batch",
-    "2",
-    "--d-model",
-    "16",
-    "--layers",
-    "1",
-    "--heads",
-    "2",
-    "--eval-batches",
-    "1",
-    "--sample-len",
-    "0",
-    "--threads",
-    "1",
-    "--quiet",
-];
-
 /// Asserts the program refused `args`: a non-zero exit, one line on standard error that starts
 /// with `error:` and contains `expected`, no panic and no backtrace.
 fn assert_refused(args: &[&str], expected: &str) {
@@ -177,7 +149,8 @@ fn bad_arguments_and_files_get_a_one_line_error() {
             if extra.contains(&"--attention") { &[] } else { &["--attention", "softmax"] };
         // into the scratch folder unless the case names its own
         let out: &[&str] = if extra.contains(&"--out") { &[] } else { &["--out", fresh_s] };
-        let all = ["train"].iter().chain(softmax).chain(TINY).chain(out).chain(extra);
+        let quiet: &[&str] = &["--sample-len", "0", "--quiet"];
+        let all = ["train"].iter().chain(softmax).chain(TINY).chain(quiet).chain(out).chain(extra);
         all.map(|s| s.to_string()).collect()
     };
     let table: Vec<(Vec<String>, &str)> = vec![

@@ -20,15 +20,17 @@ use polysketch::attention::{
     Attention, AttentionConfig, AttentionKind, LearnedSketch, PackedSaved, Saved,
 };
 use polysketch::gpt::data::{Corpus, Tokenizer};
-use polysketch::gpt::{Activations, Gpt, GptConfig};
-use polysketch::kernel::data::{Standardizer, split_indices};
+use polysketch::gpt::{
+    Activations, Gpt, GptConfig, GptError, TrainConfig, Trainer, generate_streaming,
+};
+use polysketch::kernel::data::{Standardizer, Table, split_indices};
 use polysketch::kernel::{
     FeatureKind, KernelRidge, Nystrom, PolyKernel, Ridge, SketchFeatures, center_gram,
     kernel_pca_exact, kernel_pca_features, principal_angles, r2, rmse, top_eigenpairs,
 };
 use polysketch::lowtri::{Features, LowTri, Problem, baseline};
 use polysketch::sketch::{CountSketch, GaussianJl, PolySketch, TensorSketch, TreeSketch, jl};
-use polysketch::tensoring::{Layout, SelfTensored};
+use polysketch::tensoring::{Layout, SelfTensored, amm};
 
 /// Cases per property: `POLYSKETCH_FUZZ_CASES`, 512 by default; drawn from the seed
 /// `POLYSKETCH_FUZZ_SEED` (14 by default, so that CI runs the same cases every time).
@@ -336,6 +338,86 @@ proptest! {
         let corpus = no_panic("Corpus::from_text", || Corpus::from_text(&text, &Tokenizer::Bytes, fraction, context))?;
         check("Corpus::from_text", corpus, |_| true)?;
         let _ = no_panic("decode", || Tokenizer::Bytes.decode(&tokens))?;
+    }
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// Training steps, recurrent decoding and sampling of a small model, with tokens, shapes
+    /// and learning rates of any kind (a learning rate of 1e30 diverges: a typed error).
+    #[test]
+    fn gpt_training_and_decoding(kind in kind_text(), tokens in prop::collection::vec(0u32..300, 0..40),
+                                 batch in 0usize..=3, n in 0usize..=12, lr in value(), temperature in value(),
+                                 count in prop_oneof![0usize..=6, Just(1 << 40)], prompt in "\\PC{0,6}") {
+        let Ok(attention) = kind.parse::<AttentionKind>() else { return Ok(()) };
+        let config = GptConfig { vocab: 256, context: 8, d_model: 8, layers: 1, heads: 2, attention, seed: 2 };
+        let Ok(model) = Gpt::<f32>::new(config) else { return Ok(()) };
+        let train = TrainConfig { batch: batch.max(1), seq: n.clamp(1, 8), steps: 4, lr, warmup: 1, ..TrainConfig::default() };
+        let opt = train.optimizer(model.num_params());
+        let made = no_panic("Trainer::new", || Trainer::new(model, opt, train, 0))?;
+        if let Some(mut trainer) = check("Trainer::new", made, |_| true)? {
+            for _ in 0..2 {
+                let step = no_panic("Trainer::step", || trainer.step(&tokens, &tokens, batch, n, Par::Seq))?;
+                check("Trainer::step", step, |s| s.loss.is_finite() && s.grad_norm.is_finite())?;
+            }
+            let model = &trainer.model;
+            if let Some(mut state) = check("Gpt::new_state", no_panic("new_state", || model.new_state(batch))?, |_| true)? {
+                let mut acts = Activations::new();
+                let logits = no_panic("Gpt::forward_chunk", || model.forward_chunk(&tokens, n, &mut state, &mut acts, Par::Seq))?;
+                check("Gpt::forward_chunk", logits, |l| finite_slice(l))?;
+            }
+            // a request of 2^40 tokens is refused or streams: stop the sink after a few pieces
+            let mut pieces = 0;
+            let generated = no_panic("generate_streaming", || generate_streaming(model, &Tokenizer::Bytes, &prompt, count, temperature, 1, &mut |_| {
+                pieces += 1;
+                if pieces > 8 { Err(GptError::Data("enough".into())) } else { Ok(()) }
+            }))?;
+            check("generate_streaming", generated, |_| true)?;
+        }
+    }
+
+    /// Attention decoding one token at a time, with buffers of any length.
+    #[test]
+    fn attention_decoding(kind in kind_text(), batch in 0usize..=3, len in 0usize..=40, pool in pool()) {
+        let Ok(kind) = kind.parse::<AttentionKind>() else { return Ok(()) };
+        let Ok(layer) = Attention::<f32>::new(AttentionConfig { heads: 2, head_dim: 4, kind }) else { return Ok(()) };
+        let x: Vec<f32> = (0..len).map(|i| pool[i % pool.len()] as f32).collect();
+        if let Some(mut state) = check("new_state", no_panic("new_state", || layer.new_state(batch))?, |_| true)? {
+            for _ in 0..3 {
+                let mut out = vec![0.0f32; x.len()];
+                let step = no_panic("decode_step", || layer.decode_step(&x, &x, &x, &mut out, &mut state))?;
+                check("decode_step", step, |_| finite_slice(&out))?;
+            }
+        }
+    }
+
+    /// Files a user points the crates at: CSV tables and BPE training text of any bytes.
+    #[test]
+    fn files_and_text(bytes in prop::collection::vec(any::<u8>(), 0..200), csv_text in "[0-9a-z,.\\-\n eE]{0,120}",
+                      vocab in prop_oneof![0usize..=300, Just(usize::MAX)]) {
+        let dir = std::env::temp_dir().join(format!("polysketch-fuzz-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, content) in [("raw.csv", &bytes[..]), ("text.csv", csv_text.as_bytes())] {
+            let path = dir.join(name);
+            std::fs::write(&path, content).unwrap();
+            let table = no_panic("Table::from_csv", || Table::from_csv(&path))?;
+            if let Some(t) = check("Table::from_csv", table, |_| true)? {
+                let first = t.names.first().cloned().unwrap_or_default();
+                check("split_target", no_panic("split_target", || t.split_target(&first))?, |(x, y)| finite_mat(x.as_ref()) && finite_slice(y))?;
+            }
+        }
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        check("Tokenizer::train_bpe", no_panic("train_bpe", || Tokenizer::train_bpe(&text, vocab))?, |_| true)?;
+    }
+
+    /// The AMM study's cases: any degree, sketch size and family, a small configuration.
+    #[test]
+    fn amm_study(p in 0usize..=9, r in size(), family in 0usize..3, rows in 0usize..=6, draws in 0usize..=3) {
+        let config = amm::Config { degrees: vec![p], sizes: vec![r], draws, rows, dim: 4, ..amm::Config::quick() };
+        let family = amm::Family::ALL[family % amm::Family::ALL.len()];
+        let case = no_panic("amm::run_case", || amm::run_case(&config, p, r, family, Par::Seq))?;
+        check("amm::run_case", case, |_| true)?;
     }
 }
 

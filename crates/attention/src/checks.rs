@@ -80,6 +80,32 @@ pub(crate) fn check_finite<T: Scalar>(
     }
 }
 
+/// [`AttentionError::Overflow`] for `output` of `op`, reporting the largest magnitude of each of
+/// `inputs` (the layer's inputs and parameters that set the scale of its scores).
+pub(crate) fn overflow<T: Scalar>(
+    op: &'static str, output: &'static str, inputs: &[(&'static str, &[T])],
+) -> AttentionError {
+    let max = |x: &[T]| x.iter().fold(0.0f64, |m, v| m.max(v.as_f64().abs()));
+    let magnitudes: Vec<String> =
+        inputs.iter().map(|(name, x)| format!("max |{name}| = {:.3e}", max(x))).collect();
+    AttentionError::Overflow {
+        op,
+        output,
+        precision: core::any::type_name::<T>(),
+        magnitudes: magnitudes.join(", "),
+    }
+}
+
+/// `Err(overflow(..))` for the first of `outputs` that is not finite.
+pub(crate) fn check_outputs<T: Scalar>(
+    op: &'static str, inputs: &[(&'static str, &[T])], outputs: &[(&'static str, &[T])],
+) -> Result<()> {
+    match outputs.iter().find(|(_, x)| !polysketch_core::all_finite(x)) {
+        Some((name, _)) => Err(overflow(op, name, inputs)),
+        None => Ok(()),
+    }
+}
+
 /// Head `idx` of a row-major `[.., n, h]` array as an `[n, h]` view.
 pub(crate) fn head_matrix<T>(x: &[T], idx: usize, n: usize, h: usize) -> MatRef<'_, T> {
     MatRef::from_row_major_slice(&x[idx * n * h..(idx + 1) * n * h], n, h)

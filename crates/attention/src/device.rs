@@ -49,7 +49,7 @@ pub use polysketch_gpu::Wgpu;
 pub use polysketch_gpu::{Buffer, CubeElement, Float, Gpu, GpuError, Runtime, bf16, testing};
 use polysketch_gpu::{PolySketchGpu, PolySketchGpuConfig, PolySketchGpuSaved, SketchWeights};
 
-use crate::checks::{check_finite, check_len, check_positive, check_qkv, shape_of};
+use crate::checks::{check_finite, check_len, check_outputs, check_positive, check_qkv, shape_of};
 use crate::{Attention, AttentionConfig, AttentionError, AttentionKind, Grads, Result};
 
 /// A PolySketch layer on a device of runtime `R` (see the [module](self) docs).
@@ -144,8 +144,9 @@ impl<R: Runtime> DeviceAttention<R> {
     /// row-major → the output (same shape) and the state for the backward.
     ///
     /// # Errors
-    /// As [`Attention::forward`]: [`AttentionError::InvalidConfig`] for `batch` or `n` = 0,
-    /// [`AttentionError::ShapeMismatch`], [`AttentionError::NonFinite`];
+    /// As [`Attention::forward`]: [`AttentionError::InvalidArgument`] for `batch` or `n` = 0,
+    /// [`AttentionError::ShapeMismatch`], [`AttentionError::NonFinite`],
+    /// [`AttentionError::Overflow`] for a non-finite output of finite inputs;
     /// [`AttentionError::Gpu`] past the kernels' limits or on a device failure.
     pub fn forward(
         &self, q: &[f32], k: &[f32], v: &[f32], batch: usize, n: usize,
@@ -155,7 +156,9 @@ impl<R: Runtime> DeviceAttention<R> {
         check_qkv(OP, &self.config, [q, k, v], batch, n)?;
         let up = |x: &[f32]| self.gpu.upload(x);
         let (out, saved) = self.forward_buffers(&up(q)?, &up(k)?, &up(v)?, batch, n)?;
-        Ok((self.gpu.download(&out)?, saved))
+        let out = self.gpu.download(&out)?;
+        check_outputs(OP, &[("q", q), ("k", k)], &[("out", &out)])?;
+        Ok((out, saved))
     }
 
     /// The forward on device buffers of `f32` or `bf16` (`[batch, heads, n, h]`), for callers
@@ -185,12 +188,18 @@ impl<R: Runtime> DeviceAttention<R> {
         check_len(OP, "d_out", d_out, total, shape_of(c, batch, n))?;
         check_finite(OP, "d_out", d_out)?;
         let (dq, dk, dv, params) = self.backward_buffers(saved, &self.gpu.upload(d_out)?)?;
-        Ok(Grads {
-            dq: self.gpu.download(&dq)?,
-            dk: self.gpu.download(&dk)?,
-            dv: self.gpu.download(&dv)?,
-            params,
-        })
+        let (dq, dk, dv) =
+            (self.gpu.download(&dq)?, self.gpu.download(&dk)?, self.gpu.download(&dv)?);
+        let outputs = [("dq", &dq[..]), ("dk", &dk[..]), ("dv", &dv[..])];
+        check_outputs(OP, &[("d_out", d_out)], &outputs)?;
+        if params.iter().any(|(_, g)| !polysketch_core::all_finite(g)) {
+            return Err(crate::checks::overflow(
+                OP,
+                "the parameters' gradients",
+                &[("d_out", d_out)],
+            ));
+        }
+        Ok(Grads { dq, dk, dv, params })
     }
 
     /// The backward on device buffers: `(dq, dk, dv)` on the device (type `E`), the parameter

@@ -354,18 +354,11 @@ impl<T: Scalar> Attention<T> {
     pub(crate) fn overflow(
         &self, op: &'static str, output: &'static str, inputs: &[(&'static str, &[T])],
     ) -> AttentionError {
-        let max = |x: &[T]| x.iter().fold(0.0f64, |m, v| m.max(v.as_f64().abs()));
         let gain = [("ln.gain", &self.ln_gain[..])];
         let has_gain = self.config.kind != AttentionKind::Softmax;
-        let named = inputs.iter().chain(gain.iter().filter(|_| has_gain));
-        let magnitudes: Vec<String> =
-            named.map(|(name, x)| format!("max |{name}| = {:.3e}", max(x))).collect();
-        AttentionError::Overflow {
-            op,
-            output,
-            precision: core::any::type_name::<T>(),
-            magnitudes: magnitudes.join(", "),
-        }
+        let named: Vec<_> =
+            inputs.iter().chain(gain.iter().filter(|_| has_gain)).copied().collect();
+        crate::checks::overflow(op, output, &named)
     }
 
     /// What checked, finite inputs and parameters can still produce, turned into

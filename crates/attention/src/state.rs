@@ -288,7 +288,7 @@ impl<T: Scalar> Attention<T> {
                 let open = st.open_k.chunks_exact(h).zip(st.open_v.chunks_exact(h));
                 add_exact(&mut num, qi, open, c.p);
                 normalise(&num, &mut out[i * h..(i + 1) * h]);
-                if st.open_k.len() == b * h {
+                if st.open_k.len() / h == b {
                     fold(&mut st.s, rows(&st.open_r, r), rows(&st.open_v, h));
                     st.open_k.clear();
                     st.open_r.clear();

@@ -174,7 +174,10 @@ fn affine_predict(
     let w = MatRef::from_column_major_slice(w, w.len(), 1);
     let mut out = Mat::zeros(x.nrows(), 1);
     gemm(out.as_mut(), x, w, 1.0, false, par);
-    Ok((0..x.nrows()).map(|i| out[(i, 0)] + intercept).collect())
+    let pred: Vec<f64> = (0..x.nrows()).map(|i| out[(i, 0)] + intercept).collect();
+    let column = MatRef::from_column_major_slice(&pred, pred.len(), 1);
+    polysketch_core::check_overflow(op, input, "predictions", column)?;
+    Ok(pred)
 }
 
 /// Checks that every value of each named slice is finite (a NaN in a prediction would make a
@@ -197,7 +200,22 @@ pub fn rmse(pred: &[f64], y: &[f64]) -> Result<f64> {
     same("rmse", "lengths", y.len(), pred.len())?;
     enough_rows("rmse", 1, y.len())?;
     finite_values("rmse", [("pred", pred), ("y", y)])?;
-    Ok((pred.iter().zip(y).map(|(p, t)| (p - t).powi(2)).sum::<f64>() / y.len() as f64).sqrt())
+    let score =
+        (pred.iter().zip(y).map(|(p, t)| (p - t).powi(2)).sum::<f64>() / y.len() as f64).sqrt();
+    finite_score("rmse", score)
+}
+
+/// A score of finite inputs that overflowed (squares of values near 1e155 and beyond): a typed
+/// error, not an infinity or a NaN that looks like a score.
+fn finite_score(op: &'static str, score: f64) -> Result<f64> {
+    let cell = [score];
+    polysketch_core::check_overflow(
+        op,
+        "pred and y",
+        "score",
+        MatRef::from_column_major_slice(&cell, 1, 1),
+    )?;
+    Ok(score)
 }
 
 /// Coefficient of determination \\(R^2 = 1 - \sum(\hat y - y)^2/\sum(y - \bar y)^2\\).
@@ -217,7 +235,7 @@ pub fn r2(pred: &[f64], y: &[f64]) -> Result<f64> {
         });
     }
     let res: f64 = pred.iter().zip(y).map(|(p, t)| (p - t).powi(2)).sum();
-    Ok(1.0 - res / tot)
+    finite_score("r2", 1.0 - res / tot)
 }
 
 /// Validation-based choice among fitted models (a λ path, or one fit per λ): the model whose

@@ -168,7 +168,7 @@ fn results_past_the_number_format_are_a_typed_error() {
             Box::new(TreeSketch::gaussian(8, 16, 2, 1).unwrap()),
         ]
     }
-    let value = |i: usize, j: usize| if (i + j) % 2 == 0 { 1e20 } else { -3e19 };
+    let value = |i: usize, j: usize| if (i + j).is_multiple_of(2) { 1e20 } else { -3e19 };
     let a32 = Mat::<f32>::from_fn(3, 8, |i, j| value(i, j) as f32);
     let a64 = Mat::<f64>::from_fn(3, 8, value);
     for (s32, s64) in sketches::<f32>().iter().zip(sketches::<f64>()) {
