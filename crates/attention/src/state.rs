@@ -170,7 +170,9 @@ impl<T: Scalar> Attention<T> {
     ///
     /// # Errors
     /// Wrong lengths, `n` of 0, non-finite values, a state of another layer kind, shape or
-    /// batch, a KV cache that would grow past [`MAX_STATE_BYTES`].
+    /// batch, a KV cache that would grow past [`MAX_STATE_BYTES`] (these leave `state` as it
+    /// was); [`AttentionError::Overflow`] when the scores leave the number format, after which
+    /// `state` may hold part of the chunk: start a new one.
     #[allow(clippy::too_many_arguments)]
     pub fn forward_chunk(
         &self, q: &[T], k: &[T], v: &[T], batch: usize, n: usize, out: &mut [T],
