@@ -226,7 +226,7 @@ fn main() {
     quiet_on_closed_pipe();
     #[cfg(feature = "peak-memory")]
     polysketch::memory::install_meter(&ALLOC);
-    let cli = Cli::parse();
+    let cli = parse_args();
     polysketch::exit_on_error(set_threads(cli.threads));
     polysketch::exit_on_error(match cli.command {
         Command::Train(args) => train(args),
@@ -243,6 +243,32 @@ fn main() {
             polysketch::bench::lowtri::run(&args).map_err(Into::into)
         }
     });
+}
+
+/// The command line, or exit: help and version as clap prints them (status 0), any other
+/// argument error as one line, `error: … (see --help)`, with status 2, like the program's own
+/// errors (status 1) and without clap's usage block.
+fn parse_args() -> Cli {
+    use clap::error::ErrorKind;
+    match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) =>
+        {
+            e.exit()
+        }
+        Err(e) => {
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("error: bad arguments");
+            eprintln!("{first} (see --help)");
+            std::process::exit(2);
+        }
+    }
 }
 
 /// A closed standard output (`polysketch … | head -1`) ends the program quietly, as it ends

@@ -119,13 +119,19 @@ fn bad_thread_counts_and_batch_counts_are_refused() {
     }
 }
 
-/// Asserts the program refused `args`: a non-zero exit, one line on standard error that starts
-/// with `error:` and contains `expected`, no panic and no backtrace.
+/// Asserts the program refused `args`: exit status 1 (status 2 for arguments that do not
+/// parse), one line on standard error that starts with `error:` and contains `expected`, no
+/// panic and no backtrace.
 fn assert_refused(args: &[&str], expected: &str) {
     let o = run(args);
     let err = text(&o.stderr);
     assert!(!o.status.success(), "{args:?} succeeded: {}", text(&o.stdout));
-    assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+    let status = if expected.starts_with("unexpected") || expected.starts_with("invalid value") {
+        2
+    } else {
+        1
+    };
+    assert_eq!(o.status.code(), Some(status), "{args:?}: {err}");
     assert!(err.starts_with("error:"), "{args:?}: {err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
     assert!(!err.contains("panicked") && !err.contains("backtrace"), "{args:?}: {err}");
@@ -170,6 +176,13 @@ fn bad_arguments_and_files_get_a_one_line_error() {
         ),
         (["task", "copying", "--until", "1.5"].map(String::from).to_vec(), "--until 1.5"),
         (["task", "sorting"].map(String::from).to_vec(), "unknown task"),
+        // arguments that do not parse: clap's message, on one line
+        (tiny(&["--steps", "abc"]), "invalid value 'abc' for '--steps <STEPS>'"),
+        (tiny(&["--bogus"]), "unexpected argument '--bogus'"),
+        (
+            ["sample", "--checkpoint", good_s, "--temperature", "-1"].map(String::from).to_vec(),
+            "unexpected argument '-1'",
+        ),
         (
             ["eval", "--checkpoint", good_s, "--batches", "0"].map(String::from).to_vec(),
             "at least 1",

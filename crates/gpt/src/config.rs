@@ -98,7 +98,8 @@ impl GptConfig {
     ///
     /// # Errors
     /// [`GptError::InvalidConfig`] for a zero size, a width not divisible by the heads, an odd
-    /// head size, a vocabulary over \\(2^{24}\\) or a context over \\(2^{24}\\).
+    /// head size, a vocabulary over \\(2^{24}\\) or a context over \\(2^{24}\\), parameters over
+    /// [`MAX_PARAMETER_BYTES`](polysketch_core::MAX_PARAMETER_BYTES) in `f32` (a billion).
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(GptError::InvalidConfig(m));
         if self.vocab == 0
@@ -126,6 +127,19 @@ impl GptConfig {
         }
         if !self.head_dim().is_multiple_of(2) {
             return bad(format!("head size {} must be even (RoPE rotates pairs)", self.head_dim()));
+        }
+        // the parameters before they are allocated (each size is in range, their products
+        // need not be): the embedding, and per block the projections, the GLU and the norms
+        let (c, f) = (self.d_model as u128, self.hidden() as u128);
+        let per_block = 4 * c * c + 3 * c * f + 4 * c;
+        let count = self.vocab as u128 * c + self.layers as u128 * per_block + 2 * c;
+        let bytes = count * 4;
+        if bytes > polysketch_core::MAX_PARAMETER_BYTES {
+            return bad(format!(
+                "the model's {count} parameters would take {bytes} bytes in f32, over the limit \
+                 of {} bytes",
+                polysketch_core::MAX_PARAMETER_BYTES
+            ));
         }
         Ok(())
     }

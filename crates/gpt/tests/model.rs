@@ -185,6 +185,8 @@ fn bad_input_gets_typed_errors() {
         },
         GptConfig { vocab: 0, ..config(AttentionKind::Softmax) },
         GptConfig { layers: 0, ..config(AttentionKind::Softmax) },
+        // every size in range, their product (2^24 · 2^16 embedding values, 4 TiB) not
+        GptConfig { vocab: 1 << 24, d_model: 1 << 16, heads: 1, ..config(AttentionKind::Softmax) },
         config(AttentionKind::Polynomial { p: 3 }),
         config(AttentionKind::PolySketch(PolySketchConfig {
             p: 4,
