@@ -65,7 +65,12 @@ impl Block {
         let scale = 1.0 / (D_MODEL as f64).sqrt();
         let mut w = || Mat::from_fn(D_MODEL, D_MODEL, |_, _| (scale * normal(&mut rng)) as f32);
         Ok(Self {
-            attention: Attention::new(AttentionConfig { heads: HEADS, head_dim: HEAD_DIM, kind })?,
+            attention: Attention::new(AttentionConfig {
+                heads: HEADS,
+                head_dim: HEAD_DIM,
+                kind,
+                qk_norm: Default::default(),
+            })?,
             w: [w(), w(), w(), w()],
         })
     }

@@ -97,6 +97,7 @@ pub(crate) fn overflow<T: Scalar>(
 }
 
 /// `Err(overflow(..))` for the first of `outputs` that is not finite.
+#[cfg(feature = "gpu")]
 pub(crate) fn check_outputs<T: Scalar>(
     op: &'static str, inputs: &[(&'static str, &[T])], outputs: &[(&'static str, &[T])],
 ) -> Result<()> {

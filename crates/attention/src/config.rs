@@ -2,6 +2,23 @@
 
 use crate::{AttentionError, AttentionKind, Result};
 
+/// How the polynomial and PolySketch kinds prepare \\(q\\) and \\(k\\) before their scores
+/// \\(\langle\tilde q_i, \tilde k_j\rangle^p\\) (softmax ignores it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum QkNorm {
+    /// \\(\tilde x = \mathrm{LN}(x)/h^{1/4}\\), one gain and one bias of size \\(h\\) shared by
+    /// \\(q\\), \\(k\\) and the heads (parameters `ln.gain`, `ln.bias`), as in the authors'
+    /// code: \\(\langle\tilde q, \tilde k\rangle = \langle\mathrm{LN}(q),
+    /// \mathrm{LN}(k)\rangle/\sqrt h\\), which bounds the weights (see [`crate::Attention`]).
+    #[default]
+    LayerNorm,
+    /// The raw vectors, \\(\tilde x = x\\): the formula of the paper's Section 2.1,
+    /// \\(\mathrm{out}_i = \sum_{j \le i} \langle q_i, k_j\rangle^p v_j / (1 + \sum_{j \le i}
+    /// \langle q_i, k_j\rangle^p)\\). No parameters; the scale of \\(q\\) and \\(k\\) is the
+    /// caller's (large inputs overflow sooner: see the book's Errors chapter).
+    None,
+}
+
 /// A multi-head causal attention layer.
 ///
 /// # Shapes
@@ -14,6 +31,9 @@ pub struct AttentionConfig {
     pub head_dim: usize,
     /// The kind of attention.
     pub kind: AttentionKind,
+    /// How \\(q\\) and \\(k\\) are normalised (polynomial and PolySketch kinds; default: a
+    /// layer norm).
+    pub qk_norm: QkNorm,
 }
 
 impl AttentionConfig {

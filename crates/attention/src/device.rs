@@ -18,6 +18,7 @@
 //!     heads: 2,
 //!     head_dim: 16,
 //!     kind: AttentionKind::PolySketch(PolySketchConfig { r: 8, block: 32, local: true, ..Default::default() }),
+//!     qk_norm: Default::default(), // the layer norm: the device kernels run it
 //! };
 //! let layer = Attention::<f32>::new(config)?;
 //! let gpu = Gpu::<Wgpu>::new(&Default::default())?; // GpuError::NoDevice without an adapter
@@ -78,7 +79,13 @@ impl Attention<f32> {
     /// [`AttentionError::InvalidConfig`] for kinds the device does not run (polynomial,
     /// softmax); [`AttentionError::Gpu`] if the upload fails.
     pub fn to_device<R: Runtime>(&self, gpu: &Gpu<R>) -> Result<DeviceAttention<R>> {
-        let AttentionConfig { heads, head_dim, kind } = self.config;
+        let AttentionConfig { heads, head_dim, kind, qk_norm } = self.config;
+        if qk_norm != crate::QkNorm::LayerNorm {
+            return Err(AttentionError::InvalidConfig(format!(
+                "Attention::to_device: the device kernels normalise q and k with the layer norm; \
+                 {qk_norm:?} runs on the CPU"
+            )));
+        }
         let AttentionKind::PolySketch(c) = kind else {
             return Err(AttentionError::InvalidConfig(format!(
                 "Attention::to_device: the device runs PolySketch attention; {kind:?} runs on the \

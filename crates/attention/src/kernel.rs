@@ -9,7 +9,6 @@ use polysketch_core::linalg::row_blocks;
 use polysketch_lowtri::{Features, Grads as LtGrads, LowTri, Problem, Saved as LtSaved};
 use rayon::prelude::*;
 
-use crate::layernorm::{layernorm_backward, layernorm_forward};
 use crate::polynomial::{self, PolyViews};
 use crate::saved::{Core, HeadSaved, Inner, reshape_mat};
 use crate::tiles::{self, HeadViews, TILE};
@@ -56,7 +55,6 @@ impl<T: Scalar> Attention<T> {
         &self, views: &[HeadViews<'_, T>], out: &mut [T], saved: &mut Saved<T>, par: Par,
     ) -> Result<()> {
         let (h, count, n) = (self.config.head_dim, views.len(), views[0].q.nrows());
-        let scale = self.scale();
         let (sketch, r) = match self.config.kind {
             AttentionKind::PolySketch(c) => (self.sketch.as_deref(), c.r),
             _ => (None, 0),
@@ -87,22 +85,8 @@ impl<T: Scalar> Attention<T> {
             let x = &views[idx];
             s.qt.reshape(n, h);
             s.kt.reshape(n, h);
-            layernorm_forward(
-                x.q,
-                &self.ln_gain,
-                &self.ln_bias,
-                scale,
-                &mut s.qt.data,
-                &mut s.ln_q,
-            );
-            layernorm_forward(
-                x.k,
-                &self.ln_gain,
-                &self.ln_bias,
-                scale,
-                &mut s.kt.data,
-                &mut s.ln_k,
-            );
+            self.qk_forward(x.q, &mut s.qt.data, &mut s.ln_q);
+            self.qk_forward(x.k, &mut s.kt.data, &mut s.ln_k);
             reshape_mat(&mut s.l, n, r);
             reshape_mat(&mut s.r, n, r);
             if let Some(ls) = &self.learned {
@@ -201,7 +185,6 @@ impl<T: Scalar> Attention<T> {
         par: Par,
     ) -> Result<()> {
         let (h, n) = (self.config.head_dim, heads[0].out.nrows());
-        let scale = self.scale();
         // 1. through the normalisation: out = num/den, so dnum = dout/den and
         //    dden = -Σ_c dout_c num_c / den² = -(dout · out)/den
         each_head(heads, par, |idx, s| {
@@ -314,25 +297,10 @@ impl<T: Scalar> Attention<T> {
         /// One head's state and its `(∂q, ∂k)`, `∂v` output slices.
         type HeadGrads<'a, T> = (&'a HeadSaved<T>, ((&'a mut [T], &'a mut [T]), &'a mut [T]));
         let head = |(s, ((q, k), v)): HeadGrads<'_, T>| -> (Vec<T>, Vec<T>) {
-            let (mut dgain, mut dbias) = (vec![T::zero(); h], vec![T::zero(); h]);
-            layernorm_backward(
-                &s.dqt.data,
-                &s.ln_q,
-                &self.ln_gain,
-                scale,
-                q,
-                &mut dgain,
-                &mut dbias,
-            );
-            layernorm_backward(
-                &s.dkt.data,
-                &s.ln_k,
-                &self.ln_gain,
-                scale,
-                k,
-                &mut dgain,
-                &mut dbias,
-            );
+            let ln = self.ln_gain.len();
+            let (mut dgain, mut dbias) = (vec![T::zero(); ln], vec![T::zero(); ln]);
+            self.qk_backward(&s.dqt.data, &s.ln_q, q, &mut dgain, &mut dbias);
+            self.qk_backward(&s.dkt.data, &s.ln_k, k, &mut dgain, &mut dbias);
             // forward: C = [V, 1], so dV is dC without its last column
             for i in 0..n {
                 v[i * h..(i + 1) * h].copy_from_slice(&s.dc.row(i)[..h]);
@@ -343,13 +311,17 @@ impl<T: Scalar> Attention<T> {
             Par::Seq => parts.into_iter().map(head).collect(),
             Par::Rayon(_) => parts.into_par_iter().map(head).collect(),
         };
-        let (mut dgain, mut dbias) = (vec![T::zero(); h], vec![T::zero(); h]);
+        let ln = self.ln_gain.len();
+        let (mut dgain, mut dbias) = (vec![T::zero(); ln], vec![T::zero(); ln]);
         // summed in head order: the same numbers whatever the thread count
         for (g_, b_) in per_head {
             dgain.iter_mut().zip(g_).for_each(|(a, b)| *a += b);
             dbias.iter_mut().zip(b_).for_each(|(a, b)| *a += b);
         }
-        grads.params = vec![("ln.gain".into(), dgain), ("ln.bias".into(), dbias)];
+        grads.params = vec![];
+        if self.has_layernorm() {
+            grads.params = vec![("ln.gain".into(), dgain), ("ln.bias".into(), dbias)];
+        }
         if let Some(ls) = &self.learned {
             // the heads' shares, summed in head order
             let mut total = ls.zero_grads();

@@ -1,18 +1,19 @@
 //! The multi-head layer: validated config, parameters, forward and backward.
 
-use faer::Par;
+use faer::{MatRef, Par};
 use polysketch_core::Scalar;
 use polysketch_sketch::{GaussianJl, PolySketch, TreeSketch};
 
 use crate::checks::{
     check_finite, check_len, check_positive, check_qkv, check_state_bytes, head_matrix, shape_of,
 };
+use crate::layernorm::{LnSaved, layernorm_backward, layernorm_forward};
 use crate::learned::LearnedSketch;
 use crate::nn::{Param, ParamMut};
 use crate::saved::{Grads, Inner, Saved};
 use crate::softmax;
 use crate::tiles::HeadViews;
-use crate::{AttentionConfig, AttentionError, AttentionKind, Result, SketchKind};
+use crate::{AttentionConfig, AttentionError, AttentionKind, QkNorm, Result, SketchKind};
 
 /// Upper bound on the memory a forward may plan to keep (16 GiB).
 pub const MAX_STATE_BYTES: u128 = 16 << 30;
@@ -26,13 +27,14 @@ pub const MAX_STATE_BYTES: u128 = 16 << 30;
 /// see [`LearnedSketch::parameters`]), shared by the heads, their gradients summed over them.
 ///
 /// # Normalisation
-/// Polynomial and PolySketch score \\(\langle\tilde q, \tilde k\rangle^p\\) with \\(\tilde x =
+/// By default ([`QkNorm::LayerNorm`]) polynomial and PolySketch score \\(\langle\tilde q, \tilde k\rangle^p\\) with \\(\tilde x =
 /// \mathrm{LN}(x)/h^{1/4}\\), so \\(\langle\tilde q, \tilde k\rangle = \langle\mathrm{LN}(q),
 /// \mathrm{LN}(k)\rangle/\sqrt h\\) — the scaling of softmax attention. With unit gain and zero
 /// bias \\(|\langle\tilde q, \tilde k\rangle| \le \sqrt h\\), so each weight is at most
 /// \\(h^{p/2}\\) (4096 for \\(h = 64\\), \\(p = 4\\)) and a row's sum over \\(n\\) tokens at most
 /// \\(n h^{p/2}\\) (\\(4.3 \cdot 10^9\\) at \\(n = 2^{20}\\)): finite in f32, whose range ends at
-/// \\(3.4 \cdot 10^{38}\\).
+/// \\(3.4 \cdot 10^{38}\\). With [`QkNorm::None`] the scores are \\(\langle q, k\rangle^p\\) of the
+/// raw vectors (paper Section 2.1) and the layer has no layer-norm parameters.
 ///
 /// # Shapes
 /// `q`, `k`, `v`, output: `[batch, heads, n, head_dim]`, row-major `&[T]`.
@@ -76,10 +78,11 @@ impl<T: Scalar> Attention<T> {
                 SketchKind::Learned => learned = Some(LearnedSketch::new(h, c.r, c.p / 2, c.seed)?),
             }
         }
+        let ln = if config.qk_norm == QkNorm::LayerNorm { h } else { 0 };
         Ok(Self {
             config,
-            ln_gain: vec![T::one(); h],
-            ln_bias: vec![T::zero(); h],
+            ln_gain: vec![T::one(); ln],
+            ln_bias: vec![T::zero(); ln],
             sketch,
             learned,
         })
@@ -106,14 +109,12 @@ impl<T: Scalar> Attention<T> {
     /// parameters (see [`LearnedSketch::parameters`]); none for softmax. [`Grads::params`]
     /// lists the gradients in the same order.
     pub fn parameters(&self) -> Vec<Param<'_, T>> {
-        if self.config.kind == AttentionKind::Softmax {
-            return vec![];
+        let mut out = vec![];
+        if self.has_layernorm() {
+            let h = self.config.head_dim;
+            out.push(Param { name: "ln.gain".into(), shape: vec![h], data: &self.ln_gain });
+            out.push(Param { name: "ln.bias".into(), shape: vec![h], data: &self.ln_bias });
         }
-        let h = self.config.head_dim;
-        let mut out = vec![
-            Param { name: "ln.gain".into(), shape: vec![h], data: &self.ln_gain },
-            Param { name: "ln.bias".into(), shape: vec![h], data: &self.ln_bias },
-        ];
         if let Some(l) = &self.learned {
             out.extend(l.parameters());
         }
@@ -123,18 +124,47 @@ impl<T: Scalar> Attention<T> {
     /// Mutable access to the named parameters, in the order of
     /// [`parameters`](Self::parameters) (for optimisers and loading).
     pub fn parameters_mut(&mut self) -> Vec<ParamMut<'_, T>> {
-        if self.config.kind == AttentionKind::Softmax {
-            return vec![];
+        let mut out = vec![];
+        if self.has_layernorm() {
+            let h = self.config.head_dim;
+            let (gain, bias) = (self.ln_gain.as_mut_slice(), self.ln_bias.as_mut_slice());
+            out.push(ParamMut { name: "ln.gain".into(), shape: vec![h], data: gain });
+            out.push(ParamMut { name: "ln.bias".into(), shape: vec![h], data: bias });
         }
-        let h = self.config.head_dim;
-        let mut out = vec![
-            ParamMut { name: "ln.gain".into(), shape: vec![h], data: self.ln_gain.as_mut_slice() },
-            ParamMut { name: "ln.bias".into(), shape: vec![h], data: self.ln_bias.as_mut_slice() },
-        ];
         if let Some(l) = &mut self.learned {
             out.extend(l.parameters_mut());
         }
         out
+    }
+
+    /// Whether q and k go through the layer norm (a kernel kind with [`QkNorm::LayerNorm`]).
+    pub(crate) fn has_layernorm(&self) -> bool {
+        self.config.kind != AttentionKind::Softmax && self.config.qk_norm == QkNorm::LayerNorm
+    }
+
+    /// \\(\tilde x\\) of every row of `x` into `out` (row-major `[n, h]`): the layer norm
+    /// scaled by \\(h^{-1/4}\\), keeping what its backward needs in `saved`, or a copy of `x`.
+    pub(crate) fn qk_forward(&self, x: MatRef<'_, T>, out: &mut [T], saved: &mut LnSaved<T>) {
+        if self.has_layernorm() {
+            layernorm_forward(x, &self.ln_gain, &self.ln_bias, self.scale(), out, saved);
+        } else {
+            let h = x.ncols();
+            for (i, row) in out.chunks_exact_mut(h).enumerate() {
+                row.iter_mut().enumerate().for_each(|(j, o)| *o = x[(i, j)]);
+            }
+        }
+    }
+
+    /// The backward of [`qk_forward`](Self::qk_forward): `dx` from `d` = \\(\partial
+    /// L/\partial\tilde x\\), adding into `dgain`, `dbias` (empty without a layer norm).
+    pub(crate) fn qk_backward(
+        &self, d: &[T], saved: &LnSaved<T>, dx: &mut [T], dgain: &mut [T], dbias: &mut [T],
+    ) {
+        if self.has_layernorm() {
+            layernorm_backward(d, saved, &self.ln_gain, self.scale(), dx, dgain, dbias);
+        } else {
+            dx.copy_from_slice(d);
+        }
     }
 
     pub(crate) fn scale(&self) -> T {
@@ -152,10 +182,11 @@ impl<T: Scalar> Attention<T> {
     ///
     /// ```
     /// use faer::Par;
-    /// use polysketch_attention::{Attention, AttentionConfig, AttentionError, AttentionKind};
+    /// use polysketch_attention::{Attention, AttentionConfig, AttentionError, QkNorm};
     ///
     /// let (batch, heads, n, h) = (1, 2, 16, 8);
-    /// let config = AttentionConfig { heads, head_dim: h, kind: "random+local:r=8,block=4".parse()? };
+    /// let kind = "random+local:r=8,block=4".parse()?;
+    /// let config = AttentionConfig { heads, head_dim: h, kind, qk_norm: QkNorm::LayerNorm };
     /// let layer = Attention::<f32>::new(config)?;
     /// let x: Vec<f32> = (0..batch * heads * n * h).map(|i| (i as f32 * 0.37).sin()).collect();
     /// let (out, mut saved) = layer.forward(&x, &x, &x, batch, n, Par::Seq)?;
@@ -355,7 +386,7 @@ impl<T: Scalar> Attention<T> {
         &self, op: &'static str, output: &'static str, inputs: &[(&'static str, &[T])],
     ) -> AttentionError {
         let gain = [("ln.gain", &self.ln_gain[..])];
-        let has_gain = self.config.kind != AttentionKind::Softmax;
+        let has_gain = self.has_layernorm();
         let named: Vec<_> =
             inputs.iter().chain(gain.iter().filter(|_| has_gain)).copied().collect();
         crate::checks::overflow(op, output, &named)

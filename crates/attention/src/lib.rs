@@ -34,12 +34,13 @@
 //! # Example
 //! ```
 //! use faer::Par;
-//! use polysketch_attention::{Attention, AttentionConfig, AttentionKind, PolySketchConfig};
+//! use polysketch_attention::{Attention, AttentionConfig, AttentionKind, PolySketchConfig, QkNorm};
 //!
 //! let config = AttentionConfig {
 //!     heads: 2,
 //!     head_dim: 16,
 //!     kind: AttentionKind::PolySketch(PolySketchConfig { r: 8, block: 32, local: true, ..Default::default() }),
+//!     qk_norm: QkNorm::LayerNorm, // or QkNorm::None: the raw vectors of the paper's Section 2.1
 //! };
 //! let layer = Attention::<f32>::new(config)?;
 //! let (batch, n) = (1, 100);
@@ -56,6 +57,8 @@
 /// The faer version this crate computes with (its matrices and `Par` in the signatures): use
 /// it instead of pinning faer by hand.
 pub use faer;
+/// The float trait of the layer's element type (`f32`, `f64`): `Attention<T: Scalar>`.
+pub use polysketch_core::Scalar;
 
 mod checks;
 mod config;
@@ -77,7 +80,7 @@ mod softmax;
 pub mod state;
 mod tiles;
 
-pub use config::AttentionConfig;
+pub use config::{AttentionConfig, QkNorm};
 #[cfg(feature = "gpu")]
 pub use device::{DeviceAttention, DeviceSaved};
 pub use error::{AttentionError, Result};

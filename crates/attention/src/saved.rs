@@ -181,3 +181,26 @@ pub struct Grads<T> {
     /// Gradients of the named parameters, in the order of [`Attention::parameters`](crate::Attention::parameters).
     pub params: Vec<(String, Vec<T>)>,
 }
+
+impl<T> Grads<T> {
+    /// The gradient of the parameter `name` (as listed by
+    /// [`Attention::parameters`](crate::Attention::parameters): `ln.gain`, `ln.bias`,
+    /// `sketch.node0.f1.w1`, …), or `None` if the layer has no such parameter.
+    ///
+    /// ```
+    /// use faer::Par;
+    /// use polysketch_attention::{Attention, AttentionConfig, AttentionError};
+    ///
+    /// let kind = "polynomial:p=4".parse()?;
+    /// let layer = Attention::<f64>::new(AttentionConfig { heads: 1, head_dim: 4, kind, qk_norm: Default::default() })?;
+    /// let x: Vec<f64> = (0..4 * 6).map(|i| (i as f64 * 0.3).sin()).collect();
+    /// let (out, mut saved) = layer.forward(&x, &x, &x, 1, 6, Par::Seq)?;
+    /// let grads = layer.backward(&mut saved, &out, Par::Seq)?;
+    /// assert_eq!(grads.param("ln.gain").map(<[f64]>::len), Some(4));
+    /// assert!(grads.param("ln.scale").is_none());
+    /// # Ok::<(), AttentionError>(())
+    /// ```
+    pub fn param(&self, name: &str) -> Option<&[T]> {
+        self.params.iter().find(|(n, _)| n == name).map(|(_, g)| g.as_slice())
+    }
+}

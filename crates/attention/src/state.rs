@@ -23,7 +23,7 @@ use rayon::prelude::*;
 
 use crate::checks::{check_len, check_positive, check_qkv, head_matrix, shape_of};
 use crate::kernel::normalise;
-use crate::layernorm::{LnSaved, layernorm_forward};
+use crate::layernorm::LnSaved;
 use crate::learned::LearnedSaved;
 use crate::{Attention, MAX_STATE_BYTES};
 use crate::{AttentionError, Result};
@@ -240,14 +240,7 @@ impl<T: Scalar> Attention<T> {
     /// \\(\tilde x = \mathrm{LN}(x)/h^{1/4}\\) of every row, row-major.
     fn normalised(&self, x: MatRef<'_, T>) -> Vec<T> {
         let mut out = vec![T::zero(); x.nrows() * x.ncols()];
-        layernorm_forward(
-            x,
-            &self.ln_gain,
-            &self.ln_bias,
-            self.scale(),
-            &mut out,
-            &mut LnSaved::default(),
-        );
+        self.qk_forward(x, &mut out, &mut LnSaved::default());
         out
     }
 

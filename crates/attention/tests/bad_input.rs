@@ -14,7 +14,13 @@ fn kinds() -> [AttentionKind; 3] {
 #[test]
 fn size_products_that_overflow_are_refused_before_any_index() {
     for kind in kinds() {
-        let layer = Attention::<f32>::new(AttentionConfig { heads: 2, head_dim: 4, kind }).unwrap();
+        let layer = Attention::<f32>::new(AttentionConfig {
+            heads: 2,
+            head_dim: 4,
+            kind,
+            qk_norm: Default::default(),
+        })
+        .unwrap();
         let x = vec![0.5f32; 64];
         for (batch, n) in [(1usize << 63, 1), (1 << 62, 4), (1, usize::MAX)] {
             let err = layer.forward(&x, &x, &x, batch, n, Par::Seq).unwrap_err();
@@ -26,7 +32,12 @@ fn size_products_that_overflow_are_refused_before_any_index() {
 #[test]
 fn a_state_from_a_layer_of_other_sizes_is_refused() {
     for kind in kinds() {
-        let config = |heads, head_dim| AttentionConfig { heads, head_dim, kind };
+        let config = |heads, head_dim| AttentionConfig {
+            heads,
+            head_dim,
+            kind,
+            qk_norm: Default::default(),
+        };
         let two_by_four = Attention::<f64>::new(config(2, 4)).unwrap();
         let x = random::<f64>(2 * 4 * 6, 1.0, 1);
         // the same number of values per token (8), another layout: 1 head of 8, 4 heads of 2
@@ -45,7 +56,13 @@ fn a_state_from_a_layer_of_other_sizes_is_refused() {
 #[test]
 fn an_empty_state_says_so() {
     for kind in kinds() {
-        let layer = Attention::<f64>::new(AttentionConfig { heads: 1, head_dim: 4, kind }).unwrap();
+        let layer = Attention::<f64>::new(AttentionConfig {
+            heads: 1,
+            head_dim: 4,
+            kind,
+            qk_norm: Default::default(),
+        })
+        .unwrap();
         let x = random::<f64>(4 * 6, 1.0, 1);
         let err = layer.backward(&mut Saved::new(), &x, Par::Seq).unwrap_err();
         assert!(err.to_string().contains("the saved state is empty"), "{kind:?}: {err}");
@@ -59,8 +76,13 @@ fn huge_sizes_are_refused_before_anything_is_allocated() {
     let too_large =
         |e: &AttentionError| matches!(e, AttentionError::Sketch(SketchError::TooLarge { .. }));
     for kind in kinds() {
-        let err = Attention::<f32>::new(AttentionConfig { heads: 1, head_dim: 1 << 40, kind })
-            .unwrap_err();
+        let err = Attention::<f32>::new(AttentionConfig {
+            heads: 1,
+            head_dim: 1 << 40,
+            kind,
+            qk_norm: Default::default(),
+        })
+        .unwrap_err();
         assert!(too_large(&err), "{kind:?}: {err}");
     }
     for (h, r) in [(8, 1usize << 40), (1 << 40, 8), (8, usize::MAX / 2)] {
@@ -81,8 +103,13 @@ fn kinds_with_parameters() -> Vec<AttentionKind> {
 #[test]
 fn a_non_finite_parameter_is_named() {
     for kind in kinds_with_parameters() {
-        let mut layer =
-            Attention::<f32>::new(AttentionConfig { heads: 2, head_dim: 4, kind }).unwrap();
+        let mut layer = Attention::<f32>::new(AttentionConfig {
+            heads: 2,
+            head_dim: 4,
+            kind,
+            qk_norm: Default::default(),
+        })
+        .unwrap();
         let names: Vec<String> = layer.parameters().iter().map(|p| p.name.clone()).collect();
         let x = random::<f32>(2 * 4 * 6, 1.0, 1);
         let (_, mut saved) = layer.forward(&x, &x, &x, 1, 6, Par::Seq).unwrap();
@@ -109,8 +136,13 @@ fn a_non_finite_parameter_is_named() {
 #[test]
 fn scores_past_the_number_format_are_a_typed_error() {
     fn with_gain<T: polysketch_core::Scalar>(kind: AttentionKind, gain: f64) -> Attention<T> {
-        let mut layer =
-            Attention::<T>::new(AttentionConfig { heads: 2, head_dim: 8, kind }).unwrap();
+        let mut layer = Attention::<T>::new(AttentionConfig {
+            heads: 2,
+            head_dim: 8,
+            kind,
+            qk_norm: Default::default(),
+        })
+        .unwrap();
         layer.parameters_mut()[0].data.iter_mut().for_each(|g| *g = T::of(gain));
         layer
     }
@@ -138,6 +170,7 @@ fn scores_past_the_number_format_are_a_typed_error() {
         heads: 1,
         head_dim: 4,
         kind: AttentionKind::Softmax,
+        qk_norm: Default::default(),
     })
     .unwrap();
     let big = vec![1e20f32; 4 * 3];
@@ -151,6 +184,7 @@ fn zero_sizes_name_the_argument() {
         heads: 1,
         head_dim: 4,
         kind: AttentionKind::Softmax,
+        qk_norm: Default::default(),
     })
     .unwrap();
     let x = vec![0.5f32; 8];

@@ -77,7 +77,13 @@ fn device_layer_matches_cpu_layer<R: Runtime>(gpu: &Gpu<R>) {
 
 fn device_rejects_what_it_does_not_run<R: Runtime>(gpu: &Gpu<R>) {
     for kind in [AttentionKind::Softmax, AttentionKind::Polynomial { p: 4 }] {
-        let layer = Attention::<f32>::new(AttentionConfig { heads: 1, head_dim: 8, kind }).unwrap();
+        let layer = Attention::<f32>::new(AttentionConfig {
+            heads: 1,
+            head_dim: 8,
+            kind,
+            qk_norm: Default::default(),
+        })
+        .unwrap();
         assert!(matches!(layer.to_device(gpu), Err(AttentionError::InvalidConfig(_))), "{kind:?}");
     }
 }

@@ -41,7 +41,13 @@ fn packed_sequences_match_running_each_alone() {
         AttentionKind::Softmax,
     ];
     for kind in kinds {
-        let layer = Attention::<f64>::new(AttentionConfig { heads, head_dim: h, kind }).unwrap();
+        let layer = Attention::<f64>::new(AttentionConfig {
+            heads,
+            head_dim: h,
+            kind,
+            qk_norm: Default::default(),
+        })
+        .unwrap();
         let len = heads * total * h;
         let (q, k, v, d) = (
             random::<f64>(len, 1.0, 1),
@@ -86,6 +92,7 @@ fn bad_offsets_get_typed_errors() {
         heads: 1,
         head_dim: 2,
         kind: AttentionKind::Softmax,
+        qk_norm: Default::default(),
     })
     .unwrap();
     let x = vec![0.1; 10];

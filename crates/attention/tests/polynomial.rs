@@ -9,8 +9,13 @@ use polysketch_attention::{Attention, AttentionConfig, AttentionKind};
 use polysketch_core::Scalar;
 
 fn layer<T: Scalar>(heads: usize, h: usize, p: usize) -> Attention<T> {
-    Attention::new(AttentionConfig { heads, head_dim: h, kind: AttentionKind::Polynomial { p } })
-        .unwrap()
+    Attention::new(AttentionConfig {
+        heads,
+        head_dim: h,
+        kind: AttentionKind::Polynomial { p },
+        qk_norm: Default::default(),
+    })
+    .unwrap()
 }
 
 #[test]
@@ -102,4 +107,66 @@ fn backward_matches_finite_differences() {
 fn results_do_not_depend_on_thread_count() {
     let (batch, heads, h, n) = (1, 3, 8, 300);
     assert_thread_invariant(&layer::<f32>(heads, h, 4), batch, n);
+}
+
+/// `QkNorm::None`: the formula of the paper's Section 2.1 on the raw vectors,
+/// \\(\mathrm{out}_i = \sum_{j \le i}\langle q_i,k_j\rangle^p v_j / (1 + \sum_{j \le i}\langle
+/// q_i,k_j\rangle^p)\\), evaluated here independently in f64 with plain loops; no parameters;
+/// input gradients against finite differences; PolySketch takes the option too.
+#[test]
+fn raw_vectors_follow_section_2_1() {
+    use polysketch_attention::QkNorm;
+    let raw = |heads, h, kind| {
+        Attention::<f64>::new(AttentionConfig { heads, head_dim: h, kind, qk_norm: QkNorm::None })
+            .unwrap()
+    };
+    let (batch, heads, h, n) = (2, 2, 4, 37);
+    let len = batch * heads * n * h;
+    // small entries: ⟨q, k⟩ stays near 1, so the p-th powers neither vanish nor dominate
+    let (q, k, v) =
+        (random::<f64>(len, 0.4, 1), random::<f64>(len, 0.4, 2), random::<f64>(len, 1.0, 3));
+    for p in [2usize, 4, 8] {
+        let layer = raw(heads, h, AttentionKind::Polynomial { p });
+        assert!(layer.parameters().is_empty(), "p={p}: no layer-norm parameters");
+        let (out, mut saved) = layer.forward(&q, &k, &v, batch, n, Par::rayon(2)).unwrap();
+        for idx in 0..batch * heads {
+            let (qh, kh, vh, got) = (
+                head(&q, idx, n, h),
+                head(&k, idx, n, h),
+                head(&v, idx, n, h),
+                head(&out, idx, n, h),
+            );
+            for i in 0..n {
+                let (mut num, mut den) = (vec![0.0; h], 1.0);
+                for j in 0..=i {
+                    let s = (0..h).map(|c| qh[(i, c)] * kh[(j, c)]).sum::<f64>().powi(p as i32);
+                    den += s;
+                    (0..h).for_each(|c| num[c] += s * vh[(j, c)]);
+                }
+                for c in 0..h {
+                    let e = num[c] / den;
+                    assert!((got[(i, c)] - e).abs() < 1e-12 * (1.0 + e.abs()), "p={p} ({i},{c})");
+                }
+            }
+        }
+        let g = random::<f64>(len, 1.0, 4);
+        let grads = layer.backward(&mut saved, &g, Par::Seq).unwrap();
+        assert!(grads.params.is_empty());
+        let loss = |q: &[f64], k: &[f64], v: &[f64]| weighted_loss(&layer, [q, k, v], &g, batch, n);
+        assert_input_gradients(
+            &loss,
+            [&q, &k, &v],
+            [&grads.dq, &grads.dk, &grads.dv],
+            7,
+            &format!("raw p={p}"),
+        );
+    }
+    // PolySketch with local blocks on raw vectors: its exact diagonal blocks equal the formula
+    // above for the first block's rows
+    let kind = "random+local:p=4,r=8,block=64".parse().unwrap();
+    let sketched = raw(heads, h, kind);
+    let exact = raw(heads, h, AttentionKind::Polynomial { p: 4 });
+    let (a, _) = sketched.forward(&q, &k, &v, batch, n, Par::Seq).unwrap();
+    let (b, _) = exact.forward(&q, &k, &v, batch, n, Par::Seq).unwrap();
+    assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-12), "n = 37 < block: all exact");
 }

@@ -54,7 +54,13 @@ fn reused_buffers_give_the_same_numbers_as_fresh_ones() {
     let mut saved = Saved::new();
     let mut grads = Grads::default();
     for kind in kinds() {
-        let layer = Attention::<f64>::new(AttentionConfig { heads: 2, head_dim: 5, kind }).unwrap();
+        let layer = Attention::<f64>::new(AttentionConfig {
+            heads: 2,
+            head_dim: 5,
+            kind,
+            qk_norm: Default::default(),
+        })
+        .unwrap();
         for (step, (batch, n)) in [(1, 13), (2, 8), (1, 13), (2, 21)].into_iter().enumerate() {
             let seed = 100 + step as u64;
             let (out, expected) = fresh(&layer, batch, n, seed);
@@ -68,7 +74,13 @@ fn reused_buffers_give_the_same_numbers_as_fresh_ones() {
 #[test]
 fn a_state_is_used_once() {
     for kind in kinds() {
-        let layer = Attention::<f64>::new(AttentionConfig { heads: 1, head_dim: 4, kind }).unwrap();
+        let layer = Attention::<f64>::new(AttentionConfig {
+            heads: 1,
+            head_dim: 4,
+            kind,
+            qk_norm: Default::default(),
+        })
+        .unwrap();
         let x = random::<f64>(4 * 6, 1.0, 1);
         let (_, mut saved) = layer.forward(&x, &x, &x, 1, 6, Par::Seq).unwrap();
         layer.backward(&mut saved, &x, Par::Seq).unwrap();

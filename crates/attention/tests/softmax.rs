@@ -9,7 +9,13 @@ use polysketch_attention::{Attention, AttentionConfig, AttentionError, Attention
 use polysketch_core::Scalar;
 
 fn layer<T: Scalar>(heads: usize, h: usize) -> Attention<T> {
-    Attention::new(AttentionConfig { heads, head_dim: h, kind: AttentionKind::Softmax }).unwrap()
+    Attention::new(AttentionConfig {
+        heads,
+        head_dim: h,
+        kind: AttentionKind::Softmax,
+        qk_norm: Default::default(),
+    })
+    .unwrap()
 }
 
 #[test]

@@ -7,7 +7,7 @@ use common::*;
 
 use faer::Par;
 use polysketch_attention::{
-    Attention, AttentionConfig, AttentionError, AttentionKind, PolySketchConfig, SketchKind,
+    Attention, AttentionConfig, AttentionError, AttentionKind, PolySketchConfig, QkNorm, SketchKind,
 };
 use polysketch_core::Scalar;
 
@@ -74,9 +74,10 @@ fn chunked<T: Scalar>(
 /// full (training) forward.
 #[allow(clippy::type_complexity)]
 fn full_forward<T: Scalar>(
-    kind: AttentionKind, (batch, heads, h, n): (usize, usize, usize, usize), seed: u64,
+    (kind, qk_norm): (AttentionKind, QkNorm), (batch, heads, h, n): (usize, usize, usize, usize),
+    seed: u64,
 ) -> (Attention<T>, [Vec<T>; 3], Vec<T>) {
-    let layer = Attention::<T>::new(AttentionConfig { heads, head_dim: h, kind }).unwrap();
+    let layer = Attention::<T>::new(AttentionConfig { heads, head_dim: h, kind, qk_norm }).unwrap();
     let [q, k, v, _] = qkvg::<T>(batch * heads * n * h, seed);
     let (full, _) = layer.forward(&q, &k, &v, batch, n, Par::Seq).unwrap();
     (layer, [q, k, v], full)
@@ -90,15 +91,18 @@ fn max_rel_err(a: &[f64], b: &[f64]) -> f64 {
 #[test]
 fn token_by_token_and_chunks_match_the_full_forward_in_f64() {
     let (batch, heads, h, n) = (2, 2, 4, 23);
-    for kind in kinds() {
-        let (layer, [q, k, v], full) = full_forward::<f64>(kind, (batch, heads, h, n), 1);
+    // with the layer norm and on raw vectors (QkNorm::None)
+    for (kind, norm) in
+        kinds().into_iter().flat_map(|k| [(k, QkNorm::LayerNorm), (k, QkNorm::None)])
+    {
+        let (layer, [q, k, v], full) = full_forward::<f64>((kind, norm), (batch, heads, h, n), 1);
         // one token at a time; chunks that start mid-block, end mid-block, span blocks
         for pieces in
             [vec![1; n], vec![3, 1, 7, 2, 10], vec![5, 5, 13], vec![23], vec![12, 1, 1, 9]]
         {
             let got = chunked(&layer, (&q, &k, &v), batch, n, &pieces);
             let err = max_rel_err(&got, &full);
-            assert!(err < 1e-10, "{kind:?} pieces {pieces:?}: {err:e}");
+            assert!(err < 1e-10, "{kind:?} {norm:?} pieces {pieces:?}: {err:e}");
         }
     }
 }
@@ -107,7 +111,8 @@ fn token_by_token_and_chunks_match_the_full_forward_in_f64() {
 fn decoding_in_f32_follows_the_f32_forward() {
     let (batch, heads, h, n) = (1, 2, 16, 70);
     for kind in kinds() {
-        let (layer, [q, k, v], full) = full_forward::<f32>(kind, (batch, heads, h, n), 4);
+        let (layer, [q, k, v], full) =
+            full_forward::<f32>((kind, QkNorm::LayerNorm), (batch, heads, h, n), 4);
         let got = chunked(&layer, (&q, &k, &v), batch, n, &[40, 1, 1, 1, 27]);
         let widen = |x: &[f32]| x.iter().map(|v| *v as f64).collect::<Vec<f64>>();
         let err = max_rel_err(&widen(&got), &widen(&full));
@@ -123,7 +128,13 @@ fn polysketch_state_stays_constant_in_size() {
         local: true,
         ..Default::default()
     });
-    let layer = Attention::<f32>::new(AttentionConfig { heads: 1, head_dim: 8, kind }).unwrap();
+    let layer = Attention::<f32>::new(AttentionConfig {
+        heads: 1,
+        head_dim: 8,
+        kind,
+        qk_norm: Default::default(),
+    })
+    .unwrap();
     let mut state = layer.new_state(1).unwrap();
     let x = random::<f32>(8, 1.0, 7);
     let mut out = vec![0.0; 8];
@@ -139,7 +150,7 @@ fn polysketch_state_stays_constant_in_size() {
 
 #[test]
 fn bad_states_and_inputs_get_typed_errors() {
-    let cfg = |kind| AttentionConfig { heads: 1, head_dim: 4, kind };
+    let cfg = |kind| AttentionConfig { heads: 1, head_dim: 4, kind, qk_norm: Default::default() };
     let ps = Attention::<f64>::new(cfg(AttentionKind::PolySketch(PolySketchConfig {
         r: 3,
         block: 4,

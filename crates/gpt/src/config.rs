@@ -91,6 +91,7 @@ impl GptConfig {
             kind: self
                 .attention
                 .with_seed(polysketch_core::split_seed(self.seed, 1000 + layer as u64)),
+            qk_norm: Default::default(),
         }
     }
 

@@ -45,6 +45,7 @@ pub fn config(
             seed: 11,
             sketch: SketchKind::Random,
         }),
+        qk_norm: Default::default(),
     }
 }
 
