@@ -17,6 +17,7 @@ fn layer<T: polysketch_core::Scalar>(seed: u64) -> Attention<T> {
             seed,
             ..Default::default()
         }),
+        qk_norm: Default::default(),
     })
     .unwrap()
 }
@@ -81,6 +82,7 @@ fn bad_files_get_typed_errors_and_change_nothing() {
             sketch: SketchKind::Learned,
             ..Default::default()
         }),
+        qk_norm: Default::default(),
     })
     .unwrap();
     let wrong = d.join("wrong.safetensors");
@@ -117,6 +119,7 @@ fn tensors_the_layer_does_not_have_are_refused() {
         heads: 2,
         head_dim: 4,
         kind: AttentionKind::PolySketch(PolySketchConfig { r: 3, block: 4, ..Default::default() }),
+        qk_norm: Default::default(),
     })
     .unwrap();
     let err = load_safetensors(&path, &mut random.parameters_mut()).unwrap_err();
