@@ -17,7 +17,8 @@ use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 
 use polysketch::attention::{
-    Attention, AttentionConfig, AttentionKind, LearnedSketch, PackedSaved, QkNorm, Saved,
+    Attention, AttentionConfig, AttentionKind, HeadLayout, LearnedSketch, PackedSaved, QkNorm,
+    Saved, Shape,
 };
 use polysketch::gpt::data::{Corpus, Tokenizer};
 use polysketch::gpt::{
@@ -302,6 +303,12 @@ proptest! {
         } else {
             let bwd = no_panic("backward", || layer.backward(&mut saved, qs, Par::Seq))?;
             check("backward", bwd, |_| true)?;
+        }
+        let shape = Shape { batch, n, layout: HeadLayout::TokensFirst };
+        let fwd = no_panic("forward_shaped", || layer.forward_shaped(qs, ks, vs, shape, Par::Seq))?;
+        if let Some((out, mut s)) = check("forward_shaped", fwd, |(o, _)| finite_slice(o))? {
+            let bwd = no_panic("backward (tokens first)", || layer.backward(&mut s, &out, Par::Seq))?;
+            check("backward (tokens first)", bwd, |g| finite_slice(&g.dq))?;
         }
         let mut packed = PackedSaved::new();
         let mut out = vec![0.0f32; qs.len()];

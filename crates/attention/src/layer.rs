@@ -245,6 +245,7 @@ impl<T: Scalar> Attention<T> {
             })
             .collect();
         (saved.batch, saved.n, saved.layer) = (batch, n, (heads, h));
+        saved.layout = crate::HeadLayout::HeadsFirst;
         match self.config.kind {
             AttentionKind::Softmax => {
                 let lse_len = batch * heads * n;
@@ -299,6 +300,9 @@ impl<T: Scalar> Attention<T> {
         const OP: &str = "Attention::backward";
         let (heads, h, n) = (self.config.heads, self.config.head_dim, saved.n);
         self.check_saved(OP, saved)?;
+        if saved.layout == crate::HeadLayout::TokensFirst {
+            return self.backward_tokens_first(saved, d_out, grads, par);
+        }
         let total = saved.batch * heads * n * h;
         check_len(
             OP,

@@ -110,6 +110,8 @@ pub struct Saved<T: Scalar> {
     pub(crate) n: usize,
     /// `(heads, head_dim)` of the layer whose forward filled it.
     pub(crate) layer: (usize, usize),
+    /// The layout of the forward's inputs: the backward takes and gives the same.
+    pub(crate) layout: crate::HeadLayout,
     pub(crate) inner: Inner<T>,
 }
 
@@ -128,7 +130,13 @@ impl<T: Scalar> Default for Saved<T> {
 impl<T: Scalar> Saved<T> {
     /// An empty state, to be filled by a forward.
     pub fn new() -> Self {
-        Self { batch: 0, n: 0, layer: (0, 0), inner: Inner::Empty }
+        Self {
+            batch: 0,
+            n: 0,
+            layer: (0, 0),
+            layout: crate::HeadLayout::HeadsFirst,
+            inner: Inner::Empty,
+        }
     }
 }
 
