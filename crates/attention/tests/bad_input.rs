@@ -14,13 +14,7 @@ fn kinds() -> [AttentionKind; 3] {
 #[test]
 fn size_products_that_overflow_are_refused_before_any_index() {
     for kind in kinds() {
-        let layer = Attention::<f32>::new(AttentionConfig {
-            heads: 2,
-            head_dim: 4,
-            kind,
-            qk_norm: Default::default(),
-        })
-        .unwrap();
+        let layer = layer_of::<f32>(2, 4, kind);
         let x = vec![0.5f32; 64];
         for (batch, n) in [(1usize << 63, 1), (1 << 62, 4), (1, usize::MAX)] {
             let err = layer.forward(&x, &x, &x, batch, n, Par::Seq).unwrap_err();
@@ -56,13 +50,7 @@ fn a_state_from_a_layer_of_other_sizes_is_refused() {
 #[test]
 fn an_empty_state_says_so() {
     for kind in kinds() {
-        let layer = Attention::<f64>::new(AttentionConfig {
-            heads: 1,
-            head_dim: 4,
-            kind,
-            qk_norm: Default::default(),
-        })
-        .unwrap();
+        let layer = layer_of::<f64>(1, 4, kind);
         let x = random::<f64>(4 * 6, 1.0, 1);
         let err = layer.backward(&mut Saved::new(), &x, Par::Seq).unwrap_err();
         assert!(err.to_string().contains("the saved state is empty"), "{kind:?}: {err}");
@@ -103,13 +91,7 @@ fn kinds_with_parameters() -> Vec<AttentionKind> {
 #[test]
 fn a_non_finite_parameter_is_named() {
     for kind in kinds_with_parameters() {
-        let mut layer = Attention::<f32>::new(AttentionConfig {
-            heads: 2,
-            head_dim: 4,
-            kind,
-            qk_norm: Default::default(),
-        })
-        .unwrap();
+        let mut layer = layer_of::<f32>(2, 4, kind);
         let names: Vec<String> = layer.parameters().iter().map(|p| p.name.clone()).collect();
         let x = random::<f32>(2 * 4 * 6, 1.0, 1);
         let (_, mut saved) = layer.forward(&x, &x, &x, 1, 6, Par::Seq).unwrap();
@@ -136,13 +118,7 @@ fn a_non_finite_parameter_is_named() {
 #[test]
 fn scores_past_the_number_format_are_a_typed_error() {
     fn with_gain<T: polysketch_core::Scalar>(kind: AttentionKind, gain: f64) -> Attention<T> {
-        let mut layer = Attention::<T>::new(AttentionConfig {
-            heads: 2,
-            head_dim: 8,
-            kind,
-            qk_norm: Default::default(),
-        })
-        .unwrap();
+        let mut layer = layer_of::<T>(2, 8, kind);
         layer.parameters_mut()[0].data.iter_mut().for_each(|g| *g = T::of(gain));
         layer
     }
@@ -166,13 +142,7 @@ fn scores_past_the_number_format_are_a_typed_error() {
         }
     }
     // softmax has no gain: q·k of 1e20-sized rows overflows f32 before the maximum is taken
-    let layer = Attention::<f32>::new(AttentionConfig {
-        heads: 1,
-        head_dim: 4,
-        kind: AttentionKind::Softmax,
-        qk_norm: Default::default(),
-    })
-    .unwrap();
+    let layer = layer_of::<f32>(1, 4, AttentionKind::Softmax);
     let big = vec![1e20f32; 4 * 3];
     let err = layer.forward(&big, &big, &big, 1, 3, Par::Seq).unwrap_err();
     assert!(matches!(&err, AttentionError::Overflow { output: "out", .. }), "{err}");
@@ -180,13 +150,7 @@ fn scores_past_the_number_format_are_a_typed_error() {
 
 #[test]
 fn zero_sizes_name_the_argument() {
-    let layer = Attention::<f32>::new(AttentionConfig {
-        heads: 1,
-        head_dim: 4,
-        kind: AttentionKind::Softmax,
-        qk_norm: Default::default(),
-    })
-    .unwrap();
+    let layer = layer_of::<f32>(1, 4, AttentionKind::Softmax);
     let x = vec![0.5f32; 8];
     for (batch, n, name) in [(1, 0, "n"), (0, 2, "batch")] {
         let err = layer.forward(&x, &x, &x, batch, n, Par::Seq).unwrap_err();

@@ -13,7 +13,7 @@ use common::*;
 
 use faer::Par;
 use polysketch_attention::device::{Gpu, Runtime};
-use polysketch_attention::{Attention, AttentionConfig, AttentionError, AttentionKind, SketchKind};
+use polysketch_attention::{Attention, AttentionError, AttentionKind, SketchKind};
 
 fn assert_close(got: &[f32], expected: &[f64], rtol: f64, what: &str) {
     assert_eq!(got.len(), expected.len(), "{what}: length");
@@ -77,13 +77,7 @@ fn device_layer_matches_cpu_layer<R: Runtime>(gpu: &Gpu<R>) {
 
 fn device_rejects_what_it_does_not_run<R: Runtime>(gpu: &Gpu<R>) {
     for kind in [AttentionKind::Softmax, AttentionKind::Polynomial { p: 4 }] {
-        let layer = Attention::<f32>::new(AttentionConfig {
-            heads: 1,
-            head_dim: 8,
-            kind,
-            qk_norm: Default::default(),
-        })
-        .unwrap();
+        let layer = layer_of::<f32>(1, 8, kind);
         assert!(matches!(layer.to_device(gpu), Err(AttentionError::InvalidConfig(_))), "{kind:?}");
     }
 }

@@ -7,8 +7,7 @@ use common::*;
 
 use faer::Par;
 use polysketch_attention::{
-    Attention, AttentionConfig, AttentionError, AttentionKind, Grads, PolySketchConfig, Saved,
-    SketchKind,
+    Attention, AttentionError, AttentionKind, Grads, PolySketchConfig, Saved, SketchKind,
 };
 
 fn kinds() -> Vec<AttentionKind> {
@@ -54,13 +53,7 @@ fn reused_buffers_give_the_same_numbers_as_fresh_ones() {
     let mut saved = Saved::new();
     let mut grads = Grads::default();
     for kind in kinds() {
-        let layer = Attention::<f64>::new(AttentionConfig {
-            heads: 2,
-            head_dim: 5,
-            kind,
-            qk_norm: Default::default(),
-        })
-        .unwrap();
+        let layer = layer_of::<f64>(2, 5, kind);
         for (step, (batch, n)) in [(1, 13), (2, 8), (1, 13), (2, 21)].into_iter().enumerate() {
             let seed = 100 + step as u64;
             let (out, expected) = fresh(&layer, batch, n, seed);
@@ -74,13 +67,7 @@ fn reused_buffers_give_the_same_numbers_as_fresh_ones() {
 #[test]
 fn a_state_is_used_once() {
     for kind in kinds() {
-        let layer = Attention::<f64>::new(AttentionConfig {
-            heads: 1,
-            head_dim: 4,
-            kind,
-            qk_norm: Default::default(),
-        })
-        .unwrap();
+        let layer = layer_of::<f64>(1, 4, kind);
         let x = random::<f64>(4 * 6, 1.0, 1);
         let (_, mut saved) = layer.forward(&x, &x, &x, 1, 6, Par::Seq).unwrap();
         layer.backward(&mut saved, &x, Par::Seq).unwrap();

@@ -128,13 +128,7 @@ fn polysketch_state_stays_constant_in_size() {
         local: true,
         ..Default::default()
     });
-    let layer = Attention::<f32>::new(AttentionConfig {
-        heads: 1,
-        head_dim: 8,
-        kind,
-        qk_norm: Default::default(),
-    })
-    .unwrap();
+    let layer = layer_of::<f32>(1, 8, kind);
     let mut state = layer.new_state(1).unwrap();
     let x = random::<f32>(8, 1.0, 7);
     let mut out = vec![0.0; 8];

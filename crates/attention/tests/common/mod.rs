@@ -30,6 +30,12 @@ pub fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
     rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap().install(f)
 }
 
+/// A layer of `heads` heads of size `h` and `kind`, with the default q/k layer norm.
+pub fn layer_of<T: Scalar>(heads: usize, h: usize, kind: AttentionKind) -> Attention<T> {
+    Attention::new(AttentionConfig { heads, head_dim: h, kind, qk_norm: Default::default() })
+        .unwrap()
+}
+
 /// PolySketch attention with random sketches drawn from seed 11.
 pub fn config(
     heads: usize, h: usize, p: usize, r: usize, block: usize, local: bool,
