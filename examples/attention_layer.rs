@@ -70,6 +70,7 @@ impl Block {
                 head_dim: HEAD_DIM,
                 kind,
                 qk_norm: Default::default(),
+                causal: true,
             })?,
             w: [w(), w(), w(), w()],
         })

@@ -287,7 +287,7 @@ proptest! {
                  pool in pool(), skew in 0u8..10, offsets in prop::collection::vec(0usize..12, 0..4), reuse in any::<bool>(), raw in any::<bool>()) {
         let Ok(kind) = kind.parse::<AttentionKind>() else { return Ok(()) };
         let qk_norm = if raw { QkNorm::None } else { QkNorm::LayerNorm };
-        let made = no_panic("Attention::new", || Attention::<f32>::new(AttentionConfig { heads, head_dim: h, kind, qk_norm }))?;
+        let made = no_panic("Attention::new", || Attention::<f32>::new(AttentionConfig { heads, head_dim: h, kind, qk_norm, causal: true }))?;
         let Some(layer) = check("Attention::new", made, |_| true)? else { return Ok(()) };
         // the expected length when a buffer of it can be made, else a small one
         let want = batch.checked_mul(heads).and_then(|v| v.checked_mul(n)).and_then(|v| v.checked_mul(h));
@@ -389,7 +389,7 @@ proptest! {
     #[test]
     fn attention_decoding(kind in kind_text(), batch in 0usize..=3, len in 0usize..=40, pool in pool()) {
         let Ok(kind) = kind.parse::<AttentionKind>() else { return Ok(()) };
-        let Ok(layer) = Attention::<f32>::new(AttentionConfig { heads: 2, head_dim: 4, kind, qk_norm: Default::default() }) else { return Ok(()) };
+        let Ok(layer) = Attention::<f32>::new(AttentionConfig { heads: 2, head_dim: 4, kind, qk_norm: Default::default(), causal: true }) else { return Ok(()) };
         let x: Vec<f32> = (0..len).map(|i| pool[i % pool.len()] as f32).collect();
         if let Some(mut state) = check("new_state", no_panic("new_state", || layer.new_state(batch))?, |_| true)? {
             for _ in 0..3 {

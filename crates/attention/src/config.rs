@@ -19,10 +19,15 @@ pub enum QkNorm {
     None,
 }
 
-/// A multi-head causal attention layer.
+/// A multi-head attention layer: causal (a decoder's: token \\(i\\) sees \\(j \le i\\)) or
+/// bidirectional (an encoder's: every token sees every token of its sequence).
+///
+/// [`AttentionConfig::new`] gives the defaults (causal, layer norm of q and k); the fields are
+/// public for the rest.
 ///
 /// # Shapes
-/// `q`, `k`, `v`, output: `[batch, heads, n, head_dim]`, row-major.
+/// `q`, `k`, `v`, output: `[batch, heads, n, head_dim]`, row-major (or tokens first, see
+/// [`Shape`](crate::Shape)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct AttentionConfig {
     /// Number of heads.
@@ -34,9 +39,27 @@ pub struct AttentionConfig {
     /// How \\(q\\) and \\(k\\) are normalised (polynomial and PolySketch kinds; default: a
     /// layer norm).
     pub qk_norm: QkNorm,
+    /// Causal (`true`: \\(\mathrm{out}_i\\) sums over \\(j \le i\\)) or bidirectional (`false`:
+    /// over every \\(j\\) of the sequence). Bidirectional PolySketch is
+    /// \\(\phi'(\tilde Q)(\phi'(\tilde K)^\top[V, \mathbf 1])\\) in linear time, with the exact
+    /// scores inside the block diagonal when `local` is set; decoding and the device kernels
+    /// are causal only.
+    pub causal: bool,
 }
 
 impl AttentionConfig {
+    /// `heads` heads of size `head_dim` computing `kind`: causal, q and k through the layer norm.
+    ///
+    /// ```
+    /// use polysketch_attention::{AttentionConfig, QkNorm};
+    /// let encoder = AttentionConfig { causal: false, ..AttentionConfig::new(8, 64, "learned+local".parse()?) };
+    /// assert_eq!((encoder.heads, encoder.qk_norm), (8, QkNorm::LayerNorm));
+    /// # Ok::<(), polysketch_attention::AttentionError>(())
+    /// ```
+    pub fn new(heads: usize, head_dim: usize, kind: AttentionKind) -> Self {
+        Self { heads, head_dim, kind, qk_norm: QkNorm::LayerNorm, causal: true }
+    }
+
     /// Checks the configuration.
     ///
     /// # Errors

@@ -18,7 +18,7 @@
 //!     heads: 2,
 //!     head_dim: 16,
 //!     kind: AttentionKind::PolySketch(PolySketchConfig { r: 8, block: 32, local: true, ..Default::default() }),
-//!     qk_norm: Default::default(), // the layer norm: the device kernels run it
+//!     qk_norm: Default::default(), causal: true, // the layer norm: the device kernels run it
 //! };
 //! let layer = Attention::<f32>::new(config)?;
 //! let gpu = Gpu::<Wgpu>::new(&Default::default())?; // GpuError::NoDevice without an adapter
@@ -77,14 +77,22 @@ impl Attention<f32> {
     ///
     /// # Errors
     /// [`AttentionError::InvalidConfig`] for kinds the device does not run (polynomial,
-    /// softmax); [`AttentionError::Gpu`] if the upload fails.
+    /// softmax, [`QkNorm::None`](crate::QkNorm::None), bidirectional);
+    /// [`AttentionError::Gpu`] if the upload fails.
     pub fn to_device<R: Runtime>(&self, gpu: &Gpu<R>) -> Result<DeviceAttention<R>> {
-        let AttentionConfig { heads, head_dim, kind, qk_norm } = self.config;
+        let AttentionConfig { heads, head_dim, kind, qk_norm, causal } = self.config;
         if qk_norm != crate::QkNorm::LayerNorm {
             return Err(AttentionError::InvalidConfig(format!(
                 "Attention::to_device: the device kernels normalise q and k with the layer norm; \
                  {qk_norm:?} runs on the CPU"
             )));
+        }
+        if !causal {
+            return Err(AttentionError::InvalidConfig(
+                "Attention::to_device: the device kernels are causal; bidirectional attention \
+                 runs on the CPU"
+                    .into(),
+            ));
         }
         let AttentionKind::PolySketch(c) = kind else {
             return Err(AttentionError::InvalidConfig(format!(

@@ -1,7 +1,8 @@
 //! Normalised kernel attention (PolySketch and exact polynomial), forward and backward:
 //! \\(\mathrm{out}_i = \mathrm{raw}_i[..h] / (1 + \mathrm{raw}_i[h])\\) with
-//! \\(\mathrm{raw}_i = \sum_{j \le i} s_{ij}[v_j, 1]\\), the causal products computed by the
-//! lowtri engine (PolySketch) or by exact tiles (polynomial).
+//! \\(\mathrm{raw}_i = \sum_{j \le i} s_{ij}[v_j, 1]\\) (over every \\(j\\) when bidirectional), the
+//! products computed by the lowtri engine (causal PolySketch), by [`crate::bidirectional`]
+//! (bidirectional PolySketch) or by exact tiles (polynomial).
 
 use faer::{MatMut, MatRef, Par};
 use polysketch_core::Scalar;
@@ -9,6 +10,7 @@ use polysketch_core::linalg::row_blocks;
 use polysketch_lowtri::{Features, Grads as LtGrads, LowTri, Problem, Saved as LtSaved};
 use rayon::prelude::*;
 
+use crate::bidirectional;
 use crate::polynomial::{self, PolyViews};
 use crate::saved::{Core, HeadSaved, Inner, reshape_mat};
 use crate::tiles::{self, HeadViews, TILE};
@@ -59,7 +61,12 @@ impl<T: Scalar> Attention<T> {
             AttentionKind::PolySketch(c) => (self.sketch.as_deref(), c.r),
             _ => (None, 0),
         };
+        let causal = self.config.causal;
         let fresh_core = || match self.config.kind {
+            AttentionKind::PolySketch(_) if !causal => Core::Bidirectional {
+                grads: (0..count).map(|_| LtGrads::new()).collect(),
+                used: true,
+            },
             AttentionKind::PolySketch(_) => Core::Sketch {
                 lowtri: (0..count).map(|_| LtSaved::new()).collect(),
                 grads: (0..count).map(|_| LtGrads::new()).collect(),
@@ -67,7 +74,7 @@ impl<T: Scalar> Attention<T> {
             AttentionKind::Polynomial { p } => Core::Exact { p, used: true },
             AttentionKind::Softmax => Core::Exact { p: 0, used: true },
         };
-        let reusable = matches!(&saved.inner, Inner::Kernel { heads, core } if heads.len() == count && matches!((core, self.config.kind), (Core::Sketch { .. }, AttentionKind::PolySketch(_)) | (Core::Exact { .. }, AttentionKind::Polynomial { .. })));
+        let reusable = matches!(&saved.inner, Inner::Kernel { heads, core } if heads.len() == count && matches!((core, self.config.kind), (Core::Sketch { .. }, AttentionKind::PolySketch(_)) if causal) || matches!((core, self.config.kind), (Core::Bidirectional { .. }, AttentionKind::PolySketch(_)) if !causal) || matches!((core, self.config.kind), (Core::Exact { .. }, AttentionKind::Polynomial { .. })));
         if !reusable {
             saved.inner = Inner::Kernel {
                 heads: (0..count).map(|_| HeadSaved::default()).collect(),
@@ -111,8 +118,23 @@ impl<T: Scalar> Attention<T> {
             Ok(())
         });
         prepared.into_iter().collect::<Result<Vec<()>>>()?;
-        // 2. the causal products Σ_{j ≤ i} s_ij [v_j, 1] of every head
+        // 2. the products Σ_{j ≤ i} s_ij [v_j, 1] (every j when bidirectional) of every head
         match (&mut *core, self.config.kind) {
+            (Core::Bidirectional { used, .. }, AttentionKind::PolySketch(c)) => {
+                let o = bidirectional::Options { p: c.p, block: c.block, local: c.local };
+                each_head(heads, par, |_, s| {
+                    let HeadSaved { l, r, qt, kt, c: cm, raw, .. } = s;
+                    let x = bidirectional::Head {
+                        l: l.as_ref(),
+                        r: r.as_ref(),
+                        qt: qt.as_ref(),
+                        kt: kt.as_ref(),
+                        c: cm.as_ref(),
+                    };
+                    bidirectional::forward(&x, o, raw.as_mut());
+                });
+                *used = false;
+            }
             (Core::Sketch { lowtri, .. }, AttentionKind::PolySketch(c)) => {
                 let engine = LowTri::new(c.block)?;
                 let (problems, outs): (Vec<Problem<'_, T>>, Vec<MatMut<'_, T>>) = heads
@@ -142,7 +164,7 @@ impl<T: Scalar> Attention<T> {
                 let mut pv = Vec::with_capacity(count);
                 for s in heads.iter_mut() {
                     let HeadSaved { qt, kt, c: cm, raw, .. } = s;
-                    pv.push(PolyViews { q: qt.as_ref(), k: kt.as_ref(), c: cm.as_ref() });
+                    pv.push(PolyViews { q: qt.as_ref(), k: kt.as_ref(), c: cm.as_ref(), causal });
                     raws.push(raw.as_mut());
                 }
                 for (idx, m) in raws.into_iter().enumerate() {
@@ -202,19 +224,48 @@ impl<T: Scalar> Attention<T> {
             s.dkt.reshape(n, h);
             s.dc.reshape(n, h + 1);
         });
-        // 2. through the causal products, to ∂q̃, ∂k̃ and ∂C of every head
+        // 2. through the products, to ∂q̃, ∂k̃ and ∂C of every head
+        let bidirectional_grads = |lt: &mut Vec<LtGrads<T>>, c: PolySketchConfig| {
+            let o = bidirectional::Options { p: c.p, block: c.block, local: c.local };
+            let parts: Vec<_> = heads.iter().zip(lt.iter_mut()).collect();
+            let run = |(s, g): (&HeadSaved<T>, &mut LtGrads<T>)| {
+                let x = bidirectional::Head {
+                    l: s.l.as_ref(),
+                    r: s.r.as_ref(),
+                    qt: s.qt.as_ref(),
+                    kt: s.kt.as_ref(),
+                    c: s.c.as_ref(),
+                };
+                bidirectional::backward(&x, o, s.draw.as_ref(), g);
+            };
+            match par {
+                Par::Seq => parts.into_iter().for_each(run),
+                Par::Rayon(_) => parts.into_par_iter().for_each(run),
+            }
+        };
         match (core, self.config.kind) {
-            (Core::Sketch { lowtri, grads: lt }, AttentionKind::PolySketch(c)) => {
+            (
+                core @ (Core::Sketch { .. } | Core::Bidirectional { .. }),
+                AttentionKind::PolySketch(c),
+            ) => {
                 let sketch = self.sketch.as_deref();
-                let engine = LowTri::new(c.block)?;
-                {
-                    let problems: Vec<Problem<'_, T>> =
-                        heads.iter().map(|s| problem(&c, s)).collect();
-                    let d_refs: Vec<MatRef<'_, T>> =
-                        heads.iter().map(|s| s.draw.as_ref()).collect();
-                    engine.backward_batch_into(&problems, lowtri, &d_refs, lt, par)?;
-                }
-                let lt = &*lt;
+                let lt = match core {
+                    Core::Sketch { lowtri, grads: lt } => {
+                        let engine = LowTri::new(c.block)?;
+                        let problems: Vec<Problem<'_, T>> =
+                            heads.iter().map(|s| problem(&c, s)).collect();
+                        let d_refs: Vec<MatRef<'_, T>> =
+                            heads.iter().map(|s| s.draw.as_ref()).collect();
+                        engine.backward_batch_into(&problems, lowtri, &d_refs, lt, par)?;
+                        &*lt
+                    }
+                    Core::Bidirectional { grads: lt, used } => {
+                        *used = true;
+                        bidirectional_grads(lt, c);
+                        &*lt
+                    }
+                    Core::Exact { .. } => unreachable!("matched above"),
+                };
                 let done: Vec<Result<()>> = each_head(heads, par, |idx, s| {
                     let g = &lt[idx];
                     // forward: L = S(q̃), R = S(k̃)
@@ -259,7 +310,12 @@ impl<T: Scalar> Attention<T> {
                 for (idx, s) in heads.iter_mut().enumerate() {
                     let HeadSaved { qt, kt, c: cm, draw, dqt, dkt, dc, .. } = s;
                     views.push((
-                        PolyViews { q: qt.as_ref(), k: kt.as_ref(), c: cm.as_ref() },
+                        PolyViews {
+                            q: qt.as_ref(),
+                            k: kt.as_ref(),
+                            c: cm.as_ref(),
+                            causal: self.config.causal,
+                        },
                         draw.as_ref(),
                     ));
                     for (t, (k, c)) in row_blocks(dkt.as_mut(), TILE)

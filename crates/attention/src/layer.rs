@@ -18,7 +18,8 @@ use crate::{AttentionConfig, AttentionError, AttentionKind, QkNorm, Result, Sket
 /// Upper bound on the memory a forward may plan to keep (16 GiB).
 pub const MAX_STATE_BYTES: u128 = 16 << 30;
 
-/// A multi-head causal attention layer: `AttentionConfig` validated, with its parameters.
+/// A multi-head attention layer (causal or bidirectional): `AttentionConfig` validated, with its
+/// parameters.
 ///
 /// Parameters: for polynomial and PolySketch attention a layer normalisation of \\(q\\) and
 /// \\(k\\) (one gain and one bias of size \\(h\\), shared by \\(q\\), \\(k\\) and the heads, as in the
@@ -186,7 +187,7 @@ impl<T: Scalar> Attention<T> {
     ///
     /// let (batch, heads, n, h) = (1, 2, 16, 8);
     /// let kind = "random+local:r=8,block=4".parse()?;
-    /// let config = AttentionConfig { heads, head_dim: h, kind, qk_norm: QkNorm::LayerNorm };
+    /// let config = AttentionConfig { heads, head_dim: h, kind, qk_norm: QkNorm::LayerNorm, causal: true };
     /// let layer = Attention::<f32>::new(config)?;
     /// let x: Vec<f32> = (0..batch * heads * n * h).map(|i| (i as f32 * 0.37).sin()).collect();
     /// let (out, mut saved) = layer.forward(&x, &x, &x, batch, n, Par::Seq)?;
@@ -242,6 +243,7 @@ impl<T: Scalar> Attention<T> {
                 q: head_matrix(q, idx, n, h),
                 k: head_matrix(k, idx, n, h),
                 v: head_matrix(v, idx, n, h),
+                causal: self.config.causal,
             })
             .collect();
         (saved.batch, saved.n, saved.layer) = (batch, n, (heads, h));
@@ -357,6 +359,7 @@ impl<T: Scalar> Attention<T> {
                         q: head_matrix(q, idx, n, h),
                         k: head_matrix(k, idx, n, h),
                         v: head_matrix(v, idx, n, h),
+                        causal: self.config.causal,
                     })
                     .collect();
                 let (dq, dk, dv) = softmax::backward(&views, out, lse, d_out, par);

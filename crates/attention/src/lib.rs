@@ -1,4 +1,4 @@
-//! Causal attention layers built on the sketch, tensoring and lowtri crates (paper Sections 2.1,
+//! Attention layers, causal or bidirectional, built on the sketch, tensoring and lowtri crates (paper Sections 2.1,
 //! 2.3, 3): PolySketch attention — \\(\langle q, k\rangle^p\\) replaced by
 //! \\(\langle\phi'(q), \phi'(k)\rangle\\), nonnegative, in time linear in the sequence length —
 //! with the layer normalisation of \\(q\\) and \\(k\\) the paper prescribes.
@@ -22,6 +22,11 @@
 //!
 //! Beyond one forward/backward over `[batch, heads, n, h]`:
 //!
+//! - **bidirectional attention** (`causal: false` in [`AttentionConfig`]), for encoders: every
+//!   kind, forward and backward; PolySketch as \\(\phi'(\tilde Q)(\phi'(\tilde K)^\top[V, \mathbf
+//!   1])\\) in linear time, exact inside the block diagonal with local blocks;
+//! - **shapes** ([`Shape`], [`Attention::forward_shaped`]): inputs tokens-first
+//!   (`[batch, n, heads, h]`, as a model has them after its projections) or heads-first;
 //! - **decoding and carried state** ([`State`], [`Attention::decode_step`],
 //!   [`Attention::forward_chunk`]): PolySketch keeps the running sums
 //!   \(\sum_j \phi'(\tilde k_j)[v_j, 1]^\top\) plus the open local block, so a token costs
@@ -40,7 +45,7 @@
 //!     heads: 2,
 //!     head_dim: 16,
 //!     kind: AttentionKind::PolySketch(PolySketchConfig { r: 8, block: 32, local: true, ..Default::default() }),
-//!     qk_norm: QkNorm::LayerNorm, // or QkNorm::None: the raw vectors of the paper's Section 2.1
+//!     qk_norm: QkNorm::LayerNorm, causal: true, // or QkNorm::None: the raw vectors of the paper's Section 2.1
 //! };
 //! let layer = Attention::<f32>::new(config)?;
 //! let (batch, n) = (1, 100);
@@ -60,6 +65,7 @@ pub use faer;
 /// The float trait of the layer's element type (`f32`, `f64`): `Attention<T: Scalar>`.
 pub use polysketch_core::Scalar;
 
+mod bidirectional;
 mod checks;
 mod config;
 #[cfg(feature = "gpu")]

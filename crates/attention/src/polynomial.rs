@@ -1,9 +1,9 @@
-//! Exact causal polynomial attention, tiled: \\(O(n^2 h)\\) work, no \\(n \times n\\) matrix
+//! Exact polynomial attention (causal or bidirectional), tiled: \\(O(n^2 h)\\) work, no \\(n \times n\\) matrix
 //! stored.
 //!
 //! With \\(C = [V, \mathbf 1]\\) and \\(S_{IJ} = (\tilde Q_I\tilde K_J^\top)^{\circ p}\\) (lower
-//! triangle on the diagonal tiles), the forward computes \\(\sum_{J \le I} S_{IJ}C_J\\) per query
-//! tile; the layer then divides the first \\(h\\) columns by \\(1 +\\) the last.
+//! triangle on the diagonal tiles when causal), the forward computes \\(\sum_{J \le I}
+//! S_{IJ}C_J\\) (every \\(J\\) when bidirectional) per query tile; the layer then divides the first \\(h\\) columns by \\(1 +\\) the last.
 //!
 //! Backward, given \\(G = \partial L/\partial(\sum_J S_{IJ}C_J)\\): \\(dS = GC_J^\top\\),
 //! \\(dX = p\,(\tilde Q_I\tilde K_J^\top)^{\circ(p-1)} \circ dS\\); \\(dC_J = \sum_I S_{IJ}^\top G_I\\)
@@ -14,17 +14,24 @@ use faer::prelude::ReborrowMut;
 use faer::{MatMut, MatRef, Par};
 use polysketch_core::{Scalar, linalg::gemm, linalg::ipow};
 
-use crate::tiles::{TILE, TileScratch};
+use crate::tiles::{TILE, TileScratch, key_tiles, masked, query_tiles};
 
-/// One head's inputs: \\(\tilde Q\\), \\(\tilde K\\) (`[n, h]`) and \\(C = [V, \mathbf 1]\\) (`[n, h+1]`).
+/// One head's inputs: \\(\tilde Q\\), \\(\tilde K\\) (`[n, h]`) and \\(C = [V, \mathbf 1]\\)
+/// (`[n, h+1]`), and whether it is causal.
 #[derive(Clone, Copy)]
 pub(crate) struct PolyViews<'a, T> {
     pub q: MatRef<'a, T>,
     pub k: MatRef<'a, T>,
     pub c: MatRef<'a, T>,
+    pub causal: bool,
 }
 
-/// `s ← Q̃_I K̃_Jᵀ` (zero above the diagonal on the diagonal tile); returns `(bi, bj)`.
+fn tiles(n: usize) -> usize {
+    n.div_ceil(TILE)
+}
+
+/// `s ← Q̃_I K̃_Jᵀ` (zero above the diagonal on the diagonal tile when causal); returns
+/// `(bi, bj)`.
 fn products<T: Scalar>(
     x: &PolyViews<'_, T>, i: usize, j: usize, mut s: MatMut<'_, T>,
 ) -> (usize, usize) {
@@ -40,7 +47,7 @@ fn products<T: Scalar>(
         false,
         Par::Seq,
     );
-    if i == j {
+    if i == j && x.causal {
         for c in 0..bj {
             for r in 0..c.min(bi) {
                 st[(r, c)] = T::zero();
@@ -55,7 +62,7 @@ pub(crate) fn forward_tile<T: Scalar>(
     x: &PolyViews<'_, T>, p: usize, i: usize, mut out: MatMut<'_, T>, sc: &mut TileScratch<T>,
 ) {
     out.fill(T::zero());
-    for j in 0..=i {
+    for j in key_tiles(i, tiles(x.q.nrows()), x.causal) {
         let (bi, bj) = products(x, i, j, sc.s.as_mut());
         for c in 0..bj {
             sc.s.col_as_slice_mut(c)[..bi].iter_mut().for_each(|g| *g = ipow(*g, p as u32));
@@ -91,8 +98,11 @@ fn scores_and_dx<T: Scalar>(
         for r in 0..bi {
             let gv = sc.s[(r, c)];
             // forward: S = G^p elementwise (G = Q̃ K̃ᵀ), so dG = p G^{p-1} dS
-            dp[(r, c)] =
-                if i == j && r < c { T::zero() } else { pf * ipow(gv, p as u32 - 1) * dp[(r, c)] };
+            dp[(r, c)] = if masked(x.causal, i, j, r, c) {
+                T::zero()
+            } else {
+                pf * ipow(gv, p as u32 - 1) * dp[(r, c)]
+            };
             sc.s[(r, c)] = ipow(gv, p as u32);
         }
     }
@@ -107,7 +117,7 @@ pub(crate) fn backward_key_tile<T: Scalar>(
 ) {
     dc.fill(T::zero());
     dk.fill(T::zero());
-    for i in j..x.q.nrows().div_ceil(TILE) {
+    for i in query_tiles(j, tiles(x.q.nrows()), x.causal) {
         let (bi, bj) = scores_and_dx(x, g, p, i, j, sc);
         let gi = g.subrows(i * TILE, bi);
         gemm(
@@ -136,7 +146,7 @@ pub(crate) fn backward_query_tile<T: Scalar>(
     sc: &mut TileScratch<T>,
 ) {
     dq.fill(T::zero());
-    for j in 0..=i {
+    for j in key_tiles(i, tiles(x.q.nrows()), x.causal) {
         let (bi, bj) = scores_and_dx(x, g, p, i, j, sc);
         // forward: G = Q̃_I K̃_Jᵀ, so dQ̃_I += dG K̃_J
         gemm(

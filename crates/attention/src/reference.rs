@@ -20,16 +20,21 @@ pub fn layernorm_reference<T: Scalar>(
     })
 }
 
-/// Causal normalised kernel attention from explicit scores: \\(\mathrm{out}_i = \sum_{j \le i}
-/// s_{ij} v_j / (1 + \sum_{j \le i} s_{ij})\\).
+/// The keys token `i` of `n` attends to: `0..=i` when `causal`, else all.
+fn keys(i: usize, n: usize, causal: bool) -> core::ops::Range<usize> {
+    0..if causal { i + 1 } else { n }
+}
+
+/// Normalised kernel attention from explicit scores: \\(\mathrm{out}_i = \sum_{j \le i}
+/// s_{ij} v_j / (1 + \sum_{j \le i} s_{ij})\\) when `causal`, over every \\(j\\) otherwise.
 pub fn normalised_attention_reference<T: Scalar>(
-    v: MatRef<'_, T>, score: impl Fn(usize, usize) -> f64,
+    v: MatRef<'_, T>, causal: bool, score: impl Fn(usize, usize) -> f64,
 ) -> Mat<f64> {
     let (n, h) = (v.nrows(), v.ncols());
     let mut out = Mat::zeros(n, h);
     for i in 0..n {
         let mut den = 1.0;
-        for j in 0..=i {
+        for j in keys(i, n, causal) {
             let s = score(i, j);
             den += s;
             for c in 0..h {
@@ -46,11 +51,11 @@ pub fn normalised_attention_reference<T: Scalar>(
 /// PolySketch attention of one head, from its definition: \\(\tilde q, \tilde k\\) by the layer
 /// norm, \\(l_i = S^\top\tilde q_i^{\otimes p/2}\\), \\(r_j\\) likewise, scores \\(\langle l_i,
 /// r_j\rangle^2\\), or \\(\langle\tilde q_i, \tilde k_j\rangle^p\\) when `local` and \\(i, j\\) share
-/// a block of `block` tokens.
+/// a block of `block` tokens; causal or (`causal = false`) bidirectional.
 #[allow(clippy::too_many_arguments)]
 pub fn polysketch_reference<S: PolySketch<f64> + ?Sized>(
     sketch: &S, q: MatRef<'_, f64>, k: MatRef<'_, f64>, v: MatRef<'_, f64>, gain: &[f64],
-    bias: &[f64], p: usize, local: Option<usize>,
+    bias: &[f64], p: usize, local: Option<usize>, causal: bool,
 ) -> Mat<f64> {
     let scale = (q.ncols() as f64).powf(-0.25);
     let (qt, kt) =
@@ -60,23 +65,23 @@ pub fn polysketch_reference<S: PolySketch<f64> + ?Sized>(
     let dot = |a: &Mat<f64>, i: usize, b: &Mat<f64>, j: usize| {
         (0..a.ncols()).map(|c| a[(i, c)] * b[(j, c)]).sum::<f64>()
     };
-    normalised_attention_reference(v, |i, j| match local {
+    normalised_attention_reference(v, causal, |i, j| match local {
         Some(b) if i / b == j / b => dot(&qt, i, &kt, j).powi(p as i32),
         _ => dot(&l, i, &r, j).powi(2),
     })
 }
 
-/// Causal softmax attention of one head from its definition: \\(\\mathrm{out}_i = \\sum_{j \\le i}
+/// Softmax attention of one head from its definition: \\(\\mathrm{out}_i = \\sum_{j \\le i}
 /// e^{s_{ij}} v_j / \\sum_{j \\le i} e^{s_{ij}}\\), \\(s_{ij} = \\langle q_i, k_j\\rangle/\\sqrt h\\)
-/// (shifted by the row maximum for stability).
+/// (shifted by the row maximum for stability), causal or over every \\(j\\).
 pub fn softmax_reference<T: Scalar>(
-    q: MatRef<'_, T>, k: MatRef<'_, T>, v: MatRef<'_, T>,
+    q: MatRef<'_, T>, k: MatRef<'_, T>, v: MatRef<'_, T>, causal: bool,
 ) -> Mat<f64> {
     let (n, h) = (q.nrows(), q.ncols());
     let scale = 1.0 / (h as f64).sqrt();
     let mut out = Mat::zeros(n, v.ncols());
     for i in 0..n {
-        let s: Vec<f64> = (0..=i)
+        let s: Vec<f64> = keys(i, n, causal)
             .map(|j| scale * (0..h).map(|c| q[(i, c)].as_f64() * k[(j, c)].as_f64()).sum::<f64>())
             .collect();
         let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -93,14 +98,16 @@ pub fn softmax_reference<T: Scalar>(
 
 /// Exact polynomial attention of one head from its definition: scores \\(\\langle\\tilde q_i,
 /// \\tilde k_j\\rangle^p\\) with \\(\\tilde x = \\mathrm{LN}(x)/h^{1/4}\\), normalised by
-/// [`normalised_attention_reference`].
+/// [`normalised_attention_reference`] (causal or not).
+#[allow(clippy::too_many_arguments)]
 pub fn polynomial_reference<T: Scalar>(
     q: MatRef<'_, T>, k: MatRef<'_, T>, v: MatRef<'_, T>, gain: &[T], bias: &[T], p: usize,
+    causal: bool,
 ) -> Mat<f64> {
     let scale = (q.ncols() as f64).powf(-0.25);
     let (qt, kt) =
         (layernorm_reference(q, gain, bias, scale), layernorm_reference(k, gain, bias, scale));
-    normalised_attention_reference(v, |i, j| {
+    normalised_attention_reference(v, causal, |i, j| {
         (0..qt.ncols()).map(|c| qt[(i, c)] * kt[(j, c)]).sum::<f64>().powi(p as i32)
     })
 }

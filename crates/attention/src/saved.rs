@@ -60,11 +60,12 @@ pub(crate) struct HeadSaved<T: Scalar> {
     pub(crate) r: Mat<T>,
     /// `[n, h + 1]`: \\([V, \mathbf 1]\\).
     pub(crate) c: Rows<T>,
-    /// `[n, h + 1]`: the causal product \\(\sum_{j \le i} s_{ij}[v_j, 1]\\).
+    /// `[n, h + 1]`: the product \\(\sum_{j \le i} s_{ij}[v_j, 1]\\) (over every \\(j\\) when
+    /// bidirectional).
     pub(crate) raw: Rows<T>,
     /// `[n, h]`: the output.
     pub(crate) out: Rows<T>,
-    /// `[n]`: \\(1 + \sum_{j \le i} s_{ij}\\).
+    /// `[n]`: \\(1 + \sum_{j \le i} s_{ij}\\) (every \\(j\\) when bidirectional).
     pub(crate) den: Vec<T>,
     /// Backward buffers: `[n, h + 1]` gradient of `raw`; `∂q̃`, `∂k̃` (`[n, h]`); `∂C`.
     pub(crate) draw: Rows<T>,
@@ -166,13 +167,15 @@ pub(crate) enum Core<T: Scalar> {
     Sketch { lowtri: Vec<LtSaved<T>>, grads: Vec<LtGrads<T>> },
     /// The exact tiled product keeps nothing but its degree; `used` once a backward ran.
     Exact { p: usize, used: bool },
+    /// Bidirectional PolySketch keeps its gradients' memory; `used` once a backward ran.
+    Bidirectional { grads: Vec<LtGrads<T>>, used: bool },
 }
 
 impl<T: Scalar> Core<T> {
     pub(crate) fn is_ready(&self) -> bool {
         match self {
             Core::Sketch { lowtri, .. } => lowtri.iter().all(|s| s.is_ready()),
-            Core::Exact { used, .. } => !used,
+            Core::Exact { used, .. } | Core::Bidirectional { used, .. } => !used,
         }
     }
 }
@@ -200,7 +203,7 @@ impl<T> Grads<T> {
     /// use polysketch_attention::{Attention, AttentionConfig, AttentionError};
     ///
     /// let kind = "polynomial:p=4".parse()?;
-    /// let layer = Attention::<f64>::new(AttentionConfig { heads: 1, head_dim: 4, kind, qk_norm: Default::default() })?;
+    /// let layer = Attention::<f64>::new(AttentionConfig { heads: 1, head_dim: 4, kind, qk_norm: Default::default(), causal: true })?;
     /// let x: Vec<f64> = (0..4 * 6).map(|i| (i as f64 * 0.3).sin()).collect();
     /// let (out, mut saved) = layer.forward(&x, &x, &x, 1, 6, Par::Seq)?;
     /// let grads = layer.backward(&mut saved, &out, Par::Seq)?;

@@ -1,8 +1,9 @@
-//! Exact causal softmax attention, tiled with an online softmax (flash-attention style): no
+//! Exact softmax attention (causal or bidirectional), tiled with an online softmax (flash-attention style): no
 //! \\(n \times n\\) matrix is ever stored, extra memory is \\(O(n)\\) per head (the output's
 //! log-sum-exp), and the work is two faer products per pair of tiles.
 //!
-//! Forward, per tile of query rows \\(I\\), over key tiles \\(J \le I\\):
+//! Forward, per tile of query rows \\(I\\), over key tiles \\(J \le I\\) (every \\(J\\) when
+//! bidirectional):
 //! \\(S = Q_IK_J^\top/\sqrt h\\) (masked on the diagonal tile), running row maxima \\(m\\),
 //! \\(P = e^{S - m}\\), running sums \\(\ell \leftarrow \ell e^{m_\text{old} - m} + P\mathbf 1\\)
 //! and \\(O \leftarrow O e^{m_\text{old} - m} + PV_J\\); finally \\(O/\ell\\) and
@@ -18,14 +19,14 @@ use faer::prelude::ReborrowMut;
 use faer::{Mat, MatMut, MatRef, Par};
 use polysketch_core::{Scalar, linalg::gemm};
 
-use crate::tiles::{HeadViews, TILE, TileScratch, run_tasks};
+use crate::tiles::{HeadViews, TILE, TileScratch, key_tiles, query_tiles, run_tasks};
 
 fn tiles(n: usize) -> usize {
     n.div_ceil(TILE)
 }
 
 /// `S = scale · Q_I K_Jᵀ` into the top-left `[bi, bj]` of `s`, with `-∞` above the diagonal
-/// when `I = J`.
+/// when `I = J` and causal.
 fn scores<T: Scalar>(
     x: &HeadViews<'_, T>, i: usize, j: usize, scale: T, s: &mut Mat<T>,
 ) -> (usize, usize) {
@@ -34,7 +35,7 @@ fn scores<T: Scalar>(
     let (bi, bj) = (TILE.min(n - i0), TILE.min(n - j0));
     let mut st = s.as_mut().submatrix_mut(0, 0, bi, bj);
     gemm(st.rb_mut(), x.q.subrows(i0, bi), x.k.subrows(j0, bj).transpose(), scale, false, Par::Seq);
-    if i == j {
+    if i == j && x.causal {
         for c in 0..bj {
             for r in 0..c.min(bi) {
                 st[(r, c)] = T::neg_infinity();
@@ -65,7 +66,7 @@ pub(crate) fn forward_tile<T: Scalar>(
     acc.fill(T::zero());
     m[..bi].fill(T::neg_infinity());
     l[..bi].fill(T::zero());
-    for j in 0..=i {
+    for j in key_tiles(i, tiles(x.q.nrows()), x.causal) {
         let (_, bj) = scores(x, i, j, scale, s);
         // new running maxima (tmp), then alpha = exp(m_old - m_new) into m
         tmp[..bi].copy_from_slice(&m[..bi]);
@@ -121,7 +122,7 @@ pub(crate) fn backward_key_tile<T: Scalar>(
     let n = x.q.nrows();
     dk.fill(T::zero());
     dv.fill(T::zero());
-    for i in j..tiles(n) {
+    for i in query_tiles(j, tiles(n), x.causal) {
         let i0 = i * TILE;
         let (bi, bj) = scores(x, i, j, scale, &mut sc.s);
         exp_rows(&mut sc.s, bi, bj, &lse[i0..i0 + bi]);
@@ -146,7 +147,7 @@ pub(crate) fn backward_query_tile<T: Scalar>(
 ) {
     dq.fill(T::zero());
     let i0 = i * TILE;
-    for j in 0..=i {
+    for j in key_tiles(i, tiles(x.q.nrows()), x.causal) {
         let (bi, bj) = scores(x, i, j, scale, &mut sc.s);
         exp_rows(&mut sc.s, bi, bj, &lse[i0..i0 + bi]);
         let p = sc.s.as_ref().submatrix(0, 0, bi, bj);

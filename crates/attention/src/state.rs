@@ -110,13 +110,26 @@ fn rows<T>(x: &[T], cols: usize) -> MatRef<'_, T> {
 }
 
 impl<T: Scalar> Attention<T> {
+    /// Decoding continues a causal sequence: a bidirectional layer has no state.
+    fn check_causal(&self, op: &'static str) -> Result<()> {
+        match self.config.causal {
+            true => Ok(()),
+            false => Err(AttentionError::InvalidConfig(format!(
+                "{op}: decoding is causal; this layer is bidirectional (run `forward` on the whole \
+                 sequence)"
+            ))),
+        }
+    }
+
     /// An empty state for `batch` sequences (position 0).
     ///
     /// # Errors
+    /// [`AttentionError::InvalidConfig`] for a bidirectional layer;
     /// [`AttentionError::InvalidArgument`] if `batch` is 0; [`AttentionError::TooLarge`] if the
     /// state of `batch · heads` heads would pass [`MAX_STATE_BYTES`] (checked before allocating).
     pub fn new_state(&self, batch: usize) -> Result<State<T>> {
         const OP: &str = "Attention::new_state";
+        self.check_causal(OP)?;
         check_positive(OP, batch, 1)?;
         let (heads, h) = (self.config.heads, self.config.head_dim);
         // per head: the running sums of PolySketch (f64), or an empty cache; in u128
@@ -169,7 +182,8 @@ impl<T: Scalar> Attention<T> {
     /// `q`, `k`, `v`, `out`: `[batch, heads, n, h]` row-major.
     ///
     /// # Errors
-    /// Wrong lengths, `n` of 0, non-finite values, a state of another layer kind, shape or
+    /// A bidirectional layer; wrong lengths, `n` of 0, non-finite values, a state of another
+    /// layer kind, shape or
     /// batch, a KV cache that would grow past [`MAX_STATE_BYTES`] (these leave `state` as it
     /// was); [`AttentionError::Overflow`] when the scores leave the number format, after which
     /// `state` may hold part of the chunk: start a new one.
@@ -179,6 +193,7 @@ impl<T: Scalar> Attention<T> {
         state: &mut State<T>, par: Par,
     ) -> Result<()> {
         const OP: &str = "Attention::forward_chunk";
+        self.check_causal(OP)?;
         let (heads, h) = (self.config.heads, self.config.head_dim);
         if state.kind != self.config.kind
             || state.heads != heads

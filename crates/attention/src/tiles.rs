@@ -1,5 +1,6 @@
-//! The tiles of exact causal attention (softmax and polynomial): rows per tile, each worker's
-//! scratch, one head's views, and the task runner that deals tiles to threads.
+//! The tiles of exact attention (softmax and polynomial), causal or bidirectional: rows per
+//! tile, which tile pairs meet, each worker's scratch, one head's views, and the task runner
+//! that deals tiles to threads.
 
 use faer::{Mat, MatRef, Par};
 use polysketch_core::Scalar;
@@ -31,12 +32,29 @@ impl<T: Scalar> TileScratch<T> {
     }
 }
 
-/// One head's inputs as `[n, h]` views.
+/// One head's inputs as `[n, h]` views, and whether it is causal.
 #[derive(Clone, Copy)]
 pub(crate) struct HeadViews<'a, T> {
     pub q: MatRef<'a, T>,
     pub k: MatRef<'a, T>,
     pub v: MatRef<'a, T>,
+    pub causal: bool,
+}
+
+/// The key tiles that query tile `i` of `tiles` reads: up to its own (causal) or all.
+pub(crate) fn key_tiles(i: usize, tiles: usize, causal: bool) -> core::ops::Range<usize> {
+    0..if causal { i + 1 } else { tiles }
+}
+
+/// The query tiles that read key tile `j` of `tiles`: from its own on (causal) or all.
+pub(crate) fn query_tiles(j: usize, tiles: usize, causal: bool) -> core::ops::Range<usize> {
+    (if causal { j } else { 0 })..tiles
+}
+
+/// Whether entry `(r, c)` of the tile pair `(i, j)` is masked: above the diagonal of a
+/// diagonal tile, when causal.
+pub(crate) fn masked(causal: bool, i: usize, j: usize, r: usize, c: usize) -> bool {
+    causal && i == j && r < c
 }
 
 /// Runs tile tasks, in parallel under `Par::Rayon` with one scratch per group of tasks. The

@@ -31,6 +31,7 @@ fn a_state_from_a_layer_of_other_sizes_is_refused() {
             head_dim,
             kind,
             qk_norm: Default::default(),
+            causal: true,
         };
         let two_by_four = Attention::<f64>::new(config(2, 4)).unwrap();
         let x = random::<f64>(2 * 4 * 6, 1.0, 1);
@@ -69,6 +70,7 @@ fn huge_sizes_are_refused_before_anything_is_allocated() {
             head_dim: 1 << 40,
             kind,
             qk_norm: Default::default(),
+            causal: true,
         })
         .unwrap_err();
         assert!(too_large(&err), "{kind:?}: {err}");

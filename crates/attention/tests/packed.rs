@@ -40,12 +40,10 @@ fn packed_sequences_match_running_each_alone() {
         AttentionKind::Polynomial { p: 2 },
         AttentionKind::Softmax,
     ];
-    for kind in kinds {
+    for (kind, causal) in kinds.into_iter().flat_map(|k| [(k, true), (k, false)]) {
         let layer = Attention::<f64>::new(AttentionConfig {
-            heads,
-            head_dim: h,
-            kind,
-            qk_norm: Default::default(),
+            causal,
+            ..AttentionConfig::new(heads, h, kind)
         })
         .unwrap();
         let len = heads * total * h;
@@ -67,11 +65,11 @@ fn packed_sequences_match_running_each_alone() {
             let pick = |x: &[f64]| rows(x, heads, total, h, span);
             let (o, mut s) =
                 layer.forward(&pick(&q), &pick(&k), &pick(&v), 1, n, Par::Seq).unwrap();
-            assert_eq!(pick(&out), o, "{kind:?} output of {span:?}");
+            assert_eq!(pick(&out), o, "{kind:?} causal={causal} output of {span:?}");
             let g = layer.backward(&mut s, &pick(&d), Par::Seq).unwrap();
-            assert_eq!(pick(&grads.dq), g.dq, "{kind:?} dq of {span:?}");
-            assert_eq!(pick(&grads.dk), g.dk, "{kind:?} dk of {span:?}");
-            assert_eq!(pick(&grads.dv), g.dv, "{kind:?} dv of {span:?}");
+            assert_eq!(pick(&grads.dq), g.dq, "{kind:?} causal={causal} dq of {span:?}");
+            assert_eq!(pick(&grads.dk), g.dk, "{kind:?} causal={causal} dk of {span:?}");
+            assert_eq!(pick(&grads.dv), g.dv, "{kind:?} causal={causal} dv of {span:?}");
             params = Some(match params {
                 None => g.params,
                 Some(mut acc) => {
@@ -82,7 +80,7 @@ fn packed_sequences_match_running_each_alone() {
                 }
             });
         }
-        assert_eq!(grads.params, params.unwrap(), "{kind:?} parameter gradients");
+        assert_eq!(grads.params, params.unwrap(), "{kind:?} causal={causal} parameter gradients");
     }
 }
 
@@ -93,6 +91,7 @@ fn bad_offsets_get_typed_errors() {
         head_dim: 2,
         kind: AttentionKind::Softmax,
         qk_norm: Default::default(),
+        causal: true,
     })
     .unwrap();
     let x = vec![0.1; 10];

@@ -8,12 +8,10 @@ use polysketch_attention::reference::polynomial_reference;
 use polysketch_attention::{Attention, AttentionConfig, AttentionKind};
 use polysketch_core::Scalar;
 
-fn layer<T: Scalar>(heads: usize, h: usize, p: usize) -> Attention<T> {
+fn layer<T: Scalar>(heads: usize, h: usize, p: usize, causal: bool) -> Attention<T> {
     Attention::new(AttentionConfig {
-        heads,
-        head_dim: h,
-        kind: AttentionKind::Polynomial { p },
-        qk_norm: Default::default(),
+        causal,
+        ..AttentionConfig::new(heads, h, AttentionKind::Polynomial { p })
     })
     .unwrap()
 }
@@ -21,7 +19,7 @@ fn layer<T: Scalar>(heads: usize, h: usize, p: usize) -> Attention<T> {
 #[test]
 fn forward_matches_the_definition() {
     let (batch, heads, h) = (2, 2, 6);
-    for p in [2usize, 4] {
+    for (p, causal) in [(2usize, true), (4, true), (2, false), (4, false)] {
         for n in [1usize, 7, 128, 200] {
             let len = batch * heads * n * h;
             let (q, k, v) = (
@@ -29,8 +27,9 @@ fn forward_matches_the_definition() {
                 random::<f64>(len, 1.0, 2),
                 random::<f64>(len, 1.0, 3),
             );
-            let (out, _) =
-                layer::<f64>(heads, h, p).forward(&q, &k, &v, batch, n, Par::rayon(2)).unwrap();
+            let (out, _) = layer::<f64>(heads, h, p, causal)
+                .forward(&q, &k, &v, batch, n, Par::rayon(2))
+                .unwrap();
             let (g, b) = (vec![1.0; h], vec![0.0; h]);
             for idx in 0..batch * heads {
                 let e = polynomial_reference(
@@ -40,13 +39,14 @@ fn forward_matches_the_definition() {
                     &g,
                     &b,
                     p,
+                    causal,
                 );
                 let got = head(&out, idx, n, h);
                 for i in 0..n {
                     for c in 0..h {
                         assert!(
                             (got[(i, c)] - e[(i, c)]).abs() < 1e-11 * (1.0 + e[(i, c)].abs()),
-                            "p={p} n={n} ({i},{c})"
+                            "p={p} causal={causal} n={n} ({i},{c})"
                         );
                     }
                 }
@@ -58,8 +58,8 @@ fn forward_matches_the_definition() {
 #[test]
 fn backward_matches_finite_differences() {
     let (batch, heads, h) = (1, 2, 4);
-    for (p, n) in [(4usize, 9usize), (2, 140)] {
-        let mut l = layer::<f64>(heads, h, p);
+    for (p, n, causal) in [(4usize, 9usize, true), (2, 140, true), (4, 9, false), (2, 140, false)] {
+        let mut l = layer::<f64>(heads, h, p, causal);
         for param in l.parameters_mut() {
             for (i, x) in param.data.iter_mut().enumerate() {
                 *x = if param.name == "ln.gain" { 0.9 + 0.05 * i as f64 } else { 0.02 * i as f64 };
@@ -79,12 +79,12 @@ fn backward_matches_finite_differences() {
             [&q, &k, &v],
             [&grads.dq, &grads.dk, &grads.dv],
             step,
-            &format!("p={p} n={n}"),
+            &format!("p={p} n={n} causal={causal}"),
         );
         for (pi, (name, analytic)) in grads.params.iter().enumerate() {
             let scale = analytic.iter().fold(0.0f64, |m, x| m.max(x.abs()));
             for i in 0..analytic.len() {
-                let mut probe = layer::<f64>(heads, h, p);
+                let mut probe = layer::<f64>(heads, h, p, causal);
                 let mut at = |delta: f64| {
                     for (dst, src) in probe.parameters_mut().into_iter().zip(l.parameters()) {
                         dst.data.copy_from_slice(src.data);
@@ -95,7 +95,7 @@ fn backward_matches_finite_differences() {
                 let fd = (at(eps) - at(-eps)) / (2.0 * eps);
                 assert!(
                     (analytic[i] - fd).abs() <= 1e-6 * scale + 1e-9,
-                    "p={p} d{name}[{i}]: {} vs {fd}",
+                    "p={p} causal={causal} d{name}[{i}]: {} vs {fd}",
                     analytic[i]
                 );
             }
@@ -106,7 +106,8 @@ fn backward_matches_finite_differences() {
 #[test]
 fn results_do_not_depend_on_thread_count() {
     let (batch, heads, h, n) = (1, 3, 8, 300);
-    assert_thread_invariant(&layer::<f32>(heads, h, 4), batch, n);
+    assert_thread_invariant(&layer::<f32>(heads, h, 4, true), batch, n);
+    assert_thread_invariant(&layer::<f32>(heads, h, 4, false), batch, n);
 }
 
 /// `QkNorm::None`: the formula of the paper's Section 2.1 on the raw vectors,
@@ -117,8 +118,14 @@ fn results_do_not_depend_on_thread_count() {
 fn raw_vectors_follow_section_2_1() {
     use polysketch_attention::QkNorm;
     let raw = |heads, h, kind| {
-        Attention::<f64>::new(AttentionConfig { heads, head_dim: h, kind, qk_norm: QkNorm::None })
-            .unwrap()
+        Attention::<f64>::new(AttentionConfig {
+            heads,
+            head_dim: h,
+            kind,
+            qk_norm: QkNorm::None,
+            causal: true,
+        })
+        .unwrap()
     };
     let (batch, heads, h, n) = (2, 2, 4, 37);
     let len = batch * heads * n * h;

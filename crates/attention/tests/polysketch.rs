@@ -43,8 +43,8 @@ fn forward_matches_the_reference() {
         (4, 5, 16, true, true),
         (8, 3, 32, true, true),
     ] {
-        for n in [1usize, 9, 37, 70] {
-            let c = config(heads, h, p, r, block, local);
+        for (n, causal) in [1usize, 9, 37, 70].into_iter().flat_map(|n| [(n, true), (n, false)]) {
+            let c = AttentionConfig { causal, ..config(heads, h, p, r, block, local) };
             let c = if is_learned { learned(c) } else { c };
             let layer = Attention::<f64>::new(c).unwrap();
             let len = batch * heads * n * h;
@@ -71,6 +71,7 @@ fn forward_matches_the_reference() {
                     &b,
                     p,
                     local.then_some(block),
+                    causal,
                 );
                 let got = head(&out, idx, n, h);
                 let scale = (0..n)
@@ -80,7 +81,7 @@ fn forward_matches_the_reference() {
                     for c in 0..h {
                         assert!(
                             (got[(i, c)] - expected[(i, c)]).abs() <= 1e-10 * scale.max(1e-300),
-                            "p={p} local={local} n={n} head {idx} ({i},{c}): {} vs {}",
+                            "p={p} local={local} causal={causal} n={n} head {idx} ({i},{c}): {} vs {}",
                             got[(i, c)],
                             expected[(i, c)]
                         );
@@ -95,15 +96,18 @@ fn forward_matches_the_reference() {
 #[test]
 fn backward_matches_finite_differences() {
     let (batch, heads, h, n) = (1, 2, 4, 11);
-    for (p, local, is_learned) in [
+    let cases = [
         (4, false, false),
         (4, true, false),
         (2, false, false),
         (4, false, true),
         (4, true, true),
         (8, true, true),
-    ] {
-        let c = config(heads, h, p, 3, 4, local);
+    ];
+    for ((p, local, is_learned), causal) in
+        cases.into_iter().flat_map(|case| [(case, true), (case, false)])
+    {
+        let c = AttentionConfig { causal, ..config(heads, h, p, 3, 4, local) };
         let mut layer = Attention::<f64>::new(if is_learned { learned(c) } else { c }).unwrap();
         perturb_parameters(&mut layer, 40);
         let len = batch * heads * n * h;
@@ -120,7 +124,7 @@ fn backward_matches_finite_differences() {
                 let fd = numeric(i);
                 assert!(
                     (a - fd).abs() <= 1e-6 * scale.max(1e-12) + 1e-9,
-                    "p={p} local={local} learned={is_learned} d{name}[{i}]: {a} vs {fd}"
+                    "p={p} local={local} learned={is_learned} causal={causal} d{name}[{i}]: {a} vs {fd}"
                 );
             }
         };
@@ -158,9 +162,12 @@ fn backward_matches_finite_differences() {
 #[test]
 fn results_do_not_depend_on_thread_count() {
     let (batch, heads, h, n) = (2, 3, 8, 300);
+    let bidirectional = |c: AttentionConfig| AttentionConfig { causal: false, ..c };
     let layers = [
         Attention::<f32>::new(config(heads, h, 4, 6, 64, true)).unwrap(),
         Attention::<f32>::new(learned(config(heads, h, 4, 6, 64, true))).unwrap(),
+        Attention::<f32>::new(bidirectional(config(heads, h, 4, 6, 64, true))).unwrap(),
+        Attention::<f32>::new(bidirectional(learned(config(heads, h, 4, 6, 64, false)))).unwrap(),
     ];
     for layer in &layers {
         assert_thread_invariant(layer, batch, n);

@@ -18,6 +18,7 @@ fn layer<T: polysketch_core::Scalar>(seed: u64) -> Attention<T> {
             ..Default::default()
         }),
         qk_norm: Default::default(),
+        causal: true,
     })
     .unwrap()
 }
@@ -83,6 +84,7 @@ fn bad_files_get_typed_errors_and_change_nothing() {
             ..Default::default()
         }),
         qk_norm: Default::default(),
+        causal: true,
     })
     .unwrap();
     let wrong = d.join("wrong.safetensors");
@@ -120,6 +122,7 @@ fn tensors_the_layer_does_not_have_are_refused() {
         head_dim: 4,
         kind: AttentionKind::PolySketch(PolySketchConfig { r: 3, block: 4, ..Default::default() }),
         qk_norm: Default::default(),
+        causal: true,
     })
     .unwrap();
     let err = load_safetensors(&path, &mut random.parameters_mut()).unwrap_err();

@@ -33,7 +33,8 @@ fn tokens_first_is_heads_first_moved() {
             .map(|s| s.parse().unwrap())
             .collect();
     for kind in kinds {
-        let config = AttentionConfig { heads, head_dim: h, kind, qk_norm: QkNorm::LayerNorm };
+        let config =
+            AttentionConfig { heads, head_dim: h, kind, qk_norm: QkNorm::LayerNorm, causal: true };
         let mut layer = Attention::<f64>::new(config).unwrap();
         perturb_parameters(&mut layer, 5);
         let [q, k, v, g] = qkvg::<f64>(batch * heads * n * h, 3);
@@ -64,6 +65,7 @@ fn tokens_first_lengths_are_checked_against_the_shape() {
         head_dim: 4,
         kind: AttentionKind::Softmax,
         qk_norm: QkNorm::None,
+        causal: true,
     };
     let layer = Attention::<f32>::new(config).unwrap();
     let x = vec![0.5f32; 2 * 4 * 5];

@@ -77,7 +77,9 @@ fn full_forward<T: Scalar>(
     (kind, qk_norm): (AttentionKind, QkNorm), (batch, heads, h, n): (usize, usize, usize, usize),
     seed: u64,
 ) -> (Attention<T>, [Vec<T>; 3], Vec<T>) {
-    let layer = Attention::<T>::new(AttentionConfig { heads, head_dim: h, kind, qk_norm }).unwrap();
+    let layer =
+        Attention::<T>::new(AttentionConfig { heads, head_dim: h, kind, qk_norm, causal: true })
+            .unwrap();
     let [q, k, v, _] = qkvg::<T>(batch * heads * n * h, seed);
     let (full, _) = layer.forward(&q, &k, &v, batch, n, Par::Seq).unwrap();
     (layer, [q, k, v], full)
@@ -144,7 +146,13 @@ fn polysketch_state_stays_constant_in_size() {
 
 #[test]
 fn bad_states_and_inputs_get_typed_errors() {
-    let cfg = |kind| AttentionConfig { heads: 1, head_dim: 4, kind, qk_norm: Default::default() };
+    let cfg = |kind| AttentionConfig {
+        heads: 1,
+        head_dim: 4,
+        kind,
+        qk_norm: Default::default(),
+        causal: true,
+    };
     let ps = Attention::<f64>::new(cfg(AttentionKind::PolySketch(PolySketchConfig {
         r: 3,
         block: 4,

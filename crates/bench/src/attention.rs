@@ -108,6 +108,7 @@ fn run_case(
         head_dim: h,
         kind: *kind,
         qk_norm: Default::default(),
+        causal: true,
     })
     .map_err(attention_err)?;
     // the case's own buffers (the input, the output, three gradients), before they exist

@@ -107,6 +107,7 @@ where
         head_dim: h,
         kind: *kind,
         qk_norm: Default::default(),
+        causal: true,
     })
     .map_err(attention_err)?
     .to_device(gpu)

@@ -92,6 +92,7 @@ impl GptConfig {
                 .attention
                 .with_seed(polysketch_core::split_seed(self.seed, 1000 + layer as u64)),
             qk_norm: Default::default(),
+            causal: true,
         }
     }
 

@@ -32,8 +32,14 @@ pub fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
 
 /// A layer of `heads` heads of size `h` and `kind`, with the default q/k layer norm.
 pub fn layer_of<T: Scalar>(heads: usize, h: usize, kind: AttentionKind) -> Attention<T> {
-    Attention::new(AttentionConfig { heads, head_dim: h, kind, qk_norm: Default::default() })
-        .unwrap()
+    Attention::new(AttentionConfig {
+        heads,
+        head_dim: h,
+        kind,
+        qk_norm: Default::default(),
+        causal: true,
+    })
+    .unwrap()
 }
 
 /// PolySketch attention with random sketches drawn from seed 11.
@@ -52,6 +58,7 @@ pub fn config(
             sketch: SketchKind::Random,
         }),
         qk_norm: Default::default(),
+        causal: true,
     }
 }
 
