@@ -52,10 +52,11 @@ fn blocks(n: usize, block: usize) -> impl Iterator<Item = (usize, usize)> {
     (0..n.div_ceil(block)).map(move |b| (b * block, block.min(n - b * block)))
 }
 
-/// \\(S_B\\) of every block (`[f, h + 1]` each), into `sums`; `phi` is `[≥ b, f]` scratch.
-fn block_sums<T: Scalar>(x: &Head<'_, T>, o: Options, phi: &mut Mat<T>) -> Vec<Mat<T>> {
+/// \\(S_B\\) of every block (`[f, h + 1]` each) and their sum \\(S\\) (in block order); `phi`
+/// is `[≥ b, f]` scratch.
+fn block_sums<T: Scalar>(x: &Head<'_, T>, o: Options, phi: &mut Mat<T>) -> (Vec<Mat<T>>, Mat<T>) {
     let (f, k) = (feature_dim(x.r.ncols(), LAYOUT), x.c.ncols());
-    blocks(x.r.nrows(), o.block)
+    let sums: Vec<Mat<T>> = blocks(x.r.nrows(), o.block)
         .map(|(start, rows)| {
             let mut ph = phi.as_mut().submatrix_mut(0, 0, rows, f);
             tensor_square(x.r.subrows(start, rows), LAYOUT, ph.rb_mut());
@@ -70,7 +71,22 @@ fn block_sums<T: Scalar>(x: &Head<'_, T>, o: Options, phi: &mut Mat<T>) -> Vec<M
             );
             s
         })
-        .collect()
+        .collect();
+    let mut total = Mat::zeros(f, k);
+    sums.iter().for_each(|s| total += s);
+    (sums, total)
+}
+
+/// `total − own` in `buf` (the other blocks' sum) when `local`, else `total` itself.
+fn excluding<'a, T: Scalar>(
+    buf: &'a mut Mat<T>, total: &'a Mat<T>, own: &Mat<T>, local: bool,
+) -> MatRef<'a, T> {
+    if !local {
+        return total.as_ref();
+    }
+    buf.copy_from(total);
+    *buf -= own;
+    buf.as_ref()
 }
 
 /// \\(E_B = (\tilde Q_B\tilde K_B^\top)^{\circ p}\\) into `e` (`[rows, rows]`), and with `dx` the
@@ -101,20 +117,11 @@ pub(crate) fn forward<T: Scalar>(x: &Head<'_, T>, o: Options, mut raw: MatMut<'_
     let (n, f) = (x.r.nrows(), feature_dim(x.r.ncols(), LAYOUT));
     let b = o.block.min(n);
     let mut phi = Mat::zeros(b, f);
-    let sums = block_sums(x, o, &mut phi);
-    let mut total = Mat::<T>::zeros(f, x.c.ncols());
-    sums.iter().for_each(|s| total += s);
+    let (sums, total) = block_sums(x, o, &mut phi);
     let mut u = total.clone();
     let mut e = Mat::zeros(b, b);
     for ((start, rows), s) in blocks(n, o.block).zip(&sums) {
-        let u = match o.local {
-            true => {
-                u.copy_from(&total);
-                u -= s;
-                u.as_ref()
-            }
-            false => total.as_ref(),
-        };
+        let u = excluding(&mut u, &total, s, o.local);
         let mut ph = phi.as_mut().submatrix_mut(0, 0, rows, f);
         tensor_square(x.l.subrows(start, rows), LAYOUT, ph.rb_mut());
         let mut out = raw.rb_mut().subrows_mut(start, rows);
@@ -145,23 +152,14 @@ pub(crate) fn backward<T: Scalar>(
     grads.d_k = o.local.then(|| Mat::zeros(n, h));
     let mut phi = Mat::zeros(b, f);
     let mut dphi = Mat::zeros(b, f);
-    let sums = block_sums(x, o, &mut phi);
-    let mut total = Mat::<T>::zeros(f, k);
-    sums.iter().for_each(|s| total += s);
+    let (sums, total) = block_sums(x, o, &mut phi);
     let mut u = total.clone();
     let (mut e, mut dx, mut de) = (Mat::zeros(b, b), Mat::zeros(b, b), Mat::zeros(b, b));
     // the query side, block by block: dU_B, dL_B, and the local blocks' own gradients
     let mut du_sum = Mat::<T>::zeros(f, k);
     let mut du: Vec<Mat<T>> = Vec::new();
     for ((start, rows), s) in blocks(n, o.block).zip(&sums) {
-        let u = match o.local {
-            true => {
-                u.copy_from(&total);
-                u -= s;
-                u.as_ref()
-            }
-            false => total.as_ref(),
-        };
+        let u = excluding(&mut u, &total, s, o.local);
         let gb = g.subrows(start, rows);
         let mut ph = phi.as_mut().submatrix_mut(0, 0, rows, f);
         tensor_square(x.l.subrows(start, rows), LAYOUT, ph.rb_mut());
@@ -204,11 +202,7 @@ pub(crate) fn backward<T: Scalar>(
     let mut ds = du_sum.clone();
     for (index, (start, rows)) in blocks(n, o.block).enumerate() {
         let ds = match o.local {
-            true => {
-                ds.copy_from(&du_sum);
-                ds -= &du[index];
-                ds.as_ref()
-            }
+            true => excluding(&mut ds, &du_sum, &du[index], true),
             false => du_sum.as_ref(),
         };
         let mut ph = phi.as_mut().submatrix_mut(0, 0, rows, f);

@@ -33,6 +33,9 @@
 //!   \(O(1)\) in the context length; softmax and polynomial keep an ordinary KV cache;
 //! - **packed sequences** ([`Attention::forward_packed`], [`Attention::backward_packed`]): many
 //!   sequences in one row, given by offsets like `cu_seqlens`, with no attention across them;
+//! - **a multi-head block** ([`MultiHead`]): q/k/v and output projections, optional RoPE, the
+//!   attention kind — what one swaps into a transformer; [`MultiHeadCore`] runs the same over
+//!   weights a model keeps elsewhere (the gpt crate's flat buffer);
 //! - **named parameters** ([`Attention::parameters`], [`save_safetensors`],
 //!   [`load_safetensors`]) so a model that is not ours can save and load the layer.
 //!
@@ -68,6 +71,7 @@ pub use polysketch_core::Scalar;
 mod bidirectional;
 mod checks;
 mod config;
+pub mod dense;
 #[cfg(feature = "gpu")]
 pub mod device;
 mod error;
@@ -76,6 +80,7 @@ mod kind;
 mod layer;
 pub mod layernorm;
 pub mod learned;
+mod multihead;
 mod nn;
 mod packed;
 mod polynomial;
@@ -94,6 +99,10 @@ pub use error::{AttentionError, Result};
 pub use kind::{AttentionKind, PolySketchConfig, SketchKind};
 pub use layer::{Attention, MAX_STATE_BYTES};
 pub use learned::{LearnedSaved, LearnedSketch};
+pub use multihead::{
+    BlockGrads, MultiHead, MultiHeadConfig, MultiHeadCore, MultiHeadSaved, ProjectionGrads,
+    Projections,
+};
 pub use nn::{Param, ParamMut, gelu, gelu_with_grad};
 pub use packed::PackedSaved;
 pub use safetensors_io::{load_safetensors, save_safetensors};

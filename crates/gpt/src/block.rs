@@ -3,7 +3,7 @@
 
 use faer::{MatRef, Par};
 use polysketch_attention::layernorm::{LnSaved, layernorm_backward, layernorm_forward};
-use polysketch_attention::{Grads, Saved, State};
+use polysketch_attention::{MultiHeadSaved, ProjectionGrads, Projections, State};
 use polysketch_core::Scalar;
 
 use crate::model::ParamInfo;
@@ -31,10 +31,8 @@ pub(crate) struct BlockActs<T: Scalar> {
     /// The first layer norm's state, and its output `[rows, C]`.
     pub(crate) ln1: LnSaved<T>,
     pub(crate) ln1_out: Vec<T>,
-    /// The attention layer's own saved state.
-    pub(crate) attn: Saved<T>,
-    /// `[rows, C]`: the attention output, heads merged (the input of `W_o`).
-    pub(crate) y: Vec<T>,
+    /// The multi-head block's saved state (its attention's, the merged heads, its scratch).
+    pub(crate) mh: MultiHeadSaved<T>,
     /// The second layer norm's state, and its output `[rows, C]`.
     pub(crate) ln2: LnSaved<T>,
     pub(crate) ln2_out: Vec<T>,
@@ -49,31 +47,15 @@ pub(crate) struct BlockActs<T: Scalar> {
 /// The blocks' scratch buffers, reused across blocks and steps.
 #[derive(Debug, Default)]
 pub(crate) struct Scratch<T: Scalar> {
-    /// `[rows, 3C]`: the fused q, k, v projection; then `[batch, heads, n, h]` each, RoPE
-    /// applied to q and k; and the attention output in that layout.
-    pub(crate) qkv: Vec<T>,
-    pub(crate) q: Vec<T>,
-    pub(crate) k: Vec<T>,
-    pub(crate) v: Vec<T>,
-    pub(crate) att: Vec<T>,
     /// `[rows, C]`: a projection's output before it is added to the residual stream.
     pub(crate) tmp: Vec<T>,
     /// `[rows, F]`: the gate before gelu (forward), the GLU output's gradient (backward).
     pub(crate) a: Vec<T>,
-    /// The attention layer's gradients.
-    pub(crate) grads: Grads<T>,
     /// Backward: `[rows, C]` a layer norm output's gradient, `[rows, F]` the gate's and the up
-    /// projection's, `[rows, 3C]` the fused projection's.
+    /// projection's.
     pub(crate) dln: Vec<T>,
     pub(crate) da: Vec<T>,
     pub(crate) du: Vec<T>,
-    pub(crate) dqkv: Vec<T>,
-}
-
-/// Attention mode of a block's forward.
-pub(crate) enum Mode<'a, T: Scalar> {
-    Train(&'a mut Saved<T>),
-    Infer(&'a mut State<T>),
 }
 
 pub(crate) fn resize<T: Scalar>(v: &mut Vec<T>, len: usize) {
@@ -91,12 +73,13 @@ pub(crate) fn two_mut<'a, T>(
 
 impl<T: Scalar> Gpt<T> {
     #[allow(clippy::too_many_arguments)]
+    /// Forward of block `l` on the residual stream `x`: training (saving into `ba`) or, with a
+    /// decoding `state`, inference (RoPE at the state's positions).
     pub(crate) fn block_forward(
-        &self, l: usize, x: &mut [T], batch: usize, n: usize, pos0: usize, ba: &mut BlockActs<T>,
-        mode: Mode<'_, T>, s: &mut Scratch<T>, par: Par,
+        &self, l: usize, x: &mut [T], batch: usize, n: usize, ba: &mut BlockActs<T>,
+        state: Option<&mut State<T>>, s: &mut Scratch<T>, par: Par,
     ) -> Result<()> {
-        let (c, f, heads, h) =
-            (self.config.d_model, self.config.hidden(), self.config.heads, self.config.head_dim());
+        let (c, f) = (self.config.d_model, self.config.hidden());
         let rows = batch * n;
         let b = &self.blocks[l];
         let p = |id: usize| self.table[id].of(&self.params);
@@ -109,24 +92,15 @@ impl<T: Scalar> Gpt<T> {
             &mut ba.ln1_out,
             &mut ba.ln1,
         );
-        resize(&mut s.qkv, rows * 3 * c);
-        ops::linear_forward(&ba.ln1_out, p(b.wqkv), rows, c, 3 * c, &mut s.qkv, par);
-        for buf in [&mut s.q, &mut s.k, &mut s.v, &mut s.att] {
-            resize(buf, rows * c);
-        }
-        ops::split_heads_forward(&s.qkv, batch, n, heads, h, pos0, &mut s.q, &mut s.k, &mut s.v);
-        match mode {
-            Mode::Train(saved) => {
-                self.attn[l].forward_into(&s.q, &s.k, &s.v, batch, n, &mut s.att, saved, par)?
-            }
-            Mode::Infer(state) => {
-                self.attn[l].forward_chunk(&s.q, &s.k, &s.v, batch, n, &mut s.att, state, par)?
-            }
-        }
-        resize(&mut ba.y, rows * c);
-        ops::merge_heads(&s.att, batch, n, heads, h, &mut ba.y);
         resize(&mut s.tmp, rows * c);
-        ops::linear_forward(&ba.y, p(b.wo), rows, c, c, &mut s.tmp, par);
+        let w = Projections { wqkv: p(b.wqkv), wo: p(b.wo) };
+        let mh = &self.attn[l];
+        match state {
+            None => mh.forward_with(w, &ba.ln1_out, batch, n, &mut s.tmp, &mut ba.mh, par)?,
+            Some(st) => {
+                mh.forward_chunk_with(w, &ba.ln1_out, n, st, &mut s.tmp, &mut ba.mh, par)?
+            }
+        }
         ops::add_assign(x, &s.tmp);
         resize(&mut ba.ln2_out, rows * c);
         layernorm_forward(
@@ -156,7 +130,7 @@ impl<T: Scalar> Gpt<T> {
         &self, l: usize, batch: usize, n: usize, ba: &mut BlockActs<T>, dx: &mut [T],
         s: &mut Scratch<T>, grads: &mut [T], par: Par,
     ) -> Result<()> {
-        let (c, heads, h) = (self.config.d_model, self.config.heads, self.config.head_dim());
+        let c = self.config.d_model;
         let rows = batch * n;
         let p = |id: usize| self.table[id].of(&self.params);
         let b = &self.blocks[l];
@@ -172,17 +146,18 @@ impl<T: Scalar> Gpt<T> {
             layernorm_backward(&s.dln, &ba.ln2, p(b.ln2_gain), T::one(), &mut s.tmp, dgain, dbias);
         }
         ops::add_assign(dx, &s.tmp);
-        // x' = x + y·W_oᵀ
-        self.dense_backward(b.wo, dx, &ba.y, &mut s.dln, false, grads, par);
-        resize(&mut s.att, rows * c);
-        ops::unmerge_heads(&s.dln, batch, n, heads, h, &mut s.att);
-        self.attn[l].backward_into(&mut ba.attn, &s.att, &mut s.grads, par)?;
-        for ((_, g), &id) in s.grads.params.iter().zip(&b.attn) {
+        // x' = x + MultiHead(ln1_out): its input gradient into dln, its weights' into grads
+        let w = Projections { wqkv: p(b.wqkv), wo: p(b.wo) };
+        {
+            let (dwqkv, dwo) = two_mut(grads, &self.table[b.wqkv], &self.table[b.wo]);
+            let dw = ProjectionGrads { wqkv: dwqkv, wo: dwo };
+            resize(&mut s.dln, rows * c);
+            let mh = &self.attn[l];
+            mh.backward_with(w, &ba.ln1_out, &mut ba.mh, dx, &mut s.dln, dw, par)?;
+        }
+        for ((_, g), &id) in ba.mh.attention_grads().iter().zip(&b.attn) {
             self.table[id].of_mut(grads).iter_mut().zip(g).for_each(|(d, g)| *d += *g);
         }
-        let Grads { dq, dk, dv, .. } = &mut s.grads;
-        ops::split_heads_backward(dq, dk, dv, batch, n, heads, h, 0, &mut s.dqkv);
-        self.dense_backward(b.wqkv, &s.dqkv, &ba.ln1_out, &mut s.dln, false, grads, par);
         {
             let (dgain, dbias) = two_mut(grads, &self.table[b.ln1_gain], &self.table[b.ln1_bias]);
             layernorm_backward(&s.dln, &ba.ln1, p(b.ln1_gain), T::one(), &mut s.tmp, dgain, dbias);

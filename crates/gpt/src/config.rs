@@ -96,6 +96,15 @@ impl GptConfig {
         }
     }
 
+    /// The multi-head block of block `layer`: width \\(C\\), RoPE, [`attention_config`](Self::attention_config).
+    pub fn block_config(&self, layer: usize) -> polysketch_attention::MultiHeadConfig {
+        polysketch_attention::MultiHeadConfig {
+            d_model: self.d_model,
+            attention: self.attention_config(layer),
+            rope: true,
+        }
+    }
+
     /// Checks the sizes (the attention layers check their own options when built).
     ///
     /// # Errors

@@ -4,10 +4,10 @@
 
 use faer::{MatRef, Par};
 use polysketch_attention::layernorm::{LnSaved, layernorm_backward, layernorm_forward};
-use polysketch_attention::{Attention, Param, ParamMut, State};
+use polysketch_attention::{MultiHeadCore, Param, ParamMut, State};
 use polysketch_core::{Scalar, normal, seeded_rng, split_seed};
 
-use crate::block::{Block, BlockActs, Mode, Scratch, resize, two_mut};
+use crate::block::{Block, BlockActs, Scratch, resize, two_mut};
 use crate::ops::{self, IGNORE};
 use crate::{GptConfig, GptError, Result};
 
@@ -65,7 +65,9 @@ pub struct Gpt<T: Scalar> {
     pub(crate) params: Vec<T>,
     pub(crate) table: Vec<ParamInfo>,
     pub(crate) blocks: Vec<Block>,
-    pub(crate) attn: Vec<Attention<T>>,
+    /// The multi-head blocks (their attention layers keep a copy of the attention
+    /// parameters, passed on by [`update_params`](Self::update_params)).
+    pub(crate) attn: Vec<MultiHeadCore<T>>,
     wte: usize,
     lnf_gain: usize,
     lnf_bias: usize,
@@ -145,13 +147,14 @@ impl<T: Scalar> Gpt<T> {
         let mut attn = Vec::with_capacity(config.layers);
         let mut blocks = Vec::with_capacity(config.layers);
         for l in 0..config.layers {
-            let layer = Attention::<T>::new(config.attention_config(l))?;
+            let layer = MultiHeadCore::<T>::new(config.block_config(l))?;
             let pre = format!("h{l}.");
             let ln1_gain = push(format!("{pre}ln1.gain"), vec![c], false);
             let ln1_bias = push(format!("{pre}ln1.bias"), vec![c], false);
             let wqkv = push(format!("{pre}attn.wqkv"), vec![3 * c, c], true);
             let wo = push(format!("{pre}attn.wo"), vec![c, c], true);
             let attn_ids = layer
+                .attention()
                 .parameters()
                 .iter()
                 .map(|p| push(format!("{pre}attn.{}", p.name), p.shape.clone(), p.shape.len() > 1))
@@ -204,7 +207,7 @@ impl<T: Scalar> Gpt<T> {
         }
         // the attention layers' own parameters, as they initialised them
         for (layer, block) in attn.iter().zip(&blocks) {
-            for (p, &id) in layer.parameters().iter().zip(&block.attn) {
+            for (p, &id) in layer.attention().parameters().iter().zip(&block.attn) {
                 table[id].of_mut(&mut params).copy_from_slice(p.data);
             }
         }
@@ -241,7 +244,7 @@ impl<T: Scalar> Gpt<T> {
     pub fn update_params<R>(&mut self, f: impl FnOnce(&mut [T], &[ParamInfo]) -> R) -> R {
         let r = f(&mut self.params, &self.table);
         for (layer, block) in self.attn.iter_mut().zip(&self.blocks) {
-            for (p, &id) in layer.parameters_mut().into_iter().zip(&block.attn) {
+            for (p, &id) in layer.attention_mut().parameters_mut().into_iter().zip(&block.attn) {
                 p.data.copy_from_slice(self.table[id].of(&self.params));
             }
         }
@@ -373,13 +376,8 @@ impl<T: Scalar> Gpt<T> {
         for l in 0..self.config.layers {
             // training saves per block; inference reuses one scratch block
             let ba = &mut blocks[if states.is_some() { 0 } else { l }];
-            let mut saved = core::mem::take(&mut ba.attn);
-            let mode = match states.as_deref_mut() {
-                Some(s) => Mode::Infer(&mut s[l]),
-                None => Mode::Train(&mut saved),
-            };
-            result = self.block_forward(l, x, batch, n, pos0, ba, mode, &mut acts.scratch, par);
-            ba.attn = saved;
+            let state = states.as_deref_mut().map(|s| &mut s[l]);
+            result = self.block_forward(l, x, batch, n, ba, state, &mut acts.scratch, par);
             if result.is_err() {
                 break;
             }
@@ -444,7 +442,6 @@ impl<T: Scalar> Gpt<T> {
             (&mut s.da, rows * f),
             (&mut s.du, rows * f),
             (&mut s.a, rows * f),
-            (&mut s.dqkv, rows * 3 * c),
         ] {
             resize(buf, len);
         }
@@ -478,7 +475,7 @@ impl<T: Scalar> Gpt<T> {
             layers: self
                 .attn
                 .iter()
-                .map(|a| a.new_state(batch))
+                .map(|a| a.attention().new_state(batch))
                 .collect::<std::result::Result<_, _>>()?,
             position: 0,
             batch,
