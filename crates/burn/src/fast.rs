@@ -3,9 +3,10 @@
 //!
 //! [`PolySketchBackend`] extends burn's `Backend`. On `NdArray<f32>` the forward copies `q`,
 //! `k`, `v` and the parameters out of the ndarray tensors, runs [`Attention::forward`] and
-//! copies the output back; on `Autodiff<B>` it registers an operation whose backward runs
-//! [`Attention::backward`] on the state the forward kept. Other backends keep the defaults
-//! (no fast path: the module runs the portable path).
+//! copies the output back; on burn's cubecl backends (`crate::gpu`) it runs the gpu crate's
+//! kernels on the tensors' own buffers; on `Autodiff<B>` it registers an operation whose
+//! backward runs the layer's backward on the state the forward kept. Other backends keep the
+//! defaults (no fast path: the module runs the portable path).
 
 use std::sync::{Arc, Mutex};
 
@@ -17,14 +18,14 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::tensor::ops::FloatTensor;
 use burn::tensor::{Tensor, TensorData, TensorPrimitive};
 use faer::Par;
-use polysketch_attention::{Attention, AttentionError, Saved};
+use polysketch_attention::{Attention, AttentionConfig, AttentionError, Saved};
 
 use crate::module::Meta;
 
-/// What the fast backward needs from the fast forward: the CPU layer, the parameter values the
+/// What the CPU fast backward needs from its forward: the CPU layer, the parameter values the
 /// forward used, and the layer's saved state.
 #[derive(Debug, Clone)]
-pub struct FastSaved {
+pub struct CpuState {
     layer: Arc<Mutex<Attention<f32>>>,
     params: Vec<f32>,
     dims: [usize; 4],
@@ -33,19 +34,26 @@ pub struct FastSaved {
 
 /// A burn backend with (or without) the fast path of [`PolySketchAttention`](crate::PolySketchAttention).
 ///
-/// Implemented for `NdArray<f32>` (fast), `Autodiff<B>` (fast when `B` is) and burn's wgpu
-/// backend (portable). Another backend joins with an empty `impl PolySketchBackend for
+/// Implemented for `NdArray<f32>` (fast: the CPU layer, every kind), burn's cubecl backends
+/// with f32 elements (fast: the gpu crate's kernels, for the kinds the device runs — causal
+/// PolySketch with the q/k layer norm; the others run the portable path) and `Autodiff<B>`
+/// (fast where `B` is). Another backend joins with an empty `impl PolySketchBackend for
 /// MyBackend {}` and runs the portable path.
 pub trait PolySketchBackend: burn::tensor::backend::Backend {
-    /// Whether [`fast_attention`](Self::fast_attention) runs our kernels.
-    const FAST: bool = false;
+    /// What the fast forward keeps for the fast backward.
+    type FastState: Clone + Send + core::fmt::Debug + 'static;
+
+    /// Whether [`fast_attention`](Self::fast_attention) runs our kernels for `config`.
+    fn supports(_config: &AttentionConfig) -> bool {
+        false
+    }
 
     /// The layer on primitives `[batch, heads, n, h]`, `params` flat in the layer's order
     /// (one zero when it has none).
     ///
     /// # Errors
-    /// What the CPU layer refuses; [`AttentionError::InvalidConfig`] on a backend without a
-    /// fast path.
+    /// What the layer refuses; [`AttentionError::InvalidConfig`] where
+    /// [`supports`](Self::supports) is false.
     fn fast_attention(
         _layer: &Arc<Mutex<Attention<f32>>>, _q: FloatTensor<Self>, _k: FloatTensor<Self>,
         _v: FloatTensor<Self>, _params: FloatTensor<Self>,
@@ -60,16 +68,16 @@ pub trait PolySketchBackend: burn::tensor::backend::Backend {
     fn fast_forward_saving(
         _layer: &Arc<Mutex<Attention<f32>>>, _q: FloatTensor<Self>, _k: FloatTensor<Self>,
         _v: FloatTensor<Self>, _params: FloatTensor<Self>,
-    ) -> Result<(FloatTensor<Self>, FastSaved), AttentionError> {
+    ) -> Result<(FloatTensor<Self>, Self::FastState), AttentionError> {
         Err(no_fast_path())
     }
 
-    /// `[dq, dk, dv, dparams]` given \\(\partial L/\partial\mathrm{out}\\); NaN where the CPU
-    /// layer refuses `grad` (a non-finite gradient propagates as in burn's own operations).
+    /// `[dq, dk, dv, dparams]` given \\(\partial L/\partial\mathrm{out}\\); NaN where the layer
+    /// refuses `grad` (a non-finite gradient propagates as in burn's own operations).
     ///
     /// # Panics
     /// On a backend without a fast path (the module never calls it there).
-    fn fast_backward(_saved: FastSaved, _grad: FloatTensor<Self>) -> [FloatTensor<Self>; 4] {
+    fn fast_backward(_state: Self::FastState, _grad: FloatTensor<Self>) -> [FloatTensor<Self>; 4] {
         unimplemented!("fast_backward on a backend without a fast path")
     }
 }
@@ -129,7 +137,7 @@ fn set_parameters(layer: &mut Attention<f32>, params: &[f32]) {
 fn cpu_forward(
     layer: &Arc<Mutex<Attention<f32>>>, q: FloatTensor<Cpu>, k: FloatTensor<Cpu>,
     v: FloatTensor<Cpu>, params: FloatTensor<Cpu>,
-) -> Result<(FloatTensor<Cpu>, FastSaved), AttentionError> {
+) -> Result<(FloatTensor<Cpu>, CpuState), AttentionError> {
     let (q, dims) = values::<4>(q)?;
     let (k, _) = values::<4>(k)?;
     let (v, _) = values::<4>(v)?;
@@ -137,13 +145,16 @@ fn cpu_forward(
     let mut guard = layer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     set_parameters(&mut guard, &params);
     let (out, saved) = guard.forward(&q, &k, &v, dims[0], dims[2], Par::rayon(0))?;
-    let state =
-        FastSaved { layer: layer.clone(), params, dims, saved: Arc::new(Mutex::new(saved)) };
+    let state = CpuState { layer: layer.clone(), params, dims, saved: Arc::new(Mutex::new(saved)) };
     Ok((tensor(out, dims), state))
 }
 
 impl PolySketchBackend for Cpu {
-    const FAST: bool = true;
+    type FastState = CpuState;
+
+    fn supports(_: &AttentionConfig) -> bool {
+        true
+    }
 
     fn fast_attention(
         layer: &Arc<Mutex<Attention<f32>>>, q: FloatTensor<Self>, k: FloatTensor<Self>,
@@ -155,11 +166,11 @@ impl PolySketchBackend for Cpu {
     fn fast_forward_saving(
         layer: &Arc<Mutex<Attention<f32>>>, q: FloatTensor<Self>, k: FloatTensor<Self>,
         v: FloatTensor<Self>, params: FloatTensor<Self>,
-    ) -> Result<(FloatTensor<Self>, FastSaved), AttentionError> {
+    ) -> Result<(FloatTensor<Self>, CpuState), AttentionError> {
         cpu_forward(layer, q, k, v, params)
     }
 
-    fn fast_backward(state: FastSaved, grad: FloatTensor<Self>) -> [FloatTensor<Self>; 4] {
+    fn fast_backward(state: CpuState, grad: FloatTensor<Self>) -> [FloatTensor<Self>; 4] {
         let dims = state.dims;
         let len: usize = dims.iter().product();
         let plen = state.params.len();
@@ -185,7 +196,7 @@ impl PolySketchBackend for Cpu {
 struct FastAttentionBackward;
 
 impl<B: PolySketchBackend> Backward<B, 4> for FastAttentionBackward {
-    type State = FastSaved;
+    type State = B::FastState;
 
     fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
         let grad = grads.consume::<B>(&ops.node);
@@ -199,7 +210,11 @@ impl<B: PolySketchBackend> Backward<B, 4> for FastAttentionBackward {
 }
 
 impl<B: PolySketchBackend, C: CheckpointStrategy> PolySketchBackend for Autodiff<B, C> {
-    const FAST: bool = B::FAST;
+    type FastState = ();
+
+    fn supports(config: &AttentionConfig) -> bool {
+        B::supports(config)
+    }
 
     fn fast_attention(
         layer: &Arc<Mutex<Attention<f32>>>, q: FloatTensor<Self>, k: FloatTensor<Self>,
@@ -230,5 +245,3 @@ impl<B: PolySketchBackend, C: CheckpointStrategy> PolySketchBackend for Autodiff
         }
     }
 }
-
-impl PolySketchBackend for burn::backend::Wgpu {}

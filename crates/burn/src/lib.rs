@@ -8,13 +8,10 @@
 //! - [`PolySketchMultiHead`]: the block with q/k/v/o projections and optional RoPE, what one
 //!   swaps into a burn transformer.
 //! - Two implementations: a **portable path** in burn tensor operations, differentiated by
-//!   burn's autodiff, on every backend; a **fast path** through our CPU layer with its
-//!   hand-written backward registered through burn's autodiff extension, on burn's ndarray
-//!   backend ([`PolySketchBackend`]).
-//!
-//! What does not exist yet: the fast path on burn's cubecl backends (wgpu, CUDA) through the
-//! gpu crate's kernels — those backends run the portable path (see the book's chapter "Using
-//! the layer in your model").
+//!   burn's autodiff, on every backend; **fast paths** with hand-written backwards registered
+//!   through burn's autodiff extension ([`PolySketchBackend`]): our CPU layer on burn's ndarray
+//!   backend (every kind), the gpu crate's cubecl kernels on burn's cubecl backends (wgpu;
+//!   causal PolySketch with the q/k layer norm, f32), on the tensors' own device buffers.
 //!
 //! ```
 //! use burn::backend::NdArray;
@@ -30,11 +27,15 @@
 //! ```
 
 mod fast;
+#[cfg(feature = "wgpu")]
+mod gpu;
 mod module;
 mod multihead;
 mod portable;
 
-pub use fast::{FastSaved, PolySketchBackend};
+pub use fast::{CpuState, PolySketchBackend};
+#[cfg(feature = "wgpu")]
+pub use gpu::DeviceState;
 pub use module::{AttentionPath, PolySketchAttention, PolySketchAttentionConfig};
 pub use multihead::{PolySketchMultiHead, PolySketchMultiHeadConfig};
 /// The attention crate, whose kinds and errors the module uses.

@@ -17,8 +17,8 @@ use crate::portable;
 /// Which implementation a forward runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum AttentionPath {
-    /// Our kernels where the backend has them ([`PolySketchBackend::FAST`]), else the
-    /// portable path.
+    /// Our kernels where the backend has them for the layer's kind
+    /// ([`PolySketchBackend::supports`]), else the portable path.
     #[default]
     Auto,
     /// Burn tensor operations only, differentiated by burn's autodiff (every backend).
@@ -171,7 +171,8 @@ impl Meta {
 /// A random sketch is fixed by the seed.
 ///
 /// [`forward`](Self::forward) runs our kernels on backends that have them
-/// ([`PolySketchBackend::FAST`]: burn's ndarray backend, with or without autodiff) and the
+/// ([`PolySketchBackend::supports`]: burn's ndarray backend for every kind, burn's cubecl
+/// backends for causal PolySketch with the q/k layer norm, with or without autodiff) and the
 /// portable path (burn operations) elsewhere; [`forward_portable`](Self::forward_portable) on
 /// any backend.
 ///
@@ -272,7 +273,7 @@ impl<B: PolySketchBackend> PolySketchAttention<B> {
         &self, q: Tensor<B, 4>, k: Tensor<B, 4>, v: Tensor<B, 4>,
     ) -> Result<Tensor<B, 4>, AttentionError> {
         self.check(&q, &k, &v)?;
-        if B::FAST && self.meta.path == AttentionPath::Auto {
+        if B::supports(&self.meta.config) && self.meta.path == AttentionPath::Auto {
             return fast::forward(&self.meta, self.values(), q, k, v);
         }
         Ok(portable::forward(&self.meta, &self.values(), q, k, v))

@@ -66,6 +66,23 @@ impl<R: Runtime, E> Buffer<R, E> {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+    /// A buffer over an existing cubecl allocation — another library's tensor on the same
+    /// client (burn's cubecl backends), read and written in place without a copy.
+    ///
+    /// # Safety
+    /// `handle` must hold at least `len` contiguous elements of type `E` (row-major, no
+    /// strides), allocated by the client the buffer is used with, and stay valid as long as
+    /// the buffer (cubecl handles keep their allocation alive).
+    pub unsafe fn from_handle(handle: Handle, len: usize) -> Self {
+        Self { handle, len, _marker: PhantomData }
+    }
+
+    /// The cubecl allocation behind the buffer (to hand it to another library on the same
+    /// client).
+    pub fn into_handle(self) -> Handle {
+        self.handle
+    }
+
     /// The same allocation typed as `F`, if `F` is `E` (`None` otherwise).
     pub(crate) fn retyped<F: 'static>(&self) -> Option<Buffer<R, F>>
     where
@@ -94,6 +111,17 @@ impl<R: Runtime> Gpu<R> {
     /// a panic of the runtime while it creates its client is caught and returned as this error.
     pub fn new(device: &R::Device) -> Result<Self> {
         Ok(Self { client: crate::probe::client::<R>(device)?, state_limit: crate::MAX_ELEMENTS })
+    }
+
+    /// A context over an existing client — the one another library (burn's cubecl backends)
+    /// already made for its device — so that both launch on the same queue and share buffers.
+    pub fn from_client(client: ComputeClient<R>) -> Self {
+        Self { client, state_limit: crate::MAX_ELEMENTS }
+    }
+
+    /// The client every kernel launch goes through.
+    pub fn client(&self) -> &ComputeClient<R> {
+        &self.client
     }
 
     /// The same device with block-state buffers of at most `limit` elements (default and
