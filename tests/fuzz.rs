@@ -280,14 +280,14 @@ proptest! {
         check("split_indices", no_panic("split_indices", || split_indices(degree.min(64), &sizes, seed))?, |_| true)?;
     }
 
-    /// The attention layer: configurations parsed from text, forward and backward with sizes
+    /// The attention layer (causal or bidirectional): configurations parsed from text, forward and backward with sizes
     /// and buffers that (nearly) match, states from other calls, packed sequences, decoding.
     #[test]
     fn attention(kind in kind_text(), heads in size(), h in size(), batch in size(), n in size(),
-                 pool in pool(), skew in 0u8..10, offsets in prop::collection::vec(0usize..12, 0..4), reuse in any::<bool>(), raw in any::<bool>()) {
+                 pool in pool(), skew in 0u8..10, offsets in prop::collection::vec(0usize..12, 0..4), reuse in any::<bool>(), raw in any::<bool>(), causal in any::<bool>()) {
         let Ok(kind) = kind.parse::<AttentionKind>() else { return Ok(()) };
         let qk_norm = if raw { QkNorm::None } else { QkNorm::LayerNorm };
-        let made = no_panic("Attention::new", || Attention::<f32>::new(AttentionConfig { heads, head_dim: h, kind, qk_norm, causal: true }))?;
+        let made = no_panic("Attention::new", || Attention::<f32>::new(AttentionConfig { heads, head_dim: h, kind, qk_norm, causal }))?;
         let Some(layer) = check("Attention::new", made, |_| true)? else { return Ok(()) };
         // the expected length when a buffer of it can be made, else a small one
         let want = batch.checked_mul(heads).and_then(|v| v.checked_mul(n)).and_then(|v| v.checked_mul(h));

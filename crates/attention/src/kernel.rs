@@ -74,7 +74,14 @@ impl<T: Scalar> Attention<T> {
             AttentionKind::Polynomial { p } => Core::Exact { p, used: true },
             AttentionKind::Softmax => Core::Exact { p: 0, used: true },
         };
-        let reusable = matches!(&saved.inner, Inner::Kernel { heads, core } if heads.len() == count && matches!((core, self.config.kind), (Core::Sketch { .. }, AttentionKind::PolySketch(_)) if causal) || matches!((core, self.config.kind), (Core::Bidirectional { .. }, AttentionKind::PolySketch(_)) if !causal) || matches!((core, self.config.kind), (Core::Exact { .. }, AttentionKind::Polynomial { .. })));
+        // the state's per-head buffers and core fit this call (count, kind, causal or not)
+        let core_fits = |core: &Core<T>| match (core, self.config.kind) {
+            (Core::Sketch { .. }, AttentionKind::PolySketch(_)) => causal,
+            (Core::Bidirectional { .. }, AttentionKind::PolySketch(_)) => !causal,
+            (Core::Exact { .. }, AttentionKind::Polynomial { .. }) => true,
+            _ => false,
+        };
+        let reusable = matches!(&saved.inner, Inner::Kernel { heads, core } if heads.len() == count && core_fits(core));
         if !reusable {
             saved.inner = Inner::Kernel {
                 heads: (0..count).map(|_| HeadSaved::default()).collect(),

@@ -1,5 +1,5 @@
 //! `forward_into` / `backward_into` reuse their buffers: a state carried across calls of
-//! different shapes and kinds gives bit-for-bit what fresh buffers give, and a used state is
+//! different shapes and kinds, causal and bidirectional, gives bit-for-bit what fresh buffers give, and a used state is
 //! refused.
 
 mod common;
@@ -52,14 +52,18 @@ fn reused_buffers_give_the_same_numbers_as_fresh_ones() {
     // shrinks and changes kind
     let mut saved = Saved::new();
     let mut grads = Grads::default();
-    for kind in kinds() {
-        let layer = layer_of::<f64>(2, 5, kind);
+    for (kind, causal) in kinds().into_iter().flat_map(|k| [(k, true), (k, false)]) {
+        let config = polysketch_attention::AttentionConfig {
+            causal,
+            ..*layer_of::<f64>(2, 5, kind).config()
+        };
+        let layer = Attention::<f64>::new(config).unwrap();
         for (step, (batch, n)) in [(1, 13), (2, 8), (1, 13), (2, 21)].into_iter().enumerate() {
             let seed = 100 + step as u64;
             let (out, expected) = fresh(&layer, batch, n, seed);
             let got = reused(&layer, batch, n, seed, &mut saved, &mut grads);
-            assert_eq!(out, got, "{kind:?} output, batch {batch}, n {n}");
-            assert_eq!(expected, grads, "{kind:?} gradients, batch {batch}, n {n}");
+            assert_eq!(out, got, "{kind:?} causal={causal} output, batch {batch}, n {n}");
+            assert_eq!(expected, grads, "{kind:?} causal={causal} gradients, batch {batch}, n {n}");
         }
     }
 }

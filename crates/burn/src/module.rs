@@ -168,7 +168,9 @@ impl Meta {
 /// Parameters (burn [`Param`]s, seen by optimisers, recorders and gradient clipping): the q/k
 /// layer norm's gain and bias and a learned sketch's networks, each flat, in the order and
 /// with the names of [`Attention::parameters`] ([`parameter_names`](Self::parameter_names)).
-/// A random sketch is fixed by the seed.
+/// A random sketch is fixed by the config's seed, not a parameter: a record restores a module
+/// built from the same config (burn saves configs beside records), and a learned sketch is
+/// entirely in the record.
 ///
 /// [`forward`](Self::forward) runs our kernels on backends that have them
 /// ([`PolySketchBackend::supports`]: burn's ndarray backend for every kind, burn's cubecl

@@ -240,3 +240,25 @@ fn a_burn_model_trains() {
     let (first, last) = (losses[0], losses[losses.len() - 1]);
     assert!(last < 0.5 * first, "loss {first} → {last}: {losses:?}");
 }
+
+/// burn's recorders save and load the module's parameters (the layer norm's and the learned
+/// sketch's): a module of another seed loaded from the record computes the same outputs.
+#[test]
+fn recorders_round_trip_the_parameters() {
+    use burn::module::Module;
+    use burn::record::{BinBytesRecorder, FullPrecisionSettings, Recorder};
+    let device = Default::default();
+    let c = config("learned+local:p=4,r=3,block=8", true);
+    let a: PolySketchAttention<NdArray> = c.init(&device);
+    let b: PolySketchAttention<NdArray> = c.clone().with_seed(6).init(&device);
+    let recorder = BinBytesRecorder::<FullPrecisionSettings>::default();
+    let bytes = recorder.record(a.clone().into_record(), ()).unwrap();
+    let b = b.load_record(recorder.load(bytes, &device).unwrap());
+    let x = Tensor::<NdArray, 4>::from_data(
+        TensorData::new(values(2 * 8 * 12, 9), [1, 2, 12, 8]),
+        &device,
+    );
+    let (ya, yb) = (a.forward(x.clone(), x.clone(), x.clone()), b.forward(x.clone(), x.clone(), x));
+    assert_eq!(data(ya), data(yb));
+    assert_eq!(a.parameter_names(), b.parameter_names());
+}

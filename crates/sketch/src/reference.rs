@@ -50,16 +50,31 @@ pub fn tensorsketch_reference<T: Scalar>(s: &TensorSketch<T>, x: MatRef<'_, T>) 
 /// children \\(m_1, m_2\\) to \\(\sqrt{1/r}\,(\Pi_1^\top m_1) \ast (\Pi_2^\top m_2)\\), with the
 /// projections taken from [`TreeSketch::dense_projections`].
 pub fn tree_reference<T: Scalar>(s: &TreeSketch<T>, x: MatRef<'_, T>) -> Mat<f64> {
+    tree_recursion(s, x, |v| v)
+}
+
+/// The magnitude of the terms behind each entry of [`tree_reference`]: the same recursion on
+/// \\(|x|\\) with \\(|\Pi|\\), an upper bound of every entry's absolute value and of every partial
+/// sum inside it. Rounding errors of any summation order are a small multiple of the unit
+/// roundoff times this bound, so tests judge entries that cancel to near zero by it.
+pub fn tree_term_bound<T: Scalar>(s: &TreeSketch<T>, x: MatRef<'_, T>) -> Mat<f64> {
+    tree_recursion(s, x, f64::abs)
+}
+
+/// The recursion of [`tree_reference`] with `f` applied to every input and projection entry.
+fn tree_recursion<T: Scalar>(s: &TreeSketch<T>, x: MatRef<'_, T>, f: fn(f64) -> f64) -> Mat<f64> {
     let r = s.sketch_dim();
     let scale = 1.0 / (r as f64).sqrt();
     let levels: Vec<Vec<Mat<f64>>> =
         (0..s.levels()).map(|l| s.dense_projections(l).unwrap_or_default()).collect();
     let project = |pi: &Mat<f64>, v: &[f64]| -> Vec<f64> {
-        (0..pi.ncols()).map(|c| v.iter().enumerate().map(|(j, vj)| vj * pi[(j, c)]).sum()).collect()
+        (0..pi.ncols())
+            .map(|c| v.iter().enumerate().map(|(j, vj)| vj * f(pi[(j, c)])).sum())
+            .collect()
     };
     let mut out = Mat::zeros(x.nrows(), r);
     for i in 0..x.nrows() {
-        let row: Vec<f64> = (0..x.ncols()).map(|j| x[(i, j)].as_f64()).collect();
+        let row: Vec<f64> = (0..x.ncols()).map(|j| f(x[(i, j)].as_f64())).collect();
         // children of the bottom level: p copies of the row
         let mut children: Vec<Vec<f64>> = vec![row; s.degree()];
         for projections in &levels {

@@ -49,6 +49,29 @@ pub fn assert_close(actual: MatRef<'_, f64>, expected: MatRef<'_, f64>, rtol: f6
     }
 }
 
+/// Asserts `|a − e| ≤ rtol · bound` entrywise, `bound` the magnitude of the terms behind each
+/// entry (e.g. [`polysketch_sketch::reference::tree_term_bound`]): entries that cancel to near
+/// zero are judged on the size of what cancelled, as rounding in any summation order allows.
+pub fn assert_close_to_terms(
+    actual: MatRef<'_, f64>, expected: MatRef<'_, f64>, bound: MatRef<'_, f64>, rtol: f64,
+    what: &str,
+) {
+    assert_eq!(
+        (actual.nrows(), actual.ncols()),
+        (expected.nrows(), expected.ncols()),
+        "{what}: shape"
+    );
+    for j in 0..expected.ncols() {
+        for i in 0..expected.nrows() {
+            let (a, e, b) = (actual[(i, j)], expected[(i, j)], bound[(i, j)]);
+            assert!(
+                (a - e).abs() <= rtol * b,
+                "{what}: entry ({i}, {j}) = {a}, expected {e} (rtol {rtol}, terms of size {b})"
+            );
+        }
+    }
+}
+
 /// Central finite-difference gradient of `L(a) = <g, sketch.apply(a)>` in f64.
 pub fn fd_gradient<S: PolySketch<f64>>(
     s: &S, a: MatRef<'_, f64>, g: MatRef<'_, f64>, eps: f64,
