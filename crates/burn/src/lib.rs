@@ -27,14 +27,14 @@
 //! ```
 
 mod fast;
-#[cfg(feature = "wgpu")]
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
 mod gpu;
 mod module;
 mod multihead;
 mod portable;
 
 pub use fast::{CpuState, PolySketchBackend};
-#[cfg(feature = "wgpu")]
+#[cfg(any(feature = "wgpu", feature = "cuda"))]
 pub use gpu::DeviceState;
 pub use module::{AttentionPath, PolySketchAttention, PolySketchAttentionConfig};
 pub use multihead::{PolySketchMultiHead, PolySketchMultiHeadConfig};
