@@ -389,7 +389,7 @@ proptest! {
     #[test]
     fn attention_decoding(kind in kind_text(), batch in 0usize..=3, len in 0usize..=40, pool in pool()) {
         let Ok(kind) = kind.parse::<AttentionKind>() else { return Ok(()) };
-        let Ok(layer) = Attention::<f32>::new(AttentionConfig { heads: 2, head_dim: 4, kind, qk_norm: Default::default(), causal: true }) else { return Ok(()) };
+        let Ok(layer) = Attention::<f32>::new(AttentionConfig::new(2, 4, kind)) else { return Ok(()) };
         let x: Vec<f32> = (0..len).map(|i| pool[i % pool.len()] as f32).collect();
         if let Some(mut state) = check("new_state", no_panic("new_state", || layer.new_state(batch))?, |_| true)? {
             for _ in 0..3 {

@@ -203,7 +203,7 @@ impl<T> Grads<T> {
     /// use polysketch_attention::{Attention, AttentionConfig, AttentionError};
     ///
     /// let kind = "polynomial:p=4".parse()?;
-    /// let layer = Attention::<f64>::new(AttentionConfig { heads: 1, head_dim: 4, kind, qk_norm: Default::default(), causal: true })?;
+    /// let layer = Attention::<f64>::new(AttentionConfig::new(1, 4, kind))?;
     /// let x: Vec<f64> = (0..4 * 6).map(|i| (i as f64 * 0.3).sin()).collect();
     /// let (out, mut saved) = layer.forward(&x, &x, &x, 1, 6, Par::Seq)?;
     /// let grads = layer.backward(&mut saved, &out, Par::Seq)?;

@@ -62,7 +62,7 @@ impl<T: Scalar> Attention<T> {
     /// use polysketch_attention::{Attention, AttentionConfig, AttentionError, HeadLayout, Shape};
     ///
     /// let kind = "random+local:r=8,block=4".parse()?;
-    /// let layer = Attention::<f32>::new(AttentionConfig { heads: 2, head_dim: 4, kind, qk_norm: Default::default(), causal: true })?;
+    /// let layer = Attention::<f32>::new(AttentionConfig::new(2, 4, kind))?;
     /// // a [batch = 1, n = 6, d = 8] projection, as a model has it
     /// let x: Vec<f32> = (0..6 * 8).map(|i| (i as f32 * 0.37).sin()).collect();
     /// let shape = Shape { batch: 1, n: 6, layout: HeadLayout::TokensFirst };

@@ -26,13 +26,7 @@ fn size_products_that_overflow_are_refused_before_any_index() {
 #[test]
 fn a_state_from_a_layer_of_other_sizes_is_refused() {
     for kind in kinds() {
-        let config = |heads, head_dim| AttentionConfig {
-            heads,
-            head_dim,
-            kind,
-            qk_norm: Default::default(),
-            causal: true,
-        };
+        let config = |heads, head_dim| AttentionConfig::new(heads, head_dim, kind);
         let two_by_four = Attention::<f64>::new(config(2, 4)).unwrap();
         let x = random::<f64>(2 * 4 * 6, 1.0, 1);
         // the same number of values per token (8), another layout: 1 head of 8, 4 heads of 2
@@ -65,14 +59,7 @@ fn huge_sizes_are_refused_before_anything_is_allocated() {
     let too_large =
         |e: &AttentionError| matches!(e, AttentionError::Sketch(SketchError::TooLarge { .. }));
     for kind in kinds() {
-        let err = Attention::<f32>::new(AttentionConfig {
-            heads: 1,
-            head_dim: 1 << 40,
-            kind,
-            qk_norm: Default::default(),
-            causal: true,
-        })
-        .unwrap_err();
+        let err = Attention::<f32>::new(AttentionConfig::new(1, 1 << 40, kind)).unwrap_err();
         assert!(too_large(&err), "{kind:?}: {err}");
     }
     for (h, r) in [(8, 1usize << 40), (1 << 40, 8), (8, usize::MAX / 2)] {

@@ -86,14 +86,7 @@ fn packed_sequences_match_running_each_alone() {
 
 #[test]
 fn bad_offsets_get_typed_errors() {
-    let layer = Attention::<f64>::new(AttentionConfig {
-        heads: 1,
-        head_dim: 2,
-        kind: AttentionKind::Softmax,
-        qk_norm: Default::default(),
-        causal: true,
-    })
-    .unwrap();
+    let layer = Attention::<f64>::new(AttentionConfig::new(1, 2, AttentionKind::Softmax)).unwrap();
     let x = vec![0.1; 10];
     let mut out = vec![0.0; 10];
     let mut saved = PackedSaved::new();

@@ -146,13 +146,7 @@ fn polysketch_state_stays_constant_in_size() {
 
 #[test]
 fn bad_states_and_inputs_get_typed_errors() {
-    let cfg = |kind| AttentionConfig {
-        heads: 1,
-        head_dim: 4,
-        kind,
-        qk_norm: Default::default(),
-        causal: true,
-    };
+    let cfg = |kind| AttentionConfig::new(1, 4, kind);
     let ps = Attention::<f64>::new(cfg(AttentionKind::PolySketch(PolySketchConfig {
         r: 3,
         block: 4,

@@ -103,14 +103,8 @@ pub(crate) struct Case {
 fn run_case(
     kind: &AttentionKind, heads: usize, h: usize, n: usize, reps: usize, par: Par,
 ) -> Result<Case> {
-    let layer = Attention::<f32>::new(AttentionConfig {
-        heads,
-        head_dim: h,
-        kind: *kind,
-        qk_norm: Default::default(),
-        causal: true,
-    })
-    .map_err(attention_err)?;
+    let layer =
+        Attention::<f32>::new(AttentionConfig::new(heads, h, *kind)).map_err(attention_err)?;
     // the case's own buffers (the input, the output, three gradients), before they exist
     let bytes = [heads, n, h, 5 * size_of::<f32>()].iter().fold(1u128, |a, &x| a * x as u128);
     if bytes > polysketch_attention::MAX_STATE_BYTES {

@@ -102,16 +102,10 @@ where
     R: polysketch_attention::device::Runtime,
     E: polysketch_attention::device::Float + polysketch_attention::device::CubeElement,
 {
-    let layer = Attention::<f32>::new(AttentionConfig {
-        heads,
-        head_dim: h,
-        kind: *kind,
-        qk_norm: Default::default(),
-        causal: true,
-    })
-    .map_err(attention_err)?
-    .to_device(gpu)
-    .map_err(attention_err)?;
+    let layer = Attention::<f32>::new(AttentionConfig::new(heads, h, *kind))
+        .map_err(attention_err)?
+        .to_device(gpu)
+        .map_err(attention_err)?;
     let len = batch * heads * n * h;
     let x: Vec<E> = (0..len)
         .map(|i| E::new(((i.wrapping_mul(2_654_435_761) % 2001) as f32 / 1000.0) - 1.0))

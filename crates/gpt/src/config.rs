@@ -85,15 +85,9 @@ impl GptConfig {
 
     /// The attention layer configuration of block `layer`.
     pub fn attention_config(&self, layer: usize) -> AttentionConfig {
-        AttentionConfig {
-            heads: self.heads,
-            head_dim: self.head_dim(),
-            kind: self
-                .attention
-                .with_seed(polysketch_core::split_seed(self.seed, 1000 + layer as u64)),
-            qk_norm: Default::default(),
-            causal: true,
-        }
+        let kind =
+            self.attention.with_seed(polysketch_core::split_seed(self.seed, 1000 + layer as u64));
+        AttentionConfig::new(self.heads, self.head_dim(), kind)
     }
 
     /// The multi-head block of block `layer`: width \\(C\\), RoPE, [`attention_config`](Self::attention_config).

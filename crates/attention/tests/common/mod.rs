@@ -32,14 +32,7 @@ pub fn in_pool<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
 
 /// A layer of `heads` heads of size `h` and `kind`, with the default q/k layer norm.
 pub fn layer_of<T: Scalar>(heads: usize, h: usize, kind: AttentionKind) -> Attention<T> {
-    Attention::new(AttentionConfig {
-        heads,
-        head_dim: h,
-        kind,
-        qk_norm: Default::default(),
-        causal: true,
-    })
-    .unwrap()
+    Attention::new(AttentionConfig::new(heads, h, kind)).unwrap()
 }
 
 /// PolySketch attention with random sketches drawn from seed 11.
