@@ -6,7 +6,7 @@
 
 use faer::{MatMut, MatRef, Par};
 use polysketch_core::Scalar;
-use polysketch_core::linalg::row_blocks;
+use polysketch_core::linalg::{axpy, row_blocks};
 use polysketch_lowtri::{Features, Grads as LtGrads, LowTri, Problem, Saved as LtSaved};
 use rayon::prelude::*;
 
@@ -25,10 +25,6 @@ pub(crate) fn normalise<T: Scalar, A: Scalar>(raw: &[A], out: &mut [T]) -> A {
     let inv = A::one() / den;
     out.iter_mut().zip(&raw[..h]).for_each(|(o, x)| *o = T::of((*x * inv).as_f64()));
     den
-}
-
-fn add_assign<T: Scalar>(dst: MatMut<'_, T>, src: MatRef<'_, T>) {
-    faer::zip!(dst, src).for_each(|faer::unzip!(d, s)| *d += *s);
 }
 
 /// The lowtri problem of one head: self-tensored features, exact local blocks if asked.
@@ -300,8 +296,8 @@ impl<T: Scalar> Attention<T> {
                     }
                     if let (Some(dq), Some(dk)) = (&g.d_q, &g.d_k) {
                         // forward (local): exact ⟨q̃, k̃⟩^p inside the diagonal blocks
-                        add_assign(s.dqt.as_mut(), dq.as_ref());
-                        add_assign(s.dkt.as_mut(), dk.as_ref());
+                        axpy(s.dqt.as_mut(), dq.as_ref(), T::one());
+                        axpy(s.dkt.as_mut(), dk.as_ref(), T::one());
                     }
                     s.dc.as_mut().copy_from(g.d_c.as_ref());
                     Ok(())

@@ -162,7 +162,15 @@ impl<T: Scalar> Attention<T> {
         &self, d: &[T], saved: &LnSaved<T>, dx: &mut [T], dgain: &mut [T], dbias: &mut [T],
     ) {
         if self.has_layernorm() {
-            layernorm_backward(d, saved, &self.ln_gain, self.scale(), dx, dgain, dbias);
+            layernorm_backward(
+                d,
+                saved.rows(0, saved.rstd.len(), self.ln_gain.len()),
+                &self.ln_gain,
+                self.scale(),
+                dx,
+                dgain,
+                dbias,
+            );
         } else {
             dx.copy_from_slice(d);
         }

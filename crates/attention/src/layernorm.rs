@@ -33,9 +33,72 @@ pub fn layernorm_forward<T: Scalar>(
     x: MatRef<'_, T>, gain: &[T], bias: &[T], scale: T, out: &mut [T], saved: &mut LnSaved<T>,
 ) {
     let (n, h) = (x.nrows(), x.ncols());
-    assert!(gain.len() == h && bias.len() == h && out.len() == n * h, "layernorm_forward: shapes");
     saved.xhat.resize(n * h, T::zero());
     saved.rstd.resize(n, T::zero());
+    let rows = LnRowsMut { xhat: &mut saved.xhat, rstd: &mut saved.rstd };
+    layernorm_rows_forward(x, gain, bias, scale, out, rows);
+}
+
+/// The saved rows of a layer norm, borrowed: `xhat: [n, h]` row-major, `rstd: [n]` (a range of
+/// rows of an [`LnSaved`], or buffers the caller keeps).
+#[derive(Debug, Clone, Copy)]
+pub struct LnRows<'a, T> {
+    /// \(\hat x\), row-major `[n, h]`.
+    pub xhat: &'a [T],
+    /// \(1/\sigma\) per row, `[n]`.
+    pub rstd: &'a [T],
+}
+
+impl<'a, T> From<&'a LnSaved<T>> for LnRows<'a, T> {
+    /// Every row saved.
+    fn from(s: &'a LnSaved<T>) -> Self {
+        LnRows { xhat: &s.xhat, rstd: &s.rstd }
+    }
+}
+
+/// [`LnRows`], mutable: where [`layernorm_rows_forward`] writes.
+#[derive(Debug)]
+pub struct LnRowsMut<'a, T> {
+    /// \(\hat x\), row-major `[n, h]`.
+    pub xhat: &'a mut [T],
+    /// \(1/\sigma\) per row, `[n]`.
+    pub rstd: &'a mut [T],
+}
+
+impl<T> LnSaved<T> {
+    /// Rows `r0..r1` of the saved state (rows of `h` values).
+    ///
+    /// # Panics
+    /// If the range is past the rows saved.
+    pub fn rows(&self, r0: usize, r1: usize, h: usize) -> LnRows<'_, T> {
+        LnRows { xhat: &self.xhat[r0 * h..r1 * h], rstd: &self.rstd[r0..r1] }
+    }
+
+    /// Rows `r0..r1`, mutable.
+    ///
+    /// # Panics
+    /// If the range is past the rows held.
+    pub fn rows_mut(&mut self, r0: usize, r1: usize, h: usize) -> LnRowsMut<'_, T> {
+        LnRowsMut { xhat: &mut self.xhat[r0 * h..r1 * h], rstd: &mut self.rstd[r0..r1] }
+    }
+}
+
+/// [`layernorm_forward`] into borrowed buffers: `saved` must hold exactly `n` rows of `h`.
+///
+/// # Panics
+/// If the shapes differ.
+pub fn layernorm_rows_forward<T: Scalar>(
+    x: MatRef<'_, T>, gain: &[T], bias: &[T], scale: T, out: &mut [T], saved: LnRowsMut<'_, T>,
+) {
+    let (n, h) = (x.nrows(), x.ncols());
+    assert!(
+        gain.len() == h
+            && bias.len() == h
+            && out.len() == n * h
+            && saved.xhat.len() == n * h
+            && saved.rstd.len() == n,
+        "layernorm_forward: shapes"
+    );
     for i in 0..n {
         let xh = &mut saved.xhat[i * h..(i + 1) * h];
         match x.row(i).try_as_row_major() {
@@ -43,7 +106,7 @@ pub fn layernorm_forward<T: Scalar>(
             None => xh.iter_mut().enumerate().for_each(|(j, v)| *v = x[(i, j)]),
         }
     }
-    normalise_rows(&mut saved.xhat, &mut saved.rstd, gain, bias, scale, out);
+    normalise_rows(saved.xhat, saved.rstd, gain, bias, scale, out);
 }
 
 polysketch_core::multiversion! {
@@ -72,7 +135,7 @@ polysketch_core::multiversion! {
     }
 }
 
-/// Backward of [`layernorm_forward`]: given \\(\partial L/\partial y\\) = `dy` (row-major),
+/// Backward of [`layernorm_forward`] (`saved`: an [`LnSaved`], or some of its rows, [`LnSaved::rows`]): given \\(\partial L/\partial y\\) = `dy` (row-major),
 /// writes \\(\partial L/\partial x\\) into `dx` (row-major) and adds \\(\partial L/\partial g\\),
 /// \\(\partial L/\partial\beta\\) into `dgain`, `dbias`.
 ///
@@ -82,10 +145,11 @@ polysketch_core::multiversion! {
 ///
 /// # Panics
 /// If the shapes differ.
-pub fn layernorm_backward<T: Scalar>(
-    dy: &[T], saved: &LnSaved<T>, gain: &[T], scale: T, dx: &mut [T], dgain: &mut [T],
+pub fn layernorm_backward<'a, T: Scalar>(
+    dy: &[T], saved: impl Into<LnRows<'a, T>>, gain: &[T], scale: T, dx: &mut [T], dgain: &mut [T],
     dbias: &mut [T],
 ) {
+    let saved = saved.into();
     let (n, h) = (saved.rstd.len(), gain.len());
     assert!(
         dy.len() == n * h && dx.len() == n * h && saved.xhat.len() == n * h,

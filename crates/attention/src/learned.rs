@@ -24,8 +24,8 @@ use polysketch_core::tree::{Src, tree_nodes};
 use polysketch_core::{Scalar, linalg::gemm, normal, seeded_rng};
 use polysketch_sketch::PolySketch;
 
-use crate::layernorm::{LnSaved, layernorm_backward, layernorm_forward};
-use crate::nn::{Param, ParamMut, gelu, gelu_with_grad};
+use crate::layernorm::{LnSaved, layernorm_backward, layernorm_rows_forward};
+use crate::nn::{Param, ParamMut, gelu_one, gelu_with_grad};
 use crate::{AttentionError, Result};
 
 /// Width of the wide hidden layers, in units of \\(r\\): the hidden sizes are \\([8r, r, 8r]\\).
@@ -82,11 +82,28 @@ fn rm_mut<T>(x: &mut [T], rows: usize, cols: usize) -> MatMut<'_, T> {
     MatMut::from_row_major_slice_mut(&mut x[..rows * cols], rows, cols)
 }
 
+/// `y = x W` for row-major `x: [n, din]`, `W: [din, dout]`, `y: [n, dout]`.
+fn product<T: Scalar>(x: &[T], n: usize, din: usize, w: &[T], dout: usize, y: &mut [T]) {
+    gemm(rm_mut(y, n, dout), rm(x, n, din), rm(w, din, dout), T::one(), false, Par::Seq);
+}
+
 /// `y = x W + b` for row-major `x: [n, din]`, `W: [din, dout]`, `y: [n, dout]`.
 fn dense<T: Scalar>(x: &[T], n: usize, din: usize, w: &[T], b: &[T], y: &mut [T]) {
-    let dout = b.len();
-    gemm(rm_mut(y, n, dout), rm(x, n, din), rm(w, din, dout), T::one(), false, Par::Seq);
-    add_bias(&mut y[..n * dout], b);
+    product(x, n, din, w, b.len(), y);
+    add_bias(&mut y[..n * b.len()], b);
+}
+
+polysketch_core::multiversion! {
+    /// `a[i, c] += b[c]`, then `z = gelu(a)`, in one pass over row-major `a`, `z` (rows of
+    /// `b.len()`).
+    fn bias_gelu<T: Scalar>(a: &mut [T], b: &[T], z: &mut [T]) {
+        for (ar, zr) in a.chunks_exact_mut(b.len()).zip(z.chunks_exact_mut(b.len())) {
+            for ((a, z), &b) in ar.iter_mut().zip(zr.iter_mut()).zip(b) {
+                *a += b;
+                *z = gelu_one(*a);
+            }
+        }
+    }
 }
 
 polysketch_core::multiversion! {
@@ -199,38 +216,47 @@ impl<T: Scalar> Mlp<T> {
         Self { d, p }
     }
 
-    /// `out = f(x)`, `x: [n, d]` (any strides), `out`: row-major `[n, r]`.
-    fn forward(&self, x: MatRef<'_, T>, out: &mut [T], s: &mut MlpSaved<T>, sc: &mut Scratch<T>) {
+    /// `out = f(x)` for rows `r0..r0 + n` of a forward, `x: [n, d]` (any strides), `out`:
+    /// row-major `[n, r]`; what the backward needs goes into those rows of `s` (sized by the
+    /// caller for every row).
+    fn forward(
+        &self, x: MatRef<'_, T>, out: &mut [T], s: &mut MlpSaved<T>, r0: usize, sc: &mut Scratch<T>,
+    ) {
         let (n, d, r) = (x.nrows(), self.d, self.p[C4].len());
-        let w = WIDE * r;
+        let (w, r1) = (WIDE * r, r0 + n);
         let p = &self.p;
         sc.y.resize(n * d.max(r), T::zero());
         sc.wide.resize(n * w, T::zero());
         sc.narrow.resize(n * r, T::zero());
-        s.a1.resize(n * w, T::zero());
-        s.a3.resize(n * w, T::zero());
-        layernorm_forward(x, &p[G0], &p[B0], T::one(), &mut sc.y[..n * d], &mut s.ln0);
-        dense(&sc.y, n, d, &p[W1], &p[C1], &mut s.a1);
-        gelu(&s.a1, &mut sc.wide);
+        let (a1, a3) = (&mut s.a1[r0 * w..r1 * w], &mut s.a3[r0 * w..r1 * w]);
+        let ln0 = s.ln0.rows_mut(r0, r1, d);
+        layernorm_rows_forward(x, &p[G0], &p[B0], T::one(), &mut sc.y[..n * d], ln0);
+        product(&sc.y, n, d, &p[W1], w, a1);
+        bias_gelu(a1, &p[C1], &mut sc.wide);
         dense(&sc.wide, n, w, &p[W2], &p[C2], &mut sc.narrow);
-        layernorm_forward(
+        let ln1 = s.ln1.rows_mut(r0, r1, r);
+        layernorm_rows_forward(
             rm(&sc.narrow, n, r),
             &p[G1],
             &p[B1],
             T::one(),
             &mut sc.y[..n * r],
-            &mut s.ln1,
+            ln1,
         );
-        dense(&sc.y, n, r, &p[W3], &p[C3], &mut s.a3);
-        gelu(&s.a3, &mut sc.wide);
+        product(&sc.y, n, r, &p[W3], w, a3);
+        bias_gelu(a3, &p[C3], &mut sc.wide);
         dense(&sc.wide, n, w, &p[W4], &p[C4], out);
     }
 
-    /// Given `dout` \\(= \partial L/\partial f(x)\\) (`[n, r]`), writes \\(\partial L/\partial x\\)
-    /// into `sc.din[..n d]` and adds the parameter gradients into `g` (`NAMES` order).
-    fn backward(&self, dout: &[T], s: &MlpSaved<T>, g: &mut [Vec<T>], sc: &mut Scratch<T>) {
+    /// Given `dout` \\(= \partial L/\partial f(x)\\) (`[n, r]`) for rows `r0..r0 + n` of the
+    /// forward, writes \\(\partial L/\partial x\\) into `sc.din[..n d]` and adds the
+    /// parameter gradients into `g` (`NAMES` order).
+    fn backward(
+        &self, dout: &[T], s: &MlpSaved<T>, r0: usize, g: &mut [Vec<T>], sc: &mut Scratch<T>,
+    ) {
         let (d, r) = (self.d, self.p[C4].len());
         let (n, w) = (dout.len() / r, WIDE * r);
+        let r1 = r0 + n;
         let p = &self.p;
         sc.wide.resize(n * w, T::zero());
         sc.wide2.resize(n * w, T::zero());
@@ -239,8 +265,10 @@ impl<T: Scalar> Mlp<T> {
         sc.y.resize(n * d.max(r), T::zero());
         sc.din.resize(n * d.max(r), T::zero());
         let (one, seq) = (T::one(), Par::Seq);
+        let (a1, a3) = (&s.a1[r0 * w..r1 * w], &s.a3[r0 * w..r1 * w]);
+        let (ln0, ln1) = (s.ln0.rows(r0, r1, d), s.ln1.rows(r0, r1, r));
         // out = gelu(a3) W4 + b4
-        gelu_with_grad(&s.a3, &mut sc.wide, &mut sc.wide2);
+        gelu_with_grad(a3, &mut sc.wide, &mut sc.wide2);
         gemm(
             rm_mut(&mut g[W4], w, r),
             rm(&sc.wide, n, w).transpose(),
@@ -260,7 +288,7 @@ impl<T: Scalar> Mlp<T> {
         );
         mul_assign(&mut sc.wide, &sc.wide2);
         // a3 = y2 W3 + b3, y2 = LN1(a2)
-        affine(&s.ln1.xhat, &p[G1], &p[B1], &mut sc.y[..n * r]);
+        affine(ln1.xhat, &p[G1], &p[B1], &mut sc.y[..n * r]);
         gemm(
             rm_mut(&mut g[W3], r, w),
             rm(&sc.y, n, r).transpose(),
@@ -279,9 +307,9 @@ impl<T: Scalar> Mlp<T> {
             seq,
         );
         let (dg1, db1) = pair_mut(g, G1, B1);
-        layernorm_backward(&sc.narrow, &s.ln1, &p[G1], one, &mut sc.narrow2, dg1, db1);
+        layernorm_backward(&sc.narrow, ln1, &p[G1], one, &mut sc.narrow2, dg1, db1);
         // a2 = gelu(a1) W2 + b2
-        gelu_with_grad(&s.a1, &mut sc.wide, &mut sc.wide2);
+        gelu_with_grad(a1, &mut sc.wide, &mut sc.wide2);
         gemm(
             rm_mut(&mut g[W2], w, r),
             rm(&sc.wide, n, w).transpose(),
@@ -301,7 +329,7 @@ impl<T: Scalar> Mlp<T> {
         );
         mul_assign(&mut sc.wide, &sc.wide2);
         // a1 = y0 W1 + b1, y0 = LN0(x)
-        affine(&s.ln0.xhat, &p[G0], &p[B0], &mut sc.y[..n * d]);
+        affine(ln0.xhat, &p[G0], &p[B0], &mut sc.y[..n * d]);
         gemm(
             rm_mut(&mut g[W1], d, w),
             rm(&sc.y, n, d).transpose(),
@@ -320,8 +348,31 @@ impl<T: Scalar> Mlp<T> {
             seq,
         );
         let (dg0, db0) = pair_mut(g, G0, B0);
-        layernorm_backward(&sc.y[..n * d], &s.ln0, &p[G0], one, &mut sc.din[..n * d], dg0, db0);
+        layernorm_backward(&sc.y[..n * d], ln0, &p[G0], one, &mut sc.din[..n * d], dg0, db0);
     }
+
+    /// Sizes `s` for `n` rows (the contents are written by the forward).
+    fn reserve(&self, s: &mut MlpSaved<T>, n: usize) {
+        let (d, r) = (self.d, self.p[C4].len());
+        let w = WIDE * r;
+        for (ln, width) in [(&mut s.ln0, d), (&mut s.ln1, r)] {
+            ln.xhat.resize(n * width, T::zero());
+            ln.rstd.resize(n, T::zero());
+        }
+        s.a1.resize(n * w, T::zero());
+        s.a3.resize(n * w, T::zero());
+    }
+}
+
+/// Rows per chunk of the networks: every network of the tree runs on one chunk of rows before
+/// the next, so that a chunk's activations (`[CHUNK, 8r]`) stay in the core's cache between
+/// the products and the elementwise passes (a fixed partition: the numbers do not depend on
+/// the number of threads).
+pub const CHUNK: usize = 256;
+
+/// The chunks `(r0, r1)` of `n` rows.
+fn chunks(n: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..n).step_by(CHUNK).map(move |r0| (r0, (r0 + CHUNK).min(n)))
 }
 
 /// A learned sketch: the tree of networks of Algorithm 2, mapping rows \\(x \in \mathbb R^h\\)
@@ -445,24 +496,37 @@ impl<T: Scalar> LearnedSketch<T> {
         let nodes = self.nodes.len();
         saved.n = n;
         saved.mlps.resize_with(self.mlps.len(), MlpSaved::default);
+        for (mlp, s) in self.mlps.iter().zip(&mut saved.mlps) {
+            mlp.reserve(s, n);
+        }
         saved.m.resize_with(self.mlps.len(), Vec::new);
         saved.t.resize_with(nodes, Vec::new);
         saved.out.resize_with(nodes, Vec::new);
         let sqrt_r = T::of((r as f64).sqrt());
         let LearnedSaved { mlps, m, t, out: outs, scratch, .. } = saved;
-        for (i, &(a, b)) in self.nodes.iter().enumerate() {
-            for (k, src) in [(2 * i, a), (2 * i + 1, b)] {
-                m[k].resize(n * r, T::zero());
-                let input = match src {
-                    Src::Input => x,
-                    Src::Node(j) => rm(&outs[j], n, r),
-                };
-                self.mlps[k].forward(input, &mut m[k], &mut mlps[k], scratch);
+        m.iter_mut()
+            .chain(t.iter_mut())
+            .chain(outs.iter_mut())
+            .for_each(|v| v.resize(n * r, T::zero()));
+        for (r0, r1) in chunks(n) {
+            let rows = r0 * r..r1 * r;
+            for (i, &(a, b)) in self.nodes.iter().enumerate() {
+                for (k, src) in [(2 * i, a), (2 * i + 1, b)] {
+                    let input = match src {
+                        Src::Input => x.subrows(r0, r1 - r0),
+                        Src::Node(j) => rm(&outs[j][rows.clone()], r1 - r0, r),
+                    };
+                    self.mlps[k].forward(input, &mut m[k][rows.clone()], &mut mlps[k], r0, scratch);
+                }
+                let (mi, ti, oi) = (&m[2 * i..2 * i + 2], &mut t[i], &mut outs[i]);
+                node_forward(
+                    &mi[0][rows.clone()],
+                    &mi[1][rows.clone()],
+                    &mut ti[rows.clone()],
+                    &mut oi[rows.clone()],
+                    sqrt_r,
+                );
             }
-            let (ti, oi) = (&mut t[i], &mut outs[i]);
-            ti.resize(n * r, T::zero());
-            oi.resize(n * r, T::zero());
-            node_forward(&m[2 * i], &m[2 * i + 1], ti, oi, sqrt_r);
         }
         out.copy_from(rm(&outs[nodes - 1], n, r));
     }
@@ -494,19 +558,25 @@ impl<T: Scalar> LearnedSketch<T> {
         sc.dx.resize(n * h, T::zero());
         // taken out of the scratch (and put back) so the networks can use the rest of it
         let (mut gate, mut dm) = (core::mem::take(&mut sc.gate), core::mem::take(&mut sc.dm));
-        for (i, &(a, b)) in self.nodes.iter().enumerate().rev() {
-            // out = √r tanh(m1 ∘ m2/√r): ∂m1 = ∂out (1 - t²) m2, ∂m2 = ∂out (1 - t²) m1
-            gate.resize(n * r, T::zero());
-            node_gate(&douts[i], &t[i], &mut gate);
-            for (k, other, src) in [(2 * i, 2 * i + 1, a), (2 * i + 1, 2 * i, b)] {
-                dm.resize(n * r, T::zero());
-                polysketch_core::linalg::scaled_product(&mut dm, &gate, &m[other], T::one());
-                let mlp = &self.mlps[k];
-                mlp.backward(&dm, &mlps[k], &mut grads[12 * k..12 * (k + 1)], sc);
-                let din = &sc.din[..n * mlp.d];
-                match src {
-                    Src::Input => sc.dx.iter_mut().zip(din).for_each(|(a, b)| *a += *b),
-                    Src::Node(j) => douts[j].copy_from_slice(din),
+        for (r0, r1) in chunks(n) {
+            let (rows, nc) = (r0 * r..r1 * r, r1 - r0);
+            gate.resize(nc * r, T::zero());
+            dm.resize(nc * r, T::zero());
+            for (i, &(a, b)) in self.nodes.iter().enumerate().rev() {
+                // out = √r tanh(m1 ∘ m2/√r): ∂m1 = ∂out (1 - t²) m2, ∂m2 = ∂out (1 - t²) m1
+                node_gate(&douts[i][rows.clone()], &t[i][rows.clone()], &mut gate);
+                for (k, other, src) in [(2 * i, 2 * i + 1, a), (2 * i + 1, 2 * i, b)] {
+                    let m_other = &m[other][rows.clone()];
+                    polysketch_core::linalg::scaled_product(&mut dm, &gate, m_other, T::one());
+                    let mlp = &self.mlps[k];
+                    mlp.backward(&dm, &mlps[k], r0, &mut grads[12 * k..12 * (k + 1)], sc);
+                    let din = &sc.din[..nc * mlp.d];
+                    match src {
+                        Src::Input => {
+                            sc.dx[r0 * h..r1 * h].iter_mut().zip(din).for_each(|(a, b)| *a += *b)
+                        }
+                        Src::Node(j) => douts[j][rows.clone()].copy_from_slice(din),
+                    }
                 }
             }
         }

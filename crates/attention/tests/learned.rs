@@ -166,3 +166,47 @@ fn bad_input_gets_typed_errors() {
     x[(1, 1)] = f64::NAN;
     assert!(s.apply(x.as_ref(), Par::Seq).is_err());
 }
+
+/// The networks run on chunks of `CHUNK` rows: over rows spanning several chunks (and a partial
+/// one) the forward matches the reference, and the backward's input gradient and summed
+/// parameter gradients match those of separate calls on pieces that cut across the chunks.
+#[test]
+fn rows_across_chunks_match_pieces() {
+    use polysketch_attention::learned::CHUNK;
+    for (h, r, degree) in [(6, 4, 2), (3, 2, 4)] {
+        let mut s = LearnedSketch::<f64>::new(h, r, degree, 11).unwrap();
+        perturb(&mut s, 5);
+        let n = 2 * CHUNK + 37;
+        let x = random(n, h, 8);
+        let g = random(n, r, 9);
+        let naive = learned_sketch_reference(&s, x.as_ref());
+        let mut saved = LearnedSaved::default();
+        let mut out = Mat::zeros(n, r);
+        s.forward(x.as_ref(), out.as_mut(), &mut saved);
+        let err = max_abs((&out - &naive).as_ref());
+        assert!(err <= 1e-12 * max_abs(naive.as_ref()), "forward: {err:e}");
+        let mut dx = Mat::zeros(n, h);
+        let mut grads = s.zero_grads();
+        s.backward(&mut saved, g.as_ref(), dx.as_mut(), &mut grads);
+        // pieces [0, 300) and [300, n): boundaries that are not the chunks'
+        let mut piece_grads = s.zero_grads();
+        let mut piece_dx = Mat::<f64>::zeros(n, h);
+        for (a, b) in [(0, 300), (300, n)] {
+            let mut sv = LearnedSaved::default();
+            let mut o = Mat::zeros(b - a, r);
+            s.forward(x.as_ref().subrows(a, b - a), o.as_mut(), &mut sv);
+            s.backward(
+                &mut sv,
+                g.as_ref().subrows(a, b - a),
+                piece_dx.as_mut().subrows_mut(a, b - a),
+                &mut piece_grads,
+            );
+        }
+        let err = max_abs((&dx - &piece_dx).as_ref());
+        assert!(err <= 1e-12 * max_abs(dx.as_ref()), "dx: {err:e}");
+        let scale = grads.iter().flatten().fold(0.0f64, |m, v| m.max(v.abs()));
+        for (a, b) in grads.iter().flatten().zip(piece_grads.iter().flatten()) {
+            assert!((a - b).abs() <= 1e-12 * scale, "parameter gradient {a} vs {b}");
+        }
+    }
+}

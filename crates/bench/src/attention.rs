@@ -52,6 +52,11 @@ pub struct AttentionBench {
     /// Element type of the device's inputs and outputs: f32 or bf16 (accumulation is f32).
     #[arg(long, default_value = "f32")]
     pub dtype: String,
+    /// Attention kinds to measure (comma separated, in the text form of `--attention`:
+    /// softmax, polynomial, random, random+local, learned, learned+local, with options as in
+    /// learned+local:r=64); the ratios need softmax among them.
+    #[arg(long, value_delimiter = ',', default_values_t = kinds())]
+    pub kinds: Vec<AttentionKind>,
     /// Measure nothing: draw attention_bench.svg into --out again from the attention_bench.csv
     /// of an earlier run.
     #[arg(long)]
@@ -243,7 +248,10 @@ pub fn run(args: &AttentionBench) -> Result<()> {
         "causal attention, f32, batch 1, h = {h}, {} threads; faer's 2048³ product in this run: {ceiling:.1} GFLOP/s",
         rayon::current_num_threads()
     );
-    let all = kinds();
+    let all = args.kinds.clone();
+    if all.is_empty() {
+        return Err(Error::Config("--kinds needs at least one kind".into()));
+    }
     // Untimed and unmeasured: every kind once at the smallest case, so that each thread's
     // packing buffers of the matrix-product library (private-gemm keeps 2 × L3 bytes per
     // thread, allocated at a thread's first product: 128 MiB here) exist before the first peak

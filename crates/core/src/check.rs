@@ -103,20 +103,22 @@ pub fn check_overflow<T: Scalar>(
     }
 }
 
-/// Whether every value is finite, vectorised: `x * 0` is 0 for finite `x` and NaN for NaN or
-/// infinity, summed in 16 independent lanes so the adds do not form one dependency chain.
-pub fn all_finite<T: Scalar>(xs: &[T]) -> bool {
-    const LANES: usize = 16;
-    let mut acc = [T::zero(); LANES];
-    let chunks = xs.chunks_exact(LANES);
-    let tail = chunks.remainder();
-    for chunk in chunks {
-        for (a, &x) in acc.iter_mut().zip(chunk) {
-            *a += x * T::zero();
+crate::multiversion! {
+    /// Whether every value is finite, vectorised: `x * 0` is 0 for finite `x` and NaN for NaN or
+    /// infinity, summed in 16 independent lanes so the adds do not form one dependency chain.
+    pub fn all_finite<T: Scalar>(xs: &[T]) -> bool {
+        const LANES: usize = 16;
+        let mut acc = [T::zero(); LANES];
+        let chunks = xs.chunks_exact(LANES);
+        let tail = chunks.remainder();
+        for chunk in chunks {
+            for (a, &x) in acc.iter_mut().zip(chunk) {
+                *a += x * T::zero();
+            }
         }
+        let lanes = acc.iter().fold(T::zero(), |s, &a| s + a);
+        (lanes + tail.iter().fold(T::zero(), |s, &x| s + x * T::zero())).is_finite()
     }
-    let lanes = acc.iter().fold(T::zero(), |s, &a| s + a);
-    (lanes + tail.iter().fold(T::zero(), |s, &x| s + x * T::zero())).is_finite()
 }
 
 /// The product of `sizes` in `u128`, saturating at `u128::MAX`: a size estimate that no

@@ -31,11 +31,25 @@ pub fn hadamard<T: Scalar>(dst: MatMut<'_, T>, x: MatRef<'_, T>, y: MatRef<'_, T
 
 /// `dst += scale * x` (entrywise).
 ///
+/// When one is row-major and the other column-major, it goes by tiles of 32 rows, so that both
+/// stay in cache (a plain transposed walk strides through memory and ran several times slower).
+///
 /// # Panics
 /// If the shapes differ.
 #[inline]
-pub fn axpy<T: Scalar>(dst: MatMut<'_, T>, x: MatRef<'_, T>, scale: T) {
-    zip!(dst, x).for_each(|unzip!(d, x)| *d += scale * *x);
+pub fn axpy<T: Scalar>(mut dst: MatMut<'_, T>, x: MatRef<'_, T>, scale: T) {
+    const TILE: usize = 32;
+    let transposed = |a: isize, b: isize| a == 1 && b != 1 || a != 1 && b == 1;
+    if !transposed(dst.row_stride(), x.row_stride()) || dst.nrows() <= TILE {
+        zip!(dst, x).for_each(|unzip!(d, x)| *d += scale * *x);
+        return;
+    }
+    let n = dst.nrows();
+    for r in (0..n).step_by(TILE) {
+        let len = TILE.min(n - r);
+        zip!(dst.as_mut().subrows_mut(r, len), x.subrows(r, len))
+            .for_each(|unzip!(d, x)| *d += scale * *x);
+    }
 }
 
 /// `dst = scale * x` (entrywise).
@@ -147,20 +161,20 @@ pub fn row_blocks<T>(m: MatMut<'_, T>, size: usize) -> Vec<MatMut<'_, T>> {
 /// ```
 #[macro_export]
 macro_rules! multiversion {
-    ($(#[$doc:meta])* $vis:vis fn $name:ident $(<$t:ident: Scalar>)? ($($arg:ident: $ty:ty),*) $body:block) => {
+    ($(#[$doc:meta])* $vis:vis fn $name:ident $(<$t:ident: Scalar>)? ($($arg:ident: $ty:ty),*) $(-> $ret:ty)? $body:block) => {
         $(#[$doc])*
         #[inline]
-        $vis fn $name $(<$t: $crate::Scalar>)? ($($arg: $ty),*) {
+        $vis fn $name $(<$t: $crate::Scalar>)? ($($arg: $ty),*) $(-> $ret)? {
             #[inline(always)]
-            fn body $(<$t: $crate::Scalar>)? ($($arg: $ty),*) $body
+            fn body $(<$t: $crate::Scalar>)? ($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f")]
-                fn avx512 $(<$t: $crate::Scalar>)? ($($arg: $ty),*) {
+                fn avx512 $(<$t: $crate::Scalar>)? ($($arg: $ty),*) $(-> $ret)? {
                     body($($arg),*)
                 }
                 #[target_feature(enable = "avx2,fma")]
-                fn avx2 $(<$t: $crate::Scalar>)? ($($arg: $ty),*) {
+                fn avx2 $(<$t: $crate::Scalar>)? ($($arg: $ty),*) $(-> $ret)? {
                     body($($arg),*)
                 }
                 if std::arch::is_x86_feature_detected!("avx512f") {

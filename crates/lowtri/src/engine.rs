@@ -1,5 +1,8 @@
 //! The block algorithm, forward and backward, batched over independent problems.
 
+use std::any::Any;
+use std::cell::RefCell;
+
 use faer::linalg::matmul::triangular::{BlockStructure, matmul as tri_matmul};
 use faer::prelude::ReborrowMut;
 use faer::{Accum, Mat, MatMut, MatRef, Par};
@@ -35,8 +38,10 @@ pub struct LowTri {
     block: usize,
 }
 
-/// Per-worker scratch, allocated once per rayon split, never per block.
+/// Per-worker scratch, allocated once per rayon split, never per block, and kept by each
+/// thread between calls ([`with_scratch`]).
 struct Scratch<T> {
+    key: ScratchKey,
     feat: Mat<T>,
     dfeat: Mat<T>,
     vjp: Mat<T>,
@@ -46,10 +51,12 @@ struct Scratch<T> {
 }
 
 impl<T: Scalar> Scratch<T> {
-    fn new(b: usize, m: usize, r: usize, backward: bool) -> Self {
+    fn new(key: ScratchKey) -> Self {
+        let ScratchKey { b, m, r, backward } = key;
         let z = |rows, cols| Mat::zeros(rows, cols);
         let (bb, bm) = if backward { (b, b) } else { (0, 0) };
         Self {
+            key,
             feat: z(b, m),
             dfeat: z(bm, m),
             vjp: z(bm, r),
@@ -58,6 +65,51 @@ impl<T: Scalar> Scratch<T> {
             ds: z(bb, bb),
         }
     }
+}
+
+/// The shape of a [`Scratch`]: block rows `b`, feature width `m`, sketch width `r`, and
+/// whether it holds the backward's extra buffers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ScratchKey {
+    b: usize,
+    m: usize,
+    r: usize,
+    backward: bool,
+}
+
+/// How many scratches of other shapes a thread keeps between calls.
+const POOL_SIZE: usize = 4;
+
+thread_local! {
+    /// Each thread's scratches from earlier calls (fresh ones per call cost page faults and
+    /// zeroing: about 2 % of a PolySketch layer's time at n = 32k). At most [`POOL_SIZE`], the
+    /// oldest dropped first; a few MiB each (`b(2m + r) + 3b²` values).
+    static POOL: RefCell<Vec<Box<dyn Any>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on a scratch of shape `key`: this thread's from an earlier call if it has one,
+/// else a new one; kept afterwards. Every task writes the scratch before reading it, so what an
+/// earlier call left there never shows in a result.
+fn with_scratch<T: Scalar, R>(key: ScratchKey, f: impl FnOnce(&mut Scratch<T>) -> R) -> R {
+    let kept = POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        let at =
+            pool.iter().position(|b| b.downcast_ref::<Scratch<T>>().is_some_and(|s| s.key == key));
+        at.map(|i| pool.remove(i))
+    });
+    let mut s = match kept.map(|b| b.downcast::<Scratch<T>>()) {
+        Some(Ok(s)) => *s,
+        _ => Scratch::new(key),
+    };
+    let out = f(&mut s);
+    POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        if pool.len() >= POOL_SIZE {
+            pool.remove(0);
+        }
+        pool.push(Box::new(s));
+    });
+    out
 }
 
 /// Cuts `m` into consecutive column blocks of `size`.
@@ -77,14 +129,10 @@ fn optional_row_blocks<T>(
 
 /// Runs `f` on every task, in parallel under `Par::Rayon`, with per-worker scratch.
 fn run<T: Scalar, J: Send>(
-    tasks: Vec<J>, par: Par, scratch: impl Fn() -> Scratch<T> + Sync + Send,
-    f: impl Fn(&mut Scratch<T>, J) + Sync + Send,
+    tasks: Vec<J>, par: Par, key: ScratchKey, f: impl Fn(&mut Scratch<T>, J) + Sync + Send,
 ) {
     match par {
-        Par::Seq => {
-            let mut s = scratch();
-            tasks.into_iter().for_each(|t| f(&mut s, t));
-        }
+        Par::Seq => with_scratch(key, |s| tasks.into_iter().for_each(|t| f(s, t))),
         Par::Rayon(_) => {
             // Two groups of consecutive tasks per thread: scratch is made once per group (it
             // is large, and zeroing it per task costs more than the work). Which thread runs
@@ -97,8 +145,7 @@ fn run<T: Scalar, J: Send>(
                 chunks.push(it.by_ref().take(size).collect());
             }
             chunks.into_par_iter().for_each(|chunk| {
-                let mut s = scratch();
-                chunk.into_iter().for_each(|t| f(&mut s, t));
+                with_scratch(key, |s| chunk.into_iter().for_each(|t| f(s, t)));
             });
         }
     }
@@ -269,7 +316,7 @@ impl LowTri {
                 tasks.push(ForwardTask { problem: pi, block: l, out: o, h: hb });
             }
         }
-        let scratch = || Scratch::new(rows, m_max, r_max, false);
+        let scratch = ScratchKey { b: rows, m: m_max, r: r_max, backward: false };
         run(tasks, par, scratch, |sc, t| {
             let p = &problems[t.problem];
             let (s, len) = (t.block * b, t.out.nrows());
@@ -307,7 +354,7 @@ impl LowTri {
         run(
             tasks,
             par,
-            || Scratch::new(rows, m_max, r_max, false),
+            ScratchKey { b: rows, m: m_max, r: r_max, backward: false },
             |sc, (pi, l, o)| {
                 let p = &problems[pi];
                 let al = p.a_rows(l * b, o.nrows(), &mut sc.feat);
@@ -464,12 +511,12 @@ impl LowTri {
                 });
             }
         }
-        let scratch = || Scratch::new(rows, m_max, r_max, true);
+        let scratch = ScratchKey { b: rows, m: m_max, r: r_max, backward: true };
         run(tasks, par, scratch, |sc, t| {
             let p = &problems[t.problem];
             let (m, s, len) = (p.m(), t.block * b, t.d_out.nrows());
             let c = p.c.subrows(s, len);
-            let Scratch { feat, dfeat, vjp, s: sbuf, g: gbuf, ds } = sc;
+            let Scratch { feat, dfeat, vjp, s: sbuf, g: gbuf, ds, .. } = sc;
             let (mut w, mut d_a, d_b, mut d_c) = (t.w, t.d_a, t.d_b, t.d_c);
             if t.block > 0 {
                 // in the forward pass out_l += A_l Z_l, so dA_l = dout_l Z_lᵀ ...
@@ -534,7 +581,7 @@ impl LowTri {
         run(
             tasks,
             par,
-            || Scratch::new(rows, m_max, r_max, true),
+            ScratchKey { b: rows, m: m_max, r: r_max, backward: true },
             |sc, (pi, l, mut d_b, d_c)| {
                 let p = &problems[pi];
                 let (m, s, len) = (p.m(), l * b, d_c.nrows());
