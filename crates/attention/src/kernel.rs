@@ -47,7 +47,32 @@ fn each_head<T: Scalar, R: Send>(
     }
 }
 
+/// The rows of \\(\tilde q\\) and \\(\tilde k\\) whose sketches the products read, as
+/// `(first row, count)`.
+#[derive(Debug, Clone, Copy)]
+struct SketchedRows {
+    queries: (usize, usize),
+    keys: (usize, usize),
+}
+
 impl<T: Scalar> Attention<T> {
+    /// Which rows need a sketch. Causal with exact local blocks of `b` rows, the sketched part
+    /// pairs a query block only with earlier key blocks: the queries of the first block and the
+    /// keys of the last are never paired, so their rows of \\(L\\), \\(R\\) stay 0 and
+    /// are not sketched (at \\(n \le b\\) none is, and the layer costs what exact polynomial
+    /// attention does; the sketch's gradients are then 0, as they are whenever its output is
+    /// unused). Otherwise every row.
+    fn sketched_rows(&self, n: usize) -> SketchedRows {
+        match self.config.kind {
+            AttentionKind::PolySketch(c) if c.local && self.config.causal && c.block > 0 => {
+                let first = c.block.min(n);
+                let last = (n.saturating_sub(1) / c.block) * c.block;
+                SketchedRows { queries: (first, n - first), keys: (0, last) }
+            }
+            _ => SketchedRows { queries: (0, n), keys: (0, n) },
+        }
+    }
+
     /// Kernel (PolySketch or exact polynomial) forward of every head.
     pub(crate) fn kernel_forward(
         &self, views: &[HeadViews<'_, T>], out: &mut [T], saved: &mut Saved<T>, par: Par,
@@ -99,12 +124,19 @@ impl<T: Scalar> Attention<T> {
             self.qk_forward(x.k, &mut s.kt.data, &mut s.ln_k);
             reshape_mat(&mut s.l, n, r);
             reshape_mat(&mut s.r, n, r);
-            if let Some(ls) = &self.learned {
-                ls.forward(s.qt.as_ref(), s.l.as_mut(), &mut s.learned_q);
-                ls.forward(s.kt.as_ref(), s.r.as_mut(), &mut s.learned_k);
-            } else if let Some(sk) = sketch {
-                sk.apply_into(s.qt.as_ref(), s.l.as_mut(), Par::Seq)?;
-                sk.apply_into(s.kt.as_ref(), s.r.as_mut(), Par::Seq)?;
+            let rows = self.sketched_rows(n);
+            s.l.fill(T::zero());
+            s.r.fill(T::zero());
+            for (x, f, sv, (r0, len)) in [
+                (&s.qt, &mut s.l, &mut s.learned_q, rows.queries),
+                (&s.kt, &mut s.r, &mut s.learned_k, rows.keys),
+            ] {
+                let (x, f) = (x.as_ref().subrows(r0, len), f.as_mut().subrows_mut(r0, len));
+                match (&self.learned, sketch) {
+                    (Some(ls), _) => ls.forward(x, f, sv),
+                    (None, Some(sk)) if len > 0 => sk.apply_into(x, f, Par::Seq)?,
+                    _ => {}
+                }
             }
             s.c.reshape(n, h + 1);
             for i in 0..n {
@@ -269,6 +301,7 @@ impl<T: Scalar> Attention<T> {
                     }
                     Core::Exact { .. } => unreachable!("matched above"),
                 };
+                let rows = self.sketched_rows(n);
                 let done: Vec<Result<()>> = each_head(heads, par, |idx, s| {
                     let g = &lt[idx];
                     // forward: L = S(q̃), R = S(k̃)
@@ -278,14 +311,31 @@ impl<T: Scalar> Attention<T> {
                                 s.d_learned = ls.zero_grads();
                             }
                             s.d_learned.iter_mut().for_each(|g| g.fill(T::zero()));
-                            let (d_learned, dqt, dkt) =
-                                (&mut s.d_learned, s.dqt.as_mut(), s.dkt.as_mut());
-                            ls.backward(&mut s.learned_q, g.d_a.as_ref(), dqt, d_learned);
-                            ls.backward(&mut s.learned_k, g.d_b.as_ref(), dkt, d_learned);
+                            let HeadSaved { learned_q, learned_k, dqt, dkt, d_learned, .. } = s;
+                            for (sv, d, dx, (r0, len)) in [
+                                (learned_q, &g.d_a, dqt, rows.queries),
+                                (learned_k, &g.d_b, dkt, rows.keys),
+                            ] {
+                                dx.data.fill(T::zero());
+                                let dx = dx.as_mut().subrows_mut(r0, len);
+                                ls.backward(sv, d.as_ref().subrows(r0, len), dx, d_learned);
+                            }
                         }
                         (None, Some(sk)) => {
-                            sk.vjp_into(s.qt.as_ref(), g.d_a.as_ref(), s.dqt.as_mut(), Par::Seq)?;
-                            sk.vjp_into(s.kt.as_ref(), g.d_b.as_ref(), s.dkt.as_mut(), Par::Seq)?;
+                            for (x, d, dx, (r0, len)) in [
+                                (&s.qt, &g.d_a, &mut s.dqt, rows.queries),
+                                (&s.kt, &g.d_b, &mut s.dkt, rows.keys),
+                            ] {
+                                dx.data.fill(T::zero());
+                                if len > 0 {
+                                    sk.vjp_into(
+                                        x.as_ref().subrows(r0, len),
+                                        d.as_ref().subrows(r0, len),
+                                        dx.as_mut().subrows_mut(r0, len),
+                                        Par::Seq,
+                                    )?;
+                                }
+                            }
                         }
                         (None, None) => {
                             return Err(AttentionError::InvalidState {

@@ -248,3 +248,30 @@ fn bad_input_gets_typed_errors() {
     let err = huge.forward(&x, &x, &x, 1 << 10, 1 << 20, Par::Seq).unwrap_err();
     assert!(matches!(err, AttentionError::TooLarge { .. }), "{err}");
 }
+
+/// Causal with local blocks, a sequence of one block is exact polynomial attention: the sketch
+/// is never read, so the layer skips it and its networks' gradients are exactly 0.
+#[test]
+fn one_causal_block_is_exact_polynomial_attention() {
+    let (batch, heads, h, n, p) = (2, 2, 6, 16, 4);
+    for is_learned in [false, true] {
+        let c = config(heads, h, p, 5, 16, true);
+        let mut layer = Attention::<f64>::new(if is_learned { learned(c) } else { c }).unwrap();
+        perturb_parameters(&mut layer, 3);
+        let mut exact =
+            Attention::<f64>::new(AttentionConfig { kind: AttentionKind::Polynomial { p }, ..c })
+                .unwrap();
+        for (dst, src) in exact.parameters_mut().into_iter().zip(layer.parameters()) {
+            dst.data.copy_from_slice(src.data); // the q/k layer norm comes first in both
+        }
+        let [q, k, v, g] = qkvg::<f64>(batch * heads * n * h, 7);
+        let (out, mut saved) = layer.forward(&q, &k, &v, batch, n, Par::Seq).unwrap();
+        let (want, _) = exact.forward(&q, &k, &v, batch, n, Par::Seq).unwrap();
+        let err = out.iter().zip(&want).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+        assert!(err <= 1e-12, "learned={is_learned}: {err:e}");
+        let grads = layer.backward(&mut saved, &g, Par::Seq).unwrap();
+        for (name, d) in grads.params.iter().filter(|(name, _)| name.starts_with("sketch.")) {
+            assert!(d.iter().all(|&x| x == 0.0), "{name} has a nonzero gradient");
+        }
+    }
+}
