@@ -108,6 +108,33 @@ fn a_closed_pipe_ends_the_program_quietly() {
 }
 
 #[test]
+fn bench_attention_measures_the_kinds_asked_for() {
+    let dir = scratch("kinds");
+    let o = run(&[
+        "bench",
+        "attention",
+        "--n",
+        "300",
+        "--heads",
+        "1",
+        "--reps",
+        "1",
+        "--kinds",
+        "softmax,learned+local:r=8",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    let out = text(&o.stdout);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(out.contains("softmax") && out.contains("polysketch learned+local"), "{out}");
+    assert!(!out.contains("polynomial") && !out.contains("random"), "{out}");
+    let last = out.trim_end().lines().last().unwrap_or_default();
+    assert!(last.starts_with("speedup 300 "), "{last}");
+    assert_refused(&["bench", "attention", "--kinds", "cosine"], "invalid value");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn bad_thread_counts_and_batch_counts_are_refused() {
     for args in
         [&["--threads", "0", "bench", "attention"][..], &["train", "--eval-batches", "0"][..]]

@@ -7,7 +7,7 @@ use std::time::Instant;
 use faer::Par;
 use indicatif::{ProgressBar, ProgressStyle};
 use polysketch_attention::{
-    Attention, AttentionConfig, AttentionError, AttentionKind, Grads, Saved, SketchKind,
+    Attention, AttentionConfig, AttentionError, AttentionKind, Grads, Saved,
 };
 
 use crate::scaling::{self, Series};
@@ -53,9 +53,14 @@ pub struct AttentionBench {
     #[arg(long, default_value = "f32")]
     pub dtype: String,
     /// Attention kinds to measure (comma separated, in the text form of `--attention`:
-    /// softmax, polynomial, random, random+local, learned, learned+local, with options as in
-    /// learned+local:r=64); the ratios need softmax among them.
-    #[arg(long, value_delimiter = ',', default_values_t = kinds())]
+    /// softmax, polynomial, random, random+local, learned, learned+local, each with at most one
+    /// option, as in learned+local:r=64, since commas separate kinds); the ratios need softmax
+    /// among them.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "softmax,polynomial,random,random+local,learned,learned+local"
+    )]
     pub kinds: Vec<AttentionKind>,
     /// Measure nothing: draw attention_bench.svg into --out again from the attention_bench.csv
     /// of an earlier run.
@@ -66,19 +71,6 @@ pub struct AttentionBench {
 /// The label of the closing `speedup` line's kind (the paper's best model: learned sketches
 /// with exact local blocks, p = 4, r = 32).
 const SPEEDUP_KIND: &str = "polysketch learned+local";
-
-/// The kinds of the benchmark (p = 4, r = 32, b = 256).
-fn kinds() -> Vec<AttentionKind> {
-    let sketch = AttentionKind::polysketch;
-    vec![
-        AttentionKind::Softmax,
-        AttentionKind::Polynomial { p: 4 },
-        sketch(SketchKind::Random, false),
-        sketch(SketchKind::Random, true),
-        sketch(SketchKind::Learned, false),
-        sketch(SketchKind::Learned, true),
-    ]
-}
 
 /// Median wall time of `reps` runs, in seconds.
 pub(crate) fn median(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
