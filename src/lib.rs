@@ -43,6 +43,8 @@ pub use polysketch_lowtri as lowtri;
 pub use polysketch_sketch as sketch;
 pub use polysketch_tensoring as tensoring;
 
+#[cfg(feature = "mpi")]
+pub mod distributed;
 pub mod io;
 pub mod run;
 

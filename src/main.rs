@@ -130,6 +130,11 @@ struct ModelArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Sequences per piece of the batch, whose gradients are summed in a fixed chain (0: the
+    /// whole batch, or each MPI rank's share, is one piece). With the same pieces, any rank
+    /// count that divides the batch trains the same model bit for bit [default: 1]
+    #[arg(long)]
+    piece: Option<usize>,
 }
 
 /// Options of `train`.
@@ -319,6 +324,7 @@ fn configs(
     t.steps = m.steps.unwrap_or(t.steps);
     t.batch = m.batch.unwrap_or(t.batch);
     t.lr = m.lr.unwrap_or(t.lr);
+    t.piece = m.piece.unwrap_or(t.piece);
     t.warmup = m.warmup.unwrap_or(t.steps / 10);
     t.decay = match m.decay.as_str() {
         "cosine" => Decay::Cosine,
@@ -371,10 +377,30 @@ fn train(args: TrainArgs) -> polysketch::Result<()> {
             .map_or_else(|| PathBuf::from("."), |p| p.to_path_buf()),
         (None, None) => run::new_run_dir("train"),
     };
-    if args.resume.is_none() {
-        clear_if_forced(m, &out)?;
-    }
-    let s = run::train(model, cfg, &out, args.resume.as_deref(), m.stop_after, m.quiet)?;
+    let resume = args.resume.as_deref();
+    #[cfg(feature = "mpi")]
+    let s = {
+        // every rank runs the same command; an error on one ends them all (MPI_Abort)
+        let comm = polysketch::distributed::Mpi::init()?;
+        let many = polysketch::gpt::Collective::size(&comm) > 1;
+        let first = polysketch::gpt::Collective::rank(&comm) == 0;
+        let cleared = if first && resume.is_none() { clear_if_forced(m, &out) } else { Ok(()) };
+        let s = cleared
+            .and_then(|()| run::train_with(model, cfg, &out, resume, m.stop_after, m.quiet, &comm));
+        match s {
+            Err(e) if many => comm.abort(&e.to_string()),
+            Err(e) => return Err(e),
+            Ok(_) if !first => return Ok(()),
+            Ok(s) => s,
+        }
+    };
+    #[cfg(not(feature = "mpi"))]
+    let s = {
+        if resume.is_none() {
+            clear_if_forced(m, &out)?;
+        }
+        run::train(model, cfg, &out, resume, m.stop_after, m.quiet)?
+    };
     println!(
         "{} ({} parameters, {}): step {}, validation loss {:.4}, perplexity {:.2}, {:.0} tokens/s",
         out.display(),

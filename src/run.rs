@@ -6,12 +6,12 @@ use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 
 use indicatif::{ProgressBar, ProgressStyle};
-use polysketch_gpt::GptConfig;
 pub use polysketch_gpt::run::{
     DEFAULT_DATA, EvalReport, RunConfig, RunSummary, Source, eval, load_model, new_run_dir,
 };
 use polysketch_gpt::run::{Progress, StepReport};
 pub use polysketch_gpt::sample::{generate, generate_streaming};
+use polysketch_gpt::{Collective, GptConfig, SingleProcess};
 
 use crate::Result;
 use crate::plot::{Axes, Line, line_plot, line_plot_capped};
@@ -102,11 +102,33 @@ pub fn train(
     model_config: GptConfig, run: RunConfig, out: &Path, resume: Option<&Path>,
     stop_after: Option<usize>, quiet: bool,
 ) -> Result<RunSummary> {
-    let mut shown = Shown::new(quiet);
-    let summary =
-        polysketch_gpt::run::train(model_config, run, out, resume, stop_after, &mut shown)?;
-    let csv = std::fs::read_to_string(out.join("metrics.csv"))?;
-    plot_losses(&csv, &out.join("loss.svg"))?;
+    train_with(model_config, run, out, resume, stop_after, quiet, &SingleProcess)
+}
+
+/// [`train`] as one rank of a data-parallel run over `comm`
+/// ([`polysketch_gpt::run::train_with`]): only rank 0 shows progress and draws the plot.
+///
+/// # Errors
+/// As [`train`].
+pub fn train_with(
+    model_config: GptConfig, run: RunConfig, out: &Path, resume: Option<&Path>,
+    stop_after: Option<usize>, quiet: bool, comm: &dyn Collective,
+) -> Result<RunSummary> {
+    let writer = comm.rank() == 0;
+    let mut shown = Shown::new(quiet || !writer);
+    let summary = polysketch_gpt::run::train_with(
+        model_config,
+        run,
+        out,
+        resume,
+        stop_after,
+        &mut shown,
+        comm,
+    )?;
+    if writer {
+        let csv = std::fs::read_to_string(out.join("metrics.csv"))?;
+        plot_losses(&csv, &out.join("loss.svg"))?;
+    }
     Ok(summary)
 }
 

@@ -39,6 +39,14 @@ pub enum Error {
         /// The shape it got.
         got: (usize, usize),
     },
+    /// The ranks of a data-parallel job could not combine their numbers.
+    #[error("{op}: {reason}")]
+    Collective {
+        /// The operation.
+        op: &'static str,
+        /// What went wrong.
+        reason: String,
+    },
     /// An input holds a NaN or an infinity.
     #[error("{op}: input `{input}` has a non-finite value at row {row}, column {col}")]
     NonFinite {

@@ -13,6 +13,7 @@
 //! | [`for_each_row_chunk`] | row chunks of [`CHUNK_ROWS`] whatever the thread count |
 //! | [`io::write_atomic`] | crash-safe file writes |
 //! | [`tree`] | the binary tree of a learned sketch, shared with the GPU crate |
+//! | [`collective`] | the fixed-order sums of data-parallel jobs (one process, or MPI ranks) |
 //!
 //! # Example
 //!
@@ -35,6 +36,7 @@
 pub use faer;
 
 mod check;
+pub mod collective;
 mod error;
 pub mod io;
 pub mod linalg;

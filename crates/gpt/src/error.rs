@@ -81,6 +81,10 @@ pub enum GptError {
     /// An error of an attention layer.
     #[error(transparent)]
     Attention(#[from] AttentionError),
+    /// The ranks of a data-parallel run could not combine their numbers (or another check of
+    /// the numeric base refused).
+    #[error(transparent)]
+    Core(#[from] polysketch_core::Error),
 }
 
 /// This crate's result type.

@@ -61,4 +61,4 @@ pub use optim::{AdamW, Decay, Schedule};
 /// The attention kind of a model's blocks (the attention crate's).
 pub use polysketch_attention::AttentionKind;
 pub use sample::{generate, generate_streaming};
-pub use train::{StepStats, TrainConfig, Trainer, evaluate};
+pub use train::{Collective, SingleProcess, StepStats, TrainConfig, Trainer, evaluate, shard};

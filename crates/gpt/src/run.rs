@@ -14,7 +14,11 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{self, Meta};
 use crate::data::{Corpus, Tokenizer, TokenizerSpec, read_text};
 use crate::tasks::{Task, TaskBatch, exact_accuracy};
-use crate::{Activations, Gpt, GptConfig, GptError, Result, TrainConfig, Trainer, evaluate};
+use crate::{
+    Activations, Collective, Gpt, GptConfig, GptError, IGNORE, Result, SingleProcess, TrainConfig,
+    Trainer, shard,
+};
+use polysketch_core::collective::share;
 
 /// The corpus a text run reads when none is given (Austen's *Emma* and *Persuasion*, 1.35 MB,
 /// under the source tree's `data/`).
@@ -206,22 +210,40 @@ impl Data {
         }
     }
 
-    /// Held-out loss and, for tasks, exact accuracy.
+    /// Held-out loss and, for tasks, exact accuracy, the held-out batches shared by the ranks
+    /// (consecutive runs of batches, summed by the chain in batch order: the same numbers for
+    /// any rank count).
     fn evaluate(
         &self, model: &Gpt<f32>, t: &TrainConfig, acts: &mut Activations<f32>,
+        comm: &dyn Collective,
     ) -> Result<(f64, Option<f64>)> {
+        let mine = |len: usize| share(len, comm.rank(), comm.size());
         match self {
             Data::Text(_, val) => {
-                Ok((evaluate(model, val, t.batch, t.seq, acts, Par::rayon(0))?, None))
+                let count: usize =
+                    val.iter().map(|(_, y)| y.iter().filter(|&&t| t != IGNORE).count()).sum();
+                let mut sums = Vec::new();
+                for (x, y) in &val[mine(val.len())] {
+                    let c = y.iter().filter(|&&t| t != IGNORE).count();
+                    sums.push(model.forward(x, y, t.batch, t.seq, acts, Par::rayon(0))? * c as f64);
+                }
+                Ok((comm.chain_values(&sums)? / count.max(1) as f64, None))
             }
             Data::Task(_, held) => {
-                let (mut loss, mut acc) = (0.0, 0.0);
-                for b in held {
-                    loss +=
-                        model.forward(&b.tokens, &b.targets, b.batch, b.n, acts, Par::rayon(0))?;
-                    acc += exact_accuracy(acts.probs(), b, model.config().vocab);
+                let (mut losses, mut accs) = (Vec::new(), Vec::new());
+                for b in &held[mine(held.len())] {
+                    losses.push(model.forward(
+                        &b.tokens,
+                        &b.targets,
+                        b.batch,
+                        b.n,
+                        acts,
+                        Par::rayon(0),
+                    )?);
+                    accs.push(exact_accuracy(acts.probs(), b, model.config().vocab));
                 }
-                Ok((loss / held.len() as f64, Some(acc / held.len() as f64)))
+                let len = held.len() as f64;
+                Ok((comm.chain_values(&losses)? / len, Some(comm.chain_values(&accs)? / len)))
             }
         }
     }
@@ -283,7 +305,26 @@ pub fn train(
     model_config: GptConfig, run: RunConfig, out: &Path, resume: Option<&Path>,
     stop_after: Option<usize>, progress: &mut dyn Progress,
 ) -> Result<RunSummary> {
-    if resume.is_none() {
+    train_with(model_config, run, out, resume, stop_after, progress, &SingleProcess)
+}
+
+/// [`train`] as one rank of a data-parallel run over `comm`: every rank builds the same model
+/// from the seed (or reads the same checkpoint), trains on its share of each global batch
+/// ([`shard`]: `--batch` stays the global batch) and takes the same step
+/// ([`Trainer::step_sharded`]); the held-out batches are shared too. Rank 0 alone writes the
+/// checkpoint and `metrics.csv` and reports to `progress`. With [`TrainConfig::piece`] fixed,
+/// the metrics are the same, as text, for any rank count that divides the batch.
+///
+/// # Errors
+/// As [`train`]; a rank count that does not divide the batch. An error on one rank is an
+/// error on every rank only where the numbers make it so (a diverged loss): the caller ends
+/// the other ranks otherwise (the `polysketch` program calls `MPI_Abort`).
+pub fn train_with(
+    model_config: GptConfig, run: RunConfig, out: &Path, resume: Option<&Path>,
+    stop_after: Option<usize>, progress: &mut dyn Progress, comm: &dyn Collective,
+) -> Result<RunSummary> {
+    let writer = comm.rank() == 0;
+    if resume.is_none() && writer {
         run.validate(&model_config)?;
         refuse_existing_run(out)?;
     }
@@ -328,17 +369,28 @@ pub fn train(
         )));
     }
     let t = run.train;
+    let (first, last) = shard(t.batch, t.piece, comm.rank(), comm.size())?;
     let model_config = *trainer.model.config();
     let bytes = trainer.model.activation_bytes(t.batch, t.seq);
     if bytes > crate::MAX_ACTIVATION_BYTES {
         return Err(GptError::TooLarge { op: "train", bytes, limit: crate::MAX_ACTIVATION_BYTES });
     }
     let data = Data::load(&run, &model_config, &tokenizer)?;
-    std::fs::create_dir_all(out).map_err(|e| file_err(out, e))?;
     let csv_path = out.join("metrics.csv");
-    let mut csv = previous_rows(&csv_path, start);
+    let mut csv = String::new();
+    if writer {
+        std::fs::create_dir_all(out).map_err(|e| file_err(out, e))?;
+        csv = previous_rows(&csv_path, start);
+    }
+    // what only rank 0 writes
+    let write_csv = |csv: &str| match writer {
+        true => write_atomic(&csv_path, csv.as_bytes()).map_err(|e| file_err(&csv_path, e)),
+        false => Ok(()),
+    };
     let end = stop_after.map_or(t.steps, |s| s.min(t.steps));
-    progress.start(start, t.steps);
+    if writer {
+        progress.start(start, t.steps);
+    }
     let tokens_per_step = t.batch * t.seq;
     let mut acts = Activations::new();
     let mut losses = Vec::new();
@@ -347,11 +399,15 @@ pub fn train(
     let mut done = start;
     for step in start..end {
         let (x, y) = data.batch(&t, step);
-        let s = match trainer.step(&x, &y, t.batch, t.seq, Par::rayon(0)) {
+        let targets = y.iter().filter(|&&v| v != IGNORE).count();
+        let rows = first * t.seq..last * t.seq;
+        let (x, y) = (&x[rows.clone()], &y[rows]);
+        let s = match trainer.step_sharded(x, y, last - first, t.seq, targets, comm, Par::rayon(0))
+        {
             Ok(s) => s,
             Err(e) => {
                 // the metrics so far show the climb; the last checkpoint stays as it was
-                write_atomic(&csv_path, csv.as_bytes()).map_err(|e| file_err(&csv_path, e))?;
+                write_csv(&csv)?;
                 return Err(diverged(e, step + 1, t.schedule().lr(step), out, run.eval_every));
             }
         };
@@ -361,7 +417,7 @@ pub fn train(
         let mut last = step + 1 == end;
         let mut row = (f64::NAN, None);
         if last || (run.eval_every > 0 && (step + 1) % run.eval_every == 0) {
-            row = data.evaluate(&trainer.model, &t, &mut acts)?;
+            row = data.evaluate(&trainer.model, &t, &mut acts, comm)?;
             val_loss = row.0;
             accuracy = row.1;
             if solved_at.is_none() && accuracy.is_some_and(|a| a >= 0.99) {
@@ -370,7 +426,9 @@ pub fn train(
             if let (Some(goal), Some(a)) = (run.stop_at_accuracy, accuracy) {
                 last |= a >= goal;
             }
-            save(&trainer, &run, &tokenizer, &out.join("checkpoint"))?;
+            if writer {
+                save(&trainer, &run, &tokenizer, &out.join("checkpoint"))?;
+            }
         }
         done = step + 1;
         let _ = writeln!(
@@ -387,7 +445,7 @@ pub fn train(
             tps,
             elapsed
         );
-        progress.step(&StepReport {
+        let report = StepReport {
             step: step + 1,
             total: t.steps,
             end,
@@ -398,16 +456,21 @@ pub fn train(
             accuracy,
             tokens_per_s: tps,
             elapsed,
-        });
+        };
+        if writer {
+            progress.step(&report);
+        }
         if last || (step + 1) % 10 == 0 {
-            write_atomic(&csv_path, csv.as_bytes()).map_err(|e| file_err(&csv_path, e))?;
+            write_csv(&csv)?;
         }
         if last {
             break;
         }
     }
-    progress.finish();
-    write_atomic(&csv_path, csv.as_bytes()).map_err(|e| file_err(&csv_path, e))?;
+    if writer {
+        progress.finish();
+    }
+    write_csv(&csv)?;
     let tokens_per_s = ((done - start) * tokens_per_step) as f64 / began.elapsed().as_secs_f64();
     Ok(RunSummary {
         step: done,
@@ -552,7 +615,7 @@ pub fn eval(ckpt: &Path, data: Option<&Path>, batches: usize) -> Result<EvalRepo
         Data::Text(_, v) => v.len(),
         Data::Task(_, h) => h.len(),
     };
-    let (loss, _) = d.evaluate(&model, &run.train, &mut Activations::new())?;
+    let (loss, _) = d.evaluate(&model, &run.train, &mut Activations::new(), &SingleProcess)?;
     Ok(EvalReport {
         loss,
         batches,

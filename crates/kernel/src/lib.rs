@@ -56,4 +56,4 @@ pub use pca::{
     principal_angles, top_eigenpairs,
 };
 pub use polykernel::{FeatureKind, PolyKernel, SketchFeatures, symmetric_base_size};
-pub use ridge::{KernelRidge, Ridge, r2, rmse, select_by_r2};
+pub use ridge::{KernelRidge, NormalEquations, Ridge, r2, rmse, select_by_r2};

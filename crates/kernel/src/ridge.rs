@@ -5,7 +5,8 @@ use faer::linalg::cholesky::llt::factor::{
     LltRegularization, cholesky_in_place, cholesky_in_place_scratch,
 };
 use faer::linalg::cholesky::llt::solve::{solve_in_place_scratch, solve_in_place_with_conj};
-use faer::{Conj, Mat, MatRef, Par};
+use faer::{Conj, Mat, MatMut, MatRef, Par};
+use polysketch_core::collective::Collective;
 use polysketch_core::linalg::gemm;
 
 use crate::error::{KernelError, Result, enough_rows, finite, same};
@@ -83,14 +84,22 @@ impl Ridge {
         gemm(gram.as_mut(), features.transpose(), features, 1.0, false, par);
         let mut rhs = Mat::zeros(d, 1);
         gemm(rhs.as_mut(), features.transpose(), yc.as_ref(), 1.0, false, par);
-        lambdas
-            .iter()
-            .map(|&lambda| {
-                let mut w = rhs.clone();
-                solve_regularised(OP, gram.as_ref(), lambda, &mut w, par)?;
-                Ok(Ridge { weights: (0..d).map(|i| w[(i, 0)]).collect(), intercept: mean, lambda })
-            })
-            .collect()
+        solve_path(OP, gram.as_ref(), &rhs, mean, lambdas, par)
+    }
+
+    /// [`fit_path`](Self::fit_path) over rows spread across the ranks of `comm`: each rank
+    /// passes only its rows (`features: [n_r, D]`, `y: [n_r]`, possibly none); see
+    /// [`NormalEquations`], which this runs (and which takes rows in chunks, for data larger
+    /// than memory).
+    ///
+    /// # Errors
+    /// As [`fit_path`](Self::fit_path) (2 rows in all); a failed exchange.
+    pub fn fit_path_distributed(
+        features: MatRef<'_, f64>, y: &[f64], lambdas: &[f64], comm: &dyn Collective, par: Par,
+    ) -> Result<Vec<Ridge>> {
+        let mut eq = NormalEquations::new(features.ncols())?;
+        eq.add_rows(features, y, par)?;
+        eq.reduce(comm)?.solve(lambdas, par)
     }
 
     /// \\(\hat y = \Phi w + \bar y\\) for `features: [m, D]`.
@@ -100,6 +109,137 @@ impl Ridge {
     pub fn predict(&self, features: MatRef<'_, f64>, par: Par) -> Result<Vec<f64>> {
         affine_predict(("Ridge::predict", "features"), features, &self.weights, self.intercept, par)
     }
+}
+
+/// The sums a ridge fit needs, accumulated over rows (in chunks, on one rank or many):
+/// \\(G = \Phi^\top\Phi\\), \\(\Phi^\top y\\), \\(\Phi^\top 1\\), \\(\sum y\\) and the row count,
+/// \\(D^2 + 2D + 2\\) values. [`reduce`](Self::reduce) adds every rank's in one fixed-order sum
+/// ([`Collective::chain_sum_f64`]); [`solve`](Self::solve) centres with
+/// \\(\Phi^\top(y - \bar y) = \Phi^\top y - \bar y\,\Phi^\top 1\\) and solves
+/// \\((G + \lambda I)w = \Phi^\top(y - \bar y)\\) for each \\(\lambda\\).
+///
+/// Over the same rows this equals [`Ridge::fit_path`] to rounding (the chunks' and ranks'
+/// partial sums are added in order, and the centring comes after the products); the same
+/// chunks on the same rank count always give the same numbers.
+///
+/// # Example
+/// ```
+/// use polysketch_core::collective::SingleProcess;
+/// use polysketch_kernel::{NormalEquations, Ridge, faer::{Mat, Par}};
+/// let x = Mat::from_fn(40, 3, |i, j| ((i * 7 + j * 3) % 11) as f64 / 11.0);
+/// let y: Vec<f64> = (0..40).map(|i| x[(i, 0)] - 2.0 * x[(i, 2)] + 0.5).collect();
+/// let mut eq = NormalEquations::new(3)?;
+/// eq.add_rows(x.as_ref().subrows(0, 25), &y[..25], Par::Seq)?; // two chunks
+/// eq.add_rows(x.as_ref().subrows(25, 15), &y[25..], Par::Seq)?;
+/// let fit = eq.reduce(&SingleProcess)?.solve(&[1e-6], Par::Seq)?;
+/// let whole = Ridge::fit_path(x.as_ref(), &y, &[1e-6], Par::Seq)?;
+/// for (a, b) in fit[0].weights.iter().zip(&whole[0].weights) {
+///     assert!((a - b).abs() < 1e-8);
+/// }
+/// # Ok::<(), polysketch_kernel::KernelError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct NormalEquations {
+    d: usize,
+    /// `[G (column-major), Φᵀy, Φᵀ1, Σy, n]`.
+    sums: Vec<f64>,
+}
+
+impl NormalEquations {
+    /// Zero sums for `d` features.
+    ///
+    /// # Errors
+    /// [`KernelError::InvalidParameter`] if `d` is 0 or \\(D^2\\) values would not fit in
+    /// memory's address range.
+    pub fn new(d: usize) -> Result<Self> {
+        let len = d.checked_mul(d).and_then(|x| x.checked_add(2 * d + 2));
+        match len {
+            Some(len) if d > 0 && len <= isize::MAX as usize / 8 => {
+                Ok(Self { d, sums: vec![0.0; len] })
+            }
+            _ => Err(KernelError::InvalidParameter {
+                op: "NormalEquations::new",
+                reason: format!("{d} features: need 1 ≤ D with D² values addressable"),
+            }),
+        }
+    }
+
+    /// Adds rows: `features: [m, D]`, `y: [m]` (m may be 0).
+    ///
+    /// # Errors
+    /// Width or length mismatch, non-finite values.
+    pub fn add_rows(&mut self, features: MatRef<'_, f64>, y: &[f64], par: Par) -> Result<()> {
+        const OP: &str = "NormalEquations::add_rows";
+        let d = self.d;
+        same(OP, "targets", features.nrows(), y.len())?;
+        same(OP, "features", features.ncols(), d)?;
+        finite(OP, "features", features)?;
+        finite(OP, "y", MatRef::from_column_major_slice(y, y.len(), 1))?;
+        let (gram, rest) = self.sums.split_at_mut(d * d);
+        let gram = MatMut::from_column_major_slice_mut(gram, d, d);
+        gemm(gram, features.transpose(), features, 1.0, true, par);
+        let ones = vec![1.0; y.len()];
+        let (fy, rest) = rest.split_at_mut(d);
+        let (f1, rest) = rest.split_at_mut(d);
+        for (out, v) in [(fy, y), (f1, &ones[..])] {
+            let (out, v) = (
+                MatMut::from_column_major_slice_mut(out, d, 1),
+                MatRef::from_column_major_slice(v, v.len(), 1),
+            );
+            gemm(out, features.transpose(), v, 1.0, true, par);
+        }
+        rest[0] += y.iter().sum::<f64>();
+        rest[1] += y.len() as f64;
+        Ok(())
+    }
+
+    /// The rows counted so far (on this rank, before [`reduce`](Self::reduce)).
+    pub fn rows(&self) -> usize {
+        self.sums[self.sums.len() - 1] as usize
+    }
+
+    /// Every rank's sums added in rank order; every rank receives them.
+    ///
+    /// # Errors
+    /// A failed exchange.
+    pub fn reduce(self, comm: &dyn Collective) -> Result<Self> {
+        let mut total = vec![0.0; self.sums.len()];
+        comm.chain_sum_f64(&[self.sums], &mut total)?;
+        Ok(Self { d: self.d, sums: total })
+    }
+
+    /// One [`Ridge`] per \\(\lambda\\).
+    ///
+    /// # Errors
+    /// Fewer than 2 rows; a non-positive \\(\lambda\\); a system that is not positive
+    /// definite.
+    pub fn solve(&self, lambdas: &[f64], par: Par) -> Result<Vec<Ridge>> {
+        const OP: &str = "NormalEquations::solve";
+        let d = self.d;
+        enough_rows(OP, 2, self.rows())?;
+        for &l in lambdas {
+            check_lambda(OP, l)?;
+        }
+        let (gram, rest) = self.sums.split_at(d * d);
+        let mean = rest[2 * d] / rest[2 * d + 1];
+        let rhs = Mat::from_fn(d, 1, |i, _| rest[i] - mean * rest[d + i]);
+        solve_path(OP, MatRef::from_column_major_slice(gram, d, d), &rhs, mean, lambdas, par)
+    }
+}
+
+/// One [`Ridge`] per \\(\lambda\\) from the normal equations \\((G + \lambda I)w = b\\).
+fn solve_path(
+    op: &'static str, gram: MatRef<'_, f64>, rhs: &Mat<f64>, mean: f64, lambdas: &[f64], par: Par,
+) -> Result<Vec<Ridge>> {
+    let d = gram.nrows();
+    lambdas
+        .iter()
+        .map(|&lambda| {
+            let mut w = rhs.clone();
+            solve_regularised(op, gram, lambda, &mut w, par)?;
+            Ok(Ridge { weights: (0..d).map(|i| w[(i, 0)]).collect(), intercept: mean, lambda })
+        })
+        .collect()
 }
 
 /// Exact kernel ridge regression: \\((K + \lambda I)\alpha = y - \bar y\\) by Cholesky,

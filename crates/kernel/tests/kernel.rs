@@ -330,3 +330,37 @@ fn non_finite_and_asymmetric_inputs_are_refused_at_the_entry_point() {
     assert!(err.to_string().contains("not symmetric"), "{err}");
     assert!(kernel_pca_exact(k.as_ref(), 2, Par::Seq).is_ok());
 }
+
+/// The normal equations by chunks (as ranks of a distributed fit add them) against the fit of
+/// all rows at once, and their bad input.
+#[test]
+fn normal_equations_by_chunks_match_the_whole_fit() {
+    use polysketch_core::collective::SingleProcess;
+    use polysketch_kernel::NormalEquations;
+    let (n, d) = (300, 7);
+    let x = faer::Mat::from_fn(n, d, |i, j| ((i * 13 + j * 7) % 17) as f64 / 17.0 - 0.4);
+    let y: Vec<f64> = (0..n).map(|i| (0..d).map(|j| x[(i, j)] * j as f64).sum::<f64>() + 3.0).collect();
+    let lambdas = [1e-3, 1.0];
+    let whole = Ridge::fit_path(x.as_ref(), &y, &lambdas, Par::Seq).unwrap();
+    let mut eq = NormalEquations::new(d).unwrap();
+    for (a, b) in [(0, 0), (0, 128), (128, 129), (129, n)] {
+        eq.add_rows(x.as_ref().subrows(a, b - a), &y[a..b], Par::Seq).unwrap();
+    }
+    assert_eq!(eq.rows(), n);
+    let parts = eq.reduce(&SingleProcess).unwrap().solve(&lambdas, Par::Seq).unwrap();
+    let direct = Ridge::fit_path_distributed(x.as_ref(), &y, &lambdas, &SingleProcess, Par::Seq)
+        .unwrap();
+    for ((a, b), c) in whole.iter().zip(&parts).zip(&direct) {
+        let scale = a.weights.iter().fold(0.0f64, |m, w| m.max(w.abs()));
+        for ((wa, wb), wc) in a.weights.iter().zip(&b.weights).zip(&c.weights) {
+            assert!((wa - wb).abs() <= 1e-9 * scale && (wa - wc).abs() <= 1e-9 * scale);
+        }
+        assert!((a.intercept - b.intercept).abs() <= 1e-12 * a.intercept.abs());
+    }
+    assert!(NormalEquations::new(0).is_err());
+    assert!(NormalEquations::new(usize::MAX).is_err());
+    let mut eq = NormalEquations::new(d).unwrap();
+    assert!(eq.add_rows(x.as_ref().subcols(0, 3), &y, Par::Seq).is_err());
+    assert!(eq.add_rows(x.as_ref(), &y[..5], Par::Seq).is_err());
+    assert!(eq.solve(&lambdas, Par::Seq).is_err(), "no rows");
+}
