@@ -2,7 +2,7 @@
 //!
 //! ```sh
 //! cargo build --release --features mpi --example ridge_mpi
-//! mpirun -np 2 target/release/examples/ridge_mpi --threads 1    # 1M rows, D = 1024, ~3 min
+//! mpirun -np 2 target/release/examples/ridge_mpi --threads 1    # 1M rows, D = 1024, ~40 s
 //! mpirun -np 1 target/release/examples/ridge_mpi --threads 2 --rows 200000 --features 4096
 //! ```
 //!
@@ -11,7 +11,7 @@
 //! vector: every row is drawn from its own seed (`split_seed(seed, row)`), so each rank makes
 //! only its rows and no file is shipped, and the rows are the same whatever the rank count. Each
 //! rank turns its rows, a chunk at a time, into \\(D\\) sketched features of the polynomial
-//! kernel \\((\langle x, y\rangle + 1)^4\\) (the same seeded Gaussian tree on every rank) and adds
+//! kernel \\((\langle x, y\rangle + 1)^4\\) (the same seeded TensorSketch on every rank) and adds
 //! them to its normal equations; one fixed-order sum of \\(D^2 + 2D + 2\\) values combines the
 //! ranks ([`NormalEquations::reduce`]) and every rank solves. Rank 0 then scores held-out rows
 //! and prints last `fit <ranks> <rows> <seconds> r2 <test R²>`. The exact method's \\(n \times n\\)
@@ -84,7 +84,8 @@ fn run(args: &Args, comm: &Mpi) -> polysketch::Result<()> {
     let norm = a.iter().map(|v| v * v).sum::<f64>().sqrt();
     a.iter_mut().for_each(|v| *v /= norm);
     let kernel = PolyKernel::new(4, 1.0, 1.0)?;
-    let sketch = SketchFeatures::new(kernel, args.dim, FeatureKind::Tree, args.features, args.seed)?;
+    let sketch =
+        SketchFeatures::new(kernel, args.dim, FeatureKind::TensorSketch, args.features, args.seed)?;
     let mine = share(args.rows, rank, size);
     let started = Instant::now();
     let bar = if rank == 0 {

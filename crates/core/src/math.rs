@@ -39,24 +39,22 @@ pub fn exp_shifted_f32(v: &mut [f32], shift: f32) {
 
 /// `tanh(x)` for `f32` as a rational function of degrees 13/6 on `[-7.9, 7.9]` and ±1 beyond
 /// (the minimax-style approximation Eigen's `ptanh` uses), written so that loops over it
-/// vectorise; absolute error below `1e-6`. The Horner steps are fused multiply-adds: one
-/// instruction each inside the [`multiversion!`](crate::multiversion) kernels (AVX-512 and
-/// AVX2 + FMA); elsewhere a call to the C library's `fmaf`, slower but the same result.
+/// vectorise; absolute error below `1e-6`.
 #[inline(always)]
 pub fn fast_tanh_f32(x: f32) -> f32 {
     let x = x.clamp(-7.905_311, 7.905_311);
     let x2 = x * x;
     let mut p = -2.760_768_5e-16_f32;
-    p = p.mul_add(x2, 2.000_188e-13);
-    p = p.mul_add(x2, -8.604_672e-11);
-    p = p.mul_add(x2, 5.122_297e-8);
-    p = p.mul_add(x2, 1.485_722_4e-5);
-    p = p.mul_add(x2, 6.372_619_3e-4);
-    p = p.mul_add(x2, 4.893_524_6e-3);
+    p = p * x2 + 2.000_188e-13;
+    p = p * x2 - 8.604_672e-11;
+    p = p * x2 + 5.122_297e-8;
+    p = p * x2 + 1.485_722_4e-5;
+    p = p * x2 + 6.372_619_3e-4;
+    p = p * x2 + 4.893_524_6e-3;
     let mut q = 1.198_258_4e-6_f32;
-    q = q.mul_add(x2, 1.185_347e-4);
-    q = q.mul_add(x2, 2.268_434_6e-3);
-    q = q.mul_add(x2, 4.893_525e-3);
+    q = q * x2 + 1.185_347e-4;
+    q = q * x2 + 2.268_434_6e-3;
+    q = q * x2 + 4.893_525e-3;
     x * p / q
 }
 

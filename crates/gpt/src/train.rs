@@ -137,14 +137,14 @@ impl TrainConfig {
 /// # Errors
 /// [`GptError::InvalidConfig`] naming the numbers.
 pub fn shard(batch: usize, piece: usize, rank: usize, size: usize) -> Result<(usize, usize)> {
-    if size == 0 || batch % size != 0 {
+    if size == 0 || !batch.is_multiple_of(size) {
         return Err(GptError::InvalidConfig(format!(
             "{size} ranks do not divide the batch of {batch} sequences (--batch is the global \
              batch: each rank takes batch/ranks)"
         )));
     }
     let share = batch / size;
-    if piece > 0 && share % piece != 0 {
+    if piece > 0 && !share.is_multiple_of(piece) {
         return Err(GptError::InvalidConfig(format!(
             "pieces of {piece} sequences do not divide each rank's {share} (batch {batch} over \
              {size} ranks)"
@@ -227,7 +227,7 @@ impl Trainer {
         comm: &dyn Collective, par: Par,
     ) -> Result<StepStats> {
         let piece = if self.config.piece == 0 { shard } else { self.config.piece };
-        if piece == 0 || shard % piece != 0 || tokens.len() != shard * n || total == 0 {
+        if piece == 0 || !shard.is_multiple_of(piece) || tokens.len() != shard * n || total == 0 {
             return Err(GptError::InvalidConfig(format!(
                 "a shard of {shard} sequences of {n} tokens in pieces of {piece}, {total} \
                  targets in all ({} tokens given)",

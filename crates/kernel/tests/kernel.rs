@@ -339,7 +339,8 @@ fn normal_equations_by_chunks_match_the_whole_fit() {
     use polysketch_kernel::NormalEquations;
     let (n, d) = (300, 7);
     let x = faer::Mat::from_fn(n, d, |i, j| ((i * 13 + j * 7) % 17) as f64 / 17.0 - 0.4);
-    let y: Vec<f64> = (0..n).map(|i| (0..d).map(|j| x[(i, j)] * j as f64).sum::<f64>() + 3.0).collect();
+    let y: Vec<f64> =
+        (0..n).map(|i| (0..d).map(|j| x[(i, j)] * j as f64).sum::<f64>() + 3.0).collect();
     let lambdas = [1e-3, 1.0];
     let whole = Ridge::fit_path(x.as_ref(), &y, &lambdas, Par::Seq).unwrap();
     let mut eq = NormalEquations::new(d).unwrap();
@@ -348,8 +349,8 @@ fn normal_equations_by_chunks_match_the_whole_fit() {
     }
     assert_eq!(eq.rows(), n);
     let parts = eq.reduce(&SingleProcess).unwrap().solve(&lambdas, Par::Seq).unwrap();
-    let direct = Ridge::fit_path_distributed(x.as_ref(), &y, &lambdas, &SingleProcess, Par::Seq)
-        .unwrap();
+    let direct =
+        Ridge::fit_path_distributed(x.as_ref(), &y, &lambdas, &SingleProcess, Par::Seq).unwrap();
     for ((a, b), c) in whole.iter().zip(&parts).zip(&direct) {
         let scale = a.weights.iter().fold(0.0f64, |m, w| m.max(w.abs()));
         for ((wa, wb), wc) in a.weights.iter().zip(&b.weights).zip(&c.weights) {
