@@ -14,7 +14,8 @@
 //! kernel \\((\langle x, y\rangle + 1)^4\\) (the same seeded TensorSketch on every rank) and adds
 //! them to its normal equations; one fixed-order sum of \\(D^2 + 2D + 2\\) values combines the
 //! ranks ([`NormalEquations::reduce`]) and every rank solves. Rank 0 then scores held-out rows
-//! and prints last `fit <ranks> <rows> <seconds> r2 <test R²>`. The exact method's \\(n \times n\\)
+//! and prints `weights <Σw> <Σ|w|> intercept <b>`, then last
+//! `fit <ranks> <rows> <seconds> r2 <test R²>`. The exact method's \\(n \times n\\)
 //! kernel stops fitting in 24 GiB at \\(n = 56{,}755\\) rows (8 bytes each).
 
 use std::time::Instant;
@@ -122,6 +123,13 @@ fn run(args: &Args, comm: &Mpi) -> polysketch::Result<()> {
             args.rows as f64 / seconds
         );
         println!("exact kernel ridge would need an n × n kernel: beyond 56755 rows in 24 GiB");
+        let w = &fit[0].weights;
+        println!(
+            "weights {:.15e} {:.15e} intercept {:.15e}",
+            w.iter().sum::<f64>(),
+            w.iter().map(|v| v.abs()).sum::<f64>(),
+            fit[0].intercept
+        );
         println!(
             "fit {size} {} {seconds:.2} r2 {:.6}",
             args.rows,

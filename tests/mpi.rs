@@ -1,7 +1,7 @@
 //! Data-parallel training over MPI (feature `mpi`): 1, 2 and 3 ranks give the same run bit for
 //! bit, a checkpoint of one rank count resumes on another, and an error ends every rank.
 //! Needs OpenMPI's `mpirun` (`apt-get install openmpi-bin libopenmpi-dev libclang-dev`); run
-//! with `cargo test --features mpi --test mpi`.
+//! with `cargo build --features mpi --example ridge_mpi && cargo test --features mpi --test mpi`.
 #![cfg(feature = "mpi")]
 
 use std::path::{Path, PathBuf};
@@ -124,4 +124,42 @@ fn an_error_ends_every_rank_and_names_the_rank() {
     assert!(!err.contains("panicked"), "{err}");
     assert!(started.elapsed().as_secs() < 60, "took {:?}", started.elapsed());
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `target/<profile>/examples/ridge_mpi` (`cargo build --features mpi --example ridge_mpi`
+/// first: a test cannot ask cargo for an example's program).
+fn ridge_example() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's path");
+    let profile = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/..");
+    profile.join("examples").join("ridge_mpi")
+}
+
+/// The numbers of the ridge example's `weights` line.
+fn ridge_weights(ranks: usize) -> Vec<f64> {
+    let o = Command::new("mpirun")
+        .args(["--allow-run-as-root", "--oversubscribe", "-np", &ranks.to_string()])
+        .arg(ridge_example())
+        .args(["--threads", "1", "--rows", "3001", "--features", "64", "--test-rows", "500"])
+        .args(["--chunk", "256"])
+        .output()
+        .expect("mpirun starts");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let line = out.lines().find(|l| l.starts_with("weights ")).expect("a weights line");
+    line.split_whitespace().filter_map(|t| t.parse().ok()).collect()
+}
+
+#[test]
+fn sketched_ridge_over_ranks_matches_one_rank_to_rounding() {
+    if !ridge_example().exists() {
+        panic!("build the example first: cargo build --features mpi --example ridge_mpi");
+    }
+    let one = ridge_weights(1);
+    assert_eq!(one.len(), 3, "{one:?}");
+    for ranks in [2, 3] {
+        let got = ridge_weights(ranks);
+        for (a, b) in one.iter().zip(&got) {
+            assert!((a - b).abs() <= 1e-9 * a.abs().max(1.0), "{ranks} ranks: {b} vs {a}");
+        }
+    }
 }
