@@ -203,6 +203,12 @@ impl Trainer {
         let loss = self.model.forward(tokens, targets, batch, n, &mut self.acts, par)?;
         self.grads.fill(0.0);
         self.model.backward(&mut self.acts, &mut self.grads, par)?;
+        self.update(loss)
+    }
+
+    /// AdamW on `self.grads` at the schedule's learning rate, with clipping; the step count
+    /// advances.
+    fn update(&mut self, loss: f64) -> Result<StepStats> {
         let lr = self.config.schedule().lr(self.step);
         let (opt, grads, clip) = (&mut self.opt, &self.grads, self.config.clip);
         let grad_norm = self.model.update_params(|p, table| opt.step(p, grads, table, lr, clip))?;
@@ -260,11 +266,7 @@ impl Trainer {
         if !loss.is_finite() {
             return Err(GptError::NonFinite("loss"));
         }
-        let lr = self.config.schedule().lr(self.step);
-        let (opt, grads, clip) = (&mut self.opt, &self.grads, self.config.clip);
-        let grad_norm = self.model.update_params(|p, table| opt.step(p, grads, table, lr, clip))?;
-        self.step += 1;
-        Ok(StepStats { loss, grad_norm, lr })
+        self.update(loss)
     }
 
     /// Mean loss over `batches` (each `(tokens, targets)` of `[batch, n]`), weighted by targets.
