@@ -5,7 +5,8 @@ use faer::linalg::cholesky::llt::factor::{
     LltRegularization, cholesky_in_place, cholesky_in_place_scratch,
 };
 use faer::linalg::cholesky::llt::solve::{solve_in_place_scratch, solve_in_place_with_conj};
-use faer::{Conj, Mat, MatMut, MatRef, Par};
+use faer::linalg::matmul::triangular::{BlockStructure, matmul};
+use faer::{Accum, Conj, Mat, MatMut, MatRef, Par};
 use polysketch_core::collective::Collective;
 use polysketch_core::linalg::gemm;
 
@@ -141,7 +142,7 @@ impl Ridge {
 #[derive(Debug, Clone, PartialEq)]
 pub struct NormalEquations {
     d: usize,
-    /// `[G (column-major), Φᵀy, Φᵀ1, Σy, n]`.
+    /// `[G (column-major, lower triangle only; the rest stays 0), Φᵀy, Φᵀ1, Σy, n]`.
     sums: Vec<f64>,
 }
 
@@ -177,7 +178,18 @@ impl NormalEquations {
         finite(OP, "y", MatRef::from_column_major_slice(y, y.len(), 1))?;
         let (gram, rest) = self.sums.split_at_mut(d * d);
         let gram = MatMut::from_column_major_slice_mut(gram, d, d);
-        gemm(gram, features.transpose(), features, 1.0, true, par);
+        // G is symmetric: only its lower triangle is formed (half the product's work)
+        matmul(
+            gram,
+            BlockStructure::TriangularLower,
+            Accum::Add,
+            features.transpose(),
+            BlockStructure::Rectangular,
+            features,
+            BlockStructure::Rectangular,
+            1.0,
+            par,
+        );
         let ones = vec![1.0; y.len()];
         let (fy, rest) = rest.split_at_mut(d);
         let (f1, rest) = rest.split_at_mut(d);
@@ -220,10 +232,12 @@ impl NormalEquations {
         for &l in lambdas {
             check_lambda(OP, l)?;
         }
-        let (gram, rest) = self.sums.split_at(d * d);
+        let (lower, rest) = self.sums.split_at(d * d);
+        let lower = MatRef::from_column_major_slice(lower, d, d);
+        let gram = Mat::from_fn(d, d, |i, j| if i >= j { lower[(i, j)] } else { lower[(j, i)] });
         let mean = rest[2 * d] / rest[2 * d + 1];
         let rhs = Mat::from_fn(d, 1, |i, _| rest[i] - mean * rest[d + i]);
-        solve_path(OP, MatRef::from_column_major_slice(gram, d, d), &rhs, mean, lambdas, par)
+        solve_path(OP, gram.as_ref(), &rhs, mean, lambdas, par)
     }
 }
 
