@@ -61,8 +61,11 @@ enum Command {
 /// The model and optimisation options shared by `train` and `task`.
 #[derive(clap::Args, Debug, Clone)]
 struct ModelArgs {
-    /// Attention kind: softmax, polynomial, random or learned (PolySketch sketches), optionally
-    /// with options (`learned:r=64,block=128`), which win over the flags below.
+    /// Attention kind: softmax, polynomial, random or learned (PolySketch sketches), and the
+    /// paper's baselines local (exact polynomial inside blocks only), sliding (softmax over the
+    /// last `block` tokens) and performer (FAVOR+, 256 features); optionally with options
+    /// (`learned:r=64,block=128`, `sliding:window=32`, `performer:features=128`), which win
+    /// over the flags below.
     #[arg(long, default_value = "learned")]
     attention: String,
     /// PolySketch without exact local blocks (default: with them).

@@ -137,9 +137,13 @@ pub(crate) fn check_state_bytes<T>(
             };
             10 * h + 2 * c.r + 5 + c.r * (c.r + 1) / 2 * (h + 1) / c.block + learned
         }
-        AttentionKind::Polynomial { .. } => 10 * h + 5,
+        AttentionKind::Polynomial { .. } | AttentionKind::Local { .. } => 10 * h + 5,
+        // as PolySketch, with m features in place of r, and the lowtri prefixes (m(h+1)/b)
+        AttentionKind::Performer { features, block, .. } => {
+            10 * h + 2 * features + 5 + features * (h + 1) / block
+        }
         // copies of q, k, v, the output and its log-sum-exp
-        AttentionKind::Softmax => 4 * h + 1,
+        AttentionKind::Softmax | AttentionKind::Sliding { .. } => 4 * h + 1,
     };
     // in u128 from the start: batch · heads may not fit in a usize
     let bytes = [batch, heads, n, per_token, size_of::<T>()]

@@ -1,5 +1,6 @@
 //! Layer configurations, validated once into a layer.
 
+use crate::tiles::{Mask, Window};
 use crate::{AttentionError, AttentionKind, Result};
 
 /// How the polynomial and PolySketch kinds prepare \\(q\\) and \\(k\\) before their scores
@@ -73,6 +74,34 @@ impl AttentionConfig {
                 self.heads, self.head_dim
             ));
         }
+        if matches!(self.kind, AttentionKind::Performer { .. }) && !self.causal {
+            return bad("performer attention is causal only here".into());
+        }
         self.kind.validate()
+    }
+
+    /// Whether query \\(i\\) may attend to key \\(j\\) in this layer's exact kinds: \\(j \le
+    /// i\\) when causal, and within the same block of \\(b\\) tokens ([`AttentionKind::Local`])
+    /// or within distance \\(|i - j| < w\\) ([`AttentionKind::Sliding`]). For the other kinds
+    /// causality alone (PolySketch's approximate scores reach every earlier key).
+    ///
+    /// ```
+    /// use polysketch_attention::AttentionConfig;
+    /// let sliding = AttentionConfig::new(1, 8, "sliding:window=3".parse()?);
+    /// assert!(sliding.sees(5, 3) && !sliding.sees(5, 2) && !sliding.sees(3, 5));
+    /// # Ok::<(), polysketch_attention::AttentionError>(())
+    /// ```
+    pub fn sees(&self, i: usize, j: usize) -> bool {
+        self.mask().sees(i, j)
+    }
+
+    /// The mask of the exact tiled kinds (see [`sees`](Self::sees)).
+    pub(crate) fn mask(&self) -> Mask {
+        let window = match self.kind {
+            AttentionKind::Local { block, .. } => Window::Blocks(block),
+            AttentionKind::Sliding { window } => Window::Band(window),
+            _ => Window::All,
+        };
+        Mask { causal: self.causal, window }
     }
 }

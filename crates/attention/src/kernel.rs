@@ -11,29 +11,53 @@ use polysketch_lowtri::{Features, Grads as LtGrads, LowTri, Problem, Saved as Lt
 use rayon::prelude::*;
 
 use crate::bidirectional;
+use crate::performer::Side;
 use crate::polynomial::{self, PolyViews};
 use crate::saved::{Core, HeadSaved, Inner, reshape_mat};
 use crate::tiles::{self, HeadViews, TILE};
 use crate::{Attention, AttentionError, AttentionKind, Grads, PolySketchConfig, Result, Saved};
 
-/// `out = raw[..h] / (1 + raw[h])` for one row of `h + 1` accumulated values (the weighted sum
-/// of values, then of weights); returns the denominator. The layer's forward and recurrent
-/// decoding both normalise through it.
-pub(crate) fn normalise<T: Scalar, A: Scalar>(raw: &[A], out: &mut [T]) -> A {
+/// `out = raw[..h] / (offset + raw[h])` for one row of `h + 1` accumulated values (the weighted
+/// sum of values, then of weights); returns the denominator. The layer's forward and recurrent
+/// decoding both normalise through it (`offset` from [`den_offset`]).
+pub(crate) fn normalise<T: Scalar, A: Scalar>(raw: &[A], out: &mut [T], offset: A) -> A {
     let h = out.len();
-    let den = A::one() + raw[h];
+    let den = offset + raw[h];
     let inv = A::one() / den;
     out.iter_mut().zip(&raw[..h]).for_each(|(o, x)| *o = T::of((*x * inv).as_f64()));
     den
 }
 
-/// The lowtri problem of one head: self-tensored features, exact local blocks if asked.
-fn problem<'a, T: Scalar>(c: &PolySketchConfig, s: &'a HeadSaved<T>) -> Problem<'a, T> {
-    if c.local {
-        let features = Features::SelfTensored { l: s.l.as_ref(), r: s.r.as_ref() };
-        Problem::local_exact(features, s.qt.as_ref(), s.kt.as_ref(), c.p, s.c.as_ref())
-    } else {
-        Problem::self_tensored(s.l.as_ref(), s.r.as_ref(), s.c.as_ref())
+/// The lowtri problem of one head from its `[l, r, q̃, k̃, C]`: PolySketch's self-tensored
+/// features (exact local blocks if asked) or Performer's explicit ones.
+fn problem<'a, T: Scalar>(
+    kind: AttentionKind, [l, r, qt, kt, c]: [MatRef<'a, T>; 5],
+) -> Problem<'a, T> {
+    match kind {
+        AttentionKind::PolySketch(ps) if ps.local => {
+            Problem::local_exact(Features::SelfTensored { l, r }, qt, kt, ps.p, c)
+        }
+        AttentionKind::Performer { .. } => Problem::general(l, r, c),
+        _ => Problem::self_tensored(l, r, c),
+    }
+}
+
+/// The block size of the lowtri product of a PolySketch or Performer layer.
+fn block_of(kind: AttentionKind) -> usize {
+    match kind {
+        AttentionKind::PolySketch(c) => c.block,
+        AttentionKind::Performer { block, .. } => block,
+        _ => 0,
+    }
+}
+
+/// The constant of the normalisation \\(\mathrm{out}_i = \mathrm{raw}_i[..h]/(c +
+/// \mathrm{raw}_i[h])\\): 1 for the polynomial kinds (the paper's \\(1 + \sum_j\\)), 0 for
+/// Performer (a softmax estimate, normalised by its sum alone).
+pub(crate) fn den_offset<T: Scalar>(kind: AttentionKind) -> T {
+    match kind {
+        AttentionKind::Performer { .. } => T::zero(),
+        _ => T::one(),
     }
 }
 
@@ -80,6 +104,7 @@ impl<T: Scalar> Attention<T> {
         let (h, count, n) = (self.config.head_dim, views.len(), views[0].q.nrows());
         let (sketch, r) = match self.config.kind {
             AttentionKind::PolySketch(c) => (self.sketch.as_deref(), c.r),
+            AttentionKind::Performer { features, .. } => (None, features),
             _ => (None, 0),
         };
         let causal = self.config.causal;
@@ -88,18 +113,28 @@ impl<T: Scalar> Attention<T> {
                 grads: (0..count).map(|_| LtGrads::new()).collect(),
                 used: true,
             },
-            AttentionKind::PolySketch(_) => Core::Sketch {
+            AttentionKind::PolySketch(_) | AttentionKind::Performer { .. } => Core::Sketch {
                 lowtri: (0..count).map(|_| LtSaved::new()).collect(),
                 grads: (0..count).map(|_| LtGrads::new()).collect(),
             },
-            AttentionKind::Polynomial { p } => Core::Exact { p, used: true },
-            AttentionKind::Softmax => Core::Exact { p: 0, used: true },
+            AttentionKind::Polynomial { p } | AttentionKind::Local { p, .. } => {
+                Core::Exact { p, used: true }
+            }
+            AttentionKind::Softmax | AttentionKind::Sliding { .. } => {
+                Core::Exact { p: 0, used: true }
+            }
         };
         // the state's per-head buffers and core fit this call (count, kind, causal or not)
         let core_fits = |core: &Core<T>| match (core, self.config.kind) {
-            (Core::Sketch { .. }, AttentionKind::PolySketch(_)) => causal,
+            (
+                Core::Sketch { .. },
+                AttentionKind::PolySketch(_) | AttentionKind::Performer { .. },
+            ) => causal,
             (Core::Bidirectional { .. }, AttentionKind::PolySketch(_)) => !causal,
-            (Core::Exact { .. }, AttentionKind::Polynomial { .. }) => true,
+            (
+                Core::Exact { .. },
+                AttentionKind::Polynomial { .. } | AttentionKind::Local { .. },
+            ) => true,
             _ => false,
         };
         let reusable = matches!(&saved.inner, Inner::Kernel { heads, core } if heads.len() == count && core_fits(core));
@@ -127,6 +162,13 @@ impl<T: Scalar> Attention<T> {
             let rows = self.sketched_rows(n);
             s.l.fill(T::zero());
             s.r.fill(T::zero());
+            if let Some(favor) = &self.favor {
+                // Performer: x = q/h^¼, so that ⟨x, y⟩ = ⟨q, k⟩/√h, softmax's score
+                let scale = self.scale();
+                s.qt.data.iter_mut().chain(s.kt.data.iter_mut()).for_each(|x| *x *= scale);
+                favor.apply(s.qt.as_ref(), Side::Query, s.l.as_mut());
+                favor.apply(s.kt.as_ref(), Side::Key, s.r.as_mut());
+            }
             for (x, f, sv, (r0, len)) in [
                 (&s.qt, &mut s.l, &mut s.learned_q, rows.queries),
                 (&s.kt, &mut s.r, &mut s.learned_k, rows.keys),
@@ -170,36 +212,32 @@ impl<T: Scalar> Attention<T> {
                 });
                 *used = false;
             }
-            (Core::Sketch { lowtri, .. }, AttentionKind::PolySketch(c)) => {
-                let engine = LowTri::new(c.block)?;
+            (
+                Core::Sketch { lowtri, .. },
+                kind @ (AttentionKind::PolySketch(_) | AttentionKind::Performer { .. }),
+            ) => {
+                let engine = LowTri::new(block_of(kind))?;
                 let (problems, outs): (Vec<Problem<'_, T>>, Vec<MatMut<'_, T>>) = heads
                     .iter_mut()
                     .map(|s| {
                         let HeadSaved { l, r, qt, kt, c: cm, raw, .. } = s;
-                        let problem = if c.local {
-                            Problem::local_exact(
-                                Features::SelfTensored { l: l.as_ref(), r: r.as_ref() },
-                                qt.as_ref(),
-                                kt.as_ref(),
-                                c.p,
-                                cm.as_ref(),
-                            )
-                        } else {
-                            Problem::self_tensored(l.as_ref(), r.as_ref(), cm.as_ref())
-                        };
-                        (problem, raw.as_mut())
+                        let parts = [l.as_ref(), r.as_ref(), qt.as_ref(), kt.as_ref(), cm.as_ref()];
+                        (problem(kind, parts), raw.as_mut())
                     })
                     .unzip();
                 engine.forward_batch_into(&problems, outs, lowtri, par)?;
             }
-            (Core::Exact { p, used }, AttentionKind::Polynomial { .. }) => {
-                let p = *p;
+            (
+                Core::Exact { p, used },
+                AttentionKind::Polynomial { .. } | AttentionKind::Local { .. },
+            ) => {
+                let (p, mask) = (*p, self.config.mask());
                 let mut tasks = Vec::new();
                 let mut raws: Vec<MatMut<'_, T>> = Vec::with_capacity(count);
                 let mut pv = Vec::with_capacity(count);
                 for s in heads.iter_mut() {
                     let HeadSaved { qt, kt, c: cm, raw, .. } = s;
-                    pv.push(PolyViews { q: qt.as_ref(), k: kt.as_ref(), c: cm.as_ref(), causal });
+                    pv.push(PolyViews { q: qt.as_ref(), k: kt.as_ref(), c: cm.as_ref(), mask });
                     raws.push(raw.as_mut());
                 }
                 for (idx, m) in raws.into_iter().enumerate() {
@@ -219,13 +257,14 @@ impl<T: Scalar> Attention<T> {
                 });
             }
         }
-        // 3. normalise: out = num / (1 + den)
+        // 3. normalise: out = num / (1 + den) (num / den for Performer)
+        let offset = den_offset(self.config.kind);
         let chunks: Vec<(&mut HeadSaved<T>, &mut [T])> =
             heads.iter_mut().zip(out.chunks_mut(n * h)).collect();
         let finish = |(s, o): (&mut HeadSaved<T>, &mut [T])| {
             for i in 0..n {
                 let dst = &mut o[i * h..(i + 1) * h];
-                s.den[i] = normalise(s.raw.row(i), dst);
+                s.den[i] = normalise(s.raw.row(i), dst, offset);
                 s.out.row_mut(i).copy_from_slice(dst);
             }
         };
@@ -278,7 +317,36 @@ impl<T: Scalar> Attention<T> {
                 Par::Rayon(_) => parts.into_par_iter().for_each(run),
             }
         };
+        let lowtri_backward = |lowtri: &mut Vec<LtSaved<T>>, lt: &mut Vec<LtGrads<T>>| {
+            let engine = LowTri::new(block_of(self.config.kind))?;
+            let problems: Vec<Problem<'_, T>> = heads
+                .iter()
+                .map(|s| {
+                    let parts =
+                        [s.l.as_ref(), s.r.as_ref(), s.qt.as_ref(), s.kt.as_ref(), s.c.as_ref()];
+                    problem(self.config.kind, parts)
+                })
+                .collect();
+            let d_refs: Vec<MatRef<'_, T>> = heads.iter().map(|s| s.draw.as_ref()).collect();
+            engine.backward_batch_into(&problems, lowtri, &d_refs, lt, par)
+        };
         match (core, self.config.kind) {
+            (Core::Sketch { lowtri, grads: lt }, AttentionKind::Performer { .. }) => {
+                lowtri_backward(lowtri, lt)?;
+                let favor = self.favor.as_ref().ok_or_else(|| AttentionError::InvalidState {
+                    op: "Attention::backward",
+                    reason: "internal: a Performer layer without its features".into(),
+                })?;
+                let scale = self.scale();
+                each_head(heads, par, |idx, s| {
+                    let g = &lt[idx];
+                    // forward: L = φ(q̃), R = φ(k̃) with q̃ = q/h^¼
+                    favor.backward(s.qt.as_ref(), s.l.as_ref(), g.d_a.as_ref(), s.dqt.as_mut());
+                    favor.backward(s.kt.as_ref(), s.r.as_ref(), g.d_b.as_ref(), s.dkt.as_mut());
+                    s.dqt.data.iter_mut().chain(s.dkt.data.iter_mut()).for_each(|x| *x *= scale);
+                    s.dc.as_mut().copy_from(g.d_c.as_ref());
+                });
+            }
             (
                 core @ (Core::Sketch { .. } | Core::Bidirectional { .. }),
                 AttentionKind::PolySketch(c),
@@ -286,12 +354,7 @@ impl<T: Scalar> Attention<T> {
                 let sketch = self.sketch.as_deref();
                 let lt = match core {
                     Core::Sketch { lowtri, grads: lt } => {
-                        let engine = LowTri::new(c.block)?;
-                        let problems: Vec<Problem<'_, T>> =
-                            heads.iter().map(|s| problem(&c, s)).collect();
-                        let d_refs: Vec<MatRef<'_, T>> =
-                            heads.iter().map(|s| s.draw.as_ref()).collect();
-                        engine.backward_batch_into(&problems, lowtri, &d_refs, lt, par)?;
+                        lowtri_backward(lowtri, lt)?;
                         &*lt
                     }
                     Core::Bidirectional { grads: lt, used } => {
@@ -354,7 +417,10 @@ impl<T: Scalar> Attention<T> {
                 });
                 done.into_iter().collect::<Result<Vec<()>>>()?;
             }
-            (Core::Exact { p, used }, AttentionKind::Polynomial { .. }) => {
+            (
+                Core::Exact { p, used },
+                AttentionKind::Polynomial { .. } | AttentionKind::Local { .. },
+            ) => {
                 *used = true;
                 let p = *p;
                 let mut views = Vec::with_capacity(heads.len());
@@ -367,7 +433,7 @@ impl<T: Scalar> Attention<T> {
                             q: qt.as_ref(),
                             k: kt.as_ref(),
                             c: cm.as_ref(),
-                            causal: self.config.causal,
+                            mask: self.config.mask(),
                         },
                         draw.as_ref(),
                     ));

@@ -54,6 +54,9 @@ impl Default for PolySketchConfig {
 /// | `polynomial`, `polynomial:p=8` | [`Polynomial`](Self::Polynomial) (p = 4 unless given) |
 /// | `random`, `learned`, `random+local`, `learned+local` | [`PolySketch`](Self::PolySketch) with that sketch, exact local blocks with `+local` |
 /// | `learned+local:p=4,r=64,block=128` | the same with options (missing ones from [`PolySketchConfig::default`]) |
+/// | `local`, `local:p=4,block=256` | [`Local`](Self::Local): exact polynomial attention inside blocks only |
+/// | `sliding`, `sliding:window=256` | [`Sliding`](Self::Sliding): softmax over the last `window` tokens |
+/// | `performer`, `performer:features=256,block=256` | [`Performer`](Self::Performer): FAVOR+ random features of softmax |
 ///
 /// `Display` writes every option, so `s.parse::<AttentionKind>()` of `k.to_string()` gives
 /// `k` back (the seed aside, which neither form carries). The default is
@@ -72,7 +75,9 @@ impl Default for PolySketchConfig {
 ///
 /// # Serde
 /// The form a checkpoint stores: `{"kind": "softmax"}`, `{"kind": "polynomial", "p": 4}` or
-/// `{"kind": "polysketch", "p": 4, "r": 32, "block": 256, "learned": true, "local": true}`.
+/// `{"kind": "polysketch", "p": 4, "r": 32, "block": 256, "learned": true, "local": true}`,
+/// `{"kind": "local", "p": 4, "block": 256}`, `{"kind": "sliding", "window": 256}`,
+/// `{"kind": "performer", "features": 256, "block": 256}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(into = "Wire", from = "Wire")]
 pub enum AttentionKind {
@@ -86,6 +91,37 @@ pub enum AttentionKind {
     },
     /// PolySketch attention: \\(\langle\phi'(q), \phi'(k)\rangle\\) for \\(\langle q, k\rangle^p\\).
     PolySketch(PolySketchConfig),
+    /// Local-only attention (paper Appendix J): exact normalised polynomial attention of degree
+    /// \\(p\\) inside each block of `block` tokens, nothing across blocks — PolySketch with
+    /// local blocks and its sketched part removed. Query \\(i\\) sees key \\(j\\) iff
+    /// \\(\lfloor i/b\rfloor = \lfloor j/b\rfloor\\) (and \\(j \le i\\) when causal).
+    Local {
+        /// The degree (even).
+        p: usize,
+        /// The block size \\(b\\).
+        block: usize,
+    },
+    /// Sliding-window softmax attention (paper Appendix J): query \\(i\\) sees the keys
+    /// \\(j\\) with \\(i - w < j \le i\\) (\\(|i - j| < w\\) when bidirectional), itself
+    /// included.
+    Sliding {
+        /// The window \\(w\\) in tokens.
+        window: usize,
+    },
+    /// Performer (FAVOR+, Choromanski et al. 2020; the paper's baseline): softmax's
+    /// \\(e^{\langle q, k\rangle/\sqrt h}\\) replaced by \\(\langle\phi(q), \phi(k)\rangle\\) with
+    /// positive orthogonal random features ([`Favor`](crate::performer::Favor)), fixed by the
+    /// seed, computed causally by the lowtri engine in blocks of `block` tokens (as the paper
+    /// runs it): \\(\mathrm{out}_i = \sum_{j \le i} s_{ij}v_j / \sum_{j \le i} s_{ij}\\). Causal
+    /// only.
+    Performer {
+        /// The number of random features \\(m\\).
+        features: usize,
+        /// The block size of the causal product.
+        block: usize,
+        /// Seed of the features (not part of the text or serde forms, like PolySketch's).
+        seed: u64,
+    },
 }
 
 /// The serde form of [`AttentionKind`] (the checkpoint format since version 1).
@@ -95,6 +131,9 @@ enum Wire {
     Softmax,
     Polynomial { p: usize },
     Polysketch { p: usize, r: usize, block: usize, learned: bool, local: bool },
+    Local { p: usize, block: usize },
+    Sliding { window: usize },
+    Performer { features: usize, block: usize },
 }
 
 impl From<AttentionKind> for Wire {
@@ -109,6 +148,9 @@ impl From<AttentionKind> for Wire {
                 learned: c.sketch == SketchKind::Learned,
                 local: c.local,
             },
+            AttentionKind::Local { p, block } => Wire::Local { p, block },
+            AttentionKind::Sliding { window } => Wire::Sliding { window },
+            AttentionKind::Performer { features, block, .. } => Wire::Performer { features, block },
         }
     }
 }
@@ -128,12 +170,22 @@ impl From<Wire> for AttentionKind {
                     seed: 0,
                 })
             }
+            Wire::Local { p, block } => AttentionKind::Local { p, block },
+            Wire::Sliding { window } => AttentionKind::Sliding { window },
+            Wire::Performer { features, block } => {
+                AttentionKind::Performer { features, block, seed: 0 }
+            }
         }
     }
 }
 
+/// Performer's default number of features (the FAVOR+ authors' default; the paper's
+/// comparison used 2048 at GPT-2-small scale).
+pub const PERFORMER_FEATURES: usize = 256;
+
 /// The words of the text form, for messages.
-const WORDS: &str = "softmax, polynomial, random, learned, random+local, learned+local";
+const WORDS: &str =
+    "softmax, polynomial, random, learned, random+local, learned+local, local, sliding, performer";
 
 impl AttentionKind {
     /// PolySketch with the given sketch and local blocks, other options at their defaults
@@ -142,11 +194,33 @@ impl AttentionKind {
         AttentionKind::PolySketch(PolySketchConfig { sketch, local, ..PolySketchConfig::default() })
     }
 
-    /// The same kind with the PolySketch seed set to `seed` (other kinds have none).
+    /// Whether q and k go through the layer norm (with [`QkNorm::LayerNorm`](crate::QkNorm)):
+    /// the kinds whose scores are \\(\langle\tilde q, \tilde k\rangle^p\\) or a sketch of it
+    /// (polynomial, local, PolySketch).
+    pub fn normalises_qk(&self) -> bool {
+        matches!(
+            self,
+            AttentionKind::Polynomial { .. }
+                | AttentionKind::Local { .. }
+                | AttentionKind::PolySketch(_)
+        )
+    }
+
+    /// Whether the weights are a softmax of \\(\langle q, k\rangle/\sqrt h\\) (softmax,
+    /// sliding window): no layer norm of q and k, no parameters.
+    pub fn is_softmax(&self) -> bool {
+        matches!(self, AttentionKind::Softmax | AttentionKind::Sliding { .. })
+    }
+
+    /// The same kind with the PolySketch or Performer seed set to `seed` (other kinds have
+    /// none).
     pub fn with_seed(self, seed: u64) -> Self {
         match self {
             AttentionKind::PolySketch(c) => {
                 AttentionKind::PolySketch(PolySketchConfig { seed, ..c })
+            }
+            AttentionKind::Performer { features, block, .. } => {
+                AttentionKind::Performer { features, block, seed }
             }
             other => other,
         }
@@ -156,14 +230,37 @@ impl AttentionKind {
     ///
     /// # Errors
     /// [`AttentionError::InvalidConfig`]: `p` odd, zero, above 64, or (PolySketch) with
-    /// \\(p/2\\) not a power of two; a learned sketch with \\(p = 2\\); zero `r` or block size.
+    /// \\(p/2\\) not a power of two; a learned sketch with \\(p = 2\\); zero `r`, block size or
+    /// window.
     pub fn validate(&self) -> Result<()> {
         let bad = |msg: String| Err(AttentionError::InvalidConfig(msg));
+        let even_p = |p: usize, what: &str| {
+            if p == 0 || !p.is_multiple_of(2) || p > 64 {
+                return bad(format!("{what} attention needs an even p in 2..=64, got {p}"));
+            }
+            Ok(())
+        };
         match *self {
             AttentionKind::Softmax => Ok(()),
-            AttentionKind::Polynomial { p } => {
-                if p == 0 || !p.is_multiple_of(2) || p > 64 {
-                    return bad(format!("polynomial attention needs an even p in 2..=64, got {p}"));
+            AttentionKind::Polynomial { p } => even_p(p, "polynomial"),
+            AttentionKind::Local { p, block } => {
+                even_p(p, "local")?;
+                if block == 0 {
+                    return bad("local attention needs a block of at least 1 token".into());
+                }
+                Ok(())
+            }
+            AttentionKind::Sliding { window } => {
+                if window == 0 {
+                    return bad("sliding-window attention needs a window of at least 1".into());
+                }
+                Ok(())
+            }
+            AttentionKind::Performer { features, block, .. } => {
+                if features == 0 || block == 0 {
+                    return bad(format!(
+                        "performer needs features ({features}) and block ({block}) of at least 1"
+                    ));
                 }
                 Ok(())
             }
@@ -189,11 +286,14 @@ impl AttentionKind {
     }
 
     /// A short name for files and series: `softmax`, `polynomial-p4`,
-    /// `polysketch-learned-local-r32`, ...
+    /// `polysketch-learned-local-r32`, `local-p4-b256`, `sliding-w256`, ...
     pub fn name(&self) -> String {
         match *self {
             AttentionKind::Softmax => "softmax".into(),
             AttentionKind::Polynomial { p } => format!("polynomial-p{p}"),
+            AttentionKind::Local { p, block } => format!("local-p{p}-b{block}"),
+            AttentionKind::Sliding { window } => format!("sliding-w{window}"),
+            AttentionKind::Performer { features, .. } => format!("performer-m{features}"),
             AttentionKind::PolySketch(c) => format!(
                 "polysketch-{}{}-r{}",
                 word(c.sketch),
@@ -208,6 +308,9 @@ impl AttentionKind {
         match *self {
             AttentionKind::Softmax => "softmax".into(),
             AttentionKind::Polynomial { p } => format!("polynomial p={p}"),
+            AttentionKind::Local { p, .. } => format!("local p={p}"),
+            AttentionKind::Sliding { window } => format!("sliding w={window}"),
+            AttentionKind::Performer { features, .. } => format!("performer m={features}"),
             AttentionKind::PolySketch(c) => {
                 format!("polysketch {}{}", word(c.sketch), if c.local { "+local" } else { "" })
             }
@@ -219,6 +322,10 @@ impl AttentionKind {
     ///
     /// - softmax: \\(2n^2h\\) (\\(QK^\top\\) and \\(PV\\) over the causal triangle);
     /// - polynomial: \\(n^2(2h + 1)\\) (\\(QK^\top\\) and \\(S[V, 1]\\) over the triangle);
+    /// - local: \\(nb(2h + 1)\\) (the same over the blocks' triangles);
+    /// - sliding: \\(4hP\\) over the \\(P = nw - w(w-1)/2\\) pairs in the band (\\(n \ge w\\));
+    /// - performer: \\(n(4mk + b(m + k) + 4mh)\\) (the lowtri product with \\(m\\) features and
+    ///   the two feature maps);
     /// - PolySketch: \\(n(4mk + \text{diag} + 2s)\\) with \\(m = r(r+1)/2\\) features,
     ///   \\(k = h + 1\\), the diagonal blocks' \\(b(h + k)\\) (local) or \\(b(r + k)\\), and
     ///   \\(s\\) the sketch of one row.
@@ -227,6 +334,15 @@ impl AttentionKind {
         match self {
             AttentionKind::Softmax => 2.0 * n * n * h,
             AttentionKind::Polynomial { .. } => n * n * (2.0 * h + 1.0),
+            AttentionKind::Local { block, .. } => n * (*block as f64).min(n) * (2.0 * h + 1.0),
+            AttentionKind::Sliding { window } => {
+                let w = (*window as f64).min(n);
+                4.0 * h * (n * w - w * (w - 1.0) / 2.0)
+            }
+            AttentionKind::Performer { features, block, .. } => {
+                let (m, b, k) = (*features as f64, *block as f64, h + 1.0);
+                n * (4.0 * m * k + b * (m + k) + 4.0 * m * h)
+            }
             AttentionKind::PolySketch(c) => {
                 let (r, b, k) = (c.r as f64, c.block as f64, h + 1.0);
                 let m = r * (r + 1.0) / 2.0;
@@ -248,8 +364,9 @@ impl AttentionKind {
     }
 
     /// Reads the text form with the options not given taken from `defaults` (its `p` serves
-    /// the polynomial kind too; the word chooses the sketch, and `+local` turns local blocks
-    /// on, which are otherwise as in `defaults`). [`FromStr`] is this with
+    /// the polynomial and local kinds too, its `block` the local kind's block and the sliding
+    /// window; the word chooses the sketch, and `+local` turns local blocks on, which are
+    /// otherwise as in `defaults`). [`FromStr`] is this with
     /// [`PolySketchConfig::default`].
     ///
     /// # Errors
@@ -263,6 +380,8 @@ impl AttentionKind {
         };
         let mut c = PolySketchConfig { local, ..defaults };
         let mut poly_p = defaults.p;
+        let (mut block, mut window) = (defaults.block, defaults.block);
+        let mut features = PERFORMER_FEATURES;
         for opt in opts.split(',').filter(|o| !o.trim().is_empty()) {
             let (key, value) = opt
                 .split_once('=')
@@ -271,7 +390,11 @@ impl AttentionKind {
                 bad(format!("attention option {key}: {value:?} is not a whole number"))
             })?;
             match (word, key.trim()) {
-                ("polynomial", "p") => poly_p = value,
+                ("polynomial" | "local", "p") => poly_p = value,
+                ("local", "block") => block = value,
+                ("sliding", "window") => window = value,
+                ("performer", "features") => features = value,
+                ("performer", "block") => block = value,
                 ("random" | "learned", "p") => c.p = value,
                 ("random" | "learned", "r") => c.r = value,
                 ("random" | "learned", "block") => c.block = value,
@@ -281,6 +404,11 @@ impl AttentionKind {
         let kind = match (word, head.ends_with("+local")) {
             ("softmax", false) => AttentionKind::Softmax,
             ("polynomial", false) => AttentionKind::Polynomial { p: poly_p },
+            ("local", false) => AttentionKind::Local { p: poly_p, block },
+            ("sliding", false) => AttentionKind::Sliding { window },
+            ("performer", false) => {
+                AttentionKind::Performer { features, block, seed: defaults.seed }
+            }
             ("random", _) => {
                 AttentionKind::PolySketch(PolySketchConfig { sketch: SketchKind::Random, ..c })
             }
@@ -318,6 +446,11 @@ impl fmt::Display for AttentionKind {
         match *self {
             AttentionKind::Softmax => f.write_str("softmax"),
             AttentionKind::Polynomial { p } => write!(f, "polynomial:p={p}"),
+            AttentionKind::Local { p, block } => write!(f, "local:p={p},block={block}"),
+            AttentionKind::Sliding { window } => write!(f, "sliding:window={window}"),
+            AttentionKind::Performer { features, block, .. } => {
+                write!(f, "performer:features={features},block={block}")
+            }
             AttentionKind::PolySketch(c) => write!(
                 f,
                 "{}{}:p={},r={},block={}",
@@ -340,6 +473,9 @@ mod tests {
         let kinds = [
             AttentionKind::Softmax,
             AttentionKind::Polynomial { p: 8 },
+            AttentionKind::Local { p: 4, block: 64 },
+            AttentionKind::Sliding { window: 100 },
+            AttentionKind::Performer { features: 64, block: 32, seed: 0 },
             AttentionKind::polysketch(SketchKind::Random, false),
             AttentionKind::PolySketch(PolySketchConfig {
                 p: 8,
@@ -362,6 +498,20 @@ mod tests {
     }
 
     #[test]
+    fn local_and_sliding_take_the_block_by_default() {
+        let local: AttentionKind = "local".parse().unwrap();
+        assert_eq!(local, AttentionKind::Local { p: 4, block: 256 });
+        assert_eq!(
+            "sliding".parse::<AttentionKind>().unwrap(),
+            AttentionKind::Sliding { window: 256 }
+        );
+        let k: AttentionKind = "local:p=8,block=32".parse().unwrap();
+        assert_eq!(k, AttentionKind::Local { p: 8, block: 32 });
+        assert!(AttentionKind::Sliding { window: 0 }.validate().is_err());
+        assert!(AttentionKind::Local { p: 3, block: 8 }.validate().is_err());
+    }
+
+    #[test]
     fn bad_text_is_refused_with_the_reason() {
         for (s, says) in [
             ("cosine", "unknown attention kind"),
@@ -370,6 +520,8 @@ mod tests {
             ("learned:q=4", "no option"),
             ("learned:r", "key=value"),
             ("learned:r=x", "whole number"),
+            ("local+local", "unknown attention kind"),
+            ("sliding:p=4", "no option"),
         ] {
             let e = s.parse::<AttentionKind>().unwrap_err().to_string();
             assert!(e.contains(says), "{s}: {e}");

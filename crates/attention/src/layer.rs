@@ -10,6 +10,7 @@ use crate::checks::{
 use crate::layernorm::{LnSaved, layernorm_backward, layernorm_forward};
 use crate::learned::LearnedSketch;
 use crate::nn::{Param, ParamMut};
+use crate::performer::Favor;
 use crate::saved::{Grads, Inner, Saved};
 use crate::softmax;
 use crate::tiles::HeadViews;
@@ -47,6 +48,8 @@ pub struct Attention<T: Scalar> {
     pub(crate) sketch: Option<Box<dyn PolySketch<T>>>,
     /// The learned sketch (PolySketch with `SketchKind::Learned`), shared by the heads.
     pub(crate) learned: Option<LearnedSketch<T>>,
+    /// Performer's random features, shared by the heads.
+    pub(crate) favor: Option<Favor<T>>,
 }
 
 impl<T: Scalar> core::fmt::Debug for Attention<T> {
@@ -66,7 +69,10 @@ impl<T: Scalar> Attention<T> {
         let h = config.head_dim;
         // the layer norm's gain and bias, before they are allocated (the sketches check theirs)
         polysketch_core::check_param_bytes("Attention::new", 2 * h as u128, size_of::<T>())?;
-        let (mut sketch, mut learned) = (None, None);
+        let (mut sketch, mut learned, mut favor) = (None, None, None);
+        if let AttentionKind::Performer { features, seed, .. } = config.kind {
+            favor = Some(Favor::new(h, features, seed)?);
+        }
         if let AttentionKind::PolySketch(c) = config.kind {
             match c.sketch {
                 SketchKind::Random if c.p == 2 => {
@@ -86,6 +92,7 @@ impl<T: Scalar> Attention<T> {
             ln_bias: vec![T::zero(); ln],
             sketch,
             learned,
+            favor,
         })
     }
 
@@ -93,6 +100,12 @@ impl<T: Scalar> Attention<T> {
     /// [`parameters`](Self::parameters)).
     pub fn learned_sketch(&self) -> Option<&LearnedSketch<T>> {
         self.learned.as_ref()
+    }
+
+    /// Performer's random features, if the layer has them (fixed by the seed; not a
+    /// parameter).
+    pub fn performer_features(&self) -> Option<&Favor<T>> {
+        self.favor.as_ref()
     }
 
     /// The random sketch, if the layer has one (fixed by the seed; not a parameter).
@@ -140,7 +153,7 @@ impl<T: Scalar> Attention<T> {
 
     /// Whether q and k go through the layer norm (a kernel kind with [`QkNorm::LayerNorm`]).
     pub(crate) fn has_layernorm(&self) -> bool {
-        self.config.kind != AttentionKind::Softmax && self.config.qk_norm == QkNorm::LayerNorm
+        self.config.kind.normalises_qk() && self.config.qk_norm == QkNorm::LayerNorm
     }
 
     /// \\(\tilde x\\) of every row of `x` into `out` (row-major `[n, h]`): the layer norm
@@ -251,13 +264,13 @@ impl<T: Scalar> Attention<T> {
                 q: head_matrix(q, idx, n, h),
                 k: head_matrix(k, idx, n, h),
                 v: head_matrix(v, idx, n, h),
-                causal: self.config.causal,
+                mask: self.config.mask(),
             })
             .collect();
         (saved.batch, saved.n, saved.layer) = (batch, n, (heads, h));
         saved.layout = crate::HeadLayout::HeadsFirst;
         match self.config.kind {
-            AttentionKind::Softmax => {
+            AttentionKind::Softmax | AttentionKind::Sliding { .. } => {
                 let lse_len = batch * heads * n;
                 if !matches!(saved.inner, Inner::Softmax { .. }) {
                     saved.inner = Inner::Softmax {
@@ -281,9 +294,10 @@ impl<T: Scalar> Attention<T> {
                 }
                 Ok(())
             }
-            AttentionKind::PolySketch(_) | AttentionKind::Polynomial { .. } => {
-                self.kernel_forward(&views, out, saved, par)
-            }
+            AttentionKind::PolySketch(_)
+            | AttentionKind::Polynomial { .. }
+            | AttentionKind::Local { .. }
+            | AttentionKind::Performer { .. } => self.kernel_forward(&views, out, saved, par),
         }
     }
 
@@ -350,14 +364,20 @@ impl<T: Scalar> Attention<T> {
         match (&mut saved.inner, self.config.kind) {
             (
                 Inner::Kernel { heads, core },
-                AttentionKind::PolySketch(_) | AttentionKind::Polynomial { .. },
+                AttentionKind::PolySketch(_)
+                | AttentionKind::Polynomial { .. }
+                | AttentionKind::Local { .. }
+                | AttentionKind::Performer { .. },
             ) => {
                 if !core.is_ready() {
                     return Err(used());
                 }
                 self.kernel_backward(heads, core, d_out, grads, par)
             }
-            (Inner::Softmax { q, k, v, out, lse, used: consumed }, AttentionKind::Softmax) => {
+            (
+                Inner::Softmax { q, k, v, out, lse, used: consumed },
+                AttentionKind::Softmax | AttentionKind::Sliding { .. },
+            ) => {
                 if *consumed {
                     return Err(used());
                 }
@@ -367,7 +387,7 @@ impl<T: Scalar> Attention<T> {
                         q: head_matrix(q, idx, n, h),
                         k: head_matrix(k, idx, n, h),
                         v: head_matrix(v, idx, n, h),
-                        causal: self.config.causal,
+                        mask: self.config.mask(),
                     })
                     .collect();
                 let (dq, dk, dv) = softmax::backward(&views, out, lse, d_out, par);

@@ -83,6 +83,7 @@ pub mod learned;
 mod multihead;
 mod nn;
 mod packed;
+pub mod performer;
 mod polynomial;
 pub mod reference;
 mod safetensors_io;

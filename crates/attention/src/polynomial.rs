@@ -14,23 +14,19 @@ use faer::prelude::ReborrowMut;
 use faer::{MatMut, MatRef, Par};
 use polysketch_core::{Scalar, linalg::gemm, linalg::ipow};
 
-use crate::tiles::{TILE, TileScratch, key_tiles, masked, query_tiles};
+use crate::tiles::{Mask, TILE, TileScratch};
 
 /// One head's inputs: \\(\tilde Q\\), \\(\tilde K\\) (`[n, h]`) and \\(C = [V, \mathbf 1]\\)
-/// (`[n, h+1]`), and whether it is causal.
+/// (`[n, h+1]`), and which keys each query sees.
 #[derive(Clone, Copy)]
 pub(crate) struct PolyViews<'a, T> {
     pub q: MatRef<'a, T>,
     pub k: MatRef<'a, T>,
     pub c: MatRef<'a, T>,
-    pub causal: bool,
+    pub mask: Mask,
 }
 
-fn tiles(n: usize) -> usize {
-    n.div_ceil(TILE)
-}
-
-/// `s ← Q̃_I K̃_Jᵀ` (zero above the diagonal on the diagonal tile when causal); returns
+/// `s ← Q̃_I K̃_Jᵀ` (zero where the mask hides the key); returns
 /// `(bi, bj)`.
 fn products<T: Scalar>(
     x: &PolyViews<'_, T>, i: usize, j: usize, mut s: MatMut<'_, T>,
@@ -47,13 +43,7 @@ fn products<T: Scalar>(
         false,
         Par::Seq,
     );
-    if i == j && x.causal {
-        for c in 0..bj {
-            for r in 0..c.min(bi) {
-                st[(r, c)] = T::zero();
-            }
-        }
-    }
+    x.mask.apply(i0, j0, st, T::zero());
     (bi, bj)
 }
 
@@ -62,7 +52,7 @@ pub(crate) fn forward_tile<T: Scalar>(
     x: &PolyViews<'_, T>, p: usize, i: usize, mut out: MatMut<'_, T>, sc: &mut TileScratch<T>,
 ) {
     out.fill(T::zero());
-    for j in key_tiles(i, tiles(x.q.nrows()), x.causal) {
+    for j in x.mask.key_tiles(i, x.q.nrows()) {
         let (bi, bj) = products(x, i, j, sc.s.as_mut());
         for c in 0..bj {
             sc.s.col_as_slice_mut(c)[..bi].iter_mut().for_each(|g| *g = ipow(*g, p as u32));
@@ -97,12 +87,9 @@ fn scores_and_dx<T: Scalar>(
     for c in 0..bj {
         for r in 0..bi {
             let gv = sc.s[(r, c)];
-            // forward: S = G^p elementwise (G = Q̃ K̃ᵀ), so dG = p G^{p-1} dS
-            dp[(r, c)] = if masked(x.causal, i, j, r, c) {
-                T::zero()
-            } else {
-                pf * ipow(gv, p as u32 - 1) * dp[(r, c)]
-            };
+            // forward: S = G^p elementwise (G = Q̃ K̃ᵀ), so dG = p G^{p-1} dS; a hidden
+            // entry has G = 0 and p ≥ 2, so its dG is 0 too
+            dp[(r, c)] = pf * ipow(gv, p as u32 - 1) * dp[(r, c)];
             sc.s[(r, c)] = ipow(gv, p as u32);
         }
     }
@@ -117,7 +104,7 @@ pub(crate) fn backward_key_tile<T: Scalar>(
 ) {
     dc.fill(T::zero());
     dk.fill(T::zero());
-    for i in query_tiles(j, tiles(x.q.nrows()), x.causal) {
+    for i in x.mask.query_tiles(j, x.q.nrows()) {
         let (bi, bj) = scores_and_dx(x, g, p, i, j, sc);
         let gi = g.subrows(i * TILE, bi);
         gemm(
@@ -146,7 +133,7 @@ pub(crate) fn backward_query_tile<T: Scalar>(
     sc: &mut TileScratch<T>,
 ) {
     dq.fill(T::zero());
-    for j in key_tiles(i, tiles(x.q.nrows()), x.causal) {
+    for j in x.mask.key_tiles(i, x.q.nrows()) {
         let (bi, bj) = scores_and_dx(x, g, p, i, j, sc);
         // forward: G = Q̃_I K̃_Jᵀ, so dQ̃_I += dG K̃_J
         gemm(

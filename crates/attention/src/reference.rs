@@ -30,11 +30,19 @@ fn keys(i: usize, n: usize, causal: bool) -> core::ops::Range<usize> {
 pub fn normalised_attention_reference<T: Scalar>(
     v: MatRef<'_, T>, causal: bool, score: impl Fn(usize, usize) -> f64,
 ) -> Mat<f64> {
+    masked_normalised_reference(v, causal, |_, _| true, score)
+}
+
+/// [`normalised_attention_reference`] over the keys \\(j\\) that `sees(i, j)` allows.
+fn masked_normalised_reference<T: Scalar>(
+    v: MatRef<'_, T>, causal: bool, sees: impl Fn(usize, usize) -> bool,
+    score: impl Fn(usize, usize) -> f64,
+) -> Mat<f64> {
     let (n, h) = (v.nrows(), v.ncols());
     let mut out = Mat::zeros(n, h);
     for i in 0..n {
         let mut den = 1.0;
-        for j in keys(i, n, causal) {
+        for j in keys(i, n, causal).filter(|&j| sees(i, j)) {
             let s = score(i, j);
             den += s;
             for c in 0..h {
@@ -77,17 +85,36 @@ pub fn polysketch_reference<S: PolySketch<f64> + ?Sized>(
 pub fn softmax_reference<T: Scalar>(
     q: MatRef<'_, T>, k: MatRef<'_, T>, v: MatRef<'_, T>, causal: bool,
 ) -> Mat<f64> {
+    masked_softmax_reference(q, k, v, causal, |_, _| true)
+}
+
+/// Sliding-window softmax attention of one head from its definition: as
+/// [`softmax_reference`] over the keys with \\(|i - j| < w\\) only (causal: \\(i - w < j \le
+/// i\\)).
+pub fn sliding_reference<T: Scalar>(
+    q: MatRef<'_, T>, k: MatRef<'_, T>, v: MatRef<'_, T>, window: usize, causal: bool,
+) -> Mat<f64> {
+    masked_softmax_reference(q, k, v, causal, |i, j| i.abs_diff(j) < window)
+}
+
+/// Softmax attention over the keys that `sees(i, j)` allows.
+fn masked_softmax_reference<T: Scalar>(
+    q: MatRef<'_, T>, k: MatRef<'_, T>, v: MatRef<'_, T>, causal: bool,
+    sees: impl Fn(usize, usize) -> bool,
+) -> Mat<f64> {
     let (n, h) = (q.nrows(), q.ncols());
     let scale = 1.0 / (h as f64).sqrt();
     let mut out = Mat::zeros(n, v.ncols());
     for i in 0..n {
-        let s: Vec<f64> = keys(i, n, causal)
-            .map(|j| scale * (0..h).map(|c| q[(i, c)].as_f64() * k[(j, c)].as_f64()).sum::<f64>())
+        let seen: Vec<usize> = keys(i, n, causal).filter(|&j| sees(i, j)).collect();
+        let s: Vec<f64> = seen
+            .iter()
+            .map(|&j| scale * (0..h).map(|c| q[(i, c)].as_f64() * k[(j, c)].as_f64()).sum::<f64>())
             .collect();
         let m = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let w: Vec<f64> = s.iter().map(|x| (x - m).exp()).collect();
         let total: f64 = w.iter().sum();
-        for (j, wj) in w.iter().enumerate() {
+        for (&j, wj) in seen.iter().zip(&w) {
             for c in 0..v.ncols() {
                 out[(i, c)] += wj / total * v[(j, c)].as_f64();
             }
@@ -108,6 +135,22 @@ pub fn polynomial_reference<T: Scalar>(
     let (qt, kt) =
         (layernorm_reference(q, gain, bias, scale), layernorm_reference(k, gain, bias, scale));
     normalised_attention_reference(v, causal, |i, j| {
+        (0..qt.ncols()).map(|c| qt[(i, c)] * kt[(j, c)]).sum::<f64>().powi(p as i32)
+    })
+}
+
+/// Local-only attention of one head from its definition: [`polynomial_reference`] over the
+/// keys of the query's own block of `block` tokens only.
+#[allow(clippy::too_many_arguments)]
+pub fn local_reference<T: Scalar>(
+    q: MatRef<'_, T>, k: MatRef<'_, T>, v: MatRef<'_, T>, gain: &[T], bias: &[T], p: usize,
+    block: usize, causal: bool,
+) -> Mat<f64> {
+    let scale = (q.ncols() as f64).powf(-0.25);
+    let (qt, kt) =
+        (layernorm_reference(q, gain, bias, scale), layernorm_reference(k, gain, bias, scale));
+    let same_block = |i: usize, j: usize| i / block == j / block;
+    masked_normalised_reference(v, causal, same_block, |i, j| {
         (0..qt.ncols()).map(|c| qt[(i, c)] * kt[(j, c)]).sum::<f64>().powi(p as i32)
     })
 }
@@ -177,6 +220,42 @@ pub fn learned_sketch_reference<T: Scalar>(
         let l = node(sketch.degree(), &mut 0, &row, r, &network);
         for (c, v) in l.into_iter().enumerate() {
             out[(i, c)] = v;
+        }
+    }
+    out
+}
+
+/// Performer attention of one head from its definition, in `f64` with no shift:
+/// \\(\phi(x)_f = e^{\langle\omega_f, x\rangle - \|x\|^2/2}/\sqrt m\\) of \\(x = q/h^{1/4}\\)
+/// and \\(y = k/h^{1/4}\\), \\(\mathrm{out}_i = \sum_{j \le i} s_{ij}v_j / \sum_{j \le i}
+/// s_{ij}\\) with \\(s_{ij} = \langle\phi(x_i), \phi(y_j)\rangle\\) (causal).
+pub fn performer_reference<T: Scalar>(
+    favor: &crate::performer::Favor<T>, q: MatRef<'_, T>, k: MatRef<'_, T>, v: MatRef<'_, T>,
+) -> Mat<f64> {
+    let (n, h) = (q.nrows(), q.ncols());
+    let (omega, m) = (favor.omega(), favor.features());
+    let scale = (h as f64).powf(-0.25);
+    let phi = |x: MatRef<'_, T>| {
+        Mat::from_fn(n, m, |i, f| {
+            let row: Vec<f64> = (0..h).map(|c| scale * x[(i, c)].as_f64()).collect();
+            let wx: f64 = (0..h).map(|c| omega[(f, c)].as_f64() * row[c]).sum();
+            let sq: f64 = row.iter().map(|r| r * r).sum();
+            (wx - sq / 2.0).exp() / (m as f64).sqrt()
+        })
+    };
+    let (fq, fk) = (phi(q), phi(k));
+    let mut out = Mat::zeros(n, v.ncols());
+    for i in 0..n {
+        let mut den = 0.0;
+        for j in 0..=i {
+            let s: f64 = (0..m).map(|f| fq[(i, f)] * fk[(j, f)]).sum();
+            den += s;
+            for c in 0..v.ncols() {
+                out[(i, c)] += s * v[(j, c)].as_f64();
+            }
+        }
+        for c in 0..v.ncols() {
+            out[(i, c)] /= den;
         }
     }
     out

@@ -19,14 +19,10 @@ use faer::prelude::ReborrowMut;
 use faer::{Mat, MatMut, MatRef, Par};
 use polysketch_core::{Scalar, linalg::gemm};
 
-use crate::tiles::{HeadViews, TILE, TileScratch, key_tiles, query_tiles, run_tasks};
+use crate::tiles::{HeadViews, TILE, TileScratch, run_tasks};
 
-fn tiles(n: usize) -> usize {
-    n.div_ceil(TILE)
-}
-
-/// `S = scale · Q_I K_Jᵀ` into the top-left `[bi, bj]` of `s`, with `-∞` above the diagonal
-/// when `I = J` and causal.
+/// `S = scale · Q_I K_Jᵀ` into the top-left `[bi, bj]` of `s`, with `-∞` where the mask hides
+/// the key.
 fn scores<T: Scalar>(
     x: &HeadViews<'_, T>, i: usize, j: usize, scale: T, s: &mut Mat<T>,
 ) -> (usize, usize) {
@@ -35,21 +31,17 @@ fn scores<T: Scalar>(
     let (bi, bj) = (TILE.min(n - i0), TILE.min(n - j0));
     let mut st = s.as_mut().submatrix_mut(0, 0, bi, bj);
     gemm(st.rb_mut(), x.q.subrows(i0, bi), x.k.subrows(j0, bj).transpose(), scale, false, Par::Seq);
-    if i == j && x.causal {
-        for c in 0..bj {
-            for r in 0..c.min(bi) {
-                st[(r, c)] = T::neg_infinity();
-            }
-        }
-    }
+    x.mask.apply(i0, j0, st, T::neg_infinity());
     (bi, bj)
 }
 
-/// `P = exp(S - shift_row)` in place on the `[bi, bj]` top-left of `s`.
+/// `P = exp(S - shift_row)` in place on the `[bi, bj]` top-left of `s`; a shift of `-∞` (a row
+/// whose keys are all hidden so far, all its scores `-∞`) counts as 0, so its weights are 0.
 fn exp_rows<T: Scalar>(s: &mut Mat<T>, bi: usize, bj: usize, shift: &[T]) {
+    let ninf = T::neg_infinity();
     for c in 0..bj {
         let col = &mut s.col_as_slice_mut(c)[..bi];
-        col.iter_mut().zip(shift).for_each(|(x, m)| *x -= *m);
+        col.iter_mut().zip(shift).for_each(|(x, m)| *x -= if *m == ninf { T::zero() } else { *m });
         T::exp_in_place(col);
     }
 }
@@ -66,7 +58,7 @@ pub(crate) fn forward_tile<T: Scalar>(
     acc.fill(T::zero());
     m[..bi].fill(T::neg_infinity());
     l[..bi].fill(T::zero());
-    for j in key_tiles(i, tiles(x.q.nrows()), x.causal) {
+    for j in x.mask.key_tiles(i, x.q.nrows()) {
         let (_, bj) = scores(x, i, j, scale, s);
         // new running maxima (tmp), then alpha = exp(m_old - m_new) into m
         tmp[..bi].copy_from_slice(&m[..bi]);
@@ -74,8 +66,10 @@ pub(crate) fn forward_tile<T: Scalar>(
             let col = &s.col_as_slice(c)[..bi];
             tmp[..bi].iter_mut().zip(col).for_each(|(t, v)| *t = if *v > *t { *v } else { *t });
         }
+        // a row that has seen no key yet (at a window's edge) keeps the maximum -∞, and its
+        // alpha and weights are 0 (not e^{-∞ + ∞} = NaN; see `exp_rows`)
         for r in 0..bi {
-            m[r] -= tmp[r];
+            m[r] = if tmp[r] == T::neg_infinity() { tmp[r] } else { m[r] - tmp[r] };
         }
         T::exp_in_place(&mut m[..bi]);
         exp_rows(s, bi, bj, &tmp[..bi]);
@@ -122,7 +116,7 @@ pub(crate) fn backward_key_tile<T: Scalar>(
     let n = x.q.nrows();
     dk.fill(T::zero());
     dv.fill(T::zero());
-    for i in query_tiles(j, tiles(n), x.causal) {
+    for i in x.mask.query_tiles(j, n) {
         let i0 = i * TILE;
         let (bi, bj) = scores(x, i, j, scale, &mut sc.s);
         exp_rows(&mut sc.s, bi, bj, &lse[i0..i0 + bi]);
@@ -147,7 +141,7 @@ pub(crate) fn backward_query_tile<T: Scalar>(
 ) {
     dq.fill(T::zero());
     let i0 = i * TILE;
-    for j in key_tiles(i, tiles(x.q.nrows()), x.causal) {
+    for j in x.mask.key_tiles(i, x.q.nrows()) {
         let (bi, bj) = scores(x, i, j, scale, &mut sc.s);
         exp_rows(&mut sc.s, bi, bj, &lse[i0..i0 + bi]);
         let p = sc.s.as_ref().submatrix(0, 0, bi, bj);

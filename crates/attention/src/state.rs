@@ -25,6 +25,7 @@ use crate::checks::{check_len, check_positive, check_qkv, head_matrix, shape_of}
 use crate::kernel::normalise;
 use crate::layernorm::LnSaved;
 use crate::learned::LearnedSaved;
+use crate::performer::Side;
 use crate::{Attention, MAX_STATE_BYTES};
 use crate::{AttentionError, Result};
 use crate::{AttentionKind, PolySketchConfig};
@@ -137,6 +138,9 @@ impl<T: Scalar> Attention<T> {
             AttentionKind::PolySketch(c) => {
                 (feature_dim(c.r, Layout::Symmetric) as u128 * (h as u128 + 1)).saturating_mul(8)
             }
+            AttentionKind::Performer { features, .. } => {
+                (features as u128 * (h as u128 + 1)).saturating_mul(8)
+            }
             _ => 0,
         } + size_of::<HeadState<T>>() as u128;
         let bytes = (batch as u128).saturating_mul(heads as u128).saturating_mul(per_head);
@@ -146,6 +150,12 @@ impl<T: Scalar> Attention<T> {
         let head = match self.config.kind {
             AttentionKind::PolySketch(c) => HeadState::Sketch(SketchState {
                 s: vec![0.0; feature_dim(c.r, Layout::Symmetric) * (h + 1)],
+                open_k: Vec::new(),
+                open_r: Vec::new(),
+                open_v: Vec::new(),
+            }),
+            AttentionKind::Performer { features, .. } => HeadState::Sketch(SketchState {
+                s: vec![0.0; features * (h + 1)],
                 open_k: Vec::new(),
                 open_r: Vec::new(),
                 open_v: Vec::new(),
@@ -212,7 +222,10 @@ impl<T: Scalar> Attention<T> {
         let total = check_qkv(OP, &self.config, [q, k, v], batch, n)?;
         check_len(OP, "out", out, total, shape_of(&self.config, batch, n))?;
         self.check_parameters(OP)?;
-        if !matches!(self.config.kind, AttentionKind::PolySketch(_)) {
+        if !matches!(
+            self.config.kind,
+            AttentionKind::PolySketch(_) | AttentionKind::Performer { .. }
+        ) {
             // the cache after this chunk, in u128: no product of sizes can wrap
             let bytes = [state.position as u128 + n as u128, batch as u128, heads as u128]
                 .into_iter()
@@ -231,6 +244,9 @@ impl<T: Scalar> Attention<T> {
             match (st, self.config.kind) {
                 (HeadState::Sketch(s), AttentionKind::PolySketch(c)) => {
                     self.sketch_chunk(&c, qh, kh, vh, s, o)
+                }
+                (HeadState::Sketch(s), AttentionKind::Performer { .. }) => {
+                    self.performer_chunk(qh, kh, vh, &mut s.s, o)
                 }
                 (HeadState::Cache { k: ck, v: cv }, kind) => {
                     self.cache_chunk(kind, qh, kh, vh, position, ck, cv, o);
@@ -297,7 +313,7 @@ impl<T: Scalar> Attention<T> {
                 let qi = &qt[i * h..(i + 1) * h];
                 let open = st.open_k.chunks_exact(h).zip(st.open_v.chunks_exact(h));
                 add_exact(&mut num, qi, open, c.p);
-                normalise(&num, &mut out[i * h..(i + 1) * h]);
+                normalise(&num, &mut out[i * h..(i + 1) * h], 1.0);
                 if st.open_k.len() / h == b {
                     fold(&mut st.s, rows(&st.open_r, r), rows(&st.open_v, h));
                     st.open_k.clear();
@@ -326,7 +342,7 @@ impl<T: Scalar> Attention<T> {
         for i in 0..count {
             let num: Vec<f64> =
                 (0..=h).map(|j| raw[(i, j)].as_f64() + from_state[(i, j)]).collect();
-            normalise(&num, &mut out[(start + i) * h..(start + i + 1) * h]);
+            normalise(&num, &mut out[(start + i) * h..(start + i + 1) * h], 1.0);
         }
         // fold the finished blocks (every token, without local blocks); keep the rest open
         let folded = if c.local { count / b * b } else { count };
@@ -359,6 +375,40 @@ impl<T: Scalar> Attention<T> {
         out
     }
 
+    /// One head's chunk of Performer attention: token by token, \\(S \mathrel{+}= \phi(\tilde
+    /// k_t)[v_t, 1]^\top\\) (`s`: `[m, h + 1]`, `f64`), then \\(\mathrm{out}_t = \phi(\tilde
+    /// q_t)S\\) normalised by its last entry.
+    fn performer_chunk(
+        &self, q: MatRef<'_, T>, k: MatRef<'_, T>, v: MatRef<'_, T>, s: &mut [f64], out: &mut [T],
+    ) -> Result<()> {
+        let favor = self.favor.as_ref().ok_or_else(|| AttentionError::InvalidState {
+            op: "Attention::forward_chunk",
+            reason: "internal: a Performer layer without its features".into(),
+        })?;
+        let (n, h, m, scale) = (q.nrows(), q.ncols(), favor.features(), self.scale());
+        let features = |x: MatRef<'_, T>, side| {
+            let scaled = Mat::from_fn(n, h, |i, j| x[(i, j)] * scale);
+            let mut f = Mat::zeros(n, m);
+            favor.apply(scaled.as_ref(), side, f.as_mut());
+            f
+        };
+        let (fq, fk) = (features(q, Side::Query), features(k, Side::Key));
+        for i in 0..n {
+            for (f, row) in s.chunks_exact_mut(h + 1).enumerate() {
+                let a = fk[(i, f)].as_f64();
+                row[..h].iter_mut().enumerate().for_each(|(j, x)| *x += a * v[(i, j)].as_f64());
+                row[h] += a;
+            }
+            let mut num = vec![0.0f64; h + 1];
+            for (f, row) in s.chunks_exact(h + 1).enumerate() {
+                let a = fq[(i, f)].as_f64();
+                num.iter_mut().zip(row).for_each(|(x, r)| *x += a * r);
+            }
+            normalise(&num, &mut out[i * h..(i + 1) * h], 0.0);
+        }
+        Ok(())
+    }
+
     /// One head's chunk with a KV cache: softmax, or polynomial attention.
     #[allow(clippy::too_many_arguments)]
     fn cache_chunk(
@@ -367,7 +417,9 @@ impl<T: Scalar> Attention<T> {
     ) {
         let (n, h) = (q.nrows(), q.ncols());
         let (qs, ks) = match kind {
-            AttentionKind::Polynomial { .. } => (self.normalised(q), self.normalised(k)),
+            AttentionKind::Polynomial { .. } | AttentionKind::Local { .. } => {
+                (self.normalised(q), self.normalised(k))
+            }
             _ => {
                 let copy = |x: MatRef<'_, T>| -> Vec<T> {
                     (0..n).flat_map(|i| (0..h).map(move |j| x[(i, j)])).collect()
@@ -380,12 +432,18 @@ impl<T: Scalar> Attention<T> {
         let inv_sqrt_h = 1.0 / (h as f64).sqrt();
         for i in 0..n {
             let qi = &qs[i * h..(i + 1) * h];
-            let len = position + i + 1;
-            let keys = ck[..len * h].chunks_exact(h);
-            let vals = cv[..len * h].chunks_exact(h);
+            // the keys token t sees: from the start, its block's or its window's first
+            let t = position + i;
+            let first = match kind {
+                AttentionKind::Local { block, .. } => t / block * block,
+                AttentionKind::Sliding { window } => (t + 1).saturating_sub(window),
+                _ => 0,
+            };
+            let keys = ck[first * h..(t + 1) * h].chunks_exact(h);
+            let vals = cv[first * h..(t + 1) * h].chunks_exact(h);
             let mut num = vec![0.0f64; h + 1];
             match kind {
-                AttentionKind::Softmax => {
+                AttentionKind::Softmax | AttentionKind::Sliding { .. } => {
                     let s: Vec<f64> = keys.map(|kj| dot(qi, kj).as_f64() * inv_sqrt_h).collect();
                     let max = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
                     for (sj, vj) in s.iter().zip(vals) {
@@ -397,11 +455,13 @@ impl<T: Scalar> Attention<T> {
                     let o = &mut out[i * h..(i + 1) * h];
                     o.iter_mut().zip(&num[..h]).for_each(|(o, a)| *o = T::of(a / num[h]));
                 }
-                AttentionKind::Polynomial { p } => {
+                AttentionKind::Polynomial { p } | AttentionKind::Local { p, .. } => {
                     add_exact(&mut num, qi, keys.zip(vals), p);
-                    normalise(&num, &mut out[i * h..(i + 1) * h]);
+                    normalise(&num, &mut out[i * h..(i + 1) * h], 1.0);
                 }
-                AttentionKind::PolySketch(_) => unreachable!("PolySketch keeps a sketch state"),
+                AttentionKind::PolySketch(_) | AttentionKind::Performer { .. } => {
+                    unreachable!("PolySketch and Performer keep a running state")
+                }
             }
         }
     }

@@ -4,7 +4,7 @@ mod common;
 use common::*;
 
 use faer::Par;
-use polysketch_attention::reference::polynomial_reference;
+use polysketch_attention::reference::{local_reference, polynomial_reference};
 use polysketch_attention::{Attention, AttentionConfig, AttentionKind};
 use polysketch_core::Scalar;
 
@@ -72,7 +72,6 @@ fn backward_matches_finite_differences() {
         };
         let (_, mut saved) = l.forward(&q, &k, &v, batch, n, Par::Seq).unwrap();
         let grads = l.backward(&mut saved, &g, Par::Seq).unwrap();
-        let eps = 1e-6;
         let step = if n > 20 { 29 } else { 1 };
         assert_input_gradients(
             &|q, k, v| loss(&l, q, k, v),
@@ -81,25 +80,8 @@ fn backward_matches_finite_differences() {
             step,
             &format!("p={p} n={n} causal={causal}"),
         );
-        for (pi, (name, analytic)) in grads.params.iter().enumerate() {
-            let scale = analytic.iter().fold(0.0f64, |m, x| m.max(x.abs()));
-            for i in 0..analytic.len() {
-                let mut probe = layer::<f64>(heads, h, p, causal);
-                let mut at = |delta: f64| {
-                    for (dst, src) in probe.parameters_mut().into_iter().zip(l.parameters()) {
-                        dst.data.copy_from_slice(src.data);
-                    }
-                    probe.parameters_mut()[pi].data[i] += delta;
-                    loss(&probe, &q, &k, &v)
-                };
-                let fd = (at(eps) - at(-eps)) / (2.0 * eps);
-                assert!(
-                    (analytic[i] - fd).abs() <= 1e-6 * scale + 1e-9,
-                    "p={p} causal={causal} d{name}[{i}]: {} vs {fd}",
-                    analytic[i]
-                );
-            }
-        }
+        let what = format!("p={p} causal={causal}");
+        assert_parameter_gradients(&l, &grads.params, &|probe| loss(probe, &q, &k, &v), &what);
     }
 }
 
@@ -176,4 +158,79 @@ fn raw_vectors_follow_section_2_1() {
     let (a, _) = sketched.forward(&q, &k, &v, batch, n, Par::Seq).unwrap();
     let (b, _) = exact.forward(&q, &k, &v, batch, n, Par::Seq).unwrap();
     assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-12), "n = 37 < block: all exact");
+}
+
+/// Local-only attention (`local:p,block`): exact polynomial attention inside blocks, nothing
+/// across them; against its definition in f64 (blocks smaller than, equal to and larger than
+/// a tile), finite differences of inputs and layer-norm parameters, thread counts.
+#[test]
+fn local_blocks_match_their_definition() {
+    let (batch, heads, h) = (2, 2, 6);
+    let local = |p, block, causal| {
+        Attention::<f64>::new(AttentionConfig {
+            causal,
+            ..AttentionConfig::new(heads, h, AttentionKind::Local { p, block })
+        })
+        .unwrap()
+    };
+    for (n, p, block) in
+        [(1usize, 4usize, 1usize), (7, 2, 3), (300, 4, 64), (300, 4, 128), (300, 2, 200)]
+    {
+        for causal in [true, false] {
+            let len = batch * heads * n * h;
+            let [q, k, v, _] = qkvg::<f64>(len, 1);
+            let mut l = local(p, block, causal);
+            perturb_parameters(&mut l, 3);
+            let (g, b) = (l.parameters()[0].data.to_vec(), l.parameters()[1].data.to_vec());
+            let (out, _) = l.forward(&q, &k, &v, batch, n, Par::rayon(2)).unwrap();
+            for idx in 0..batch * heads {
+                let (qh, kh, vh) = (head(&q, idx, n, h), head(&k, idx, n, h), head(&v, idx, n, h));
+                let e = local_reference(qh, kh, vh, &g, &b, p, block, causal);
+                let got = head(&out, idx, n, h);
+                for i in 0..n {
+                    for c in 0..h {
+                        assert!(
+                            (got[(i, c)] - e[(i, c)]).abs() < 1e-11 * (1.0 + e[(i, c)].abs()),
+                            "n={n} p={p} b={block} causal={causal} ({i},{c})"
+                        );
+                    }
+                }
+            }
+        }
+    }
+    // a block covering the sequence is polynomial attention
+    let n = 40;
+    let [q, k, v, _] = qkvg::<f64>(heads * n * h, 2);
+    let (a, _) = local(4, 64, true).forward(&q, &k, &v, 1, n, Par::Seq).unwrap();
+    let (b, _) = layer::<f64>(heads, h, 4, true).forward(&q, &k, &v, 1, n, Par::Seq).unwrap();
+    assert!(a.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-14));
+    for (n, block, causal) in [(140usize, 50usize, true), (9, 4, false)] {
+        let mut l = local(4, block, causal);
+        perturb_parameters(&mut l, 5);
+        let len = heads * n * h;
+        let [q, k, v, g] = qkvg::<f64>(len, 6);
+        let loss = |l: &Attention<f64>, q: &[f64], k: &[f64], v: &[f64]| {
+            weighted_loss(l, [q, k, v], &g, 1, n)
+        };
+        let (_, mut saved) = l.forward(&q, &k, &v, 1, n, Par::Seq).unwrap();
+        let grads = l.backward(&mut saved, &g, Par::Seq).unwrap();
+        let what = format!("local n={n} b={block} causal={causal}");
+        let step = if n > 20 { 29 } else { 1 };
+        assert_input_gradients(
+            &|q, k, v| loss(&l, q, k, v),
+            [&q, &k, &v],
+            [&grads.dq, &grads.dk, &grads.dv],
+            step,
+            &what,
+        );
+        assert_parameter_gradients(&l, &grads.params, &|probe| loss(probe, &q, &k, &v), &what);
+    }
+    for causal in [true, false] {
+        let l32 = Attention::<f32>::new(AttentionConfig {
+            causal,
+            ..AttentionConfig::new(3, 8, AttentionKind::Local { p: 4, block: 100 })
+        })
+        .unwrap();
+        assert_thread_invariant(&l32, 1, 300);
+    }
 }

@@ -23,6 +23,9 @@ fn kinds() -> Vec<AttentionKind> {
         ps(8, false, SketchKind::Learned),
         AttentionKind::Polynomial { p: 4 },
         AttentionKind::Softmax,
+        AttentionKind::Local { p: 4, block: 5 },
+        AttentionKind::Sliding { window: 4 },
+        AttentionKind::Performer { features: 12, block: 5, seed: 4 },
     ]
 }
 

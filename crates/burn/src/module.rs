@@ -86,7 +86,15 @@ impl PolySketchAttentionConfig {
             AttentionKind::PolySketch(c) if c.sketch == SketchKind::Random => {
                 Some(RandomSketch::of(config.head_dim, c.r, c.p, c.seed)?)
             }
-            _ => None,
+            _ => cpu.performer_features().map(|favor| {
+                let w = favor.omega();
+                let (m, h) = (w.nrows(), w.ncols());
+                let data = (0..h).flat_map(|c| (0..m).map(move |f| w[(f, c)]));
+                RandomSketch::Performer {
+                    omega_t: (data.collect(), [h, m]),
+                    key_shift: favor.key_shift(),
+                }
+            }),
         };
         let meta =
             Meta { config, path: self.path, names, shapes, random, cpu: Arc::new(Mutex::new(cpu)) };
@@ -116,6 +124,8 @@ pub(crate) enum RandomSketch {
     Linear(Matrix),
     /// \\(p \ge 4\\): the tree's projections per level, bottom first, in node order.
     Tree { levels: Vec<Vec<Matrix>>, r: usize },
+    /// Performer's features: \\(\Omega^\top\\), `[h, m]`, and the keys' shift.
+    Performer { omega_t: Matrix, key_shift: f32 },
 }
 
 impl RandomSketch {
@@ -158,7 +168,7 @@ pub(crate) struct Meta {
 
 impl Meta {
     pub(crate) fn has_layernorm(&self) -> bool {
-        self.config.kind != AttentionKind::Softmax && self.config.qk_norm == QkNorm::LayerNorm
+        self.config.kind.normalises_qk() && self.config.qk_norm == QkNorm::LayerNorm
     }
 }
 

@@ -1,4 +1,5 @@
-//! The portable path: PolySketch, polynomial and softmax attention in burn tensor operations,
+//! The portable path: PolySketch, polynomial, local, softmax and sliding-window attention in
+//! burn tensor operations,
 //! differentiated by burn's autodiff, on every backend. The reference the fast paths are
 //! tested against.
 //!
@@ -136,6 +137,7 @@ fn random_sketch<B: Backend>(x: Tensor<B, 2>, sketch: &RandomSketch) -> Tensor<B
             }
             children.remove(0)
         }
+        RandomSketch::Performer { .. } => unreachable!("a PolySketch layer has a sketch"),
     }
 }
 
@@ -172,12 +174,45 @@ fn mask<B: Backend, const D: usize>(w: Tensor<B, D>, causal: bool) -> Tensor<B, 
     if causal { w.tril(0) } else { w }
 }
 
-/// \\(\mathrm{raw}[..h]/(1 + \mathrm{raw}[h])\\).
-fn normalise<B: Backend>(raw: Tensor<B, 4>, h: usize) -> Tensor<B, 4> {
+/// The `[n, n]` mask of the keys each query may not see ([`AttentionConfig::sees`]: causality,
+/// a local kind's blocks, a sliding window), broadcast to `dims`.
+///
+/// [`AttentionConfig::sees`]: polysketch_attention::AttentionConfig::sees
+fn hidden<B: Backend>(
+    config: &polysketch_attention::AttentionConfig, dims: [usize; 4], device: &B::Device,
+) -> Tensor<B, 4, burn::tensor::Bool> {
+    let n = dims[2];
+    let data: Vec<bool> = (0..n * n).map(|x| !config.sees(x / n, x % n)).collect();
+    Tensor::<B, 2, burn::tensor::Bool>::from_data(TensorData::new(data, [n, n]), device)
+        .unsqueeze::<4>()
+        .expand(dims)
+}
+
+/// \\(\mathrm{raw}[..h]/(c + \mathrm{raw}[h])\\): \\(c = 1\\) for the polynomial kinds, 0 for
+/// Performer.
+fn normalise<B: Backend>(raw: Tensor<B, 4>, h: usize, offset: f64) -> Tensor<B, 4> {
     let [b, hd, n, _] = raw.dims();
     let num = raw.clone().slice([0..b, 0..hd, 0..n, 0..h]);
-    let den = raw.slice([0..b, 0..hd, 0..n, h..h + 1]) + 1.0;
+    let den = raw.slice([0..b, 0..hd, 0..n, h..h + 1]) + offset;
     num / den
+}
+
+/// Performer's features of `x` (`[batch, heads, n, h]`, already scaled by \\(h^{-1/4}\\)):
+/// \\(e^{x\Omega^\top - \|x\|^2/2 - c}/\sqrt m\\), \\(c\\) each row's maximum for queries and
+/// the fixed shift for keys (see the attention crate's `performer` module).
+fn favor<B: Backend>(x: Tensor<B, 4>, sketch: &RandomSketch, query: bool) -> Tensor<B, 4> {
+    let RandomSketch::Performer { omega_t: (data, [h, m]), key_shift } = sketch else {
+        unreachable!("a Performer layer keeps its features")
+    };
+    let (flat, [a, b, n, _]) = rows(x);
+    let omega_t =
+        Tensor::<B, 2>::from_data(TensorData::new(data.clone(), [*h, *m]), &flat.device());
+    let z = flat.clone().matmul(omega_t) - flat.powi_scalar(2).sum_dim(1) * 0.5;
+    let z = match query {
+        true => z.clone() - z.max_dim(1).detach(),
+        false => z - *key_shift as f64,
+    };
+    (z.exp() / (*m as f64).sqrt()).reshape([a, b, n, *m])
 }
 
 /// The portable forward of a layer: `q`, `k`, `v` `[batch, heads, n, h]` → the same.
@@ -187,17 +222,14 @@ pub(crate) fn forward<B: Backend>(
     let config = &meta.config;
     let (h, causal) = (config.head_dim, config.causal);
     let named = Named { names: &meta.names, values: params };
-    if config.kind == AttentionKind::Softmax {
+    if config.kind.is_softmax() {
         let scores = q.matmul(k.swap_dims(2, 3)) / (h as f64).sqrt();
-        let scores = match causal {
-            true => {
-                let dims = scores.dims();
-                let n = dims[2];
-                let upper =
-                    Tensor::<B, 2, burn::tensor::Bool>::tril_mask([n, n], 0, &scores.device());
-                scores.mask_fill(upper.unsqueeze::<4>().expand(dims), f32::NEG_INFINITY)
+        let scores = match (causal, config.kind) {
+            (false, AttentionKind::Softmax) => scores,
+            _ => {
+                let hide = hidden::<B>(config, scores.dims(), &scores.device());
+                scores.mask_fill(hide, f32::NEG_INFINITY)
             }
-            false => scores,
         };
         return burn::tensor::activation::softmax(scores, 3).matmul(v);
     }
@@ -215,6 +247,17 @@ pub(crate) fn forward<B: Backend>(
     let raw = match config.kind {
         AttentionKind::Polynomial { p } => {
             mask(ipow(qt.matmul(kt.swap_dims(2, 3)), p), causal).matmul(c)
+        }
+        AttentionKind::Performer { .. } => {
+            let sketch = meta.random.as_ref().expect("a Performer layer keeps its features");
+            let s = (h as f64).powf(-0.25);
+            let (fq, fk) = (favor(qt * s, sketch, true), favor(kt * s, sketch, false));
+            mask(fq.matmul(fk.swap_dims(2, 3)), causal).matmul(c)
+        }
+        AttentionKind::Local { p, .. } => {
+            let w = ipow(qt.matmul(kt.swap_dims(2, 3)), p);
+            let hide = hidden::<B>(config, w.dims(), &w.device());
+            w.mask_fill(hide, 0.0).matmul(c)
         }
         AttentionKind::PolySketch(ps) => {
             let sketch = |x: Tensor<B, 4>| {
@@ -247,7 +290,8 @@ pub(crate) fn forward<B: Backend>(
             let [a, b, blocks, bs, w] = raw.dims();
             raw.reshape([a, b, blocks * bs, w]).slice([0..a, 0..b, 0..n, 0..w])
         }
-        AttentionKind::Softmax => unreachable!("handled above"),
+        AttentionKind::Softmax | AttentionKind::Sliding { .. } => unreachable!("handled above"),
     };
-    normalise(raw, h)
+    let offset = if matches!(config.kind, AttentionKind::Performer { .. }) { 0.0 } else { 1.0 };
+    normalise(raw, h, offset)
 }

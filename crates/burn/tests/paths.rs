@@ -11,9 +11,12 @@ use polysketch_burn::{AttentionPath, PolySketchAttention, PolySketchAttentionCon
 
 type Cpu = Autodiff<NdArray>;
 
-const KINDS: [&str; 9] = [
+const KINDS: [&str; 12] = [
     "softmax",
+    "performer:features=12,block=8",
     "polynomial:p=4",
+    "local:p=4,block=8",
+    "sliding:window=5",
     "random:p=2,r=5,block=8",
     "random:p=4,r=4,block=8",
     "random+local:p=4,r=4,block=8",
@@ -92,12 +95,15 @@ fn fast_and_portable_paths_agree_with_the_cpu_layer() {
     let dims = [2, 2, 37, 8];
     let device = Default::default();
     for kind in KINDS {
-        for causal in [true, false] {
+        // performer is causal only
+        for causal in [true, false].into_iter().filter(|&c| c || !kind.starts_with("performer")) {
             let c = config(kind, causal);
             let degree = match c.kind {
-                AttentionKind::Polynomial { p } => p,
+                AttentionKind::Polynomial { p } | AttentionKind::Local { p, .. } => p,
                 AttentionKind::PolySketch(ps) => ps.p,
-                AttentionKind::Softmax => 4,
+                AttentionKind::Softmax
+                | AttentionKind::Sliding { .. }
+                | AttentionKind::Performer { .. } => 4,
             };
             let layer: PolySketchAttention<Cpu> = c.init(&device);
             let fast =

@@ -135,3 +135,31 @@ pub fn assert_input_gradients(
         }
     }
 }
+
+/// Checks a layer's parameter gradients `analytic` (as [`Grads::params`]) against central
+/// differences (step `1e-6`) of `loss` evaluated on copies of `layer` with one parameter entry
+/// moved, within `1e-6` of the largest entry of that parameter's gradient plus `1e-9`.
+///
+/// [`Grads::params`]: polysketch_attention::Grads::params
+pub fn assert_parameter_gradients(
+    layer: &Attention<f64>, analytic: &[(String, Vec<f64>)], loss: &dyn Fn(&Attention<f64>) -> f64,
+    what: &str,
+) {
+    let eps = 1e-6;
+    assert_eq!(analytic.len(), layer.parameters().len(), "{what}: one gradient per parameter");
+    for (pi, (name, grad)) in analytic.iter().enumerate() {
+        let scale = grad.iter().fold(0.0f64, |m, x| m.max(x.abs()));
+        for (i, g) in grad.iter().enumerate() {
+            let mut probe = Attention::<f64>::new(*layer.config()).unwrap();
+            let mut at = |delta: f64| {
+                for (dst, src) in probe.parameters_mut().into_iter().zip(layer.parameters()) {
+                    dst.data.copy_from_slice(src.data);
+                }
+                probe.parameters_mut()[pi].data[i] += delta;
+                loss(&probe)
+            };
+            let fd = (at(eps) - at(-eps)) / (2.0 * eps);
+            assert!((g - fd).abs() <= 1e-6 * scale + 1e-9, "{what} d{name}[{i}]: {g} vs {fd}");
+        }
+    }
+}
