@@ -139,7 +139,8 @@ pub(crate) fn check_state_bytes<T>(
         }
         AttentionKind::Polynomial { .. } | AttentionKind::Local { .. } => 10 * h + 5,
         // as PolySketch, with m features in place of r, and the lowtri prefixes (m(h+1)/b)
-        AttentionKind::Performer { features, block, .. } => {
+        AttentionKind::Performer { features, block, .. }
+        | AttentionKind::Hedgehog { features, block, .. } => {
             10 * h + 2 * features + 5 + features * (h + 1) / block
         }
         // copies of q, k, v, the output and its log-sum-exp

@@ -74,8 +74,10 @@ impl AttentionConfig {
                 self.heads, self.head_dim
             ));
         }
-        if matches!(self.kind, AttentionKind::Performer { .. }) && !self.causal {
-            return bad("performer attention is causal only here".into());
+        if matches!(self.kind, AttentionKind::Performer { .. } | AttentionKind::Hedgehog { .. })
+            && !self.causal
+        {
+            return bad(format!("{} attention is causal only here", self.kind.label()));
         }
         self.kind.validate()
     }

@@ -37,7 +37,9 @@ fn problem<'a, T: Scalar>(
         AttentionKind::PolySketch(ps) if ps.local => {
             Problem::local_exact(Features::SelfTensored { l, r }, qt, kt, ps.p, c)
         }
-        AttentionKind::Performer { .. } => Problem::general(l, r, c),
+        AttentionKind::Performer { .. } | AttentionKind::Hedgehog { .. } => {
+            Problem::general(l, r, c)
+        }
         _ => Problem::self_tensored(l, r, c),
     }
 }
@@ -46,7 +48,7 @@ fn problem<'a, T: Scalar>(
 fn block_of(kind: AttentionKind) -> usize {
     match kind {
         AttentionKind::PolySketch(c) => c.block,
-        AttentionKind::Performer { block, .. } => block,
+        AttentionKind::Performer { block, .. } | AttentionKind::Hedgehog { block, .. } => block,
         _ => 0,
     }
 }
@@ -56,7 +58,7 @@ fn block_of(kind: AttentionKind) -> usize {
 /// Performer (a softmax estimate, normalised by its sum alone).
 pub(crate) fn den_offset<T: Scalar>(kind: AttentionKind) -> T {
     match kind {
-        AttentionKind::Performer { .. } => T::zero(),
+        AttentionKind::Performer { .. } | AttentionKind::Hedgehog { .. } => T::zero(),
         _ => T::one(),
     }
 }
@@ -104,7 +106,8 @@ impl<T: Scalar> Attention<T> {
         let (h, count, n) = (self.config.head_dim, views.len(), views[0].q.nrows());
         let (sketch, r) = match self.config.kind {
             AttentionKind::PolySketch(c) => (self.sketch.as_deref(), c.r),
-            AttentionKind::Performer { features, .. } => (None, features),
+            AttentionKind::Performer { features, .. }
+            | AttentionKind::Hedgehog { features, .. } => (None, features),
             _ => (None, 0),
         };
         let causal = self.config.causal;
@@ -113,7 +116,9 @@ impl<T: Scalar> Attention<T> {
                 grads: (0..count).map(|_| LtGrads::new()).collect(),
                 used: true,
             },
-            AttentionKind::PolySketch(_) | AttentionKind::Performer { .. } => Core::Sketch {
+            AttentionKind::PolySketch(_)
+            | AttentionKind::Performer { .. }
+            | AttentionKind::Hedgehog { .. } => Core::Sketch {
                 lowtri: (0..count).map(|_| LtSaved::new()).collect(),
                 grads: (0..count).map(|_| LtGrads::new()).collect(),
             },
@@ -128,7 +133,9 @@ impl<T: Scalar> Attention<T> {
         let core_fits = |core: &Core<T>| match (core, self.config.kind) {
             (
                 Core::Sketch { .. },
-                AttentionKind::PolySketch(_) | AttentionKind::Performer { .. },
+                AttentionKind::PolySketch(_)
+                | AttentionKind::Performer { .. }
+                | AttentionKind::Hedgehog { .. },
             ) => causal,
             (Core::Bidirectional { .. }, AttentionKind::PolySketch(_)) => !causal,
             (
@@ -168,6 +175,10 @@ impl<T: Scalar> Attention<T> {
                 s.qt.data.iter_mut().chain(s.kt.data.iter_mut()).for_each(|x| *x *= scale);
                 favor.apply(s.qt.as_ref(), Side::Query, s.l.as_mut());
                 favor.apply(s.kt.as_ref(), Side::Key, s.r.as_mut());
+            }
+            if let Some(map) = &self.hedgehog {
+                map.apply(s.qt.as_ref(), s.l.as_mut());
+                map.apply(s.kt.as_ref(), s.r.as_mut());
             }
             for (x, f, sv, (r0, len)) in [
                 (&s.qt, &mut s.l, &mut s.learned_q, rows.queries),
@@ -214,7 +225,9 @@ impl<T: Scalar> Attention<T> {
             }
             (
                 Core::Sketch { lowtri, .. },
-                kind @ (AttentionKind::PolySketch(_) | AttentionKind::Performer { .. }),
+                kind @ (AttentionKind::PolySketch(_)
+                | AttentionKind::Performer { .. }
+                | AttentionKind::Hedgehog { .. }),
             ) => {
                 let engine = LowTri::new(block_of(kind))?;
                 let (problems, outs): (Vec<Problem<'_, T>>, Vec<MatMut<'_, T>>) = heads
@@ -331,20 +344,43 @@ impl<T: Scalar> Attention<T> {
             engine.backward_batch_into(&problems, lowtri, &d_refs, lt, par)
         };
         match (core, self.config.kind) {
-            (Core::Sketch { lowtri, grads: lt }, AttentionKind::Performer { .. }) => {
+            (
+                Core::Sketch { lowtri, grads: lt },
+                AttentionKind::Performer { .. } | AttentionKind::Hedgehog { .. },
+            ) => {
                 lowtri_backward(lowtri, lt)?;
-                let favor = self.favor.as_ref().ok_or_else(|| AttentionError::InvalidState {
-                    op: "Attention::backward",
-                    reason: "internal: a Performer layer without its features".into(),
-                })?;
                 let scale = self.scale();
                 each_head(heads, par, |idx, s| {
                     let g = &lt[idx];
-                    // forward: L = φ(q̃), R = φ(k̃) with q̃ = q/h^¼
-                    favor.backward(s.qt.as_ref(), s.l.as_ref(), g.d_a.as_ref(), s.dqt.as_mut());
-                    favor.backward(s.kt.as_ref(), s.r.as_ref(), g.d_b.as_ref(), s.dkt.as_mut());
-                    s.dqt.data.iter_mut().chain(s.dkt.data.iter_mut()).for_each(|x| *x *= scale);
-                    s.dc.as_mut().copy_from(g.d_c.as_ref());
+                    let HeadSaved { qt, kt, l, r, dqt, dkt, dc, d_learned, .. } = s;
+                    // forward: L = φ(q̃), R = φ(k̃)
+                    if let Some(favor) = &self.favor {
+                        // Performer: q̃ = q/h^¼
+                        favor.backward(qt.as_ref(), l.as_ref(), g.d_a.as_ref(), dqt.as_mut());
+                        favor.backward(kt.as_ref(), r.as_ref(), g.d_b.as_ref(), dkt.as_mut());
+                        dqt.data.iter_mut().chain(dkt.data.iter_mut()).for_each(|x| *x *= scale);
+                    }
+                    if let Some(map) = &self.hedgehog {
+                        if d_learned.len() != map.parameters().len() {
+                            *d_learned = map.zero_grads();
+                        }
+                        d_learned.iter_mut().for_each(|g| g.fill(T::zero()));
+                        map.backward(
+                            qt.as_ref(),
+                            l.as_ref(),
+                            g.d_a.as_ref(),
+                            dqt.as_mut(),
+                            d_learned,
+                        );
+                        map.backward(
+                            kt.as_ref(),
+                            r.as_ref(),
+                            g.d_b.as_ref(),
+                            dkt.as_mut(),
+                            d_learned,
+                        );
+                    }
+                    dc.as_mut().copy_from(g.d_c.as_ref());
                 });
             }
             (
@@ -497,15 +533,19 @@ impl<T: Scalar> Attention<T> {
         if self.has_layernorm() {
             grads.params = vec![("ln.gain".into(), dgain), ("ln.bias".into(), dbias)];
         }
-        if let Some(ls) = &self.learned {
-            // the heads' shares, summed in head order
-            let mut total = ls.zero_grads();
+        // a learned sketch's or Hedgehog's gradients: the heads' shares, summed in head order
+        let learned = match (&self.learned, &self.hedgehog) {
+            (Some(ls), _) => Some((ls.zero_grads(), ls.parameters())),
+            (None, Some(map)) => Some((map.zero_grads(), map.parameters())),
+            (None, None) => None,
+        };
+        if let Some((mut total, params)) = learned {
             for s in heads.iter() {
                 for (t, g) in total.iter_mut().zip(&s.d_learned) {
                     t.iter_mut().zip(g).for_each(|(a, b)| *a += *b);
                 }
             }
-            grads.params.extend(ls.parameters().into_iter().zip(total).map(|(p, g)| (p.name, g)));
+            grads.params.extend(params.into_iter().zip(total).map(|(p, g)| (p.name, g)));
         }
         Ok(())
     }

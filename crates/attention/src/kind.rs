@@ -57,6 +57,7 @@ impl Default for PolySketchConfig {
 /// | `local`, `local:p=4,block=256` | [`Local`](Self::Local): exact polynomial attention inside blocks only |
 /// | `sliding`, `sliding:window=256` | [`Sliding`](Self::Sliding): softmax over the last `window` tokens |
 /// | `performer`, `performer:features=256,block=256` | [`Performer`](Self::Performer): FAVOR+ random features of softmax |
+/// | `hedgehog`, `hedgehog:features=128,block=256` | [`Hedgehog`](Self::Hedgehog): learned softmax feature maps |
 ///
 /// `Display` writes every option, so `s.parse::<AttentionKind>()` of `k.to_string()` gives
 /// `k` back (the seed aside, which neither form carries). The default is
@@ -77,7 +78,8 @@ impl Default for PolySketchConfig {
 /// The form a checkpoint stores: `{"kind": "softmax"}`, `{"kind": "polynomial", "p": 4}` or
 /// `{"kind": "polysketch", "p": 4, "r": 32, "block": 256, "learned": true, "local": true}`,
 /// `{"kind": "local", "p": 4, "block": 256}`, `{"kind": "sliding", "window": 256}`,
-/// `{"kind": "performer", "features": 256, "block": 256}`.
+/// `{"kind": "performer", "features": 256, "block": 256}`,
+/// `{"kind": "hedgehog", "features": 128, "block": 256}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(into = "Wire", from = "Wire")]
 pub enum AttentionKind {
@@ -122,6 +124,20 @@ pub enum AttentionKind {
         /// Seed of the features (not part of the text or serde forms, like PolySketch's).
         seed: u64,
     },
+    /// Hedgehog (Zhang et al. 2024; the paper's Table 7 baseline): learned feature maps
+    /// \\(\phi(x) = [\mathrm{softmax}(xW + b), \mathrm{softmax}(-xW - b)]\\)
+    /// ([`Hedgehog`](crate::hedgehog::Hedgehog), parameters `hedgehog.w`, `hedgehog.b`, trained
+    /// with the model), \\(\mathrm{out}_i = \sum_{j \le i} s_{ij}v_j / \sum_{j \le i}
+    /// s_{ij}\\) with \\(s_{ij} = \langle\phi(q_i), \phi(k_j)\rangle\\), by the lowtri engine in
+    /// blocks of `block` tokens. Causal only.
+    Hedgehog {
+        /// The number of features \\(m\\) (even).
+        features: usize,
+        /// The block size of the causal product.
+        block: usize,
+        /// Seed of the initial map (not part of the text or serde forms).
+        seed: u64,
+    },
 }
 
 /// The serde form of [`AttentionKind`] (the checkpoint format since version 1).
@@ -134,6 +150,7 @@ enum Wire {
     Local { p: usize, block: usize },
     Sliding { window: usize },
     Performer { features: usize, block: usize },
+    Hedgehog { features: usize, block: usize },
 }
 
 impl From<AttentionKind> for Wire {
@@ -151,6 +168,7 @@ impl From<AttentionKind> for Wire {
             AttentionKind::Local { p, block } => Wire::Local { p, block },
             AttentionKind::Sliding { window } => Wire::Sliding { window },
             AttentionKind::Performer { features, block, .. } => Wire::Performer { features, block },
+            AttentionKind::Hedgehog { features, block, .. } => Wire::Hedgehog { features, block },
         }
     }
 }
@@ -175,6 +193,9 @@ impl From<Wire> for AttentionKind {
             Wire::Performer { features, block } => {
                 AttentionKind::Performer { features, block, seed: 0 }
             }
+            Wire::Hedgehog { features, block } => {
+                AttentionKind::Hedgehog { features, block, seed: 0 }
+            }
         }
     }
 }
@@ -183,9 +204,12 @@ impl From<Wire> for AttentionKind {
 /// comparison used 2048 at GPT-2-small scale).
 pub const PERFORMER_FEATURES: usize = 256;
 
+/// Hedgehog's default number of features: \\(2h\\) for \\(h = 64\\), the Hedgehog authors'
+/// dimension (the paper's Table 7 also tries 1024).
+pub const HEDGEHOG_FEATURES: usize = 128;
+
 /// The words of the text form, for messages.
-const WORDS: &str =
-    "softmax, polynomial, random, learned, random+local, learned+local, local, sliding, performer";
+const WORDS: &str = "softmax, polynomial, random, learned, random+local, learned+local, local, sliding, performer, hedgehog";
 
 impl AttentionKind {
     /// PolySketch with the given sketch and local blocks, other options at their defaults
@@ -212,7 +236,7 @@ impl AttentionKind {
         matches!(self, AttentionKind::Softmax | AttentionKind::Sliding { .. })
     }
 
-    /// The same kind with the PolySketch or Performer seed set to `seed` (other kinds have
+    /// The same kind with the PolySketch, Performer or Hedgehog seed set to `seed` (other kinds have
     /// none).
     pub fn with_seed(self, seed: u64) -> Self {
         match self {
@@ -221,6 +245,9 @@ impl AttentionKind {
             }
             AttentionKind::Performer { features, block, .. } => {
                 AttentionKind::Performer { features, block, seed }
+            }
+            AttentionKind::Hedgehog { features, block, .. } => {
+                AttentionKind::Hedgehog { features, block, seed }
             }
             other => other,
         }
@@ -264,6 +291,15 @@ impl AttentionKind {
                 }
                 Ok(())
             }
+            AttentionKind::Hedgehog { features, block, .. } => {
+                if features < 2 || !features.is_multiple_of(2) || block == 0 {
+                    return bad(format!(
+                        "hedgehog needs an even number of features ≥ 2 ({features}) and a block \
+                         of at least 1 ({block})"
+                    ));
+                }
+                Ok(())
+            }
             AttentionKind::PolySketch(c) => {
                 if c.p < 2 || !c.p.is_multiple_of(2) || !(c.p / 2).is_power_of_two() || c.p > 64 {
                     return bad(format!(
@@ -294,6 +330,7 @@ impl AttentionKind {
             AttentionKind::Local { p, block } => format!("local-p{p}-b{block}"),
             AttentionKind::Sliding { window } => format!("sliding-w{window}"),
             AttentionKind::Performer { features, .. } => format!("performer-m{features}"),
+            AttentionKind::Hedgehog { features, .. } => format!("hedgehog-m{features}"),
             AttentionKind::PolySketch(c) => format!(
                 "polysketch-{}{}-r{}",
                 word(c.sketch),
@@ -311,6 +348,7 @@ impl AttentionKind {
             AttentionKind::Local { p, .. } => format!("local p={p}"),
             AttentionKind::Sliding { window } => format!("sliding w={window}"),
             AttentionKind::Performer { features, .. } => format!("performer m={features}"),
+            AttentionKind::Hedgehog { features, .. } => format!("hedgehog m={features}"),
             AttentionKind::PolySketch(c) => {
                 format!("polysketch {}{}", word(c.sketch), if c.local { "+local" } else { "" })
             }
@@ -324,8 +362,8 @@ impl AttentionKind {
     /// - polynomial: \\(n^2(2h + 1)\\) (\\(QK^\top\\) and \\(S[V, 1]\\) over the triangle);
     /// - local: \\(nb(2h + 1)\\) (the same over the blocks' triangles);
     /// - sliding: \\(4hP\\) over the \\(P = nw - w(w-1)/2\\) pairs in the band (\\(n \ge w\\));
-    /// - performer: \\(n(4mk + b(m + k) + 4mh)\\) (the lowtri product with \\(m\\) features and
-    ///   the two feature maps);
+    /// - performer, hedgehog: \\(n(4mk + b(m + k) + 4mh)\\) (the lowtri product with \\(m\\)
+    ///   features and the two feature maps, \\(hm\\) multiply-adds each);
     /// - PolySketch: \\(n(4mk + \text{diag} + 2s)\\) with \\(m = r(r+1)/2\\) features,
     ///   \\(k = h + 1\\), the diagonal blocks' \\(b(h + k)\\) (local) or \\(b(r + k)\\), and
     ///   \\(s\\) the sketch of one row.
@@ -339,7 +377,8 @@ impl AttentionKind {
                 let w = (*window as f64).min(n);
                 4.0 * h * (n * w - w * (w - 1.0) / 2.0)
             }
-            AttentionKind::Performer { features, block, .. } => {
+            AttentionKind::Performer { features, block, .. }
+            | AttentionKind::Hedgehog { features, block, .. } => {
                 let (m, b, k) = (*features as f64, *block as f64, h + 1.0);
                 n * (4.0 * m * k + b * (m + k) + 4.0 * m * h)
             }
@@ -381,7 +420,7 @@ impl AttentionKind {
         let mut c = PolySketchConfig { local, ..defaults };
         let mut poly_p = defaults.p;
         let (mut block, mut window) = (defaults.block, defaults.block);
-        let mut features = PERFORMER_FEATURES;
+        let (mut features, mut hedgehog) = (PERFORMER_FEATURES, HEDGEHOG_FEATURES);
         for opt in opts.split(',').filter(|o| !o.trim().is_empty()) {
             let (key, value) = opt
                 .split_once('=')
@@ -395,6 +434,8 @@ impl AttentionKind {
                 ("sliding", "window") => window = value,
                 ("performer", "features") => features = value,
                 ("performer", "block") => block = value,
+                ("hedgehog", "features") => hedgehog = value,
+                ("hedgehog", "block") => block = value,
                 ("random" | "learned", "p") => c.p = value,
                 ("random" | "learned", "r") => c.r = value,
                 ("random" | "learned", "block") => c.block = value,
@@ -408,6 +449,9 @@ impl AttentionKind {
             ("sliding", false) => AttentionKind::Sliding { window },
             ("performer", false) => {
                 AttentionKind::Performer { features, block, seed: defaults.seed }
+            }
+            ("hedgehog", false) => {
+                AttentionKind::Hedgehog { features: hedgehog, block, seed: defaults.seed }
             }
             ("random", _) => {
                 AttentionKind::PolySketch(PolySketchConfig { sketch: SketchKind::Random, ..c })
@@ -451,6 +495,9 @@ impl fmt::Display for AttentionKind {
             AttentionKind::Performer { features, block, .. } => {
                 write!(f, "performer:features={features},block={block}")
             }
+            AttentionKind::Hedgehog { features, block, .. } => {
+                write!(f, "hedgehog:features={features},block={block}")
+            }
             AttentionKind::PolySketch(c) => write!(
                 f,
                 "{}{}:p={},r={},block={}",
@@ -476,6 +523,7 @@ mod tests {
             AttentionKind::Local { p: 4, block: 64 },
             AttentionKind::Sliding { window: 100 },
             AttentionKind::Performer { features: 64, block: 32, seed: 0 },
+            AttentionKind::Hedgehog { features: 16, block: 32, seed: 0 },
             AttentionKind::polysketch(SketchKind::Random, false),
             AttentionKind::PolySketch(PolySketchConfig {
                 p: 8,

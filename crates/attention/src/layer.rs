@@ -7,6 +7,7 @@ use polysketch_sketch::{GaussianJl, PolySketch, TreeSketch};
 use crate::checks::{
     check_finite, check_len, check_positive, check_qkv, check_state_bytes, head_matrix, shape_of,
 };
+use crate::hedgehog::Hedgehog;
 use crate::layernorm::{LnSaved, layernorm_backward, layernorm_forward};
 use crate::learned::LearnedSketch;
 use crate::nn::{Param, ParamMut};
@@ -50,6 +51,8 @@ pub struct Attention<T: Scalar> {
     pub(crate) learned: Option<LearnedSketch<T>>,
     /// Performer's random features, shared by the heads.
     pub(crate) favor: Option<Favor<T>>,
+    /// Hedgehog's learned feature map, shared by the heads.
+    pub(crate) hedgehog: Option<Hedgehog<T>>,
 }
 
 impl<T: Scalar> core::fmt::Debug for Attention<T> {
@@ -69,9 +72,15 @@ impl<T: Scalar> Attention<T> {
         let h = config.head_dim;
         // the layer norm's gain and bias, before they are allocated (the sketches check theirs)
         polysketch_core::check_param_bytes("Attention::new", 2 * h as u128, size_of::<T>())?;
-        let (mut sketch, mut learned, mut favor) = (None, None, None);
-        if let AttentionKind::Performer { features, seed, .. } = config.kind {
-            favor = Some(Favor::new(h, features, seed)?);
+        let (mut sketch, mut learned, mut favor, mut hedgehog) = (None, None, None, None);
+        match config.kind {
+            AttentionKind::Performer { features, seed, .. } => {
+                favor = Some(Favor::new(h, features, seed)?)
+            }
+            AttentionKind::Hedgehog { features, seed, .. } => {
+                hedgehog = Some(Hedgehog::new(h, features, seed)?)
+            }
+            _ => {}
         }
         if let AttentionKind::PolySketch(c) = config.kind {
             match c.sketch {
@@ -93,6 +102,7 @@ impl<T: Scalar> Attention<T> {
             sketch,
             learned,
             favor,
+            hedgehog,
         })
     }
 
@@ -106,6 +116,12 @@ impl<T: Scalar> Attention<T> {
     /// parameter).
     pub fn performer_features(&self) -> Option<&Favor<T>> {
         self.favor.as_ref()
+    }
+
+    /// Hedgehog's feature map, if the layer has one (its parameters are also listed by
+    /// [`parameters`](Self::parameters)).
+    pub fn hedgehog_features(&self) -> Option<&Hedgehog<T>> {
+        self.hedgehog.as_ref()
     }
 
     /// The random sketch, if the layer has one (fixed by the seed; not a parameter).
@@ -132,6 +148,9 @@ impl<T: Scalar> Attention<T> {
         if let Some(l) = &self.learned {
             out.extend(l.parameters());
         }
+        if let Some(m) = &self.hedgehog {
+            out.extend(m.parameters());
+        }
         out
     }
 
@@ -147,6 +166,9 @@ impl<T: Scalar> Attention<T> {
         }
         if let Some(l) = &mut self.learned {
             out.extend(l.parameters_mut());
+        }
+        if let Some(m) = &mut self.hedgehog {
+            out.extend(m.parameters_mut());
         }
         out
     }
@@ -297,7 +319,8 @@ impl<T: Scalar> Attention<T> {
             AttentionKind::PolySketch(_)
             | AttentionKind::Polynomial { .. }
             | AttentionKind::Local { .. }
-            | AttentionKind::Performer { .. } => self.kernel_forward(&views, out, saved, par),
+            | AttentionKind::Performer { .. }
+            | AttentionKind::Hedgehog { .. } => self.kernel_forward(&views, out, saved, par),
         }
     }
 
@@ -367,7 +390,8 @@ impl<T: Scalar> Attention<T> {
                 AttentionKind::PolySketch(_)
                 | AttentionKind::Polynomial { .. }
                 | AttentionKind::Local { .. }
-                | AttentionKind::Performer { .. },
+                | AttentionKind::Performer { .. }
+                | AttentionKind::Hedgehog { .. },
             ) => {
                 if !core.is_ready() {
                     return Err(used());

@@ -75,6 +75,7 @@ pub mod dense;
 #[cfg(feature = "gpu")]
 pub mod device;
 mod error;
+pub mod hedgehog;
 mod kernel;
 mod kind;
 mod layer;

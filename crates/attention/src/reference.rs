@@ -260,3 +260,44 @@ pub fn performer_reference<T: Scalar>(
     }
     out
 }
+
+/// Hedgehog attention of one head from its definition, in `f64`, reading the map through its
+/// named parameters: \\(\phi(x) = [\mathrm{softmax}(xW + b), \mathrm{softmax}(-xW - b)]\\),
+/// \\(\mathrm{out}_i = \sum_{j \le i} s_{ij}v_j / \sum_{j \le i} s_{ij}\\) with \\(s_{ij} =
+/// \langle\phi(q_i), \phi(k_j)\rangle\\) (causal).
+pub fn hedgehog_reference<T: Scalar>(
+    map: &crate::hedgehog::Hedgehog<T>, q: MatRef<'_, T>, k: MatRef<'_, T>, v: MatRef<'_, T>,
+) -> Mat<f64> {
+    let params = map.parameters();
+    let (w, b) = (params[0].data, params[1].data);
+    let (n, h, half) = (q.nrows(), q.ncols(), params[1].data.len());
+    let softmax = |z: Vec<f64>| {
+        let total: f64 = z.iter().map(|x| x.exp()).sum();
+        z.into_iter().map(move |x| x.exp() / total)
+    };
+    let phi = |x: MatRef<'_, T>, i: usize| -> Vec<f64> {
+        let z: Vec<f64> = (0..half)
+            .map(|j| {
+                b[j].as_f64()
+                    + (0..h).map(|c| x[(i, c)].as_f64() * w[c * half + j].as_f64()).sum::<f64>()
+            })
+            .collect();
+        softmax(z.clone()).chain(softmax(z.iter().map(|x| -x).collect())).collect()
+    };
+    let (fq, fk): (Vec<_>, Vec<_>) = (0..n).map(|i| (phi(q, i), phi(k, i))).unzip();
+    let mut out = Mat::zeros(n, v.ncols());
+    for i in 0..n {
+        let mut den = 0.0;
+        for j in 0..=i {
+            let s: f64 = fq[i].iter().zip(&fk[j]).map(|(a, b)| a * b).sum();
+            den += s;
+            for c in 0..v.ncols() {
+                out[(i, c)] += s * v[(j, c)].as_f64();
+            }
+        }
+        for c in 0..v.ncols() {
+            out[(i, c)] /= den;
+        }
+    }
+    out
+}

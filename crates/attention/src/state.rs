@@ -138,7 +138,8 @@ impl<T: Scalar> Attention<T> {
             AttentionKind::PolySketch(c) => {
                 (feature_dim(c.r, Layout::Symmetric) as u128 * (h as u128 + 1)).saturating_mul(8)
             }
-            AttentionKind::Performer { features, .. } => {
+            AttentionKind::Performer { features, .. }
+            | AttentionKind::Hedgehog { features, .. } => {
                 (features as u128 * (h as u128 + 1)).saturating_mul(8)
             }
             _ => 0,
@@ -154,7 +155,8 @@ impl<T: Scalar> Attention<T> {
                 open_r: Vec::new(),
                 open_v: Vec::new(),
             }),
-            AttentionKind::Performer { features, .. } => HeadState::Sketch(SketchState {
+            AttentionKind::Performer { features, .. }
+            | AttentionKind::Hedgehog { features, .. } => HeadState::Sketch(SketchState {
                 s: vec![0.0; features * (h + 1)],
                 open_k: Vec::new(),
                 open_r: Vec::new(),
@@ -224,7 +226,9 @@ impl<T: Scalar> Attention<T> {
         self.check_parameters(OP)?;
         if !matches!(
             self.config.kind,
-            AttentionKind::PolySketch(_) | AttentionKind::Performer { .. }
+            AttentionKind::PolySketch(_)
+                | AttentionKind::Performer { .. }
+                | AttentionKind::Hedgehog { .. }
         ) {
             // the cache after this chunk, in u128: no product of sizes can wrap
             let bytes = [state.position as u128 + n as u128, batch as u128, heads as u128]
@@ -245,9 +249,10 @@ impl<T: Scalar> Attention<T> {
                 (HeadState::Sketch(s), AttentionKind::PolySketch(c)) => {
                     self.sketch_chunk(&c, qh, kh, vh, s, o)
                 }
-                (HeadState::Sketch(s), AttentionKind::Performer { .. }) => {
-                    self.performer_chunk(qh, kh, vh, &mut s.s, o)
-                }
+                (
+                    HeadState::Sketch(s),
+                    AttentionKind::Performer { .. } | AttentionKind::Hedgehog { .. },
+                ) => self.features_chunk(qh, kh, vh, &mut s.s, o),
                 (HeadState::Cache { k: ck, v: cv }, kind) => {
                     self.cache_chunk(kind, qh, kh, vh, position, ck, cv, o);
                     Ok(())
@@ -375,24 +380,32 @@ impl<T: Scalar> Attention<T> {
         out
     }
 
-    /// One head's chunk of Performer attention: token by token, \\(S \mathrel{+}= \phi(\tilde
-    /// k_t)[v_t, 1]^\top\\) (`s`: `[m, h + 1]`, `f64`), then \\(\mathrm{out}_t = \phi(\tilde
-    /// q_t)S\\) normalised by its last entry.
-    fn performer_chunk(
+    /// One head's chunk of Performer or Hedgehog attention: token by token, \\(S \mathrel{+}=
+    /// \phi(\tilde k_t)[v_t, 1]^\top\\) (`s`: `[m, h + 1]`, `f64`), then \\(\mathrm{out}_t =
+    /// \phi(\tilde q_t)S\\) normalised by its last entry.
+    fn features_chunk(
         &self, q: MatRef<'_, T>, k: MatRef<'_, T>, v: MatRef<'_, T>, s: &mut [f64], out: &mut [T],
     ) -> Result<()> {
-        let favor = self.favor.as_ref().ok_or_else(|| AttentionError::InvalidState {
-            op: "Attention::forward_chunk",
-            reason: "internal: a Performer layer without its features".into(),
-        })?;
-        let (n, h, m, scale) = (q.nrows(), q.ncols(), favor.features(), self.scale());
-        let features = |x: MatRef<'_, T>, side| {
-            let scaled = Mat::from_fn(n, h, |i, j| x[(i, j)] * scale);
-            let mut f = Mat::zeros(n, m);
-            favor.apply(scaled.as_ref(), side, f.as_mut());
-            f
+        let (n, h, scale) = (q.nrows(), q.ncols(), self.scale());
+        let features = |x: MatRef<'_, T>, side| match (&self.favor, &self.hedgehog) {
+            (Some(favor), _) => {
+                // Performer: q̃ = q/h^¼
+                let scaled = Mat::from_fn(n, h, |i, j| x[(i, j)] * scale);
+                let mut f = Mat::zeros(n, favor.features());
+                favor.apply(scaled.as_ref(), side, f.as_mut());
+                Ok(f)
+            }
+            (None, Some(map)) => {
+                let mut f = Mat::zeros(n, map.features());
+                map.apply(x, f.as_mut());
+                Ok(f)
+            }
+            (None, None) => Err(AttentionError::InvalidState {
+                op: "Attention::forward_chunk",
+                reason: "internal: a feature-map layer without its features".into(),
+            }),
         };
-        let (fq, fk) = (features(q, Side::Query), features(k, Side::Key));
+        let (fq, fk) = (features(q, Side::Query)?, features(k, Side::Key)?);
         for i in 0..n {
             for (f, row) in s.chunks_exact_mut(h + 1).enumerate() {
                 let a = fk[(i, f)].as_f64();
@@ -459,8 +472,10 @@ impl<T: Scalar> Attention<T> {
                     add_exact(&mut num, qi, keys.zip(vals), p);
                     normalise(&num, &mut out[i * h..(i + 1) * h], 1.0);
                 }
-                AttentionKind::PolySketch(_) | AttentionKind::Performer { .. } => {
-                    unreachable!("PolySketch and Performer keep a running state")
+                AttentionKind::PolySketch(_)
+                | AttentionKind::Performer { .. }
+                | AttentionKind::Hedgehog { .. } => {
+                    unreachable!("PolySketch and the feature maps keep a running state")
                 }
             }
         }

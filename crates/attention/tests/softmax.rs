@@ -5,7 +5,9 @@ use common::*;
 
 use faer::Par;
 use polysketch_attention::performer::Favor;
-use polysketch_attention::reference::{performer_reference, sliding_reference, softmax_reference};
+use polysketch_attention::reference::{
+    hedgehog_reference, performer_reference, sliding_reference, softmax_reference,
+};
 use polysketch_attention::{Attention, AttentionConfig, AttentionError, AttentionKind};
 use polysketch_core::Scalar;
 
@@ -222,4 +224,58 @@ fn performer_matches_its_definition_and_approaches_softmax() {
         ..AttentionConfig::new(1, 8, "performer".parse().unwrap())
     };
     assert!(matches!(Attention::<f32>::new(bidirectional), Err(AttentionError::InvalidConfig(_))));
+}
+
+/// Hedgehog (`hedgehog:features=m,block=b`): against its definition in f64 with moved
+/// parameters, across lowtri blocks; finite differences of inputs and of `hedgehog.w`,
+/// `hedgehog.b`; thread counts; causal only.
+#[test]
+fn hedgehog_matches_its_definition() {
+    let (batch, heads, h) = (2, 2, 6);
+    let hedgehog = |features, block| {
+        let kind = AttentionKind::Hedgehog { features, block, seed: 2 };
+        let mut l = Attention::<f64>::new(AttentionConfig::new(heads, h, kind)).unwrap();
+        perturb_parameters(&mut l, 9);
+        l
+    };
+    for (n, m, block) in [(1usize, 2usize, 4usize), (37, 8, 8), (130, 20, 32)] {
+        let len = batch * heads * n * h;
+        let [q, k, v, _] = qkvg::<f64>(len, 1);
+        let layer = hedgehog(m, block);
+        let names: Vec<String> = layer.parameters().into_iter().map(|p| p.name).collect();
+        assert_eq!(names, ["hedgehog.w", "hedgehog.b"]);
+        let (out, _) = layer.forward(&q, &k, &v, batch, n, Par::rayon(2)).unwrap();
+        let map = layer.hedgehog_features().unwrap();
+        for idx in 0..batch * heads {
+            let (qh, kh, vh) = (head(&q, idx, n, h), head(&k, idx, n, h), head(&v, idx, n, h));
+            let e = hedgehog_reference(map, qh, kh, vh);
+            let got = head(&out, idx, n, h);
+            for i in 0..n {
+                for c in 0..h {
+                    assert!(
+                        (got[(i, c)] - e[(i, c)]).abs() < 1e-11 * (1.0 + e[(i, c)].abs()),
+                        "n={n} m={m} ({i},{c}): {} vs {}",
+                        got[(i, c)],
+                        e[(i, c)]
+                    );
+                }
+            }
+        }
+    }
+    let (n, l) = (40, hedgehog(10, 16));
+    let [q, k, v, g] = qkvg::<f64>(heads * n * h, 5);
+    let loss =
+        |l: &Attention<f64>, q: &[f64], k: &[f64], v: &[f64]| weighted_loss(l, [q, k, v], &g, 1, n);
+    let (_, mut saved) = l.forward(&q, &k, &v, 1, n, Par::Seq).unwrap();
+    let grads = l.backward(&mut saved, &g, Par::Seq).unwrap();
+    let (inputs, analytic) = ([&q[..], &k, &v], [&grads.dq[..], &grads.dk, &grads.dv]);
+    assert_input_gradients(&|q, k, v| loss(&l, q, k, v), inputs, analytic, 7, "hedgehog");
+    assert_parameter_gradients(&l, &grads.params, &|probe| loss(probe, &q, &k, &v), "hedgehog");
+    let l32 = Attention::<f32>::new(AttentionConfig::new(
+        3,
+        16,
+        AttentionKind::Hedgehog { features: 32, block: 64, seed: 1 },
+    ))
+    .unwrap();
+    assert_thread_invariant(&l32, 1, 300);
 }

@@ -26,6 +26,7 @@ fn kinds() -> Vec<AttentionKind> {
         AttentionKind::Local { p: 4, block: 5 },
         AttentionKind::Sliding { window: 4 },
         AttentionKind::Performer { features: 12, block: 5, seed: 4 },
+        AttentionKind::Hedgehog { features: 8, block: 5, seed: 4 },
     ]
 }
 

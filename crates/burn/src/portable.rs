@@ -254,6 +254,18 @@ pub(crate) fn forward<B: Backend>(
             let (fq, fk) = (favor(qt * s, sketch, true), favor(kt * s, sketch, false));
             mask(fq.matmul(fk.swap_dims(2, 3)), causal).matmul(c)
         }
+        AttentionKind::Hedgehog { .. } => {
+            // φ(x) = [softmax(xW + b), softmax(-xW - b)] with the named parameters
+            let (w, b) = (named.get("hedgehog.w"), named.get("hedgehog.b"));
+            let half = b.dims()[0];
+            let phi = |x: Tensor<B, 4>| {
+                let (flat, [a, bb, n, _]) = rows(x);
+                let z = flat.matmul(w.clone().reshape([h, half])) + b.clone().reshape([1, half]);
+                let sm = |z: Tensor<B, 2>| burn::tensor::activation::softmax(z, 1);
+                Tensor::cat(vec![sm(z.clone()), sm(-z)], 1).reshape([a, bb, n, 2 * half])
+            };
+            mask(phi(qt).matmul(phi(kt).swap_dims(2, 3)), causal).matmul(c)
+        }
         AttentionKind::Local { p, .. } => {
             let w = ipow(qt.matmul(kt.swap_dims(2, 3)), p);
             let hide = hidden::<B>(config, w.dims(), &w.device());
@@ -292,6 +304,9 @@ pub(crate) fn forward<B: Backend>(
         }
         AttentionKind::Softmax | AttentionKind::Sliding { .. } => unreachable!("handled above"),
     };
-    let offset = if matches!(config.kind, AttentionKind::Performer { .. }) { 0.0 } else { 1.0 };
+    let offset = match config.kind {
+        AttentionKind::Performer { .. } | AttentionKind::Hedgehog { .. } => 0.0,
+        _ => 1.0,
+    };
     normalise(raw, h, offset)
 }

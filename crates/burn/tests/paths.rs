@@ -11,8 +11,9 @@ use polysketch_burn::{AttentionPath, PolySketchAttention, PolySketchAttentionCon
 
 type Cpu = Autodiff<NdArray>;
 
-const KINDS: [&str; 12] = [
+const KINDS: [&str; 13] = [
     "softmax",
+    "hedgehog:features=10,block=8",
     "performer:features=12,block=8",
     "polynomial:p=4",
     "local:p=4,block=8",
@@ -95,15 +96,17 @@ fn fast_and_portable_paths_agree_with_the_cpu_layer() {
     let dims = [2, 2, 37, 8];
     let device = Default::default();
     for kind in KINDS {
-        // performer is causal only
-        for causal in [true, false].into_iter().filter(|&c| c || !kind.starts_with("performer")) {
+        // performer and hedgehog are causal only
+        let causal_only = kind.starts_with("performer") || kind.starts_with("hedgehog");
+        for causal in [true, false].into_iter().filter(|&c| c || !causal_only) {
             let c = config(kind, causal);
             let degree = match c.kind {
                 AttentionKind::Polynomial { p } | AttentionKind::Local { p, .. } => p,
                 AttentionKind::PolySketch(ps) => ps.p,
                 AttentionKind::Softmax
                 | AttentionKind::Sliding { .. }
-                | AttentionKind::Performer { .. } => 4,
+                | AttentionKind::Performer { .. }
+                | AttentionKind::Hedgehog { .. } => 4,
             };
             let layer: PolySketchAttention<Cpu> = c.init(&device);
             let fast =

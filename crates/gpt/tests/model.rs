@@ -25,6 +25,10 @@ fn specs() -> Vec<AttentionKind> {
         ps(false, true),
         ps(true, false),
         ps(true, true),
+        AttentionKind::Local { p: 4, block: 4 },
+        AttentionKind::Sliding { window: 3 },
+        AttentionKind::Performer { features: 8, block: 4, seed: 0 },
+        AttentionKind::Hedgehog { features: 8, block: 4, seed: 0 },
     ]
 }
 
