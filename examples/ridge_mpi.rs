@@ -2,7 +2,7 @@
 //!
 //! ```sh
 //! cargo build --release --features mpi --example ridge_mpi
-//! mpirun -np 2 target/release/examples/ridge_mpi --threads 1    # 1M rows, D = 1024, ~40 s
+//! mpirun -np 2 target/release/examples/ridge_mpi --threads 1    # 1M rows, D = 1024, ~30 s
 //! mpirun -np 1 target/release/examples/ridge_mpi --threads 2 --rows 200000 --features 4096
 //! ```
 //!

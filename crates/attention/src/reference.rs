@@ -30,18 +30,19 @@ fn keys(i: usize, n: usize, causal: bool) -> core::ops::Range<usize> {
 pub fn normalised_attention_reference<T: Scalar>(
     v: MatRef<'_, T>, causal: bool, score: impl Fn(usize, usize) -> f64,
 ) -> Mat<f64> {
-    masked_normalised_reference(v, causal, |_, _| true, score)
+    masked_normalised_reference(v, causal, |_, _| true, score, 1.0)
 }
 
-/// [`normalised_attention_reference`] over the keys \\(j\\) that `sees(i, j)` allows.
+/// [`normalised_attention_reference`] over the keys \\(j\\) that `sees(i, j)` allows, with
+/// `offset + Σ s_ij` as the denominator (1 for the polynomial kinds, 0 for the feature maps).
 fn masked_normalised_reference<T: Scalar>(
     v: MatRef<'_, T>, causal: bool, sees: impl Fn(usize, usize) -> bool,
-    score: impl Fn(usize, usize) -> f64,
+    score: impl Fn(usize, usize) -> f64, offset: f64,
 ) -> Mat<f64> {
     let (n, h) = (v.nrows(), v.ncols());
     let mut out = Mat::zeros(n, h);
     for i in 0..n {
-        let mut den = 1.0;
+        let mut den = offset;
         for j in keys(i, n, causal).filter(|&j| sees(i, j)) {
             let s = score(i, j);
             den += s;
@@ -150,9 +151,10 @@ pub fn local_reference<T: Scalar>(
     let (qt, kt) =
         (layernorm_reference(q, gain, bias, scale), layernorm_reference(k, gain, bias, scale));
     let same_block = |i: usize, j: usize| i / block == j / block;
-    masked_normalised_reference(v, causal, same_block, |i, j| {
+    let score = |i: usize, j: usize| {
         (0..qt.ncols()).map(|c| qt[(i, c)] * kt[(j, c)]).sum::<f64>().powi(p as i32)
-    })
+    };
+    masked_normalised_reference(v, causal, same_block, score, 1.0)
 }
 
 /// A learned sketch applied to the rows of `x` from its definition (paper Algorithm 2,
@@ -244,21 +246,8 @@ pub fn performer_reference<T: Scalar>(
         })
     };
     let (fq, fk) = (phi(q), phi(k));
-    let mut out = Mat::zeros(n, v.ncols());
-    for i in 0..n {
-        let mut den = 0.0;
-        for j in 0..=i {
-            let s: f64 = (0..m).map(|f| fq[(i, f)] * fk[(j, f)]).sum();
-            den += s;
-            for c in 0..v.ncols() {
-                out[(i, c)] += s * v[(j, c)].as_f64();
-            }
-        }
-        for c in 0..v.ncols() {
-            out[(i, c)] /= den;
-        }
-    }
-    out
+    let score = |i: usize, j: usize| (0..m).map(|f| fq[(i, f)] * fk[(j, f)]).sum::<f64>();
+    masked_normalised_reference(v, true, |_, _| true, score, 0.0)
 }
 
 /// Hedgehog attention of one head from its definition, in `f64`, reading the map through its
@@ -285,19 +274,6 @@ pub fn hedgehog_reference<T: Scalar>(
         softmax(z.clone()).chain(softmax(z.iter().map(|x| -x).collect())).collect()
     };
     let (fq, fk): (Vec<_>, Vec<_>) = (0..n).map(|i| (phi(q, i), phi(k, i))).unzip();
-    let mut out = Mat::zeros(n, v.ncols());
-    for i in 0..n {
-        let mut den = 0.0;
-        for j in 0..=i {
-            let s: f64 = fq[i].iter().zip(&fk[j]).map(|(a, b)| a * b).sum();
-            den += s;
-            for c in 0..v.ncols() {
-                out[(i, c)] += s * v[(j, c)].as_f64();
-            }
-        }
-        for c in 0..v.ncols() {
-            out[(i, c)] /= den;
-        }
-    }
-    out
+    let score = |i: usize, j: usize| fq[i].iter().zip(&fk[j]).map(|(a, b)| a * b).sum::<f64>();
+    masked_normalised_reference(v, true, |_, _| true, score, 0.0)
 }

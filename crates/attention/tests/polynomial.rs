@@ -31,26 +31,11 @@ fn forward_matches_the_definition() {
                 .forward(&q, &k, &v, batch, n, Par::rayon(2))
                 .unwrap();
             let (g, b) = (vec![1.0; h], vec![0.0; h]);
-            for idx in 0..batch * heads {
-                let e = polynomial_reference(
-                    head(&q, idx, n, h),
-                    head(&k, idx, n, h),
-                    head(&v, idx, n, h),
-                    &g,
-                    &b,
-                    p,
-                    causal,
-                );
-                let got = head(&out, idx, n, h);
-                for i in 0..n {
-                    for c in 0..h {
-                        assert!(
-                            (got[(i, c)] - e[(i, c)]).abs() < 1e-11 * (1.0 + e[(i, c)].abs()),
-                            "p={p} causal={causal} n={n} ({i},{c})"
-                        );
-                    }
-                }
-            }
+            let what = format!("p={p} causal={causal} n={n}");
+            assert_heads_close(&out, (batch * heads, n, h), 1e-11, &what, |idx| {
+                let (qh, kh, vh) = (head(&q, idx, n, h), head(&k, idx, n, h), head(&v, idx, n, h));
+                polynomial_reference(qh, kh, vh, &g, &b, p, causal)
+            });
         }
     }
 }
@@ -183,19 +168,11 @@ fn local_blocks_match_their_definition() {
             perturb_parameters(&mut l, 3);
             let (g, b) = (l.parameters()[0].data.to_vec(), l.parameters()[1].data.to_vec());
             let (out, _) = l.forward(&q, &k, &v, batch, n, Par::rayon(2)).unwrap();
-            for idx in 0..batch * heads {
+            let what = format!("n={n} p={p} b={block} causal={causal}");
+            assert_heads_close(&out, (batch * heads, n, h), 1e-11, &what, |idx| {
                 let (qh, kh, vh) = (head(&q, idx, n, h), head(&k, idx, n, h), head(&v, idx, n, h));
-                let e = local_reference(qh, kh, vh, &g, &b, p, block, causal);
-                let got = head(&out, idx, n, h);
-                for i in 0..n {
-                    for c in 0..h {
-                        assert!(
-                            (got[(i, c)] - e[(i, c)]).abs() < 1e-11 * (1.0 + e[(i, c)].abs()),
-                            "n={n} p={p} b={block} causal={causal} ({i},{c})"
-                        );
-                    }
-                }
-            }
+                local_reference(qh, kh, vh, &g, &b, p, block, causal)
+            });
         }
     }
     // a block covering the sequence is polynomial attention

@@ -30,21 +30,16 @@ fn forward_matches_the_definition() {
             (random::<f64>(len, 3.0, 1), random::<f64>(len, 3.0, 2), random::<f64>(len, 1.0, 3));
         let (out, _) =
             layer::<f64>(heads, h, causal).forward(&q, &k, &v, batch, n, Par::rayon(2)).unwrap();
-        for idx in 0..batch * heads {
-            let (qh, kh, vh) = (head(&q, idx, n, h), head(&k, idx, n, h), head(&v, idx, n, h));
-            let e = softmax_reference(qh, kh, vh, causal);
-            let got = head(&out, idx, n, h);
-            for i in 0..n {
-                for c in 0..h {
-                    assert!(
-                        (got[(i, c)] - e[(i, c)]).abs() < 1e-12,
-                        "n={n} causal={causal} head {idx} ({i},{c}): {} vs {}",
-                        got[(i, c)],
-                        e[(i, c)]
-                    );
-                }
-            }
-        }
+        assert_heads_close(
+            &out,
+            (batch * heads, n, h),
+            1e-12,
+            &format!("n={n} causal={causal}"),
+            |idx| {
+                let (qh, kh, vh) = (head(&q, idx, n, h), head(&k, idx, n, h), head(&v, idx, n, h));
+                softmax_reference(qh, kh, vh, causal)
+            },
+        );
         // f32, through the fast exp: within 1e-5 of the f64 result
         let narrow = |x: &[f64]| x.iter().map(|v| *v as f32).collect::<Vec<f32>>();
         let (o32, _) = layer::<f32>(heads, h, causal)
@@ -107,21 +102,17 @@ fn sliding_window_matches_its_definition() {
             let layer = sliding(window, causal);
             assert!(layer.parameters().is_empty());
             let (out, _) = layer.forward(&q, &k, &v, batch, n, Par::rayon(2)).unwrap();
-            for idx in 0..batch * heads {
-                let (qh, kh, vh) = (head(&q, idx, n, h), head(&k, idx, n, h), head(&v, idx, n, h));
-                let e = sliding_reference(qh, kh, vh, window, causal);
-                let got = head(&out, idx, n, h);
-                for i in 0..n {
-                    for c in 0..h {
-                        assert!(
-                            (got[(i, c)] - e[(i, c)]).abs() < 1e-12,
-                            "n={n} w={window} causal={causal} ({i},{c}): {} vs {}",
-                            got[(i, c)],
-                            e[(i, c)]
-                        );
-                    }
-                }
-            }
+            assert_heads_close(
+                &out,
+                (batch * heads, n, h),
+                1e-12,
+                &format!("n={n} w={window} causal={causal}"),
+                |idx| {
+                    let (qh, kh, vh) =
+                        (head(&q, idx, n, h), head(&k, idx, n, h), head(&v, idx, n, h));
+                    sliding_reference(qh, kh, vh, window, causal)
+                },
+            );
         }
     }
     // window 1 is the identity on v
@@ -174,21 +165,10 @@ fn performer_matches_its_definition_and_approaches_softmax() {
         assert!(layer.parameters().is_empty());
         let favor = Favor::<f64>::new(h, m, 3).unwrap();
         let (out, _) = layer.forward(&q, &k, &v, batch, n, Par::rayon(2)).unwrap();
-        for idx in 0..batch * heads {
+        assert_heads_close(&out, (batch * heads, n, h), 1e-10, &format!("n={n} m={m}"), |idx| {
             let (qh, kh, vh) = (head(&q, idx, n, h), head(&k, idx, n, h), head(&v, idx, n, h));
-            let e = performer_reference(&favor, qh, kh, vh);
-            let got = head(&out, idx, n, h);
-            for i in 0..n {
-                for c in 0..h {
-                    assert!(
-                        (got[(i, c)] - e[(i, c)]).abs() < 1e-10 * (1.0 + e[(i, c)].abs()),
-                        "n={n} m={m} ({i},{c}): {} vs {}",
-                        got[(i, c)],
-                        e[(i, c)]
-                    );
-                }
-            }
-        }
+            performer_reference(&favor, qh, kh, vh)
+        });
     }
     // many features: close to softmax (scores of size ~0.3, where FAVOR+'s variance is small)
     let (n, h) = (40, 8);
@@ -246,21 +226,10 @@ fn hedgehog_matches_its_definition() {
         assert_eq!(names, ["hedgehog.w", "hedgehog.b"]);
         let (out, _) = layer.forward(&q, &k, &v, batch, n, Par::rayon(2)).unwrap();
         let map = layer.hedgehog_features().unwrap();
-        for idx in 0..batch * heads {
+        assert_heads_close(&out, (batch * heads, n, h), 1e-11, &format!("n={n} m={m}"), |idx| {
             let (qh, kh, vh) = (head(&q, idx, n, h), head(&k, idx, n, h), head(&v, idx, n, h));
-            let e = hedgehog_reference(map, qh, kh, vh);
-            let got = head(&out, idx, n, h);
-            for i in 0..n {
-                for c in 0..h {
-                    assert!(
-                        (got[(i, c)] - e[(i, c)]).abs() < 1e-11 * (1.0 + e[(i, c)].abs()),
-                        "n={n} m={m} ({i},{c}): {} vs {}",
-                        got[(i, c)],
-                        e[(i, c)]
-                    );
-                }
-            }
-        }
+            hedgehog_reference(map, qh, kh, vh)
+        });
     }
     let (n, l) = (40, hedgehog(10, 16));
     let [q, k, v, g] = qkvg::<f64>(heads * n * h, 5);

@@ -53,9 +53,9 @@ pub struct AttentionBench {
     #[arg(long, default_value = "f32")]
     pub dtype: String,
     /// Attention kinds to measure (comma separated, in the text form of `--attention`:
-    /// softmax, polynomial, random, random+local, learned, learned+local, each with at most one
-    /// option, as in learned+local:r=64, since commas separate kinds); the ratios need softmax
-    /// among them.
+    /// softmax, polynomial, random, random+local, learned, learned+local, and the baselines
+    /// local, sliding, performer, hedgehog, each with at most one option, as in
+    /// learned+local:r=64, since commas separate kinds); the ratios need softmax among them.
     #[arg(
         long,
         value_delimiter = ',',

@@ -33,7 +33,8 @@ pub struct PolySketchAttentionConfig {
     pub heads: usize,
     /// Size \\(h\\) of each head.
     pub head_dim: usize,
-    /// The attention kind (text form: `softmax`, `polynomial:p=4`, `learned+local`, …).
+    /// The attention kind (text form: `softmax`, `polynomial:p=4`, `learned+local`, `sliding`,
+    /// `performer`, …).
     /// Default: learned sketches with exact local blocks (p = 4, r = 32, b = 256), the paper's
     /// best.
     #[config(default = "AttentionKind::polysketch(SketchKind::Learned, true)")]
@@ -172,11 +173,13 @@ impl Meta {
     }
 }
 
-/// PolySketch (or polynomial, or softmax) attention as a burn module: causal or bidirectional,
-/// `q`, `k`, `v` `[batch, heads, n, h]` → `[batch, heads, n, h]`.
+/// PolySketch (or polynomial, softmax, or one of the baselines local, sliding, Performer,
+/// Hedgehog) attention as a burn module: causal or bidirectional, `q`, `k`, `v`
+/// `[batch, heads, n, h]` → `[batch, heads, n, h]`.
 ///
 /// Parameters (burn [`Param`]s, seen by optimisers, recorders and gradient clipping): the q/k
-/// layer norm's gain and bias and a learned sketch's networks, each flat, in the order and
+/// layer norm's gain and bias and a learned sketch's networks (or Hedgehog's map), each flat,
+/// in the order and
 /// with the names of [`Attention::parameters`] ([`parameter_names`](Self::parameter_names)).
 /// A random sketch is fixed by the config's seed, not a parameter: a record restores a module
 /// built from the same config (burn saves configs beside records), and a learned sketch is

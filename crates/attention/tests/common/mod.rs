@@ -163,3 +163,23 @@ pub fn assert_parameter_gradients(
         }
     }
 }
+
+/// Checks every head `idx < count` of `out` (`[count, n, h]`, row-major) against
+/// `expected(idx)` (`[n, h]`) within `tol · (1 + |e|)`; `what` names the case in a failure.
+pub fn assert_heads_close(
+    out: &[f64], (count, n, h): (usize, usize, usize), tol: f64, what: &str,
+    expected: impl Fn(usize) -> faer::Mat<f64>,
+) {
+    for idx in 0..count {
+        let (e, got) = (expected(idx), head(out, idx, n, h));
+        for i in 0..n {
+            for c in 0..h {
+                let (g, e) = (got[(i, c)], e[(i, c)]);
+                assert!(
+                    (g - e).abs() < tol * (1.0 + e.abs()),
+                    "{what} head {idx} ({i},{c}): {g} vs {e}"
+                );
+            }
+        }
+    }
+}
