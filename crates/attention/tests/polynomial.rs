@@ -52,21 +52,9 @@ fn backward_matches_finite_differences() {
         }
         let len = batch * heads * n * h;
         let [q, k, v, g] = qkvg::<f64>(len, 4);
-        let loss = |l: &Attention<f64>, q: &[f64], k: &[f64], v: &[f64]| {
-            weighted_loss(l, [q, k, v], &g, batch, n)
-        };
-        let (_, mut saved) = l.forward(&q, &k, &v, batch, n, Par::Seq).unwrap();
-        let grads = l.backward(&mut saved, &g, Par::Seq).unwrap();
         let step = if n > 20 { 29 } else { 1 };
-        assert_input_gradients(
-            &|q, k, v| loss(&l, q, k, v),
-            [&q, &k, &v],
-            [&grads.dq, &grads.dk, &grads.dv],
-            step,
-            &format!("p={p} n={n} causal={causal}"),
-        );
-        let what = format!("p={p} causal={causal}");
-        assert_parameter_gradients(&l, &grads.params, &|probe| loss(probe, &q, &k, &v), &what);
+        let what = format!("p={p} n={n} causal={causal}");
+        assert_layer_gradients(&l, [&q, &k, &v, &g], batch, n, step, &what);
     }
 }
 
@@ -186,21 +174,9 @@ fn local_blocks_match_their_definition() {
         perturb_parameters(&mut l, 5);
         let len = heads * n * h;
         let [q, k, v, g] = qkvg::<f64>(len, 6);
-        let loss = |l: &Attention<f64>, q: &[f64], k: &[f64], v: &[f64]| {
-            weighted_loss(l, [q, k, v], &g, 1, n)
-        };
-        let (_, mut saved) = l.forward(&q, &k, &v, 1, n, Par::Seq).unwrap();
-        let grads = l.backward(&mut saved, &g, Par::Seq).unwrap();
         let what = format!("local n={n} b={block} causal={causal}");
         let step = if n > 20 { 29 } else { 1 };
-        assert_input_gradients(
-            &|q, k, v| loss(&l, q, k, v),
-            [&q, &k, &v],
-            [&grads.dq, &grads.dk, &grads.dv],
-            step,
-            &what,
-        );
-        assert_parameter_gradients(&l, &grads.params, &|probe| loss(probe, &q, &k, &v), &what);
+        assert_layer_gradients(&l, [&q, &k, &v, &g], 1, n, step, &what);
     }
     for causal in [true, false] {
         let l32 = Attention::<f32>::new(AttentionConfig {

@@ -233,13 +233,7 @@ fn hedgehog_matches_its_definition() {
     }
     let (n, l) = (40, hedgehog(10, 16));
     let [q, k, v, g] = qkvg::<f64>(heads * n * h, 5);
-    let loss =
-        |l: &Attention<f64>, q: &[f64], k: &[f64], v: &[f64]| weighted_loss(l, [q, k, v], &g, 1, n);
-    let (_, mut saved) = l.forward(&q, &k, &v, 1, n, Par::Seq).unwrap();
-    let grads = l.backward(&mut saved, &g, Par::Seq).unwrap();
-    let (inputs, analytic) = ([&q[..], &k, &v], [&grads.dq[..], &grads.dk, &grads.dv]);
-    assert_input_gradients(&|q, k, v| loss(&l, q, k, v), inputs, analytic, 7, "hedgehog");
-    assert_parameter_gradients(&l, &grads.params, &|probe| loss(probe, &q, &k, &v), "hedgehog");
+    assert_layer_gradients(&l, [&q, &k, &v, &g], 1, n, 7, "hedgehog");
     let l32 = Attention::<f32>::new(AttentionConfig::new(
         3,
         16,

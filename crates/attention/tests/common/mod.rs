@@ -183,3 +183,21 @@ pub fn assert_heads_close(
         }
     }
 }
+
+/// Runs `layer`'s forward and backward on `q`, `k`, `v` with output gradient `g` and checks the
+/// input gradients (every `step`-th entry, [`assert_input_gradients`]) and every parameter's
+/// ([`assert_parameter_gradients`]) against finite differences of \\(\langle\mathrm{out},
+/// g\rangle\\).
+pub fn assert_layer_gradients(
+    layer: &Attention<f64>, [q, k, v, g]: [&[f64]; 4], batch: usize, n: usize, step: usize,
+    what: &str,
+) {
+    let loss = |l: &Attention<f64>, q: &[f64], k: &[f64], v: &[f64]| {
+        weighted_loss(l, [q, k, v], g, batch, n)
+    };
+    let (_, mut saved) = layer.forward(q, k, v, batch, n, faer::Par::Seq).unwrap();
+    let grads = layer.backward(&mut saved, g, faer::Par::Seq).unwrap();
+    let analytic = [&grads.dq[..], &grads.dk, &grads.dv];
+    assert_input_gradients(&|q, k, v| loss(layer, q, k, v), [q, k, v], analytic, step, what);
+    assert_parameter_gradients(layer, &grads.params, &|probe| loss(probe, q, k, v), what);
+}
