@@ -44,6 +44,16 @@ fn problem<'a, T: Scalar>(
     }
 }
 
+/// Sets `grads` to zero in the shapes of `zero` (a state reused by a layer of other sizes gets
+/// `zero` itself; otherwise its memory is kept).
+fn zero_grads_like<T: Scalar>(grads: &mut Vec<Vec<T>>, zero: Vec<Vec<T>>) {
+    if grads.iter().map(Vec::len).ne(zero.iter().map(Vec::len)) {
+        *grads = zero;
+    } else {
+        grads.iter_mut().for_each(|g| g.fill(T::zero()));
+    }
+}
+
 /// The block size of the lowtri product of a PolySketch or Performer layer.
 fn block_of(kind: AttentionKind) -> usize {
     match kind {
@@ -361,10 +371,7 @@ impl<T: Scalar> Attention<T> {
                         dqt.data.iter_mut().chain(dkt.data.iter_mut()).for_each(|x| *x *= scale);
                     }
                     if let Some(map) = &self.hedgehog {
-                        if d_learned.len() != map.parameters().len() {
-                            *d_learned = map.zero_grads();
-                        }
-                        d_learned.iter_mut().for_each(|g| g.fill(T::zero()));
+                        zero_grads_like(d_learned, map.zero_grads());
                         map.backward(
                             qt.as_ref(),
                             l.as_ref(),
@@ -406,10 +413,7 @@ impl<T: Scalar> Attention<T> {
                     // forward: L = S(q̃), R = S(k̃)
                     match (&self.learned, sketch) {
                         (Some(ls), _) => {
-                            if s.d_learned.len() != ls.parameters().len() {
-                                s.d_learned = ls.zero_grads();
-                            }
-                            s.d_learned.iter_mut().for_each(|g| g.fill(T::zero()));
+                            zero_grads_like(&mut s.d_learned, ls.zero_grads());
                             let HeadSaved { learned_q, learned_k, dqt, dkt, d_learned, .. } = s;
                             for (sv, d, dx, (r0, len)) in [
                                 (learned_q, &g.d_a, dqt, rows.queries),

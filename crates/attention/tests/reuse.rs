@@ -11,17 +11,24 @@ use polysketch_attention::{
 };
 
 fn kinds() -> Vec<AttentionKind> {
-    let ps = |p, local| {
-        AttentionKind::PolySketch(PolySketchConfig {
-            p,
-            r: 8,
-            block: 4,
-            local,
-            seed: 3,
-            sketch: SketchKind::Random,
-        })
+    let ps = |p, r, local, sketch| {
+        AttentionKind::PolySketch(PolySketchConfig { p, r, block: 4, local, seed: 3, sketch })
     };
-    vec![ps(2, false), ps(4, true), AttentionKind::Polynomial { p: 4 }, AttentionKind::Softmax]
+    let hedgehog = |features| AttentionKind::Hedgehog { features, block: 4, seed: 3 };
+    vec![
+        ps(2, 8, false, SketchKind::Random),
+        ps(4, 8, true, SketchKind::Random),
+        // learned sketches and feature maps of two sizes: the parameter gradients change shape
+        ps(4, 8, true, SketchKind::Learned),
+        ps(4, 4, true, SketchKind::Learned),
+        AttentionKind::Polynomial { p: 4 },
+        AttentionKind::Softmax,
+        AttentionKind::Local { p: 4, block: 3 },
+        AttentionKind::Sliding { window: 5 },
+        AttentionKind::Performer { features: 6, block: 4, seed: 3 },
+        hedgehog(8),
+        hedgehog(12),
+    ]
 }
 
 /// Output and gradients with fresh buffers.
@@ -52,13 +59,19 @@ fn reused_buffers_give_the_same_numbers_as_fresh_ones() {
     // shrinks and changes kind
     let mut saved = Saved::new();
     let mut grads = Grads::default();
-    for (kind, causal) in kinds().into_iter().flat_map(|k| [(k, true), (k, false)]) {
+    let causal_only = |k: &AttentionKind| {
+        matches!(k, AttentionKind::Performer { .. } | AttentionKind::Hedgehog { .. })
+    };
+    let cases = kinds().into_iter().flat_map(|k| [(k, true), (k, false)]);
+    for (kind, causal) in cases.filter(|(k, causal)| *causal || !causal_only(k)) {
         let config = polysketch_attention::AttentionConfig {
             causal,
             ..*layer_of::<f64>(2, 5, kind).config()
         };
         let layer = Attention::<f64>::new(config).unwrap();
-        for (step, (batch, n)) in [(1, 13), (2, 8), (1, 13), (2, 21)].into_iter().enumerate() {
+        for (step, (batch, n)) in
+            [(1, 13), (2, 8), (1, 13), (2, 21), (1, 9)].into_iter().enumerate()
+        {
             let seed = 100 + step as u64;
             let (out, expected) = fresh(&layer, batch, n, seed);
             let got = reused(&layer, batch, n, seed, &mut saved, &mut grads);
