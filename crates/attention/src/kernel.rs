@@ -29,7 +29,7 @@ pub(crate) fn normalise<T: Scalar, A: Scalar>(raw: &[A], out: &mut [T], offset: 
 }
 
 /// The lowtri problem of one head from its `[l, r, q̃, k̃, C]`: PolySketch's self-tensored
-/// features (exact local blocks if asked) or Performer's explicit ones.
+/// features (exact local blocks if asked) or Performer's and Hedgehog's explicit ones.
 fn problem<'a, T: Scalar>(
     kind: AttentionKind, [l, r, qt, kt, c]: [MatRef<'a, T>; 5],
 ) -> Problem<'a, T> {
@@ -54,7 +54,7 @@ fn zero_grads_like<T: Scalar>(grads: &mut Vec<Vec<T>>, zero: Vec<Vec<T>>) {
     }
 }
 
-/// The block size of the lowtri product of a PolySketch or Performer layer.
+/// The block size of the lowtri product of a PolySketch, Performer or Hedgehog layer.
 fn block_of(kind: AttentionKind) -> usize {
     match kind {
         AttentionKind::PolySketch(c) => c.block,
@@ -65,7 +65,7 @@ fn block_of(kind: AttentionKind) -> usize {
 
 /// The constant of the normalisation \\(\mathrm{out}_i = \mathrm{raw}_i[..h]/(c +
 /// \mathrm{raw}_i[h])\\): 1 for the polynomial kinds (the paper's \\(1 + \sum_j\\)), 0 for
-/// Performer (a softmax estimate, normalised by its sum alone).
+/// Performer and Hedgehog (softmax estimates, normalised by their sums alone).
 pub(crate) fn den_offset<T: Scalar>(kind: AttentionKind) -> T {
     match kind {
         AttentionKind::Performer { .. } | AttentionKind::Hedgehog { .. } => T::zero(),
@@ -176,29 +176,30 @@ impl<T: Scalar> Attention<T> {
             self.qk_forward(x.k, &mut s.kt.data, &mut s.ln_k);
             reshape_mat(&mut s.l, n, r);
             reshape_mat(&mut s.r, n, r);
-            let rows = self.sketched_rows(n);
-            s.l.fill(T::zero());
-            s.r.fill(T::zero());
             if let Some(favor) = &self.favor {
                 // Performer: x = q/h^¼, so that ⟨x, y⟩ = ⟨q, k⟩/√h, softmax's score
                 let scale = self.scale();
                 s.qt.data.iter_mut().chain(s.kt.data.iter_mut()).for_each(|x| *x *= scale);
                 favor.apply(s.qt.as_ref(), Side::Query, s.l.as_mut());
                 favor.apply(s.kt.as_ref(), Side::Key, s.r.as_mut());
-            }
-            if let Some(map) = &self.hedgehog {
+            } else if let Some(map) = &self.hedgehog {
                 map.apply(s.qt.as_ref(), s.l.as_mut());
                 map.apply(s.kt.as_ref(), s.r.as_mut());
-            }
-            for (x, f, sv, (r0, len)) in [
-                (&s.qt, &mut s.l, &mut s.learned_q, rows.queries),
-                (&s.kt, &mut s.r, &mut s.learned_k, rows.keys),
-            ] {
-                let (x, f) = (x.as_ref().subrows(r0, len), f.as_mut().subrows_mut(r0, len));
-                match (&self.learned, sketch) {
-                    (Some(ls), _) => ls.forward(x, f, sv),
-                    (None, Some(sk)) if len > 0 => sk.apply_into(x, f, Par::Seq)?,
-                    _ => {}
+            } else {
+                // PolySketch: the rows that are not sketched stay 0
+                let rows = self.sketched_rows(n);
+                s.l.fill(T::zero());
+                s.r.fill(T::zero());
+                for (x, f, sv, (r0, len)) in [
+                    (&s.qt, &mut s.l, &mut s.learned_q, rows.queries),
+                    (&s.kt, &mut s.r, &mut s.learned_k, rows.keys),
+                ] {
+                    let (x, f) = (x.as_ref().subrows(r0, len), f.as_mut().subrows_mut(r0, len));
+                    match (&self.learned, sketch) {
+                        (Some(ls), _) => ls.forward(x, f, sv),
+                        (None, Some(sk)) if len > 0 => sk.apply_into(x, f, Par::Seq)?,
+                        _ => {}
+                    }
                 }
             }
             s.c.reshape(n, h + 1);
@@ -280,7 +281,7 @@ impl<T: Scalar> Attention<T> {
                 });
             }
         }
-        // 3. normalise: out = num / (1 + den) (num / den for Performer)
+        // 3. normalise: out = num / (1 + den) (num / den for Performer and Hedgehog)
         let offset = den_offset(self.config.kind);
         let chunks: Vec<(&mut HeadSaved<T>, &mut [T])> =
             heads.iter_mut().zip(out.chunks_mut(n * h)).collect();
