@@ -13,7 +13,7 @@
 //!   \\(n\\), forward and backward.
 //! - [`attention`]: causal attention layers (PolySketch, softmax), forward and backward.
 //! - [`gpt`]: the mini GPT and its training runs; [`run`]: the program's side of a run
-//!   (progress, loss plot, bundled corpus).
+//!   (progress, loss plot, bundled corpus); [`paper`]: the paper's comparisons at CPU scale.
 //! - [`kernel`]: kernel ridge regression and kernel PCA with sketches, Nyström and the exact
 //!   methods.
 //! - [`io`]: crash-safe file output; [`scaling`]: timing series, their plots, faer's FLOP rate;
@@ -46,6 +46,7 @@ pub use polysketch_tensoring as tensoring;
 #[cfg(feature = "mpi")]
 pub mod distributed;
 pub mod io;
+pub mod paper;
 pub mod run;
 
 /// Measurement and reporting (the crate `polysketch-bench`).
@@ -86,6 +87,23 @@ pub enum Error {
 
 /// Result alias of the facade.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// `--threads`: sets the size of rayon's global pool (every parallel loop of the crates runs in
+/// it); `None` leaves rayon's default (one thread per core, or `RAYON_NUM_THREADS`). Results do
+/// not depend on it, only speed.
+///
+/// # Errors
+/// [`Error::Config`] for 0 threads or a pool that was already built.
+pub fn set_threads(threads: Option<usize>) -> Result<()> {
+    let Some(t) = threads else { return Ok(()) };
+    if t == 0 {
+        return Err(Error::Config("--threads must be at least 1".into()));
+    }
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(t)
+        .build_global()
+        .map_err(|e| Error::Config(format!("--threads {t}: {e}")))
+}
 
 /// Ends a command-line program as such programs end: on an error, `error: <message>` on
 /// standard error and exit status 1; nothing on success. The `polysketch` program and every

@@ -63,9 +63,9 @@ enum Command {
 struct ModelArgs {
     /// Attention kind: softmax, polynomial, random or learned (PolySketch sketches), and the
     /// paper's baselines local (exact polynomial inside blocks only), sliding (softmax over the
-    /// last `block` tokens) and performer (FAVOR+, 256 features); optionally with options
-    /// (`learned:r=64,block=128`, `sliding:window=32`, `performer:features=128`), which win
-    /// over the flags below.
+    /// last `block` tokens), performer (FAVOR+, 256 features) and hedgehog (learned feature
+    /// maps, 128 features); optionally with options (`learned:r=64,block=128`,
+    /// `sliding:window=32`, `performer:features=128`), which win over the flags below.
     #[arg(long, default_value = "learned")]
     attention: String,
     /// PolySketch without exact local blocks (default: with them).
@@ -235,7 +235,7 @@ fn main() {
     #[cfg(feature = "peak-memory")]
     polysketch::memory::install_meter(&ALLOC);
     let cli = parse_args();
-    polysketch::exit_on_error(set_threads(cli.threads));
+    polysketch::exit_on_error(polysketch::set_threads(cli.threads));
     polysketch::exit_on_error(match cli.command {
         Command::Train(args) => train(args),
         Command::Sample(args) => sample(&args),
@@ -289,18 +289,6 @@ fn quiet_on_closed_pipe() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-}
-
-/// `--threads`: the size of rayon's global pool (every parallel loop of the crates runs in it).
-fn set_threads(threads: Option<usize>) -> polysketch::Result<()> {
-    let Some(t) = threads else { return Ok(()) };
-    if t == 0 {
-        return Err(polysketch::Error::Config("--threads must be at least 1".into()));
-    }
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(t)
-        .build_global()
-        .map_err(|e| polysketch::Error::Config(format!("--threads {t}: {e}")))
 }
 
 /// The model and run of `train`/`task` options: each option given replaces the value of the

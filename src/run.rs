@@ -189,15 +189,7 @@ fn plot_losses(csv: &str, path: &Path) -> Result<()> {
 pub fn plot_runs(runs: &[(String, PathBuf)], title: &str, path: &Path) -> Result<()> {
     let mut lines = Vec::new();
     for (name, csv) in runs {
-        let text = std::fs::read_to_string(csv)?;
-        let points = text
-            .lines()
-            .skip(1)
-            .filter_map(|l| {
-                let f: Vec<&str> = l.split(',').collect();
-                Some((f[0].parse().ok()?, f[3].parse().ok()?))
-            })
-            .collect();
+        let points = val_curve(csv)?.into_iter().map(|(s, l)| (s as f64, l)).collect();
         lines.push(Line { name: name.clone(), points, ..Line::default() });
     }
     Ok(line_plot(
@@ -212,4 +204,51 @@ pub fn plot_runs(runs: &[(String, PathBuf)], title: &str, path: &Path) -> Result
         },
         path,
     )?)
+}
+
+/// One row of a `metrics.csv`: the columns the studies read.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricsRow {
+    /// The step.
+    pub step: usize,
+    /// The held-out loss (NaN where the step was not evaluated).
+    pub val_loss: f64,
+    /// The held-out accuracy (tasks, evaluated steps).
+    pub accuracy: Option<f64>,
+    /// Tokens per second so far in the invocation.
+    pub tokens_per_s: f64,
+}
+
+/// The rows of a run's `metrics.csv` (header skipped; rows that do not parse are skipped).
+///
+/// # Errors
+/// [`crate::Error::Config`] naming the file if it cannot be read.
+pub fn metrics_rows(metrics: &Path) -> Result<Vec<MetricsRow>> {
+    let text = std::fs::read_to_string(metrics)
+        .map_err(|e| crate::Error::Config(format!("cannot read {}: {e}", metrics.display())))?;
+    Ok(text
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            Some(MetricsRow {
+                step: f.first()?.parse().ok()?,
+                val_loss: f.get(3)?.parse().unwrap_or(f64::NAN),
+                accuracy: f.get(5)?.parse().ok(),
+                tokens_per_s: f.get(8)?.parse().unwrap_or(f64::NAN),
+            })
+        })
+        .collect())
+}
+
+/// The evaluated steps of a run's `metrics.csv`: `(step, held-out loss)`.
+///
+/// # Errors
+/// As [`metrics_rows`].
+pub fn val_curve(metrics: &Path) -> Result<Vec<(usize, f64)>> {
+    Ok(metrics_rows(metrics)?
+        .into_iter()
+        .filter(|r| r.val_loss.is_finite())
+        .map(|r| (r.step, r.val_loss))
+        .collect())
 }

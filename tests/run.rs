@@ -192,3 +192,77 @@ fn checkpoints_are_versioned_and_format_1_is_still_read() {
     assert!(err.contains("format 99") && err.contains("reads formats 1 and 2"), "{err}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn the_paper_studies_run_quick_write_their_tables_and_reuse_finished_runs() {
+    use polysketch::paper::{self, Options, Study};
+    let root = scratch("paper");
+    let opts = |seeds, only: &[&str]| Options {
+        quick: true,
+        seeds,
+        root: root.clone(),
+        only: only.iter().map(|s| s.to_string()).collect(),
+        context: None,
+        quiet: true,
+    };
+    for study in Study::ALL {
+        let seeds = if study == Study::Corpus { 2 } else { 1 };
+        let results = paper::run_study(study, &opts(seeds, &[])).unwrap();
+        let full = paper::arms(study, false, None).unwrap();
+        assert_eq!(results.len(), full.len(), "{study:?}: the quick variant has every arm");
+        let table = std::fs::read_to_string(root.join(format!("{}.md", study.name()))).unwrap();
+        let csv = std::fs::read_to_string(root.join(format!("{}.csv", study.name()))).unwrap();
+        assert_eq!(table.lines().count(), 2 + full.len(), "{table}");
+        assert_eq!(csv.lines().count(), 1 + full.len() * seeds as usize, "{csv}");
+        assert!(root.join(format!("{}.svg", study.name())).is_file());
+        for r in &results {
+            assert_eq!(r.outcomes.len(), seeds as usize);
+            for o in &r.outcomes {
+                assert_eq!(o.step, r.arm.last_step(), "{}", r.arm.label);
+                assert!(o.val_loss.is_finite() && o.tokens_per_s > 0.0, "{o:?}");
+                // tasks report an exact accuracy, the corpus does not
+                let task = matches!(study, Study::Copying | Study::Induction);
+                assert_eq!(o.accuracy.is_some(), task, "{o:?}");
+            }
+            assert!(table.contains(&format!("| {} |", r.arm.label)), "{table}");
+        }
+        // two seeds differ (the spread is measured, not zero)
+        if seeds == 2 {
+            let first = &results[0].outcomes;
+            assert_ne!(first[0].val_loss, first[1].val_loss);
+        }
+    }
+    // a second call reads the finished runs back: same outcomes, files untouched
+    let metrics = root.join("corpus-quick/softmax-s0/metrics.csv");
+    let before = std::fs::read(&metrics).unwrap();
+    let again = paper::run_study(Study::Corpus, &opts(1, &["softmax"])).unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(std::fs::read(&metrics).unwrap(), before);
+    assert_eq!(again[0].outcomes[0], paper::read_outcome(&metrics, 0).unwrap());
+    // an interrupted run resumes to the same end as an uninterrupted one
+    let arm = &paper::arms(Study::Corpus, true, None).unwrap()[0];
+    let other = scratch("paper-resumed");
+    let dir = other.join(format!("{}-s0", arm.folder));
+    run::train(arm.model, arm.run.clone(), &dir, None, Some(4), true).unwrap();
+    let resumed =
+        paper::run_study(Study::Corpus, &Options { root: other.clone(), ..opts(1, &["softmax"]) })
+            .unwrap();
+    let mut expected = again[0].outcomes[0].clone();
+    (expected.metrics, expected.tokens_per_s) =
+        (dir.join("metrics.csv"), resumed[0].outcomes[0].tokens_per_s);
+    assert_eq!(resumed[0].outcomes[0], expected);
+    // refused: a folder holding another configuration, unknown arms, no seeds
+    let arms = paper::arms(Study::Corpus, true, None).unwrap();
+    let poly = other.join(format!("{}-s0", arms[1].folder));
+    run::train(arm.model, arm.run.clone(), &poly, None, None, true).unwrap();
+    let only_poly = Options { root: other.clone(), ..opts(1, &["polynomial-p4"]) };
+    let err = paper::run_study(Study::Corpus, &only_poly).unwrap_err().to_string();
+    assert!(err.contains("another configuration"), "{err}");
+    let err = paper::run_study(Study::Corpus, &opts(1, &["nope"])).unwrap_err().to_string();
+    assert!(err.contains("nope") && err.contains("softmax"), "{err}");
+    let err = paper::run_study(Study::Corpus, &opts(0, &[])).unwrap_err().to_string();
+    assert!(err.contains("seeds"), "{err}");
+    assert_eq!(paper::spread(&[1.0, 3.0]), (2.0, 2f64.sqrt(), 1.0, 3.0));
+    let _ = std::fs::remove_dir_all(root);
+    let _ = std::fs::remove_dir_all(other);
+}
