@@ -42,6 +42,8 @@ fn forward_matches_the_reference() {
         (4, 5, 16, false, true),
         (4, 5, 16, true, true),
         (8, 3, 32, true, true),
+        (4, 64, 16, true, true),
+        (4, 64, 16, false, false),
     ] {
         for (n, causal) in [1usize, 9, 37, 70].into_iter().flat_map(|n| [(n, true), (n, false)]) {
             let c = AttentionConfig { causal, ..config(heads, h, p, r, block, local) };
