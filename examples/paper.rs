@@ -8,6 +8,7 @@
 //! cargo run --release --example paper -- induction         # induction heads, r = 32
 //! cargo run --release --example paper -- corpus --quick    # CI-sized: tiny models, 8 steps
 //! cargo run --release --example paper -- corpus --only softmax,polysketch-learned-local-r32
+//! cargo run --release --example paper -- corpus --report  # the finished runs so far, training nothing
 //! cargo run --release --example paper -- plot OUT.svg name=runs/x/metrics.csv ...
 //! ```
 //!
@@ -54,6 +55,9 @@ struct StudyArgs {
     /// No progress bars.
     #[arg(long)]
     quiet: bool,
+    /// Train nothing: tabulate the finished runs (while the study is still running).
+    #[arg(long)]
+    report: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -106,6 +110,7 @@ fn real_main(args: Args) -> polysketch::Result<()> {
         only: a.only,
         context: a.context,
         quiet: a.quiet,
+        report: a.report,
     };
     let results = paper::run_study(study, &opts)?;
     print!("{}", paper::table(&results));

@@ -97,6 +97,9 @@ pub struct Options {
     pub context: Option<usize>,
     /// No progress bars.
     pub quiet: bool,
+    /// Train nothing: tabulate the runs that have finished (an arm without one is listed as
+    /// not run), to report a study while it is still running.
+    pub report: bool,
 }
 
 /// What one run ended with, read from its `metrics.csv`.
@@ -357,7 +360,7 @@ pub fn run_study(study: Study, opts: &Options) -> Result<Vec<ArmResult>> {
     for seed in 0..opts.seeds {
         for (i, arm) in arms.iter().enumerate() {
             let k = seed as usize * arms.len() + i + 1;
-            outcomes[i].push(train_or_reuse(arm, seed, opts, &format!("[{k}/{total}]"))?);
+            outcomes[i].extend(train_or_reuse(arm, seed, opts, &format!("[{k}/{total}]"))?);
         }
     }
     let results: Vec<ArmResult> =
@@ -366,9 +369,10 @@ pub fn run_study(study: Study, opts: &Options) -> Result<Vec<ArmResult>> {
     Ok(results)
 }
 
-/// One run of `arm` with `seed`: read back if finished, resumed if interrupted, else trained.
-/// A folder whose checkpoint holds another model or optimisation is refused, never touched.
-fn train_or_reuse(arm: &Arm, seed: u64, opts: &Options, tag: &str) -> Result<Outcome> {
+/// One run of `arm` with `seed`: read back if finished, resumed if interrupted, else trained
+/// (`None`: not finished, and `opts.report` forbids training). A folder whose checkpoint holds
+/// another model or optimisation is refused, never touched.
+fn train_or_reuse(arm: &Arm, seed: u64, opts: &Options, tag: &str) -> Result<Option<Outcome>> {
     let out = opts.root.join(format!("{}-s{seed}", arm.folder));
     let mut model = arm.model;
     let mut run = arm.run.clone();
@@ -392,6 +396,10 @@ fn train_or_reuse(arm: &Arm, seed: u64, opts: &Options, tag: &str) -> Result<Out
         0
     };
     let end = arm.last_step();
+    if step < end && opts.report {
+        eprintln!("{tag} {} (seed {seed}): not finished (step {step} of {end})", arm.label);
+        return Ok(None);
+    }
     if step < end {
         let resume = (step > 0).then_some(out.as_path());
         let how = if resume.is_some() { "resuming" } else { "training" };
@@ -400,7 +408,7 @@ fn train_or_reuse(arm: &Arm, seed: u64, opts: &Options, tag: &str) -> Result<Out
     } else {
         eprintln!("{tag} {} (seed {seed}): finished run in {}", arm.label, out.display());
     }
-    read_outcome(&out.join("metrics.csv"), seed)
+    read_outcome(&out.join("metrics.csv"), seed).map(Some)
 }
 
 /// `x` with 4 decimals, or `-`.
@@ -412,11 +420,18 @@ fn opt4(x: Option<f64>) -> String {
 pub fn table(results: &[ArmResult]) -> String {
     let task = results.iter().any(|r| r.outcomes.iter().any(|o| o.accuracy.is_some()));
     let mut s = String::from(if task {
-        "| attention | held-out loss, mean ± sd | per seed | accuracy, mean ± sd | per seed | first ≥ 99 % | tokens/s |\n|---|---|---|---|---|---|---|\n"
+        "| attention | seeds | held-out loss, mean ± sd | per seed | accuracy, mean ± sd | per seed | first ≥ 99 % | tokens/s |\n|---|---|---|---|---|---|---|---|\n"
     } else {
-        "| attention | validation loss, mean ± sd | per seed | tokens/s |\n|---|---|---|---|\n"
+        "| attention | seeds | validation loss, mean ± sd | per seed | tokens/s |\n|---|---|---|---|---|\n"
     });
     for r in results {
+        if r.outcomes.is_empty() {
+            let dashes = if task { " - | - | - | - | - | - |" } else { " - | - | - |" };
+            s.push_str(&format!("| {} | not run yet |{dashes}\n", r.arm.label));
+            continue;
+        }
+        let seeds: Vec<String> = r.outcomes.iter().map(|o| o.seed.to_string()).collect();
+        let seeds = seeds.join(", ");
         let col = |f: &dyn Fn(&Outcome) -> f64, digits: usize| {
             let v: Vec<f64> = r.outcomes.iter().map(f).collect();
             let (mean, sd, _, _) = spread(&v);
@@ -433,18 +448,18 @@ pub fn table(results: &[ArmResult]) -> String {
                 .map(|o| o.solved_at.map_or("never".into(), |t| t.to_string()))
                 .collect();
             s.push_str(&format!(
-                "| {} | {loss} | {losses} | {acc} | {accs} | {} | {tps:.0} |\n",
+                "| {} | {seeds} | {loss} | {losses} | {acc} | {accs} | {} | {tps:.0} |\n",
                 r.arm.label,
                 solved.join(", ")
             ));
         } else {
-            s.push_str(&format!("| {} | {loss} | {losses} | {tps:.0} |\n", r.arm.label));
+            s.push_str(&format!("| {} | {seeds} | {loss} | {losses} | {tps:.0} |\n", r.arm.label));
         }
     }
     s
 }
 
-/// Writes `root/<study>.{csv,md,svg}`.
+/// Writes `root/<study>.{csv,md,svg}` (no plot while no run has finished).
 fn write_study(study: Study, results: &[ArmResult], root: &Path) -> Result<()> {
     let mut csv = String::from("arm,folder,seed,step,val_loss,accuracy,solved_at,tokens_per_s\n");
     for r in results {
@@ -466,8 +481,11 @@ fn write_study(study: Study, results: &[ArmResult], root: &Path) -> Result<()> {
     crate::io::write_atomic(&root.join(format!("{name}.csv")), csv.as_bytes())?;
     crate::io::write_atomic(&root.join(format!("{name}.md")), table(results).as_bytes())?;
     let mut lines = Vec::new();
-    for r in results {
+    for r in results.iter().filter(|r| !r.outcomes.is_empty()) {
         lines.push(Line { name: r.arm.label.clone(), points: mean_curve(r)?, dashed: false });
+    }
+    if lines.is_empty() {
+        return Ok(()); // a report before any run has finished: nothing to draw
     }
     // the first evaluations' losses (near ln 256 on the corpus) would flatten the rest
     let cap =

@@ -204,6 +204,7 @@ fn the_paper_studies_run_quick_write_their_tables_and_reuse_finished_runs() {
         only: only.iter().map(|s| s.to_string()).collect(),
         context: None,
         quiet: true,
+        report: false,
     };
     for study in Study::ALL {
         let seeds = if study == Study::Corpus { 2 } else { 1 };
@@ -260,6 +261,20 @@ fn the_paper_studies_run_quick_write_their_tables_and_reuse_finished_runs() {
     assert!(err.contains("another configuration"), "{err}");
     let err = paper::run_study(Study::Corpus, &opts(1, &["nope"])).unwrap_err().to_string();
     assert!(err.contains("nope") && err.contains("softmax"), "{err}");
+    // a report trains nothing: the copying study ran seed 0 only, so seed 1 is left out
+    let report = Options { report: true, ..opts(2, &["softmax"]) };
+    let reported = paper::run_study(Study::Copying, &report).unwrap();
+    assert_eq!(reported[0].outcomes.len(), 1);
+    assert!(!root.join("copying-quick/softmax-s1").exists());
+    let table = std::fs::read_to_string(root.join("copying.md")).unwrap();
+    assert!(table.contains("| softmax | 0 |"), "{table}");
+    let empty = Options { report: true, root: scratch("paper-empty"), ..opts(1, &[]) };
+    assert!(
+        paper::run_study(Study::Induction, &empty).unwrap().iter().all(|r| r.outcomes.is_empty())
+    );
+    let table = std::fs::read_to_string(empty.root.join("induction.md")).unwrap();
+    assert_eq!(table.matches("not run yet").count(), 3, "{table}");
+    let _ = std::fs::remove_dir_all(&empty.root);
     let err = paper::run_study(Study::Corpus, &opts(0, &[])).unwrap_err().to_string();
     assert!(err.contains("seeds"), "{err}");
     assert_eq!(paper::spread(&[1.0, 3.0]), (2.0, 2f64.sqrt(), 1.0, 3.0));
