@@ -2,7 +2,7 @@
 //! studies of the same small GPT trained with each attention kind, every arm with two seeds.
 //!
 //! ```sh
-//! cargo run --release --example paper -- corpus            # Table 2: validation loss, 9 arms
+//! cargo run --release --example paper -- corpus            # Tables 2, 7: validation loss, 12 arms
 //! cargo run --release --example paper -- copying           # Table 5: selective copying, 6 arms
 //! cargo run --release --example paper -- degree            # p = 2, 4, 8
 //! cargo run --release --example paper -- induction         # induction heads, r = 32
@@ -63,8 +63,8 @@ struct StudyArgs {
 #[derive(Subcommand, Debug)]
 enum What {
     /// Validation loss on the bundled corpus: softmax, polynomial, PolySketch (learned + local
-    /// r = 32 and 64, random + local, learned), Performer, Hedgehog, and learned + local with
-    /// one layer more.
+    /// r = 32 and 64, random + local, learned), Performer, Hedgehog, learned + local and softmax
+    /// with one layer more, local-only and sliding-window attention.
     Corpus(StudyArgs),
     /// Selective copying: softmax, polynomial, learned + local, random + local, local, sliding.
     Copying(StudyArgs),

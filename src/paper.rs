@@ -4,8 +4,8 @@
 //! - [`Study::Corpus`]: validation loss on the bundled corpus (bytes, context 256) of softmax,
 //!   polynomial \\(p = 4\\), PolySketch learned + local (\\(r = 32, 64\\)), random + local,
 //!   learned without local blocks, Performer, Hedgehog, learned + local with one layer more
-//!   (the paper's 13 against 12), local-only and sliding-window attention; the paper's Tables 2
-//!   and 7.
+//!   (the paper's 13 against 12) and softmax with one layer more, local-only and sliding-window
+//!   attention; the paper's Tables 2 and 7.
 //! - [`Study::Copying`]: selective copying (Appendix F, Table 5) for softmax, polynomial,
 //!   learned + local, random + local, local-only and sliding-window attention.
 //! - [`Study::Degree`]: \\(p = 2, 4, 8\\) for polynomial and PolySketch attention on the corpus
@@ -34,7 +34,7 @@ use crate::{Error, Result};
 /// One of the four studies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Study {
-    /// Validation loss on the bundled corpus, eleven arms.
+    /// Validation loss on the bundled corpus, twelve arms.
     Corpus,
     /// Selective copying accuracy, six arms.
     Copying,
@@ -161,7 +161,7 @@ pub fn arms(study: Study, quick: bool, context: Option<usize>) -> Result<Vec<Arm
 /// `p = 4` and the setting's `r` and `b`, without local blocks unless `+local`.
 type KindSpec = (&'static str, usize);
 
-const CORPUS_KINDS: [KindSpec; 11] = [
+const CORPUS_KINDS: [KindSpec; 12] = [
     ("softmax", 0),
     ("polynomial", 0),
     ("learned+local", 0),
@@ -171,6 +171,8 @@ const CORPUS_KINDS: [KindSpec; 11] = [
     ("performer", 0),
     ("hedgehog", 0),
     ("learned+local", 1),
+    // the extra layer's own worth: the paper's Appendix K compares at equal depth
+    ("softmax", 1),
     // the paper's Table 7: the locality baselines, with b = w = 64
     ("local", 0),
     ("sliding", 0),
@@ -445,7 +447,7 @@ pub fn table(results: &[ArmResult]) -> String {
             let solved: Vec<String> = r
                 .outcomes
                 .iter()
-                .map(|o| o.solved_at.map_or("never".into(), |t| t.to_string()))
+                .map(|o| o.solved_at.map_or("-".into(), |t| t.to_string()))
                 .collect();
             s.push_str(&format!(
                 "| {} | {seeds} | {loss} | {losses} | {acc} | {accs} | {} | {tps:.0} |\n",
