@@ -483,8 +483,9 @@ fn write_study(study: Study, results: &[ArmResult], root: &Path) -> Result<()> {
     crate::io::write_atomic(&root.join(format!("{name}.csv")), csv.as_bytes())?;
     crate::io::write_atomic(&root.join(format!("{name}.md")), table(results).as_bytes())?;
     let mut lines = Vec::new();
-    for r in results.iter().filter(|r| !r.outcomes.is_empty()) {
-        lines.push(Line { name: r.arm.label.clone(), points: mean_curve(r)?, dashed: false });
+    // six solid lines, then dashed ones (the palette restarts for them: still one look per arm)
+    for (i, r) in results.iter().filter(|r| !r.outcomes.is_empty()).enumerate() {
+        lines.push(Line { name: r.arm.label.clone(), points: mean_curve(r)?, dashed: i >= 6 });
     }
     if lines.is_empty() {
         return Ok(()); // a report before any run has finished: nothing to draw
@@ -492,7 +493,7 @@ fn write_study(study: Study, results: &[ArmResult], root: &Path) -> Result<()> {
     // the first evaluations' losses (near ln 256 on the corpus) would flatten the rest
     let cap =
         lines.iter().filter_map(|l| l.points.last().map(|p| p.1)).fold(f64::NEG_INFINITY, f64::max)
-            + 1.0;
+            + 0.5;
     let title = format!("{name}: held-out loss against step, mean of the seeds");
     let axes = Axes {
         title: &title,
