@@ -337,11 +337,17 @@ pub fn read_outcome(metrics: &Path, seed: u64) -> Result<Outcome> {
 /// study's table, CSV and plot under `opts.root` (see the module's documentation).
 ///
 /// # Errors
-/// [`Error::Config`] for no seeds, an unknown `--only` name or a run folder holding a run of
+/// [`Error::Config`] for no seeds, a context for another study than the full copying one, an
+/// unknown `--only` name or a run folder holding a run of
 /// another configuration; the runs' and their checkpoints' errors.
 pub fn run_study(study: Study, opts: &Options) -> Result<Vec<ArmResult>> {
     if opts.seeds == 0 {
         return Err(Error::Config("--seeds must be at least 1".into()));
+    }
+    if opts.context.is_some() && (study != Study::Copying || opts.quick) {
+        return Err(Error::Config(
+            "--context sets the full copying study's context only (not with --quick)".into(),
+        ));
     }
     let mut arms = arms(study, opts.quick, opts.context)?;
     if !opts.only.is_empty() {

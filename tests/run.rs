@@ -275,6 +275,9 @@ fn the_paper_studies_run_quick_write_their_tables_and_reuse_finished_runs() {
     let table = std::fs::read_to_string(empty.root.join("induction.md")).unwrap();
     assert_eq!(table.matches("not run yet").count(), 3, "{table}");
     let _ = std::fs::remove_dir_all(&empty.root);
+    let other_context = Options { context: Some(256), ..opts(1, &[]) };
+    let err = paper::run_study(Study::Corpus, &other_context).unwrap_err().to_string();
+    assert!(err.contains("--context"), "{err}");
     let err = paper::run_study(Study::Corpus, &opts(0, &[])).unwrap_err().to_string();
     assert!(err.contains("seeds"), "{err}");
     assert_eq!(paper::spread(&[1.0, 3.0]), (2.0, 2f64.sqrt(), 1.0, 3.0));
