@@ -583,6 +583,42 @@ impl<T: Scalar> LearnedSketch<T> {
         (sc.gate, sc.dm) = (gate, dm);
         dx.copy_from(rm(&sc.dx, n, h));
     }
+
+    /// The fraction of the sketch's outputs whose tanh is saturated: with the root's output
+    /// \\(L = \sqrt r\,\tanh(z)\\), the share of the \\(n r\\) entries of \\(L(x)\\) with
+    /// \\(|z| \ge 2\\), that is \\(|L_{ij}| \ge \sqrt r \tanh 2 \approx 0.964\sqrt r\\).
+    ///
+    /// A health check for training: there the gradient through the root is scaled by
+    /// \\(1 - \tanh^2 z \le 0.071\\), and when most entries are saturated with one sign
+    /// pattern every pair of rows scores near the ceiling \\(\langle L_q, L_k\rangle^2 \le
+    /// r^4\\), so the sketched keys take the attention from the exact local ones and cannot be
+    /// trained back (see the book's "Reproducing the paper", \\(r = 64\\)). Freshly initialised
+    /// networks give almost 0.
+    ///
+    /// # Shapes
+    /// `x: [n, h]` (the rows the sketch reads: layer-normed queries or keys).
+    ///
+    /// # Errors
+    /// As [`PolySketch::apply`]: a shape other than `[n, h]`, no rows, or a non-finite entry.
+    ///
+    /// # Example
+    /// ```
+    /// use faer::{Mat, Par};
+    /// use polysketch_attention::LearnedSketch;
+    ///
+    /// let sketch = LearnedSketch::<f64>::new(8, 16, 2, 0)?;
+    /// let x = Mat::from_fn(32, 8, |i, j| ((i * 8 + j) as f64 * 0.7).sin());
+    /// assert!(sketch.saturation(x.as_ref(), Par::Seq)? < 0.01);
+    /// # Ok::<(), polysketch_attention::AttentionError>(())
+    /// ```
+    pub fn saturation(&self, x: MatRef<'_, T>, par: Par) -> Result<f64> {
+        let l = self.apply(x, par)?;
+        let bound = (self.r as f64).sqrt() * 2f64.tanh();
+        let saturated = (0..l.ncols())
+            .map(|j| l.col(j).iter().filter(|v| v.as_f64().abs() >= bound).count())
+            .sum::<usize>();
+        Ok(saturated as f64 / (l.nrows() * l.ncols()) as f64)
+    }
 }
 
 fn param_name(mlp: usize, i: usize) -> String {

@@ -210,3 +210,32 @@ fn rows_across_chunks_match_pieces() {
         }
     }
 }
+
+#[test]
+fn saturation_is_near_zero_at_initialisation_and_one_when_the_outputs_grow() {
+    // the corpus study's r = 64 (h = 32) and r = 32: fresh networks stay in tanh's linear range
+    for r in [32, 64] {
+        let s = LearnedSketch::<f64>::new(32, r, 2, 3).unwrap();
+        let x = random(128, 32, 4);
+        let fresh = s.saturation(x.as_ref(), Par::Seq).unwrap();
+        assert!(fresh < 0.01, "r = {r}: {fresh}");
+    }
+    // output biases of 6 on both networks: z = 36/√16 = 9 in every entry, all saturated
+    let mut s = LearnedSketch::<f64>::new(8, 16, 2, 3).unwrap();
+    for p in s.parameters_mut().into_iter().filter(|p| p.name.ends_with(".b4")) {
+        p.data.iter_mut().for_each(|b| *b = 6.0);
+    }
+    let x = random(40, 8, 5);
+    assert_eq!(s.saturation(x.as_ref(), Par::Seq).unwrap(), 1.0);
+    // half of them: the first 8 outputs biased, the others left at 0 (|z| small)
+    for p in s.parameters_mut().into_iter().filter(|p| p.name.ends_with(".b4")) {
+        p.data.iter_mut().skip(8).for_each(|b| *b = 0.0);
+    }
+    let half = s.saturation(x.as_ref(), Par::Seq).unwrap();
+    assert!((0.45..=0.55).contains(&half), "{half}");
+    // bad input is an error, not a panic
+    assert!(s.saturation(random(3, 7, 6).as_ref(), Par::Seq).is_err());
+    let mut nan = random(3, 8, 6);
+    nan[(1, 1)] = f64::NAN;
+    assert!(s.saturation(nan.as_ref(), Par::Seq).is_err());
+}
