@@ -46,7 +46,8 @@ struct StudyArgs {
     /// Only these arms (their folder names, comma-separated; an unknown one lists them all).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
-    /// Context of the copying study [default: 128].
+    /// Context of the copying study [default: 128]; its table, CSV and plot are then named
+    /// copying-n<context>.
     #[arg(long)]
     context: Option<usize>,
     /// Worker threads (default: one per core); results do not depend on it.
@@ -114,6 +115,10 @@ fn real_main(args: Args) -> polysketch::Result<()> {
     };
     let results = paper::run_study(study, &opts)?;
     print!("{}", paper::table(&results));
-    println!("wrote {0}/{1}.csv, {0}/{1}.md and {0}/{1}.svg", opts.root.display(), study.name());
+    println!(
+        "wrote {0}/{1}.csv, {0}/{1}.md and {0}/{1}.svg",
+        opts.root.display(),
+        opts.stem(study)
+    );
     Ok(())
 }

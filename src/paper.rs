@@ -18,7 +18,8 @@
 //! interrupted one resumes from its checkpoint, so a study can be stopped and continued, and two
 //! studies share the runs they have in common. [`run_study`] then writes
 //! `root/<study>.csv` (one row per run), `root/<study>.md` (one row per arm: mean, spread and
-//! the seeds' values) and `root/<study>.svg` (the seeds' mean held-out loss against step).
+//! the seeds' values) and `root/<study>.svg` (the seeds' mean held-out loss against step);
+//! `<study>-n<context>` for the copying study at a given context ([`Options::stem`]).
 
 use std::path::{Path, PathBuf};
 
@@ -100,6 +101,18 @@ pub struct Options {
     /// Train nothing: tabulate the runs that have finished (an arm without one is listed as
     /// not run), to report a study while it is still running.
     pub report: bool,
+}
+
+impl Options {
+    /// The name of the study's table, CSV and plot under `root`: the study's name, with
+    /// `-n<context>` when a context is given (`copying-n256`), so that the copying study at
+    /// another context does not replace the default one's files.
+    pub fn stem(&self, study: Study) -> String {
+        match self.context {
+            Some(c) => format!("{}-n{c}", study.name()),
+            None => study.name().into(),
+        }
+    }
 }
 
 /// What one run ended with, read from its `metrics.csv`.
@@ -373,7 +386,7 @@ pub fn run_study(study: Study, opts: &Options) -> Result<Vec<ArmResult>> {
     }
     let results: Vec<ArmResult> =
         arms.into_iter().zip(outcomes).map(|(arm, outcomes)| ArmResult { arm, outcomes }).collect();
-    write_study(study, &results, &opts.root)?;
+    write_study(&opts.stem(study), &results, &opts.root)?;
     Ok(results)
 }
 
@@ -467,8 +480,8 @@ pub fn table(results: &[ArmResult]) -> String {
     s
 }
 
-/// Writes `root/<study>.{csv,md,svg}` (no plot while no run has finished).
-fn write_study(study: Study, results: &[ArmResult], root: &Path) -> Result<()> {
+/// Writes `root/<name>.{csv,md,svg}` (no plot while no run has finished).
+fn write_study(name: &str, results: &[ArmResult], root: &Path) -> Result<()> {
     let mut csv = String::from("arm,folder,seed,step,val_loss,accuracy,solved_at,tokens_per_s\n");
     for r in results {
         for o in &r.outcomes {
@@ -485,7 +498,6 @@ fn write_study(study: Study, results: &[ArmResult], root: &Path) -> Result<()> {
             ));
         }
     }
-    let name = study.name();
     crate::io::write_atomic(&root.join(format!("{name}.csv")), csv.as_bytes())?;
     crate::io::write_atomic(&root.join(format!("{name}.md")), table(results).as_bytes())?;
     let mut lines = Vec::new();

@@ -274,6 +274,14 @@ fn the_paper_studies_run_quick_write_their_tables_and_reuse_finished_runs() {
     );
     let table = std::fs::read_to_string(empty.root.join("induction.md")).unwrap();
     assert_eq!(table.matches("not run yet").count(), 3, "{table}");
+    // the full copying study at another context: its own files, the default ones left alone
+    let at_256 = Options { quick: false, context: Some(256), ..empty.clone() };
+    assert!(
+        paper::run_study(Study::Copying, &at_256).unwrap().iter().all(|r| r.outcomes.is_empty())
+    );
+    let table = std::fs::read_to_string(empty.root.join("copying-n256.md")).unwrap();
+    assert_eq!(table.matches("not run yet").count(), 6, "{table}");
+    assert!(!empty.root.join("copying.md").exists() && !empty.root.join("copying-n256").exists());
     let _ = std::fs::remove_dir_all(&empty.root);
     let other_context = Options { context: Some(256), ..opts(1, &[]) };
     let err = paper::run_study(Study::Corpus, &other_context).unwrap_err().to_string();
