@@ -110,6 +110,10 @@ struct ModelArgs {
     /// AdamW decoupled weight decay.
     #[arg(long, default_value_t = 0.1)]
     weight_decay: f64,
+    /// Learning-rate factor of the learned sketches' networks (their tensors' rate is --lr times
+    /// this; 0.25 trains r = 64, which saturates at the full rate).
+    #[arg(long, default_value_t = 1.0)]
+    sketch_lr: f64,
     /// Gradient-norm clip (0: none).
     #[arg(long, default_value_t = 1.0)]
     clip: f64,
@@ -326,7 +330,7 @@ fn configs(
             )));
         }
     };
-    (t.weight_decay, t.clip, t.seed) = (m.weight_decay, m.clip, m.seed);
+    (t.weight_decay, t.clip, t.seed, t.sketch_lr) = (m.weight_decay, m.clip, m.seed, m.sketch_lr);
     run.eval_every = m.eval_every.unwrap_or(run.eval_every);
     let model = GptConfig {
         context: t.seq,

@@ -97,6 +97,18 @@ impl<T: Scalar> AdamW<T> {
     pub fn step(
         &mut self, params: &mut [T], grads: &[T], table: &[ParamInfo], lr: f64, clip: f64,
     ) -> Result<f64> {
+        self.step_with(params, grads, table, &|_| lr, clip)
+    }
+
+    /// [`step`](Self::step) with a learning rate per tensor: `lr(info)` for the tensor `info`
+    /// (its update and its decay, \\(\eta\lambda\theta\\), both scale with it).
+    ///
+    /// # Errors
+    /// As [`step`](Self::step).
+    pub fn step_with(
+        &mut self, params: &mut [T], grads: &[T], table: &[ParamInfo],
+        lr: &dyn Fn(&ParamInfo) -> f64, clip: f64,
+    ) -> Result<f64> {
         if params.len() != grads.len() || params.len() != self.m.len() {
             return Err(GptError::Shape {
                 op: "AdamW::step",
@@ -119,8 +131,10 @@ impl<T: Scalar> AdamW<T> {
         let c1 = 1.0 - b1.powi(self.t as i32);
         let c2 = 1.0 - b2.powi(self.t as i32);
         let (b1, b2, scale, eps) = (T::of(b1), T::of(b2), T::of(scale), T::of(self.eps));
-        let (step_m, step_v) = (T::of(lr / c1), T::of(1.0 / c2));
+        let step_v = T::of(1.0 / c2);
         for info in table {
+            let lr = lr(info);
+            let step_m = T::of(lr / c1);
             let decay = T::of(if info.decay { lr * self.weight_decay } else { 0.0 });
             let r = info.offset..info.offset + info.len();
             (&mut params[r.clone()], &grads[r.clone()], &mut self.m[r.clone()], &mut self.v[r])

@@ -4,7 +4,7 @@ use faer::Par;
 use serde::{Deserialize, Serialize};
 
 use crate::optim::Decay;
-use crate::{Activations, AdamW, Gpt, GptConfig, GptError, Result, Schedule};
+use crate::{Activations, AdamW, Gpt, GptConfig, GptError, ParamInfo, Result, Schedule};
 pub use polysketch_core::collective::{Collective, SingleProcess};
 
 /// Optimisation settings of a run (stored in checkpoints).
@@ -48,6 +48,16 @@ pub struct TrainConfig {
     /// checkpoints from before pieces read as 0.
     #[serde(default)]
     pub piece: usize,
+    /// Multiplier of the learning rate (and so of the weight decay) of the learned sketches'
+    /// networks, the tensors named `….sketch.…` (1: the rate of the rest of the model). A
+    /// learned sketch with \\(r = 64\\) saturates at the corpus study's rate and trains at 0.25
+    /// (see the book's "Reproducing the paper"). Checkpoints from before it read as 1.
+    #[serde(default = "one")]
+    pub sketch_lr: f64,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 impl Default for TrainConfig {
@@ -66,6 +76,7 @@ impl Default for TrainConfig {
             clip: 1.0,
             seed: 0,
             piece: 1,
+            sketch_lr: 1.0,
         }
     }
 }
@@ -91,8 +102,8 @@ impl TrainConfig {
     /// Checks the values.
     ///
     /// # Errors
-    /// [`GptError::InvalidConfig`] for zero sizes, a learning rate that is not positive and
-    /// finite, betas outside [0, 1), a negative weight decay or clip.
+    /// [`GptError::InvalidConfig`] for zero sizes, a learning rate or sketch factor that is not
+    /// positive and finite, betas outside [0, 1), a negative weight decay or clip.
     pub fn validate(&self, model: &GptConfig) -> Result<()> {
         let bad = |m: String| Err(GptError::InvalidConfig(m));
         if self.batch == 0 || self.seq == 0 || self.steps == 0 {
@@ -113,6 +124,9 @@ impl TrainConfig {
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return bad(format!("learning rate {} must be positive", self.lr));
         }
+        if !(self.sketch_lr.is_finite() && self.sketch_lr > 0.0) {
+            return bad(format!("sketch learning-rate factor {} must be positive", self.sketch_lr));
+        }
         if !(0.0..1.0).contains(&self.beta1) || !(0.0..1.0).contains(&self.beta2) {
             return bad("betas must be in [0, 1)".into());
         }
@@ -123,6 +137,13 @@ impl TrainConfig {
             return bad("weight decay and clip must be ≥ 0 and the final lr ratio in [0, 1]".into());
         }
         Ok(())
+    }
+
+    /// The learning rate of each tensor when the schedule's is `lr`: `lr` ×
+    /// [`sketch_lr`](Self::sketch_lr) for the learned sketches' networks, `lr` for the rest.
+    pub fn lr_of(&self, lr: f64) -> impl Fn(&ParamInfo) -> f64 + use<> {
+        let sketch = lr * self.sketch_lr;
+        move |info: &ParamInfo| if info.name.contains(".sketch.") { sketch } else { lr }
     }
 
     /// A fresh optimiser for `len` parameters.
@@ -211,7 +232,9 @@ impl Trainer {
     fn update(&mut self, loss: f64) -> Result<StepStats> {
         let lr = self.config.schedule().lr(self.step);
         let (opt, grads, clip) = (&mut self.opt, &self.grads, self.config.clip);
-        let grad_norm = self.model.update_params(|p, table| opt.step(p, grads, table, lr, clip))?;
+        let lr_of = self.config.lr_of(lr);
+        let grad_norm =
+            self.model.update_params(|p, table| opt.step_with(p, grads, table, &lr_of, clip))?;
         self.step += 1;
         Ok(StepStats { loss, grad_norm, lr })
     }

@@ -4,7 +4,9 @@
 use faer::Par;
 use polysketch_attention::{PolySketchConfig, SketchKind};
 use polysketch_core::{SketchRng, seeded_rng};
-use polysketch_gpt::{Activations, AttentionKind, Gpt, GptConfig, GptError, IGNORE};
+use polysketch_gpt::{
+    Activations, AttentionKind, Gpt, GptConfig, GptError, IGNORE, TrainConfig, Trainer,
+};
 use rand::RngExt;
 
 fn specs() -> Vec<AttentionKind> {
@@ -132,7 +134,6 @@ fn chunked_inference_matches_the_training_forward() {
 
 #[test]
 fn a_training_step_does_not_depend_on_the_thread_count() {
-    use polysketch_gpt::{TrainConfig, Trainer};
     let spec = AttentionKind::PolySketch(PolySketchConfig {
         p: 4,
         r: 8,
@@ -245,4 +246,63 @@ fn bad_input_gets_typed_errors() {
         big_model.forward(&huge, &huge, 1, 1 << 20, &mut acts, Par::Seq),
         Err(GptError::TooLarge { .. })
     ));
+}
+
+#[test]
+fn the_sketch_learning_rate_factor_scales_the_sketch_networks_only() {
+    let cfg = GptConfig {
+        vocab: 64,
+        context: 32,
+        d_model: 16,
+        layers: 1,
+        heads: 2,
+        attention: AttentionKind::PolySketch(PolySketchConfig {
+            p: 4,
+            r: 4,
+            block: 8,
+            sketch: SketchKind::Learned,
+            local: true,
+            seed: 0,
+        }),
+        seed: 1,
+    };
+    let mut rng = seeded_rng(5);
+    let x = tokens(&mut rng, 2 * 32, 64);
+    let y: Vec<u32> = x[1..].iter().chain([&0]).cloned().collect();
+    let after_one_step = |sketch_lr: f64| {
+        let tc =
+            TrainConfig { batch: 2, seq: 32, lr: 1e-2, warmup: 1, sketch_lr, ..Default::default() };
+        let model = Gpt::<f32>::new(cfg).unwrap();
+        let opt = tc.optimizer(model.num_params());
+        let mut tr = Trainer::new(model, opt, tc, 0).unwrap();
+        tr.step(&x, &y, 2, 32, Par::Seq).unwrap();
+        (tr.model.params().to_vec(), tr.model.table().to_vec())
+    };
+    let p0 = Gpt::<f32>::new(cfg).unwrap().params().to_vec();
+    let (full, table) = after_one_step(1.0);
+    let (half, _) = after_one_step(0.5);
+    let sketch: Vec<_> = table.iter().filter(|t| t.name.contains(".sketch.")).collect();
+    assert_eq!(sketch.len(), 24, "two networks of 12 tensors in the one layer");
+    for t in &table {
+        let r = t.offset..t.offset + t.len();
+        if t.name.contains(".sketch.") {
+            // Adam's update and the decay are linear in the rate: half the step
+            for ((a, b), c) in p0[r.clone()].iter().zip(&full[r.clone()]).zip(&half[r]) {
+                let (d1, d2) = (b - a, c - a);
+                assert!((d2 - 0.5 * d1).abs() <= 1e-6 + 1e-3 * d1.abs(), "{}: {d1} {d2}", t.name);
+            }
+        } else {
+            // the first step's forward and gradients are the same: the rest moves identically
+            assert_eq!(full[r.clone()], half[r], "{}", t.name);
+        }
+    }
+    // the factor is checked, and checkpoints from before it read as 1
+    for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        let tc = TrainConfig { seq: 32, sketch_lr: bad, ..Default::default() };
+        assert!(tc.validate(&cfg).is_err(), "{bad}");
+    }
+    let mut json = serde_json::to_value(TrainConfig::default()).unwrap();
+    json.as_object_mut().unwrap().remove("sketch_lr");
+    let old: TrainConfig = serde_json::from_value(json).unwrap();
+    assert_eq!(old, TrainConfig::default());
 }

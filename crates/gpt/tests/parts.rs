@@ -39,6 +39,14 @@ fn adamw_takes_the_textbook_step_and_refuses_nan() {
     let mut o2 = AdamW::new(3, 0.9, 0.999, 1e-8, 0.0);
     o2.step(&mut q, &[30.0, 40.0, 0.0], &table, 0.01, 5.0).unwrap();
     assert!((o2.m[0] - 0.1 * 3.0).abs() < 1e-12 && (o2.m[1] - 0.1 * 4.0).abs() < 1e-12);
+    // a rate per tensor: b at twice w's rate moves twice as far, w as with one rate
+    let mut r = vec![1.0f64, -2.0, 0.5];
+    let mut o3 = AdamW::new(3, 0.9, 0.999, 1e-8, 0.1);
+    let rate = |t: &ParamInfo| if t.name == "b" { 0.02 } else { 0.01 };
+    o3.step_with(&mut r, &g, &table, &rate, 0.0).unwrap();
+    assert!((r[0] - (1.0 - 0.01 - 0.01 * 0.1 * 1.0)).abs() < 1e-9);
+    assert!((r[1] - (-2.0 + 0.01 + 0.01 * 0.1 * 2.0)).abs() < 1e-9);
+    assert!((r[2] - (0.5 - 0.02)).abs() < 1e-9);
 }
 
 #[test]
