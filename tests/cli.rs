@@ -120,16 +120,22 @@ fn bench_attention_measures_the_kinds_asked_for() {
         "--reps",
         "1",
         "--kinds",
-        "softmax,learned+local:r=8",
+        "softmax,learned+local:r=8,learned+local:p=8",
         "--out",
         dir.to_str().unwrap(),
     ]);
     let out = text(&o.stdout);
     assert!(o.status.success(), "{}", text(&o.stderr));
-    assert!(out.contains("softmax") && out.contains("polysketch learned+local"), "{out}");
+    // rows name the options that differ from the defaults, so variants of a kind differ
+    let rows = ["softmax", "polysketch learned+local r=8", "polysketch learned+local p=8"];
+    assert!(rows.iter().all(|r| out.contains(&format!("\n{r} "))), "{out}");
     assert!(!out.contains("polynomial") && !out.contains("random"), "{out}");
+    // the closing line is the first learned + local kind's
     let last = out.trim_end().lines().last().unwrap_or_default();
-    assert!(last.starts_with("speedup 300 "), "{last}");
+    assert!(
+        last.starts_with("speedup 300 ") && last.contains("(polysketch learned+local r=8 "),
+        "{last}"
+    );
     assert_refused(&["bench", "attention", "--kinds", "cosine"], "invalid value");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -7,7 +7,8 @@ use std::time::Instant;
 use faer::Par;
 use indicatif::{ProgressBar, ProgressStyle};
 use polysketch_attention::{
-    Attention, AttentionConfig, AttentionError, AttentionKind, Grads, Saved,
+    Attention, AttentionConfig, AttentionError, AttentionKind, Grads, PolySketchConfig, Saved,
+    SketchKind,
 };
 
 use crate::scaling::{self, Series};
@@ -68,9 +69,29 @@ pub struct AttentionBench {
     pub plot_from: Option<PathBuf>,
 }
 
-/// The label of the closing `speedup` line's kind (the paper's best model: learned sketches
-/// with exact local blocks, p = 4, r = 32).
-const SPEEDUP_KIND: &str = "polysketch learned+local";
+/// A row's kind: [`AttentionKind::label`], with the PolySketch options that differ from
+/// [`PolySketchConfig::default`] (` p=8`, ` r=64`, ` b=128`), so that `--kinds
+/// random+local:p=2,random+local` gives rows that tell the two apart.
+fn case_label(k: &AttentionKind) -> String {
+    let mut label = k.label();
+    if let AttentionKind::PolySketch(c) = k {
+        let d = PolySketchConfig::default();
+        for (name, v, default) in [("p", c.p, d.p), ("r", c.r, d.r), ("b", c.block, d.block)] {
+            if v != default {
+                label.push_str(&format!(" {name}={v}"));
+            }
+        }
+    }
+    label
+}
+
+/// The closing `speedup` line's kind: the first learned + local kind asked for (the paper's
+/// best model: learned sketches with exact local blocks; p = 4, r = 32 by default).
+fn speedup_kind(kinds: &[AttentionKind]) -> Option<usize> {
+    kinds.iter().position(
+        |k| matches!(k, AttentionKind::PolySketch(c) if c.sketch == SketchKind::Learned && c.local),
+    )
+}
 
 /// Median wall time of `reps` runs, in seconds.
 pub(crate) fn median(reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
@@ -260,10 +281,12 @@ pub fn run(args: &AttentionBench) -> Result<()> {
     let mut series: Vec<Series> = Vec::new();
     let mut last_speedup: Option<(usize, f64)> = None;
     let min_heads = args.heads.iter().copied().min().unwrap_or(1);
+    let speedup = speedup_kind(&all);
+    let speedup_label = speedup.map_or("polysketch learned+local".into(), |i| case_label(&all[i]));
     for &heads in &args.heads {
         let mut fb_time: Vec<Option<(f64, f64)>> = vec![None; args.n.len()]; // softmax (fwd, fwd+bwd) per n
-        for k in &all {
-            let name = &k.label();
+        for (ki, k) in all.iter().enumerate() {
+            let name = &case_label(k);
             let mut line = heads_series(name, heads, min_heads);
             // time of the previous n, to skip cases projected past --max-seconds
             let mut previous: Option<(usize, f64)> = None;
@@ -311,7 +334,7 @@ pub fn run(args: &AttentionBench) -> Result<()> {
                 }
                 let ratio = fb_time[ni].map(|(_, s)| s / case.forward_backward);
                 if let Some(r) = ratio
-                    && name == SPEEDUP_KIND
+                    && speedup == Some(ki)
                     && heads == *args.heads.iter().max().unwrap_or(&1)
                 {
                     last_speedup = Some((n, r));
@@ -329,11 +352,11 @@ pub fn run(args: &AttentionBench) -> Result<()> {
     let heads = args.heads.iter().max().unwrap_or(&1);
     match last_speedup {
         Some((n, r)) => println!(
-            "speedup {n} {r:.2}  ({SPEEDUP_KIND} forward+backward against softmax's at n = {n}, \
+            "speedup {n} {r:.2}  ({speedup_label} forward+backward against softmax's at n = {n}, \
              {heads} heads: {r:.2}x faster)"
         ),
         None => println!(
-            "speedup na  (no n where both softmax and {SPEEDUP_KIND} ran with {heads} heads)"
+            "speedup na  (no n where both softmax and {speedup_label} ran with {heads} heads)"
         ),
     }
     Ok(())
