@@ -460,7 +460,13 @@ pub fn table(results: &[ArmResult]) -> String {
             let v: Vec<f64> = r.outcomes.iter().map(f).collect();
             let (mean, sd, _, _) = spread(&v);
             let each: Vec<String> = v.iter().map(|x| format!("{x:.digits$}")).collect();
-            (format!("{mean:.digits$} ± {sd:.digits$}"), each.join(", "))
+            // one seed has no spread: its value alone, not a misleading "± 0"
+            let mean_sd = if v.len() > 1 {
+                format!("{mean:.digits$} ± {sd:.digits$}")
+            } else {
+                format!("{mean:.digits$}")
+            };
+            (mean_sd, each.join(", "))
         };
         let (loss, losses) = col(&|o| o.val_loss, 4);
         let tps = spread(&r.outcomes.iter().map(|o| o.tokens_per_s).collect::<Vec<_>>()).0;

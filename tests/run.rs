@@ -216,6 +216,9 @@ fn the_paper_studies_run_quick_write_their_tables_and_reuse_finished_runs() {
         assert_eq!(table.lines().count(), 2 + full.len(), "{table}");
         assert_eq!(csv.lines().count(), 1 + full.len() * seeds as usize, "{csv}");
         assert!(root.join(format!("{}.svg", study.name())).is_file());
+        // a spread with two seeds; one seed's value alone (no "± 0")
+        let rows_with_sd = table.lines().skip(2).filter(|l| l.contains(" ± ")).count();
+        assert_eq!(rows_with_sd, if seeds == 2 { full.len() } else { 0 }, "{table}");
         for r in &results {
             assert_eq!(r.outcomes.len(), seeds as usize);
             for o in &r.outcomes {
