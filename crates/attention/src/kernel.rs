@@ -6,8 +6,10 @@
 
 use faer::{MatMut, MatRef, Par};
 use polysketch_core::Scalar;
+use polysketch_core::for_each_row_chunk;
 use polysketch_core::linalg::{axpy, row_blocks};
 use polysketch_lowtri::{Features, Grads as LtGrads, LowTri, Problem, Saved as LtSaved};
+use polysketch_sketch::{PolySketch, SketchError};
 use rayon::prelude::*;
 
 use crate::bidirectional;
@@ -61,6 +63,33 @@ fn block_of(kind: AttentionKind) -> usize {
         AttentionKind::Performer { block, .. } | AttentionKind::Hedgehog { block, .. } => block,
         _ => 0,
     }
+}
+
+/// The lowtri engine of a PolySketch, Performer or Hedgehog layer, without its scans of values:
+/// the layer checks its own inputs and every output it returns, and a non-finite internal value
+/// (a sketch or a product past the number format's range) reaches one of them (the
+/// denominators are checked in [`Attention::kernel_forward`]).
+fn engine_of(kind: AttentionKind) -> polysketch_core::Result<LowTri> {
+    Ok(LowTri::new(block_of(kind))?.without_value_scans())
+}
+
+/// `out = S(x)` by the sketch's unchecked row kernel, chunk by chunk (the checks of
+/// [`PolySketch::apply_into`] repeat the layer's own, as in [`engine_of`]).
+fn sketch_rows<T: Scalar>(sketch: &dyn PolySketch<T>, x: MatRef<'_, T>, out: MatMut<'_, T>) {
+    for_each_row_chunk(out, Par::Seq, |start, chunk| {
+        sketch.apply_rows(x.subrows(start, chunk.nrows()), chunk)
+    });
+}
+
+/// `out` = the sketch's vector-Jacobian product at `x` for `grad`, by its unchecked row kernel
+/// (see [`sketch_rows`]).
+fn sketch_vjp_rows<T: Scalar>(
+    sketch: &dyn PolySketch<T>, x: MatRef<'_, T>, grad: MatRef<'_, T>, out: MatMut<'_, T>,
+) {
+    for_each_row_chunk(out, Par::Seq, |start, chunk| {
+        let len = chunk.nrows();
+        sketch.vjp_rows(x.subrows(start, len), grad.subrows(start, len), chunk)
+    });
 }
 
 /// The constant of the normalisation \\(\mathrm{out}_i = \mathrm{raw}_i[..h]/(c +
@@ -197,7 +226,7 @@ impl<T: Scalar> Attention<T> {
                     let (x, f) = (x.as_ref().subrows(r0, len), f.as_mut().subrows_mut(r0, len));
                     match (&self.learned, sketch) {
                         (Some(ls), _) => ls.forward(x, f, sv),
-                        (None, Some(sk)) if len > 0 => sk.apply_into(x, f, Par::Seq)?,
+                        (None, Some(sk)) => sketch_rows(sk, x, f),
                         _ => {}
                     }
                 }
@@ -240,7 +269,7 @@ impl<T: Scalar> Attention<T> {
                 | AttentionKind::Performer { .. }
                 | AttentionKind::Hedgehog { .. }),
             ) => {
-                let engine = LowTri::new(block_of(kind))?;
+                let engine = engine_of(kind)?;
                 let (problems, outs): (Vec<Problem<'_, T>>, Vec<MatMut<'_, T>>) = heads
                     .iter_mut()
                     .map(|s| {
@@ -296,6 +325,13 @@ impl<T: Scalar> Attention<T> {
             Par::Seq => chunks.into_iter().for_each(finish),
             Par::Rayon(_) => chunks.into_par_iter().for_each(finish),
         }
+        // the engine does not scan its output (see `engine_of`): a denominator past the number
+        // format's range would make `out` zeros, not NaN, so the denominators are checked here
+        let bad = heads.iter().find_map(|s| s.den.iter().position(|d| !d.is_finite()));
+        if let Some(row) = bad {
+            let (op, input, output) = ("Attention::forward", "q and k", "the denominators");
+            return Err(SketchError::Overflow { op, input, output, row, col: 0 }.into());
+        }
         Ok(())
     }
 
@@ -342,7 +378,7 @@ impl<T: Scalar> Attention<T> {
             }
         };
         let lowtri_backward = |lowtri: &mut Vec<LtSaved<T>>, lt: &mut Vec<LtGrads<T>>| {
-            let engine = LowTri::new(block_of(self.config.kind))?;
+            let engine = engine_of(self.config.kind)?;
             let problems: Vec<Problem<'_, T>> = heads
                 .iter()
                 .map(|s| {
@@ -431,14 +467,12 @@ impl<T: Scalar> Attention<T> {
                                 (&s.kt, &g.d_b, &mut s.dkt, rows.keys),
                             ] {
                                 dx.data.fill(T::zero());
-                                if len > 0 {
-                                    sk.vjp_into(
-                                        x.as_ref().subrows(r0, len),
-                                        d.as_ref().subrows(r0, len),
-                                        dx.as_mut().subrows_mut(r0, len),
-                                        Par::Seq,
-                                    )?;
-                                }
+                                sketch_vjp_rows(
+                                    sk,
+                                    x.as_ref().subrows(r0, len),
+                                    d.as_ref().subrows(r0, len),
+                                    dx.as_mut().subrows_mut(r0, len),
+                                );
                             }
                         }
                         (None, None) => {

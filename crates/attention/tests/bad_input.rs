@@ -137,6 +137,44 @@ fn scores_past_the_number_format_are_a_typed_error() {
     assert!(matches!(&err, AttentionError::Overflow { output: "out", .. }), "{err}");
 }
 
+/// Scores that stay finite one by one while their sum passes the number format's range:
+/// with values of 1e-30 the weighted sums stay small while the denominators overflow, and a
+/// layer that divided by them would return zeros. Over a sweep of gains, every f32 forward
+/// either agrees with the f64 forward of the same layer or is refused as an overflow.
+#[test]
+fn denominators_past_the_number_format_are_refused_not_divided_by() {
+    let n = 12;
+    for kind in kinds_with_parameters() {
+        // steps of 5 %: the window where single scores are finite and their sum is not is
+        // narrow (a factor 12 in the scores is 12^(1/2p) in the gain)
+        for gain in (0..70).map(|i| 1e4 * 1.05f64.powi(i)) {
+            let x = random::<f64>(2 * 8 * n, 1.0, 3);
+            let v: Vec<f64> = x.iter().map(|x| x * 1e-30).collect();
+            let mut l64 = layer_of::<f64>(2, 8, kind);
+            let mut l32 = layer_of::<f32>(2, 8, kind);
+            l64.parameters_mut()[0].data.iter_mut().for_each(|g| *g = gain);
+            l32.parameters_mut()[0].data.iter_mut().for_each(|g| *g = gain as f32);
+            let (x32, v32): (Vec<f32>, Vec<f32>) =
+                x.iter().zip(&v).map(|(a, b)| (*a as f32, *b as f32)).unzip();
+            match l32.forward(&x32, &x32, &v32, 1, n, Par::Seq) {
+                Ok((out, _)) => {
+                    let (expected, _) = l64.forward(&x, &x, &v, 1, n, Par::Seq).unwrap();
+                    let scale = expected.iter().fold(0f64, |m, v| m.max(v.abs()));
+                    for (a, b) in out.iter().zip(&expected) {
+                        assert!(
+                            (*a as f64 - b).abs() <= 1e-2 * scale,
+                            "{kind:?}, gain {gain}: {a} against {b}"
+                        );
+                    }
+                }
+                Err(e) => {
+                    assert!(matches!(e, AttentionError::Overflow { .. }), "{kind:?}: {e}")
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn zero_sizes_name_the_argument() {
     let layer = layer_of::<f32>(1, 4, AttentionKind::Softmax);

@@ -121,19 +121,22 @@ impl<'a, T: Scalar> Problem<'a, T> {
     /// [`SketchError::InvalidDegree`] for `p` outside `1..=64`,
     /// [`SketchError::NonFinite`] for a NaN or infinity anywhere.
     pub fn validate(&self, op: &'static str) -> Result<()> {
+        self.validate_with(op, true)
+    }
+
+    /// [`validate`](Self::validate), the scans for NaN and infinities only if `values`.
+    pub(crate) fn validate_with(&self, op: &'static str, values: bool) -> Result<()> {
         let n = self.n();
         check_nonempty(op, "c", self.c)?;
         // zero widths: the product is empty or zero, and the blocks of width 0 do not exist
         check_nonzero(op, "the columns of c", self.c.ncols())?;
-        check_finite(op, "c", self.c)?;
         let (x, y, names) = match self.features {
             Features::Explicit { a, b } => (a, b, ("a", "b")),
             Features::SelfTensored { l, r } => (l, r, ("l", "r")),
         };
         check_shape(op, names.0, x, (n, x.ncols()))?;
         check_shape(op, names.1, y, (n, x.ncols()))?;
-        check_finite(op, names.0, x)?;
-        check_finite(op, names.1, y)?;
+        let mut finite = vec![("c", self.c), (names.0, x), (names.1, y)];
         if let Diagonal::ExactPower { q, k, p } = self.diagonal {
             if p == 0 || p > MAX_DEGREE {
                 return Err(SketchError::InvalidDegree {
@@ -144,10 +147,9 @@ impl<'a, T: Scalar> Problem<'a, T> {
             }
             check_shape(op, "q", q, (n, q.ncols()))?;
             check_shape(op, "k", k, (n, q.ncols()))?;
-            check_finite(op, "q", q)?;
-            check_finite(op, "k", k)?;
+            finite.extend([("q", q), ("k", k)]);
         }
-        Ok(())
+        finite.into_iter().filter(|_| values).try_for_each(|(name, m)| check_finite(op, name, m))
     }
 
     /// Rows `s..s+len` of \\(A\\): a view of the input, or the tensor square of \\(L\\)'s rows

@@ -469,3 +469,44 @@ fn products_past_the_number_format_are_a_typed_error() {
     let err = engine.backward(&problem, &mut saved, d_out.as_ref(), Par::Seq).unwrap_err();
     assert!(matches!(err, SketchError::Overflow { input: "a, b and c", .. }), "{err}");
 }
+
+/// The engine without value scans (what the attention layer runs) computes the same numbers
+/// as the checked one on finite inputs, bit for bit, forward and backward; given NaN, an
+/// infinity or inputs past the number format's range it returns non-finite values for its
+/// caller's checks to find, where the checked engine returns typed errors (and neither panics).
+#[test]
+fn the_engine_without_value_scans_agrees_and_leaves_non_finite_values_to_its_caller() {
+    let (checked, trusting) = (LowTri::new(4).unwrap(), LowTri::new(4).unwrap().without_value_scans());
+    assert_ne!(checked, trusting);
+    let x = |seed: usize, cols: usize| {
+        Mat::<f64>::from_fn(10, cols, move |i, j| ((i * cols + j + seed) as f64 * 0.77).sin())
+    };
+    let (l, r, q, k, c, d_out) = (x(0, 3), x(1, 3), x(2, 5), x(3, 5), x(4, 2), x(5, 2));
+    let local = Problem::local_exact(
+        Features::SelfTensored { l: l.as_ref(), r: r.as_ref() },
+        q.as_ref(),
+        k.as_ref(),
+        4,
+        c.as_ref(),
+    );
+    for problem in [Problem::general(l.as_ref(), r.as_ref(), c.as_ref()), local] {
+        let (out, mut saved) = checked.forward(&problem, Par::Seq).unwrap();
+        let (out2, mut saved2) = trusting.forward(&problem, Par::Seq).unwrap();
+        assert_eq!(out, out2);
+        let g = checked.backward(&problem, &mut saved, d_out.as_ref(), Par::Seq).unwrap();
+        let g2 = trusting.backward(&problem, &mut saved2, d_out.as_ref(), Par::Seq).unwrap();
+        assert_eq!(g, g2);
+    }
+    let mut bad = l.clone();
+    bad[(6, 1)] = f64::NAN;
+    let big = Mat::<f64>::from_fn(10, 3, |i, j| 1e200 * (1.0 + (i * 3 + j) as f64 / 30.0));
+    for a in [&bad, &big] {
+        let problem = Problem::general(a.as_ref(), a.as_ref(), c.as_ref());
+        assert!(checked.forward(&problem, Par::Seq).is_err());
+        let (out, mut saved) = trusting.forward(&problem, Par::Seq).unwrap();
+        assert!(out.col(0).iter().any(|v| !v.is_finite()));
+        let g = trusting.backward(&problem, &mut saved, d_out.as_ref(), Par::Seq).unwrap();
+        let finite = |m: &Mat<f64>| (0..m.ncols()).all(|j| m.col(j).iter().all(|v| v.is_finite()));
+        assert!(!(finite(&g.d_a) && finite(&g.d_b) && finite(&g.d_c)));
+    }
+}
