@@ -12,7 +12,8 @@
 
 use faer::prelude::ReborrowMut;
 use faer::{MatMut, MatRef, Par};
-use polysketch_core::{Scalar, linalg::gemm, linalg::ipow};
+use polysketch_core::Scalar;
+use polysketch_core::linalg::{gemm, ipow, pow_assign};
 
 use crate::tiles::{Mask, TILE, TileScratch};
 
@@ -55,7 +56,7 @@ pub(crate) fn forward_tile<T: Scalar>(
     for j in x.mask.key_tiles(i, x.q.nrows()) {
         let (bi, bj) = products(x, i, j, sc.s.as_mut());
         for c in 0..bj {
-            sc.s.col_as_slice_mut(c)[..bi].iter_mut().for_each(|g| *g = ipow(*g, p as u32));
+            pow_assign(&mut sc.s.col_as_slice_mut(c)[..bi], p as u32);
         }
         gemm(
             out.rb_mut(),

@@ -234,7 +234,9 @@ mod tests {
                             Err(Error::NonFinite { row, col, .. }) => {
                                 assert_eq!((row, col), (i, j), "{rows}x{cols}, layout {layout}")
                             }
-                            other => panic!("{rows}x{cols}, layout {layout}, ({i}, {j}): {other:?}"),
+                            other => {
+                                panic!("{rows}x{cols}, layout {layout}, ({i}, {j}): {other:?}")
+                            }
                         }
                     }
                 }

@@ -3,7 +3,7 @@
 use faer::linalg::matmul::triangular::{BlockStructure, matmul as tri_matmul};
 use faer::prelude::ReborrowMut;
 use faer::{Accum, Mat, MatMut, MatRef, Par, unzip, zip};
-use polysketch_core::linalg::ipow;
+use polysketch_core::linalg::{ipow, pow_assign, pow_gate};
 use polysketch_core::{
     Error as SketchError, MAX_DEGREE, Result, Scalar, check_finite, check_nonempty, check_nonzero,
     check_shape,
@@ -217,12 +217,9 @@ impl<'a, T: Scalar> Problem<'a, T> {
         if e > 1 {
             for j in 0..len {
                 let mut col = s_out.rb_mut().col_mut(j).subrows_mut(j, len - j);
-                match (col.rb_mut().try_as_col_major_mut(), e) {
-                    (Some(c), 2) => c.as_slice_mut().iter_mut().for_each(|v| *v = *v * *v),
-                    (Some(c), _) => {
-                        c.as_slice_mut().iter_mut().for_each(|v| *v = ipow(*v, e as u32))
-                    }
-                    (None, _) => zip!(col).for_each(|unzip!(v)| *v = ipow(*v, e as u32)),
+                match col.rb_mut().try_as_col_major_mut() {
+                    Some(c) => pow_assign(c.as_slice_mut(), e as u32),
+                    None => zip!(col).for_each(|unzip!(v)| *v = ipow(*v, e as u32)),
                 }
             }
         }
@@ -241,8 +238,14 @@ impl<'a, T: Scalar> Problem<'a, T> {
             // in the forward pass S = G^∘e, so dG = e G^∘(e-1) ∘ dS
             let ef = T::of(e as f64);
             for j in 0..len {
-                zip!(ds.rb_mut().col_mut(j).subrows_mut(j, len - j), g.col(j).subrows(j, len - j))
-                    .for_each(|unzip!(d, g)| *d = ef * ipow(*g, e as u32 - 1) * *d);
+                let (mut d, g) =
+                    (ds.rb_mut().col_mut(j).subrows_mut(j, len - j), g.col(j).subrows(j, len - j));
+                match (d.rb_mut().try_as_col_major_mut(), g.try_as_col_major()) {
+                    (Some(d), Some(g)) => {
+                        pow_gate(d.as_slice_mut(), g.as_slice(), e as u32 - 1, ef)
+                    }
+                    _ => zip!(d, g).for_each(|unzip!(d, g)| *d = ef * ipow(*g, e as u32 - 1) * *d),
+                }
             }
         }
         // in the forward pass G = X Yᵀ (lower part), so dX = tril(dG) Y and dY = tril(dG)ᵀ X

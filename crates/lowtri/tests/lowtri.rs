@@ -476,7 +476,8 @@ fn products_past_the_number_format_are_a_typed_error() {
 /// caller's checks to find, where the checked engine returns typed errors (and neither panics).
 #[test]
 fn the_engine_without_value_scans_agrees_and_leaves_non_finite_values_to_its_caller() {
-    let (checked, trusting) = (LowTri::new(4).unwrap(), LowTri::new(4).unwrap().without_value_scans());
+    let (checked, trusting) =
+        (LowTri::new(4).unwrap(), LowTri::new(4).unwrap().without_value_scans());
     assert_ne!(checked, trusting);
     let x = |seed: usize, cols: usize| {
         Mat::<f64>::from_fn(10, cols, move |i, j| ((i * cols + j + seed) as f64 * 0.77).sin())
