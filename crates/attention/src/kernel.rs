@@ -6,10 +6,9 @@
 
 use faer::{MatMut, MatRef, Par};
 use polysketch_core::Scalar;
-use polysketch_core::for_each_row_chunk;
 use polysketch_core::linalg::{axpy, row_blocks};
 use polysketch_lowtri::{Features, Grads as LtGrads, LowTri, Problem, Saved as LtSaved};
-use polysketch_sketch::{PolySketch, SketchError};
+use polysketch_sketch::SketchError;
 use rayon::prelude::*;
 
 use crate::bidirectional;
@@ -71,25 +70,6 @@ fn block_of(kind: AttentionKind) -> usize {
 /// denominators are checked in [`Attention::kernel_forward`]).
 fn engine_of(kind: AttentionKind) -> polysketch_core::Result<LowTri> {
     Ok(LowTri::new(block_of(kind))?.without_value_scans())
-}
-
-/// `out = S(x)` by the sketch's unchecked row kernel, chunk by chunk (the checks of
-/// [`PolySketch::apply_into`] repeat the layer's own, as in [`engine_of`]).
-fn sketch_rows<T: Scalar>(sketch: &dyn PolySketch<T>, x: MatRef<'_, T>, out: MatMut<'_, T>) {
-    for_each_row_chunk(out, Par::Seq, |start, chunk| {
-        sketch.apply_rows(x.subrows(start, chunk.nrows()), chunk)
-    });
-}
-
-/// `out` = the sketch's vector-Jacobian product at `x` for `grad`, by its unchecked row kernel
-/// (see [`sketch_rows`]).
-fn sketch_vjp_rows<T: Scalar>(
-    sketch: &dyn PolySketch<T>, x: MatRef<'_, T>, grad: MatRef<'_, T>, out: MatMut<'_, T>,
-) {
-    for_each_row_chunk(out, Par::Seq, |start, chunk| {
-        let len = chunk.nrows();
-        sketch.vjp_rows(x.subrows(start, len), grad.subrows(start, len), chunk)
-    });
 }
 
 /// The constant of the normalisation \\(\mathrm{out}_i = \mathrm{raw}_i[..h]/(c +
@@ -226,7 +206,8 @@ impl<T: Scalar> Attention<T> {
                     let (x, f) = (x.as_ref().subrows(r0, len), f.as_mut().subrows_mut(r0, len));
                     match (&self.learned, sketch) {
                         (Some(ls), _) => ls.forward(x, f, sv),
-                        (None, Some(sk)) => sketch_rows(sk, x, f),
+                        // unchecked: the layer's own checks cover the values (see `engine_of`)
+                        (None, Some(sk)) => sk.apply_unchecked(x, f, Par::Seq),
                         _ => {}
                     }
                 }
@@ -467,11 +448,11 @@ impl<T: Scalar> Attention<T> {
                                 (&s.kt, &g.d_b, &mut s.dkt, rows.keys),
                             ] {
                                 dx.data.fill(T::zero());
-                                sketch_vjp_rows(
-                                    sk,
+                                sk.vjp_unchecked(
                                     x.as_ref().subrows(r0, len),
                                     d.as_ref().subrows(r0, len),
                                     dx.as_mut().subrows_mut(r0, len),
+                                    Par::Seq,
                                 );
                             }
                         }

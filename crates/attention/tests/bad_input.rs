@@ -144,18 +144,17 @@ fn scores_past_the_number_format_are_a_typed_error() {
 #[test]
 fn denominators_past_the_number_format_are_refused_not_divided_by() {
     let n = 12;
+    let x = random::<f64>(2 * 8 * n, 1.0, 3);
+    let v: Vec<f64> = x.iter().map(|x| x * 1e-30).collect();
+    let (x32, v32): (Vec<f32>, Vec<f32>) =
+        x.iter().zip(&v).map(|(a, b)| (*a as f32, *b as f32)).unzip();
     for kind in kinds_with_parameters() {
+        let (mut l64, mut l32) = (layer_of::<f64>(2, 8, kind), layer_of::<f32>(2, 8, kind));
         // steps of 5 %: the window where single scores are finite and their sum is not is
         // narrow (a factor 12 in the scores is 12^(1/2p) in the gain)
         for gain in (0..70).map(|i| 1e4 * 1.05f64.powi(i)) {
-            let x = random::<f64>(2 * 8 * n, 1.0, 3);
-            let v: Vec<f64> = x.iter().map(|x| x * 1e-30).collect();
-            let mut l64 = layer_of::<f64>(2, 8, kind);
-            let mut l32 = layer_of::<f32>(2, 8, kind);
             l64.parameters_mut()[0].data.iter_mut().for_each(|g| *g = gain);
             l32.parameters_mut()[0].data.iter_mut().for_each(|g| *g = gain as f32);
-            let (x32, v32): (Vec<f32>, Vec<f32>) =
-                x.iter().zip(&v).map(|(a, b)| (*a as f32, *b as f32)).unzip();
             match l32.forward(&x32, &x32, &v32, 1, n, Par::Seq) {
                 Ok((out, _)) => {
                     let (expected, _) = l64.forward(&x, &x, &v, 1, n, Par::Seq).unwrap();

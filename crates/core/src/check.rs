@@ -93,23 +93,42 @@ pub fn check_overflow<T: Scalar>(
     }
 }
 
+/// Lanes of [`all_finite`] and [`rows_finite`]: four AVX-512 registers of f32, so the adds do
+/// not form one dependency chain.
+const LANES: usize = 64;
+
+/// Adds `x · 0` of every value of `xs` into the lanes: 0 for a finite `x`, NaN for NaN or
+/// infinity (inlined into each compiled version of its callers).
+#[inline(always)]
+fn add_to_lanes<T: Scalar>(acc: &mut [T; LANES], xs: &[T]) {
+    let chunks = xs.chunks_exact(LANES);
+    let tail = chunks.remainder();
+    for chunk in chunks {
+        for (a, &x) in acc.iter_mut().zip(chunk) {
+            *a += x * T::zero();
+        }
+    }
+    for (a, &x) in acc.iter_mut().zip(tail) {
+        *a += x * T::zero();
+    }
+}
+
+/// Whether no NaN reached the lanes (one fold).
+#[inline(always)]
+fn lanes_finite<T: Scalar>(acc: &[T; LANES]) -> bool {
+    acc.iter().fold(T::zero(), |s, &a| s + a).is_finite()
+}
+
 crate::multiversion! {
     /// Whether every entry of `m` is finite, for rows stored contiguously (`col_stride` 1;
-    /// other rows are read one value at a time): every row is summed into the same 64 lanes as
-    /// [`all_finite`], so that short rows (a head's 64 values) do not each pay for a fold of
-    /// the lanes (one call of `all_finite` per row cost 7 % of a PolySketch layer).
+    /// other rows are read one value at a time): every row goes into the same lanes, folded
+    /// once, so that short rows (a head's 64 values) do not each pay for a fold (one call of
+    /// [`all_finite`] per row cost 7 % of a PolySketch layer).
     fn rows_finite<T: Scalar>(m: MatRef<'_, T>) -> bool {
-        const LANES: usize = 64;
         let mut acc = [T::zero(); LANES];
         for i in 0..m.nrows() {
             match m.row(i).try_as_row_major() {
-                Some(row) => {
-                    for chunk in row.as_slice().chunks(LANES) {
-                        for (a, &x) in acc.iter_mut().zip(chunk) {
-                            *a += x * T::zero();
-                        }
-                    }
-                }
+                Some(row) => add_to_lanes(&mut acc, row.as_slice()),
                 None => {
                     if !m.row(i).iter().all(|x| x.is_finite()) {
                         return false;
@@ -117,26 +136,17 @@ crate::multiversion! {
                 }
             }
         }
-        acc.iter().fold(T::zero(), |s, &a| s + a).is_finite()
+        lanes_finite(&acc)
     }
 }
 
 crate::multiversion! {
     /// Whether every value is finite, vectorised: `x * 0` is 0 for finite `x` and NaN for NaN or
-    /// infinity, summed in 64 independent lanes (four AVX-512 registers of f32) so the adds do
-    /// not form one dependency chain.
+    /// infinity, summed in 64 independent lanes so the adds do not form one dependency chain.
     pub fn all_finite<T: Scalar>(xs: &[T]) -> bool {
-        const LANES: usize = 64;
         let mut acc = [T::zero(); LANES];
-        let chunks = xs.chunks_exact(LANES);
-        let tail = chunks.remainder();
-        for chunk in chunks {
-            for (a, &x) in acc.iter_mut().zip(chunk) {
-                *a += x * T::zero();
-            }
-        }
-        let lanes = acc.iter().fold(T::zero(), |s, &a| s + a);
-        (lanes + tail.iter().fold(T::zero(), |s, &x| s + x * T::zero())).is_finite()
+        add_to_lanes(&mut acc, xs);
+        lanes_finite(&acc)
     }
 }
 

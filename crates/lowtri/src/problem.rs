@@ -130,13 +130,16 @@ impl<'a, T: Scalar> Problem<'a, T> {
         check_nonempty(op, "c", self.c)?;
         // zero widths: the product is empty or zero, and the blocks of width 0 do not exist
         check_nonzero(op, "the columns of c", self.c.ncols())?;
+        let finite = |name, m| if values { check_finite(op, name, m) } else { Ok(()) };
+        finite("c", self.c)?;
         let (x, y, names) = match self.features {
             Features::Explicit { a, b } => (a, b, ("a", "b")),
             Features::SelfTensored { l, r } => (l, r, ("l", "r")),
         };
         check_shape(op, names.0, x, (n, x.ncols()))?;
         check_shape(op, names.1, y, (n, x.ncols()))?;
-        let mut finite = vec![("c", self.c), (names.0, x), (names.1, y)];
+        finite(names.0, x)?;
+        finite(names.1, y)?;
         if let Diagonal::ExactPower { q, k, p } = self.diagonal {
             if p == 0 || p > MAX_DEGREE {
                 return Err(SketchError::InvalidDegree {
@@ -147,9 +150,10 @@ impl<'a, T: Scalar> Problem<'a, T> {
             }
             check_shape(op, "q", q, (n, q.ncols()))?;
             check_shape(op, "k", k, (n, q.ncols()))?;
-            finite.extend([("q", q), ("k", k)]);
+            finite("q", q)?;
+            finite("k", k)?;
         }
-        finite.into_iter().filter(|_| values).try_for_each(|(name, m)| check_finite(op, name, m))
+        Ok(())
     }
 
     /// Rows `s..s+len` of \\(A\\): a view of the input, or the tensor square of \\(L\\)'s rows

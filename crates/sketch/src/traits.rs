@@ -91,11 +91,22 @@ pub trait PolySketch<T: Scalar>: Send + Sync {
         check_nonempty(OP, "a", a)?;
         check_shape(OP, "out", out.as_ref(), (a.nrows(), self.sketch_dim()))?;
         check_finite(OP, "a", a)?;
-        for_each_row_chunk(out.rb_mut(), par, |start, chunk| {
-            self.apply_rows(a.subrows(start, chunk.nrows()), chunk);
-        });
+        self.apply_unchecked(a, out.rb_mut(), par);
         // finite rows whose tensor power overflows the number format (|a|^p past its range)
         check_overflow(OP, "a", "out", out.as_ref())
+    }
+
+    /// [`apply_into`](Self::apply_into) without its checks: [`apply_rows`](Self::apply_rows)
+    /// on row chunks of [`CHUNK_ROWS`](polysketch_core::CHUNK_ROWS), in parallel under `par`.
+    /// For callers that check their own inputs and outputs (the attention layer); values are
+    /// not scanned, so NaN in gives NaN out.
+    ///
+    /// # Panics
+    /// If `a` is not `[n, h]` or `out` is not `[n, r]`.
+    fn apply_unchecked(&self, a: MatRef<'_, T>, out: MatMut<'_, T>, par: Par) {
+        for_each_row_chunk(out, par, |start, chunk| {
+            self.apply_rows(a.subrows(start, chunk.nrows()), chunk);
+        });
     }
 
     /// Vector-Jacobian product: \\(\partial L/\partial A\\) given \\(\partial L/\partial
@@ -133,11 +144,20 @@ pub trait PolySketch<T: Scalar>: Send + Sync {
         check_shape(OP, "out", out.as_ref(), (a.nrows(), self.input_dim()))?;
         check_finite(OP, "a", a)?;
         check_finite(OP, "grad", grad)?;
-        for_each_row_chunk(out.rb_mut(), par, |start, chunk| {
+        self.vjp_unchecked(a, grad, out.rb_mut(), par);
+        check_overflow(OP, "a and grad", "out", out.as_ref())
+    }
+
+    /// [`vjp_into`](Self::vjp_into) without its checks (see
+    /// [`apply_unchecked`](Self::apply_unchecked)).
+    ///
+    /// # Panics
+    /// If `a` is not `[n, h]`, `grad` is not `[n, r]` or `out` is not `[n, h]`.
+    fn vjp_unchecked(&self, a: MatRef<'_, T>, grad: MatRef<'_, T>, out: MatMut<'_, T>, par: Par) {
+        for_each_row_chunk(out, par, |start, chunk| {
             let rows = chunk.nrows();
             self.vjp_rows(a.subrows(start, rows), grad.subrows(start, rows), chunk);
         });
-        check_overflow(OP, "a and grad", "out", out.as_ref())
     }
 
     /// The sketched Gram matrix \\((A^{\otimes p}S)(B^{\otimes p}S)^\top\\), the estimate of
