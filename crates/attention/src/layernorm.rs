@@ -156,21 +156,41 @@ pub fn layernorm_backward<'a, T: Scalar>(
         "layernorm_backward: shapes"
     );
     assert!(dgain.len() == h && dbias.len() == h, "layernorm_backward: parameter shapes");
-    let hf = T::of(h as f64);
-    let (mut d, mut dxhat) = (vec![T::zero(); h], vec![T::zero(); h]);
-    for i in 0..n {
-        let (dyr, xh, dxr) =
-            (&dy[i * h..(i + 1) * h], &saved.xhat[i * h..(i + 1) * h], &mut dx[i * h..(i + 1) * h]);
-        // in the forward pass y = s (g x̂ + β), so dβ += s dy, dg += s dy x̂, dx̂ = s g dy
-        d.iter_mut().zip(dyr).for_each(|(a, b)| *a = scale * *b);
-        dbias.iter_mut().zip(&d).for_each(|(a, b)| *a += *b);
-        dgain.iter_mut().zip(d.iter().zip(xh)).for_each(|(a, (b, x))| *a += *b * *x);
-        dxhat.iter_mut().zip(d.iter().zip(gain)).for_each(|(a, (b, g))| *a = *b * *g);
-        let mean_d = dxhat.iter().fold(T::zero(), |s, v| s + *v) / hf;
-        let mean_dx = dot(&dxhat, xh) / hf;
-        let r = saved.rstd[i];
-        dxr.iter_mut()
-            .zip(dxhat.iter().zip(xh))
-            .for_each(|(o, (a, x))| *o = r * (*a - mean_d - *x * mean_dx));
+    let mut work = vec![T::zero(); 2 * h];
+    let (d, dxhat) = work.split_at_mut(h);
+    backward_rows(dy, saved.xhat, saved.rstd, gain, scale, dx, dgain, dbias, d, dxhat);
+}
+
+polysketch_core::multiversion! {
+    /// The rows of [`layernorm_backward`] (shapes checked there), one after the other; `d`,
+    /// `dxhat`: work rows of `h`.
+    #[allow(clippy::too_many_arguments)]
+    fn backward_rows<T: Scalar>(
+        dy: &[T],
+        xhat: &[T],
+        rstd: &[T],
+        gain: &[T],
+        scale: T,
+        dx: &mut [T],
+        dgain: &mut [T],
+        dbias: &mut [T],
+        d: &mut [T],
+        dxhat: &mut [T]
+    ) {
+        let h = gain.len();
+        let hf = T::of(h as f64);
+        let rows = dy.chunks_exact(h).zip(xhat.chunks_exact(h)).zip(dx.chunks_exact_mut(h));
+        for (((dyr, xh), dxr), &r) in rows.zip(rstd) {
+            // in the forward pass y = s (g x̂ + β), so dβ += s dy, dg += s dy x̂, dx̂ = s g dy
+            d.iter_mut().zip(dyr).for_each(|(a, b)| *a = scale * *b);
+            dbias.iter_mut().zip(&*d).for_each(|(a, b)| *a += *b);
+            dgain.iter_mut().zip(d.iter().zip(xh)).for_each(|(a, (b, x))| *a += *b * *x);
+            dxhat.iter_mut().zip(d.iter().zip(gain)).for_each(|(a, (b, g))| *a = *b * *g);
+            let mean_d = dxhat.iter().fold(T::zero(), |s, v| s + *v) / hf;
+            let mean_dx = dot(dxhat, xh) / hf;
+            dxr.iter_mut()
+                .zip(dxhat.iter().zip(xh))
+                .for_each(|(o, (a, x))| *o = r * (*a - mean_d - *x * mean_dx));
+        }
     }
 }

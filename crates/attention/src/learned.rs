@@ -115,10 +115,19 @@ polysketch_core::multiversion! {
     }
 }
 
-/// `acc[c] += Σ_i x[i, c]` for row-major `x: [n, cols]`, rows in order.
-fn add_column_sums<T: Scalar>(x: &[T], acc: &mut [T]) {
-    for row in x.chunks_exact(acc.len()) {
-        acc.iter_mut().zip(row).for_each(|(a, v)| *a += *v);
+polysketch_core::multiversion! {
+    /// `acc[c] += Σ_i x[i, c]` for row-major `x: [n, cols]`, rows in order.
+    fn add_column_sums<T: Scalar>(x: &[T], acc: &mut [T]) {
+        for row in x.chunks_exact(acc.len()) {
+            acc.iter_mut().zip(row).for_each(|(a, v)| *a += *v);
+        }
+    }
+}
+
+polysketch_core::multiversion! {
+    /// `x[i] += y[i]`.
+    fn add_assign<T: Scalar>(x: &mut [T], y: &[T]) {
+        x.iter_mut().zip(y).for_each(|(a, b)| *a += *b);
     }
 }
 
@@ -149,11 +158,13 @@ polysketch_core::multiversion! {
     }
 }
 
-/// `y = g ∘ x̂ + b` row by row (the layer norm's output, recomputed from what it saved).
-fn affine<T: Scalar>(xhat: &[T], gain: &[T], bias: &[T], y: &mut [T]) {
-    for (yr, xr) in y.chunks_exact_mut(gain.len()).zip(xhat.chunks_exact(gain.len())) {
-        for ((y, x), (g, b)) in yr.iter_mut().zip(xr).zip(gain.iter().zip(bias)) {
-            *y = *g * *x + *b;
+polysketch_core::multiversion! {
+    /// `y = g ∘ x̂ + b` row by row (the layer norm's output, recomputed from what it saved).
+    fn affine<T: Scalar>(xhat: &[T], gain: &[T], bias: &[T], y: &mut [T]) {
+        for (yr, xr) in y.chunks_exact_mut(gain.len()).zip(xhat.chunks_exact(gain.len())) {
+            for ((y, x), (g, b)) in yr.iter_mut().zip(xr).zip(gain.iter().zip(bias)) {
+                *y = *g * *x + *b;
+            }
         }
     }
 }
@@ -551,9 +562,7 @@ impl<T: Scalar> LearnedSketch<T> {
         let LearnedSaved { mlps, m, t, out: douts, scratch: sc, .. } = saved;
         let root = self.nodes.len() - 1;
         // the root's gradient, row-major, in the buffer of its output
-        for (i, row) in douts[root].chunks_exact_mut(r).enumerate() {
-            row.iter_mut().enumerate().for_each(|(c, v)| *v = dout[(i, c)]);
-        }
+        rm_mut(&mut douts[root], n, r).copy_from(dout);
         sc.dx.clear();
         sc.dx.resize(n * h, T::zero());
         // taken out of the scratch (and put back) so the networks can use the rest of it
@@ -572,9 +581,7 @@ impl<T: Scalar> LearnedSketch<T> {
                     mlp.backward(&dm, &mlps[k], r0, &mut grads[12 * k..12 * (k + 1)], sc);
                     let din = &sc.din[..nc * mlp.d];
                     match src {
-                        Src::Input => {
-                            sc.dx[r0 * h..r1 * h].iter_mut().zip(din).for_each(|(a, b)| *a += *b)
-                        }
+                        Src::Input => add_assign(&mut sc.dx[r0 * h..r1 * h], din),
                         Src::Node(j) => douts[j][rows.clone()].copy_from_slice(din),
                     }
                 }

@@ -127,7 +127,7 @@ crate::multiversion! {
 ///
 /// # Panics
 /// If the lengths differ.
-#[inline]
+#[inline(always)]
 pub fn dot<T: Scalar>(x: &[T], y: &[T]) -> T {
     assert_eq!(x.len(), y.len(), "dot: lengths differ");
     const LANES: usize = 16;
@@ -144,7 +144,7 @@ pub fn dot<T: Scalar>(x: &[T], y: &[T]) -> T {
 }
 
 /// \(\sum_i x_i\) with 16 independent partial sums, like [`dot`] (vectorised, deterministic).
-#[inline]
+#[inline(always)]
 pub fn sum<T: Scalar>(x: &[T]) -> T {
     const LANES: usize = 16;
     let mut acc = [T::zero(); LANES];
