@@ -2,8 +2,8 @@
 //! studies of the same small GPT trained with each attention kind, every arm with two seeds.
 //!
 //! ```sh
-//! cargo run --release --example paper -- corpus            # Tables 2, 7: validation loss, 12 arms
-//! cargo run --release --example paper -- copying           # Table 5: selective copying, 6 arms
+//! cargo run --release --example paper -- corpus            # Tables 2, 7: validation loss, 15 arms
+//! cargo run --release --example paper -- copying           # Table 5: selective copying, 7 arms
 //! cargo run --release --example paper -- degree            # p = 2, 4, 8
 //! cargo run --release --example paper -- induction         # induction heads, r = 32
 //! cargo run --release --example paper -- corpus --quick    # CI-sized: tiny models, 8 steps
@@ -37,9 +37,12 @@ struct StudyArgs {
     /// The CI-sized variant: tiny models, 8 steps, one seed (unless --seeds).
     #[arg(long)]
     quick: bool,
-    /// Seeds 0..N per arm [default: 2, quick 1].
+    /// Seeds per arm [default: 2, quick 1]: --first-seed, --first-seed + 1, ...
     #[arg(long)]
     seeds: Option<u64>,
+    /// The first seed (1: a second seed for runs whose first is elsewhere).
+    #[arg(long, default_value_t = 0)]
+    first_seed: u64,
     /// Folder of the runs and the study's table, CSV and plot.
     #[arg(long, default_value = "runs/paper")]
     root: PathBuf,
@@ -64,14 +67,17 @@ struct StudyArgs {
 #[derive(Subcommand, Debug)]
 enum What {
     /// Validation loss on the bundled corpus: softmax, polynomial, PolySketch (learned + local
-    /// r = 32 and 64, random + local, learned), Performer, Hedgehog, learned + local and softmax
+    /// r = 32 and 64, also with the sketch's networks at lower learning rates, random + local,
+    /// learned), Performer, Hedgehog, learned + local and softmax
     /// with one layer more, local-only and sliding-window attention.
     Corpus(StudyArgs),
-    /// Selective copying: softmax, polynomial, learned + local, random + local, local, sliding.
+    /// Selective copying: softmax, polynomial, learned + local (also at a tenth of the sketch's
+    /// learning rate), random + local, local, sliding.
     Copying(StudyArgs),
     /// Degree p = 2, 4, 8 of polynomial and PolySketch attention on the corpus.
     Degree(StudyArgs),
-    /// Induction heads with r = 32, learned with and without local blocks, and softmax.
+    /// Induction heads with r = 32, learned with and without local blocks (with them also at a
+    /// tenth of the sketch's learning rate), and softmax.
     Induction(StudyArgs),
     /// Draw the held-out loss curves of finished runs into one SVG.
     Plot {
@@ -107,6 +113,7 @@ fn real_main(args: Args) -> polysketch::Result<()> {
     let opts = Options {
         quick: a.quick,
         seeds: a.seeds.unwrap_or(if a.quick { 1 } else { 2 }),
+        first_seed: a.first_seed,
         root: a.root,
         only: a.only,
         context: a.context,

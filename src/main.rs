@@ -111,7 +111,7 @@ struct ModelArgs {
     #[arg(long, default_value_t = 0.1)]
     weight_decay: f64,
     /// Learning-rate factor of the learned sketches' networks (their tensors' rate is --lr times
-    /// this; 0.25 trains r = 64, which saturates at the full rate).
+    /// this; 0.1 is recommended for r >= 32, whose sketch can saturate at the full rate).
     #[arg(long, default_value_t = 1.0)]
     sketch_lr: f64,
     /// Gradient-norm clip (0: none).

@@ -2,16 +2,18 @@
 //! studies, each a list of [`Arm`]s (a model and its run), every arm trained once per seed.
 //!
 //! - [`Study::Corpus`]: validation loss on the bundled corpus (bytes, context 256) of softmax,
-//!   polynomial \\(p = 4\\), PolySketch learned + local (\\(r = 32, 64\\)), random + local,
+//!   polynomial \\(p = 4\\), PolySketch learned + local (\\(r = 32, 64\\), also with the sketch's
+//!   networks at a lower learning rate, [`TrainConfig::sketch_lr`]), random + local,
 //!   learned without local blocks, Performer, Hedgehog, learned + local with one layer more
 //!   (the paper's 13 against 12) and softmax with one layer more, local-only and sliding-window
 //!   attention; the paper's Tables 2 and 7.
 //! - [`Study::Copying`]: selective copying (Appendix F, Table 5) for softmax, polynomial,
-//!   learned + local, random + local, local-only and sliding-window attention.
+//!   learned + local (also at a tenth of the sketch's learning rate), random + local, local-only
+//!   and sliding-window attention.
 //! - [`Study::Degree`]: \\(p = 2, 4, 8\\) for polynomial and PolySketch attention on the corpus
 //!   (quality and tokens/s); its \\(p = 4\\) arms are the corpus study's own runs.
 //! - [`Study::Induction`]: induction heads with \\(r = 32\\), learned with and without local
-//!   blocks, against softmax.
+//!   blocks (with local blocks also at a tenth of the sketch's learning rate), against softmax.
 //!
 //! Every run lives in `root/<setting>/<arm>-s<seed>/` (a normal run folder: checkpoint,
 //! `metrics.csv`, `loss.svg`). A finished run is read back instead of trained again and an
@@ -35,13 +37,14 @@ use crate::{Error, Result};
 /// One of the four studies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Study {
-    /// Validation loss on the bundled corpus, twelve arms.
+    /// Validation loss on the bundled corpus, fifteen arms.
     Corpus,
-    /// Selective copying accuracy, six arms.
+    /// Selective copying accuracy, seven arms.
     Copying,
     /// Degree \\(p = 2, 4, 8\\), polynomial and PolySketch, on the corpus.
     Degree,
-    /// Induction heads, \\(r = 32\\), learned with and without local blocks, and softmax.
+    /// Induction heads, \\(r = 32\\), learned with and without local blocks (the first also
+    /// with the sketch's networks at a tenth of the learning rate), and softmax.
     Induction,
 }
 
@@ -88,8 +91,11 @@ impl Arm {
 pub struct Options {
     /// The CI-sized variant: tiny models, a few steps, one seed unless `seeds` says otherwise.
     pub quick: bool,
-    /// Seeds 0, 1, ..., seeds − 1.
+    /// How many seeds: `first_seed`, `first_seed + 1`, ..., `first_seed + seeds − 1`.
     pub seeds: u64,
+    /// The first seed (0 for a study from scratch; 1 to add a second seed to runs made
+    /// elsewhere, whose folders are not under `root`).
+    pub first_seed: u64,
     /// Where the runs and the study's files go.
     pub root: PathBuf,
     /// Only the arms whose folder ends with one of these kind names (empty: every arm).
@@ -175,13 +181,16 @@ pub fn arms(study: Study, quick: bool, context: Option<usize>) -> Result<Vec<Arm
 /// `b`, without local blocks unless `+local`; the factor is [`TrainConfig::sketch_lr`].
 type KindSpec = (&'static str, usize, f64);
 
-const CORPUS_KINDS: [KindSpec; 13] = [
+const CORPUS_KINDS: [KindSpec; 15] = [
     ("softmax", 0, 1.0),
     ("polynomial", 0, 1.0),
     ("learned+local", 0, 1.0),
     ("learned+local:r=64", 0, 1.0),
-    // r = 64 saturates at the full rate; its networks at a quarter of it train
+    // r = 64 saturates at the full rate; its networks at a quarter of it train, at a tenth
+    // they train unsaturated (and r = 32 with them)
     ("learned+local:r=64", 0, 0.25),
+    ("learned+local:r=64", 0, 0.1),
+    ("learned+local", 0, 0.1),
     ("random+local", 0, 1.0),
     ("learned", 0, 1.0),
     ("performer", 0, 1.0),
@@ -204,17 +213,24 @@ const DEGREE_KINDS: [KindSpec; 6] = [
     ("learned+local:p=8", 0, 1.0),
 ];
 
-const COPYING_KINDS: [KindSpec; 6] = [
+const COPYING_KINDS: [KindSpec; 7] = [
     ("softmax", 0, 1.0),
     ("polynomial", 0, 1.0),
     ("learned+local", 0, 1.0),
+    // the corpus study's sketch learning-rate factor, in this setting
+    ("learned+local", 0, 0.1),
     ("random+local", 0, 1.0),
     ("local", 0, 1.0),
     ("sliding", 0, 1.0),
 ];
 
-const INDUCTION_KINDS: [KindSpec; 3] =
-    [("softmax", 0, 1.0), ("learned+local:r=32", 0, 1.0), ("learned:r=32", 0, 1.0)];
+const INDUCTION_KINDS: [KindSpec; 4] = [
+    ("softmax", 0, 1.0),
+    ("learned+local:r=32", 0, 1.0),
+    // the sketch starts to saturate at the full rate; the corpus study's factor
+    ("learned+local:r=32", 0, 0.1),
+    ("learned:r=32", 0, 1.0),
+];
 
 /// The kinds' arms on one model and run: `sketch` gives the defaults of `r` and `b` (also the
 /// local block, the sliding window and the Performer/Hedgehog block); the quick variant shrinks
@@ -357,8 +373,11 @@ pub fn read_outcome(metrics: &Path, seed: u64) -> Result<Outcome> {
 /// unknown `--only` name or a run folder holding a run of
 /// another configuration; the runs' and their checkpoints' errors.
 pub fn run_study(study: Study, opts: &Options) -> Result<Vec<ArmResult>> {
-    if opts.seeds == 0 {
-        return Err(Error::Config("--seeds must be at least 1".into()));
+    if opts.seeds == 0 || opts.first_seed.checked_add(opts.seeds).is_none() {
+        return Err(Error::Config(format!(
+            "--seeds must be at least 1 and --first-seed + --seeds at most 2^64 − 1, got {} and {}",
+            opts.seeds, opts.first_seed
+        )));
     }
     if opts.context.is_some() && (study != Study::Copying || opts.quick) {
         return Err(Error::Config(
@@ -381,9 +400,9 @@ pub fn run_study(study: Study, opts: &Options) -> Result<Vec<ArmResult>> {
     // seed-major: an interrupted study has every arm's first seeds before any arm's next one
     let total = arms.len() * opts.seeds as usize;
     let mut outcomes = vec![Vec::new(); arms.len()];
-    for seed in 0..opts.seeds {
+    for (j, seed) in (opts.first_seed..opts.first_seed + opts.seeds).enumerate() {
         for (i, arm) in arms.iter().enumerate() {
-            let k = seed as usize * arms.len() + i + 1;
+            let k = j * arms.len() + i + 1;
             outcomes[i].extend(train_or_reuse(arm, seed, opts, &format!("[{k}/{total}]"))?);
         }
     }
@@ -489,6 +508,16 @@ pub fn table(results: &[ArmResult]) -> String {
     s
 }
 
+/// One CSV field (RFC 4180): as it is, or in double quotes (inner quotes doubled) when it holds
+/// a comma, a quote or a line break — arm labels such as `softmax, 3 layers` do.
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
 /// Writes `root/<name>.{csv,md,svg}` (no plot while no run has finished).
 fn write_study(name: &str, results: &[ArmResult], root: &Path) -> Result<()> {
     let mut csv = String::from("arm,folder,seed,step,val_loss,accuracy,solved_at,tokens_per_s\n");
@@ -496,7 +525,7 @@ fn write_study(name: &str, results: &[ArmResult], root: &Path) -> Result<()> {
         for o in &r.outcomes {
             csv.push_str(&format!(
                 "{},{},{},{},{:.5},{},{},{:.1}\n",
-                r.arm.label,
+                csv_field(&r.arm.label),
                 r.arm.folder,
                 o.seed,
                 o.step,

@@ -200,6 +200,7 @@ fn the_paper_studies_run_quick_write_their_tables_and_reuse_finished_runs() {
     let opts = |seeds, only: &[&str]| Options {
         quick: true,
         seeds,
+        first_seed: 0,
         root: root.clone(),
         only: only.iter().map(|s| s.to_string()).collect(),
         context: None,
@@ -215,6 +216,18 @@ fn the_paper_studies_run_quick_write_their_tables_and_reuse_finished_runs() {
         let csv = std::fs::read_to_string(root.join(format!("{}.csv", study.name()))).unwrap();
         assert_eq!(table.lines().count(), 2 + full.len(), "{table}");
         assert_eq!(csv.lines().count(), 1 + full.len() * seeds as usize, "{csv}");
+        // eight fields per row, labels with commas quoted (RFC 4180)
+        for line in csv.lines() {
+            let (mut fields, mut quoted) = (1, false);
+            for c in line.chars() {
+                match c {
+                    '"' => quoted = !quoted,
+                    ',' if !quoted => fields += 1,
+                    _ => {}
+                }
+            }
+            assert_eq!(fields, 8, "{line}");
+        }
         assert!(root.join(format!("{}.svg", study.name())).is_file());
         // a spread with two seeds; one seed's value alone (no "± 0")
         let rows_with_sd = table.lines().skip(2).filter(|l| l.contains(" ± ")).count();
@@ -276,14 +289,14 @@ fn the_paper_studies_run_quick_write_their_tables_and_reuse_finished_runs() {
         paper::run_study(Study::Induction, &empty).unwrap().iter().all(|r| r.outcomes.is_empty())
     );
     let table = std::fs::read_to_string(empty.root.join("induction.md")).unwrap();
-    assert_eq!(table.matches("not run yet").count(), 3, "{table}");
+    assert_eq!(table.matches("not run yet").count(), 4, "{table}");
     // the full copying study at another context: its own files, the default ones left alone
     let at_256 = Options { quick: false, context: Some(256), ..empty.clone() };
     assert!(
         paper::run_study(Study::Copying, &at_256).unwrap().iter().all(|r| r.outcomes.is_empty())
     );
     let table = std::fs::read_to_string(empty.root.join("copying-n256.md")).unwrap();
-    assert_eq!(table.matches("not run yet").count(), 6, "{table}");
+    assert_eq!(table.matches("not run yet").count(), 7, "{table}");
     assert!(!empty.root.join("copying.md").exists() && !empty.root.join("copying-n256").exists());
     let _ = std::fs::remove_dir_all(&empty.root);
     let other_context = Options { context: Some(256), ..opts(1, &[]) };
@@ -291,6 +304,16 @@ fn the_paper_studies_run_quick_write_their_tables_and_reuse_finished_runs() {
     assert!(err.contains("--context"), "{err}");
     let err = paper::run_study(Study::Corpus, &opts(0, &[])).unwrap_err().to_string();
     assert!(err.contains("seeds"), "{err}");
+    let overflow = Options { first_seed: u64::MAX, ..opts(1, &[]) };
+    let err = paper::run_study(Study::Corpus, &overflow).unwrap_err().to_string();
+    assert!(err.contains("--first-seed"), "{err}");
+    // a second seed alone: its own folder and row, seed 0's left alone
+    let second = Options { first_seed: 1, ..opts(1, &["softmax"]) };
+    let only_1 = paper::run_study(Study::Induction, &second).unwrap();
+    assert_eq!(only_1[0].outcomes.iter().map(|o| o.seed).collect::<Vec<_>>(), [1]);
+    assert!(root.join("induction-quick/softmax-s1/metrics.csv").is_file());
+    let table = std::fs::read_to_string(root.join("induction.md")).unwrap();
+    assert!(table.contains("| softmax | 1 |"), "{table}");
     assert_eq!(paper::spread(&[1.0, 3.0]), (2.0, 2f64.sqrt(), 1.0, 3.0));
     let _ = std::fs::remove_dir_all(root);
     let _ = std::fs::remove_dir_all(other);

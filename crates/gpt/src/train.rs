@@ -50,8 +50,9 @@ pub struct TrainConfig {
     pub piece: usize,
     /// Multiplier of the learning rate (and so of the weight decay) of the learned sketches'
     /// networks, the tensors named `….sketch.…` (1: the rate of the rest of the model). A
-    /// learned sketch with \\(r = 64\\) saturates at the corpus study's rate and trains at 0.25
-    /// (see the book's "Reproducing the paper"). Checkpoints from before it read as 1.
+    /// learned sketch with \\(r \ge 32\\) can saturate at the full rate; 0.1 keeps it healthy and
+    /// trains best in the book's paper studies for \\(r \ge 32\\) (see "Reproducing the paper").
+    /// The default stays 1. Checkpoints from before it read as 1.
     #[serde(default = "one")]
     pub sketch_lr: f64,
 }
