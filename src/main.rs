@@ -15,7 +15,9 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use polysketch::attention::{AttentionKind, PolySketchConfig};
-use polysketch::bench::{attention::AttentionBench, lowtri::LowtriBench, train::TrainBench};
+use polysketch::bench::{
+    attention::AttentionBench, lowtri::LowtriBench, products::ProductsBench, train::TrainBench,
+};
 use polysketch::gpt::data::TokenizerSpec;
 use polysketch::gpt::tasks::Task;
 use polysketch::gpt::{Decay, GptConfig};
@@ -232,6 +234,9 @@ enum Bench {
     /// The block lower-triangular product lt(A Bᵀ) C against n, with its baselines (last
     /// line: `ratio64k <t(64k)/t(32k)>`).
     Lowtri(LowtriBench),
+    /// The learned sketch networks' matrix products, faer's f32 product against the bf16
+    /// product, one thread (last line: `bf16_speedup <f32 time / bf16 time>`).
+    Products(ProductsBench),
 }
 
 fn main() {
@@ -253,6 +258,9 @@ fn main() {
         }
         Command::Bench { what: Bench::Lowtri(args) } => {
             polysketch::bench::lowtri::run(&args).map_err(Into::into)
+        }
+        Command::Bench { what: Bench::Products(args) } => {
+            polysketch::bench::products::run(&args).map_err(Into::into)
         }
     });
 }

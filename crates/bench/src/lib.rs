@@ -7,6 +7,7 @@
 //! - [`plot`]: SVG line plots and scatter panels (plotters), written crash-safely.
 //! - [`attention`]: `polysketch bench attention` (every kind against softmax, CPU or GPU).
 //! - [`lowtri`]: `polysketch bench lowtri` (the block product against n, its baselines).
+//! - [`products`]: `polysketch bench products` (the networks' products, f32 against bf16).
 //! - [`train`]: `polysketch bench train` (GPT training throughput against context length).
 //! - [`figures`]: figures of particular studies (the AMM error of Theorem 2.4).
 //!
@@ -30,6 +31,7 @@ pub mod figures;
 pub mod lowtri;
 pub mod memory;
 pub mod plot;
+pub mod products;
 pub mod scaling;
 pub mod train;
 

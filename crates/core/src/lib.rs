@@ -8,6 +8,7 @@
 //! | [`Scalar`] | the float trait (`f32` for speed, `f64` for references) |
 //! | [`linalg`] | thin wrappers on faer: `gemm`, `dot`, `sum`, `ipow`, row blocks, and the [`multiversion!`] macro that compiles a slice kernel for AVX-512, AVX2 and baseline |
 //! | [`math`] | vectorised `exp` and `tanh` for `f32` |
+//! | [`bf16`] | matrix products with bf16 inputs and `f32` sums (AVX-512 BF16 kernel, portable fallback) |
 //! | [`check_shape`] and siblings | argument checks returning the shared [`Error`] |
 //! | [`seeded_rng`], [`split_seed`], [`normal`] | seeded randomness (ChaCha8 from a `u64`) |
 //! | [`for_each_row_chunk`] | row chunks of [`CHUNK_ROWS`] whatever the thread count |
@@ -35,6 +36,7 @@
 /// The faer version every crate computes with: use it instead of pinning faer by hand.
 pub use faer;
 
+pub mod bf16;
 mod check;
 pub mod collective;
 mod error;

@@ -37,6 +37,20 @@ pub trait Scalar:
         self.tanh()
     }
 
+    /// `dst = bf16(lhs) bf16(rhs)` (`+=` when `accumulate`): the product with its inputs
+    /// rounded to bfloat16, sequential. [`crate::bf16::gemm_portable`] by default (rounded
+    /// copies, then the product in `Self`: the reference); for `f32` [`crate::bf16::gemm_f32`]
+    /// (the AVX-512 BF16 kernel where the CPU has one, sums in `f32`).
+    ///
+    /// # Panics
+    /// If the shapes do not chain: `lhs: [m, k]`, `rhs: [k, n]`, `dst: [m, n]`.
+    fn gemm_bf16(
+        dst: faer::MatMut<'_, Self>, lhs: faer::MatRef<'_, Self>, rhs: faer::MatRef<'_, Self>,
+        accumulate: bool,
+    ) {
+        crate::bf16::gemm_portable(dst, lhs, rhs, accumulate);
+    }
+
     /// `v[i] = tanh(v[i])` for every element, with [`fast_tanh`](Self::fast_tanh) (vectorised
     /// for `f32`: [`crate::math::tanh_f32`]).
     fn tanh_in_place(v: &mut [Self]) {
@@ -56,6 +70,12 @@ impl Scalar for f32 {
     }
     fn tanh_in_place(v: &mut [Self]) {
         crate::math::tanh_f32(v);
+    }
+    fn gemm_bf16(
+        dst: faer::MatMut<'_, Self>, lhs: faer::MatRef<'_, Self>, rhs: faer::MatRef<'_, Self>,
+        accumulate: bool,
+    ) {
+        crate::bf16::gemm_f32(dst, lhs, rhs, accumulate);
     }
     #[inline(always)]
     fn fast_tanh(self) -> Self {
