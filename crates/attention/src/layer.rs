@@ -112,6 +112,25 @@ impl<T: Scalar> Attention<T> {
         self.learned.as_ref()
     }
 
+    /// Rounds the inputs of the learned sketch's network products to bfloat16 (or stops), see
+    /// [`LearnedSketch::set_bf16_products`]: for `f32` on a CPU with AVX-512 BF16 the networks'
+    /// products run about 1.6× faster; the rest of the layer is unchanged. Returns whether the
+    /// layer has a learned sketch (for every other kind the call changes nothing). Not saved
+    /// with the weights.
+    ///
+    /// ```
+    /// use polysketch_attention::{Attention, AttentionConfig};
+    /// let mut layer = Attention::<f32>::new(AttentionConfig::new(2, 16, "learned+local".parse()?))?;
+    /// assert!(layer.set_bf16_products(true));
+    /// assert!(layer.learned_sketch().is_some_and(|s| s.bf16_products()));
+    /// let mut softmax = Attention::<f32>::new(AttentionConfig::new(2, 16, "softmax".parse()?))?;
+    /// assert!(!softmax.set_bf16_products(true));
+    /// # Ok::<(), polysketch_attention::AttentionError>(())
+    /// ```
+    pub fn set_bf16_products(&mut self, on: bool) -> bool {
+        self.learned.as_mut().map(|l| l.set_bf16_products(on)).is_some()
+    }
+
     /// Performer's random features, if the layer has them (fixed by the seed; not a
     /// parameter).
     pub fn performer_features(&self) -> Option<&Favor<T>> {

@@ -82,14 +82,28 @@ fn rm_mut<T>(x: &mut [T], rows: usize, cols: usize) -> MatMut<'_, T> {
     MatMut::from_row_major_slice_mut(&mut x[..rows * cols], rows, cols)
 }
 
-/// `y = x W` for row-major `x: [n, din]`, `W: [din, dout]`, `y: [n, dout]`.
-fn product<T: Scalar>(x: &[T], n: usize, din: usize, w: &[T], dout: usize, y: &mut [T]) {
-    gemm(rm_mut(y, n, dout), rm(x, n, din), rm(w, din, dout), T::one(), false, Par::Seq);
+/// `dst (+)= lhs rhs`, sequential: faer's product in `T`, or with `bf16` the product of the
+/// inputs rounded to bfloat16 ([`Scalar::gemm_bf16`]).
+fn mm<T: Scalar>(
+    dst: MatMut<'_, T>, lhs: MatRef<'_, T>, rhs: MatRef<'_, T>, acc: bool, bf16: bool,
+) {
+    if bf16 {
+        T::gemm_bf16(dst, lhs, rhs, acc);
+    } else {
+        gemm(dst, lhs, rhs, T::one(), acc, Par::Seq);
+    }
+}
+
+/// `y = x W` for row-major `x: [n, din]`, `W: [din, dout]`, `y: [n, dout]` (see [`mm`]).
+fn product<T: Scalar>(
+    x: &[T], n: usize, din: usize, w: &[T], dout: usize, y: &mut [T], bf16: bool,
+) {
+    mm(rm_mut(y, n, dout), rm(x, n, din), rm(w, din, dout), false, bf16);
 }
 
 /// `y = x W + b` for row-major `x: [n, din]`, `W: [din, dout]`, `y: [n, dout]`.
-fn dense<T: Scalar>(x: &[T], n: usize, din: usize, w: &[T], b: &[T], y: &mut [T]) {
-    product(x, n, din, w, b.len(), y);
+fn dense<T: Scalar>(x: &[T], n: usize, din: usize, w: &[T], b: &[T], y: &mut [T], bf16: bool) {
+    product(x, n, din, w, b.len(), y, bf16);
     add_bias(&mut y[..n * b.len()], b);
 }
 
@@ -231,7 +245,8 @@ impl<T: Scalar> Mlp<T> {
     /// row-major `[n, r]`; what the backward needs goes into those rows of `s` (sized by the
     /// caller for every row).
     fn forward(
-        &self, x: MatRef<'_, T>, out: &mut [T], s: &mut MlpSaved<T>, r0: usize, sc: &mut Scratch<T>,
+        &self, x: MatRef<'_, T>, out: &mut [T], s: &mut MlpSaved<T>, r0: usize,
+        sc: &mut Scratch<T>, bf16: bool,
     ) {
         let (n, d, r) = (x.nrows(), self.d, self.p[C4].len());
         let (w, r1) = (WIDE * r, r0 + n);
@@ -242,9 +257,9 @@ impl<T: Scalar> Mlp<T> {
         let (a1, a3) = (&mut s.a1[r0 * w..r1 * w], &mut s.a3[r0 * w..r1 * w]);
         let ln0 = s.ln0.rows_mut(r0, r1, d);
         layernorm_rows_forward(x, &p[G0], &p[B0], T::one(), &mut sc.y[..n * d], ln0);
-        product(&sc.y, n, d, &p[W1], w, a1);
+        product(&sc.y, n, d, &p[W1], w, a1, bf16);
         bias_gelu(a1, &p[C1], &mut sc.wide);
-        dense(&sc.wide, n, w, &p[W2], &p[C2], &mut sc.narrow);
+        dense(&sc.wide, n, w, &p[W2], &p[C2], &mut sc.narrow, bf16);
         let ln1 = s.ln1.rows_mut(r0, r1, r);
         layernorm_rows_forward(
             rm(&sc.narrow, n, r),
@@ -254,9 +269,9 @@ impl<T: Scalar> Mlp<T> {
             &mut sc.y[..n * r],
             ln1,
         );
-        product(&sc.y, n, r, &p[W3], w, a3);
+        product(&sc.y, n, r, &p[W3], w, a3, bf16);
         bias_gelu(a3, &p[C3], &mut sc.wide);
-        dense(&sc.wide, n, w, &p[W4], &p[C4], out);
+        dense(&sc.wide, n, w, &p[W4], &p[C4], out, bf16);
     }
 
     /// Given `dout` \\(= \partial L/\partial f(x)\\) (`[n, r]`) for rows `r0..r0 + n` of the
@@ -264,6 +279,7 @@ impl<T: Scalar> Mlp<T> {
     /// parameter gradients into `g` (`NAMES` order).
     fn backward(
         &self, dout: &[T], s: &MlpSaved<T>, r0: usize, g: &mut [Vec<T>], sc: &mut Scratch<T>,
+        bf16: bool,
     ) {
         let (d, r) = (self.d, self.p[C4].len());
         let (n, w) = (dout.len() / r, WIDE * r);
@@ -275,89 +291,51 @@ impl<T: Scalar> Mlp<T> {
         sc.narrow2.resize(n * r, T::zero());
         sc.y.resize(n * d.max(r), T::zero());
         sc.din.resize(n * d.max(r), T::zero());
-        let (one, seq) = (T::one(), Par::Seq);
+        let one = T::one();
         let (a1, a3) = (&s.a1[r0 * w..r1 * w], &s.a3[r0 * w..r1 * w]);
         let (ln0, ln1) = (s.ln0.rows(r0, r1, d), s.ln1.rows(r0, r1, r));
         // out = gelu(a3) W4 + b4
         gelu_with_grad(a3, &mut sc.wide, &mut sc.wide2);
-        gemm(
-            rm_mut(&mut g[W4], w, r),
-            rm(&sc.wide, n, w).transpose(),
-            rm(dout, n, r),
-            one,
-            true,
-            seq,
-        );
+        mm(rm_mut(&mut g[W4], w, r), rm(&sc.wide, n, w).transpose(), rm(dout, n, r), true, bf16);
         add_column_sums(dout, &mut g[C4]);
-        gemm(
-            rm_mut(&mut sc.wide, n, w),
-            rm(dout, n, r),
-            rm(&p[W4], w, r).transpose(),
-            one,
-            false,
-            seq,
-        );
+        mm(rm_mut(&mut sc.wide, n, w), rm(dout, n, r), rm(&p[W4], w, r).transpose(), false, bf16);
         mul_assign(&mut sc.wide, &sc.wide2);
         // a3 = y2 W3 + b3, y2 = LN1(a2)
         affine(ln1.xhat, &p[G1], &p[B1], &mut sc.y[..n * r]);
-        gemm(
-            rm_mut(&mut g[W3], r, w),
-            rm(&sc.y, n, r).transpose(),
-            rm(&sc.wide, n, w),
-            one,
-            true,
-            seq,
-        );
+        mm(rm_mut(&mut g[W3], r, w), rm(&sc.y, n, r).transpose(), rm(&sc.wide, n, w), true, bf16);
         add_column_sums(&sc.wide, &mut g[C3]);
-        gemm(
+        mm(
             rm_mut(&mut sc.narrow, n, r),
             rm(&sc.wide, n, w),
             rm(&p[W3], r, w).transpose(),
-            one,
             false,
-            seq,
+            bf16,
         );
         let (dg1, db1) = pair_mut(g, G1, B1);
         layernorm_backward(&sc.narrow, ln1, &p[G1], one, &mut sc.narrow2, dg1, db1);
         // a2 = gelu(a1) W2 + b2
         gelu_with_grad(a1, &mut sc.wide, &mut sc.wide2);
-        gemm(
+        mm(
             rm_mut(&mut g[W2], w, r),
             rm(&sc.wide, n, w).transpose(),
             rm(&sc.narrow2, n, r),
-            one,
             true,
-            seq,
+            bf16,
         );
         add_column_sums(&sc.narrow2, &mut g[C2]);
-        gemm(
+        mm(
             rm_mut(&mut sc.wide, n, w),
             rm(&sc.narrow2, n, r),
             rm(&p[W2], w, r).transpose(),
-            one,
             false,
-            seq,
+            bf16,
         );
         mul_assign(&mut sc.wide, &sc.wide2);
         // a1 = y0 W1 + b1, y0 = LN0(x)
         affine(ln0.xhat, &p[G0], &p[B0], &mut sc.y[..n * d]);
-        gemm(
-            rm_mut(&mut g[W1], d, w),
-            rm(&sc.y, n, d).transpose(),
-            rm(&sc.wide, n, w),
-            one,
-            true,
-            seq,
-        );
+        mm(rm_mut(&mut g[W1], d, w), rm(&sc.y, n, d).transpose(), rm(&sc.wide, n, w), true, bf16);
         add_column_sums(&sc.wide, &mut g[C1]);
-        gemm(
-            rm_mut(&mut sc.y, n, d),
-            rm(&sc.wide, n, w),
-            rm(&p[W1], d, w).transpose(),
-            one,
-            false,
-            seq,
-        );
+        mm(rm_mut(&mut sc.y, n, d), rm(&sc.wide, n, w), rm(&p[W1], d, w).transpose(), false, bf16);
         let (dg0, db0) = pair_mut(g, G0, B0);
         layernorm_backward(&sc.y[..n * d], ln0, &p[G0], one, &mut sc.din[..n * d], dg0, db0);
     }
@@ -404,6 +382,9 @@ pub struct LearnedSketch<T> {
     nodes: Vec<(Src, Src)>,
     /// `2i`, `2i + 1`: the networks \\(f_1, f_2\\) of node `i`.
     mlps: Vec<Mlp<T>>,
+    /// Whether the networks' products round their inputs to bfloat16
+    /// ([`set_bf16_products`](Self::set_bf16_products)).
+    bf16: bool,
 }
 
 /// What [`LearnedSketch::backward`] needs from [`LearnedSketch::forward`] (reusable buffers).
@@ -449,7 +430,7 @@ impl<T: Scalar> LearnedSketch<T> {
             .flat_map(|&(a, b)| [dim(a), dim(b)])
             .map(|d| Mlp::new(d, r, &mut rng))
             .collect();
-        Ok(Self { h, r, degree, nodes, mlps })
+        Ok(Self { h, r, degree, nodes, mlps, bf16: false })
     }
 
     /// The named parameters, `sketch.node{i}.f{1,2}.{ln0.gain, ln0.bias, w1, b1, w2, b2,
@@ -488,6 +469,43 @@ impl<T: Scalar> LearnedSketch<T> {
             .collect()
     }
 
+    /// Whether the networks' matrix products (forward and backward) round their inputs to
+    /// bfloat16 and sum in `T`: \\(\mathrm{bf16}(A)\,\mathrm{bf16}(B)\\) through
+    /// [`Scalar::gemm_bf16`] instead of \\(AB\\). For `f32` on a CPU with AVX-512 BF16 that is
+    /// a kernel with twice the multiply-adds per instruction (`polysketch bench products`:
+    /// about 1.6× faer's `f32` product on the networks' shapes); elsewhere, and for `f64`, the
+    /// inputs are rounded and the usual product runs (slower, but the same numbers up to the
+    /// summation order: the reference). Everything else — layer norms, gelu, the nodes'
+    /// products and tanh, the gradients' sums — stays in `T`. Off by default; not saved with
+    /// the weights (a way of computing, like the thread count); the GPU kernels ignore it.
+    /// The book's attention chapter states the accuracy against `f64` and the training
+    /// comparison.
+    ///
+    /// ```
+    /// use polysketch_attention::LearnedSketch;
+    /// use polysketch_core::faer::Mat;
+    /// use polysketch_sketch::PolySketch;
+    ///
+    /// let mut sketch = LearnedSketch::<f32>::new(16, 8, 2, 7)?;
+    /// let x = Mat::<f32>::from_fn(5, 16, |i, j| ((i * 16 + j) as f32 * 0.37).sin());
+    /// let exact = sketch.apply(x.as_ref(), polysketch_core::faer::Par::Seq)?;
+    /// sketch.set_bf16_products(true);
+    /// assert!(sketch.bf16_products());
+    /// let fast = sketch.apply(x.as_ref(), polysketch_core::faer::Par::Seq)?;
+    /// // the same map up to bf16 rounding of the products' inputs
+    /// let err = (&fast - &exact).norm_l2() / exact.norm_l2();
+    /// assert!(err > 0.0 && err < 2e-2, "{err}");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn set_bf16_products(&mut self, on: bool) {
+        self.bf16 = on;
+    }
+
+    /// Whether [`set_bf16_products`](Self::set_bf16_products) is on.
+    pub fn bf16_products(&self) -> bool {
+        self.bf16
+    }
+
     /// Zeroed gradients for [`backward`](Self::backward), one vector per parameter.
     pub fn zero_grads(&self) -> Vec<Vec<T>> {
         self.mlps.iter().flat_map(|m| m.p.iter().map(|p| vec![T::zero(); p.len()])).collect()
@@ -513,7 +531,7 @@ impl<T: Scalar> LearnedSketch<T> {
         saved.m.resize_with(self.mlps.len(), Vec::new);
         saved.t.resize_with(nodes, Vec::new);
         saved.out.resize_with(nodes, Vec::new);
-        let sqrt_r = T::of((r as f64).sqrt());
+        let (sqrt_r, bf16) = (T::of((r as f64).sqrt()), self.bf16);
         let LearnedSaved { mlps, m, t, out: outs, scratch, .. } = saved;
         m.iter_mut()
             .chain(t.iter_mut())
@@ -527,7 +545,14 @@ impl<T: Scalar> LearnedSketch<T> {
                         Src::Input => x.subrows(r0, r1 - r0),
                         Src::Node(j) => rm(&outs[j][rows.clone()], r1 - r0, r),
                     };
-                    self.mlps[k].forward(input, &mut m[k][rows.clone()], &mut mlps[k], r0, scratch);
+                    self.mlps[k].forward(
+                        input,
+                        &mut m[k][rows.clone()],
+                        &mut mlps[k],
+                        r0,
+                        scratch,
+                        bf16,
+                    );
                 }
                 let (mi, ti, oi) = (&m[2 * i..2 * i + 2], &mut t[i], &mut outs[i]);
                 node_forward(
@@ -560,7 +585,7 @@ impl<T: Scalar> LearnedSketch<T> {
         );
         assert_eq!(grads.len(), 12 * self.mlps.len(), "LearnedSketch::backward: grads");
         let LearnedSaved { mlps, m, t, out: douts, scratch: sc, .. } = saved;
-        let root = self.nodes.len() - 1;
+        let (root, bf16) = (self.nodes.len() - 1, self.bf16);
         // the root's gradient, row-major, in the buffer of its output
         rm_mut(&mut douts[root], n, r).copy_from(dout);
         sc.dx.clear();
@@ -578,7 +603,7 @@ impl<T: Scalar> LearnedSketch<T> {
                     let m_other = &m[other][rows.clone()];
                     polysketch_core::linalg::scaled_product(&mut dm, &gate, m_other, T::one());
                     let mlp = &self.mlps[k];
-                    mlp.backward(&dm, &mlps[k], r0, &mut grads[12 * k..12 * (k + 1)], sc);
+                    mlp.backward(&dm, &mlps[k], r0, &mut grads[12 * k..12 * (k + 1)], sc, bf16);
                     let din = &sc.din[..nc * mlp.d];
                     match src {
                         Src::Input => add_assign(&mut sc.dx[r0 * h..r1 * h], din),

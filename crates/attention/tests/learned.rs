@@ -239,3 +239,65 @@ fn saturation_is_near_zero_at_initialisation_and_one_when_the_outputs_grow() {
     nan[(1, 1)] = f64::NAN;
     assert!(s.saturation(nan.as_ref(), Par::Seq).is_err());
 }
+
+/// Forward output, input gradient and parameter gradients of `s` on `x` for `L = <g, L(x)>`,
+/// widened to f64 and flattened.
+fn outputs<T: polysketch_core::Scalar>(
+    s: &LearnedSketch<T>, x: &Mat<f64>, g: &Mat<f64>,
+) -> [Vec<f64>; 3] {
+    let (n, h, r) = (x.nrows(), x.ncols(), g.ncols());
+    let (xt, gt) = (x.as_ref().map(|&v| T::of(v)), g.as_ref().map(|&v| T::of(v)));
+    let mut saved = LearnedSaved::default();
+    let mut out = Mat::<T>::zeros(n, r);
+    s.forward(xt.as_ref(), out.as_mut(), &mut saved);
+    let mut dx = Mat::<T>::zeros(n, h);
+    let mut grads = s.zero_grads();
+    s.backward(&mut saved, gt.as_ref(), dx.as_mut(), &mut grads);
+    let flat = |m: &Mat<T>| -> Vec<f64> {
+        (0..m.nrows())
+            .flat_map(|i| (0..m.ncols()).map(move |j| (i, j)))
+            .map(|ij| m[ij].as_f64())
+            .collect()
+    };
+    [flat(&out), flat(&dx), grads.iter().flatten().map(|v| v.as_f64()).collect()]
+}
+
+/// ‖a − b‖ / ‖b‖.
+fn rel(a: &[f64], b: &[f64]) -> f64 {
+    let d: f64 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
+    (d / b.iter().map(|y| y * y).sum::<f64>()).sqrt()
+}
+
+/// bf16 products in the networks, at the layer's sizes (h = 64, r = 32, 300 rows: two
+/// chunks): the f32 sketch with them against the f64 sketch without them (the accuracy the
+/// book states), and against the f64 sketch with them (the same rounding, the portable path:
+/// closer), forward, input gradient and parameter gradients. The backward treats the rounding
+/// as the identity (its gradient is that of the unrounded network), so it is compared with
+/// the exact gradient, not with finite differences of the rounded forward.
+#[test]
+fn bf16_products_follow_f64_within_the_rounding() {
+    let (h, r, n) = (64, 32, 300);
+    let mut s64 = LearnedSketch::<f64>::new(h, r, 2, 11).unwrap();
+    perturb(&mut s64, 5);
+    let mut s32 = LearnedSketch::<f32>::new(h, r, 2, 11).unwrap();
+    for (d, s) in s32.parameters_mut().into_iter().zip(s64.parameters()) {
+        d.data.iter_mut().zip(s.data).for_each(|(a, b)| *a = *b as f32);
+    }
+    let (x, g) = (random(n, h, 21), random(n, r, 22));
+    let exact = outputs(&s64, &x, &g);
+    let plain32 = outputs(&s32, &x, &g);
+    s32.set_bf16_products(true);
+    let mut b64 = s64.clone();
+    b64.set_bf16_products(true);
+    let (fast, portable) = (outputs(&s32, &x, &g), outputs(&b64, &x, &g));
+    for (i, what) in ["output", "input gradient", "parameter gradients"].iter().enumerate() {
+        let (e_fast, e_same, e_f32) =
+            (rel(&fast[i], &exact[i]), rel(&fast[i], &portable[i]), rel(&plain32[i], &exact[i]));
+        eprintln!(
+            "{what}: bf16 f32 vs f64 {e_fast:.2e}, vs bf16 f64 {e_same:.2e} (f32 without bf16 vs f64 {e_f32:.2e})"
+        );
+        assert!(e_fast < 2e-2, "{what}: {e_fast:e}");
+        assert!(e_fast > 10.0 * e_f32, "{what}: the rounding must show ({e_fast:e} vs {e_f32:e})");
+        assert!(e_same < 0.1 * e_fast, "{what}: {e_same:e} vs {e_fast:e}");
+    }
+}

@@ -63,6 +63,11 @@ pub struct AttentionBench {
         default_value = "softmax,polynomial,random,random+local,learned,learned+local"
     )]
     pub kinds: Vec<AttentionKind>,
+    /// Also measure every learned kind with its networks' products on bf16 inputs
+    /// (`Attention::set_bf16_products`; CPU only): a row `… bf16` after each, and a closing
+    /// `speedup_bf16` line for the first learned + local kind.
+    #[arg(long)]
+    pub bf16: bool,
     /// Measure nothing: draw attention_bench.svg into --out again from the attention_bench.csv
     /// of an earlier run.
     #[arg(long)]
@@ -119,10 +124,11 @@ pub(crate) struct Case {
 }
 
 fn run_case(
-    kind: &AttentionKind, heads: usize, h: usize, n: usize, reps: usize, par: Par,
+    kind: &AttentionKind, bf16: bool, heads: usize, h: usize, n: usize, reps: usize, par: Par,
 ) -> Result<Case> {
-    let layer =
+    let mut layer =
         Attention::<f32>::new(AttentionConfig::new(heads, h, *kind)).map_err(attention_err)?;
+    layer.set_bf16_products(bf16);
     // the case's own buffers (the input, the output, three gradients), before they exist
     let bytes = [heads, n, h, 5 * size_of::<f32>()].iter().fold(1u128, |a, &x| a * x as u128);
     if bytes > polysketch_attention::MAX_STATE_BYTES {
@@ -261,32 +267,46 @@ pub fn run(args: &AttentionBench) -> Result<()> {
         "causal attention, f32, batch 1, h = {h}, {} threads; faer's 2048³ product in this run: {ceiling:.1} GFLOP/s",
         rayon::current_num_threads()
     );
-    let all = args.kinds.clone();
-    if all.is_empty() {
+    if args.kinds.is_empty() {
         return Err(Error::Config("--kinds needs at least one kind".into()));
     }
+    if args.bf16 && args.device != "cpu" {
+        return Err(Error::Config("--bf16 is a CPU option (the device kernels ignore it)".into()));
+    }
+    // (kind, bf16 products): with --bf16, each learned kind a second time right after it
+    let learned = |k: &AttentionKind| matches!(k, AttentionKind::PolySketch(c) if c.sketch == SketchKind::Learned);
+    let all: Vec<(AttentionKind, bool)> = args
+        .kinds
+        .iter()
+        .flat_map(|k| {
+            let twice = args.bf16 && learned(k);
+            std::iter::once((*k, false)).chain(twice.then_some((*k, true)))
+        })
+        .collect();
     // Untimed and unmeasured: every kind once at the smallest case, so that each thread's
     // packing buffers of the matrix-product library (private-gemm keeps 2 × L3 bytes per
     // thread, allocated at a thread's first product: 128 MiB here) exist before the first peak
     // is measured. They belong to the process, not to a case; the first row counted them.
     let (n0, heads0) = (args.n.iter().min(), args.heads.iter().max());
     if let (Some(&n0), Some(&heads0)) = (n0, heads0) {
-        for k in &all {
-            let _ = run_case(k, heads0, h, n0, 1, par); // errors show when measured
+        for (k, bf16) in &all {
+            let _ = run_case(k, *bf16, heads0, h, n0, 1, par); // errors show when measured
         }
     }
     let mut report = Report::new();
     let total = args.heads.len() * args.n.len() * all.len();
     let bar = cases_bar(total);
     let mut series: Vec<Series> = Vec::new();
-    let mut last_speedup: Option<(usize, f64)> = None;
+    // the closing lines: f32 and (with --bf16) bf16 products
+    let mut last_speedup: [Option<(usize, f64)>; 2] = [None, None];
     let min_heads = args.heads.iter().copied().min().unwrap_or(1);
-    let speedup = speedup_kind(&all);
-    let speedup_label = speedup.map_or("polysketch learned+local".into(), |i| case_label(&all[i]));
+    let speedup = speedup_kind(&args.kinds);
+    let speedup_label =
+        speedup.map_or("polysketch learned+local".into(), |i| case_label(&args.kinds[i]));
     for &heads in &args.heads {
         let mut fb_time: Vec<Option<(f64, f64)>> = vec![None; args.n.len()]; // softmax (fwd, fwd+bwd) per n
-        for (ki, k) in all.iter().enumerate() {
-            let name = &case_label(k);
+        for (k, bf16) in &all {
+            let name = &format!("{}{}", case_label(k), if *bf16 { " bf16" } else { "" });
             let mut line = heads_series(name, heads, min_heads);
             // time of the previous n, to skip cases projected past --max-seconds
             let mut previous: Option<(usize, f64)> = None;
@@ -317,7 +337,7 @@ pub fn run(args: &AttentionBench) -> Result<()> {
                     continue;
                 }
                 let reps = if previous.is_some_and(|(_, t)| t > 5.0) { 1 } else { args.reps };
-                let case = match run_case(k, heads, h, n, reps, par) {
+                let case = match run_case(k, *bf16, heads, h, n, reps, par) {
                     Ok(c) => c,
                     Err(e) => {
                         bar.suspend(|| {
@@ -334,10 +354,10 @@ pub fn run(args: &AttentionBench) -> Result<()> {
                 }
                 let ratio = fb_time[ni].map(|(_, s)| s / case.forward_backward);
                 if let Some(r) = ratio
-                    && speedup == Some(ki)
+                    && speedup.is_some_and(|i| args.kinds[i] == *k)
                     && heads == *args.heads.iter().max().unwrap_or(&1)
                 {
-                    last_speedup = Some((n, r));
+                    last_speedup[usize::from(*bf16)] = Some((n, r));
                 }
                 bar.suspend(|| report.row(name, (1, heads, n), &case, gflops, ratio));
                 line.push(n, case.forward_backward);
@@ -350,7 +370,15 @@ pub fn run(args: &AttentionBench) -> Result<()> {
     report.write(&bar, &args.out, &series, &title)?;
 
     let heads = args.heads.iter().max().unwrap_or(&1);
-    match last_speedup {
+    if args.bf16
+        && let Some((n, r)) = last_speedup[1]
+    {
+        println!(
+            "speedup_bf16 {n} {r:.2}  ({speedup_label} with bf16 products, forward+backward \
+             against softmax's at n = {n}, {heads} heads: {r:.2}x faster)"
+        );
+    }
+    match last_speedup[0] {
         Some((n, r)) => println!(
             "speedup {n} {r:.2}  ({speedup_label} forward+backward against softmax's at n = {n}, \
              {heads} heads: {r:.2}x faster)"

@@ -51,10 +51,10 @@ fn random(n: usize, w: usize, scale: f64, seed: u64) -> Mat<f32> {
     Mat::from_fn(n, w, |_, _| (scale * normal(&mut rng)) as f32)
 }
 
-/// Median wall time of `reps` runs of `f`, in seconds, after one warm-up run.
-fn median_time(reps: usize, mut f: impl FnMut()) -> f64 {
+/// Median wall time of `reps` runs of `f` (at least one), in seconds, after one warm-up run.
+pub(crate) fn median_time(reps: usize, mut f: impl FnMut()) -> f64 {
     f();
-    let mut t: Vec<f64> = (0..reps)
+    let mut t: Vec<f64> = (0..reps.max(1))
         .map(|_| {
             let s = Instant::now();
             f();

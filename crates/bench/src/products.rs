@@ -13,12 +13,11 @@
 //! network shapes. Whether the CPU has the AVX-512 BF16 kernel is printed first (without it
 //! the bf16 product is the portable fallback and slower than f32).
 
-use std::time::Instant;
-
 use faer::{Mat, MatRef, Par};
 use polysketch_core::{bf16, linalg::gemm, normal, seeded_rng};
 
 use crate::Result;
+use crate::lowtri::median_time;
 use crate::scaling::faer_gflops;
 
 /// Options of `polysketch bench products`.
@@ -68,20 +67,6 @@ fn view(store: &Mat<f32>, op: Op) -> MatRef<'_, f32> {
     }
 }
 
-/// Median seconds of `reps` runs of `f` after one warm-up.
-fn median(reps: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    let mut t: Vec<f64> = (0..reps.max(1))
-        .map(|_| {
-            let s = Instant::now();
-            f();
-            s.elapsed().as_secs_f64()
-        })
-        .collect();
-    t.sort_by(f64::total_cmp);
-    t[t.len() / 2]
-}
-
 /// Runs the command: a table row per shape, then `bf16_speedup`.
 pub fn run(args: &ProductsBench) -> Result<()> {
     if args.reps == 0 {
@@ -103,8 +88,9 @@ pub fn run(args: &ProductsBench) -> Result<()> {
         let (a, b) = (view(&a_store, lop), view(&b_store, rop));
         // dst row-major, as in the networks
         let mut c = Mat::<f32>::zeros(n, m);
-        let f = median(args.reps, || gemm(c.as_mut().transpose_mut(), a, b, 1.0, false, Par::Seq));
-        let h = median(args.reps, || bf16::gemm_f32(c.as_mut().transpose_mut(), a, b, false));
+        let f =
+            median_time(args.reps, || gemm(c.as_mut().transpose_mut(), a, b, 1.0, false, Par::Seq));
+        let h = median_time(args.reps, || bf16::gemm_f32(c.as_mut().transpose_mut(), a, b, false));
         let flops = 2.0 * (m * k * n) as f64;
         println!(
             "| {label} | {:.1} µs | {:.1} µs | {:.1} | {:.1} | {:.2}× |",

@@ -605,21 +605,13 @@ mod tests {
 
     #[test]
     fn empty_and_k_zero_products() {
+        // k = 0: accumulating leaves c as it was, overwriting zeroes it
         let mut c = Mat::<f32>::from_fn(3, 2, |_, _| 5.0);
-        gemm_f32(
-            c.as_mut(),
-            Mat::<f32>::zeros(3, 0).as_ref(),
-            Mat::<f32>::zeros(0, 2).as_ref(),
-            true,
-        );
-        assert!(c.col_iter().flat_map(|c| c.iter().copied().collect::<Vec<_>>()).all(|x| x == 5.0));
-        gemm_f32(
-            c.as_mut(),
-            Mat::<f32>::zeros(3, 0).as_ref(),
-            Mat::<f32>::zeros(0, 2).as_ref(),
-            false,
-        );
-        assert!(c.col_iter().flat_map(|c| c.iter().copied().collect::<Vec<_>>()).all(|x| x == 0.0));
+        for (accumulate, want) in [(true, 5.0), (false, 0.0)] {
+            let (a, b) = (Mat::<f32>::zeros(3, 0), Mat::<f32>::zeros(0, 2));
+            gemm_f32(c.as_mut(), a.as_ref(), b.as_ref(), accumulate);
+            assert!(c.col_iter().all(|c| c.iter().all(|&x| x == want)), "accumulate {accumulate}");
+        }
         let mut e = Mat::<f32>::zeros(0, 4);
         gemm_f32(
             e.as_mut(),

@@ -214,6 +214,17 @@ impl<T: Scalar> Gpt<T> {
         Ok(Self { config, params, table, blocks, attn, wte, lnf_gain, lnf_bias })
     }
 
+    /// Turns bf16 inputs for the learned sketches' network products on or off in every layer
+    /// ([`Attention::set_bf16_products`](polysketch_attention::Attention::set_bf16_products));
+    /// returns whether any layer has a learned sketch.
+    pub fn set_bf16_products(&mut self, on: bool) -> bool {
+        let mut any = false;
+        for layer in &mut self.attn {
+            any |= layer.attention_mut().set_bf16_products(on);
+        }
+        any
+    }
+
     /// The configuration.
     pub fn config(&self) -> &GptConfig {
         &self.config
