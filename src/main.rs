@@ -344,6 +344,12 @@ fn configs(
     };
     (t.weight_decay, t.clip, t.seed, t.sketch_lr) = (m.weight_decay, m.clip, m.seed, m.sketch_lr);
     t.bf16 = m.bf16;
+    if m.bf16 && !polysketch_core::bf16::has_fast_bf16() {
+        eprintln!(
+            "note: this CPU has no AVX-512 BF16; --bf16 runs its products on the portable path \
+             (same rounding, slower than f32)"
+        );
+    }
     run.eval_every = m.eval_every.unwrap_or(run.eval_every);
     let model = GptConfig {
         context: t.seq,

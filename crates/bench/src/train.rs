@@ -32,6 +32,10 @@ pub struct TrainBench {
     /// Folder for train_bench.csv and train_bench.svg.
     #[arg(long, default_value = "runs/bench_train")]
     pub out: PathBuf,
+    /// bf16 inputs for the learned sketches' network products (`TrainConfig::bf16`; the other
+    /// kinds are unchanged).
+    #[arg(long)]
+    pub bf16: bool,
 }
 
 /// Training throughput against context length at equal tokens per step: a table, then
@@ -42,9 +46,10 @@ pub struct TrainBench {
 pub fn run(args: &TrainBench) -> Result<()> {
     use polysketch_gpt::Trainer;
     println!(
-        "GPT training step (d_model 128, 4 layers, 4 heads of 32, vocab 256), {} tokens per step, {} threads",
+        "GPT training step (d_model 128, 4 layers, 4 heads of 32, vocab 256), {} tokens per step, {} threads{}",
         args.tokens,
-        rayon::current_num_threads()
+        rayon::current_num_threads(),
+        if args.bf16 { ", learned sketches' products on bf16 inputs" } else { "" }
     );
     println!("{:<28} {:>6} {:>6} {:>10} {:>10}", "kind", "n", "batch", "step", "tokens/s");
     let mut csv = String::from("kind,n,batch,step_s,tokens_per_s\n");
@@ -72,6 +77,7 @@ pub fn run(args: &TrainBench) -> Result<()> {
                 steps: args.steps + 1,
                 lr: 1e-3,
                 warmup: 1,
+                bf16: args.bf16,
                 ..TrainConfig::default()
             };
             let gpt = polysketch_gpt::Gpt::<f32>::new(model)?;
