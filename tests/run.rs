@@ -12,6 +12,18 @@ fn tiny(attention: AttentionKind, vocab: usize) -> GptConfig {
     GptConfig { vocab, context: 32, d_model: 16, layers: 2, heads: 2, attention, seed: 3 }
 }
 
+/// Learned + local PolySketch at the tiny model's size (r = 8, blocks of 8).
+fn learned_local() -> AttentionKind {
+    AttentionKind::PolySketch(PolySketchConfig {
+        p: 4,
+        r: 8,
+        block: 8,
+        sketch: SketchKind::Learned,
+        local: true,
+        seed: 0,
+    })
+}
+
 fn run_config(source: Source, steps: usize) -> RunConfig {
     RunConfig {
         train: TrainConfig {
@@ -62,14 +74,7 @@ fn column(csv: &Path, i: usize) -> Vec<String> {
 
 #[test]
 fn a_resumed_run_reproduces_the_uninterrupted_one() {
-    let spec = AttentionKind::PolySketch(PolySketchConfig {
-        p: 4,
-        r: 8,
-        block: 8,
-        sketch: SketchKind::Learned,
-        local: true,
-        seed: 0,
-    });
+    let spec = learned_local();
     let (a, b) = (scratch("a"), scratch("b"));
     let cfg = || run_config(text_source(), 8);
     let full = run::train(tiny(spec, 256), cfg(), &a, None, None, true).unwrap();
@@ -324,14 +329,7 @@ fn the_paper_studies_run_quick_write_their_tables_and_reuse_finished_runs() {
 /// from the f32 run by the rounding only (the losses within 1 %, not equal).
 #[test]
 fn a_bf16_run_resumes_exactly_and_stays_near_the_f32_run() {
-    let spec = AttentionKind::PolySketch(PolySketchConfig {
-        p: 4,
-        r: 8,
-        block: 8,
-        sketch: SketchKind::Learned,
-        local: true,
-        seed: 0,
-    });
+    let spec = learned_local();
     let (a, b, c) = (scratch("bf16-a"), scratch("bf16-b"), scratch("bf16-f32"));
     let cfg = |bf16: bool| {
         let mut r = run_config(text_source(), 6);
