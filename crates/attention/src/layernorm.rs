@@ -99,14 +99,18 @@ pub fn layernorm_rows_forward<T: Scalar>(
             && saved.rstd.len() == n,
         "layernorm_forward: shapes"
     );
-    for i in 0..n {
-        let xh = &mut saved.xhat[i * h..(i + 1) * h];
-        match x.row(i).try_as_row_major() {
-            Some(r) => xh.copy_from_slice(r.as_slice()),
-            None => xh.iter_mut().enumerate().for_each(|(j, v)| *v = x[(i, j)]),
+    // by chunks of rows, each copied and then normalised while it is still in cache
+    const CHUNK: usize = 64;
+    let chunks = saved.xhat.chunks_mut(CHUNK * h).zip(saved.rstd.chunks_mut(CHUNK));
+    for (c, ((xhat, rstd), out)) in chunks.zip(out.chunks_mut(CHUNK * h)).enumerate() {
+        for (i, xh) in (c * CHUNK..).zip(xhat.chunks_exact_mut(h)) {
+            match x.row(i).try_as_row_major() {
+                Some(r) => xh.copy_from_slice(r.as_slice()),
+                None => xh.iter_mut().enumerate().for_each(|(j, v)| *v = x[(i, j)]),
+            }
         }
+        normalise_rows(xhat, rstd, gain, bias, scale, out);
     }
-    normalise_rows(saved.xhat, saved.rstd, gain, bias, scale, out);
 }
 
 polysketch_core::multiversion! {

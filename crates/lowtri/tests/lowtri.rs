@@ -235,6 +235,44 @@ fn results_do_not_depend_on_thread_count() {
     }
 }
 
+/// A batch of problems gives bitwise the same outputs and prefixes whether the forward goes by
+/// problem (8 problems on 1, 2, 4 or 8 threads) or by block (3 and 5 threads), and the same
+/// as each problem alone on one thread.
+#[test]
+fn forward_by_problem_and_by_block_agree_bitwise() {
+    let (n, b) = (700, 64);
+    let inputs: Vec<[Mat<f32>; 5]> = (0..8)
+        .map(|i| {
+            let s = 10 * i as u64;
+            let [l, r] = [s + 1, s + 2].map(|seed| gaussian::<f32>(n, 6, 0.5, seed));
+            let [q, k] = [s + 3, s + 4].map(|seed| gaussian::<f32>(n, 5, 0.5, seed));
+            [l, r, q, k, gaussian::<f32>(n, 7, 1.0, s + 5)]
+        })
+        .collect();
+    let problems: Vec<Problem<'_, f32>> = inputs
+        .iter()
+        .map(|[l, r, q, k, c]| {
+            let f = Features::SelfTensored { l: l.as_ref(), r: r.as_ref() };
+            Problem::local_exact(f, q.as_ref(), k.as_ref(), 4, c.as_ref())
+        })
+        .collect();
+    let engine = LowTri::new(b).unwrap();
+    let alone: Vec<(Mat<f32>, Saved<f32>)> =
+        problems.iter().map(|p| engine.forward(p, Par::Seq).unwrap()).collect();
+    for threads in [1, 2, 3, 4, 5, 8] {
+        let (outs, saved) = in_pool(threads, || {
+            let mut outs: Vec<Mat<f32>> = problems.iter().map(|_| Mat::zeros(n, 7)).collect();
+            let views = outs.iter_mut().map(|o| o.as_mut()).collect();
+            let saved = engine.forward_batch(&problems, views, Par::rayon(0)).unwrap();
+            (outs, saved)
+        });
+        for (i, (out, s)) in outs.iter().zip(&saved).enumerate() {
+            assert_eq!(out, &alone[i].0, "output {i} with {threads} threads");
+            assert_eq!(s.prefixes(), alone[i].1.prefixes(), "prefixes {i} with {threads} threads");
+        }
+    }
+}
+
 /// f32 against f64 at n = 2^16 on well-scaled inputs (rows of norm about 1): relative
 /// Frobenius error at most 1e-5, forward and backward.
 #[test]
