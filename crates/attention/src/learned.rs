@@ -108,12 +108,14 @@ fn dense<T: Scalar>(x: &[T], n: usize, din: usize, w: &[T], b: &[T], y: &mut [T]
 }
 
 polysketch_core::multiversion! {
-    /// `a[i, c] += b[c]`, then `z = gelu(a)`, in one pass over row-major `a`, `z` (rows of
-    /// `b.len()`).
-    fn bias_gelu<T: Scalar>(a: &mut [T], b: &[T], z: &mut [T]) {
-        for (ar, zr) in a.chunks_exact_mut(b.len()).zip(z.chunks_exact_mut(b.len())) {
-            for ((a, z), &b) in ar.iter_mut().zip(zr.iter_mut()).zip(b) {
-                *a += b;
+    /// `a[i, c] = x[i, c] + b[c]` and `z = gelu(a)`, in one pass over row-major `x`, `a`, `z`
+    /// (rows of `b.len()`). `x` is a product just made (in cache); `a` is kept for the
+    /// backward, so it is written once, never read back here.
+    fn bias_gelu<T: Scalar>(x: &[T], b: &[T], a: &mut [T], z: &mut [T]) {
+        let rows = x.chunks_exact(b.len()).zip(a.chunks_exact_mut(b.len()));
+        for ((xr, ar), zr) in rows.zip(z.chunks_exact_mut(b.len())) {
+            for (((x, a), z), &b) in xr.iter().zip(ar.iter_mut()).zip(zr.iter_mut()).zip(b) {
+                *a = *x + b;
                 *z = gelu_one(*a);
             }
         }
@@ -253,12 +255,15 @@ impl<T: Scalar> Mlp<T> {
         let p = &self.p;
         sc.y.resize(n * d.max(r), T::zero());
         sc.wide.resize(n * w, T::zero());
+        sc.wide2.resize(n * w, T::zero());
         sc.narrow.resize(n * r, T::zero());
         let (a1, a3) = (&mut s.a1[r0 * w..r1 * w], &mut s.a3[r0 * w..r1 * w]);
         let ln0 = s.ln0.rows_mut(r0, r1, d);
         layernorm_rows_forward(x, &p[G0], &p[B0], T::one(), &mut sc.y[..n * d], ln0);
-        product(&sc.y, n, d, &p[W1], w, a1, bf16);
-        bias_gelu(a1, &p[C1], &mut sc.wide);
+        // the hidden products go to the chunk's scratch, and only once, with their biases,
+        // into the saved rows (one write to memory, not a write, a read and a write)
+        product(&sc.y, n, d, &p[W1], w, &mut sc.wide2, bf16);
+        bias_gelu(&sc.wide2, &p[C1], a1, &mut sc.wide);
         dense(&sc.wide, n, w, &p[W2], &p[C2], &mut sc.narrow, bf16);
         let ln1 = s.ln1.rows_mut(r0, r1, r);
         layernorm_rows_forward(
@@ -269,8 +274,8 @@ impl<T: Scalar> Mlp<T> {
             &mut sc.y[..n * r],
             ln1,
         );
-        product(&sc.y, n, r, &p[W3], w, a3, bf16);
-        bias_gelu(a3, &p[C3], &mut sc.wide);
+        product(&sc.y, n, r, &p[W3], w, &mut sc.wide2, bf16);
+        bias_gelu(&sc.wide2, &p[C3], a3, &mut sc.wide);
         dense(&sc.wide, n, w, &p[W4], &p[C4], out, bf16);
     }
 
