@@ -393,7 +393,8 @@ impl LowTri {
                     .enumerate();
                 for (l, (mut o, mut z)) in blocks {
                     block_sum_and_diagonal(sc, p, l * b, o.rb_mut(), z.rb_mut());
-                    for (c, acc) in sc.acc.chunks_exact_mut(p.m()).enumerate() {
+                    // one run of m per column (none when m or k is 0)
+                    for (c, acc) in sc.acc.chunks_exact_mut(p.m().max(1)).enumerate() {
                         if let Some(col) = z.rb_mut().col_mut(c).try_as_col_major_mut() {
                             exclusive_scan_step(col.as_slice_mut(), acc);
                         }

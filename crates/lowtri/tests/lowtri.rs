@@ -273,6 +273,21 @@ fn forward_by_problem_and_by_block_agree_bitwise() {
     }
 }
 
+/// Features of width 0 (a fuzz case: m = 0) give S = 0 and a zero output, whichever order the
+/// forward takes, and a backward of zeros.
+#[test]
+fn zero_width_features_give_a_zero_output() {
+    let (a, c) = (Mat::<f32>::zeros(5, 0), gaussian::<f32>(5, 2, 1.0, 9));
+    let problem = Problem::general(a.as_ref(), a.as_ref(), c.as_ref());
+    let engine = LowTri::new(2).unwrap();
+    for par in [Par::Seq, Par::rayon(0)] {
+        let (out, mut saved) = engine.forward(&problem, par).unwrap();
+        assert_eq!(out, Mat::<f32>::zeros(5, 2));
+        let grads = engine.backward(&problem, &mut saved, c.as_ref(), par).unwrap();
+        assert_eq!(grads.d_c, Mat::<f32>::zeros(5, 2));
+    }
+}
+
 /// f32 against f64 at n = 2^16 on well-scaled inputs (rows of norm about 1): relative
 /// Frobenius error at most 1e-5, forward and backward.
 #[test]
