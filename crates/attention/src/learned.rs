@@ -207,7 +207,8 @@ struct MlpSaved<T> {
 struct Scratch<T> {
     /// `[n, max(h, r)]`: a layer norm's output.
     y: Vec<T>,
-    /// `[n, 8r]` ×2: hidden activations and gelu derivatives.
+    /// `[n, 8r]` ×2: hidden activations and gelu derivatives (in the forward, `wide2` holds
+    /// the hidden products before their biases).
     wide: Vec<T>,
     wide2: Vec<T>,
     /// `[n, r]` ×2.

@@ -13,7 +13,7 @@ use polysketch_core::{
 };
 use rayon::prelude::*;
 
-use crate::prefix::{exclusive_block_prefix, exclusive_scan_step};
+use crate::prefix::{exclusive_block_prefix, exclusive_scan_block};
 use crate::{Grads, Problem, Saved};
 
 /// The block lower-triangular product engine with block size \\(b\\).
@@ -393,12 +393,7 @@ impl LowTri {
                     .enumerate();
                 for (l, (mut o, mut z)) in blocks {
                     block_sum_and_diagonal(sc, p, l * b, o.rb_mut(), z.rb_mut());
-                    // one run of m per column (none when m or k is 0)
-                    for (c, acc) in sc.acc.chunks_exact_mut(p.m().max(1)).enumerate() {
-                        if let Some(col) = z.rb_mut().col_mut(c).try_as_col_major_mut() {
-                            exclusive_scan_step(col.as_slice_mut(), acc);
-                        }
-                    }
+                    exclusive_scan_block(z.rb_mut(), &mut sc.acc);
                     if l > 0 {
                         add_earlier_blocks(sc, p, l * b, o, z.as_ref());
                     }

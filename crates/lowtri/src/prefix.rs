@@ -1,6 +1,7 @@
 //! Exclusive prefix sums over the blocks of lt(A Bᵀ) C, in `f64`, in a fixed order.
 
-use faer::{Mat, Par};
+use faer::prelude::ReborrowMut;
+use faer::{Mat, MatMut, Par};
 use polysketch_core::Scalar;
 use rayon::prelude::*;
 
@@ -44,5 +45,19 @@ pub(crate) fn exclusive_block_prefix<T: Scalar>(h: &mut Mat<T>, k: usize, revers
     match par {
         Par::Seq => groups.iter_mut().for_each(prefix),
         Par::Rayon(_) => groups.par_iter_mut().for_each(prefix),
+    }
+}
+
+/// One block's step of [`exclusive_block_prefix`] (forward order), for a forward that walks its
+/// blocks in order: `h` (`[m, k]`, columns contiguous) becomes the running sum before it, and
+/// `acc` (`m·k`, column `j` at `j·m`) adds the old `h`. Each entry sees the same `f64` sums in
+/// the same order as in [`exclusive_block_prefix`], so the two give the same values bit for bit.
+pub(crate) fn exclusive_scan_block<T: Scalar>(mut h: MatMut<'_, T>, acc: &mut [f64]) {
+    let m = h.nrows();
+    // one run of m per column (none when m or k is 0)
+    for (j, acc) in acc.chunks_exact_mut(m.max(1)).enumerate() {
+        if let Some(col) = h.rb_mut().col_mut(j).try_as_col_major_mut() {
+            exclusive_scan_step(col.as_slice_mut(), acc);
+        }
     }
 }
