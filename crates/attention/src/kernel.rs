@@ -4,17 +4,18 @@
 //! products computed by the lowtri engine (causal PolySketch), by [`crate::bidirectional`]
 //! (bidirectional PolySketch) or by exact tiles (polynomial).
 
+use faer::prelude::ReborrowMut;
 use faer::{MatMut, MatRef, Par};
-use polysketch_core::Scalar;
 use polysketch_core::linalg::{axpy, row_blocks};
+use polysketch_core::{CHUNK_ROWS, Scalar};
 use polysketch_lowtri::{Features, Grads as LtGrads, LowTri, Problem, Saved as LtSaved};
-use polysketch_sketch::SketchError;
+use polysketch_sketch::{PolySketch, SketchError};
 use rayon::prelude::*;
 
 use crate::bidirectional;
 use crate::performer::Side;
 use crate::polynomial::{self, PolyViews};
-use crate::saved::{Core, HeadSaved, Inner, reshape_mat};
+use crate::saved::{Core, HeadSaved, Inner, Rows, reshape_mat};
 use crate::tiles::{self, HeadViews, TILE};
 use crate::{Attention, AttentionError, AttentionKind, Grads, PolySketchConfig, Result, Saved};
 
@@ -67,9 +68,10 @@ fn block_of(kind: AttentionKind) -> usize {
 /// The lowtri engine of a PolySketch, Performer or Hedgehog layer, without its scans of values:
 /// the layer checks its own inputs and every output it returns, and a non-finite internal value
 /// (a sketch or a product past the number format's range) reaches one of them (the
-/// denominators are checked in [`Attention::kernel_forward`]).
-fn engine_of(kind: AttentionKind) -> polysketch_core::Result<LowTri> {
-    Ok(LowTri::new(block_of(kind))?.without_value_scans())
+/// denominators are checked in [`Attention::kernel_forward`]); its forward's feature products
+/// in bf16 when `bf16` ([`Attention::set_bf16_features`]).
+fn engine_of(kind: AttentionKind, bf16: bool) -> polysketch_core::Result<LowTri> {
+    Ok(LowTri::new(block_of(kind))?.without_value_scans().with_bf16_products(bf16))
 }
 
 /// The constant of the normalisation \\(\mathrm{out}_i = \mathrm{raw}_i[..h]/(c +
@@ -79,6 +81,50 @@ pub(crate) fn den_offset<T: Scalar>(kind: AttentionKind) -> T {
     match kind {
         AttentionKind::Performer { .. } | AttentionKind::Hedgehog { .. } => T::zero(),
         _ => T::one(),
+    }
+}
+
+/// Rows `r0..r1` of a row-major matrix, as a slice.
+fn rows_of<T: Scalar>(m: &mut Rows<T>, r0: usize, r1: usize) -> &mut [T] {
+    let cols = m.cols;
+    &mut m.data[r0 * cols..r1 * cols]
+}
+
+/// The rows of \\(C = [V, \mathbf 1]\\) for the rows of `v` (`[len, h]`) into `c` (row-major
+/// `[len, h + 1]`).
+fn value_rows<T: Scalar>(v: MatRef<'_, T>, c: &mut [T]) {
+    let h = v.ncols();
+    for (i, row) in c.chunks_exact_mut(h + 1).enumerate() {
+        match v.row(i).try_as_row_major() {
+            Some(v) => row[..h].copy_from_slice(v.as_slice()),
+            None => row[..h].iter_mut().enumerate().for_each(|(j, c)| *c = v[(i, j)]),
+        }
+        row[h] = T::one();
+    }
+}
+
+/// Zeroes the rows of `f` in `chunk = (c0, c1)` outside `keep = (k0, k1)`.
+fn zero_rows_outside<T: Scalar>(
+    mut f: MatMut<'_, T>, (c0, c1): (usize, usize), (k0, k1): (usize, usize),
+) {
+    let (a, b) = (k0.clamp(c0, c1), k1.clamp(c0, c1).max(k0.clamp(c0, c1)));
+    for (r0, r1) in [(c0, a), (b, c1)] {
+        if r0 < r1 {
+            f.rb_mut().subrows_mut(r0, r1 - r0).fill(T::zero());
+        }
+    }
+}
+
+/// The rows of the sketch `f = S(x)` (`[n, r]`) in `chunk = (c0, c1)`: those in the sketched
+/// `range = (first, count)` from the rows of `x` (`[n, h]`), the others 0.
+fn sketch_rows<T: Scalar>(
+    sk: &dyn PolySketch<T>, x: MatRef<'_, T>, mut f: MatMut<'_, T>, (c0, c1): (usize, usize),
+    (r0, len): (usize, usize),
+) {
+    zero_rows_outside(f.rb_mut(), (c0, c1), (r0, r0 + len));
+    let (a, b) = (c0.max(r0), c1.min(r0 + len));
+    if a < b {
+        sk.apply_rows(x.subrows(a, b - a), f.subrows_mut(a, b - a));
     }
 }
 
@@ -176,15 +222,50 @@ impl<T: Scalar> Attention<T> {
                 reason: "internal: kernel state expected".into(),
             });
         };
-        // 1. per head: q̃ = LN(q)/h^¼, k̃ likewise, C = [V, 1], and L = S(q̃), R = S(k̃)
+        // 1. per head, by chunks of rows: q̃ = LN(q)/h^¼, k̃ likewise, C = [V, 1], and for the
+        // random sketch L = S(q̃), R = S(k̃) while the chunk's q̃, k̃ are still in cache
+        // (the learned sketch, Performer and Hedgehog map every row after)
+        let rows = self.sketched_rows(n);
+        let random = match (&self.learned, &self.favor, &self.hedgehog) {
+            (None, None, None) => sketch,
+            _ => None,
+        };
         let prepared: Vec<Result<()>> = each_head(heads, par, |idx, s| {
             let x = &views[idx];
             s.qt.reshape(n, h);
             s.kt.reshape(n, h);
-            self.qk_forward(x.q, &mut s.qt.data, &mut s.ln_q);
-            self.qk_forward(x.k, &mut s.kt.data, &mut s.ln_k);
+            s.c.reshape(n, h + 1);
+            if self.has_layernorm() {
+                s.ln_q.resize(n, h);
+                s.ln_k.resize(n, h);
+            }
             reshape_mat(&mut s.l, n, r);
             reshape_mat(&mut s.r, n, r);
+            for c0 in (0..n).step_by(CHUNK_ROWS) {
+                let c1 = (c0 + CHUNK_ROWS).min(n);
+                let len = c1 - c0;
+                self.qk_forward_rows(
+                    x.q.subrows(c0, len),
+                    rows_of(&mut s.qt, c0, c1),
+                    &mut s.ln_q,
+                    c0,
+                );
+                self.qk_forward_rows(
+                    x.k.subrows(c0, len),
+                    rows_of(&mut s.kt, c0, c1),
+                    &mut s.ln_k,
+                    c0,
+                );
+                value_rows(x.v.subrows(c0, len), rows_of(&mut s.c, c0, c1));
+                if let Some(sk) = random {
+                    for (xt, f, range) in
+                        [(&s.qt, &mut s.l, rows.queries), (&s.kt, &mut s.r, rows.keys)]
+                    {
+                        // unchecked: the layer's own checks cover the values (see `engine_of`)
+                        sketch_rows(sk, xt.as_ref(), f.as_mut(), (c0, c1), range);
+                    }
+                }
+            }
             if let Some(favor) = &self.favor {
                 // Performer: x = q/h^¼, so that ⟨x, y⟩ = ⟨q, k⟩/√h, softmax's score
                 let scale = self.scale();
@@ -194,32 +275,15 @@ impl<T: Scalar> Attention<T> {
             } else if let Some(map) = &self.hedgehog {
                 map.apply(s.qt.as_ref(), s.l.as_mut());
                 map.apply(s.kt.as_ref(), s.r.as_mut());
-            } else {
-                // PolySketch: the rows that are not sketched stay 0
-                let rows = self.sketched_rows(n);
-                s.l.fill(T::zero());
-                s.r.fill(T::zero());
+            } else if let Some(ls) = &self.learned {
+                // PolySketch: the rows that are not sketched are 0
                 for (x, f, sv, (r0, len)) in [
                     (&s.qt, &mut s.l, &mut s.learned_q, rows.queries),
                     (&s.kt, &mut s.r, &mut s.learned_k, rows.keys),
                 ] {
-                    let (x, f) = (x.as_ref().subrows(r0, len), f.as_mut().subrows_mut(r0, len));
-                    match (&self.learned, sketch) {
-                        (Some(ls), _) => ls.forward(x, f, sv),
-                        // unchecked: the layer's own checks cover the values (see `engine_of`)
-                        (None, Some(sk)) => sk.apply_unchecked(x, f, Par::Seq),
-                        _ => {}
-                    }
+                    zero_rows_outside(f.as_mut(), (0, n), (r0, r0 + len));
+                    ls.forward(x.as_ref().subrows(r0, len), f.as_mut().subrows_mut(r0, len), sv);
                 }
-            }
-            s.c.reshape(n, h + 1);
-            for i in 0..n {
-                let row = s.c.row_mut(i);
-                match x.v.row(i).try_as_row_major() {
-                    Some(v) => row[..h].copy_from_slice(v.as_slice()),
-                    None => row[..h].iter_mut().enumerate().for_each(|(j, c)| *c = x.v[(i, j)]),
-                }
-                row[h] = T::one();
             }
             s.raw.reshape(n, h + 1);
             s.out.reshape(n, h);
@@ -250,7 +314,7 @@ impl<T: Scalar> Attention<T> {
                 | AttentionKind::Performer { .. }
                 | AttentionKind::Hedgehog { .. }),
             ) => {
-                let engine = engine_of(kind)?;
+                let engine = engine_of(kind, self.bf16_features)?;
                 let (problems, outs): (Vec<Problem<'_, T>>, Vec<MatMut<'_, T>>) = heads
                     .iter_mut()
                     .map(|s| {
@@ -359,7 +423,7 @@ impl<T: Scalar> Attention<T> {
             }
         };
         let lowtri_backward = |lowtri: &mut Vec<LtSaved<T>>, lt: &mut Vec<LtGrads<T>>| {
-            let engine = engine_of(self.config.kind)?;
+            let engine = engine_of(self.config.kind, self.bf16_features)?;
             let problems: Vec<Problem<'_, T>> = heads
                 .iter()
                 .map(|s| {

@@ -32,9 +32,7 @@ pub struct LnSaved<T> {
 pub fn layernorm_forward<T: Scalar>(
     x: MatRef<'_, T>, gain: &[T], bias: &[T], scale: T, out: &mut [T], saved: &mut LnSaved<T>,
 ) {
-    let (n, h) = (x.nrows(), x.ncols());
-    saved.xhat.resize(n * h, T::zero());
-    saved.rstd.resize(n, T::zero());
+    saved.resize(x.nrows(), x.ncols());
     let rows = LnRowsMut { xhat: &mut saved.xhat, rstd: &mut saved.rstd };
     layernorm_rows_forward(x, gain, bias, scale, out, rows);
 }
@@ -63,6 +61,14 @@ pub struct LnRowsMut<'a, T> {
     pub xhat: &'a mut [T],
     /// \(1/\sigma\) per row, `[n]`.
     pub rstd: &'a mut [T],
+}
+
+impl<T: Scalar> LnSaved<T> {
+    /// Sizes it for `n` rows of `h` values (the contents are written by the forward).
+    pub fn resize(&mut self, n: usize, h: usize) {
+        self.xhat.resize(n * h, T::zero());
+        self.rstd.resize(n, T::zero());
+    }
 }
 
 impl<T> LnSaved<T> {

@@ -20,8 +20,9 @@
 //! \\(\mathcal N(0, 1/\text{fan-in})\\), biases at 0, gains at 1, all from the seed.
 
 use faer::{Mat, MatMut, MatRef, Par};
+use polysketch_core::bf16::gemm_seq as mm;
 use polysketch_core::tree::{Src, tree_nodes};
-use polysketch_core::{Scalar, linalg::gemm, normal, seeded_rng};
+use polysketch_core::{Scalar, normal, seeded_rng};
 use polysketch_sketch::PolySketch;
 
 use crate::layernorm::{LnSaved, layernorm_backward, layernorm_rows_forward};
@@ -80,18 +81,6 @@ fn rm<T>(x: &[T], rows: usize, cols: usize) -> MatRef<'_, T> {
 
 fn rm_mut<T>(x: &mut [T], rows: usize, cols: usize) -> MatMut<'_, T> {
     MatMut::from_row_major_slice_mut(&mut x[..rows * cols], rows, cols)
-}
-
-/// `dst (+)= lhs rhs`, sequential: faer's product in `T`, or with `bf16` the product of the
-/// inputs rounded to bfloat16 ([`Scalar::gemm_bf16`]).
-fn mm<T: Scalar>(
-    dst: MatMut<'_, T>, lhs: MatRef<'_, T>, rhs: MatRef<'_, T>, acc: bool, bf16: bool,
-) {
-    if bf16 {
-        T::gemm_bf16(dst, lhs, rhs, acc);
-    } else {
-        gemm(dst, lhs, rhs, T::one(), acc, Par::Seq);
-    }
 }
 
 /// `y = x W` for row-major `x: [n, din]`, `W: [din, dout]`, `y: [n, dout]` (see [`mm`]).
@@ -350,10 +339,8 @@ impl<T: Scalar> Mlp<T> {
     fn reserve(&self, s: &mut MlpSaved<T>, n: usize) {
         let (d, r) = (self.d, self.p[C4].len());
         let w = WIDE * r;
-        for (ln, width) in [(&mut s.ln0, d), (&mut s.ln1, r)] {
-            ln.xhat.resize(n * width, T::zero());
-            ln.rstd.resize(n, T::zero());
-        }
+        s.ln0.resize(n, d);
+        s.ln1.resize(n, r);
         s.a1.resize(n * w, T::zero());
         s.a3.resize(n * w, T::zero());
     }

@@ -277,3 +277,44 @@ fn one_causal_block_is_exact_polynomial_attention() {
         }
     }
 }
+
+/// bf16 inputs for the causal engine's feature products ([`Attention::set_bf16_features`]) at
+/// the layer's sizes (h = 64, r = 32; b = 64 so that 300 rows make five blocks; random and
+/// learned sketches, with and without local blocks): the f32 output with them against the f64
+/// output without them, within 1e-2 relative (the figure the book states), the rounding
+/// visible (ten times f32's own error), and the f64 layer with them (the portable path: the
+/// same rounding) closer still. The results stay the same for any number of threads.
+#[test]
+fn bf16_feature_products_follow_f64_within_the_rounding() {
+    let (batch, heads, h, n) = (1, 2, 64, 300);
+    let [q, k, v, _] = qkvg::<f64>(batch * heads * n * h, 31);
+    let narrow = |x: &[f64]| x.iter().map(|v| *v as f32).collect::<Vec<f32>>();
+    let (q32, k32, v32) = (narrow(&q), narrow(&k), narrow(&v));
+    let wide = |x: Vec<f32>| x.into_iter().map(f64::from).collect::<Vec<f64>>();
+    let rel = |a: &[f64], b: &[f64]| {
+        let d: f64 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
+        (d / b.iter().map(|y| y * y).sum::<f64>()).sqrt()
+    };
+    for (local, learned_sketch) in [(true, false), (false, false), (true, true)] {
+        let c = config(heads, h, 4, 32, 64, local);
+        let c = if learned_sketch { learned(c) } else { c };
+        let mut l64 = Attention::<f64>::new(c).unwrap();
+        let mut l32 = Attention::<f32>::new(c).unwrap();
+        let f64_out = |l: &Attention<f64>| l.forward(&q, &k, &v, batch, n, Par::Seq).unwrap().0;
+        let f32_out =
+            |l: &Attention<f32>| wide(l.forward(&q32, &k32, &v32, batch, n, Par::Seq).unwrap().0);
+        let (exact, plain) = (f64_out(&l64), f32_out(&l32));
+        assert!(l32.set_bf16_features(true) && l64.set_bf16_features(true));
+        let (fast, portable) = (f32_out(&l32), f64_out(&l64));
+        let (e_fast, e_same, e_f32) =
+            (rel(&fast, &exact), rel(&fast, &portable), rel(&plain, &exact));
+        eprintln!(
+            "local {local}, learned {learned_sketch}: bf16 f32 vs f64 {e_fast:.2e}, vs bf16 f64 \
+             {e_same:.2e} (f32 without bf16 vs f64 {e_f32:.2e})"
+        );
+        assert!(e_fast < 1e-2, "{e_fast:e}");
+        assert!(e_fast > 10.0 * e_f32, "the rounding must show ({e_fast:e} vs {e_f32:e})");
+        assert!(e_same < 0.1 * e_fast, "{e_same:e} vs {e_fast:e}");
+        assert_thread_invariant(&l32, batch, n);
+    }
+}

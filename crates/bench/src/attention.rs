@@ -63,9 +63,10 @@ pub struct AttentionBench {
         default_value = "softmax,polynomial,random,random+local,learned,learned+local"
     )]
     pub kinds: Vec<AttentionKind>,
-    /// Also measure every learned kind with its networks' products on bf16 inputs
-    /// (`Attention::set_bf16_products`; CPU only): a row `… bf16` after each, and a closing
-    /// `speedup_bf16` line for the first learned + local kind.
+    /// Also measure every PolySketch kind with bf16 inputs to its large products (CPU only): the
+    /// causal engine's feature products (`Attention::set_bf16_features`) and, for learned
+    /// sketches, the networks' products (`Attention::set_bf16_products`); a row `… bf16` after
+    /// each, and a closing `speedup_bf16` line for the first learned + local kind.
     #[arg(long)]
     pub bf16: bool,
     /// Measure nothing: draw attention_bench.svg into --out again from the attention_bench.csv
@@ -129,6 +130,7 @@ fn run_case(
     let mut layer =
         Attention::<f32>::new(AttentionConfig::new(heads, h, *kind)).map_err(attention_err)?;
     layer.set_bf16_products(bf16);
+    layer.set_bf16_features(bf16);
     // the case's own buffers (the input, the output, three gradients), before they exist
     let bytes = [heads, n, h, 5 * size_of::<f32>()].iter().fold(1u128, |a, &x| a * x as u128);
     if bytes > polysketch_attention::MAX_STATE_BYTES {
@@ -273,13 +275,13 @@ pub fn run(args: &AttentionBench) -> Result<()> {
     if args.bf16 && args.device != "cpu" {
         return Err(Error::Config("--bf16 is a CPU option (the device kernels ignore it)".into()));
     }
-    // (kind, bf16 products): with --bf16, each learned kind a second time right after it
-    let learned = |k: &AttentionKind| matches!(k, AttentionKind::PolySketch(c) if c.sketch == SketchKind::Learned);
+    // (kind, bf16 products): with --bf16, each PolySketch kind a second time right after it
+    let polysketch = |k: &AttentionKind| matches!(k, AttentionKind::PolySketch(_));
     let all: Vec<(AttentionKind, bool)> = args
         .kinds
         .iter()
         .flat_map(|k| {
-            let twice = args.bf16 && learned(k);
+            let twice = args.bf16 && polysketch(k);
             std::iter::once((*k, false)).chain(twice.then_some((*k, true)))
         })
         .collect();

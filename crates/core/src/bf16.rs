@@ -80,6 +80,22 @@ pub fn has_fast_bf16() -> bool {
     }
 }
 
+/// `dst = lhs rhs`, or `dst += …` when `accumulate`, sequential: faer's product in `T`, or
+/// with `bf16` the product of the inputs rounded to bfloat16 ([`Scalar::gemm_bf16`]: sums in
+/// `f32` for `f32`). The one switch between the two that the layers' products go through.
+///
+/// # Panics
+/// If the shapes do not chain: `lhs: [m, k]`, `rhs: [k, n]`, `dst: [m, n]`.
+pub fn gemm_seq<T: Scalar>(
+    dst: MatMut<'_, T>, lhs: MatRef<'_, T>, rhs: MatRef<'_, T>, accumulate: bool, bf16: bool,
+) {
+    if bf16 {
+        T::gemm_bf16(dst, lhs, rhs, accumulate);
+    } else {
+        crate::linalg::gemm(dst, lhs, rhs, T::one(), accumulate, Par::Seq);
+    }
+}
+
 /// `dst = bf16(lhs) bf16(rhs)`, or `dst += …` when `accumulate`, by rounding copies of the
 /// inputs (through `f32`: `T::of(round_bf16(x as f32))`) and faer's product in `T`, sequential.
 /// The reference of [`gemm_f32`]'s kernel, and the bf16 product of every type without one.
@@ -142,7 +158,8 @@ thread_local! {
 mod fast {
     //! The AVX-512 BF16 product: GotoBLAS blocking, operands packed as pairs of bf16 along
     //! the inner dimension (one `u32` per pair, the even index in the low half), a 12 × 32
-    //! register tile of `f32` accumulators fed by `vdpbf16ps`.
+    //! register tile of `f32` accumulators fed by `vdpbf16ps` (12 × 16 for a last panel of at
+    //! most 16 columns: the attention engine's \\(k = h + 1 = 65\\) columns cost 80, not 96).
 
     use core::arch::x86_64::*;
 
@@ -319,45 +336,42 @@ mod fast {
         }
     }
 
-    /// The register tile: `c[i, 0..32] (+)= Σ_kk a[i, kk] · b[kk, 0..32]` for `i < MR`, with
-    /// `a[i, kk]` at `a + i ars + kk aks` and `b` one packed panel `[kp][NR]`; `c` row-major
-    /// with row stride `ldc`, loaded first when `load`.
+    /// The register tile: `c[i, 0..16 V] (+)= Σ_kk a[i, kk] · b[kk, 0..16 V]` for `i < MR`,
+    /// with `a[i, kk]` at `a + i ars + kk aks` and `b` one packed panel `[kp][NR]`; `c`
+    /// row-major with row stride `ldc`, loaded first when `load`. `V = 2` is the whole panel;
+    /// `V = 1` its first 16 columns, for a last panel at most 16 wide (e.g. the 65th column of
+    /// `[V, 1]`), which then costs half a tile, not a whole one.
     ///
     /// SAFETY (caller): the CPU has AVX-512F/BF16; `a`, `b` hold the panel, `c` a whole
-    /// `MR × NR` tile.
+    /// `MR × 16 V` tile; `V` is 1 or 2.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    unsafe fn tile(
+    unsafe fn tile<const V: usize>(
         kp: usize, a: *const u32, ars: usize, aks: usize, b: *const u32, c: *mut f32, ldc: usize,
         load: bool,
     ) {
-        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+        let mut acc = [[_mm512_setzero_ps(); V]; MR];
         for kk in 0..kp {
             // SAFETY: inside the packed panel (caller).
-            let (b0, b1) = unsafe {
-                (
-                    bh(_mm512_loadu_si512(b.add(kk * NR).cast())),
-                    bh(_mm512_loadu_si512(b.add(kk * NR + 16).cast())),
-                )
-            };
+            let bv: [__m512bh; V] = core::array::from_fn(|v| unsafe {
+                bh(_mm512_loadu_si512(b.add(kk * NR + 16 * v).cast()))
+            });
             for (i, acc) in acc.iter_mut().enumerate() {
                 // SAFETY: inside the packed block (caller).
                 let pair = unsafe { *a.add(i * ars + kk * aks) };
                 let av = bh(_mm512_set1_epi32(pair as i32));
-                acc[0] = _mm512_dpbf16_ps(acc[0], av, b0);
-                acc[1] = _mm512_dpbf16_ps(acc[1], av, b1);
+                for (acc, &bv) in acc.iter_mut().zip(&bv) {
+                    *acc = _mm512_dpbf16_ps(*acc, av, bv);
+                }
             }
         }
         for (i, acc) in acc.iter().enumerate() {
-            // SAFETY: a whole tile of `c` (caller).
-            unsafe {
-                let row = c.add(i * ldc);
-                let (mut c0, mut c1) = (acc[0], acc[1]);
-                if load {
-                    c0 = _mm512_add_ps(_mm512_loadu_ps(row), c0);
-                    c1 = _mm512_add_ps(_mm512_loadu_ps(row.add(16)), c1);
+            for (v, &acc) in acc.iter().enumerate() {
+                // SAFETY: a whole tile of `c` (caller).
+                unsafe {
+                    let at = c.add(i * ldc + 16 * v);
+                    let sum = if load { _mm512_add_ps(_mm512_loadu_ps(at), acc) } else { acc };
+                    _mm512_storeu_ps(at, sum);
                 }
-                _mm512_storeu_ps(row, c0);
-                _mm512_storeu_ps(row.add(16), c1);
             }
         }
     }
@@ -403,10 +417,15 @@ mod fast {
                                 unsafe {
                                     let cp = c.add((i0 + it) * ldc + jq);
                                     if h == MR && w == NR {
-                                        tile(kp, ap, ars, aks, bp, cp, ldc, load);
+                                        tile::<2>(kp, ap, ars, aks, bp, cp, ldc, load);
                                         continue;
                                     }
-                                    tile(kp, ap, ars, aks, bp, edge.as_mut_ptr(), NR, false);
+                                    let e = edge.as_mut_ptr();
+                                    if w <= NR / 2 {
+                                        tile::<1>(kp, ap, ars, aks, bp, e, NR, false);
+                                    } else {
+                                        tile::<2>(kp, ap, ars, aks, bp, e, NR, false);
+                                    }
                                     for i in 0..h {
                                         for j in 0..w {
                                             let d = cp.add(i * ldc + j);
@@ -464,8 +483,15 @@ mod tests {
         if !has_fast_bf16() {
             eprintln!("no AVX-512 BF16 on this CPU: gemm_f32 is the portable path");
         }
-        let sizes =
-            [(1, 1, 1), (12, 32, 2), (13, 33, 3), (97, 70, 257), (200, 530, 64), (5, 600, 513)];
+        let sizes = [
+            (1, 1, 1),
+            (12, 32, 2),
+            (13, 33, 3),
+            (97, 70, 257),
+            (200, 530, 64),
+            (5, 600, 513),
+            (256, 65, 528),
+        ];
         for (case, &(m, n, k)) in sizes.iter().enumerate() {
             for layout in 0..8 {
                 let seed = (case * 8 + layout) as u64;

@@ -237,7 +237,7 @@ fn results_do_not_depend_on_thread_count() {
 
 /// A batch of problems gives bitwise the same outputs and prefixes whether the forward goes by
 /// problem (8 problems on 1, 2, 4 or 8 threads) or by block (3 and 5 threads), and the same
-/// as each problem alone on one thread.
+/// as each problem alone on one thread; with f32 and with bf16 feature products.
 #[test]
 fn forward_by_problem_and_by_block_agree_bitwise() {
     let (n, b) = (700, 64);
@@ -256,19 +256,25 @@ fn forward_by_problem_and_by_block_agree_bitwise() {
             Problem::local_exact(f, q.as_ref(), k.as_ref(), 4, c.as_ref())
         })
         .collect();
-    let engine = LowTri::new(b).unwrap();
-    let alone: Vec<(Mat<f32>, Saved<f32>)> =
-        problems.iter().map(|p| engine.forward(p, Par::Seq).unwrap()).collect();
-    for threads in [1, 2, 3, 4, 5, 8] {
-        let (outs, saved) = in_pool(threads, || {
-            let mut outs: Vec<Mat<f32>> = problems.iter().map(|_| Mat::zeros(n, 7)).collect();
-            let views = outs.iter_mut().map(|o| o.as_mut()).collect();
-            let saved = engine.forward_batch(&problems, views, Par::rayon(0)).unwrap();
-            (outs, saved)
-        });
-        for (i, (out, s)) in outs.iter().zip(&saved).enumerate() {
-            assert_eq!(out, &alone[i].0, "output {i} with {threads} threads");
-            assert_eq!(s.prefixes(), alone[i].1.prefixes(), "prefixes {i} with {threads} threads");
+    // f32 products, and bf16 ones (which must differ from them, and agree across orders too)
+    let plain = LowTri::new(b).unwrap();
+    let f32_out = plain.forward(&problems[0], Par::Seq).unwrap().0;
+    for engine in [plain, plain.with_bf16_products(true)] {
+        let alone: Vec<(Mat<f32>, Saved<f32>)> =
+            problems.iter().map(|p| engine.forward(p, Par::Seq).unwrap()).collect();
+        assert_eq!(alone[0].0 == f32_out, !engine.bf16_products());
+        for threads in [1, 2, 3, 4, 5, 8] {
+            let (outs, saved) = in_pool(threads, || {
+                let mut outs: Vec<Mat<f32>> = problems.iter().map(|_| Mat::zeros(n, 7)).collect();
+                let views = outs.iter_mut().map(|o| o.as_mut()).collect();
+                let saved = engine.forward_batch(&problems, views, Par::rayon(0)).unwrap();
+                (outs, saved)
+            });
+            for (i, (out, s)) in outs.iter().zip(&saved).enumerate() {
+                let what = format!("{i} with {threads} threads, {engine:?}");
+                assert_eq!(out, &alone[i].0, "output {what}");
+                assert_eq!(s.prefixes(), alone[i].1.prefixes(), "prefixes {what}");
+            }
         }
     }
 }
