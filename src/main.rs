@@ -116,8 +116,9 @@ struct ModelArgs {
     /// this; 0.1 is recommended for r >= 32, whose sketch can saturate at the full rate).
     #[arg(long, default_value_t = 1.0)]
     sketch_lr: f64,
-    /// bf16 inputs for the learned sketches' network products (f32 sums; about 1.6x faster
-    /// products on CPUs with AVX-512 BF16, see `bench products`). Off by default.
+    /// bf16 inputs for the learned sketches' network products and the PolySketch feature
+    /// products (f32 sums; 1.3-1.7x faster products on CPUs with AVX-512 BF16, see `bench
+    /// products`). Off by default.
     #[arg(long)]
     bf16: bool,
     /// Gradient-norm clip (0: none).

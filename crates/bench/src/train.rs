@@ -32,8 +32,8 @@ pub struct TrainBench {
     /// Folder for train_bench.csv and train_bench.svg.
     #[arg(long, default_value = "runs/bench_train")]
     pub out: PathBuf,
-    /// bf16 inputs for the learned sketches' network products (`TrainConfig::bf16`; the other
-    /// kinds are unchanged).
+    /// bf16 inputs for the learned sketches' network products and the PolySketch feature
+    /// products (`TrainConfig::bf16`; softmax is unchanged).
     #[arg(long)]
     pub bf16: bool,
 }
@@ -49,7 +49,7 @@ pub fn run(args: &TrainBench) -> Result<()> {
         "GPT training step (d_model 128, 4 layers, 4 heads of 32, vocab 256), {} tokens per step, {} threads{}",
         args.tokens,
         rayon::current_num_threads(),
-        if args.bf16 { ", learned sketches' products on bf16 inputs" } else { "" }
+        if args.bf16 { ", PolySketch network and feature products on bf16 inputs" } else { "" }
     );
     println!("{:<28} {:>6} {:>6} {:>10} {:>10}", "kind", "n", "batch", "step", "tokens/s");
     let mut csv = String::from("kind,n,batch,step_s,tokens_per_s\n");

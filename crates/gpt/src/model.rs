@@ -214,13 +214,16 @@ impl<T: Scalar> Gpt<T> {
         Ok(Self { config, params, table, blocks, attn, wte, lnf_gain, lnf_bias })
     }
 
-    /// Turns bf16 inputs for the learned sketches' network products on or off in every layer
-    /// ([`Attention::set_bf16_products`](polysketch_attention::Attention::set_bf16_products));
+    /// Turns bf16 inputs on or off in every layer for the learned sketches' network products
+    /// ([`Attention::set_bf16_products`](polysketch_attention::Attention::set_bf16_products))
+    /// and the causal engine's feature products
+    /// ([`Attention::set_bf16_features`](polysketch_attention::Attention::set_bf16_features));
     /// returns whether any layer has a learned sketch.
     pub fn set_bf16_products(&mut self, on: bool) -> bool {
         let mut any = false;
         for layer in &mut self.attn {
             any |= layer.attention_mut().set_bf16_products(on);
+            layer.attention_mut().set_bf16_features(on);
         }
         any
     }

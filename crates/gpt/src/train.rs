@@ -55,9 +55,9 @@ pub struct TrainConfig {
     /// The default stays 1. Checkpoints from before it read as 1.
     #[serde(default = "one")]
     pub sketch_lr: f64,
-    /// Whether the learned sketches' network products take bf16 inputs
-    /// ([`Gpt::set_bf16_products`]; faster on CPUs with AVX-512 BF16). Off by default;
-    /// checkpoints from before it read as off.
+    /// Whether the learned sketches' network products and the causal engine's feature products
+    /// take bf16 inputs ([`Gpt::set_bf16_products`]; faster on CPUs with AVX-512 BF16). Off by
+    /// default; checkpoints from before it read as off.
     #[serde(default)]
     pub bf16: bool,
 }
