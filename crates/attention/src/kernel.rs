@@ -13,6 +13,7 @@ use polysketch_sketch::{PolySketch, SketchError};
 use rayon::prelude::*;
 
 use crate::bidirectional;
+use crate::layernorm::copy_row;
 use crate::performer::Side;
 use crate::polynomial::{self, PolyViews};
 use crate::saved::{Core, HeadSaved, Inner, Rows, reshape_mat};
@@ -95,34 +96,31 @@ fn rows_of<T: Scalar>(m: &mut Rows<T>, r0: usize, r1: usize) -> &mut [T] {
 fn value_rows<T: Scalar>(v: MatRef<'_, T>, c: &mut [T]) {
     let h = v.ncols();
     for (i, row) in c.chunks_exact_mut(h + 1).enumerate() {
-        match v.row(i).try_as_row_major() {
-            Some(v) => row[..h].copy_from_slice(v.as_slice()),
-            None => row[..h].iter_mut().enumerate().for_each(|(j, c)| *c = v[(i, j)]),
-        }
+        copy_row(v, i, &mut row[..h]);
         row[h] = T::one();
     }
 }
 
-/// Zeroes the rows of `f` in `chunk = (c0, c1)` outside `keep = (k0, k1)`.
+/// Zeroes the rows of `f` in `chunk = (c0, c1)` outside `keep = (k0, k1)`; returns the rows of
+/// the chunk inside it, `(a, b)` with `a <= b`.
 fn zero_rows_outside<T: Scalar>(
     mut f: MatMut<'_, T>, (c0, c1): (usize, usize), (k0, k1): (usize, usize),
-) {
-    let (a, b) = (k0.clamp(c0, c1), k1.clamp(c0, c1).max(k0.clamp(c0, c1)));
+) -> (usize, usize) {
+    let a = k0.clamp(c0, c1);
+    let b = k1.clamp(a, c1);
     for (r0, r1) in [(c0, a), (b, c1)] {
-        if r0 < r1 {
-            f.rb_mut().subrows_mut(r0, r1 - r0).fill(T::zero());
-        }
+        f.rb_mut().subrows_mut(r0, r1 - r0).fill(T::zero());
     }
+    (a, b)
 }
 
 /// The rows of the sketch `f = S(x)` (`[n, r]`) in `chunk = (c0, c1)`: those in the sketched
 /// `range = (first, count)` from the rows of `x` (`[n, h]`), the others 0.
 fn sketch_rows<T: Scalar>(
-    sk: &dyn PolySketch<T>, x: MatRef<'_, T>, mut f: MatMut<'_, T>, (c0, c1): (usize, usize),
+    sk: &dyn PolySketch<T>, x: MatRef<'_, T>, mut f: MatMut<'_, T>, chunk: (usize, usize),
     (r0, len): (usize, usize),
 ) {
-    zero_rows_outside(f.rb_mut(), (c0, c1), (r0, r0 + len));
-    let (a, b) = (c0.max(r0), c1.min(r0 + len));
+    let (a, b) = zero_rows_outside(f.rb_mut(), chunk, (r0, r0 + len));
     if a < b {
         sk.apply_rows(x.subrows(a, b - a), f.subrows_mut(a, b - a));
     }
@@ -226,10 +224,6 @@ impl<T: Scalar> Attention<T> {
         // random sketch L = S(q̃), R = S(k̃) while the chunk's q̃, k̃ are still in cache
         // (the learned sketch, Performer and Hedgehog map every row after)
         let rows = self.sketched_rows(n);
-        let random = match (&self.learned, &self.favor, &self.hedgehog) {
-            (None, None, None) => sketch,
-            _ => None,
-        };
         let prepared: Vec<Result<()>> = each_head(heads, par, |idx, s| {
             let x = &views[idx];
             s.qt.reshape(n, h);
@@ -257,7 +251,7 @@ impl<T: Scalar> Attention<T> {
                     c0,
                 );
                 value_rows(x.v.subrows(c0, len), rows_of(&mut s.c, c0, c1));
-                if let Some(sk) = random {
+                if let Some(sk) = sketch {
                     for (xt, f, range) in
                         [(&s.qt, &mut s.l, rows.queries), (&s.kt, &mut s.r, rows.keys)]
                     {

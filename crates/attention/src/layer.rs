@@ -8,7 +8,7 @@ use crate::checks::{
     check_finite, check_len, check_positive, check_qkv, check_state_bytes, head_matrix, shape_of,
 };
 use crate::hedgehog::Hedgehog;
-use crate::layernorm::{LnSaved, layernorm_backward, layernorm_rows_forward};
+use crate::layernorm::{LnSaved, copy_row, layernorm_backward, layernorm_rows_forward};
 use crate::learned::LearnedSketch;
 use crate::nn::{Param, ParamMut};
 use crate::performer::Favor;
@@ -137,9 +137,10 @@ impl<T: Scalar> Attention<T> {
 
     /// Rounds the inputs of the two feature products of the causal forward to bfloat16 (or
     /// stops): \\(H_l = \phi(K_l)^\top C_l\\) and \\(\phi(Q_l) Z_l\\), which are most of a
-    /// PolySketch forward's arithmetic (see [`LowTri::with_bf16_products`](polysketch_lowtri::LowTri::with_bf16_products): for `f32` on a CPU
-    /// with AVX-512 BF16 they run 1.3–1.5× faster, sums in `f32`, prefixes in `f64`; the
-    /// output stays within about \\(10^{-3}\\) of the `f64` result, relative). The exact local
+    /// PolySketch forward's arithmetic (see
+    /// [`LowTri::with_bf16_products`](polysketch_lowtri::LowTri::with_bf16_products): for `f32`
+    /// on a CPU with AVX-512 BF16 they run 1.3–1.5× faster, sums in `f32`, prefixes in `f64`;
+    /// the output stays within about \\(2 \cdot 10^{-3}\\) of the `f64` result, relative). The exact local
     /// blocks, the sketches (see [`set_bf16_products`](Self::set_bf16_products) for the learned
     /// networks) and the backward are unchanged. Returns whether the layer's forward has such
     /// products (causal PolySketch, Performer and Hedgehog); for every other kind the call
@@ -258,10 +259,7 @@ impl<T: Scalar> Attention<T> {
             layernorm_rows_forward(x, &self.ln_gain, &self.ln_bias, self.scale(), out, rows);
         } else {
             for (i, row) in out.chunks_exact_mut(h).enumerate() {
-                match x.row(i).try_as_row_major() {
-                    Some(r) => row.copy_from_slice(r.as_slice()),
-                    None => row.iter_mut().enumerate().for_each(|(j, o)| *o = x[(i, j)]),
-                }
+                copy_row(x, i, row);
             }
         }
     }

@@ -110,12 +110,20 @@ pub fn layernorm_rows_forward<T: Scalar>(
     let chunks = saved.xhat.chunks_mut(CHUNK * h).zip(saved.rstd.chunks_mut(CHUNK));
     for (c, ((xhat, rstd), out)) in chunks.zip(out.chunks_mut(CHUNK * h)).enumerate() {
         for (i, xh) in (c * CHUNK..).zip(xhat.chunks_exact_mut(h)) {
-            match x.row(i).try_as_row_major() {
-                Some(r) => xh.copy_from_slice(r.as_slice()),
-                None => xh.iter_mut().enumerate().for_each(|(j, v)| *v = x[(i, j)]),
-            }
+            copy_row(x, i, xh);
         }
         normalise_rows(xhat, rstd, gain, bias, scale, out);
+    }
+}
+
+/// Row `i` of `x` (any strides; a contiguous row is copied as a slice) into `dst` (`[x.ncols()]`).
+///
+/// # Panics
+/// If `i` is past the rows of `x` or `dst` has another length.
+pub(crate) fn copy_row<T: Scalar>(x: MatRef<'_, T>, i: usize, dst: &mut [T]) {
+    match x.row(i).try_as_row_major() {
+        Some(r) => dst.copy_from_slice(r.as_slice()),
+        None => dst.iter_mut().enumerate().for_each(|(j, v)| *v = x[(i, j)]),
     }
 }
 

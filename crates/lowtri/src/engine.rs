@@ -263,7 +263,7 @@ impl LowTri {
     /// # Accuracy
     /// Each entry of the two products is within \\(2^{-7}\\) of the sum of the magnitudes of
     /// its terms (bf16 keeps 8 significant bits; see [`polysketch_core::bf16`]); on the
-    /// attention layer's inputs the output is within about \\(10^{-3}\\) of the `f64` result,
+    /// attention layer's inputs the output is within about \\(2 \cdot 10^{-3}\\) of the `f64` result,
     /// relative (the tests check it).
     pub fn with_bf16_products(self, on: bool) -> Self {
         Self { bf16: on, ..self }
