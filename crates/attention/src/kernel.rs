@@ -6,7 +6,7 @@
 
 use faer::prelude::ReborrowMut;
 use faer::{MatMut, MatRef, Par};
-use polysketch_core::linalg::{axpy, row_blocks};
+use polysketch_core::linalg::{axpy, row_blocks, scaled_copy};
 use polysketch_core::{CHUNK_ROWS, Scalar};
 use polysketch_lowtri::{Features, Grads as LtGrads, LowTri, Problem, Saved as LtSaved};
 use polysketch_sketch::{PolySketch, SketchError};
@@ -463,7 +463,7 @@ impl<T: Scalar> Attention<T> {
                             d_learned,
                         );
                     }
-                    dc.as_mut().copy_from(g.d_c.as_ref());
+                    scaled_copy(dc.as_mut(), g.d_c.as_ref(), T::one());
                 });
             }
             (
@@ -526,7 +526,7 @@ impl<T: Scalar> Attention<T> {
                         axpy(s.dqt.as_mut(), dq.as_ref(), T::one());
                         axpy(s.dkt.as_mut(), dk.as_ref(), T::one());
                     }
-                    s.dc.as_mut().copy_from(g.d_c.as_ref());
+                    scaled_copy(s.dc.as_mut(), g.d_c.as_ref(), T::one());
                     Ok(())
                 });
                 done.into_iter().collect::<Result<Vec<()>>>()?;
