@@ -21,6 +21,7 @@
 
 use faer::{Mat, MatMut, MatRef, Par};
 use polysketch_core::bf16::gemm_seq as mm;
+use polysketch_core::linalg::scaled_copy;
 use polysketch_core::tree::{Src, tree_nodes};
 use polysketch_core::{Scalar, normal, seeded_rng};
 use polysketch_sketch::PolySketch;
@@ -509,7 +510,7 @@ impl<T: Scalar> LearnedSketch<T> {
     ///
     /// # Panics
     /// If `x` is not `[n, h]` or `out` is not `[n, r]`.
-    pub fn forward(&self, x: MatRef<'_, T>, mut out: MatMut<'_, T>, saved: &mut LearnedSaved<T>) {
+    pub fn forward(&self, x: MatRef<'_, T>, out: MatMut<'_, T>, saved: &mut LearnedSaved<T>) {
         let (n, r) = (x.nrows(), self.r);
         assert!(
             x.ncols() == self.h && out.nrows() == n && out.ncols() == r,
@@ -557,7 +558,7 @@ impl<T: Scalar> LearnedSketch<T> {
                 );
             }
         }
-        out.copy_from(rm(&outs[nodes - 1], n, r));
+        scaled_copy(out, rm(&outs[nodes - 1], n, r), T::one());
     }
 
     /// Unchecked sequential backward: given `dout` \\(= \partial L/\partial L(x)\\), writes
@@ -568,7 +569,7 @@ impl<T: Scalar> LearnedSketch<T> {
     /// # Panics
     /// If the shapes differ from the forward's.
     pub fn backward(
-        &self, saved: &mut LearnedSaved<T>, dout: MatRef<'_, T>, mut dx: MatMut<'_, T>,
+        &self, saved: &mut LearnedSaved<T>, dout: MatRef<'_, T>, dx: MatMut<'_, T>,
         grads: &mut [Vec<T>],
     ) {
         let (n, r, h) = (saved.n, self.r, self.h);
@@ -580,7 +581,7 @@ impl<T: Scalar> LearnedSketch<T> {
         let LearnedSaved { mlps, m, t, out: douts, scratch: sc, .. } = saved;
         let (root, bf16) = (self.nodes.len() - 1, self.bf16);
         // the root's gradient, row-major, in the buffer of its output
-        rm_mut(&mut douts[root], n, r).copy_from(dout);
+        scaled_copy(rm_mut(&mut douts[root], n, r), dout, T::one());
         sc.dx.clear();
         sc.dx.resize(n * h, T::zero());
         // taken out of the scratch (and put back) so the networks can use the rest of it
@@ -606,7 +607,7 @@ impl<T: Scalar> LearnedSketch<T> {
             }
         }
         (sc.gate, sc.dm) = (gate, dm);
-        dx.copy_from(rm(&sc.dx, n, h));
+        scaled_copy(dx, rm(&sc.dx, n, h), T::one());
     }
 
     /// The fraction of the sketch's outputs whose tanh is saturated: with the root's output
