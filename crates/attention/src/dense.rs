@@ -6,7 +6,8 @@
 //! mismatch: a slice index out of range) and do no input validation.
 
 use faer::{MatMut, MatRef, Par};
-use polysketch_core::{Scalar, linalg::gemm};
+use polysketch_core::Scalar;
+use polysketch_core::linalg::{copy_slice, gemm};
 use rayon::prelude::*;
 
 pub(crate) fn mat<T: Scalar>(x: &[T], rows: usize, cols: usize) -> MatRef<'_, T> {
@@ -79,7 +80,7 @@ pub fn split_heads_forward<T: Scalar>(
             for t in 0..n {
                 let src = &qkv[(b * n + t) * 3 * c + which * c + hd * h..][..h];
                 let row = &mut dst[t * h..(t + 1) * h];
-                row.copy_from_slice(src);
+                copy_slice(row, src);
                 if let (true, Some(table)) = (which < 2, &table) {
                     rotate(row, &table[t * (h / 2)..(t + 1) * (h / 2)], false);
                 }
@@ -111,7 +112,7 @@ pub fn split_heads_backward<T: Scalar>(
         for (which, src) in [&*dq, &*dk, dv].into_iter().enumerate() {
             for hd in 0..heads {
                 let s = &src[((b * heads + hd) * n + t) * h..][..h];
-                dst[which * c + hd * h..][..h].copy_from_slice(s);
+                copy_slice(&mut dst[which * c + hd * h..][..h], s);
             }
         }
     });
@@ -126,7 +127,7 @@ pub fn merge_heads<T: Scalar>(
     y.par_chunks_mut(c).enumerate().for_each(|(bt, dst)| {
         let (b, t) = (bt / n, bt % n);
         for hd in 0..heads {
-            dst[hd * h..(hd + 1) * h].copy_from_slice(&att[((b * heads + hd) * n + t) * h..][..h]);
+            copy_slice(&mut dst[hd * h..(hd + 1) * h], &att[((b * heads + hd) * n + t) * h..][..h]);
         }
     });
     debug_assert_eq!(y.len(), batch * n * c);
@@ -140,7 +141,7 @@ pub fn unmerge_heads<T: Scalar>(
     att.par_chunks_mut(n * h).enumerate().for_each(|(bh, dst)| {
         let (b, hd) = (bh / heads, bh % heads);
         for t in 0..n {
-            dst[t * h..(t + 1) * h].copy_from_slice(&y[(b * n + t) * c + hd * h..][..h]);
+            copy_slice(&mut dst[t * h..(t + 1) * h], &y[(b * n + t) * c + hd * h..][..h]);
         }
     });
     debug_assert_eq!(att.len(), batch * n * c);

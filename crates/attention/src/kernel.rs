@@ -6,7 +6,7 @@
 
 use faer::prelude::ReborrowMut;
 use faer::{MatMut, MatRef, Par};
-use polysketch_core::linalg::{axpy, row_blocks, scaled_copy};
+use polysketch_core::linalg::{axpy, copy_slice, row_blocks, scaled_copy};
 use polysketch_core::{CHUNK_ROWS, Scalar};
 use polysketch_lowtri::{Features, Grads as LtGrads, LowTri, Problem, Saved as LtSaved};
 use polysketch_sketch::{PolySketch, SketchError};
@@ -357,7 +357,7 @@ impl<T: Scalar> Attention<T> {
             for i in 0..n {
                 let dst = &mut o[i * h..(i + 1) * h];
                 s.den[i] = normalise(s.raw.row(i), dst, offset);
-                s.out.row_mut(i).copy_from_slice(dst);
+                copy_slice(s.out.row_mut(i), dst);
             }
         };
         match par {
@@ -592,7 +592,7 @@ impl<T: Scalar> Attention<T> {
             self.qk_backward(&s.dkt.data, &s.ln_k, k, &mut dgain, &mut dbias);
             // forward: C = [V, 1], so dV is dC without its last column
             for i in 0..n {
-                v[i * h..(i + 1) * h].copy_from_slice(&s.dc.row(i)[..h]);
+                copy_slice(&mut v[i * h..(i + 1) * h], &s.dc.row(i)[..h]);
             }
             (dgain, dbias)
         };

@@ -3,7 +3,7 @@
 use faer::MatRef;
 use polysketch_core::{
     Scalar,
-    linalg::{dot, sum},
+    linalg::{copy_slice, dot, sum},
 };
 
 /// \\(\epsilon\\) inside the square root of the variance.
@@ -122,7 +122,7 @@ pub fn layernorm_rows_forward<T: Scalar>(
 /// If `i` is past the rows of `x` or `dst` has another length.
 pub(crate) fn copy_row<T: Scalar>(x: MatRef<'_, T>, i: usize, dst: &mut [T]) {
     match x.row(i).try_as_row_major() {
-        Some(r) => dst.copy_from_slice(r.as_slice()),
+        Some(r) => copy_slice(dst, r.as_slice()),
         None => dst.iter_mut().enumerate().for_each(|(j, v)| *v = x[(i, j)]),
     }
 }

@@ -56,6 +56,28 @@ pub fn scaled_copy<T: Scalar>(dst: MatMut<'_, T>, x: MatRef<'_, T>, scale: T) {
     }
 }
 
+/// `dst = src` for short slices (a row of a head, a strip of a column): by 16 entries of known
+/// length, which compile to vector moves, where `copy_from_slice` of a run-time length calls
+/// `memmove`. Copying the 64-entry rows of one head out of 8 (32k rows) took 10.4–10.9 ms
+/// against 11.5–12.4 ms by `copy_from_slice` (memory-bound both ways).
+///
+/// # Panics
+/// If the lengths differ.
+#[inline]
+pub fn copy_slice<T: Copy>(dst: &mut [T], src: &[T]) {
+    const W: usize = 16;
+    assert_eq!(dst.len(), src.len(), "copy_slice: lengths differ");
+    let (mut d, mut s) = (dst.chunks_exact_mut(W), src.chunks_exact(W));
+    for (d, s) in (&mut d).zip(&mut s) {
+        if let (Ok(d), Ok(s)) = (<&mut [T; W]>::try_from(d), <&[T; W]>::try_from(s)) {
+            *d = *s;
+        }
+    }
+    for (d, s) in d.into_remainder().iter_mut().zip(s.remainder()) {
+        *d = *s;
+    }
+}
+
 /// `f(&mut dst[i, j], x[i, j])` for every entry when one of `dst`, `x` is row-major and the
 /// other column-major; otherwise (or under 16 rows) `Err(dst)`, untouched. With `dst`
 /// row-major it goes by strips of 16 rows over plain slices: the strip of each column of `x`
@@ -93,10 +115,7 @@ fn transposed_apply<'a, T: Scalar>(
     for r in (0..n).step_by(STRIP) {
         let len = STRIP.min(n - r);
         for (b, xc) in buf.chunks_exact_mut(STRIP).zip(&xcols) {
-            match <&[T; STRIP]>::try_from(&xc[r..r + len]) {
-                Ok(full) => b.copy_from_slice(full), // known length: moves, not a memmove call
-                Err(_) => b[..len].copy_from_slice(&xc[r..r + len]),
-            }
+            copy_slice(&mut b[..len], &xc[r..r + len]);
         }
         for t in 0..len {
             let Some(row) = dst.as_mut().row_mut(r + t).try_as_row_major_mut() else {
@@ -301,7 +320,7 @@ multiversion! {
 
 #[cfg(test)]
 mod tests {
-    use super::{Scalar, axpy, ipow, pow_assign, pow_gate, scaled_copy};
+    use super::{Scalar, axpy, copy_slice, ipow, pow_assign, pow_gate, scaled_copy};
 
     #[test]
     fn dot_matches_the_plain_sum() {
@@ -378,6 +397,16 @@ mod tests {
                     assert_eq!(back(dc), copy, "scaled_copy, {what}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn copy_slice_copies_every_length() {
+        for len in [0, 1, 15, 16, 17, 37, 64] {
+            let src: Vec<u32> = (0..len).collect();
+            let mut dst = vec![u32::MAX; len as usize];
+            copy_slice(&mut dst, &src);
+            assert_eq!(dst, src, "length {len}");
         }
     }
 }
