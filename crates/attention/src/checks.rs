@@ -1,6 +1,6 @@
 //! Argument checks shared by the layer, the device layer, packed sequences and decoding.
 
-use faer::MatRef;
+use faer::{MatRef, Par};
 use polysketch_core::Scalar;
 
 use crate::learned::WIDE;
@@ -50,11 +50,12 @@ pub(crate) fn shape_of(config: &AttentionConfig, batch: usize, n: usize) -> Stri
 /// Checks that `q`, `k`, `v` are `[batch, heads, n, h]` and finite; returns their length.
 pub(crate) fn check_qkv<T: Scalar>(
     op: &'static str, config: &AttentionConfig, [q, k, v]: [&[T]; 3], batch: usize, n: usize,
+    par: Par,
 ) -> Result<usize> {
     let total = elements::<T>(op, config, batch, n)?;
     for (name, x) in [("q", q), ("k", k), ("v", v)] {
         check_len(op, name, x, total, shape_of(config, batch, n))?;
-        check_finite(op, name, x)?;
+        check_finite(op, name, x, par)?;
     }
     Ok(total)
 }
@@ -69,9 +70,9 @@ pub(crate) fn check_len<T>(
 }
 
 pub(crate) fn check_finite<T: Scalar>(
-    op: &'static str, input: &'static str, x: &[T],
+    op: &'static str, input: &'static str, x: &[T], par: Par,
 ) -> Result<()> {
-    if polysketch_core::all_finite(x) {
+    if polysketch_core::all_finite_par(x, par) {
         return Ok(());
     }
     match x.iter().position(|v| !v.is_finite()) {

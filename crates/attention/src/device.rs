@@ -43,6 +43,7 @@
 //! # fn main() {}
 //! ```
 
+use faer::Par;
 #[cfg(feature = "cuda")]
 pub use polysketch_gpu::Cuda;
 #[cfg(feature = "wgpu")]
@@ -168,7 +169,7 @@ impl<R: Runtime> DeviceAttention<R> {
     ) -> Result<(Vec<f32>, DeviceSaved<R>)> {
         const OP: &str = "DeviceAttention::forward";
         check_positive(OP, batch, n)?;
-        check_qkv(OP, &self.config, [q, k, v], batch, n)?;
+        check_qkv(OP, &self.config, [q, k, v], batch, n, Par::Seq)?;
         let up = |x: &[f32]| self.gpu.upload(x);
         let (out, saved) = self.forward_buffers(&up(q)?, &up(k)?, &up(v)?, batch, n)?;
         let out = self.gpu.download(&out)?;
@@ -201,7 +202,7 @@ impl<R: Runtime> DeviceAttention<R> {
         let (c, batch, n) = (&self.config, saved.batch, saved.n);
         let total = batch * c.heads * n * c.head_dim;
         check_len(OP, "d_out", d_out, total, shape_of(c, batch, n))?;
-        check_finite(OP, "d_out", d_out)?;
+        check_finite(OP, "d_out", d_out, Par::Seq)?;
         let (dq, dk, dv, params) = self.backward_buffers(saved, &self.gpu.upload(d_out)?)?;
         let (dq, dk, dv) =
             (self.gpu.download(&dq)?, self.gpu.download(&dk)?, self.gpu.download(&dv)?);

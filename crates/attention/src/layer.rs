@@ -340,11 +340,11 @@ impl<T: Scalar> Attention<T> {
         const OP: &str = "Attention::forward";
         check_positive(OP, batch, n)?;
         check_state_bytes::<T>(OP, &self.config, batch, n)?;
-        let total = check_qkv(OP, &self.config, [q, k, v], batch, n)?;
+        let total = check_qkv(OP, &self.config, [q, k, v], batch, n, par)?;
         check_len(OP, "out", out, total, shape_of(&self.config, batch, n))?;
         self.check_parameters(OP)?;
         let result = self.forward_unchecked(q, k, v, batch, n, out, saved, par);
-        self.blame_overflow(OP, result, &[("q", q), ("k", k)], &[("out", out)])
+        self.blame_overflow(OP, result, &[("q", q), ("k", k)], &[("out", out)], par)
     }
 
     /// The forward once the arguments are checked (sizes, finiteness, parameters).
@@ -431,13 +431,13 @@ impl<T: Scalar> Attention<T> {
             total,
             format!("[batch {}, heads {heads}, n {n}, h {h}]", saved.batch),
         )?;
-        check_finite(OP, "d_out", d_out)?;
+        check_finite(OP, "d_out", d_out, par)?;
         self.check_parameters(OP)?;
         let result = self.backward_unchecked(saved, d_out, grads, par);
         let inputs = [("d_out", d_out)];
         let outputs = [("dq", &grads.dq[..]), ("dk", &grads.dk[..]), ("dv", &grads.dv[..])];
-        self.blame_overflow(OP, result, &inputs, &outputs)?;
-        match grads.params.iter().any(|(_, g)| !polysketch_core::all_finite(g)) {
+        self.blame_overflow(OP, result, &inputs, &outputs, par)?;
+        match grads.params.iter().any(|(_, g)| !polysketch_core::all_finite_par(g, par)) {
             true => Err(self.overflow(OP, "the parameters' gradients", &inputs)),
             false => Ok(()),
         }
@@ -530,7 +530,7 @@ impl<T: Scalar> Attention<T> {
     /// inputs, whose magnitudes the message reports.
     pub(crate) fn blame_overflow(
         &self, op: &'static str, result: Result<()>, inputs: &[(&'static str, &[T])],
-        outputs: &[(&'static str, &[T])],
+        outputs: &[(&'static str, &[T])], par: Par,
     ) -> Result<()> {
         let overflow = |output| self.overflow(op, output, inputs);
         match result {
@@ -540,10 +540,12 @@ impl<T: Scalar> Attention<T> {
                 | polysketch_sketch::SketchError::NonFinite { .. },
             )) => Err(overflow("the scores")),
             Err(e) => Err(e),
-            Ok(()) => match outputs.iter().find(|(_, x)| !polysketch_core::all_finite(x)) {
-                Some((name, _)) => Err(overflow(name)),
-                None => Ok(()),
-            },
+            Ok(()) => {
+                match outputs.iter().find(|(_, x)| !polysketch_core::all_finite_par(x, par)) {
+                    Some((name, _)) => Err(overflow(name)),
+                    None => Ok(()),
+                }
+            }
         }
     }
 

@@ -177,7 +177,8 @@ impl<T: Scalar> MultiHeadCore<T> {
 
     /// Checks the weights' lengths, `x`'s length and finiteness; returns the number of rows.
     fn check(
-        &self, op: &'static str, w: &Projections<'_, T>, x: &[T], batch: usize, n: usize, out: &[T],
+        &self, op: &'static str, w: &Projections<'_, T>, x: &[T], batch: usize, n: usize,
+        out: &[T], par: Par,
     ) -> Result<usize> {
         let (c, i) = (self.config.d_model, self.config.inner());
         check_positive(op, batch, n)?;
@@ -196,9 +197,9 @@ impl<T: Scalar> MultiHeadCore<T> {
         let shape = format!("[batch {batch}, n {n}, C {c}]");
         check_len(op, "x", x, len, shape.clone())?;
         check_len(op, "out", out, len, shape)?;
-        check_finite(op, "x", x)?;
-        check_finite(op, "wqkv", w.wqkv)?;
-        check_finite(op, "wo", w.wo)?;
+        check_finite(op, "x", x, par)?;
+        check_finite(op, "wqkv", w.wqkv, par)?;
+        check_finite(op, "wo", w.wo, par)?;
         Ok(rows)
     }
 
@@ -243,7 +244,7 @@ impl<T: Scalar> MultiHeadCore<T> {
         saved: &mut MultiHeadSaved<T>, par: Par,
     ) -> Result<()> {
         const OP: &str = "MultiHead::forward";
-        self.check(OP, &w, x, batch, n, out)?;
+        self.check(OP, &w, x, batch, n, out, par)?;
         saved.ready = false;
         self.project_in(&w, x, batch, n, 0, saved, par);
         let s = &mut *saved;
@@ -271,10 +272,10 @@ impl<T: Scalar> MultiHeadCore<T> {
             });
         }
         let (batch, n) = (saved.batch, saved.n);
-        self.check(OP, &w, x, batch, n, dx)?;
+        self.check(OP, &w, x, batch, n, dx, par)?;
         let (c, i) = (self.config.d_model, self.config.inner());
         check_len(OP, "d_out", d_out, batch * n * c, format!("[batch {batch}, n {n}, C {c}]"))?;
-        check_finite(OP, "d_out", d_out)?;
+        check_finite(OP, "d_out", d_out, par)?;
         check_len(OP, "dw.wqkv", dw.wqkv, 3 * i * c, format!("[3·{i}, {c}]"))?;
         check_len(OP, "dw.wo", dw.wo, c * i, format!("[{c}, {i}]"))?;
         let (heads, h) = (self.config.attention.heads, self.config.attention.head_dim);
@@ -308,7 +309,7 @@ impl<T: Scalar> MultiHeadCore<T> {
     ) -> Result<()> {
         const OP: &str = "MultiHead::forward_chunk";
         let batch = state.batch();
-        self.check(OP, &w, x, batch, n, out)?;
+        self.check(OP, &w, x, batch, n, out, par)?;
         scratch.ready = false;
         self.project_in(&w, x, batch, n, state.position(), scratch, par);
         let s = &mut *scratch;

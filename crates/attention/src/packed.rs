@@ -111,7 +111,7 @@ impl<T: Scalar> Attention<T> {
         let shape = format!("[heads {heads}, total {total}, h {h}]");
         for (name, x) in [("q", q), ("k", k), ("v", v)] {
             check_len(OP, name, x, len, shape.clone())?;
-            check_finite(OP, name, x)?;
+            check_finite(OP, name, x, par)?;
         }
         check_len(OP, "out", out, len, shape)?;
         saved.offsets = offsets.to_vec();
@@ -149,7 +149,7 @@ impl<T: Scalar> Attention<T> {
             });
         };
         check_len(OP, "d_out", d_out, len, format!("[heads {heads}, total {total}, h {h}]"))?;
-        check_finite(OP, "d_out", d_out)?;
+        check_finite(OP, "d_out", d_out, par)?;
         for g in [&mut grads.dq, &mut grads.dk, &mut grads.dv] {
             g.clear();
             g.resize(len, T::zero());

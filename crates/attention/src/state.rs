@@ -221,7 +221,7 @@ impl<T: Scalar> Attention<T> {
             });
         }
         check_positive(OP, batch, n)?;
-        let total = check_qkv(OP, &self.config, [q, k, v], batch, n)?;
+        let total = check_qkv(OP, &self.config, [q, k, v], batch, n, Par::Seq)?;
         check_len(OP, "out", out, total, shape_of(&self.config, batch, n))?;
         self.check_parameters(OP)?;
         if !matches!(
@@ -268,7 +268,7 @@ impl<T: Scalar> Attention<T> {
             Par::Rayon(_) => work.into_par_iter().map(run).collect(),
         };
         let result = done.into_iter().collect::<Result<Vec<()>>>().map(drop);
-        self.blame_overflow(OP, result, &[("q", q), ("k", k)], &[("out", out)])?;
+        self.blame_overflow(OP, result, &[("q", q), ("k", k)], &[("out", out)], Par::Seq)?;
         state.position += n;
         Ok(())
     }

@@ -49,8 +49,9 @@ mod scalar;
 pub mod tree;
 
 pub use check::{
-    MAX_PARAMETER_BYTES, all_finite, check_cols, check_finite, check_nonempty, check_nonzero,
-    check_overflow, check_param_bytes, check_shape, check_sketch_sizes, saturating_product,
+    MAX_PARAMETER_BYTES, all_finite, all_finite_par, check_cols, check_finite, check_nonempty,
+    check_nonzero, check_overflow, check_param_bytes, check_shape, check_sketch_sizes,
+    saturating_product,
 };
 pub use error::{Error, Result};
 pub use parallel::{CHUNK_ROWS, for_each_row_chunk};
