@@ -255,9 +255,14 @@ mod fast {
         a: MatRef<'_, f32>, i0: usize, mc: usize, k0: usize, kc: usize, buf: &mut Vec<u32>,
     ) -> (usize, usize) {
         let (kp, mc_pad) = (kc.div_ceil(2), mc.div_ceil(MR) * MR);
-        buf.clear();
+        // every entry is written below: only the padding rows are zeroed, not the whole buffer
         buf.resize(kp * mc_pad, 0);
         let (p, rs, cs) = (a.as_ptr(), a.row_stride(), a.col_stride());
+        if rs == 1 && cs != 1 {
+            buf.chunks_exact_mut(mc_pad).for_each(|row| row[mc..].fill(0));
+        } else {
+            buf[mc * kp..].fill(0);
+        }
         // SAFETY (both closures): `(i, k)` inside `a` whenever called below.
         let ptr = |i: usize, k: usize| unsafe { p.offset(i as isize * rs + k as isize * cs) };
         if cs == 1 {
@@ -298,9 +303,13 @@ mod fast {
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     fn pack_b(b: MatRef<'_, f32>, k0: usize, kc: usize, j0: usize, nc: usize, buf: &mut Vec<u32>) {
         let (kp, panels) = (kc.div_ceil(2), nc.div_ceil(NR));
-        buf.clear();
+        // every entry is written below but the padding columns of a last, narrower panel
         buf.resize(panels * kp * NR, 0);
         let (p, rs, cs) = (b.as_ptr(), b.row_stride(), b.col_stride());
+        let last = nc - (panels - 1) * NR;
+        if let Some(panel) = buf.chunks_exact_mut(kp * NR).last() {
+            panel.chunks_exact_mut(NR).for_each(|row| row[last..].fill(0));
+        }
         // SAFETY: `(k, j)` inside `b` whenever called below.
         let ptr = |k: usize, j: usize| unsafe { p.offset(k as isize * rs + j as isize * cs) };
         let mut column = vec![0u32; if rs == 1 && cs != 1 { kp } else { 0 }];
