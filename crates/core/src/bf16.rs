@@ -134,14 +134,15 @@ pub fn gemm_f32(
     if has_fast_bf16() {
         if dst.col_stride() == 1 && dst.row_stride() >= 0 {
             // SAFETY: the CPU has AVX-512F/BW/BF16 (checked above); shapes chain (asserted).
-            unsafe { fast::gemm(dst, lhs, rhs, accumulate) };
+            unsafe { fast::gemm(dst, Operand::Dense(lhs), Operand::Dense(rhs), accumulate) };
             return;
         }
         if dst.row_stride() == 1 && dst.col_stride() >= 0 {
             // Cᵀ = Bᵀ Aᵀ: a column-major `dst` is a row-major `dstᵀ`.
             // SAFETY: as above.
             unsafe {
-                fast::gemm(dst.transpose_mut(), rhs.transpose(), lhs.transpose(), accumulate)
+                let (lhs, rhs) = (Operand::Dense(rhs.transpose()), Operand::Dense(lhs.transpose()));
+                fast::gemm(dst.transpose_mut(), lhs, rhs, accumulate)
             };
             return;
         }
@@ -149,9 +150,102 @@ pub fn gemm_f32(
     gemm_portable(dst, lhs, rhs, accumulate);
 }
 
+/// A matrix given by products of pairs of columns of `l` (`[len, r]`): column `f` is
+/// \(w_f\, l_{:,a_f} \circ l_{:,b_f}\) for `(a_f, b_f, w_f) = pairs[f]`, so `[len,
+/// pairs.len()]`; e.g. the self-tensored features \(\phi'(l_i)\) of a sketch's rows. Entry
+/// `(i, f)` is computed as `w * l[(i, a)] * l[(i, b)]`, left to right (what a materialised
+/// copy by `scaled_product` holds, bit for bit).
+#[derive(Debug, Clone, Copy)]
+pub struct Products<'a, T> {
+    /// The factors, `[len, r]` (column-major reads as slices).
+    pub l: MatRef<'a, T>,
+    /// `(a, b, w)` per column: indices into the columns of `l` and the weight.
+    pub pairs: &'a [(usize, usize, T)],
+}
+
+impl<T: Scalar> Products<'_, T> {
+    /// Rows of the product matrix.
+    pub fn nrows(&self) -> usize {
+        self.l.nrows()
+    }
+
+    /// Columns of the product matrix.
+    pub fn ncols(&self) -> usize {
+        self.pairs.len()
+    }
+
+    /// `out[i] =` entry `(i0 + i, f)` for `i < out.len()`.
+    ///
+    /// # Panics
+    /// If `f` or the rows are out of range.
+    #[inline(always)]
+    fn column_into(&self, f: usize, i0: usize, out: &mut [T]) {
+        let (a, b, w) = self.pairs[f];
+        let (x, y) = (self.l.col(a).subrows(i0, out.len()), self.l.col(b).subrows(i0, out.len()));
+        match (x.try_as_col_major(), y.try_as_col_major()) {
+            (Some(x), Some(y)) => {
+                for ((o, &x), &y) in out.iter_mut().zip(x.as_slice()).zip(y.as_slice()) {
+                    *o = w * x * y;
+                }
+            }
+            _ => out.iter_mut().enumerate().for_each(|(i, o)| *o = w * x[i] * y[i]),
+        }
+    }
+}
+
+/// One operand of [`gemm_f32_products`]: a matrix, or columns given as [`Products`].
+#[derive(Debug, Clone, Copy)]
+pub enum Operand<'a, T> {
+    /// A stored matrix.
+    Dense(MatRef<'a, T>),
+    /// Columns computed while they are packed.
+    Products(Products<'a, T>),
+}
+
+impl<T: Scalar> Operand<'_, T> {
+    fn shape(&self) -> (usize, usize) {
+        match self {
+            Operand::Dense(m) => (m.nrows(), m.ncols()),
+            Operand::Products(p) => (p.nrows(), p.ncols()),
+        }
+    }
+}
+
+/// `dst = bf16(lhs) bf16(rhs)`, or `dst += …` when `accumulate`, summed in `f32`, with an
+/// operand that may be [`Products`]: computed in `f32` a few columns at a time while the kernel
+/// packs them, never stored whole (a self-tensored block of 256 × 528 features is 528 KiB,
+/// past L2 once the rest of a block's work is there). Equal bit for bit to [`gemm_f32`] on the
+/// materialised operands. Returns `false`, doing nothing, where that kernel does not run
+/// (no AVX-512 BF16, or `dst` without unit column stride): the caller then materialises the
+/// products and calls [`gemm_f32`].
+///
+/// # Panics
+/// If the shapes do not chain: `lhs: [m, k]`, `rhs: [k, n]`, `dst: [m, n]`.
+pub fn gemm_f32_products(
+    dst: MatMut<'_, f32>, lhs: Operand<'_, f32>, rhs: Operand<'_, f32>, accumulate: bool,
+) -> bool {
+    let ((m, k), (k2, n)) = (lhs.shape(), rhs.shape());
+    assert!(
+        m == dst.nrows() && n == dst.ncols() && k == k2,
+        "gemm_f32_products: shapes [{m}, {k}] x [{k2}, {n}] -> [{}, {}] do not chain",
+        dst.nrows(),
+        dst.ncols()
+    );
+    #[cfg(target_arch = "x86_64")]
+    if has_fast_bf16() && dst.col_stride() == 1 && dst.row_stride() >= 0 {
+        // SAFETY: the CPU has AVX-512F/BW/BF16 (checked above); shapes chain (asserted); `dst`
+        // has unit column stride.
+        unsafe { fast::gemm(dst, lhs, rhs, accumulate) };
+        return true;
+    }
+    false
+}
+
 thread_local! {
-    /// Packed bf16 pairs of the current blocks of `lhs` and `rhs`, kept per thread.
-    static PACK: RefCell<(Vec<u32>, Vec<u32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    /// Packed bf16 pairs of the current blocks of `lhs` and `rhs`, and `f32` columns of a
+    /// [`Products`] operand on their way to being packed, kept per thread.
+    static PACK: RefCell<(Vec<u32>, Vec<u32>, Vec<f32>)> =
+        const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -163,9 +257,9 @@ mod fast {
 
     use core::arch::x86_64::*;
 
-    use faer::{MatMut, MatRef};
+    use faer::MatMut;
 
-    use super::{PACK, bf16_bits};
+    use super::{Operand, PACK, Products, bf16_bits};
 
     /// Rows of the register tile.
     const MR: usize = 12;
@@ -249,11 +343,17 @@ mod fast {
     /// Packs rows `i0..i0 + mc` and columns `k0..k0 + kc` of `a` as bf16 pairs, zero-padded
     /// to whole tiles: a row-major block `[mc_pad][kp]` (`ars = kp`, `aks = 1`) when `a` has
     /// unit column stride, `[kp][mc_pad]` (`ars = 1`, `aks = mc_pad`) when it has unit row
-    /// stride, row-major element by element otherwise. Returns the strides.
+    /// stride or is [`Products`] (two columns at a time computed into `cols`), row-major
+    /// element by element otherwise. Returns the strides.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     fn pack_a(
-        a: MatRef<'_, f32>, i0: usize, mc: usize, k0: usize, kc: usize, buf: &mut Vec<u32>,
+        a: Operand<'_, f32>, i0: usize, mc: usize, k0: usize, kc: usize, buf: &mut Vec<u32>,
+        cols: &mut Vec<f32>,
     ) -> (usize, usize) {
+        let a = match a {
+            Operand::Dense(a) => a,
+            Operand::Products(p) => return pack_a_products(p, i0, mc, k0, kc, buf, cols),
+        };
         let (kp, mc_pad) = (kc.div_ceil(2), mc.div_ceil(MR) * MR);
         // every entry is written below: only the padding rows are zeroed, not the whole buffer
         buf.resize(kp * mc_pad, 0);
@@ -296,57 +396,83 @@ mod fast {
         }
     }
 
-    /// Packs rows `k0..k0 + kc` and columns `j0..j0 + nc` of `b` as panels of NR columns,
-    /// `[panel][kp][NR]` bf16 pairs, zero-padded (two rows interleaved at a time when `b` has
-    /// unit column stride, a column's contiguous pairs when it has unit row stride, element by
-    /// element otherwise).
+    /// [`pack_a`] of a [`Products`] operand, `[kp][mc_pad]`: columns `k0 + 2kk` and
+    /// `k0 + 2kk + 1` of rows `i0..i0 + mc` computed into `cols`, then interleaved.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    fn pack_b(b: MatRef<'_, f32>, k0: usize, kc: usize, j0: usize, nc: usize, buf: &mut Vec<u32>) {
+    fn pack_a_products(
+        p: Products<'_, f32>, i0: usize, mc: usize, k0: usize, kc: usize, buf: &mut Vec<u32>,
+        cols: &mut Vec<f32>,
+    ) -> (usize, usize) {
+        let (kp, mc_pad) = (kc.div_ceil(2), mc.div_ceil(MR) * MR);
+        buf.resize(kp * mc_pad, 0);
+        if cols.len() < 2 * mc {
+            cols.resize(2 * mc, 0.0);
+        }
+        let (lo, hi) = cols[..2 * mc].split_at_mut(mc);
+        for (kk, row) in buf.chunks_exact_mut(mc_pad).enumerate() {
+            let odd = 2 * kk + 1 < kc;
+            p.column_into(k0 + 2 * kk, i0, lo);
+            if odd {
+                p.column_into(k0 + 2 * kk + 1, i0, hi);
+            }
+            pairs_interleaved(lo, odd.then_some(&*hi), &mut row[..mc]);
+            row[mc..].fill(0);
+        }
+        (1, mc_pad)
+    }
+
+    /// Packs rows `k0..k0 + kc` and columns `j0..j0 + nc` of `b` as panels of NR columns,
+    /// `[panel][kp][NR]` bf16 pairs, zero-padded: two rows interleaved at a time when `b` has
+    /// unit column stride, by [`panel_from_columns`] when it has unit row stride or is
+    /// [`Products`] (computed into `cols` a panel at a time, `NR × kc` values), element by
+    /// element otherwise.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    fn pack_b(
+        b: Operand<'_, f32>, k0: usize, kc: usize, j0: usize, nc: usize, buf: &mut Vec<u32>,
+        cols: &mut Vec<f32>,
+    ) {
         let (kp, panels) = (kc.div_ceil(2), nc.div_ceil(NR));
         // every entry is written below but the padding columns of a last, narrower panel
         buf.resize(panels * kp * NR, 0);
-        let (p, rs, cs) = (b.as_ptr(), b.row_stride(), b.col_stride());
         let last = nc - (panels - 1) * NR;
         if let Some(panel) = buf.chunks_exact_mut(kp * NR).last() {
             panel.chunks_exact_mut(NR).for_each(|row| row[last..].fill(0));
         }
+        let mut column = vec![0u32; kp];
+        let b = match b {
+            Operand::Dense(b) => b,
+            Operand::Products(p) => {
+                if cols.len() < NR * kc {
+                    cols.resize(NR * kc, 0.0);
+                }
+                for (q, panel) in buf.chunks_exact_mut(kp * NR).enumerate() {
+                    let (jb, width) = (j0 + q * NR, NR.min(nc - q * NR));
+                    for (j, col) in cols.chunks_exact_mut(kc).take(width).enumerate() {
+                        p.column_into(jb + j, k0, col);
+                    }
+                    // SAFETY: `cols` holds `width` columns of `kc` values, `kc` apart.
+                    unsafe {
+                        panel_from_columns(
+                            cols.as_ptr(),
+                            kc as isize,
+                            kc,
+                            width,
+                            panel,
+                            &mut column,
+                        )
+                    };
+                }
+                return;
+            }
+        };
+        let (p, rs, cs) = (b.as_ptr(), b.row_stride(), b.col_stride());
         // SAFETY: `(k, j)` inside `b` whenever called below.
         let ptr = |k: usize, j: usize| unsafe { p.offset(k as isize * rs + j as isize * cs) };
-        let mut column = vec![0u32; if rs == 1 && cs != 1 { kp } else { 0 }];
-        // column-major: whole squares of 16 columns × 16 pairs (32 rows) go through
-        // `transposed_pairs`; what is left over, a column's pairs at a time (scattered)
-        let square_pairs = kc / 32 * 16;
         for (q, panel) in buf.chunks_exact_mut(kp * NR).enumerate() {
             let (jb, width) = (j0 + q * NR, NR.min(nc - q * NR));
             if rs == 1 && cs != 1 {
-                let square_cols = width / 16 * 16;
-                for j in (0..square_cols).step_by(16) {
-                    for kk in (0..square_pairs).step_by(16) {
-                        // SAFETY: columns `jb + j..+16`, rows `k0 + 2kk..+32` are inside `b`
-                        // (`2kk + 32 <= kc`); pairs `kk..+16`, columns `j..+16` of the panel.
-                        unsafe {
-                            transposed_pairs(
-                                ptr(k0 + 2 * kk, jb + j),
-                                cs,
-                                panel.as_mut_ptr().add(kk * NR + j),
-                                NR,
-                            );
-                        }
-                    }
-                }
-                for j in 0..width {
-                    let from = if j < square_cols { square_pairs } else { 0 };
-                    let (rows, pairs) = (kc - 2 * from, kp - from);
-                    if pairs == 0 {
-                        continue;
-                    }
-                    // SAFETY: column `jb + j`, rows `k0 + 2 from..k0 + kc`.
-                    let src = unsafe { run(ptr(k0 + 2 * from, jb + j), rows) };
-                    pairs_contiguous(src, &mut column[..pairs]);
-                    for (kk, &v) in column[..pairs].iter().enumerate() {
-                        panel[(from + kk) * NR + j] = v;
-                    }
-                }
+                // SAFETY: columns `jb..jb + width`, rows `k0..k0 + kc` of `b`, `cs` apart.
+                unsafe { panel_from_columns(ptr(k0, jb), cs, kc, width, panel, &mut column) };
                 continue;
             }
             for (kk, row) in panel.chunks_exact_mut(NR).enumerate() {
@@ -364,6 +490,44 @@ mod fast {
                         unsafe { (*ptr(k, jb + j), if odd { *ptr(k + 1, jb + j) } else { 0.0 }) };
                     *v = bf16_bits(l) | bf16_bits(h) << 16;
                 }
+            }
+        }
+    }
+
+    /// One panel of `width <= NR` columns of `kc` contiguous values each (`src`, columns `cs`
+    /// apart) as `[kp][NR]` bf16 pairs: whole squares of 16 columns × 16 pairs (32 rows)
+    /// through [`transposed_pairs`], what is left a column's pairs at a time (`column`, at
+    /// least `kp` long), scattered.
+    ///
+    /// SAFETY (caller): the CPU has AVX-512F/BF16; `src + j cs + i` for `j < width`, `i < kc`
+    /// is inside one allocation; `panel` holds `kp × NR` pairs.
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    unsafe fn panel_from_columns(
+        src: *const f32, cs: isize, kc: usize, width: usize, panel: &mut [u32], column: &mut [u32],
+    ) {
+        let kp = kc.div_ceil(2);
+        let (square_pairs, square_cols) = (kc / 32 * 16, width / 16 * 16);
+        // SAFETY (both): inside the columns (caller).
+        let col = |j: usize, i: usize| unsafe { src.offset(j as isize * cs + i as isize) };
+        for j in (0..square_cols).step_by(16) {
+            for kk in (0..square_pairs).step_by(16) {
+                // SAFETY: columns `j..j + 16`, rows `2kk..2kk + 32 <= kc`; pairs `kk..kk + 16`,
+                // columns `j..j + 16` of the panel.
+                unsafe {
+                    transposed_pairs(col(j, 2 * kk), cs, panel.as_mut_ptr().add(kk * NR + j), NR)
+                };
+            }
+        }
+        for j in 0..width {
+            let from = if j < square_cols { square_pairs } else { 0 };
+            let (rows, pairs) = (kc - 2 * from, kp - from);
+            if pairs == 0 {
+                continue;
+            }
+            // SAFETY: column `j`, rows `2 from..kc`.
+            pairs_contiguous(unsafe { run(col(j, 2 * from), rows) }, &mut column[..pairs]);
+            for (kk, &v) in column[..pairs].iter().enumerate() {
+                panel[(from + kk) * NR + j] = v;
             }
         }
     }
@@ -469,9 +633,9 @@ mod fast {
     /// SAFETY (caller): the CPU has AVX-512F/BW/BF16; the shapes chain; `dst.col_stride() == 1`.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     pub(super) unsafe fn gemm(
-        mut dst: MatMut<'_, f32>, lhs: MatRef<'_, f32>, rhs: MatRef<'_, f32>, accumulate: bool,
+        mut dst: MatMut<'_, f32>, lhs: Operand<'_, f32>, rhs: Operand<'_, f32>, accumulate: bool,
     ) {
-        let (m, n, k) = (dst.nrows(), dst.ncols(), lhs.ncols());
+        let (m, n, k) = (dst.nrows(), dst.ncols(), lhs.shape().1);
         if m == 0 || n == 0 {
             return;
         }
@@ -483,17 +647,17 @@ mod fast {
         }
         let ldc = dst.row_stride() as usize;
         let c = dst.as_ptr_mut();
-        PACK.with_borrow_mut(|(abuf, bbuf)| {
+        PACK.with_borrow_mut(|(abuf, bbuf, cols)| {
             let mut edge = [0.0f32; MR * NR];
             for j0 in (0..n).step_by(NC) {
                 let nc = NC.min(n - j0);
                 for k0 in (0..k).step_by(KC) {
                     let (kc, load) = (KC.min(k - k0), accumulate || k0 > 0);
                     let kp = kc.div_ceil(2);
-                    pack_b(rhs, k0, kc, j0, nc, bbuf);
+                    pack_b(rhs, k0, kc, j0, nc, bbuf, cols);
                     for i0 in (0..m).step_by(MC) {
                         let mc = MC.min(m - i0);
-                        let (ars, aks) = pack_a(lhs, i0, mc, k0, kc, abuf);
+                        let (ars, aks) = pack_a(lhs, i0, mc, k0, kc, abuf, cols);
                         for q in 0..nc.div_ceil(NR) {
                             let (jq, w) = (j0 + q * NR, NR.min(nc - q * NR));
                             let bp = bbuf[q * kp * NR..].as_ptr();
@@ -712,6 +876,69 @@ mod tests {
                     let want = round_bf16(a[(i, j)]);
                     assert_eq!(c[(i, j)], want, "lhs ({i}, {j}): {}", a[(i, j)]);
                     assert_eq!(d[(j, i)], want, "rhs ({j}, {i}): {}", a[(i, j)]);
+                }
+            }
+        }
+    }
+
+    /// `gemm_f32_products` with a [`Products`] operand on either side equals, bit for bit,
+    /// `gemm_f32` on the materialised products (`w * x * y` per entry), for column-major and
+    /// row-major factors, sizes across the blocking (`MC`, `KC`, `NC`, 16-wide squares, odd
+    /// inner dimensions), with and without accumulation; it declines only without the kernel.
+    #[test]
+    fn products_operands_equal_the_materialised_product_bit_for_bit() {
+        for (case, &(len, r, other)) in
+            [(1, 1, 1), (13, 3, 5), (97, 8, 65), (256, 32, 65), (300, 33, 40), (70, 36, 600)]
+                .iter()
+                .enumerate()
+        {
+            let mut pairs = Vec::new();
+            for a in 0..r {
+                for b in a..r {
+                    let w = if a == b { 1.0 } else { core::f32::consts::SQRT_2 };
+                    pairs.push((b, a, w));
+                }
+            }
+            let f = pairs.len();
+            let l = random(len, r, case as u64);
+            let lt = l.transpose().to_owned();
+            let phi = Mat::<f32>::from_fn(len, f, |i, c| {
+                let (a, b, w) = pairs[c];
+                w * l[(i, a)] * l[(i, b)]
+            });
+            for (side, factors) in [l.as_ref(), lt.transpose()].into_iter().enumerate() {
+                let prod = Operand::Products(Products { l: factors, pairs: &pairs });
+                for accumulate in [false, true] {
+                    // rhs: [other, len] x [len, f]; lhs: [len, f] x [f, other]
+                    let lhs = random(other, len, 10 + case as u64);
+                    let rhs = random(f, other, 20 + case as u64);
+                    // row-major destinations (stored transposed): what the kernel takes
+                    let init_r = random(f, other, 30 + case as u64);
+                    let init_l = random(other, len, 40 + case as u64);
+                    let (mut got_r, mut want_r) = (init_r.clone(), init_r.clone());
+                    let (mut got_l, mut want_l) = (init_l.clone(), init_l.clone());
+                    let (dl, dr) = (Operand::Dense(lhs.as_ref()), Operand::Dense(rhs.as_ref()));
+                    fn row_major(m: &mut Mat<f32>) -> MatMut<'_, f32> {
+                        m.as_mut().transpose_mut()
+                    }
+                    let ran_r = gemm_f32_products(row_major(&mut got_r), dl, prod, accumulate);
+                    let ran_l = gemm_f32_products(row_major(&mut got_l), prod, dr, accumulate);
+                    assert_eq!((ran_r, ran_l), (has_fast_bf16(), has_fast_bf16()));
+                    // a column-major destination (more than one column) is declined
+                    let mut col_major = Mat::<f32>::zeros(other, f);
+                    let declined = gemm_f32_products(col_major.as_mut(), dl, prod, accumulate);
+                    assert!(!declined || f == 1);
+                    if !has_fast_bf16() {
+                        continue;
+                    }
+                    gemm_f32(row_major(&mut want_r), lhs.as_ref(), phi.as_ref(), accumulate);
+                    gemm_f32(row_major(&mut want_l), phi.as_ref(), rhs.as_ref(), accumulate);
+                    let bits = |m: &Mat<f32>| {
+                        m.col_iter().flat_map(|c| c.iter().map(|x| x.to_bits())).collect::<Vec<_>>()
+                    };
+                    let what = format!("len {len}, r {r}, other {other}, factors {side}");
+                    assert!(bits(&got_r) == bits(&want_r), "rhs products, {what}");
+                    assert!(bits(&got_l) == bits(&want_l), "lhs products, {what}");
                 }
             }
         }

@@ -51,6 +51,21 @@ pub trait Scalar:
         crate::bf16::gemm_portable(dst, lhs, rhs, accumulate);
     }
 
+    /// [`crate::bf16::gemm_f32_products`] for `f32`: `dst (+)= bf16(lhs) bf16(rhs)` with an
+    /// operand that may be products of columns, computed while packed; `false` (nothing done:
+    /// the caller materialises the operand and calls [`gemm_bf16`](Self::gemm_bf16)) where
+    /// that kernel does not run, and for every other type.
+    ///
+    /// # Panics
+    /// If the shapes do not chain (`f32`).
+    fn gemm_bf16_products(
+        dst: faer::MatMut<'_, Self>, lhs: crate::bf16::Operand<'_, Self>,
+        rhs: crate::bf16::Operand<'_, Self>, accumulate: bool,
+    ) -> bool {
+        let _ = (dst, lhs, rhs, accumulate);
+        false
+    }
+
     /// `v[i] = tanh(v[i])` for every element, with [`fast_tanh`](Self::fast_tanh) (vectorised
     /// for `f32`: [`crate::math::tanh_f32`]).
     fn tanh_in_place(v: &mut [Self]) {
@@ -76,6 +91,12 @@ impl Scalar for f32 {
         accumulate: bool,
     ) {
         crate::bf16::gemm_f32(dst, lhs, rhs, accumulate);
+    }
+    fn gemm_bf16_products(
+        dst: faer::MatMut<'_, Self>, lhs: crate::bf16::Operand<'_, Self>,
+        rhs: crate::bf16::Operand<'_, Self>, accumulate: bool,
+    ) -> bool {
+        crate::bf16::gemm_f32_products(dst, lhs, rhs, accumulate)
     }
     #[inline(always)]
     fn fast_tanh(self) -> Self {

@@ -93,6 +93,23 @@ pub fn tensor_square_vjp<T: Scalar>(
     }
 }
 
+/// The features of `layout` for sketches of width `r`, in their column order, as `(a, b, w)`:
+/// column `f` of [`tensor_square`]'s output is `w * l[:, a] * l[:, b]` (computed in that
+/// order), so a product that generates the features while it packs them
+/// ([`polysketch_core::bf16::Products`]) matches a materialised copy bit for bit.
+///
+/// ```
+/// use polysketch_tensoring::{Layout, feature_dim, feature_pairs};
+///
+/// let pairs = feature_pairs::<f32>(4, Layout::Symmetric);
+/// assert_eq!(pairs.len(), feature_dim(4, Layout::Symmetric)); // r(r+1)/2 = 10
+/// assert_eq!(pairs[0], (0, 0, 1.0)); // the squares first, weight 1
+/// assert_eq!(pairs[4], (0, 1, std::f32::consts::SQRT_2)); // then l_a l_b, weight √2
+/// ```
+pub fn feature_pairs<T: Scalar>(r: usize, layout: Layout) -> Vec<(usize, usize, T)> {
+    features(r, layout).map(|(_, a, b, w)| (a, b, T::of(w))).collect()
+}
+
 /// Every feature of a layout as `(feature column, a, b, weight)`: feature = weight · l_a · l_b.
 fn features(r: usize, layout: Layout) -> Box<dyn Iterator<Item = (usize, usize, usize, f64)>> {
     match layout {

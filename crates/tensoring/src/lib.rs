@@ -53,6 +53,8 @@ pub mod amm;
 mod features;
 mod selftensored;
 
-pub use features::{Layout, feature_dim, gram_block, tensor_square, tensor_square_vjp};
+pub use features::{
+    Layout, feature_dim, feature_pairs, gram_block, tensor_square, tensor_square_vjp,
+};
 pub use polysketch_sketch::{PolySketch, Result, Scalar, SketchError};
 pub use selftensored::SelfTensored;
