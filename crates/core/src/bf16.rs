@@ -300,17 +300,23 @@ mod fast {
         }
     }
 
+    /// The permutation of `vcvtne2ps2bf16(hi, lo)`'s 32 bf16 that pairs them up: lane 2l takes
+    /// bf16 l (from `lo`), lane 2l + 1 bf16 16 + l (from `hi`).
+    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+    fn interleave_index() -> __m512i {
+        _mm512_set_epi16(
+            31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20,
+            4, 19, 3, 18, 2, 17, 1, 16, 0,
+        )
+    }
+
     /// `dst[l] = (bf16(lo[l]), bf16(hi[l]))` (`hi` all 0 when `None`): two rows interleaved,
     /// 16 pairs per `vcvtne2ps2bf16` and a permutation.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     fn pairs_interleaved(lo: &[f32], hi: Option<&[f32]>, dst: &mut [u32]) {
         let len = lo.len();
         let full = len / 16 * 16;
-        // lane 2l takes bf16 l (from `lo`), lane 2l + 1 bf16 16 + l (from `hi`)
-        let idx = _mm512_set_epi16(
-            31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20,
-            4, 19, 3, 18, 2, 17, 1, 16, 0,
-        );
+        let idx = interleave_index();
         for l in (0..full).step_by(16) {
             // SAFETY: `l + 16 <= len` for `lo`, `hi` (same length) and `dst`.
             unsafe {
@@ -397,7 +403,9 @@ mod fast {
     }
 
     /// [`pack_a`] of a [`Products`] operand, `[kp][mc_pad]`: columns `k0 + 2kk` and
-    /// `k0 + 2kk + 1` of rows `i0..i0 + mc` computed into `cols`, then interleaved.
+    /// `k0 + 2kk + 1` of rows `i0..i0 + mc`, 16 rows at a time computed in registers
+    /// (`w * x * y`), converted and interleaved as [`pairs_interleaved`] does; through `cols`
+    /// when the factors' columns are not contiguous, and for the last rows.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     fn pack_a_products(
         p: Products<'_, f32>, i0: usize, mc: usize, k0: usize, kc: usize, buf: &mut Vec<u32>,
@@ -405,17 +413,50 @@ mod fast {
     ) -> (usize, usize) {
         let (kp, mc_pad) = (kc.div_ceil(2), mc.div_ceil(MR) * MR);
         buf.resize(kp * mc_pad, 0);
+        let l = p.l.subrows(i0, mc);
+        let contiguous = l.row_stride() == 1;
+        // rows done in registers: whole groups of 16 when the columns are contiguous
+        let fast = if contiguous { mc / 16 * 16 } else { 0 };
         if cols.len() < 2 * mc {
             cols.resize(2 * mc, 0.0);
         }
         let (lo, hi) = cols[..2 * mc].split_at_mut(mc);
+        let idx = interleave_index();
+        let zero = (0, 0, 0.0);
         for (kk, row) in buf.chunks_exact_mut(mc_pad).enumerate() {
             let odd = 2 * kk + 1 < kc;
-            p.column_into(k0 + 2 * kk, i0, lo);
-            if odd {
-                p.column_into(k0 + 2 * kk + 1, i0, hi);
+            let (f, g) = (p.pairs[k0 + 2 * kk], if odd { p.pairs[k0 + 2 * kk + 1] } else { zero });
+            let (pf, pg) = (
+                (l.col(f.0).as_ptr(), l.col(f.1).as_ptr()),
+                (l.col(g.0).as_ptr(), l.col(g.1).as_ptr()),
+            );
+            let (wf, wg) = (_mm512_set1_ps(f.2), _mm512_set1_ps(g.2));
+            for i in (0..fast).step_by(16) {
+                // SAFETY: rows `i..i + 16 <= mc` of contiguous columns of `l`; `row` holds
+                // `mc_pad >= mc` pairs.
+                unsafe {
+                    let load = |c: *const f32| _mm512_loadu_ps(c.add(i));
+                    let x = _mm512_mul_ps(_mm512_mul_ps(wf, load(pf.0)), load(pf.1));
+                    let y = if odd {
+                        _mm512_mul_ps(_mm512_mul_ps(wg, load(pg.0)), load(pg.1))
+                    } else {
+                        _mm512_setzero_ps()
+                    };
+                    let v: __m512i = core::mem::transmute(_mm512_cvtne2ps_pbh(y, x));
+                    _mm512_storeu_si512(
+                        row.as_mut_ptr().add(i).cast(),
+                        _mm512_permutexvar_epi16(idx, v),
+                    );
+                }
             }
-            pairs_interleaved(lo, odd.then_some(&*hi), &mut row[..mc]);
+            if fast < mc {
+                let rest = mc - fast;
+                p.column_into(k0 + 2 * kk, i0 + fast, &mut lo[..rest]);
+                if odd {
+                    p.column_into(k0 + 2 * kk + 1, i0 + fast, &mut hi[..rest]);
+                }
+                pairs_interleaved(&lo[..rest], odd.then_some(&hi[..rest]), &mut row[fast..mc]);
+            }
             row[mc..].fill(0);
         }
         (1, mc_pad)
