@@ -608,20 +608,17 @@ mod fast {
             let (x, y) = (t[a + b / 2], t[a + b / 2 + 2]);
             *s = if b % 2 == 0 { _mm512_unpacklo_epi64(x, y) } else { _mm512_unpackhi_epi64(x, y) };
         }
-        // lanes 0, 2 (0x88) and 1, 3 (0xdd) of each operand, twice
+        // (lanes 0, 2 of x then of y; lanes 1, 3 of x then of y), twice
+        let lanes = |x, y| (_mm512_shuffle_i32x4::<0x88>(x, y), _mm512_shuffle_i32x4::<0xdd>(x, y));
         let mut u = [zero; 16];
         for b in 0..4 {
-            u[b] = _mm512_shuffle_i32x4::<0x88>(s[b], s[4 + b]);
-            u[4 + b] = _mm512_shuffle_i32x4::<0xdd>(s[b], s[4 + b]);
-            u[8 + b] = _mm512_shuffle_i32x4::<0x88>(s[8 + b], s[12 + b]);
-            u[12 + b] = _mm512_shuffle_i32x4::<0xdd>(s[8 + b], s[12 + b]);
+            (u[b], u[4 + b]) = lanes(s[b], s[4 + b]);
+            (u[8 + b], u[12 + b]) = lanes(s[8 + b], s[12 + b]);
         }
         let mut out = [zero; 16];
         for b in 0..4 {
-            out[b] = _mm512_shuffle_i32x4::<0x88>(u[b], u[8 + b]);
-            out[8 + b] = _mm512_shuffle_i32x4::<0xdd>(u[b], u[8 + b]);
-            out[4 + b] = _mm512_shuffle_i32x4::<0x88>(u[4 + b], u[12 + b]);
-            out[12 + b] = _mm512_shuffle_i32x4::<0xdd>(u[4 + b], u[12 + b]);
+            (out[b], out[8 + b]) = lanes(u[b], u[8 + b]);
+            (out[4 + b], out[12 + b]) = lanes(u[4 + b], u[12 + b]);
         }
         for (l, row) in out.iter().enumerate() {
             // SAFETY: row `l` of the 16 × 16 block of `dst` (caller).
