@@ -151,8 +151,8 @@ pub fn gemm_f32(
 }
 
 /// A matrix given by products of pairs of columns of `l` (`[len, r]`): column `f` is
-/// \(w_f\, l_{:,a_f} \circ l_{:,b_f}\) for `(a_f, b_f, w_f) = pairs[f]`, so `[len,
-/// pairs.len()]`; e.g. the self-tensored features \(\phi'(l_i)\) of a sketch's rows. Entry
+/// \\(w_f\\, l_{:,a_f} \circ l_{:,b_f}\\) for `(a_f, b_f, w_f) = pairs[f]`, so `[len,
+/// pairs.len()]`; e.g. the self-tensored features \\(\phi'(l_i)\\) of a sketch's rows. Entry
 /// `(i, f)` is computed as `w * l[(i, a)] * l[(i, b)]`, left to right (what a materialised
 /// copy by `scaled_product` holds, bit for bit).
 #[derive(Debug, Clone, Copy)]
@@ -349,8 +349,8 @@ mod fast {
     /// Packs rows `i0..i0 + mc` and columns `k0..k0 + kc` of `a` as bf16 pairs, zero-padded
     /// to whole tiles: a row-major block `[mc_pad][kp]` (`ars = kp`, `aks = 1`) when `a` has
     /// unit column stride, `[kp][mc_pad]` (`ars = 1`, `aks = mc_pad`) when it has unit row
-    /// stride or is [`Products`] (two columns at a time computed into `cols`), row-major
-    /// element by element otherwise. Returns the strides.
+    /// stride or is [`Products`] ([`pack_a_products`]), row-major element by element otherwise.
+    /// Returns the strides.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
     fn pack_a(
         a: Operand<'_, f32>, i0: usize, mc: usize, k0: usize, kc: usize, buf: &mut Vec<u32>,
@@ -479,10 +479,10 @@ mod fast {
         if let Some(panel) = buf.chunks_exact_mut(kp * NR).last() {
             panel.chunks_exact_mut(NR).for_each(|row| row[last..].fill(0));
         }
-        let mut column = vec![0u32; kp];
         let b = match b {
             Operand::Dense(b) => b,
             Operand::Products(p) => {
+                let mut column = vec![0u32; kp];
                 if cols.len() < NR * kc {
                     cols.resize(NR * kc, 0.0);
                 }
@@ -509,6 +509,7 @@ mod fast {
         let (p, rs, cs) = (b.as_ptr(), b.row_stride(), b.col_stride());
         // SAFETY: `(k, j)` inside `b` whenever called below.
         let ptr = |k: usize, j: usize| unsafe { p.offset(k as isize * rs + j as isize * cs) };
+        let mut column = vec![0u32; if rs == 1 && cs != 1 { kp } else { 0 }];
         for (q, panel) in buf.chunks_exact_mut(kp * NR).enumerate() {
             let (jb, width) = (j0 + q * NR, NR.min(nc - q * NR));
             if rs == 1 && cs != 1 {
