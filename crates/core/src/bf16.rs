@@ -479,10 +479,12 @@ mod fast {
         if let Some(panel) = buf.chunks_exact_mut(kp * NR).last() {
             panel.chunks_exact_mut(NR).for_each(|row| row[last..].fill(0));
         }
+        // one column's pairs for `panel_from_columns` (`kp <= KC / 2`): on the stack, not
+        // allocated per call
+        let mut column = [0u32; KC / 2];
         let b = match b {
             Operand::Dense(b) => b,
             Operand::Products(p) => {
-                let mut column = vec![0u32; kp];
                 if cols.len() < NR * kc {
                     cols.resize(NR * kc, 0.0);
                 }
@@ -509,7 +511,6 @@ mod fast {
         let (p, rs, cs) = (b.as_ptr(), b.row_stride(), b.col_stride());
         // SAFETY: `(k, j)` inside `b` whenever called below.
         let ptr = |k: usize, j: usize| unsafe { p.offset(k as isize * rs + j as isize * cs) };
-        let mut column = vec![0u32; if rs == 1 && cs != 1 { kp } else { 0 }];
         for (q, panel) in buf.chunks_exact_mut(kp * NR).enumerate() {
             let (jb, width) = (j0 + q * NR, NR.min(nc - q * NR));
             if rs == 1 && cs != 1 {
