@@ -66,14 +66,19 @@ fn rotate<T: Scalar>(x: &mut [T], cs: &[(T, T)], inverse: bool) {
 }
 
 /// Splits `qkv` (`[batch, n, 3C]`: q, then k, then v) into heads `[batch, heads, n, h]` and,
-/// with `rope = Some(pos0)`, applies RoPE at positions `pos0 + t` to q and k.
+/// with `rope = Some(table)` (`[n, h/2]`, [`rope_table`] of positions `pos0 .. pos0 + n`),
+/// applies RoPE at positions `pos0 + t` to q and k.
+///
+/// # Panics
+/// A table shorter than `[n, h/2]`.
+#[allow(clippy::too_many_arguments)]
 pub fn split_heads_forward<T: Scalar>(
-    qkv: &[T], batch: usize, n: usize, heads: usize, h: usize, rope: Option<usize>, q: &mut [T],
-    k: &mut [T], v: &mut [T],
+    qkv: &[T], batch: usize, n: usize, heads: usize, h: usize, rope: Option<&[(T, T)]>,
+    q: &mut [T], k: &mut [T], v: &mut [T],
 ) {
     let c = heads * h;
     let per = n * h;
-    let table = rope.map(|pos0| rope_table::<T>(pos0, n, h));
+    let table = rope;
     for (which, dst) in [q, k, v].into_iter().enumerate() {
         dst.par_chunks_mut(per).enumerate().for_each(|(bh, dst)| {
             let (b, hd) = (bh / heads, bh % heads);
@@ -81,7 +86,7 @@ pub fn split_heads_forward<T: Scalar>(
                 let src = &qkv[(b * n + t) * 3 * c + which * c + hd * h..][..h];
                 let row = &mut dst[t * h..(t + 1) * h];
                 copy_slice(row, src);
-                if let (true, Some(table)) = (which < 2, &table) {
+                if let (true, Some(table)) = (which < 2, table) {
                     rotate(row, &table[t * (h / 2)..(t + 1) * (h / 2)], false);
                 }
             }
@@ -90,16 +95,19 @@ pub fn split_heads_forward<T: Scalar>(
     debug_assert_eq!(batch * heads * per, qkv.len() / 3);
 }
 
-/// Backward of [`split_heads_forward`]: gathers `dq`, `dk` (rotated back with `rope`) and `dv`
-/// into `dqkv` (`[batch, n, 3C]`). `dq` and `dk` are overwritten (rotated in place).
+/// Backward of [`split_heads_forward`]: gathers `dq`, `dk` (rotated back with the forward's
+/// table `rope`) and `dv` into `dqkv` (`[batch, n, 3C]`). `dq` and `dk` are overwritten
+/// (rotated in place).
+///
+/// # Panics
+/// A table shorter than `[n, h/2]`.
 pub fn split_heads_backward<T: Scalar>(
     dq: &mut [T], dk: &mut [T], dv: &[T], batch: usize, n: usize, heads: usize, h: usize,
-    rope: Option<usize>, dqkv: &mut [T],
+    rope: Option<&[(T, T)]>, dqkv: &mut [T],
 ) {
     let c = heads * h;
     let half = h / 2;
-    if let Some(pos0) = rope {
-        let table = rope_table::<T>(pos0, n, h);
+    if let Some(table) = rope {
         for d in [&mut *dq, &mut *dk] {
             d.par_chunks_mut(h).enumerate().for_each(|(row, x)| {
                 let t = row % n;

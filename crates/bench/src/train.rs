@@ -19,8 +19,8 @@ pub struct TrainBench {
     /// Tokens per step (batch = tokens / n).
     #[arg(long, default_value_t = 16384)]
     pub tokens: usize,
-    /// Timed steps per case (after one warm-up step).
-    #[arg(long, default_value_t = 2)]
+    /// Timed steps per case (after one warm-up step); the median is reported.
+    #[arg(long, default_value_t = 3)]
     pub steps: usize,
     /// PolySketch block size.
     #[arg(long, default_value_t = 256)]
@@ -38,8 +38,23 @@ pub struct TrainBench {
     pub bf16: bool,
 }
 
+/// One length's trainer, its inputs and its timed steps.
+struct Case {
+    n: usize,
+    batch: usize,
+    trainer: polysketch_gpt::Trainer,
+    tokens: Vec<u32>,
+    targets: Vec<u32>,
+    times: Vec<f64>,
+}
+
 /// Training throughput against context length at equal tokens per step: a table, then
 /// `train_bench.csv` and `train_bench.svg` in `--out`, then the `flatness` and `speedup` lines.
+///
+/// Per kind, one trainer per length is built (all are held at once: about 1.2 GB each at the
+/// default 16384 tokens per step), each takes one untimed warm-up step, then the timed steps
+/// take turns across the lengths (round `i` times step `i` of every length), and the median
+/// step time of each length is reported: tokens/s = batch · n / median step.
 ///
 /// # Errors
 /// An unknown kind, a model or trainer that refuses the sizes, files that cannot be written.
@@ -54,12 +69,15 @@ pub fn run(args: &TrainBench) -> Result<()> {
     println!("{:<28} {:>6} {:>6} {:>10} {:>10}", "kind", "n", "batch", "step", "tokens/s");
     let mut csv = String::from("kind,n,batch,step_s,tokens_per_s\n");
     let mut all = Vec::new();
+    let mut rows = Vec::new();
+    let bar = crate::attention::cases_bar(args.kinds.len() * args.n.len() * (args.steps + 1));
     for kind in &args.kinds {
         let spec = AttentionKind::parse_with(
             kind,
             PolySketchConfig { block: args.block, local: true, ..PolySketchConfig::default() },
         )?;
-        let mut series = Series::new(&spec.name());
+        // One trainer per length, all alive at once, so that the timed steps can take turns.
+        let mut cases = Vec::with_capacity(args.n.len());
         for &n in &args.n {
             let batch = (args.tokens / n).max(1);
             let model = GptConfig {
@@ -82,21 +100,45 @@ pub fn run(args: &TrainBench) -> Result<()> {
             };
             let gpt = polysketch_gpt::Gpt::<f32>::new(model)?;
             let opt = train.optimizer(gpt.num_params());
-            let mut trainer = Trainer::new(gpt, opt, train, 0)?;
+            let trainer = Trainer::new(gpt, opt, train, 0)?;
             let tokens: Vec<u32> = (0..batch * n).map(|i| ((i * 7919) % 251) as u32).collect();
             let targets: Vec<u32> = tokens.iter().map(|t| (t + 1) % 256).collect();
-            trainer.step(&tokens, &targets, batch, n, Par::rayon(0))?;
-            let t0 = Instant::now();
-            for _ in 0..args.steps {
-                trainer.step(&tokens, &targets, batch, n, Par::rayon(0))?;
+            cases.push(Case { n, batch, trainer, tokens, targets, times: Vec::new() });
+        }
+        // Round 0 warms every case up (untimed); then each round times one step of every
+        // length in turn, so that a slow spell of a shared host falls on all lengths alike.
+        for round in 0..=args.steps {
+            for case in &mut cases {
+                bar.set_message(format!("{} n = {}, step {round}", spec.name(), case.n));
+                let t0 = Instant::now();
+                case.trainer.step(
+                    &case.tokens,
+                    &case.targets,
+                    case.batch,
+                    case.n,
+                    Par::rayon(0),
+                )?;
+                if round > 0 {
+                    case.times.push(t0.elapsed().as_secs_f64());
+                }
+                bar.inc(1);
             }
-            let step = t0.elapsed().as_secs_f64() / args.steps as f64;
+        }
+        let mut series = Series::new(&spec.name());
+        for case in &mut cases {
+            let (n, batch) = (case.n, case.batch);
+            case.times.sort_by(f64::total_cmp);
+            let step = case.times[case.times.len() / 2];
             let tps = (batch * n) as f64 / step;
-            println!("{:<28} {n:>6} {batch:>6} {:>8.3} s {tps:>10.0}", spec.name(), step);
+            rows.push(format!("{:<28} {n:>6} {batch:>6} {:>8.3} s {tps:>10.0}", spec.name(), step));
             csv.push_str(&format!("{},{n},{batch},{step:.4},{tps:.1}\n", spec.name()));
             series.push(n, tps);
         }
         all.push(series);
+    }
+    bar.finish_and_clear();
+    for row in &rows {
+        println!("{row}");
     }
     std::fs::create_dir_all(&args.out)?;
     polysketch_core::io::write_atomic(&args.out.join("train_bench.csv"), csv.as_bytes())?;

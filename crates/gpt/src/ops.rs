@@ -33,13 +33,17 @@ pub fn sinusoid<T: Scalar>(t: usize, c: usize, out: &mut [T]) {
 }
 
 /// Embedding: row \\((b, t)\\) of `out` (`[batch·n, C]`) is
-/// \\(\sqrt C\,W_{te}[\text{tok}_{b,t}] + e_{\text{pos0}+t}\\). `wte`: `[V, C]`.
+/// \\(\sqrt C\,W_{te}[\text{tok}_{b,t}] + e_{\text{pos0}+t}\\). `wte`: `[V, C]`. The
+/// position rows \\(e\\) are made once per position (`[n, C]`), not once per row.
 pub fn embed_forward<T: Scalar>(
     tokens: &[u32], n: usize, pos0: usize, wte: &[T], c: usize, out: &mut [T],
 ) {
     let scale = T::of((c as f64).sqrt());
+    let mut table = vec![T::zero(); n * c];
+    table.par_chunks_mut(c).enumerate().for_each(|(t, e)| sinusoid(pos0 + t, c, e));
     out.par_chunks_mut(c).zip(tokens.par_iter()).enumerate().for_each(|(row, (o, &tok))| {
-        sinusoid(pos0 + row % n, c, o);
+        let t = row % n;
+        o.copy_from_slice(&table[t * c..(t + 1) * c]);
         let e = &wte[tok as usize * c..(tok as usize + 1) * c];
         o.iter_mut().zip(e).for_each(|(o, e)| *o += scale * *e);
     });
