@@ -113,11 +113,9 @@ pub(crate) fn head_matrix<T>(x: &[T], idx: usize, n: usize, h: usize) -> MatRef<
     MatRef::from_row_major_slice(&x[idx * n * h..(idx + 1) * n * h], n, h)
 }
 
-/// Checks that what a forward keeps for `batch` sequences of `n` tokens stays under
-/// [`MAX_STATE_BYTES`], estimated before anything is allocated.
-pub(crate) fn check_state_bytes<T>(
-    op: &'static str, config: &AttentionConfig, batch: usize, n: usize,
-) -> Result<()> {
+/// Estimated bytes of what a training forward keeps for `batch` sequences of `n` tokens
+/// (saturating; see [`AttentionConfig::saved_bytes`]).
+pub(crate) fn state_bytes<T>(config: &AttentionConfig, batch: usize, n: usize) -> u128 {
     let (heads, h) = (config.heads, config.head_dim);
     // what the forward keeps per token and head
     let per_token = match config.kind {
@@ -148,10 +146,18 @@ pub(crate) fn check_state_bytes<T>(
         AttentionKind::Softmax | AttentionKind::Sliding { .. } => 4 * h + 1,
     };
     // in u128 from the start: batch · heads may not fit in a usize
-    let bytes = [batch, heads, n, per_token, size_of::<T>()]
+    [batch, heads, n, per_token, size_of::<T>()]
         .iter()
         .map(|&x| x as u128)
-        .fold(1, u128::saturating_mul);
+        .fold(1, u128::saturating_mul)
+}
+
+/// Checks that what a forward keeps for `batch` sequences of `n` tokens stays under
+/// [`MAX_STATE_BYTES`], estimated before anything is allocated.
+pub(crate) fn check_state_bytes<T>(
+    op: &'static str, config: &AttentionConfig, batch: usize, n: usize,
+) -> Result<()> {
+    let bytes = state_bytes::<T>(config, batch, n);
     if bytes > MAX_STATE_BYTES {
         return Err(AttentionError::TooLarge { op, bytes, limit: MAX_STATE_BYTES });
     }

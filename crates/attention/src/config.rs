@@ -106,4 +106,22 @@ impl AttentionConfig {
         };
         Mask { causal: self.causal, window }
     }
+
+    /// Estimated bytes of what a training forward of the layer keeps for its backward, for
+    /// `batch` sequences of `n` tokens in `T`: `batch · heads · n · (per-token values of the
+    /// kind) · size_of::<T>()`, saturating (the figure [`MAX_STATE_BYTES`](crate::MAX_STATE_BYTES)
+    /// is checked against before anything is allocated). Learned sketches keep their networks'
+    /// wide hidden layers, the most of any kind.
+    ///
+    /// ```
+    /// use polysketch_attention::AttentionConfig;
+    /// let random = AttentionConfig::new(4, 32, "random+local".parse()?);
+    /// let learned = AttentionConfig::new(4, 32, "learned+local".parse()?);
+    /// assert!(learned.saved_bytes::<f32>(1, 1024) > 5 * random.saved_bytes::<f32>(1, 1024));
+    /// assert_eq!(random.saved_bytes::<f32>(2, 1024), 2 * random.saved_bytes::<f32>(1, 1024));
+    /// # Ok::<(), polysketch_attention::AttentionError>(())
+    /// ```
+    pub fn saved_bytes<T>(&self, batch: usize, n: usize) -> u128 {
+        crate::checks::state_bytes::<T>(self, batch, n)
+    }
 }

@@ -284,16 +284,25 @@ impl<T: Scalar> Gpt<T> {
         Ok(())
     }
 
-    /// Estimated bytes of the activations of a training forward over `batch × n` tokens.
+    /// Estimated bytes of the activations of a training forward over `batch × n` tokens: per
+    /// token, each block's saved values (\\(5C + 4F\\), with the block's projections and heads
+    /// \\(8C\\)) and the model's own (\\(9C + V + F\\)), plus what each attention layer keeps
+    /// ([`AttentionConfig::saved_bytes`](polysketch_attention::AttentionConfig::saved_bytes):
+    /// a learned sketch's networks keep far more than the block around them). Saturating.
     pub fn activation_bytes(&self, batch: usize, n: usize) -> u128 {
         let (c, f, v) =
             (self.config.d_model as u128, self.config.hidden() as u128, self.config.vocab as u128);
         // saturating: batch · n alone may pass a usize
         let rows = polysketch_core::saturating_product(&[batch, n]);
-        let per_row = (5 * c + 4 * f + c * 8) // a block's saved values and the attention's own
+        let per_row = (5 * c + 4 * f + c * 8) // a block's saved values, its q, k, v and heads
             .saturating_mul(self.config.layers as u128)
             .saturating_add(3 * c + v + 6 * c + f);
-        rows.saturating_mul(per_row).saturating_mul(core::mem::size_of::<T>() as u128)
+        let attention = (0..self.config.layers)
+            .map(|l| self.config.attention_config(l).saved_bytes::<T>(batch, n))
+            .fold(0, u128::saturating_add);
+        rows.saturating_mul(per_row)
+            .saturating_mul(core::mem::size_of::<T>() as u128)
+            .saturating_add(attention)
     }
 
     /// Training forward: the mean cross-entropy of predicting `targets` (`[batch, n]`,

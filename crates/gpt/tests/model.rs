@@ -5,7 +5,8 @@ use faer::Par;
 use polysketch_attention::{PolySketchConfig, SketchKind};
 use polysketch_core::{SketchRng, seeded_rng};
 use polysketch_gpt::{
-    Activations, AttentionKind, Gpt, GptConfig, GptError, IGNORE, TrainConfig, Trainer,
+    Activations, AttentionKind, Gpt, GptConfig, GptError, IGNORE, MAX_ACTIVATION_BYTES,
+    TrainConfig, Trainer,
 };
 use rand::RngExt;
 
@@ -244,6 +245,34 @@ fn bad_input_gets_typed_errors() {
     let huge = vec![0u32; 1 << 20];
     assert!(matches!(
         big_model.forward(&huge, &huge, 1, 1 << 20, &mut acts, Par::Seq),
+        Err(GptError::TooLarge { .. })
+    ));
+}
+
+/// The activation estimate counts what each attention layer keeps: a learned sketch's networks
+/// keep several times what the block around them does, so a length that the blocks alone would
+/// allow is refused (before anything is allocated) with learned + local.
+#[test]
+fn the_activation_guard_counts_the_attention_layers_own_state() {
+    let shape = |attention: AttentionKind| GptConfig {
+        vocab: 256,
+        context: 1 << 17,
+        d_model: 128,
+        layers: 4,
+        heads: 4,
+        attention,
+        seed: 0,
+    };
+    let learned = Gpt::<f32>::new(shape("learned+local".parse().unwrap())).unwrap();
+    let softmax = Gpt::<f32>::new(shape(AttentionKind::Softmax)).unwrap();
+    let n = 1 << 17;
+    let (l, s) = (learned.activation_bytes(1, n), softmax.activation_bytes(1, n));
+    assert!(l > 4 * s, "learned {l} against softmax {s}");
+    assert!(s < MAX_ACTIVATION_BYTES && l > MAX_ACTIVATION_BYTES, "{s} {l}");
+    let tokens = vec![1u32; n];
+    let mut acts = Activations::new();
+    assert!(matches!(
+        learned.forward(&tokens, &tokens, 1, n, &mut acts, Par::Seq),
         Err(GptError::TooLarge { .. })
     ));
 }
