@@ -48,7 +48,7 @@ struct Case {
     times: Vec<f64>,
 }
 
-/// One length's trainer after its warm-up step (not timed).
+/// One length's trainer and its inputs (the caller runs its untimed warm-up step).
 fn build_case(spec: AttentionKind, n: usize, args: &TrainBench) -> Result<Case> {
     let batch = (args.tokens / n).max(1);
     let model = GptConfig {
@@ -150,8 +150,16 @@ fn kib_field(path: &str, name: &str) -> Option<u64> {
 /// largest resident growth one has shown); the lengths beyond that are timed in a next group.
 ///
 /// # Errors
-/// An unknown kind, a model or trainer that refuses the sizes, files that cannot be written.
+/// No timed step, no length or a length of 0 ([`Error::Config`](crate::Error::Config)), an
+/// unknown kind, a model or trainer that refuses the sizes, files that cannot be written.
 pub fn run(args: &TrainBench) -> Result<()> {
+    if args.steps == 0 || args.n.is_empty() || args.n.contains(&0) {
+        return Err(crate::Error::Config(format!(
+            "bench train needs at least one timed step and lengths of at least 1 (got --steps {} \
+             and --n {:?})",
+            args.steps, args.n
+        )));
+    }
     println!(
         "GPT training step (d_model 128, 4 layers, 4 heads of 32, vocab 256), {} tokens per step, {} threads{}",
         args.tokens,
@@ -264,6 +272,22 @@ mod tests {
         assert!(fits(2, 4, Some(12)));
         assert!(!fits(3, 4, Some(12)));
         assert!(!fits(usize::MAX, u64::MAX, Some(u64::MAX - 1)));
+    }
+
+    #[test]
+    fn options_that_measure_nothing_are_refused() {
+        let args = |steps: usize, n: Vec<usize>| TrainBench {
+            n,
+            tokens: 64,
+            steps,
+            block: 16,
+            kinds: vec!["softmax".into()],
+            out: std::env::temp_dir().join("polysketch-bench-train-refused"),
+            bf16: false,
+        };
+        for bad in [args(0, vec![32]), args(1, vec![]), args(1, vec![32, 0])] {
+            assert!(matches!(run(&bad), Err(crate::Error::Config(_))), "{bad:?}");
+        }
     }
 
     #[test]
