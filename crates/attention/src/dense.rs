@@ -78,7 +78,6 @@ pub fn split_heads_forward<T: Scalar>(
 ) {
     let c = heads * h;
     let per = n * h;
-    let table = rope;
     for (which, dst) in [q, k, v].into_iter().enumerate() {
         dst.par_chunks_mut(per).enumerate().for_each(|(bh, dst)| {
             let (b, hd) = (bh / heads, bh % heads);
@@ -86,7 +85,7 @@ pub fn split_heads_forward<T: Scalar>(
                 let src = &qkv[(b * n + t) * 3 * c + which * c + hd * h..][..h];
                 let row = &mut dst[t * h..(t + 1) * h];
                 copy_slice(row, src);
-                if let (true, Some(table)) = (which < 2, table) {
+                if let (true, Some(table)) = (which < 2, rope) {
                     rotate(row, &table[t * (h / 2)..(t + 1) * (h / 2)], false);
                 }
             }

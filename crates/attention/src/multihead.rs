@@ -121,26 +121,34 @@ pub struct MultiHeadSaved<T: Scalar> {
     att: Vec<T>,
     /// The attention's gradients (its parameters' in `grads.params`).
     grads: Grads<T>,
-    /// The last RoPE table ([`rope_table`]) and its `(pos0, n, h)`: training steps of one
-    /// length reuse it instead of recomputing `n · h/2` sines and cosines per layer and pass.
-    rope: Vec<(T, T)>,
-    rope_at: Option<(usize, usize, usize)>,
+    /// The last RoPE table: training steps of one length reuse it.
+    rope: RopeCache<T>,
     ready: bool,
+}
+
+/// The last [`rope_table`] made and its `(pos0, n, h)`, so that calls of one length reuse it
+/// instead of recomputing `n · h/2` sines and cosines per layer and pass.
+#[derive(Debug, Default)]
+struct RopeCache<T> {
+    table: Vec<(T, T)>,
+    at: Option<(usize, usize, usize)>,
+}
+
+impl<T: Scalar> RopeCache<T> {
+    /// [`rope_table`]`(pos0, n, h)`, computed only when the last call asked for another one.
+    fn get(&mut self, pos0: usize, n: usize, h: usize) -> &[(T, T)] {
+        if self.at != Some((pos0, n, h)) {
+            self.table = rope_table(pos0, n, h);
+            self.at = Some((pos0, n, h));
+        }
+        &self.table
+    }
 }
 
 impl<T: Scalar> MultiHeadSaved<T> {
     /// An empty state.
     pub fn new() -> Self {
         Self::default()
-    }
-
-    /// [`rope_table`]`(pos0, n, h)`, computed only when the last call asked for another one.
-    fn rope_table(&mut self, pos0: usize, n: usize, h: usize) -> &[(T, T)] {
-        if self.rope_at != Some((pos0, n, h)) {
-            self.rope = rope_table(pos0, n, h);
-            self.rope_at = Some((pos0, n, h));
-        }
-        &self.rope
     }
 
     /// The gradients of the attention's own parameters from the last backward, by name
@@ -229,10 +237,7 @@ impl<T: Scalar> MultiHeadCore<T> {
         for buf in [&mut s.q, &mut s.k, &mut s.v, &mut s.att] {
             resize(buf, rows * i);
         }
-        if self.config.rope {
-            s.rope_table(pos0, n, h);
-        }
-        let rope = self.config.rope.then_some(s.rope.as_slice());
+        let rope = if self.config.rope { Some(s.rope.get(pos0, n, h)) } else { None };
         split_heads_forward(&s.qkv, batch, n, heads, h, rope, &mut s.q, &mut s.k, &mut s.v);
     }
 
@@ -304,11 +309,8 @@ impl<T: Scalar> MultiHeadCore<T> {
         linear_backward(d_out, &s.y, w.wo, rows, i, c, dy, false, dw.wo, par);
         unmerge_heads(dy, batch, n, heads, h, &mut s.att);
         self.attention.backward_into(&mut s.attn, &s.att, &mut s.grads, par)?;
-        if self.config.rope {
-            s.rope_table(0, n, h);
-        }
         let Grads { dq, dk, dv, .. } = &mut s.grads;
-        let rope = self.config.rope.then_some(s.rope.as_slice());
+        let rope = if self.config.rope { Some(s.rope.get(0, n, h)) } else { None };
         split_heads_backward(dq, dk, dv, batch, n, heads, h, rope, &mut s.qkv);
         // qkv = x W_qkvᵀ
         linear_backward(&s.qkv, x, w.wqkv, rows, c, 3 * i, dx, false, dw.wqkv, par);
