@@ -60,6 +60,8 @@ struct Scratch<T> {
     s: Mat<T>,
     g: Mat<T>,
     ds: Mat<T>,
+    /// `[b, LANES]`: the last columns of a row-major destination ([`apart_last_columns`]).
+    tail: Mat<T>,
     /// The running prefix of one problem in `f64` (`m·k`), when the forward goes by problem.
     acc: Vec<f64>,
     /// The sketch width and `(a, b, w)` of each self-tensored feature
@@ -80,6 +82,7 @@ impl<T: Scalar> Scratch<T> {
             s: z(b, b),
             g: z(b, b),
             ds: z(bb, bb),
+            tail: z(b, LANES),
             acc: Vec::new(),
             pairs: (0, Vec::new()),
         }
@@ -196,6 +199,38 @@ fn tensored_rows<'s, T: Scalar>(
     Some(Products { l: rows, pairs: &pairs.1 })
 }
 
+/// The rows of faer's register tiles for `f32` with AVX-512 (16 lanes; 8 for `f64`).
+const LANES: usize = 16;
+
+/// Computes a product `dst (+)= X Y` given as `f(part, cols, accumulate)`, which computes
+/// `part (+)= X Y[:, cols]`. faer computes a row-major destination as its transpose and covers
+/// its `k` columns with tiles of 16 rows, so the engine's `[len, k]` outputs — the value
+/// columns and the normaliser's, \\(k = 16q + 1\\) — took the work of \\(16(q + 1)\\) columns
+/// (65 as 80: a quarter of a PolySketch forward's samples ran at 81 % of the kernel's rate; 33
+/// as 48 at \\(h = 32\\)). A row-major `dst` with `k > LANES` and `k mod LANES ≠ 0` therefore
+/// goes as two products: its first \\(16q\\) columns in place, the last `k mod LANES` in
+/// `tail` (column-major, where they are the tiles' rows; with `accumulate`, starting from a copy
+/// of them), then copied back. The first columns keep their values bit for bit; the last ones
+/// are the same sums in faer's matrix-vector order, so they may differ in the last bit.
+fn apart_last_columns<T: Scalar>(
+    dst: MatMut<'_, T>, tail: &mut Mat<T>, accumulate: bool,
+    mut f: impl FnMut(MatMut<'_, T>, std::ops::Range<usize>, bool),
+) {
+    let (rows, k) = (dst.nrows(), dst.ncols());
+    let rest = k % LANES;
+    if dst.col_stride() != 1 || k <= LANES || rest == 0 || rows > tail.nrows() {
+        return f(dst, 0..k, accumulate);
+    }
+    let (head, mut last) = dst.split_at_col_mut(k - rest);
+    f(head, 0..k - rest, accumulate);
+    let mut t = tail.as_mut().submatrix_mut(0, 0, rows, rest);
+    if accumulate {
+        t.copy_from(last.as_ref());
+    }
+    f(t.rb_mut(), k - rest..k, accumulate);
+    last.copy_from(t.as_ref());
+}
+
 /// Phase 1 for the block of rows `s..s + out.nrows()`: `h` \\(= H_l = B_l^\\top C_l\\)
 /// (`[m, k]`) and `out` \\(= \\mathrm{lt}(S_{ll})\\,C_l\\) (`[len, k]`). With bf16 products
 /// and self-tensored features, \\(H_l^\\top = C_l^\\top B_l\\) by the kernel that generates
@@ -218,17 +253,20 @@ fn block_sum_and_diagonal<T: Scalar>(
     }
     let mut sb = sc.s.as_mut().submatrix_mut(0, 0, len, len);
     p.diagonal_scores(s, len, sb.rb_mut(), None);
-    tri_matmul(
-        out,
-        BlockStructure::Rectangular,
-        Accum::Replace,
-        sb.as_ref(),
-        BlockStructure::TriangularLower,
-        c,
-        BlockStructure::Rectangular,
-        T::one(),
-        Par::Seq,
-    );
+    let sb = sb.as_ref();
+    apart_last_columns(out, &mut sc.tail, false, |part, cols, _| {
+        tri_matmul(
+            part,
+            BlockStructure::Rectangular,
+            Accum::Replace,
+            sb,
+            BlockStructure::TriangularLower,
+            c.subcols(cols.start, cols.len()),
+            BlockStructure::Rectangular,
+            T::one(),
+            Par::Seq,
+        );
+    });
 }
 
 /// Phase 3 for the block of rows `s..s + out.nrows()`: `out` \\(\\mathrel{+}= A_l Z_l\\) with
@@ -245,7 +283,9 @@ fn add_earlier_blocks<T: Scalar>(
         });
     if !fused {
         let al = p.a_rows(s, len, &mut sc.feat);
-        gemm_seq(out, al, z, true, bf16);
+        apart_last_columns(out, &mut sc.tail, true, |part, cols, acc| {
+            gemm_seq(part, al, z.subcols(cols.start, cols.len()), acc, bf16);
+        });
     }
 }
 
@@ -738,5 +778,57 @@ impl LowTri {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The product by [`apart_last_columns`] equals faer's in one piece, within rounding, for
+    /// every kind of width (below, at and above a tile, a multiple of it or not), both layouts
+    /// of the destination and both accumulation modes.
+    #[test]
+    fn the_last_columns_apart_give_the_whole_product() {
+        let (rows, inner) = (37, 29);
+        let x = Mat::<f32>::from_fn(rows, inner, |i, j| ((i * 7 + j * 13) % 17) as f32 / 8.0 - 1.0);
+        for k in [1, 5, 16, 17, 31, 33, 48, 65] {
+            let y = Mat::<f32>::from_fn(inner, k, |i, j| ((i * 5 + j * 3) % 11) as f32 / 5.0 - 1.0);
+            let start = Mat::<f32>::from_fn(rows, k, |i, j| ((i + 2 * j) % 7) as f32 - 3.0);
+            for accumulate in [false, true] {
+                let mut whole = start.clone();
+                gemm(whole.as_mut(), x.as_ref(), y.as_ref(), 1.0, accumulate, Par::Seq);
+                for row_major in [false, true] {
+                    // a row-major destination: the transpose of a column-major one
+                    let mut storage =
+                        if row_major { start.transpose().to_owned() } else { start.clone() };
+                    let dst =
+                        if row_major { storage.as_mut().transpose_mut() } else { storage.as_mut() };
+                    let mut tail = Mat::<f32>::zeros(rows, LANES);
+                    apart_last_columns(dst, &mut tail, accumulate, |part, cols, acc| {
+                        gemm(
+                            part,
+                            x.as_ref(),
+                            y.subcols(cols.start, cols.len()),
+                            1.0,
+                            acc,
+                            Par::Seq,
+                        );
+                    });
+                    let got = if row_major { storage.transpose().to_owned() } else { storage };
+                    let bound = inner as f32 * f32::EPSILON * 64.0;
+                    for i in 0..rows {
+                        for j in 0..k {
+                            let (g, w) = (got[(i, j)], whole[(i, j)]);
+                            assert!(
+                                (g - w).abs() <= bound * w.abs().max(1.0),
+                                "k {k}, accumulate {accumulate}, row-major {row_major}: \
+                                 ({i}, {j}) {g} against {w}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 }
